@@ -1,0 +1,249 @@
+// hypertape autodiff: a reverse-mode tape over dense tensors of doubles (rank 0, 1, 2).
+//
+// A tape is an arena. Each op checks shapes, records a node and (normally) computes its value
+// at once; ad_tape_mark / ad_tape_rewind drop everything recorded after a point so loops reuse
+// memory. Reverse rules are written with the tape's own ops, so a gradient recorded with
+// AD_CREATE_GRAPH is itself an expression that can be differentiated again (Hessian-vector
+// products, differentiation through a gradient step, third derivatives).
+//
+// Shapes. A tensor is a scalar (rank 0), a vector [n] (rank 1) or a matrix [m, n] (rank 2,
+// row-major). For broadcasting a scalar is [1, 1] and a vector [n] is the row [1, n]; two shapes
+// combine when each dimension is equal or 1 (a scalar with anything; a vector [n] or a matrix
+// [1, n] added to each row of [m, n], as a bias; a matrix [m, 1] to each column).
+//
+// Errors never abort. The first error (shape mismatch, domain error, memory cap, NaN/Inf when
+// checking is on, a bad argument) is kept on the tape with a message naming the op and shapes;
+// every later op returns AD_NONE and does nothing; entry points return the status.
+#ifndef HYPERTAPE_AD_H
+#define HYPERTAPE_AD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ad_tape ad_tape;
+
+// A handle to a node on a tape. AD_NONE (0) is what ops return after an error; reading its value
+// gives NaN, using it in an op is a no-op.
+typedef int32_t ad_var;
+#define AD_NONE ((ad_var)0)
+
+typedef enum {
+    AD_OK = 0,
+    AD_ESHAPE,  // operand shapes do not fit the op
+    AD_EDOMAIN, // an input outside the op's domain (log of a negative number, ...)
+    AD_ENOMEM,  // the tape's memory cap was reached, or malloc failed
+    AD_ENAN,    // a NaN or Inf was produced while finiteness checking is on
+    AD_EARG,    // a bad argument: invalid handle, index out of range, bad parameter
+} ad_status;
+
+typedef struct {
+    int rank;       // 0, 1 or 2
+    int rows, cols; // rank 0: 1 x 1; rank 1: 1 x n (a row); rank 2: m x n
+} ad_shape;
+
+ad_shape ad_scalar_shape(void);
+ad_shape ad_vec_shape(int n);
+ad_shape ad_mat_shape(int rows, int cols);
+static inline int ad_shape_size(ad_shape s) { return s.rows * s.cols; }
+
+// ---- the tape ----------------------------------------------------------------------------------
+
+typedef struct {
+    size_t max_bytes;  // cap on nodes + values + scratch; 0 = no cap
+    int check_finite;  // 1: an op producing NaN/Inf is an error (AD_ENAN)
+    size_t chunk_bytes; // arena growth step for values (0 = 1 MiB)
+} ad_tape_params;
+
+ad_tape_params ad_tape_default_params(void);
+// Returns NULL only if the tape itself cannot be allocated.
+ad_tape *ad_tape_new(const ad_tape_params *p);
+void ad_tape_free(ad_tape *t);
+
+typedef struct {
+    int32_t nodes;
+    size_t chunk, offset; // arena position
+} ad_mark;
+
+ad_mark ad_tape_mark(const ad_tape *t);
+// Drops every node recorded after m (handles >= m's are invalid afterwards). Memory is kept for reuse.
+void ad_tape_rewind(ad_tape *t, ad_mark m);
+// Drops everything and clears the error.
+void ad_tape_reset(ad_tape *t);
+
+ad_status ad_tape_status(const ad_tape *t);
+const char *ad_tape_error(const ad_tape *t); // "" when no error
+void ad_tape_clear_error(ad_tape *t);
+// Bytes the tape holds now and at most so far (nodes, values, scratch).
+size_t ad_tape_bytes(const ad_tape *t);
+size_t ad_tape_peak_bytes(const ad_tape *t);
+int32_t ad_tape_nodes(const ad_tape *t);
+// How many nodes of each op were recorded since the tape was made (for coverage tests).
+const char *ad_op_name(int op);
+int ad_op_count(void);
+int64_t ad_tape_op_uses(const ad_tape *t, int op);
+// Records a failure of the caller's own (e.g. a callback's bad output) as the tape's error.
+void ad_tape_fail(ad_tape *t, ad_status s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+// ---- leaves --------------------------------------------------------------------------------------
+
+// A parameter: its value is copied onto the tape; gradients can be taken with respect to it.
+ad_var ad_param(ad_tape *t, ad_shape s, const double *init);
+// A constant: copied; no gradient flows into it.
+ad_var ad_const(ad_tape *t, ad_shape s, const double *data);
+// A constant that refers to the caller's memory without copying (large data). The memory must
+// stay valid and unchanged while the node is on the tape.
+ad_var ad_const_view(ad_tape *t, ad_shape s, const double *data);
+ad_var ad_scalar(ad_tape *t, double v); // constant scalar
+ad_var ad_fill(ad_tape *t, ad_shape s, double v); // constant filled with v
+
+ad_shape ad_shape_of(const ad_tape *t, ad_var v);
+// The value (forced if it was recorded lazily). Never NULL: a value that could not be computed
+// reads as NaNs, and an invalid handle gives a pointer to a single NaN.
+const double *ad_value(ad_tape *t, ad_var v);
+double ad_item(ad_tape *t, ad_var v); // value of a scalar (the first entry)
+// A constant copy of v's value: no gradient flows through it (stop-gradient).
+ad_var ad_detach(ad_tape *t, ad_var v);
+
+// ---- elementwise ops (binary ones broadcast, see the top) ---------------------------------------
+
+ad_var ad_add(ad_tape *t, ad_var a, ad_var b);
+ad_var ad_sub(ad_tape *t, ad_var a, ad_var b);
+ad_var ad_mul(ad_tape *t, ad_var a, ad_var b);
+ad_var ad_div(ad_tape *t, ad_var a, ad_var b); // b = 0 is a domain error
+// Elementwise min / max. On a tie the gradient is split half and half.
+ad_var ad_min(ad_tape *t, ad_var a, ad_var b);
+ad_var ad_max(ad_tape *t, ad_var a, ad_var b);
+
+ad_var ad_neg(ad_tape *t, ad_var x);
+ad_var ad_scale(ad_tape *t, ad_var x, double c);   // c x
+ad_var ad_shift(ad_tape *t, ad_var x, double c);   // x + c
+// x^e. Integer e: any x (x = 0 with e < 0 is a domain error). Other e: x > 0, or x = 0 when e >= 1.
+ad_var ad_pow(ad_tape *t, ad_var x, double e);
+ad_var ad_abs(ad_tape *t, ad_var x);               // abs'(0) = 0
+ad_var ad_sqrt(ad_tape *t, ad_var x);              // x >= 0; the derivative needs x > 0
+ad_var ad_square(ad_tape *t, ad_var x);
+ad_var ad_exp(ad_tape *t, ad_var x);
+ad_var ad_log(ad_tape *t, ad_var x);               // x > 0
+ad_var ad_sin(ad_tape *t, ad_var x);
+ad_var ad_cos(ad_tape *t, ad_var x);
+ad_var ad_tanh(ad_tape *t, ad_var x);
+ad_var ad_sigmoid(ad_tape *t, ad_var x);
+ad_var ad_softplus(ad_tape *t, ad_var x);          // log(1 + e^x), computed without overflow
+ad_var ad_relu(ad_tape *t, ad_var x);              // relu'(0) = 0
+// Clamp to the box [lo, hi] (scalars, lo <= hi). Derivative 1 strictly inside, 0 on and outside
+// the boundary. For per-entry bounds use ad_min / ad_max with constant tensors.
+ad_var ad_clamp(ad_tape *t, ad_var x, double lo, double hi);
+
+// Piecewise-constant helpers used by reverse rules; their derivative is zero.
+ad_var ad_sign(ad_tape *t, ad_var x);              // -1, 0, 1
+ad_var ad_step(ad_tape *t, ad_var x);              // 1 if x > 0 else 0
+ad_var ad_inbox(ad_tape *t, ad_var x, double lo, double hi); // 1 if lo < x < hi else 0
+ad_var ad_cmp(ad_tape *t, ad_var a, ad_var b);     // 1 if a > b, 1/2 if a == b, 0 if a < b
+// s^e for s > 0 and 0 at s = 0 (s >= 0), elementwise: ||v||^(p-2) in the reverse rule of ad_normp.
+ad_var ad_powz(ad_tape *t, ad_var s, double e);
+
+// ---- reductions and broadcasting ------------------------------------------------------------------
+
+ad_var ad_sum(ad_tape *t, ad_var x);               // -> scalar
+ad_var ad_mean(ad_tape *t, ad_var x);              // -> scalar
+ad_var ad_sum_rows(ad_tape *t, ad_var x);          // [m, n] -> [n]: the rows added together
+ad_var ad_sum_cols(ad_tape *t, ad_var x);          // [m, n] -> [m]: each row's sum
+ad_var ad_max_all(ad_tape *t, ad_var x);           // -> scalar; gradient to the first argmax
+// Sum x down to shape s (s broadcasts to x's shape), and its adjoint: broadcast x up to s.
+ad_var ad_sum_to(ad_tape *t, ad_var x, ad_shape s);
+ad_var ad_expand(ad_tape *t, ad_var x, ad_shape s);
+
+// ---- linear algebra (cblas) -------------------------------------------------------------------------
+
+ad_var ad_dot(ad_tape *t, ad_var u, ad_var v);     // [n] . [n] -> scalar (any equal shapes)
+// op(A) x with op(A) = A [m, n] or A^T; x [n] -> [m] (x [m] -> [n] when transposed).
+ad_var ad_matvec(ad_tape *t, ad_var A, ad_var x, int transA);
+// op(A) op(B), each operand optionally transposed.
+ad_var ad_matmul(ad_tape *t, ad_var A, ad_var B, int transA, int transB);
+ad_var ad_outer(ad_tape *t, ad_var u, ad_var v);   // [m], [n] -> [m, n]
+
+// ---- shape ops ----------------------------------------------------------------------------------------
+
+ad_var ad_reshape(ad_tape *t, ad_var x, ad_shape s); // same size; shares the value (no copy)
+ad_var ad_slice(ad_tape *t, ad_var x, int offset, int len); // vector [n] -> [len]
+ad_var ad_pad(ad_tape *t, ad_var x, int offset, int n);     // [len] -> [n], zeros around (slice's adjoint)
+ad_var ad_concat(ad_tape *t, ad_var a, ad_var b);           // [n], [m] -> [n + m]
+ad_var ad_concat_n(ad_tape *t, int k, const ad_var *parts); // k vectors, left to right
+// Rows idx[0..k) of X [m, n] -> [k, n] (indices copied, may repeat); and its adjoint: add the rows
+// of G [k, n] into rows idx of an [m, n] zero matrix.
+ad_var ad_take_rows(ad_tape *t, ad_var X, int k, const int32_t *idx);
+ad_var ad_put_rows(ad_tape *t, ad_var G, int m, int k, const int32_t *idx);
+
+// ---- learning losses and norms ------------------------------------------------------------------
+
+ad_var ad_logsumexp(ad_tape *t, ad_var x);          // log sum_i e^{x_i} over all entries -> scalar
+ad_var ad_log_softmax(ad_tape *t, ad_var Z);        // per row of Z [m, k] (a vector is one row)
+// Per-row cross-entropy of logits Z [m, k] against labels[m] in [0, k): -log softmax(Z_i)[label_i] -> [m].
+ad_var ad_xent(ad_tape *t, ad_var Z, const int32_t *labels);
+ad_var ad_onehot(ad_tape *t, int m, int k, const int32_t *labels); // constant [m, k]
+ad_var ad_sqnorm(ad_tape *t, ad_var v);             // ||v||^2 -> scalar
+// ||v||^p, p > 0. At v = 0 the gradient is taken as 0 (exact for p > 1) and so is the Hessian
+// (exact for p > 2; p = 2 is exact everywhere).
+ad_var ad_normp(ad_tape *t, ad_var v, double p);
+// Smoothed ||v||_q^q = sum_i (v_i^2 + eps)^(q/2), 0 < q < 1, eps > 0.
+ad_var ad_lq_smooth(ad_tape *t, ad_var v, double q, double eps);
+
+// ---- derivatives --------------------------------------------------------------------------------
+
+enum {
+    AD_CREATE_GRAPH = 1, // record the gradient so it can be differentiated again
+};
+
+// Vector-Jacobian product: out[i] = (dy/dwrt[i])^T ybar, ybar of y's shape. Any non-constant
+// node can be in wrt; a wrt that y does not depend on gets zeros. Returns the tape's status.
+ad_status ad_vjp(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var *wrt, ad_var *out,
+                 unsigned flags);
+// Gradient of a scalar y.
+ad_status ad_grad(ad_tape *t, ad_var y, int n, const ad_var *wrt, ad_var *out, unsigned flags);
+// Hessian-vector product at the current point: out = (d^2 f / d x^2) v, f scalar, v of x's shape.
+ad_status ad_hvp(ad_tape *t, ad_var f, ad_var x, ad_var v, ad_var *out, unsigned flags);
+// Mixed product: out = (d^2 f / dx dy) v = d/dx (grad_y f . v), v of y's shape, out of x's shape.
+ad_status ad_hvp_mixed(ad_tape *t, ad_var f, ad_var x, ad_var y, ad_var v, ad_var *out,
+                       unsigned flags);
+
+// ---- finite-difference checks (for users' own expressions) ---------------------------------------
+
+// Builds a scalar from the inputs (leaves made by the checker). Return AD_NONE on failure.
+typedef ad_var (*ad_fn)(ad_tape *t, const ad_var *in, void *ctx);
+
+typedef struct {
+    double h;       // central-difference step (relative to max(1, |x_i|))
+    double rtol;    // an entry passes if |a - n| <= atol + rtol * max(|a|, |n|)
+    double atol;
+    uint64_t seed;  // for the random direction of the Hessian check and random adjoints
+} ad_check_params;
+
+typedef struct {
+    ad_status status;   // AD_OK, or the tape error that stopped the check
+    int pass;           // 1 if every entry is within tolerance
+    int worst_input, worst_index; // where the worst entry is
+    double analytic, numeric;     // its two values
+    double abs_err, rel_err;      // its errors; rel = abs / max(|a|, |n|, tiny)
+    double worst_ratio; // max over entries of |a - n| / (atol + rtol max(|a|, |n|)); <= 1 passes
+    char msg[256];
+} ad_check_report;
+
+ad_check_params ad_check_default_params(void);
+// Compare ad_grad of fn at the given point with central differences of fn.
+ad_check_report ad_check_grad(ad_fn fn, void *ctx, int n_in, const ad_shape *shapes,
+                              const double *const *point, const ad_check_params *p);
+// Compare the Hessian-vector products H v for a seeded random v (one per input, the joint
+// Hessian of all inputs) with central differences of the gradient along v.
+ad_check_report ad_check_hvp(ad_fn fn, void *ctx, int n_in, const ad_shape *shapes,
+                             const double *const *point, const ad_check_params *p);
+
+// ---- a small seeded generator (splitmix64 / xoshiro256**) ---------------------------------------
+
+typedef struct { uint64_t s[4]; } ad_rng;
+void ad_rng_seed(ad_rng *r, uint64_t seed);
+uint64_t ad_rng_next(ad_rng *r);
+double ad_rng_uniform(ad_rng *r);                 // [0, 1)
+double ad_rng_normal(ad_rng *r);                  // N(0, 1)
+
+#endif

@@ -1,0 +1,162 @@
+// Derivatives: the reverse sweep (vjp) and what is built on it — gradients, Hessian-vector
+// products and mixed second derivatives. Adjoints are recorded with tape ops, so with
+// AD_CREATE_GRAPH they can be differentiated again.
+#include "internal.h"
+
+#include <assert.h>
+#include <string.h>
+
+// dep[i - lo]: node i depends on some wrt node through differentiable ops.
+static void mark_dependents(ad_tape *t, ad_var lo, ad_var hi, uint8_t *dep) {
+    for (ad_var i = lo; i <= hi; i++) {
+        if (dep[i - lo]) continue;
+        const ad_node *n = &t->nodes[i];
+        if (n->flags & NF_NOGRAD) continue;
+        dep[i - lo] = (n->a >= lo && dep[n->a - lo]) || (n->b >= lo && dep[n->b - lo]);
+    }
+}
+
+static ad_var accumulate(ad_tape *t, ad_var acc, ad_var g) {
+    return acc ? ad_add(t, acc, g) : g;
+}
+
+// The sweep. lazy: record adjoints without computing them (their values are computed when
+// something needs them); used for the inner gradient of a Hessian-vector product, whose value
+// is never read, only differentiated.
+static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var *wrt,
+                          ad_var *out, unsigned flags, int lazy) {
+    for (int k = 0; k < n; k++) out[k] = AD_NONE;
+    ad_var ys[2] = {y, ybar};
+    if (!ad_check_args(t, "vjp", 2, ys)) return t->status;
+    if (n < 0 || (n > 0 && (!wrt || !out))) {
+        ad_fail(t, AD_EARG, "vjp: bad list of %d inputs", n);
+        return t->status;
+    }
+    if (!ad_check_args(t, "vjp (inputs)", n, wrt)) return t->status;
+    ad_shape sy = ad_shape_of(t, y), sb = ad_shape_of(t, ybar);
+    if (sy.rows != sb.rows || sy.cols != sb.cols) {
+        char x[32], z[32];
+        ad_fail(t, AD_ESHAPE, "vjp: adjoint %s does not match output %s", ad_shape_str(sb, x),
+                ad_shape_str(sy, z));
+        return t->status;
+    }
+    ad_var lo = y;
+    for (int k = 0; k < n; k++) {
+        if (t->nodes[wrt[k]].flags & NF_NOGRAD) {
+            ad_fail(t, AD_EARG, "vjp: input %d (node %d, %s) is a constant; use ad_param", k,
+                    (int)wrt[k], ad_ops[t->nodes[wrt[k]].op]->name);
+            return t->status;
+        }
+        if (wrt[k] < lo) lo = wrt[k];
+    }
+    size_t len = (size_t)(y - lo + 1);
+    uint8_t *dep = ad_scratch(t, len * (sizeof(ad_var) + 1));
+    if (!dep) return t->status;
+    ad_var *adj = (ad_var *)(void *)dep;
+    dep = (uint8_t *)(adj + len);
+    memset(adj, 0, len * sizeof *adj);
+    memset(dep, 0, len);
+    for (int k = 0; k < n; k++)
+        if (wrt[k] <= y) dep[wrt[k] - lo] = 1;
+    mark_dependents(t, lo, y, dep);
+
+    int saved_lazy = t->lazy, saved_nograd = t->nograd;
+    t->lazy = lazy;
+    t->nograd = !(flags & AD_CREATE_GRAPH);
+    if (dep[y - lo]) adj[y - lo] = ad_shape_eq(sy, sb) ? ybar : ad_reshape(t, ybar, sy);
+    for (ad_var i = y; i >= lo && t->status == AD_OK; i--) {
+        ad_var g = adj[i - lo];
+        if (!g || !dep[i - lo]) continue;
+        const ad_node *nd = &t->nodes[i];
+        const ad_op_def *d = ad_ops[nd->op];
+        if (!d->rev) continue; // a leaf
+        ad_var in[2] = {nd->a, nd->b};
+        bool need[2] = {in[0] >= lo && dep[in[0] - lo], d->arity > 1 && in[1] >= lo && dep[in[1] - lo]};
+        if (!need[0] && !need[1]) continue;
+        ad_var gin[2] = {AD_NONE, AD_NONE};
+        d->rev(t, i, g, need, gin);
+        for (int k = 0; k < 2; k++) {
+            if (!need[k] || !gin[k]) continue;
+            assert(t->status != AD_OK ||
+                   (ad_shape_of(t, gin[k]).rows == t->nodes[in[k]].rows &&
+                    ad_shape_of(t, gin[k]).cols == t->nodes[in[k]].cols));
+            adj[in[k] - lo] = accumulate(t, adj[in[k] - lo], gin[k]);
+        }
+    }
+    for (int k = 0; k < n && t->status == AD_OK; k++) {
+        ad_var g = wrt[k] <= y ? adj[wrt[k] - lo] : AD_NONE;
+        ad_shape s = ad_shape_of(t, wrt[k]);
+        if (!g) g = ad_fill(t, s, 0.0);
+        else if (!ad_shape_eq(ad_shape_of(t, g), s)) g = ad_reshape(t, g, s);
+        out[k] = g;
+    }
+    t->lazy = saved_lazy;
+    t->nograd = saved_nograd;
+    for (int k = 0; k < n && !lazy; k++)
+        if (out[k]) ad_force(t, out[k]);
+    if (t->status != AD_OK)
+        for (int k = 0; k < n; k++) out[k] = AD_NONE;
+    return t->status;
+}
+
+ad_status ad_vjp(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var *wrt, ad_var *out,
+                 unsigned flags) {
+    return vjp_impl(t, y, ybar, n, wrt, out, flags, 0);
+}
+
+static bool check_scalar(ad_tape *t, const char *op, ad_var f) {
+    if (!ad_check_args(t, op, 1, &f)) return false;
+    ad_shape s = ad_shape_of(t, f);
+    if (s.rows * s.cols != 1) {
+        char b[32];
+        ad_fail(t, AD_ESHAPE, "%s: output %s is not a scalar", op, ad_shape_str(s, b));
+        return false;
+    }
+    return true;
+}
+
+ad_status ad_grad(ad_tape *t, ad_var y, int n, const ad_var *wrt, ad_var *out, unsigned flags) {
+    for (int k = 0; k < n && out; k++) out[k] = AD_NONE;
+    if (!check_scalar(t, "grad", y)) return t->status;
+    ad_var one = ad_fill(t, ad_shape_of(t, y), 1.0);
+    return vjp_impl(t, y, one, n, wrt, out, flags, 0);
+}
+
+// d/dx <grad_y f, v>: the inner gradient is recorded lazily, so values the outer sweep does not
+// need (the gradient itself, products feeding only it) are never computed.
+static ad_status second_order(ad_tape *t, const char *op, ad_var f, ad_var x, ad_var y, ad_var v,
+                              ad_var *out, unsigned flags) {
+    if (out) *out = AD_NONE;
+    if (!out) {
+        ad_fail(t, AD_EARG, "%s: NULL output", op);
+        return t->status;
+    }
+    if (!check_scalar(t, op, f)) return t->status;
+    ad_var in[3] = {x, y, v};
+    if (!ad_check_args(t, op, 3, in)) return t->status;
+    ad_shape sy = ad_shape_of(t, y), sv = ad_shape_of(t, v);
+    if (sy.rows != sv.rows || sy.cols != sv.cols) {
+        char a[32], b[32];
+        ad_fail(t, AD_ESHAPE, "%s: direction %s does not match %s", op, ad_shape_str(sv, a),
+                ad_shape_str(sy, b));
+        return t->status;
+    }
+    ad_var gy;
+    ad_var one = ad_fill(t, ad_scalar_shape(), 1.0);
+    if (vjp_impl(t, f, one, 1, &y, &gy, AD_CREATE_GRAPH, 1) != AD_OK) return t->status;
+    int saved = t->lazy;
+    t->lazy = 1; // <gy, v> is only differentiated: keep gy unevaluated
+    ad_var s = ad_dot(t, gy, v);
+    t->lazy = saved;
+    ad_var one2 = ad_fill(t, ad_scalar_shape(), 1.0);
+    return vjp_impl(t, s, one2, 1, &x, out, flags, 0);
+}
+
+ad_status ad_hvp(ad_tape *t, ad_var f, ad_var x, ad_var v, ad_var *out, unsigned flags) {
+    return second_order(t, "hvp", f, x, x, v, out, flags);
+}
+
+ad_status ad_hvp_mixed(ad_tape *t, ad_var f, ad_var x, ad_var y, ad_var v, ad_var *out,
+                       unsigned flags) {
+    return second_order(t, "hvp_mixed", f, x, y, v, out, flags);
+}

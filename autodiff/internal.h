@@ -1,0 +1,124 @@
+// Internals of the tape shared by the autodiff sources: the node layout, the op table and the
+// helpers ops use to record themselves. Not installed; users include ad.h only.
+#ifndef HYPERTAPE_AD_INTERNAL_H
+#define HYPERTAPE_AD_INTERNAL_H
+
+#include "ad.h"
+
+#include <stdbool.h>
+
+// Every op, once: the enum, the per-op definitions (ad_def_NAME, next to the op's code) and the
+// table are generated from this list.
+#define AD_OP_LIST(X) \
+    /* the NaN node and leaves */ \
+    X(ERROR, error) X(LEAF, leaf) \
+    /* elementwise binary (broadcasting) */ \
+    X(ADD, add) X(SUB, sub) X(MUL, mul) X(DIV, div) X(MIN, min) X(MAX, max) \
+    /* elementwise unary */ \
+    X(NEG, neg) X(SCALE, scale) X(SHIFT, shift) X(POW, pow) X(ABS, abs) X(SQRT, sqrt) X(SQUARE, square) X(EXP, exp) X(LOG, log) X(SIN, sin) \
+    X(COS, cos) X(TANH, tanh) X(SIGMOID, sigmoid) X(SOFTPLUS, softplus) X(RELU, relu) X(CLAMP, clamp) \
+    /* piecewise constant (zero derivative) */ \
+    X(SIGN, sign) X(STEP, step) X(INBOX, inbox) X(CMP, cmp) X(ARGMAX1H, argmax1h) X(DETACH, detach) X(ONEHOT, onehot) \
+    /* reductions and broadcasting */ \
+    X(SUM_TO, sum_to) X(EXPAND, expand) X(MAX_ALL, max_all) \
+    /* linear algebra */ \
+    X(DOT, dot) X(MATVEC, matvec) X(MATMUL, matmul) X(OUTER, outer) \
+    /* shape */ \
+    X(RESHAPE, reshape) X(SLICE, slice) X(PAD, pad) X(CONCAT, concat) X(TAKE_ROWS, take_rows) X(PUT_ROWS, put_rows) \
+    /* losses and norms */ \
+    X(LOGSUMEXP, logsumexp) X(LOG_SOFTMAX, log_softmax) X(XENT, xent) X(SQNORM, sqnorm) X(NORMP, normp) X(POWZ, powz) \
+
+#define AD_OP_ENUM(E, name) OP_##E,
+typedef enum { AD_OP_LIST(AD_OP_ENUM) OP_COUNT } ad_op;
+#undef AD_OP_ENUM
+
+enum {
+    NF_VALUE = 1,    // the value has been computed
+    NF_NOGRAD = 2,   // no gradient flows into or through this node (constants, detached)
+    NF_VIEW = 4,     // val points at memory the tape does not own (const view, reshape alias)
+};
+
+typedef struct {
+    uint8_t op, flags, rank, pad_;
+    int32_t rows, cols;
+    ad_var a, b;       // inputs (0 when unused)
+    int32_t i0, i1;    // integer parameters (transpose flags, offsets, sizes)
+    double p0, p1;     // real parameters (scale, exponent, box)
+    double *val;       // rows * cols doubles, row-major
+    const int32_t *idx; // index arrays (labels, rows), copied onto the tape
+} ad_node;
+
+// Forward: compute n->val from its inputs' values. Returns AD_OK or a domain error (the caller
+// writes the message). Reverse: given the node y and its adjoint gy, set gin[k] to the adjoint
+// contribution for input k when need[k] (recorded with tape ops); leave AD_NONE for no gradient.
+typedef ad_status (*ad_fwd_fn)(ad_tape *t, ad_node *n);
+typedef void (*ad_rev_fn)(ad_tape *t, ad_var y, ad_var gy, const bool need[2], ad_var gin[2]);
+
+typedef struct {
+    const char *name;
+    int arity;
+    ad_fwd_fn fwd;
+    ad_rev_fn rev; // NULL: zero derivative
+} ad_op_def;
+
+// Each op file defines its ops' entries; ad_ops[op] points at them (optable.c).
+#define AD_OP_DECL(E, name) extern const ad_op_def ad_def_##name;
+AD_OP_LIST(AD_OP_DECL)
+#undef AD_OP_DECL
+extern const ad_op_def *const ad_ops[OP_COUNT];
+#define AD_DEF(name, arity, fwd, rev) const ad_op_def ad_def_##name = {#name, arity, fwd, rev}
+
+typedef struct chunk {
+    double *mem;
+    size_t cap; // doubles
+} chunk;
+
+struct ad_tape {
+    ad_node *nodes;
+    int32_t n_nodes, cap_nodes;
+    chunk *chunks;
+    size_t n_chunks, cur_chunk, cur_off; // allocation position in chunks[cur_chunk]
+    size_t bytes, peak_bytes;
+    ad_tape_params par;
+    ad_status status;
+    char err[256];
+    int lazy;   // record nodes without computing values (inside ad_hvp's inner gradient)
+    int nograd; // mark new nodes NF_NOGRAD (a gradient recorded without AD_CREATE_GRAPH)
+    double nan_;
+    // scratch for the reverse sweep and for forcing lazy values
+    void *scratch;
+    size_t scratch_bytes;
+    int64_t op_uses[OP_COUNT];
+};
+
+// ---- helpers for op definitions (tape.c) ----
+
+static inline ad_node *ad_node_at(ad_tape *t, ad_var v) { return &t->nodes[v]; }
+static inline double *ad_val(ad_tape *t, ad_var v) { return t->nodes[v].val; }
+static inline int ad_size(const ad_node *n) { return n->rows * n->cols; }
+static inline ad_shape ad_node_shape(const ad_node *n) {
+    return (ad_shape){n->rank, n->rows, n->cols};
+}
+
+// True if the tape is healthy and every handle is valid; otherwise records an AD_EARG naming op.
+bool ad_check_args(ad_tape *t, const char *op, int n, const ad_var *v);
+// A node prototype of op with shape s and inputs a, b; the caller sets parameters, then ad_emit
+// appends it, allocates its value and computes it now unless the tape is lazy.
+static inline ad_node ad_proto(ad_op op, ad_shape s, ad_var a, ad_var b) {
+    return (ad_node){.op = (uint8_t)op, .rank = (uint8_t)s.rank, .rows = s.rows, .cols = s.cols,
+                     .a = a, .b = b};
+}
+ad_var ad_emit(ad_tape *t, ad_node proto);
+// Copy n ints onto the tape (NULL on failure, error recorded).
+const int32_t *ad_copy_idx(ad_tape *t, int n, const int32_t *idx);
+// Make sure v's value (and its ancestors') are computed.
+bool ad_force(ad_tape *t, ad_var v);
+void ad_fail(ad_tape *t, ad_status s, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+// "[m, n]" for messages.
+const char *ad_shape_str(ad_shape s, char buf[32]);
+void *ad_scratch(ad_tape *t, size_t bytes);
+// Broadcast result of two shapes; false if they do not combine.
+bool ad_broadcast_shape(ad_shape a, ad_shape b, ad_shape *out);
+bool ad_shape_eq(ad_shape a, ad_shape b);
+
+#endif

@@ -1,0 +1,335 @@
+// Elementwise ops: binary ones with broadcasting, unary ones, and the piecewise-constant masks
+// reverse rules use. Each op: constructor (shape and domain check), forward, reverse rule.
+#include "internal.h"
+
+#include <math.h>
+
+// ---- shared constructors ----
+
+static ad_var binary(ad_tape *t, ad_op op, ad_var a, ad_var b) {
+    ad_var in[2] = {a, b};
+    if (!ad_check_args(t, ad_ops[op]->name, 2, in)) return AD_NONE;
+    ad_shape sa = ad_shape_of(t, a), sb = ad_shape_of(t, b), s;
+    if (!ad_broadcast_shape(sa, sb, &s)) {
+        char x[32], y[32];
+        ad_fail(t, AD_ESHAPE, "%s: shapes %s and %s do not broadcast", ad_ops[op]->name,
+                ad_shape_str(sa, x), ad_shape_str(sb, y));
+        return AD_NONE;
+    }
+    return ad_emit(t, ad_proto(op, s, a, b));
+}
+
+static ad_var unary(ad_tape *t, ad_op op, ad_var x, double p0, double p1) {
+    if (!ad_check_args(t, ad_ops[op]->name, 1, &x)) return AD_NONE;
+    ad_node p = ad_proto(op, ad_shape_of(t, x), x, 0);
+    p.p0 = p0;
+    p.p1 = p1;
+    return ad_emit(t, p);
+}
+
+static inline ad_shape shape_a(ad_tape *t, ad_var y) { return ad_shape_of(t, t->nodes[y].a); }
+static inline ad_shape shape_b(ad_tape *t, ad_var y) { return ad_shape_of(t, t->nodes[y].b); }
+
+// y = EXPR(u, v) over the broadcast of a and b: fast paths for equal shapes and a scalar operand.
+#define BINARY_FWD(name, EXPR)                                                                  \
+    static ad_status fwd_##name(ad_tape *t, ad_node *n) {                                      \
+        const ad_node *A = &t->nodes[n->a], *B = &t->nodes[n->b];                              \
+        const double *a = A->val, *b = B->val;                                                 \
+        double *y = n->val;                                                                    \
+        int size = ad_size(n), na = ad_size(A), nb = ad_size(B);                              \
+        if (na == size && nb == size) {                                                        \
+            for (int i = 0; i < size; i++) { double u = a[i], v = b[i]; y[i] = (EXPR); }      \
+        } else if (na == 1) {                                                                  \
+            double u = a[0];                                                                   \
+            for (int i = 0; i < size; i++) { double v = b[i]; y[i] = (EXPR); }                \
+        } else if (nb == 1) {                                                                  \
+            double v = b[0];                                                                   \
+            for (int i = 0; i < size; i++) { double u = a[i]; y[i] = (EXPR); }                \
+        } else {                                                                               \
+            int ar = A->rows == 1 ? 0 : A->cols, ac = A->cols == 1 ? 0 : 1;                    \
+            int br = B->rows == 1 ? 0 : B->cols, bc = B->cols == 1 ? 0 : 1;                    \
+            for (int r = 0; r < n->rows; r++)                                                  \
+                for (int c = 0; c < n->cols; c++) {                                            \
+                    double u = a[r * ar + c * ac], v = b[r * br + c * bc];                     \
+                    y[r * n->cols + c] = (EXPR);                                               \
+                }                                                                              \
+        }                                                                                      \
+        return AD_OK;                                                                          \
+    }
+
+#define UNARY_FWD(name, EXPR)                                                                   \
+    static ad_status fwd_##name(ad_tape *t, ad_node *n) {                                      \
+        const double *x = t->nodes[n->a].val;                                                  \
+        double *y = n->val;                                                                    \
+        const double p0 = n->p0, p1 = n->p1;                                                   \
+        (void)p0, (void)p1;                                                                    \
+        for (int i = 0, size = ad_size(n); i < size; i++) { double u = x[i]; y[i] = (EXPR); } \
+        return AD_OK;                                                                          \
+    }
+
+// Fails with a message naming the first entry of x outside the domain (BAD true).
+#define DOMAIN_CHECK(t, n, src, BAD, what)                                                      \
+    do {                                                                                       \
+        const ad_node *X_ = &t->nodes[src];                                                    \
+        for (int i = 0, sz = ad_size(X_); i < sz; i++) {                                       \
+            double u = X_->val[i];                                                             \
+            if (BAD) {                                                                         \
+                char b_[32];                                                                   \
+                ad_fail(t, AD_EDOMAIN, "%s: %s (entry %d of %s is %g)", ad_ops[n->op]->name,    \
+                        what, i, ad_shape_str(ad_node_shape(X_), b_), u);                      \
+                return AD_EDOMAIN;                                                             \
+            }                                                                                  \
+        }                                                                                      \
+    } while (0)
+
+// ---- binary: add, sub, mul, div, min, max ----
+
+ad_var ad_add(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_ADD, a, b); }
+BINARY_FWD(add, u + v)
+static void rev_add(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    if (need[0]) gin[0] = ad_sum_to(t, g, shape_a(t, y));
+    if (need[1]) gin[1] = ad_sum_to(t, g, shape_b(t, y));
+}
+
+ad_var ad_sub(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_SUB, a, b); }
+BINARY_FWD(sub, u - v)
+static void rev_sub(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    if (need[0]) gin[0] = ad_sum_to(t, g, shape_a(t, y));
+    if (need[1]) gin[1] = ad_sum_to(t, ad_neg(t, g), shape_b(t, y));
+}
+
+ad_var ad_mul(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MUL, a, b); }
+BINARY_FWD(mul, u * v)
+static void rev_mul(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    ad_var a = t->nodes[y].a, b = t->nodes[y].b;
+    if (need[0]) gin[0] = ad_sum_to(t, ad_mul(t, g, b), shape_a(t, y));
+    if (need[1]) gin[1] = ad_sum_to(t, ad_mul(t, g, a), shape_b(t, y));
+}
+
+ad_var ad_div(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_DIV, a, b); }
+BINARY_FWD(div_, u / v)
+static ad_status fwd_div(ad_tape *t, ad_node *n) {
+    DOMAIN_CHECK(t, n, n->b, u == 0, "division by zero");
+    return fwd_div_(t, n);
+}
+static void rev_div(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    ad_var b = t->nodes[y].b;
+    if (need[0]) gin[0] = ad_sum_to(t, ad_div(t, g, b), shape_a(t, y));
+    // d(a/b)/db = -y / b
+    if (need[1]) gin[1] = ad_sum_to(t, ad_neg(t, ad_div(t, ad_mul(t, g, y), b)), shape_b(t, y));
+}
+
+ad_var ad_min(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MIN, a, b); }
+BINARY_FWD(min, u < v ? u : v)
+static void rev_min(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    ad_var a = t->nodes[y].a, b = t->nodes[y].b;
+    if (need[0]) gin[0] = ad_sum_to(t, ad_mul(t, g, ad_cmp(t, b, a)), shape_a(t, y));
+    if (need[1]) gin[1] = ad_sum_to(t, ad_mul(t, g, ad_cmp(t, a, b)), shape_b(t, y));
+}
+
+ad_var ad_max(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MAX, a, b); }
+BINARY_FWD(max, u > v ? u : v)
+static void rev_max(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    ad_var a = t->nodes[y].a, b = t->nodes[y].b;
+    if (need[0]) gin[0] = ad_sum_to(t, ad_mul(t, g, ad_cmp(t, a, b)), shape_a(t, y));
+    if (need[1]) gin[1] = ad_sum_to(t, ad_mul(t, g, ad_cmp(t, b, a)), shape_b(t, y));
+}
+
+// ---- unary ----
+
+ad_var ad_neg(ad_tape *t, ad_var x) { return unary(t, OP_NEG, x, 0, 0); }
+UNARY_FWD(neg, -u)
+static void rev_neg(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)y, (void)need;
+    gin[0] = ad_neg(t, g);
+}
+
+ad_var ad_scale(ad_tape *t, ad_var x, double c) { return unary(t, OP_SCALE, x, c, 0); }
+UNARY_FWD(scale, p0 *u)
+static void rev_scale(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need;
+    gin[0] = ad_scale(t, g, t->nodes[y].p0);
+}
+
+ad_var ad_shift(ad_tape *t, ad_var x, double c) { return unary(t, OP_SHIFT, x, c, 0); }
+UNARY_FWD(shift, u + p0)
+static void rev_shift(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)t, (void)y, (void)need;
+    gin[0] = g;
+}
+
+ad_var ad_pow(ad_tape *t, ad_var x, double e) {
+    if (!isfinite(e)) {
+        ad_fail(t, AD_EARG, "pow: exponent %g is not finite", e);
+        return AD_NONE;
+    }
+    return unary(t, OP_POW, x, e, 0);
+}
+UNARY_FWD(pow_, pow(u, p0))
+static ad_status fwd_pow(ad_tape *t, ad_node *n) {
+    double e = n->p0;
+    if (e == nearbyint(e)) DOMAIN_CHECK(t, n, n->a, u == 0 && e < 0, "zero to a negative power");
+    else DOMAIN_CHECK(t, n, n->a, u < 0 || (u == 0 && e < 1),
+                      "non-integer power needs x > 0 (or x = 0 with exponent >= 1)");
+    return fwd_pow_(t, n);
+}
+static void rev_pow(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need;
+    double e = t->nodes[y].p0;
+    ad_var x = t->nodes[y].a;
+    if (e == 0) return; // constant 1
+    gin[0] = e == 1 ? g : ad_scale(t, ad_mul(t, g, ad_pow(t, x, e - 1)), e);
+}
+
+ad_var ad_abs(ad_tape *t, ad_var x) { return unary(t, OP_ABS, x, 0, 0); }
+UNARY_FWD(abs, fabs(u))
+static void rev_abs(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need;
+    gin[0] = ad_mul(t, g, ad_sign(t, t->nodes[y].a));
+}
+
+ad_var ad_sqrt(ad_tape *t, ad_var x) { return unary(t, OP_SQRT, x, 0, 0); }
+UNARY_FWD(sqrt_, sqrt(u))
+static ad_status fwd_sqrt(ad_tape *t, ad_node *n) {
+    DOMAIN_CHECK(t, n, n->a, u < 0, "square root of a negative number");
+    return fwd_sqrt_(t, n);
+}
+static void rev_sqrt(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need;
+    gin[0] = ad_scale(t, ad_div(t, g, y), 0.5);
+}
+
+ad_var ad_square(ad_tape *t, ad_var x) { return unary(t, OP_SQUARE, x, 0, 0); }
+UNARY_FWD(square, u *u)
+static void rev_square(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need;
+    gin[0] = ad_scale(t, ad_mul(t, g, t->nodes[y].a), 2);
+}
+
+ad_var ad_exp(ad_tape *t, ad_var x) { return unary(t, OP_EXP, x, 0, 0); }
+UNARY_FWD(exp, exp(u))
+static void rev_exp(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need;
+    gin[0] = ad_mul(t, g, y);
+}
+
+ad_var ad_log(ad_tape *t, ad_var x) { return unary(t, OP_LOG, x, 0, 0); }
+UNARY_FWD(log_, log(u))
+static ad_status fwd_log(ad_tape *t, ad_node *n) {
+    DOMAIN_CHECK(t, n, n->a, !(u > 0), "log of a non-positive number");
+    return fwd_log_(t, n);
+}
+static void rev_log(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need;
+    gin[0] = ad_div(t, g, t->nodes[y].a);
+}
+
+ad_var ad_sin(ad_tape *t, ad_var x) { return unary(t, OP_SIN, x, 0, 0); }
+UNARY_FWD(sin, sin(u))
+static void rev_sin(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need;
+    gin[0] = ad_mul(t, g, ad_cos(t, t->nodes[y].a));
+}
+
+ad_var ad_cos(ad_tape *t, ad_var x) { return unary(t, OP_COS, x, 0, 0); }
+UNARY_FWD(cos, cos(u))
+static void rev_cos(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need;
+    gin[0] = ad_neg(t, ad_mul(t, g, ad_sin(t, t->nodes[y].a)));
+}
+
+ad_var ad_tanh(ad_tape *t, ad_var x) { return unary(t, OP_TANH, x, 0, 0); }
+UNARY_FWD(tanh, tanh(u))
+static void rev_tanh(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need; // g (1 - y^2)
+    gin[0] = ad_sub(t, g, ad_mul(t, g, ad_square(t, y)));
+}
+
+ad_var ad_sigmoid(ad_tape *t, ad_var x) { return unary(t, OP_SIGMOID, x, 0, 0); }
+UNARY_FWD(sigmoid, u >= 0 ? 1 / (1 + exp(-u)) : exp(u) / (1 + exp(u)))
+static void rev_sigmoid(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need; // g y (1 - y)
+    gin[0] = ad_mul(t, g, ad_sub(t, y, ad_square(t, y)));
+}
+
+ad_var ad_softplus(ad_tape *t, ad_var x) { return unary(t, OP_SOFTPLUS, x, 0, 0); }
+UNARY_FWD(softplus, (u > 0 ? u : 0) + log1p(exp(-fabs(u))))
+static void rev_softplus(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need;
+    gin[0] = ad_mul(t, g, ad_sigmoid(t, t->nodes[y].a));
+}
+
+ad_var ad_relu(ad_tape *t, ad_var x) { return unary(t, OP_RELU, x, 0, 0); }
+UNARY_FWD(relu, u > 0 ? u : 0)
+static void rev_relu(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need;
+    gin[0] = ad_mul(t, g, ad_step(t, t->nodes[y].a));
+}
+
+ad_var ad_clamp(ad_tape *t, ad_var x, double lo, double hi) {
+    if (!(lo <= hi)) {
+        ad_fail(t, AD_EARG, "clamp: empty box [%g, %g]", lo, hi);
+        return AD_NONE;
+    }
+    return unary(t, OP_CLAMP, x, lo, hi);
+}
+UNARY_FWD(clamp, u < p0 ? p0 : u > p1 ? p1 : u)
+static void rev_clamp(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need;
+    const ad_node *n = &t->nodes[y];
+    ad_var x = n->a;
+    double lo = n->p0, hi = n->p1;
+    gin[0] = ad_mul(t, g, ad_inbox(t, x, lo, hi));
+}
+
+// ---- piecewise constant: no reverse rule (zero derivative) ----
+
+ad_var ad_sign(ad_tape *t, ad_var x) { return unary(t, OP_SIGN, x, 0, 0); }
+UNARY_FWD(sign, (double)((u > 0) - (u < 0)))
+
+ad_var ad_step(ad_tape *t, ad_var x) { return unary(t, OP_STEP, x, 0, 0); }
+UNARY_FWD(step, u > 0 ? 1.0 : 0.0)
+
+ad_var ad_inbox(ad_tape *t, ad_var x, double lo, double hi) { return unary(t, OP_INBOX, x, lo, hi); }
+UNARY_FWD(inbox, u > p0 && u < p1 ? 1.0 : 0.0)
+
+ad_var ad_cmp(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_CMP, a, b); }
+BINARY_FWD(cmp, u > v ? 1.0 : u == v ? 0.5 : 0.0)
+
+ad_var ad_detach(ad_tape *t, ad_var x) {
+    if (!ad_check_args(t, "detach", 1, &x)) return AD_NONE;
+    ad_node p = ad_proto(OP_DETACH, ad_shape_of(t, x), x, 0);
+    p.flags = NF_NOGRAD;
+    return ad_emit(t, p);
+}
+UNARY_FWD(detach, u)
+
+// ---- the table entries of this file ----
+
+AD_DEF(add, 2, fwd_add, rev_add);
+AD_DEF(sub, 2, fwd_sub, rev_sub);
+AD_DEF(mul, 2, fwd_mul, rev_mul);
+AD_DEF(div, 2, fwd_div, rev_div);
+AD_DEF(min, 2, fwd_min, rev_min);
+AD_DEF(max, 2, fwd_max, rev_max);
+AD_DEF(neg, 1, fwd_neg, rev_neg);
+AD_DEF(scale, 1, fwd_scale, rev_scale);
+AD_DEF(shift, 1, fwd_shift, rev_shift);
+AD_DEF(pow, 1, fwd_pow, rev_pow);
+AD_DEF(abs, 1, fwd_abs, rev_abs);
+AD_DEF(sqrt, 1, fwd_sqrt, rev_sqrt);
+AD_DEF(square, 1, fwd_square, rev_square);
+AD_DEF(exp, 1, fwd_exp, rev_exp);
+AD_DEF(log, 1, fwd_log, rev_log);
+AD_DEF(sin, 1, fwd_sin, rev_sin);
+AD_DEF(cos, 1, fwd_cos, rev_cos);
+AD_DEF(tanh, 1, fwd_tanh, rev_tanh);
+AD_DEF(sigmoid, 1, fwd_sigmoid, rev_sigmoid);
+AD_DEF(softplus, 1, fwd_softplus, rev_softplus);
+AD_DEF(relu, 1, fwd_relu, rev_relu);
+AD_DEF(clamp, 1, fwd_clamp, rev_clamp);
+AD_DEF(sign, 1, fwd_sign, NULL);
+AD_DEF(step, 1, fwd_step, NULL);
+AD_DEF(inbox, 1, fwd_inbox, NULL);
+AD_DEF(cmp, 2, fwd_cmp, NULL);
+AD_DEF(detach, 1, fwd_detach, NULL);

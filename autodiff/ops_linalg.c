@@ -1,0 +1,134 @@
+// Products: dot, matvec, matmul (either operand transposed), outer. Forward through cblas;
+// the reverse rules are products again, so they differentiate to any order.
+#include "internal.h"
+
+#include <cblas.h>
+#include <string.h>
+
+static void fail2(ad_tape *t, const char *op, ad_shape a, ad_shape b) {
+    char x[32], y[32];
+    ad_fail(t, AD_ESHAPE, "%s: shapes %s and %s do not fit", op, ad_shape_str(a, x),
+            ad_shape_str(b, y));
+}
+
+// ---- dot: <u, v> over all entries of two equal shapes -> scalar ----
+
+ad_var ad_dot(ad_tape *t, ad_var u, ad_var v) {
+    ad_var in[2] = {u, v};
+    if (!ad_check_args(t, "dot", 2, in)) return AD_NONE;
+    ad_shape su = ad_shape_of(t, u), sv = ad_shape_of(t, v);
+    if (su.rows != sv.rows || su.cols != sv.cols) {
+        fail2(t, "dot", su, sv);
+        return AD_NONE;
+    }
+    return ad_emit(t, ad_proto(OP_DOT, ad_scalar_shape(), u, v));
+}
+static ad_status fwd_dot(ad_tape *t, ad_node *n) {
+    const ad_node *U = &t->nodes[n->a], *V = &t->nodes[n->b];
+    n->val[0] = cblas_ddot(ad_size(U), U->val, 1, V->val, 1);
+    return AD_OK;
+}
+static void rev_dot(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    ad_var u = t->nodes[y].a, v = t->nodes[y].b;
+    if (need[0]) gin[0] = ad_mul(t, g, v);
+    if (need[1]) gin[1] = ad_mul(t, g, u);
+}
+AD_DEF(dot, 2, fwd_dot, rev_dot);
+
+// ---- matvec: op(A) x, A [m, n]; x [n] -> [m], or x [m] -> [n] with A transposed ----
+
+ad_var ad_matvec(ad_tape *t, ad_var A, ad_var x, int transA) {
+    ad_var in[2] = {A, x};
+    if (!ad_check_args(t, "matvec", 2, in)) return AD_NONE;
+    ad_shape sa = ad_shape_of(t, A), sx = ad_shape_of(t, x);
+    int inner = transA ? sa.rows : sa.cols, outer = transA ? sa.cols : sa.rows;
+    if (sa.rank != 2 || sx.rank != 1 || sx.cols != inner) {
+        fail2(t, transA ? "matvec (A transposed)" : "matvec", sa, sx);
+        return AD_NONE;
+    }
+    ad_node p = ad_proto(OP_MATVEC, ad_vec_shape(outer), A, x);
+    p.i0 = transA != 0;
+    return ad_emit(t, p);
+}
+static ad_status fwd_matvec(ad_tape *t, ad_node *n) {
+    const ad_node *A = &t->nodes[n->a], *X = &t->nodes[n->b];
+    if (A->rows == 0 || A->cols == 0) {
+        memset(n->val, 0, (size_t)ad_size(n) * sizeof(double));
+        return AD_OK;
+    }
+    cblas_dgemv(CblasRowMajor, n->i0 ? CblasTrans : CblasNoTrans, A->rows, A->cols, 1.0, A->val,
+                A->cols, X->val, 1, 0.0, n->val, 1);
+    return AD_OK;
+}
+static void rev_matvec(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    ad_var A = t->nodes[y].a, x = t->nodes[y].b;
+    int tr = t->nodes[y].i0;
+    if (need[0]) gin[0] = tr ? ad_outer(t, x, g) : ad_outer(t, g, x);
+    if (need[1]) gin[1] = ad_matvec(t, A, g, !tr);
+}
+AD_DEF(matvec, 2, fwd_matvec, rev_matvec);
+
+// ---- matmul: op(A) [m, k] op(B) [k, n] -> [m, n] ----
+
+ad_var ad_matmul(ad_tape *t, ad_var A, ad_var B, int transA, int transB) {
+    ad_var in[2] = {A, B};
+    if (!ad_check_args(t, "matmul", 2, in)) return AD_NONE;
+    ad_shape sa = ad_shape_of(t, A), sb = ad_shape_of(t, B);
+    int m = transA ? sa.cols : sa.rows, ka = transA ? sa.rows : sa.cols;
+    int kb = transB ? sb.cols : sb.rows, n = transB ? sb.rows : sb.cols;
+    if (sa.rank != 2 || sb.rank != 2 || ka != kb) {
+        char x[32], y[32];
+        ad_fail(t, AD_ESHAPE, "matmul: shapes %s%s and %s%s do not fit", ad_shape_str(sa, x),
+                transA ? "^T" : "", ad_shape_str(sb, y), transB ? "^T" : "");
+        return AD_NONE;
+    }
+    ad_node p = ad_proto(OP_MATMUL, ad_mat_shape(m, n), A, B);
+    p.i0 = transA != 0;
+    p.i1 = transB != 0;
+    return ad_emit(t, p);
+}
+static ad_status fwd_matmul(ad_tape *t, ad_node *n) {
+    const ad_node *A = &t->nodes[n->a], *B = &t->nodes[n->b];
+    int k = n->i0 ? A->rows : A->cols;
+    if (n->rows == 0 || n->cols == 0) return AD_OK;
+    if (k == 0) {
+        memset(n->val, 0, (size_t)ad_size(n) * sizeof(double));
+        return AD_OK;
+    }
+    cblas_dgemm(CblasRowMajor, n->i0 ? CblasTrans : CblasNoTrans, n->i1 ? CblasTrans : CblasNoTrans,
+                n->rows, n->cols, k, 1.0, A->val, A->cols, B->val, B->cols, 0.0, n->val, n->cols);
+    return AD_OK;
+}
+// C = op(A) op(B): dA and dB are products of G with the other operand, transposed to fit.
+static void rev_matmul(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    ad_var A = t->nodes[y].a, B = t->nodes[y].b;
+    int ta = t->nodes[y].i0, tb = t->nodes[y].i1;
+    if (need[0]) gin[0] = ta ? ad_matmul(t, B, g, tb, 1) : ad_matmul(t, g, B, 0, !tb);
+    if (need[1]) gin[1] = tb ? ad_matmul(t, g, A, 1, ta) : ad_matmul(t, A, g, !ta, 0);
+}
+AD_DEF(matmul, 2, fwd_matmul, rev_matmul);
+
+// ---- outer: u [m], v [n] -> u v^T [m, n] ----
+
+ad_var ad_outer(ad_tape *t, ad_var u, ad_var v) {
+    ad_var in[2] = {u, v};
+    if (!ad_check_args(t, "outer", 2, in)) return AD_NONE;
+    ad_shape su = ad_shape_of(t, u), sv = ad_shape_of(t, v);
+    if (su.rank != 1 || sv.rank != 1) {
+        fail2(t, "outer", su, sv);
+        return AD_NONE;
+    }
+    return ad_emit(t, ad_proto(OP_OUTER, ad_mat_shape(su.cols, sv.cols), u, v));
+}
+static ad_status fwd_outer(ad_tape *t, ad_node *n) {
+    const double *u = t->nodes[n->a].val, *v = t->nodes[n->b].val;
+    for (int i = 0; i < n->rows; i++)
+        for (int j = 0; j < n->cols; j++) n->val[(size_t)i * n->cols + j] = u[i] * v[j];
+    return AD_OK;
+}
+static void rev_outer(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    ad_var u = t->nodes[y].a, v = t->nodes[y].b;
+    if (need[0]) gin[0] = ad_matvec(t, g, v, 0);
+    if (need[1]) gin[1] = ad_matvec(t, g, u, 1);
+}
+AD_DEF(outer, 2, fwd_outer, rev_outer);

@@ -1,0 +1,11 @@
+// The test runner: every layer's tests in one binary. `hypertape-tests [filter]` runs the cases
+// whose name contains filter.
+#include "harness.h"
+#include "tests.h"
+
+int main(int argc, char **argv) {
+    if (argc > 1) th_set_filter(argv[1]);
+    test_ad_ops();
+    test_ad_engine();
+    return th_summary();
+}

@@ -1,0 +1,302 @@
+// The tape itself: broadcasting semantics, conventions at kinks, mark / rewind, lazy second
+// order, and every error path (shape, domain, memory cap, NaN/Inf, bad arguments).
+#include "harness.h"
+#include "tests.h"
+
+#include "../autodiff/ad.h"
+
+#include <math.h>
+#include <string.h>
+
+static bool has(const char *s, const char *sub) { return strstr(s, sub) != NULL; }
+
+static void broadcasting(void) {
+    TEST_CASE("broadcast: a vector is added to each row, a column to each column") {
+        ad_tape *t = ad_tape_new(NULL);
+        double A[6] = {1, 2, 3, 4, 5, 6}, b[3] = {10, 20, 30}, c[2] = {100, 200};
+        ad_var a = ad_const(t, ad_mat_shape(2, 3), A);
+        const double *r1 = ad_value(t, ad_add(t, a, ad_const(t, ad_vec_shape(3), b)));
+        const double *r2 = ad_value(t, ad_add(t, a, ad_const(t, ad_mat_shape(2, 1), c)));
+        double e1[6] = {11, 22, 33, 14, 25, 36}, e2[6] = {101, 102, 103, 204, 205, 206};
+        for (int i = 0; i < 6; i++) EXPECT(r1[i] == e1[i] && r2[i] == e2[i], "entry %d", i);
+        ad_var s = ad_mul(t, ad_scalar(t, 2), a);
+        EXPECT(ad_shape_of(t, s).rank == 2 && ad_value(t, s)[5] == 12, "scalar times matrix");
+        EXPECT(ad_tape_status(t) == AD_OK, "%s", ad_tape_error(t));
+        ad_tape_free(t);
+    }
+    TEST_CASE("broadcast: a vector of the wrong length is a shape error naming both shapes") {
+        ad_tape *t = ad_tape_new(NULL);
+        double A[6] = {0}, b[2] = {0};
+        ad_var r = ad_add(t, ad_const(t, ad_mat_shape(2, 3), A), ad_const(t, ad_vec_shape(2), b));
+        EXPECT(r == AD_NONE && ad_tape_status(t) == AD_ESHAPE, "status %d", ad_tape_status(t));
+        EXPECT(has(ad_tape_error(t), "add") && has(ad_tape_error(t), "[2, 3]") &&
+                   has(ad_tape_error(t), "[2]"),
+               "message: %s", ad_tape_error(t));
+        ad_tape_free(t);
+    }
+}
+
+// Gradient of sum(op(x)) at one point, for the conventions at kinks.
+static double grad1(ad_var (*op)(ad_tape *, ad_var), double x0) {
+    ad_tape *t = ad_tape_new(NULL);
+    ad_var x = ad_param(t, ad_scalar_shape(), &x0), g;
+    ad_grad(t, op(t, x), 1, &x, &g, 0);
+    double r = ad_item(t, g);
+    ad_tape_free(t);
+    return r;
+}
+static ad_var clamp01(ad_tape *t, ad_var x) { return ad_clamp(t, x, 0, 1); }
+static ad_var max_with_1(ad_tape *t, ad_var x) { return ad_max(t, x, ad_scalar(t, 1)); }
+
+static void conventions(void) {
+    TEST_CASE("conventions: abs'(0) = 0, relu'(0) = 0, clamp' = 1 inside and 0 on the box") {
+        EXPECT(grad1(ad_abs, 0) == 0, "abs'(0)");
+        EXPECT(grad1(ad_relu, 0) == 0, "relu'(0)");
+        EXPECT(grad1(clamp01, 0.5) == 1 && grad1(clamp01, 0) == 0 && grad1(clamp01, 1) == 0 &&
+                   grad1(clamp01, 2) == 0,
+               "clamp'");
+        EXPECT(grad1(max_with_1, 1) == 0.5 && grad1(max_with_1, 2) == 1, "max' at a tie is 1/2");
+    }
+    TEST_CASE("conventions: max_all sends the gradient to the first argmax") {
+        ad_tape *t = ad_tape_new(NULL);
+        double x0[4] = {1, 3, 3, 2};
+        ad_var x = ad_param(t, ad_vec_shape(4), x0), g;
+        ad_grad(t, ad_max_all(t, x), 1, &x, &g, 0);
+        const double *gv = ad_value(t, g);
+        EXPECT(gv[0] == 0 && gv[1] == 1 && gv[2] == 0 && gv[3] == 0, "%g %g %g %g", gv[0], gv[1],
+               gv[2], gv[3]);
+        ad_tape_free(t);
+    }
+    TEST_CASE("conventions: ||v||^p has gradient 0 at v = 0") {
+        ad_tape *t = ad_tape_new(NULL);
+        double z[3] = {0, 0, 0};
+        ad_var v = ad_param(t, ad_vec_shape(3), z), g;
+        ad_grad(t, ad_normp(t, v, 1.5), 1, &v, &g, 0);
+        EXPECT(ad_tape_status(t) == AD_OK && ad_value(t, g)[0] == 0, "%s", ad_tape_error(t));
+        ad_tape_free(t);
+    }
+}
+
+static void derivatives(void) {
+    TEST_CASE("vjp of a vector output with a given adjoint; wrt that y does not use gives 0") {
+        ad_tape *t = ad_tape_new(NULL);
+        double x0[3] = {0.1, 0.2, 0.3}, u0[3] = {1, -2, 0.5}, z0 = 4;
+        ad_var x = ad_param(t, ad_vec_shape(3), x0), z = ad_param(t, ad_scalar_shape(), &z0);
+        ad_var y = ad_sin(t, x), out[2], wrt[2] = {x, z};
+        ad_vjp(t, y, ad_const(t, ad_vec_shape(3), u0), 2, wrt, out, 0);
+        for (int i = 0; i < 3; i++)
+            EXPECT(fabs(ad_value(t, out[0])[i] - u0[i] * cos(x0[i])) < 1e-15, "entry %d", i);
+        EXPECT(ad_item(t, out[1]) == 0, "unused input");
+        ad_tape_free(t);
+    }
+    TEST_CASE("hvp equals grad-of-grad, and the mixed product matches its closed form") {
+        // f = sum(x^2 y) + sin(x . y): check against the explicit Hessian
+        ad_tape *t = ad_tape_new(NULL);
+        double x0[2] = {0.3, -0.7}, y0[2] = {1.1, 0.4}, v0[2] = {0.5, 2.0};
+        ad_var x = ad_param(t, ad_vec_shape(2), x0), y = ad_param(t, ad_vec_shape(2), y0);
+        ad_var f = ad_add(t, ad_sum(t, ad_mul(t, ad_square(t, x), y)), ad_sin(t, ad_dot(t, x, y)));
+        ad_var v = ad_const(t, ad_vec_shape(2), v0), hxx, hxy;
+        ad_hvp(t, f, x, v, &hxx, 0);
+        ad_hvp_mixed(t, f, x, y, v, &hxy, 0);
+        double s = x0[0] * y0[0] + x0[1] * y0[1];
+        for (int i = 0; i < 2; i++) {
+            double exx = 2 * y0[i] * v0[i], exy = 2 * x0[i] * v0[i] + cos(s) * v0[i];
+            for (int j = 0; j < 2; j++) {
+                exx += -sin(s) * y0[i] * y0[j] * v0[j];
+                exy += -sin(s) * y0[i] * x0[j] * v0[j];
+            }
+            EXPECT(fabs(ad_value(t, hxx)[i] - exx) < 1e-14, "H_xx v [%d]: %g vs %g", i,
+                   ad_value(t, hxx)[i], exx);
+            EXPECT(fabs(ad_value(t, hxy)[i] - exy) < 1e-14, "H_xy v [%d]: %g vs %g", i,
+                   ad_value(t, hxy)[i], exy);
+        }
+        ad_tape_free(t);
+    }
+    TEST_CASE("hvp computes only the values it needs (the inner gradient stays lazy)") {
+        // f = 1/2 x^T A x: the gradient A x is never needed for H v = A v, so one product
+        // fewer than forming the gradient first.
+        ad_tape *t = ad_tape_new(NULL);
+        double A[9] = {2, 1, 0, 1, 3, 1, 0, 1, 4}, x0[3] = {1, 2, 3}, v0[3] = {1, 0, -1};
+        ad_var a = ad_const(t, ad_mat_shape(3, 3), A), x = ad_param(t, ad_vec_shape(3), x0);
+        ad_var f = ad_scale(t, ad_dot(t, x, ad_matvec(t, a, x, 0)), 0.5), h;
+        int64_t before = ad_tape_op_uses(t, 0); // not an op count of interest; just a sanity read
+        (void)before;
+        ad_hvp(t, f, x, ad_const(t, ad_vec_shape(3), v0), &h, 0);
+        const double *hv = ad_value(t, h);
+        double e[3] = {2 - 0, 1 - 1, 0 - 4};
+        for (int i = 0; i < 3; i++) EXPECT(fabs(hv[i] - e[i]) < 1e-14, "entry %d: %g", i, hv[i]);
+        ad_tape_free(t);
+    }
+}
+
+static void detach(void) {
+    TEST_CASE("detach stops the gradient: same value, no derivative, constant in a Hessian") {
+        ad_tape *t = ad_tape_new(NULL);
+        double x0[2] = {0.4, -1.2};
+        ad_var x = ad_param(t, ad_vec_shape(2), x0), g, h;
+        ad_var d = ad_detach(t, ad_sin(t, x));
+        ad_var f = ad_dot(t, x, d); // f = x . c with c = sin(x0) frozen
+        ad_grad(t, f, 1, &x, &g, 0);
+        ad_hvp(t, ad_mul(t, f, f), x, ad_fill(t, ad_vec_shape(2), 1), &h, 0);
+        double c[2] = {sin(x0[0]), sin(x0[1])};
+        for (int i = 0; i < 2; i++) {
+            EXPECT(ad_value(t, d)[i] == c[i], "value");
+            EXPECT(ad_value(t, g)[i] == c[i], "gradient %g", ad_value(t, g)[i]);
+            // f^2 with f = x . c: H = 2 c c^T, H 1 = 2 c (c0 + c1)
+            EXPECT(fabs(ad_value(t, h)[i] - 2 * c[i] * (c[0] + c[1])) < 1e-14, "hvp");
+        }
+        ad_tape_free(t);
+    }
+}
+
+static void mark_rewind(void) {
+    TEST_CASE("mark / rewind: a loop that rewinds does not grow the tape") {
+        ad_tape *t = ad_tape_new(NULL);
+        double x0[100] = {0};
+        ad_var x = ad_param(t, ad_vec_shape(100), x0);
+        ad_mark m = ad_tape_mark(t);
+        size_t bytes = 0;
+        for (int it = 0; it < 1000; it++) {
+            ad_var y = ad_sum(t, ad_exp(t, ad_mul(t, x, x))), g;
+            ad_grad(t, y, 1, &x, &g, 0);
+            EXPECT(ad_item(t, y) == 100, "value");
+            ad_tape_rewind(t, m);
+            if (it == 1) bytes = ad_tape_bytes(t);
+        }
+        EXPECT(ad_tape_bytes(t) == bytes, "bytes grew from %zu to %zu", bytes, ad_tape_bytes(t));
+        EXPECT(ad_tape_nodes(t) == m.nodes, "nodes after rewind");
+        EXPECT(ad_value(t, x)[0] == 0, "values before the mark survive");
+        ad_tape_free(t);
+    }
+}
+
+typedef struct { const char *name; ad_status st; const char *msg1, *msg2; } err_case;
+
+static void errors(void) {
+    TEST_CASE("errors: domain errors name the op and the entry") {
+        struct { ad_var (*f)(ad_tape *, ad_var); double x; const char *op; } c[] = {
+            {ad_log, -1, "log"}, {ad_log, 0, "log"}, {ad_sqrt, -4, "sqrt"}};
+        for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+            ad_tape *t = ad_tape_new(NULL);
+            double x[3] = {1, c[i].x, 2};
+            ad_var r = c[i].f(t, ad_param(t, ad_vec_shape(3), x));
+            EXPECT(r == AD_NONE && ad_tape_status(t) == AD_EDOMAIN, "%s status", c[i].op);
+            EXPECT(has(ad_tape_error(t), c[i].op) && has(ad_tape_error(t), "entry 1"), "%s",
+                   ad_tape_error(t));
+            ad_tape_free(t);
+        }
+        ad_tape *t = ad_tape_new(NULL);
+        double z = 0;
+        EXPECT(!ad_div(t, ad_scalar(t, 1), ad_const(t, ad_scalar_shape(), &z)) &&
+                   ad_tape_status(t) == AD_EDOMAIN && has(ad_tape_error(t), "div"),
+               "div by zero: %s", ad_tape_error(t));
+        ad_tape_reset(t);
+        EXPECT(!ad_pow(t, ad_scalar(t, 0), -1) && ad_tape_status(t) == AD_EDOMAIN, "0^-1");
+        ad_tape_reset(t);
+        EXPECT(!ad_pow(t, ad_scalar(t, -2), 0.5) && ad_tape_status(t) == AD_EDOMAIN, "(-2)^0.5");
+        ad_tape_free(t);
+    }
+    TEST_CASE("errors: the first error is kept, later ops are no-ops, entry points report it") {
+        ad_tape *t = ad_tape_new(NULL);
+        double x0[2] = {1, 2};
+        ad_var x = ad_param(t, ad_vec_shape(2), x0);
+        ad_var bad = ad_matmul(t, x, x, 0, 0); // vectors are not matrices
+        EXPECT(!bad && ad_tape_status(t) == AD_ESHAPE && has(ad_tape_error(t), "matmul"), "%s",
+               ad_tape_error(t));
+        char first[256];
+        snprintf(first, sizeof first, "%s", ad_tape_error(t));
+        int32_t nodes = ad_tape_nodes(t);
+        ad_var y = ad_log(t, ad_neg(t, x)); // would be a domain error
+        EXPECT(!y && ad_tape_nodes(t) == nodes && !strcmp(first, ad_tape_error(t)), "no-op");
+        ad_var g;
+        EXPECT(ad_grad(t, ad_sum(t, x), 1, &x, &g, 0) == AD_ESHAPE && g == AD_NONE, "grad status");
+        EXPECT(isnan(ad_item(t, g)), "an invalid handle reads as NaN");
+        ad_tape_clear_error(t);
+        EXPECT(ad_grad(t, ad_sum(t, x), 1, &x, &g, 0) == AD_OK && ad_value(t, g)[1] == 1,
+               "works again after clearing");
+        ad_tape_free(t);
+    }
+    TEST_CASE("errors: memory cap") {
+        ad_tape_params p = ad_tape_default_params();
+        p.max_bytes = 4 << 20;
+        p.chunk_bytes = 1 << 16;
+        ad_tape *t = ad_tape_new(&p);
+        ad_var x = ad_fill(t, ad_vec_shape(1000), 1.0);
+        int steps = 0;
+        while (x && steps < 100000) x = ad_exp(t, ad_scale(t, x, 0.5)), steps++;
+        EXPECT(ad_tape_status(t) == AD_ENOMEM && has(ad_tape_error(t), "cap"), "%s",
+               ad_tape_error(t));
+        EXPECT(ad_tape_peak_bytes(t) <= p.max_bytes, "peak %zu over the cap",
+               ad_tape_peak_bytes(t));
+        ad_tape_reset(t);
+        EXPECT(ad_exp(t, ad_fill(t, ad_vec_shape(10), 1.0)) != AD_NONE, "usable after reset");
+        ad_tape_free(t);
+    }
+    TEST_CASE("errors: NaN/Inf when checking is on, and not when off") {
+        ad_tape_params p = ad_tape_default_params();
+        p.check_finite = 1;
+        ad_tape *t = ad_tape_new(&p);
+        EXPECT(!ad_exp(t, ad_scalar(t, 1000)) && ad_tape_status(t) == AD_ENAN &&
+                   has(ad_tape_error(t), "exp"),
+               "%s", ad_tape_error(t));
+        ad_tape_reset(t);
+        double bad[2] = {1, NAN};
+        EXPECT(!ad_param(t, ad_vec_shape(2), bad) && ad_tape_status(t) == AD_ENAN, "NaN param");
+        ad_tape_free(t);
+        t = ad_tape_new(NULL);
+        EXPECT(isinf(ad_item(t, ad_exp(t, ad_scalar(t, 1000)))) && ad_tape_status(t) == AD_OK,
+               "unchecked");
+        ad_tape_free(t);
+    }
+    TEST_CASE("errors: bad arguments") {
+        ad_tape *t = ad_tape_new(NULL);
+        double m[6] = {0};
+        ad_var a = ad_const(t, ad_mat_shape(3, 2), m), g;
+        int32_t idx[2] = {0, 3}, lab[3] = {0, 1, 2};
+        EXPECT(!ad_take_rows(t, a, 2, idx) && ad_tape_status(t) == AD_EARG &&
+                   has(ad_tape_error(t), "index 1 is 3"),
+               "take_rows: %s", ad_tape_error(t));
+        ad_tape_reset(t);
+        a = ad_const(t, ad_mat_shape(3, 2), m);
+        EXPECT(!ad_xent(t, a, lab) && has(ad_tape_error(t), "label 2 is 2"), "xent: %s",
+               ad_tape_error(t));
+        ad_tape_reset(t);
+        EXPECT(!ad_exp(t, 12345) && ad_tape_status(t) == AD_EARG, "invalid handle");
+        ad_tape_reset(t);
+        a = ad_const(t, ad_mat_shape(3, 2), m);
+        EXPECT(ad_grad(t, ad_sum(t, a), 1, &a, &g, 0) == AD_EARG && has(ad_tape_error(t), "constant"),
+               "gradient with respect to a constant: %s", ad_tape_error(t));
+        ad_tape_reset(t);
+        ad_var x = ad_param(t, ad_mat_shape(3, 2), m);
+        EXPECT(ad_grad(t, x, 1, &x, &g, 0) == AD_ESHAPE && has(ad_tape_error(t), "not a scalar"),
+               "grad of a matrix: %s", ad_tape_error(t));
+        ad_tape_reset(t);
+        x = ad_param(t, ad_mat_shape(3, 2), m);
+        EXPECT(ad_vjp(t, x, ad_fill(t, ad_vec_shape(6), 1), 1, &x, &g, 0) == AD_ESHAPE,
+               "vjp adjoint shape");
+        ad_tape_reset(t);
+        EXPECT(!ad_clamp(t, ad_scalar(t, 1), 2, 1) && ad_tape_status(t) == AD_EARG, "empty box");
+        ad_tape_reset(t);
+        EXPECT(!ad_slice(t, ad_fill(t, ad_vec_shape(4), 0), 2, 3) && ad_tape_status(t) == AD_ESHAPE,
+               "slice out of range");
+        ad_tape_free(t);
+    }
+    TEST_CASE("errors: a domain error inside a reverse rule is reported by grad") {
+        ad_tape *t = ad_tape_new(NULL);
+        double z = 0;
+        ad_var x = ad_param(t, ad_scalar_shape(), &z), g;
+        // sqrt is defined at 0 but its derivative is not
+        EXPECT(ad_grad(t, ad_sqrt(t, x), 1, &x, &g, 0) == AD_EDOMAIN && g == AD_NONE, "%s",
+               ad_tape_error(t));
+        ad_tape_free(t);
+    }
+}
+
+void test_ad_engine(void) {
+    broadcasting();
+    conventions();
+    derivatives();
+    detach();
+    mark_rewind();
+    errors();
+}

@@ -1,0 +1,335 @@
+// Every op against finite differences: one row per op (and per interesting shape), first
+// derivatives through ad_check_grad and second derivatives through ad_check_hvp, with incoming
+// adjoints that are not all ones. A case fails if an op has no row. Third order spot checks.
+#include "harness.h"
+#include "tests.h"
+
+#include "../autodiff/ad.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define S0 {0, 1, 1}
+#define V(n) {1, 1, n}
+#define M(r, c) {2, r, c}
+
+static const int32_t idx5[] = {4, 0, 4};      // rows of a 5-row operand, one repeated
+static const int32_t labels3[] = {2, 0, 3};   // for [3, 4] logits
+static const int32_t label1[] = {1};
+static const int32_t labels3x3[] = {2, 0, 1};
+
+typedef ad_var (*op_fn)(ad_tape *t, const ad_var *x);
+
+typedef struct {
+    const char *op;         // the op this row checks (ad_op_name)
+    op_fn fn;
+    int n_in;
+    ad_shape shape[2];
+    double lo, hi;          // inputs drawn uniformly from [lo, hi] ...
+    double kink[2];         // ... at least 0.01 away from these (NAN: none)
+    int separate;           // binary: keep |a_i - b_i| >= 0.01 (min, max, cmp ties)
+} row;
+
+// clang-format off
+static ad_var r_add(ad_tape *t, const ad_var *x) { return ad_add(t, x[0], x[1]); }
+static ad_var r_sub(ad_tape *t, const ad_var *x) { return ad_sub(t, x[0], x[1]); }
+static ad_var r_mul(ad_tape *t, const ad_var *x) { return ad_mul(t, x[0], x[1]); }
+static ad_var r_div(ad_tape *t, const ad_var *x) { return ad_div(t, x[0], ad_shift(t, ad_abs(t, x[1]), 0.5)); }
+static ad_var r_min(ad_tape *t, const ad_var *x) { return ad_min(t, x[0], x[1]); }
+static ad_var r_max(ad_tape *t, const ad_var *x) { return ad_max(t, x[0], x[1]); }
+static ad_var r_neg(ad_tape *t, const ad_var *x) { return ad_neg(t, x[0]); }
+static ad_var r_scale(ad_tape *t, const ad_var *x) { return ad_scale(t, x[0], -1.7); }
+static ad_var r_shift(ad_tape *t, const ad_var *x) { return ad_shift(t, x[0], 0.3); }
+static ad_var r_pow3(ad_tape *t, const ad_var *x) { return ad_pow(t, x[0], 3); }
+static ad_var r_pow25(ad_tape *t, const ad_var *x) { return ad_pow(t, x[0], 2.5); }
+static ad_var r_powm15(ad_tape *t, const ad_var *x) { return ad_pow(t, x[0], -1.5); }
+static ad_var r_powm2(ad_tape *t, const ad_var *x) { return ad_pow(t, x[0], -2); }
+static ad_var r_abs(ad_tape *t, const ad_var *x) { return ad_abs(t, x[0]); }
+static ad_var r_sqrt(ad_tape *t, const ad_var *x) { return ad_sqrt(t, x[0]); }
+static ad_var r_square(ad_tape *t, const ad_var *x) { return ad_square(t, x[0]); }
+static ad_var r_exp(ad_tape *t, const ad_var *x) { return ad_exp(t, x[0]); }
+static ad_var r_log(ad_tape *t, const ad_var *x) { return ad_log(t, x[0]); }
+static ad_var r_sin(ad_tape *t, const ad_var *x) { return ad_sin(t, x[0]); }
+static ad_var r_cos(ad_tape *t, const ad_var *x) { return ad_cos(t, x[0]); }
+static ad_var r_tanh(ad_tape *t, const ad_var *x) { return ad_tanh(t, x[0]); }
+static ad_var r_sigmoid(ad_tape *t, const ad_var *x) { return ad_sigmoid(t, x[0]); }
+static ad_var r_softplus(ad_tape *t, const ad_var *x) { return ad_softplus(t, x[0]); }
+static ad_var r_relu(ad_tape *t, const ad_var *x) { return ad_relu(t, x[0]); }
+static ad_var r_clamp(ad_tape *t, const ad_var *x) { return ad_clamp(t, x[0], -0.5, 0.7); }
+// the masks are multiplied by the input so the row has a non-zero derivative to check
+static ad_var r_sign(ad_tape *t, const ad_var *x) { return ad_mul(t, x[0], ad_sign(t, x[0])); }
+static ad_var r_step(ad_tape *t, const ad_var *x) { return ad_mul(t, x[0], ad_step(t, x[0])); }
+static ad_var r_inbox(ad_tape *t, const ad_var *x) { return ad_mul(t, x[0], ad_inbox(t, x[0], -0.5, 0.7)); }
+static ad_var r_cmp(ad_tape *t, const ad_var *x) { return ad_mul(t, ad_mul(t, x[0], x[1]), ad_cmp(t, x[0], x[1])); }
+static ad_var r_onehot(ad_tape *t, const ad_var *x) { return ad_mul(t, x[0], ad_onehot(t, 3, 4, labels3)); }
+static ad_var r_sum(ad_tape *t, const ad_var *x) { return ad_sum(t, x[0]); }
+static ad_var r_mean(ad_tape *t, const ad_var *x) { return ad_mean(t, x[0]); }
+static ad_var r_sum_rows(ad_tape *t, const ad_var *x) { return ad_sum_rows(t, x[0]); }
+static ad_var r_sum_cols(ad_tape *t, const ad_var *x) { return ad_sum_cols(t, x[0]); }
+static ad_var r_expand(ad_tape *t, const ad_var *x) { return ad_expand(t, x[0], (ad_shape)M(3, 4)); }
+static ad_var r_expand_col(ad_tape *t, const ad_var *x) { return ad_expand(t, x[0], (ad_shape)M(3, 4)); }
+static ad_var r_max_all(ad_tape *t, const ad_var *x) { return ad_max_all(t, x[0]); }
+static ad_var r_dot(ad_tape *t, const ad_var *x) { return ad_dot(t, x[0], x[1]); }
+static ad_var r_matvec(ad_tape *t, const ad_var *x) { return ad_matvec(t, x[0], x[1], 0); }
+static ad_var r_matvec_t(ad_tape *t, const ad_var *x) { return ad_matvec(t, x[0], x[1], 1); }
+static ad_var r_matmul(ad_tape *t, const ad_var *x) { return ad_matmul(t, x[0], x[1], 0, 0); }
+static ad_var r_matmul_ta(ad_tape *t, const ad_var *x) { return ad_matmul(t, x[0], x[1], 1, 0); }
+static ad_var r_matmul_tb(ad_tape *t, const ad_var *x) { return ad_matmul(t, x[0], x[1], 0, 1); }
+static ad_var r_matmul_tt(ad_tape *t, const ad_var *x) { return ad_matmul(t, x[0], x[1], 1, 1); }
+static ad_var r_outer(ad_tape *t, const ad_var *x) { return ad_outer(t, x[0], x[1]); }
+static ad_var r_reshape(ad_tape *t, const ad_var *x) { return ad_sin(t, ad_reshape(t, x[0], (ad_shape)M(2, 6))); }
+static ad_var r_slice(ad_tape *t, const ad_var *x) { return ad_slice(t, x[0], 2, 3); }
+static ad_var r_pad(ad_tape *t, const ad_var *x) { return ad_pad(t, x[0], 2, 7); }
+static ad_var r_concat(ad_tape *t, const ad_var *x) { return ad_concat(t, x[0], x[1]); }
+static ad_var r_concat_n(ad_tape *t, const ad_var *x) {
+    ad_var p[3] = {x[1], x[0], x[1]};
+    return ad_concat_n(t, 3, p);
+}
+static ad_var r_take_rows(ad_tape *t, const ad_var *x) { return ad_take_rows(t, x[0], 3, idx5); }
+static ad_var r_take_vec(ad_tape *t, const ad_var *x) { return ad_take_rows(t, x[0], 3, idx5); }
+static ad_var r_put_rows(ad_tape *t, const ad_var *x) { return ad_put_rows(t, x[0], 5, 3, idx5); }
+static ad_var r_logsumexp(ad_tape *t, const ad_var *x) { return ad_logsumexp(t, x[0]); }
+static ad_var r_log_softmax(ad_tape *t, const ad_var *x) { return ad_log_softmax(t, x[0]); }
+static ad_var r_xent(ad_tape *t, const ad_var *x) { return ad_xent(t, x[0], labels3); }
+static ad_var r_xent1(ad_tape *t, const ad_var *x) { return ad_xent(t, x[0], label1); }
+static ad_var r_sqnorm(ad_tape *t, const ad_var *x) { return ad_sqnorm(t, x[0]); }
+static ad_var r_normp3(ad_tape *t, const ad_var *x) { return ad_normp(t, x[0], 3); }
+static ad_var r_normp15(ad_tape *t, const ad_var *x) { return ad_normp(t, x[0], 1.5); }
+static ad_var r_normp2(ad_tape *t, const ad_var *x) { return ad_normp(t, x[0], 2); }
+static ad_var r_powz(ad_tape *t, const ad_var *x) { return ad_powz(t, x[0], 0.7); }
+static ad_var r_lq(ad_tape *t, const ad_var *x) { return ad_lq_smooth(t, x[0], 0.5, 0.1); }
+
+#define NK {NAN, NAN}
+static const row rows[] = {
+    {"add", r_add, 2, {M(3, 4), M(3, 4)}, -2, 2, NK, 0},
+    {"add", r_add, 2, {M(3, 4), V(4)}, -2, 2, NK, 0},       // bias: a row added to every row
+    {"add", r_add, 2, {S0, V(3)}, -2, 2, NK, 0},            // scalar with a vector
+    {"sub", r_sub, 2, {M(2, 3), M(2, 1)}, -2, 2, NK, 0},    // a column to every column
+    {"mul", r_mul, 2, {M(3, 4), M(3, 4)}, -2, 2, NK, 0},
+    {"mul", r_mul, 2, {M(3, 4), S0}, -2, 2, NK, 0},
+    {"div", r_div, 2, {M(3, 4), M(3, 4)}, -2, 2, NK, 0},
+    {"div", r_div, 2, {V(4), S0}, -2, 2, NK, 0},
+    {"min", r_min, 2, {V(6), V(6)}, -1, 1, NK, 1},
+    {"max", r_max, 2, {V(6), V(6)}, -1, 1, NK, 1},
+    {"max", r_max, 2, {M(2, 3), V(3)}, -1, 1, NK, 1},
+    {"neg", r_neg, 1, {V(4)}, -2, 2, NK, 0},
+    {"scale", r_scale, 1, {V(4)}, -2, 2, NK, 0},
+    {"shift", r_shift, 1, {V(4)}, -2, 2, NK, 0},
+    {"pow", r_pow3, 1, {V(5)}, -2, 2, NK, 0},
+    {"pow", r_pow25, 1, {V(5)}, 0.5, 2, NK, 0},
+    {"pow", r_powm15, 1, {V(5)}, 0.5, 2, NK, 0},
+    {"pow", r_powm2, 1, {V(5)}, 0.5, 2, NK, 0},
+    {"abs", r_abs, 1, {V(6)}, -2, 2, {0, NAN}, 0},
+    {"sqrt", r_sqrt, 1, {V(5)}, 0.3, 3, NK, 0},
+    {"square", r_square, 1, {V(5)}, -2, 2, NK, 0},
+    {"exp", r_exp, 1, {M(2, 3)}, -2, 2, NK, 0},
+    {"log", r_log, 1, {V(5)}, 0.3, 3, NK, 0},
+    {"sin", r_sin, 1, {V(5)}, -3, 3, NK, 0},
+    {"cos", r_cos, 1, {V(5)}, -3, 3, NK, 0},
+    {"tanh", r_tanh, 1, {V(5)}, -2, 2, NK, 0},
+    {"sigmoid", r_sigmoid, 1, {V(5)}, -4, 4, NK, 0},
+    {"softplus", r_softplus, 1, {V(5)}, -4, 4, NK, 0},
+    {"relu", r_relu, 1, {V(6)}, -2, 2, {0, NAN}, 0},
+    {"clamp", r_clamp, 1, {V(8)}, -2, 2, {-0.5, 0.7}, 0},
+    {"sign", r_sign, 1, {V(6)}, -2, 2, {0, NAN}, 0},
+    {"step", r_step, 1, {V(6)}, -2, 2, {0, NAN}, 0},
+    {"inbox", r_inbox, 1, {V(8)}, -2, 2, {-0.5, 0.7}, 0},
+    {"cmp", r_cmp, 2, {V(6), V(6)}, -1, 1, NK, 1},
+    {"onehot", r_onehot, 1, {M(3, 4)}, -2, 2, NK, 0},
+    {"sum_to", r_sum, 1, {M(3, 4)}, -2, 2, NK, 0},
+    {"sum_to", r_mean, 1, {M(3, 4)}, -2, 2, NK, 0},
+    {"sum_to", r_sum_rows, 1, {M(3, 4)}, -2, 2, NK, 0},
+    {"sum_to", r_sum_cols, 1, {M(3, 4)}, -2, 2, NK, 0},
+    {"expand", r_expand, 1, {V(4)}, -2, 2, NK, 0},
+    {"expand", r_expand_col, 1, {M(3, 1)}, -2, 2, NK, 0},
+    {"max_all", r_max_all, 1, {M(3, 4)}, -2, 2, NK, 0},
+    {"argmax1h", r_max_all, 1, {V(7)}, -2, 2, NK, 0},
+    {"dot", r_dot, 2, {V(5), V(5)}, -2, 2, NK, 0},
+    {"matvec", r_matvec, 2, {M(3, 4), V(4)}, -2, 2, NK, 0},
+    {"matvec", r_matvec_t, 2, {M(3, 4), V(3)}, -2, 2, NK, 0},
+    {"matmul", r_matmul, 2, {M(3, 4), M(4, 2)}, -2, 2, NK, 0},
+    {"matmul", r_matmul_ta, 2, {M(4, 3), M(4, 2)}, -2, 2, NK, 0},
+    {"matmul", r_matmul_tb, 2, {M(3, 4), M(2, 4)}, -2, 2, NK, 0},
+    {"matmul", r_matmul_tt, 2, {M(4, 3), M(2, 4)}, -2, 2, NK, 0},
+    {"outer", r_outer, 2, {V(3), V(4)}, -2, 2, NK, 0},
+    {"reshape", r_reshape, 1, {M(3, 4)}, -2, 2, NK, 0},
+    {"slice", r_slice, 1, {V(6)}, -2, 2, NK, 0},
+    {"pad", r_pad, 1, {V(3)}, -2, 2, NK, 0},
+    {"concat", r_concat, 2, {V(3), S0}, -2, 2, NK, 0},
+    {"concat", r_concat_n, 2, {V(3), V(2)}, -2, 2, NK, 0},
+    {"take_rows", r_take_rows, 1, {M(5, 3)}, -2, 2, NK, 0},
+    {"take_rows", r_take_vec, 1, {V(5)}, -2, 2, NK, 0},
+    {"put_rows", r_put_rows, 1, {M(3, 2)}, -2, 2, NK, 0},
+    {"logsumexp", r_logsumexp, 1, {M(2, 3)}, -3, 3, NK, 0},
+    {"log_softmax", r_log_softmax, 1, {M(3, 4)}, -3, 3, NK, 0},
+    {"log_softmax", r_log_softmax, 1, {V(4)}, -3, 3, NK, 0},
+    {"xent", r_xent, 1, {M(3, 4)}, -3, 3, NK, 0},
+    {"xent", r_xent1, 1, {V(4)}, -3, 3, NK, 0},
+    {"sqnorm", r_sqnorm, 1, {M(2, 3)}, -2, 2, NK, 0},
+    {"normp", r_normp3, 1, {V(5)}, -2, 2, NK, 0},
+    {"normp", r_normp15, 1, {V(5)}, -2, 2, NK, 0},
+    {"normp", r_normp2, 1, {V(5)}, -2, 2, NK, 0},
+    {"powz", r_powz, 1, {V(5)}, 0.3, 2, NK, 0},
+    {"pow", r_lq, 1, {V(5)}, -2, 2, NK, 0}, // smoothed ||v||_q^q, a composition
+};
+// clang-format on
+enum { N_ROWS = sizeof rows / sizeof rows[0] };
+
+// The checked function: f = <w1, y> + 1/2 <w2, y * y> with y = op(x) and fixed random weights,
+// so the adjoint reaching the op is neither all ones nor constant, and f has curvature even
+// when the op is linear.
+typedef struct {
+    const row *r;
+    double w1[64], w2[64];
+} ctx_t;
+
+static ad_var wrapped(ad_tape *t, const ad_var *in, void *c) {
+    const ctx_t *x = c;
+    ad_var y = x->r->fn(t, in);
+    ad_shape s = ad_shape_of(t, y);
+    ad_var w1 = ad_const(t, s, x->w1), w2 = ad_const(t, s, x->w2);
+    return ad_add(t, ad_dot(t, w1, y), ad_scale(t, ad_dot(t, w2, ad_square(t, y)), 0.5));
+}
+
+static double draw(ad_rng *g, const row *r) {
+    for (;;) {
+        double u = r->lo + (r->hi - r->lo) * ad_rng_uniform(g);
+        bool near = false;
+        for (int k = 0; k < 2; k++) near |= !isnan(r->kink[k]) && fabs(u - r->kink[k]) < 0.01;
+        if (!near) return u;
+    }
+}
+
+static void make_point(const row *r, uint64_t seed, double x[2][64]) {
+    ad_rng g;
+    ad_rng_seed(&g, seed);
+    for (int k = 0; k < r->n_in; k++)
+        for (int i = 0; i < ad_shape_size(r->shape[k]); i++) x[k][i] = draw(&g, r);
+    if (r->separate)
+        for (int i = 0; i < ad_shape_size(r->shape[1]); i++)
+            while (fabs(x[1][i] - x[0][i % ad_shape_size(r->shape[0])]) < 0.01) x[1][i] = draw(&g, r);
+}
+
+// Runs the row and its gradient once on a probe tape: the output shape (for the weights) and
+// whether the op the row claims to check was recorded.
+static bool probe(const row *r, double x[2][64], ad_shape *out, bool *uses_op) {
+    ad_tape *t = ad_tape_new(NULL);
+    ad_var in[2];
+    for (int k = 0; k < r->n_in; k++) in[k] = ad_param(t, r->shape[k], x[k]);
+    ad_var y = r->fn(t, in), g[2];
+    *out = ad_shape_of(t, y);
+    ad_grad(t, ad_sum(t, y), r->n_in, in, g, 0); // ops used by reverse rules count too
+    *uses_op = false;
+    for (int op = 0; op < ad_op_count(); op++)
+        if (!strcmp(ad_op_name(op), r->op) && ad_tape_op_uses(t, op) > 0) *uses_op = true;
+    bool ok = y && ad_tape_status(t) == AD_OK && ad_shape_size(*out) <= 64;
+    ad_tape_free(t);
+    return ok;
+}
+
+static void check_rows(void) {
+    ad_check_params p = ad_check_default_params();
+    p.rtol = 1e-6;
+    p.atol = 1e-8;
+    for (int i = 0; i < N_ROWS; i++) {
+        const row *r = &rows[i];
+        char name[96];
+        double x[2][64];
+        make_point(r, 1000 + (uint64_t)i, x);
+        const double *pt[2] = {x[0], x[1]};
+        ctx_t c = {.r = r};
+        ad_shape os;
+        bool uses;
+        snprintf(name, sizeof name, "op %s row %d: first derivatives", r->op, i);
+        TEST_CASE(name) {
+            bool ok = probe(r, x, &os, &uses);
+            EXPECT(ok, "the row does not evaluate");
+            EXPECT(uses, "the row does not record op %s", r->op);
+            ad_rng g;
+            ad_rng_seed(&g, 77 + (uint64_t)i);
+            for (int k = 0; k < 64; k++) c.w1[k] = ad_rng_normal(&g), c.w2[k] = ad_rng_normal(&g);
+            ad_check_report rep = ad_check_grad(wrapped, &c, r->n_in, r->shape, pt, &p);
+            EXPECT(rep.status == AD_OK && rep.pass, "%s", rep.msg);
+        }
+        snprintf(name, sizeof name, "op %s row %d: second derivatives (Hessian-vector)", r->op, i);
+        TEST_CASE(name) {
+            p.seed = 5 + (uint64_t)i;
+            ad_check_report rep = ad_check_hvp(wrapped, &c, r->n_in, r->shape, pt, &p);
+            EXPECT(rep.status == AD_OK && rep.pass, "%s", rep.msg);
+        }
+    }
+    TEST_CASE("every op has a row in the finite-difference table") {
+        for (int op = 0; op < ad_op_count(); op++) {
+            const char *nm = ad_op_name(op);
+            // not functions of their inputs to difference: the NaN node, leaves, and detach
+            // (a stop-gradient, checked by "detach stops the gradient" in test_ad_engine.c)
+            if (!strcmp(nm, "error") || !strcmp(nm, "leaf") || !strcmp(nm, "detach")) continue;
+            bool found = false;
+            for (int i = 0; i < N_ROWS; i++) found |= !strcmp(rows[i].op, nm);
+            EXPECT(found, "op %s has no finite-difference row", nm);
+        }
+    }
+}
+
+// ---- third order: the gradient of u^T H(x) v, checked by finite differences ----
+
+typedef struct {
+    op_fn f;
+    int n;
+    double u[8], v[8];
+} third_ctx;
+
+static ad_var third(ad_tape *t, const ad_var *in, void *c) {
+    const third_ctx *x = c;
+    ad_shape s = ad_shape_of(t, in[0]);
+    ad_var f = ad_sum(t, x->f(t, in));
+    ad_var hv;
+    ad_hvp(t, f, in[0], ad_const(t, s, x->v), &hv, AD_CREATE_GRAPH);
+    return ad_dot(t, ad_const(t, s, x->u), hv);
+}
+
+static ad_var t_exp_sin(ad_tape *t, const ad_var *x) { return ad_exp(t, ad_sin(t, x[0])); }
+static ad_var t_log_tanh(ad_tape *t, const ad_var *x) {
+    return ad_mul(t, ad_log(t, ad_shift(t, ad_square(t, x[0]), 1)), ad_tanh(t, x[0]));
+}
+static ad_var t_lse_sigmoid(ad_tape *t, const ad_var *x) {
+    return ad_logsumexp(t, ad_mul(t, ad_sigmoid(t, x[0]), ad_pow(t, ad_shift(t, ad_square(t, x[0]), 1), 1.5)));
+}
+static ad_var t_xent_matmul(ad_tape *t, const ad_var *x) {
+    ad_var W = ad_reshape(t, x[0], ad_mat_shape(2, 3));
+    ad_var Z = ad_matmul(t, ad_softplus(t, W), W, 1, 0); // [3, 3]
+    return ad_xent(t, Z, labels3x3);
+}
+
+static void check_third_order(void) {
+    struct { const char *name; op_fn f; } cases[] = {
+        {"third order: exp(sin x)", t_exp_sin},
+        {"third order: log(1 + x^2) tanh x", t_log_tanh},
+        {"third order: logsumexp(sigmoid x (1 + x^2)^1.5)", t_lse_sigmoid},
+        {"third order: xent(softplus(W)^T W)", t_xent_matmul},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        TEST_CASE(cases[i].name) {
+            third_ctx c = {.f = cases[i].f, .n = 6};
+            ad_rng g;
+            ad_rng_seed(&g, 900 + i);
+            double x[6];
+            for (int k = 0; k < 6; k++) {
+                x[k] = 2 * ad_rng_uniform(&g) - 1;
+                c.u[k] = ad_rng_normal(&g);
+                c.v[k] = ad_rng_normal(&g);
+            }
+            ad_shape s = ad_vec_shape(6);
+            const double *pt[1] = {x};
+            ad_check_params p = ad_check_default_params();
+            ad_check_report rep = ad_check_grad(third, &c, 1, &s, pt, &p);
+            EXPECT(rep.status == AD_OK && rep.pass, "%s", rep.msg);
+        }
+    }
+}
+
+void test_ad_ops(void) {
+    check_rows();
+    check_third_order();
+}

@@ -1,0 +1,6 @@
+// Each test file's entry point.
+#ifndef HYPERTAPE_TESTS_H
+#define HYPERTAPE_TESTS_H
+void test_ad_ops(void);
+void test_ad_engine(void);
+#endif
