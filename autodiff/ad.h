@@ -52,6 +52,7 @@ typedef struct {
     size_t max_bytes;  // cap on nodes + values + scratch; 0 = no cap
     int check_finite;  // 1: an op producing NaN/Inf is an error (AD_ENAN)
     size_t chunk_bytes; // arena growth step for values (0 = 1 MiB)
+    int time_blas;     // 1: add up the wall time of matrix products (ad_tape_blas_seconds)
 } ad_tape_params;
 
 ad_tape_params ad_tape_default_params(void);
@@ -77,6 +78,9 @@ void ad_tape_clear_error(ad_tape *t);
 size_t ad_tape_bytes(const ad_tape *t);
 size_t ad_tape_peak_bytes(const ad_tape *t);
 int32_t ad_tape_nodes(const ad_tape *t);
+// Seconds spent in cblas matrix products (matvec, matmul) since the tape was made, when
+// params.time_blas is set; benchmarks compare it with the total to show overhead outside BLAS.
+double ad_tape_blas_seconds(const ad_tape *t);
 // How many nodes of each op were recorded since the tape was made (for coverage tests).
 const char *ad_op_name(int op);
 int ad_op_count(void);
@@ -179,6 +183,7 @@ ad_var ad_put_rows(ad_tape *t, ad_var G, int m, int k, const int32_t *idx);
 
 ad_var ad_logsumexp(ad_tape *t, ad_var x);          // log sum_i e^{x_i} over all entries -> scalar
 ad_var ad_log_softmax(ad_tape *t, ad_var Z);        // per row of Z [m, k] (a vector is one row)
+ad_var ad_softmax(ad_tape *t, ad_var Z);            // per row, likewise
 // Per-row cross-entropy of logits Z [m, k] against labels[m] in [0, k): -log softmax(Z_i)[label_i] -> [m].
 ad_var ad_xent(ad_tape *t, ad_var Z, const int32_t *labels);
 ad_var ad_onehot(ad_tape *t, int m, int k, const int32_t *labels); // constant [m, k]

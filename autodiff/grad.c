@@ -33,7 +33,7 @@ static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var
         return t->status;
     }
     if (!ad_check_args(t, "vjp (inputs)", n, wrt)) return t->status;
-    ad_shape sy = ad_shape_of(t, y), sb = ad_shape_of(t, ybar);
+    ad_shape sy = ad_shape_fast(t, y), sb = ad_shape_fast(t, ybar);
     if (sy.rows != sb.rows || sy.cols != sb.cols) {
         char x[32], z[32];
         ad_fail(t, AD_ESHAPE, "vjp: adjoint %s does not match output %s", ad_shape_str(sb, x),
@@ -77,17 +77,16 @@ static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var
         d->rev(t, i, g, need, gin);
         for (int k = 0; k < 2; k++) {
             if (!need[k] || !gin[k]) continue;
-            assert(t->status != AD_OK ||
-                   (ad_shape_of(t, gin[k]).rows == t->nodes[in[k]].rows &&
-                    ad_shape_of(t, gin[k]).cols == t->nodes[in[k]].cols));
+            assert(t->status != AD_OK || (t->nodes[gin[k]].rows == t->nodes[in[k]].rows &&
+                                          t->nodes[gin[k]].cols == t->nodes[in[k]].cols));
             adj[in[k] - lo] = accumulate(t, adj[in[k] - lo], gin[k]);
         }
     }
     for (int k = 0; k < n && t->status == AD_OK; k++) {
         ad_var g = wrt[k] <= y ? adj[wrt[k] - lo] : AD_NONE;
-        ad_shape s = ad_shape_of(t, wrt[k]);
+        ad_shape s = ad_shape_fast(t, wrt[k]);
         if (!g) g = ad_fill(t, s, 0.0);
-        else if (!ad_shape_eq(ad_shape_of(t, g), s)) g = ad_reshape(t, g, s);
+        else if (!ad_shape_eq(ad_shape_fast(t, g), s)) g = ad_reshape(t, g, s);
         out[k] = g;
     }
     t->lazy = saved_lazy;
@@ -106,7 +105,7 @@ ad_status ad_vjp(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var *wrt, ad
 
 static bool check_scalar(ad_tape *t, const char *op, ad_var f) {
     if (!ad_check_args(t, op, 1, &f)) return false;
-    ad_shape s = ad_shape_of(t, f);
+    ad_shape s = ad_shape_fast(t, f);
     if (s.rows * s.cols != 1) {
         char b[32];
         ad_fail(t, AD_ESHAPE, "%s: output %s is not a scalar", op, ad_shape_str(s, b));
@@ -118,7 +117,7 @@ static bool check_scalar(ad_tape *t, const char *op, ad_var f) {
 ad_status ad_grad(ad_tape *t, ad_var y, int n, const ad_var *wrt, ad_var *out, unsigned flags) {
     for (int k = 0; k < n && out; k++) out[k] = AD_NONE;
     if (!check_scalar(t, "grad", y)) return t->status;
-    ad_var one = ad_fill(t, ad_shape_of(t, y), 1.0);
+    ad_var one = ad_fill(t, ad_shape_fast(t, y), 1.0);
     return vjp_impl(t, y, one, n, wrt, out, flags, 0);
 }
 
@@ -134,7 +133,7 @@ static ad_status second_order(ad_tape *t, const char *op, ad_var f, ad_var x, ad
     if (!check_scalar(t, op, f)) return t->status;
     ad_var in[3] = {x, y, v};
     if (!ad_check_args(t, op, 3, in)) return t->status;
-    ad_shape sy = ad_shape_of(t, y), sv = ad_shape_of(t, v);
+    ad_shape sy = ad_shape_fast(t, y), sv = ad_shape_fast(t, v);
     if (sy.rows != sv.rows || sy.cols != sv.cols) {
         char a[32], b[32];
         ad_fail(t, AD_ESHAPE, "%s: direction %s does not match %s", op, ad_shape_str(sv, a),

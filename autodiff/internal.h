@@ -26,7 +26,7 @@
     /* shape */ \
     X(RESHAPE, reshape) X(SLICE, slice) X(PAD, pad) X(CONCAT, concat) X(TAKE_ROWS, take_rows) X(PUT_ROWS, put_rows) \
     /* losses and norms */ \
-    X(LOGSUMEXP, logsumexp) X(LOG_SOFTMAX, log_softmax) X(XENT, xent) X(SQNORM, sqnorm) X(NORMP, normp) X(POWZ, powz) \
+    X(LOGSUMEXP, logsumexp) X(LOG_SOFTMAX, log_softmax) X(SOFTMAX, softmax) X(XENT, xent) X(SQNORM, sqnorm) X(NORMP, normp) X(POWZ, powz) \
 
 #define AD_OP_ENUM(E, name) OP_##E,
 typedef enum { AD_OP_LIST(AD_OP_ENUM) OP_COUNT } ad_op;
@@ -89,6 +89,7 @@ struct ad_tape {
     void *scratch;
     size_t scratch_bytes;
     int64_t op_uses[OP_COUNT];
+    double blas_seconds;
 };
 
 // ---- helpers for op definitions (tape.c) ----
@@ -101,14 +102,33 @@ static inline ad_shape ad_node_shape(const ad_node *n) {
 }
 
 // True if the tape is healthy and every handle is valid; otherwise records an AD_EARG naming op.
-bool ad_check_args(ad_tape *t, const char *op, int n, const ad_var *v);
-// A node prototype of op with shape s and inputs a, b; the caller sets parameters, then ad_emit
-// appends it, allocates its value and computes it now unless the tape is lazy.
-static inline ad_node ad_proto(ad_op op, ad_shape s, ad_var a, ad_var b) {
-    return (ad_node){.op = (uint8_t)op, .rank = (uint8_t)s.rank, .rows = s.rows, .cols = s.cols,
-                     .a = a, .b = b};
+bool ad_check_args_slow(ad_tape *t, const char *op, int n, const ad_var *v);
+// Recording is two steps so parameters are set in place: ad_push appends a node of op with
+// shape s and inputs a, b (other fields zero) and returns it, or NULL after an error; the caller
+// sets parameters (and may record nothing else meanwhile); ad_commit allocates the value and
+// computes it unless the tape is lazy. ad_commit drops the node if an error happened in between.
+bool ad_grow_nodes(ad_tape *t);
+static inline ad_node *ad_push(ad_tape *t, ad_op op, ad_shape s, ad_var a, ad_var b) {
+    if (t->status != AD_OK) return NULL;
+    if (t->n_nodes == t->cap_nodes && !ad_grow_nodes(t)) return NULL;
+    ad_node *n = &t->nodes[t->n_nodes++];
+    *n = (ad_node){.op = (uint8_t)op, .rank = (uint8_t)s.rank, .rows = s.rows, .cols = s.cols,
+                   .a = a, .b = b};
+    return n;
 }
-ad_var ad_emit(ad_tape *t, ad_node proto);
+ad_var ad_commit(ad_tape *t, ad_node *n);
+// A healthy tape and a handle of one of its nodes (the fast test; ad_check_args_slow reports).
+static inline bool ad_valid(const ad_tape *t, ad_var v) {
+    return t->status == AD_OK && v > 0 && v < t->n_nodes;
+}
+static inline bool ad_check_args(ad_tape *t, const char *op, int n, const ad_var *v) {
+    bool ok = t->status == AD_OK;
+    for (int i = 0; i < n; i++) ok &= v[i] > 0 && v[i] < t->n_nodes;
+    return ok || ad_check_args_slow(t, op, n, v);
+}
+static inline ad_shape ad_shape_fast(const ad_tape *t, ad_var v) {
+    return ad_node_shape(&t->nodes[v]);
+}
 // Copy n ints onto the tape (NULL on failure, error recorded).
 const int32_t *ad_copy_idx(ad_tape *t, int n, const int32_t *idx);
 // Make sure v's value (and its ancestors') are computed.
@@ -119,6 +139,9 @@ const char *ad_shape_str(ad_shape s, char buf[32]);
 void *ad_scratch(ad_tape *t, size_t bytes);
 // Broadcast result of two shapes; false if they do not combine.
 bool ad_broadcast_shape(ad_shape a, ad_shape b, ad_shape *out);
-bool ad_shape_eq(ad_shape a, ad_shape b);
+static inline bool ad_shape_eq(ad_shape a, ad_shape b) {
+    return a.rank == b.rank && a.rows == b.rows && a.cols == b.cols;
+}
+double ad_now(void); // monotonic seconds
 
 #endif

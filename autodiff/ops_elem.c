@@ -7,28 +7,42 @@
 // ---- shared constructors ----
 
 static ad_var binary(ad_tape *t, ad_op op, ad_var a, ad_var b) {
-    ad_var in[2] = {a, b};
-    if (!ad_check_args(t, ad_ops[op]->name, 2, in)) return AD_NONE;
-    ad_shape sa = ad_shape_of(t, a), sb = ad_shape_of(t, b), s;
-    if (!ad_broadcast_shape(sa, sb, &s)) {
+    if (!ad_valid(t, a) || !ad_valid(t, b)) {
+        ad_var in[2] = {a, b};
+        ad_check_args_slow(t, ad_ops[op]->name, 2, in);
+        return AD_NONE;
+    }
+    const ad_node *A = &t->nodes[a], *B = &t->nodes[b];
+    ad_shape s = {A->rank > B->rank ? A->rank : B->rank, A->rows, A->cols};
+    ad_shape sa = ad_node_shape(A), sb = ad_node_shape(B);
+    if ((A->rows != B->rows || A->cols != B->cols) && !ad_broadcast_shape(sa, sb, &s)) {
         char x[32], y[32];
         ad_fail(t, AD_ESHAPE, "%s: shapes %s and %s do not broadcast", ad_ops[op]->name,
                 ad_shape_str(sa, x), ad_shape_str(sb, y));
         return AD_NONE;
     }
-    return ad_emit(t, ad_proto(op, s, a, b));
+    return ad_commit(t, ad_push(t, op, s, a, b));
 }
 
 static ad_var unary(ad_tape *t, ad_op op, ad_var x, double p0, double p1) {
-    if (!ad_check_args(t, ad_ops[op]->name, 1, &x)) return AD_NONE;
-    ad_node p = ad_proto(op, ad_shape_of(t, x), x, 0);
-    p.p0 = p0;
-    p.p1 = p1;
-    return ad_emit(t, p);
+    if (!ad_valid(t, x)) {
+        ad_check_args_slow(t, ad_ops[op]->name, 1, &x);
+        return AD_NONE;
+    }
+    ad_node *p = ad_push(t, op, ad_shape_fast(t, x), x, 0);
+    if (!p) return AD_NONE;
+    p->p0 = p0;
+    p->p1 = p1;
+    return ad_commit(t, p);
 }
 
-static inline ad_shape shape_a(ad_tape *t, ad_var y) { return ad_shape_of(t, t->nodes[y].a); }
-static inline ad_shape shape_b(ad_tape *t, ad_var y) { return ad_shape_of(t, t->nodes[y].b); }
+// The adjoint g of a broadcast result, summed down to the shape of operand x (a no-op when the
+// shapes agree, the usual case).
+static inline ad_var unbroadcast(ad_tape *t, ad_var g, ad_var x) {
+    const ad_node *G = &t->nodes[g], *X = &t->nodes[x];
+    if (G->rows == X->rows && G->cols == X->cols && G->rank == X->rank) return g;
+    return ad_sum_to(t, g, ad_node_shape(X));
+}
 
 // y = EXPR(u, v) over the broadcast of a and b: fast paths for equal shapes and a scalar operand.
 #define BINARY_FWD(name, EXPR)                                                                  \
@@ -37,7 +51,10 @@ static inline ad_shape shape_b(ad_tape *t, ad_var y) { return ad_shape_of(t, t->
         const double *a = A->val, *b = B->val;                                                 \
         double *y = n->val;                                                                    \
         int size = ad_size(n), na = ad_size(A), nb = ad_size(B);                              \
-        if (na == size && nb == size) {                                                        \
+        if (size == 1) { /* scalars: the common case of long chains */                         \
+            double u = a[0], v = b[0];                                                         \
+            y[0] = (EXPR);                                                                     \
+        } else if (na == size && nb == size) {                                                 \
             for (int i = 0; i < size; i++) { double u = a[i], v = b[i]; y[i] = (EXPR); }      \
         } else if (na == 1) {                                                                  \
             double u = a[0];                                                                   \
@@ -87,23 +104,23 @@ static inline ad_shape shape_b(ad_tape *t, ad_var y) { return ad_shape_of(t, t->
 ad_var ad_add(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_ADD, a, b); }
 BINARY_FWD(add, u + v)
 static void rev_add(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    if (need[0]) gin[0] = ad_sum_to(t, g, shape_a(t, y));
-    if (need[1]) gin[1] = ad_sum_to(t, g, shape_b(t, y));
+    if (need[0]) gin[0] = unbroadcast(t, g, t->nodes[y].a);
+    if (need[1]) gin[1] = unbroadcast(t, g, t->nodes[y].b);
 }
 
 ad_var ad_sub(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_SUB, a, b); }
 BINARY_FWD(sub, u - v)
 static void rev_sub(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    if (need[0]) gin[0] = ad_sum_to(t, g, shape_a(t, y));
-    if (need[1]) gin[1] = ad_sum_to(t, ad_neg(t, g), shape_b(t, y));
+    if (need[0]) gin[0] = unbroadcast(t, g, t->nodes[y].a);
+    if (need[1]) gin[1] = unbroadcast(t, ad_neg(t, g), t->nodes[y].b);
 }
 
 ad_var ad_mul(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MUL, a, b); }
 BINARY_FWD(mul, u * v)
 static void rev_mul(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     ad_var a = t->nodes[y].a, b = t->nodes[y].b;
-    if (need[0]) gin[0] = ad_sum_to(t, ad_mul(t, g, b), shape_a(t, y));
-    if (need[1]) gin[1] = ad_sum_to(t, ad_mul(t, g, a), shape_b(t, y));
+    if (need[0]) gin[0] = unbroadcast(t, ad_mul(t, g, b), t->nodes[y].a);
+    if (need[1]) gin[1] = unbroadcast(t, ad_mul(t, g, a), t->nodes[y].b);
 }
 
 ad_var ad_div(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_DIV, a, b); }
@@ -114,25 +131,25 @@ static ad_status fwd_div(ad_tape *t, ad_node *n) {
 }
 static void rev_div(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     ad_var b = t->nodes[y].b;
-    if (need[0]) gin[0] = ad_sum_to(t, ad_div(t, g, b), shape_a(t, y));
+    if (need[0]) gin[0] = unbroadcast(t, ad_div(t, g, b), t->nodes[y].a);
     // d(a/b)/db = -y / b
-    if (need[1]) gin[1] = ad_sum_to(t, ad_neg(t, ad_div(t, ad_mul(t, g, y), b)), shape_b(t, y));
+    if (need[1]) gin[1] = unbroadcast(t, ad_neg(t, ad_div(t, ad_mul(t, g, y), b)), t->nodes[y].b);
 }
 
 ad_var ad_min(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MIN, a, b); }
 BINARY_FWD(min, u < v ? u : v)
 static void rev_min(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     ad_var a = t->nodes[y].a, b = t->nodes[y].b;
-    if (need[0]) gin[0] = ad_sum_to(t, ad_mul(t, g, ad_cmp(t, b, a)), shape_a(t, y));
-    if (need[1]) gin[1] = ad_sum_to(t, ad_mul(t, g, ad_cmp(t, a, b)), shape_b(t, y));
+    if (need[0]) gin[0] = unbroadcast(t, ad_mul(t, g, ad_cmp(t, b, a)), t->nodes[y].a);
+    if (need[1]) gin[1] = unbroadcast(t, ad_mul(t, g, ad_cmp(t, a, b)), t->nodes[y].b);
 }
 
 ad_var ad_max(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MAX, a, b); }
 BINARY_FWD(max, u > v ? u : v)
 static void rev_max(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     ad_var a = t->nodes[y].a, b = t->nodes[y].b;
-    if (need[0]) gin[0] = ad_sum_to(t, ad_mul(t, g, ad_cmp(t, a, b)), shape_a(t, y));
-    if (need[1]) gin[1] = ad_sum_to(t, ad_mul(t, g, ad_cmp(t, b, a)), shape_b(t, y));
+    if (need[0]) gin[0] = unbroadcast(t, ad_mul(t, g, ad_cmp(t, a, b)), t->nodes[y].a);
+    if (need[1]) gin[1] = unbroadcast(t, ad_mul(t, g, ad_cmp(t, b, a)), t->nodes[y].b);
 }
 
 // ---- unary ----
@@ -298,9 +315,10 @@ BINARY_FWD(cmp, u > v ? 1.0 : u == v ? 0.5 : 0.0)
 
 ad_var ad_detach(ad_tape *t, ad_var x) {
     if (!ad_check_args(t, "detach", 1, &x)) return AD_NONE;
-    ad_node p = ad_proto(OP_DETACH, ad_shape_of(t, x), x, 0);
-    p.flags = NF_NOGRAD;
-    return ad_emit(t, p);
+    ad_node *p = ad_push(t, OP_DETACH, ad_shape_fast(t, x), x, 0);
+    if (!p) return AD_NONE;
+    p->flags = NF_NOGRAD;
+    return ad_commit(t, p);
 }
 UNARY_FWD(detach, u)
 

@@ -16,12 +16,12 @@ static void fail2(ad_tape *t, const char *op, ad_shape a, ad_shape b) {
 ad_var ad_dot(ad_tape *t, ad_var u, ad_var v) {
     ad_var in[2] = {u, v};
     if (!ad_check_args(t, "dot", 2, in)) return AD_NONE;
-    ad_shape su = ad_shape_of(t, u), sv = ad_shape_of(t, v);
+    ad_shape su = ad_shape_fast(t, u), sv = ad_shape_fast(t, v);
     if (su.rows != sv.rows || su.cols != sv.cols) {
         fail2(t, "dot", su, sv);
         return AD_NONE;
     }
-    return ad_emit(t, ad_proto(OP_DOT, ad_scalar_shape(), u, v));
+    return ad_commit(t, ad_push(t, OP_DOT, ad_scalar_shape(), u, v));
 }
 static ad_status fwd_dot(ad_tape *t, ad_node *n) {
     const ad_node *U = &t->nodes[n->a], *V = &t->nodes[n->b];
@@ -40,15 +40,16 @@ AD_DEF(dot, 2, fwd_dot, rev_dot);
 ad_var ad_matvec(ad_tape *t, ad_var A, ad_var x, int transA) {
     ad_var in[2] = {A, x};
     if (!ad_check_args(t, "matvec", 2, in)) return AD_NONE;
-    ad_shape sa = ad_shape_of(t, A), sx = ad_shape_of(t, x);
+    ad_shape sa = ad_shape_fast(t, A), sx = ad_shape_fast(t, x);
     int inner = transA ? sa.rows : sa.cols, outer = transA ? sa.cols : sa.rows;
     if (sa.rank != 2 || sx.rank != 1 || sx.cols != inner) {
         fail2(t, transA ? "matvec (A transposed)" : "matvec", sa, sx);
         return AD_NONE;
     }
-    ad_node p = ad_proto(OP_MATVEC, ad_vec_shape(outer), A, x);
-    p.i0 = transA != 0;
-    return ad_emit(t, p);
+    ad_node *p = ad_push(t, OP_MATVEC, ad_vec_shape(outer), A, x);
+    if (!p) return AD_NONE;
+    p->i0 = transA != 0;
+    return ad_commit(t, p);
 }
 static ad_status fwd_matvec(ad_tape *t, ad_node *n) {
     const ad_node *A = &t->nodes[n->a], *X = &t->nodes[n->b];
@@ -56,8 +57,10 @@ static ad_status fwd_matvec(ad_tape *t, ad_node *n) {
         memset(n->val, 0, (size_t)ad_size(n) * sizeof(double));
         return AD_OK;
     }
+    double t0 = t->par.time_blas ? ad_now() : 0;
     cblas_dgemv(CblasRowMajor, n->i0 ? CblasTrans : CblasNoTrans, A->rows, A->cols, 1.0, A->val,
                 A->cols, X->val, 1, 0.0, n->val, 1);
+    if (t->par.time_blas) t->blas_seconds += ad_now() - t0;
     return AD_OK;
 }
 static void rev_matvec(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
@@ -73,7 +76,7 @@ AD_DEF(matvec, 2, fwd_matvec, rev_matvec);
 ad_var ad_matmul(ad_tape *t, ad_var A, ad_var B, int transA, int transB) {
     ad_var in[2] = {A, B};
     if (!ad_check_args(t, "matmul", 2, in)) return AD_NONE;
-    ad_shape sa = ad_shape_of(t, A), sb = ad_shape_of(t, B);
+    ad_shape sa = ad_shape_fast(t, A), sb = ad_shape_fast(t, B);
     int m = transA ? sa.cols : sa.rows, ka = transA ? sa.rows : sa.cols;
     int kb = transB ? sb.cols : sb.rows, n = transB ? sb.rows : sb.cols;
     if (sa.rank != 2 || sb.rank != 2 || ka != kb) {
@@ -82,10 +85,11 @@ ad_var ad_matmul(ad_tape *t, ad_var A, ad_var B, int transA, int transB) {
                 transA ? "^T" : "", ad_shape_str(sb, y), transB ? "^T" : "");
         return AD_NONE;
     }
-    ad_node p = ad_proto(OP_MATMUL, ad_mat_shape(m, n), A, B);
-    p.i0 = transA != 0;
-    p.i1 = transB != 0;
-    return ad_emit(t, p);
+    ad_node *p = ad_push(t, OP_MATMUL, ad_mat_shape(m, n), A, B);
+    if (!p) return AD_NONE;
+    p->i0 = transA != 0;
+    p->i1 = transB != 0;
+    return ad_commit(t, p);
 }
 static ad_status fwd_matmul(ad_tape *t, ad_node *n) {
     const ad_node *A = &t->nodes[n->a], *B = &t->nodes[n->b];
@@ -95,8 +99,10 @@ static ad_status fwd_matmul(ad_tape *t, ad_node *n) {
         memset(n->val, 0, (size_t)ad_size(n) * sizeof(double));
         return AD_OK;
     }
+    double t0 = t->par.time_blas ? ad_now() : 0;
     cblas_dgemm(CblasRowMajor, n->i0 ? CblasTrans : CblasNoTrans, n->i1 ? CblasTrans : CblasNoTrans,
                 n->rows, n->cols, k, 1.0, A->val, A->cols, B->val, B->cols, 0.0, n->val, n->cols);
+    if (t->par.time_blas) t->blas_seconds += ad_now() - t0;
     return AD_OK;
 }
 // C = op(A) op(B): dA and dB are products of G with the other operand, transposed to fit.
@@ -113,12 +119,12 @@ AD_DEF(matmul, 2, fwd_matmul, rev_matmul);
 ad_var ad_outer(ad_tape *t, ad_var u, ad_var v) {
     ad_var in[2] = {u, v};
     if (!ad_check_args(t, "outer", 2, in)) return AD_NONE;
-    ad_shape su = ad_shape_of(t, u), sv = ad_shape_of(t, v);
+    ad_shape su = ad_shape_fast(t, u), sv = ad_shape_fast(t, v);
     if (su.rank != 1 || sv.rank != 1) {
         fail2(t, "outer", su, sv);
         return AD_NONE;
     }
-    return ad_emit(t, ad_proto(OP_OUTER, ad_mat_shape(su.cols, sv.cols), u, v));
+    return ad_commit(t, ad_push(t, OP_OUTER, ad_mat_shape(su.cols, sv.cols), u, v));
 }
 static ad_status fwd_outer(ad_tape *t, ad_node *n) {
     const double *u = t->nodes[n->a].val, *v = t->nodes[n->b].val;

@@ -9,11 +9,11 @@
 
 ad_var ad_logsumexp(ad_tape *t, ad_var x) {
     if (!ad_check_args(t, "logsumexp", 1, &x)) return AD_NONE;
-    if (ad_shape_size(ad_shape_of(t, x)) == 0) {
+    if (ad_shape_size(ad_shape_fast(t, x)) == 0) {
         ad_fail(t, AD_ESHAPE, "logsumexp: empty operand");
         return AD_NONE;
     }
-    return ad_emit(t, ad_proto(OP_LOGSUMEXP, ad_scalar_shape(), x, 0));
+    return ad_commit(t, ad_push(t, OP_LOGSUMEXP, ad_scalar_shape(), x, 0));
 }
 static double lse(const double *x, int n) {
     double m = x[0], s = 0;
@@ -37,12 +37,12 @@ AD_DEF(logsumexp, 1, fwd_logsumexp, rev_logsumexp);
 
 ad_var ad_log_softmax(ad_tape *t, ad_var Z) {
     if (!ad_check_args(t, "log_softmax", 1, &Z)) return AD_NONE;
-    ad_shape s = ad_shape_of(t, Z);
+    ad_shape s = ad_shape_fast(t, Z);
     if (s.cols == 0) {
         ad_fail(t, AD_ESHAPE, "log_softmax: rows are empty");
         return AD_NONE;
     }
-    return ad_emit(t, ad_proto(OP_LOG_SOFTMAX, s, Z, 0));
+    return ad_commit(t, ad_push(t, OP_LOG_SOFTMAX, s, Z, 0));
 }
 static ad_status fwd_log_softmax(ad_tape *t, ad_node *n) {
     const double *z = t->nodes[n->a].val;
@@ -55,7 +55,7 @@ static ad_status fwd_log_softmax(ad_tape *t, ad_node *n) {
 }
 // Per-row sum of g as a column [m, 1] (a scalar for a single row), for broadcasting.
 static ad_var row_sums(ad_tape *t, ad_var g) {
-    ad_shape s = ad_shape_of(t, g);
+    ad_shape s = ad_shape_fast(t, g);
     return ad_sum_to(t, g, s.rank == 2 ? ad_mat_shape(s.rows, 1) : ad_scalar_shape());
 }
 static void rev_log_softmax(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
@@ -63,6 +63,35 @@ static void rev_log_softmax(ad_tape *t, ad_var y, ad_var g, const bool need[2], 
     gin[0] = ad_sub(t, g, ad_mul(t, ad_exp(t, y), row_sums(t, g)));
 }
 AD_DEF(log_softmax, 1, fwd_log_softmax, rev_log_softmax);
+
+// ---- softmax per row: Z [m, k] -> [m, k] ----
+
+ad_var ad_softmax(ad_tape *t, ad_var Z) {
+    if (!ad_check_args(t, "softmax", 1, &Z)) return AD_NONE;
+    ad_shape s = ad_shape_fast(t, Z);
+    if (s.cols == 0) {
+        ad_fail(t, AD_ESHAPE, "softmax: rows are empty");
+        return AD_NONE;
+    }
+    return ad_commit(t, ad_push(t, OP_SOFTMAX, s, Z, 0));
+}
+static ad_status fwd_softmax(ad_tape *t, ad_node *n) {
+    const double *z = t->nodes[n->a].val;
+    int k = n->cols;
+    for (int i = 0; i < n->rows; i++) {
+        const double *zi = z + (size_t)i * k;
+        double *yi = n->val + (size_t)i * k, m = zi[0], s = 0;
+        for (int j = 1; j < k; j++) m = zi[j] > m ? zi[j] : m;
+        for (int j = 0; j < k; j++) s += yi[j] = exp(zi[j] - m);
+        for (int j = 0; j < k; j++) yi[j] /= s;
+    }
+    return AD_OK;
+}
+static void rev_softmax(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need; // y * (g - rowsum(g * y))
+    gin[0] = ad_mul(t, y, ad_sub(t, g, row_sums(t, ad_mul(t, g, y))));
+}
+AD_DEF(softmax, 1, fwd_softmax, rev_softmax);
 
 // ---- cross-entropy per row against integer labels: Z [m, k] -> [m] (a vector Z -> scalar) ----
 
@@ -82,16 +111,17 @@ static bool check_labels(ad_tape *t, const char *op, int m, int k, const int32_t
 
 ad_var ad_xent(ad_tape *t, ad_var Z, const int32_t *labels) {
     if (!ad_check_args(t, "xent", 1, &Z)) return AD_NONE;
-    ad_shape s = ad_shape_of(t, Z);
+    ad_shape s = ad_shape_fast(t, Z);
     if (s.rank == 0 || s.cols == 0) {
         char b[32];
         ad_fail(t, AD_ESHAPE, "xent: logits %s must be [m, k] or [k] with k > 0", ad_shape_str(s, b));
         return AD_NONE;
     }
     if (!check_labels(t, "xent", s.rows, s.cols, labels)) return AD_NONE;
-    ad_node p = ad_proto(OP_XENT, s.rank == 2 ? ad_vec_shape(s.rows) : ad_scalar_shape(), Z, 0);
-    p.idx = ad_copy_idx(t, s.rows, labels);
-    return p.idx ? ad_emit(t, p) : AD_NONE;
+    ad_node *p = ad_push(t, OP_XENT, s.rank == 2 ? ad_vec_shape(s.rows) : ad_scalar_shape(), Z, 0);
+    if (!p) return AD_NONE;
+    p->idx = ad_copy_idx(t, s.rows, labels);
+    return ad_commit(t, p); // drops the node if the copy failed
 }
 static ad_status fwd_xent(ad_tape *t, ad_node *n) {
     const ad_node *Z = &t->nodes[n->a];
@@ -106,8 +136,8 @@ static void rev_xent(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var 
     (void)need; // (softmax(Z) - onehot(labels)) scaled per row by g
     ad_var Z = t->nodes[y].a;
     const int32_t *labels = t->nodes[y].idx;
-    ad_shape s = ad_shape_of(t, Z);
-    ad_var p = ad_exp(t, ad_log_softmax(t, Z));
+    ad_shape s = ad_shape_fast(t, Z);
+    ad_var p = ad_softmax(t, Z);
     ad_var oh = ad_reshape(t, ad_onehot(t, s.rows, s.cols, labels), s);
     ad_var gcol = s.rank == 2 ? ad_reshape(t, g, ad_mat_shape(s.rows, 1)) : g;
     gin[0] = ad_mul(t, ad_sub(t, p, oh), gcol);
@@ -121,10 +151,11 @@ ad_var ad_onehot(ad_tape *t, int m, int k, const int32_t *labels) {
         return AD_NONE;
     }
     if (!check_labels(t, "onehot", m, k, labels)) return AD_NONE;
-    ad_node p = ad_proto(OP_ONEHOT, ad_mat_shape(m, k), 0, 0);
-    p.idx = ad_copy_idx(t, m, labels);
-    p.flags = NF_NOGRAD;
-    return p.idx || m == 0 ? ad_emit(t, p) : AD_NONE;
+    ad_node *p = ad_push(t, OP_ONEHOT, ad_mat_shape(m, k), 0, 0);
+    if (!p) return AD_NONE;
+    p->idx = ad_copy_idx(t, m, labels);
+    p->flags = NF_NOGRAD;
+    return ad_commit(t, p); // drops the node if the copy failed
 }
 static ad_status fwd_onehot(ad_tape *t, ad_node *n) {
     (void)t;
@@ -138,7 +169,7 @@ AD_DEF(onehot, 0, fwd_onehot, NULL);
 
 ad_var ad_sqnorm(ad_tape *t, ad_var v) {
     if (!ad_check_args(t, "sqnorm", 1, &v)) return AD_NONE;
-    return ad_emit(t, ad_proto(OP_SQNORM, ad_scalar_shape(), v, 0));
+    return ad_commit(t, ad_push(t, OP_SQNORM, ad_scalar_shape(), v, 0));
 }
 static ad_status fwd_sqnorm(ad_tape *t, ad_node *n) {
     const ad_node *V = &t->nodes[n->a];
@@ -161,9 +192,10 @@ ad_var ad_normp(ad_tape *t, ad_var v, double p) {
         ad_fail(t, AD_EARG, "normp: exponent p = %g must be positive", p);
         return AD_NONE;
     }
-    ad_node n = ad_proto(OP_NORMP, ad_scalar_shape(), v, 0);
-    n.p0 = p;
-    return ad_emit(t, n);
+    ad_node *n = ad_push(t, OP_NORMP, ad_scalar_shape(), v, 0);
+    if (!n) return AD_NONE;
+    n->p0 = p;
+    return ad_commit(t, n);
 }
 static ad_status fwd_normp(ad_tape *t, ad_node *n) {
     const ad_node *V = &t->nodes[n->a];
@@ -190,9 +222,10 @@ AD_DEF(normp, 1, fwd_normp, rev_normp);
 
 ad_var ad_powz(ad_tape *t, ad_var s, double e) {
     if (!ad_check_args(t, "powz", 1, &s)) return AD_NONE;
-    ad_node p = ad_proto(OP_POWZ, ad_shape_of(t, s), s, 0);
-    p.p0 = e;
-    return ad_emit(t, p);
+    ad_node *p = ad_push(t, OP_POWZ, ad_shape_fast(t, s), s, 0);
+    if (!p) return AD_NONE;
+    p->p0 = e;
+    return ad_commit(t, p);
 }
 static ad_status fwd_powz(ad_tape *t, ad_node *n) {
     const double *s = t->nodes[n->a].val;

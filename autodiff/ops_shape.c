@@ -17,7 +17,7 @@ static bool fits(ad_shape s, ad_shape x) {
 
 // Same dimensions but another rank (e.g. [n] and [1, n]) is a reshape, not a reduction.
 static ad_var same_dims(ad_tape *t, ad_var x, ad_shape s) {
-    ad_shape xs = ad_shape_of(t, x);
+    ad_shape xs = ad_shape_fast(t, x);
     return ad_shape_eq(xs, s) ? x : ad_reshape(t, x, s);
 }
 
@@ -25,13 +25,14 @@ static ad_var same_dims(ad_tape *t, ad_var x, ad_shape s) {
 
 ad_var ad_sum_to(ad_tape *t, ad_var x, ad_shape s) {
     if (!ad_check_args(t, "sum_to", 1, &x)) return AD_NONE;
-    ad_shape xs = ad_shape_of(t, x);
+    ad_shape xs = ad_shape_fast(t, x);
+    if (ad_shape_eq(xs, s)) return x; // nothing to reduce (every elementwise adjoint)
     if (!fits(s, xs) || s.rank < 0 || s.rank > 2) {
         shape_fail(t, "sum_to", "target does not broadcast to the operand", s, xs);
         return AD_NONE;
     }
     if (s.rows == xs.rows && s.cols == xs.cols) return same_dims(t, x, s);
-    return ad_emit(t, ad_proto(OP_SUM_TO, s, x, 0));
+    return ad_commit(t, ad_push(t, OP_SUM_TO, s, x, 0));
 }
 static ad_status fwd_sum_to(ad_tape *t, ad_node *n) {
     const ad_node *X = &t->nodes[n->a];
@@ -51,7 +52,7 @@ static ad_status fwd_sum_to(ad_tape *t, ad_node *n) {
 }
 static void rev_sum_to(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_expand(t, g, ad_shape_of(t, t->nodes[y].a));
+    gin[0] = ad_expand(t, g, ad_shape_fast(t, t->nodes[y].a));
 }
 AD_DEF(sum_to, 1, fwd_sum_to, rev_sum_to);
 
@@ -59,13 +60,13 @@ AD_DEF(sum_to, 1, fwd_sum_to, rev_sum_to);
 
 ad_var ad_expand(ad_tape *t, ad_var x, ad_shape s) {
     if (!ad_check_args(t, "expand", 1, &x)) return AD_NONE;
-    ad_shape xs = ad_shape_of(t, x);
+    ad_shape xs = ad_shape_fast(t, x);
     if (!fits(xs, s) || s.rank < 0 || s.rank > 2) {
         shape_fail(t, "expand", "operand does not broadcast to the target", xs, s);
         return AD_NONE;
     }
     if (s.rows == xs.rows && s.cols == xs.cols) return same_dims(t, x, s);
-    return ad_emit(t, ad_proto(OP_EXPAND, s, x, 0));
+    return ad_commit(t, ad_push(t, OP_EXPAND, s, x, 0));
 }
 static ad_status fwd_expand(ad_tape *t, ad_node *n) {
     const ad_node *X = &t->nodes[n->a];
@@ -76,7 +77,7 @@ static ad_status fwd_expand(ad_tape *t, ad_node *n) {
 }
 static void rev_expand(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_sum_to(t, g, ad_shape_of(t, t->nodes[y].a));
+    gin[0] = ad_sum_to(t, g, ad_shape_fast(t, t->nodes[y].a));
 }
 AD_DEF(expand, 1, fwd_expand, rev_expand);
 
@@ -105,11 +106,11 @@ ad_var ad_sum_cols(ad_tape *t, ad_var x) {
 
 ad_var ad_max_all(ad_tape *t, ad_var x) {
     if (!ad_check_args(t, "max_all", 1, &x)) return AD_NONE;
-    if (ad_shape_size(ad_shape_of(t, x)) == 0) {
+    if (ad_shape_size(ad_shape_fast(t, x)) == 0) {
         ad_fail(t, AD_ESHAPE, "max_all: empty operand");
         return AD_NONE;
     }
-    return ad_emit(t, ad_proto(OP_MAX_ALL, ad_scalar_shape(), x, 0));
+    return ad_commit(t, ad_push(t, OP_MAX_ALL, ad_scalar_shape(), x, 0));
 }
 static int argmax(const ad_node *X) {
     int k = 0;
@@ -131,8 +132,8 @@ static ad_status fwd_argmax1h(ad_tape *t, ad_node *n) {
 static void rev_max_all(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
     ad_var x = t->nodes[y].a;
-    ad_shape xs = ad_shape_of(t, x);
-    ad_var onehot = ad_emit(t, ad_proto(OP_ARGMAX1H, xs, x, 0));
+    ad_shape xs = ad_shape_fast(t, x);
+    ad_var onehot = ad_commit(t, ad_push(t, OP_ARGMAX1H, xs, x, 0));
     gin[0] = ad_mul(t, g, onehot);
 }
 AD_DEF(max_all, 1, fwd_max_all, rev_max_all);
@@ -142,14 +143,14 @@ AD_DEF(argmax1h, 1, fwd_argmax1h, NULL);
 
 ad_var ad_reshape(ad_tape *t, ad_var x, ad_shape s) {
     if (!ad_check_args(t, "reshape", 1, &x)) return AD_NONE;
-    ad_shape xs = ad_shape_of(t, x);
+    ad_shape xs = ad_shape_fast(t, x);
     bool valid = (s.rank == 0 && s.rows == 1 && s.cols == 1) || (s.rank == 1 && s.rows == 1) ||
                  s.rank == 2;
     if (!valid || s.rows < 0 || s.cols < 0 || ad_shape_size(s) != ad_shape_size(xs)) {
         shape_fail(t, "reshape", "sizes differ", xs, s);
         return AD_NONE;
     }
-    return ad_emit(t, ad_proto(OP_RESHAPE, s, x, 0));
+    return ad_commit(t, ad_push(t, OP_RESHAPE, s, x, 0));
 }
 static ad_status fwd_reshape(ad_tape *t, ad_node *n) {
     (void)t, (void)n; // the value is the input's storage
@@ -157,7 +158,7 @@ static ad_status fwd_reshape(ad_tape *t, ad_node *n) {
 }
 static void rev_reshape(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_reshape(t, g, ad_shape_of(t, t->nodes[y].a));
+    gin[0] = ad_reshape(t, g, ad_shape_fast(t, t->nodes[y].a));
 }
 AD_DEF(reshape, 1, fwd_reshape, rev_reshape);
 
@@ -167,16 +168,17 @@ static bool is_vec(ad_shape s) { return s.rank <= 1; }
 
 ad_var ad_slice(ad_tape *t, ad_var x, int offset, int len) {
     if (!ad_check_args(t, "slice", 1, &x)) return AD_NONE;
-    ad_shape xs = ad_shape_of(t, x);
+    ad_shape xs = ad_shape_fast(t, x);
     if (!is_vec(xs) || offset < 0 || len < 0 || offset + len > xs.cols) {
         char b[32];
         ad_fail(t, AD_ESHAPE, "slice: [%d, %d) is not inside vector %s", offset, offset + len,
                 ad_shape_str(xs, b));
         return AD_NONE;
     }
-    ad_node p = ad_proto(OP_SLICE, ad_vec_shape(len), x, 0);
-    p.i0 = offset;
-    return ad_emit(t, p);
+    ad_node *p = ad_push(t, OP_SLICE, ad_vec_shape(len), x, 0);
+    if (!p) return AD_NONE;
+    p->i0 = offset;
+    return ad_commit(t, p);
 }
 static ad_status fwd_slice(ad_tape *t, ad_node *n) {
     memcpy(n->val, t->nodes[n->a].val + n->i0, (size_t)n->cols * sizeof(double));
@@ -186,23 +188,24 @@ static void rev_slice(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var
     (void)need;
     const ad_node *n = &t->nodes[y];
     int off = n->i0, full = t->nodes[n->a].cols;
-    ad_shape xs = ad_shape_of(t, n->a);
+    ad_shape xs = ad_shape_fast(t, n->a);
     gin[0] = same_dims(t, ad_pad(t, g, off, full), xs);
 }
 AD_DEF(slice, 1, fwd_slice, rev_slice);
 
 ad_var ad_pad(ad_tape *t, ad_var x, int offset, int n) {
     if (!ad_check_args(t, "pad", 1, &x)) return AD_NONE;
-    ad_shape xs = ad_shape_of(t, x);
+    ad_shape xs = ad_shape_fast(t, x);
     if (!is_vec(xs) || offset < 0 || offset + xs.cols > n) {
         char b[32];
         ad_fail(t, AD_ESHAPE, "pad: vector %s at offset %d does not fit in [%d]",
                 ad_shape_str(xs, b), offset, n);
         return AD_NONE;
     }
-    ad_node p = ad_proto(OP_PAD, ad_vec_shape(n), x, 0);
-    p.i0 = offset;
-    return ad_emit(t, p);
+    ad_node *p = ad_push(t, OP_PAD, ad_vec_shape(n), x, 0);
+    if (!p) return AD_NONE;
+    p->i0 = offset;
+    return ad_commit(t, p);
 }
 static ad_status fwd_pad(ad_tape *t, ad_node *n) {
     const ad_node *X = &t->nodes[n->a];
@@ -214,7 +217,7 @@ static void rev_pad(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var g
     (void)need;
     const ad_node *n = &t->nodes[y];
     int off = n->i0;
-    ad_shape xs = ad_shape_of(t, n->a);
+    ad_shape xs = ad_shape_fast(t, n->a);
     gin[0] = same_dims(t, ad_slice(t, g, off, xs.cols), xs);
 }
 AD_DEF(pad, 1, fwd_pad, rev_pad);
@@ -224,12 +227,12 @@ AD_DEF(pad, 1, fwd_pad, rev_pad);
 ad_var ad_concat(ad_tape *t, ad_var a, ad_var b) {
     ad_var in[2] = {a, b};
     if (!ad_check_args(t, "concat", 2, in)) return AD_NONE;
-    ad_shape sa = ad_shape_of(t, a), sb = ad_shape_of(t, b);
+    ad_shape sa = ad_shape_fast(t, a), sb = ad_shape_fast(t, b);
     if (!is_vec(sa) || !is_vec(sb)) {
         shape_fail(t, "concat", "operands must be vectors or scalars", sa, sb);
         return AD_NONE;
     }
-    return ad_emit(t, ad_proto(OP_CONCAT, ad_vec_shape(sa.cols + sb.cols), a, b));
+    return ad_commit(t, ad_push(t, OP_CONCAT, ad_vec_shape(sa.cols + sb.cols), a, b));
 }
 static ad_status fwd_concat(ad_tape *t, ad_node *n) {
     const ad_node *A = &t->nodes[n->a], *B = &t->nodes[n->b];
@@ -238,7 +241,7 @@ static ad_status fwd_concat(ad_tape *t, ad_node *n) {
     return AD_OK;
 }
 static void rev_concat(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    ad_shape sa = ad_shape_of(t, t->nodes[y].a), sb = ad_shape_of(t, t->nodes[y].b);
+    ad_shape sa = ad_shape_fast(t, t->nodes[y].a), sb = ad_shape_fast(t, t->nodes[y].b);
     if (need[0]) gin[0] = same_dims(t, ad_slice(t, g, 0, sa.cols), sa);
     if (need[1]) gin[1] = same_dims(t, ad_slice(t, g, sa.cols, sb.cols), sb);
 }
@@ -277,16 +280,17 @@ static int rowlen(ad_shape s) { return s.rank == 2 ? s.cols : 1; }
 
 ad_var ad_take_rows(ad_tape *t, ad_var X, int k, const int32_t *idx) {
     if (!ad_check_args(t, "take_rows", 1, &X)) return AD_NONE;
-    ad_shape xs = ad_shape_of(t, X);
+    ad_shape xs = ad_shape_fast(t, X);
     if (xs.rank == 0) {
         ad_fail(t, AD_ESHAPE, "take_rows: operand is a scalar");
         return AD_NONE;
     }
     if (!check_idx(t, "take_rows", nrows(xs), k, idx)) return AD_NONE;
-    ad_node p = ad_proto(OP_TAKE_ROWS, xs.rank == 2 ? ad_mat_shape(k, xs.cols) : ad_vec_shape(k), X, 0);
-    p.idx = ad_copy_idx(t, k, idx);
-    p.i1 = k;
-    return p.idx || k == 0 ? ad_emit(t, p) : AD_NONE;
+    ad_node *p = ad_push(t, OP_TAKE_ROWS, xs.rank == 2 ? ad_mat_shape(k, xs.cols) : ad_vec_shape(k), X, 0);
+    if (!p) return AD_NONE;
+    p->idx = ad_copy_idx(t, k, idx);
+    p->i1 = k;
+    return ad_commit(t, p); // drops the node if the copy failed
 }
 static ad_status fwd_take_rows(ad_tape *t, ad_node *n) {
     const ad_node *X = &t->nodes[n->a];
@@ -298,7 +302,7 @@ static ad_status fwd_take_rows(ad_tape *t, ad_node *n) {
 static void rev_take_rows(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
     const ad_node *n = &t->nodes[y];
-    int k = n->i1, m = nrows(ad_shape_of(t, n->a));
+    int k = n->i1, m = nrows(ad_shape_fast(t, n->a));
     const int32_t *idx = n->idx;
     gin[0] = ad_put_rows(t, g, m, k, idx);
 }
@@ -306,17 +310,18 @@ AD_DEF(take_rows, 1, fwd_take_rows, rev_take_rows);
 
 ad_var ad_put_rows(ad_tape *t, ad_var G, int m, int k, const int32_t *idx) {
     if (!ad_check_args(t, "put_rows", 1, &G)) return AD_NONE;
-    ad_shape gs = ad_shape_of(t, G);
+    ad_shape gs = ad_shape_fast(t, G);
     if (gs.rank == 0 || nrows(gs) != k || m < 0) {
         char b[32];
         ad_fail(t, AD_ESHAPE, "put_rows: operand %s does not have %d rows", ad_shape_str(gs, b), k);
         return AD_NONE;
     }
     if (!check_idx(t, "put_rows", m, k, idx)) return AD_NONE;
-    ad_node p = ad_proto(OP_PUT_ROWS, gs.rank == 2 ? ad_mat_shape(m, gs.cols) : ad_vec_shape(m), G, 0);
-    p.idx = ad_copy_idx(t, k, idx);
-    p.i1 = k;
-    return p.idx || k == 0 ? ad_emit(t, p) : AD_NONE;
+    ad_node *p = ad_push(t, OP_PUT_ROWS, gs.rank == 2 ? ad_mat_shape(m, gs.cols) : ad_vec_shape(m), G, 0);
+    if (!p) return AD_NONE;
+    p->idx = ad_copy_idx(t, k, idx);
+    p->i1 = k;
+    return ad_commit(t, p); // drops the node if the copy failed
 }
 static ad_status fwd_put_rows(ad_tape *t, ad_node *n) {
     const ad_node *G = &t->nodes[n->a];

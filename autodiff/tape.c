@@ -8,14 +8,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+double ad_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 ad_shape ad_scalar_shape(void) { return (ad_shape){0, 1, 1}; }
 ad_shape ad_vec_shape(int n) { return (ad_shape){1, 1, n}; }
 ad_shape ad_mat_shape(int rows, int cols) { return (ad_shape){2, rows, cols}; }
 
-bool ad_shape_eq(ad_shape a, ad_shape b) {
-    return a.rank == b.rank && a.rows == b.rows && a.cols == b.cols;
-}
 
 const char *ad_shape_str(ad_shape s, char buf[32]) {
     if (s.rank == 0) snprintf(buf, 32, "[]");
@@ -65,7 +69,7 @@ void ad_tape_clear_error(ad_tape *t) {
     t->err[0] = 0;
 }
 
-bool ad_check_args(ad_tape *t, const char *op, int n, const ad_var *v) {
+bool ad_check_args_slow(ad_tape *t, const char *op, int n, const ad_var *v) {
     if (t->status != AD_OK) return false;
     for (int i = 0; i < n; i++) {
         if (v[i] <= 0 || v[i] >= t->n_nodes) {
@@ -105,7 +109,7 @@ void *ad_scratch(ad_tape *t, size_t bytes) {
     return p;
 }
 
-static bool grow_nodes(ad_tape *t) {
+bool ad_grow_nodes(ad_tape *t) {
     int32_t nc = t->cap_nodes ? t->cap_nodes * 2 : 1024;
     if (!account(t, (size_t)(nc - t->cap_nodes) * sizeof(ad_node), "tape nodes")) return false;
     ad_node *p = realloc(t->nodes, (size_t)nc * sizeof(ad_node));
@@ -119,7 +123,7 @@ static bool grow_nodes(ad_tape *t) {
 }
 
 // n doubles from the arena; values of 8 or more doubles start on a 64-byte boundary.
-static double *arena_alloc(ad_tape *t, size_t n, const char *what) {
+static double *arena_alloc_slow(ad_tape *t, size_t n, const char *what) {
     if (n >= 8) n = (n + 7) & ~(size_t)7;
     for (;;) {
         if (t->n_chunks) {
@@ -159,6 +163,17 @@ static double *arena_alloc(ad_tape *t, size_t n, const char *what) {
         t->cur_chunk = t->n_chunks++;
         t->cur_off = 0;
     }
+}
+
+// Values under 8 doubles are bumped from the current chunk; the rest go through the slow path,
+// which aligns and moves to the next chunk.
+static inline double *arena_alloc(ad_tape *t, size_t n, const char *what) {
+    if (n < 8 && t->n_chunks && t->cur_off + n <= t->chunks[t->cur_chunk].cap) {
+        double *p = t->chunks[t->cur_chunk].mem + t->cur_off;
+        t->cur_off += n;
+        return p;
+    }
+    return arena_alloc_slow(t, n, what);
 }
 
 const int32_t *ad_copy_idx(ad_tape *t, int n, const int32_t *idx) {
@@ -201,7 +216,7 @@ void ad_tape_reset(ad_tape *t) {
     t->cur_chunk = 0;
     t->cur_off = 0;
     t->lazy = t->nograd = 0;
-    if (!t->cap_nodes && !grow_nodes(t)) return;
+    if (!t->cap_nodes && !ad_grow_nodes(t)) return;
     t->nodes[0] = (ad_node){.op = OP_ERROR, .flags = NF_VALUE | NF_NOGRAD | NF_VIEW, .rows = 1,
                             .cols = 1, .val = &t->nan_};
     t->n_nodes = 1;
@@ -221,6 +236,7 @@ void ad_tape_rewind(ad_tape *t, ad_mark m) {
 size_t ad_tape_bytes(const ad_tape *t) { return t->bytes; }
 size_t ad_tape_peak_bytes(const ad_tape *t) { return t->peak_bytes; }
 int32_t ad_tape_nodes(const ad_tape *t) { return t->n_nodes; }
+double ad_tape_blas_seconds(const ad_tape *t) { return t->blas_seconds; }
 int ad_op_count(void) { return OP_COUNT; }
 const char *ad_op_name(int op) { return op >= 0 && op < OP_COUNT ? ad_ops[op]->name : "?"; }
 int64_t ad_tape_op_uses(const ad_tape *t, int op) {
@@ -243,7 +259,7 @@ static bool check_finite(ad_tape *t, const ad_node *n) {
 }
 
 // Computes node v from its (computed) inputs.
-static bool eval_node(ad_tape *t, ad_var v) {
+static inline bool eval_node(ad_tape *t, ad_var v) {
     ad_node *n = &t->nodes[v];
     ad_status st = ad_ops[n->op]->fwd(t, n);
     if (st != AD_OK) {
@@ -305,29 +321,38 @@ bool ad_force(ad_tape *t, ad_var v) {
     return ok;
 }
 
-ad_var ad_emit(ad_tape *t, ad_node proto) {
-    if (t->status != AD_OK) return AD_NONE;
-    if (t->n_nodes == t->cap_nodes && !grow_nodes(t)) return AD_NONE;
-    const ad_op_def *d = ad_ops[proto.op];
-    size_t size = (size_t)proto.rows * (size_t)proto.cols;
-    if (proto.op == OP_RESHAPE) {
-        proto.val = t->nodes[proto.a].val; // shares its input's storage
-        proto.flags |= NF_VIEW;
-    } else if (!proto.val) {
-        proto.val = arena_alloc(t, size ? size : 1, d->name);
-        if (!proto.val) return AD_NONE;
+ad_var ad_commit(ad_tape *t, ad_node *n) {
+    if (!n) return AD_NONE;
+    ad_var v = (ad_var)(n - t->nodes);
+    assert(v == t->n_nodes - 1);
+    if (t->status != AD_OK) { // something between push and commit failed
+        t->n_nodes--;
+        return AD_NONE;
     }
-    bool nograd = t->nograd || !d->rev || (proto.flags & NF_NOGRAD) ||
-                  (d->arity >= 1 && (t->nodes[proto.a].flags & NF_NOGRAD) &&
-                   (d->arity < 2 || (t->nodes[proto.b].flags & NF_NOGRAD)));
-    if (proto.op == OP_LEAF) nograd = proto.flags & NF_NOGRAD;
-    if (nograd) proto.flags |= NF_NOGRAD;
-    ad_var v = t->n_nodes++;
-    t->nodes[v] = proto;
-    t->op_uses[proto.op]++;
-    if (t->lazy || (proto.flags & NF_VALUE)) return v;
-    if (proto.a && !(t->nodes[proto.a].flags & NF_VALUE) && !ad_force(t, proto.a)) return AD_NONE;
-    if (proto.b && !(t->nodes[proto.b].flags & NF_VALUE) && !ad_force(t, proto.b)) return AD_NONE;
+    const ad_op_def *d = ad_ops[n->op];
+    if (!n->val) {
+        if (n->op == OP_RESHAPE) {
+            n->val = t->nodes[n->a].val; // shares its input's storage
+            n->flags |= NF_VIEW;
+        } else {
+            size_t size = (size_t)n->rows * (size_t)n->cols;
+            double *val = arena_alloc(t, size ? size : 1, d->name);
+            if (!val) {
+                t->n_nodes--;
+                return AD_NONE;
+            }
+            n->val = val;
+        }
+    }
+    // no gradient through constants-only expressions, piecewise-constant ops, or adjoints
+    // recorded without AD_CREATE_GRAPH
+    const ad_node *A = &t->nodes[n->a], *B = &t->nodes[n->b]; // node 0 (NOGRAD) when unused
+    if (n->op != OP_LEAF && (t->nograd || !d->rev || (A->flags & B->flags & NF_NOGRAD)))
+        n->flags |= NF_NOGRAD;
+    t->op_uses[n->op]++;
+    if (t->lazy || (n->flags & NF_VALUE)) return v;
+    if (!(A->flags & NF_VALUE) && !ad_force(t, n->a)) return AD_NONE;
+    if (!(B->flags & NF_VALUE) && !ad_force(t, n->b)) return AD_NONE;
     return eval_node(t, v) ? v : AD_NONE;
 }
 
@@ -356,10 +381,11 @@ static ad_var leaf(ad_tape *t, const char *what, ad_shape s, const double *data,
         ad_fail(t, AD_EARG, "%s: NULL data", what);
         return AD_NONE;
     }
-    ad_node p = ad_proto(OP_LEAF, s, 0, 0);
-    p.flags = NF_VALUE | (grad ? 0 : NF_NOGRAD) | (view ? NF_VIEW : 0);
-    if (view) p.val = (double *)data; // never written: NF_VIEW nodes are read-only
-    ad_var v = ad_emit(t, p);
+    ad_node *p = ad_push(t, OP_LEAF, s, 0, 0);
+    if (!p) return AD_NONE;
+    p->flags = NF_VALUE | (grad ? 0 : NF_NOGRAD) | (view ? NF_VIEW : 0);
+    if (view) p->val = (double *)data; // never written: NF_VIEW nodes are read-only
+    ad_var v = ad_commit(t, p);
     if (v && !view && ad_shape_size(s) > 0)
         memcpy(t->nodes[v].val, data, (size_t)ad_shape_size(s) * sizeof(double));
     if (v && t->par.check_finite && !check_finite(t, &t->nodes[v])) return AD_NONE;
@@ -372,9 +398,10 @@ ad_var ad_const_view(ad_tape *t, ad_shape s, const double *d) { return leaf(t, "
 
 ad_var ad_fill(ad_tape *t, ad_shape s, double v) {
     if (!check_shape(t, "fill", s)) return AD_NONE;
-    ad_node p = ad_proto(OP_LEAF, s, 0, 0);
-    p.flags = NF_VALUE | NF_NOGRAD;
-    ad_var r = ad_emit(t, p);
+    ad_node *p = ad_push(t, OP_LEAF, s, 0, 0);
+    if (!p) return AD_NONE;
+    p->flags = NF_VALUE | NF_NOGRAD;
+    ad_var r = ad_commit(t, p);
     if (r) {
         double *x = t->nodes[r].val;
         for (int i = 0; i < ad_shape_size(s); i++) x[i] = v;

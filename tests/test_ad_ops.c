@@ -91,6 +91,7 @@ static ad_var r_take_vec(ad_tape *t, const ad_var *x) { return ad_take_rows(t, x
 static ad_var r_put_rows(ad_tape *t, const ad_var *x) { return ad_put_rows(t, x[0], 5, 3, idx5); }
 static ad_var r_logsumexp(ad_tape *t, const ad_var *x) { return ad_logsumexp(t, x[0]); }
 static ad_var r_log_softmax(ad_tape *t, const ad_var *x) { return ad_log_softmax(t, x[0]); }
+static ad_var r_softmax(ad_tape *t, const ad_var *x) { return ad_softmax(t, x[0]); }
 static ad_var r_xent(ad_tape *t, const ad_var *x) { return ad_xent(t, x[0], labels3); }
 static ad_var r_xent1(ad_tape *t, const ad_var *x) { return ad_xent(t, x[0], label1); }
 static ad_var r_sqnorm(ad_tape *t, const ad_var *x) { return ad_sqnorm(t, x[0]); }
@@ -164,6 +165,8 @@ static const row rows[] = {
     {"logsumexp", r_logsumexp, 1, {M(2, 3)}, -3, 3, NK, 0},
     {"log_softmax", r_log_softmax, 1, {M(3, 4)}, -3, 3, NK, 0},
     {"log_softmax", r_log_softmax, 1, {V(4)}, -3, 3, NK, 0},
+    {"softmax", r_softmax, 1, {M(3, 4)}, -3, 3, NK, 0},
+    {"softmax", r_softmax, 1, {V(4)}, -3, 3, NK, 0},
     {"xent", r_xent, 1, {M(3, 4)}, -3, 3, NK, 0},
     {"xent", r_xent1, 1, {V(4)}, -3, 3, NK, 0},
     {"sqnorm", r_sqnorm, 1, {M(2, 3)}, -2, 2, NK, 0},
