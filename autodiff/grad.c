@@ -3,7 +3,6 @@
 // AD_CREATE_GRAPH they can be differentiated again.
 #include "internal.h"
 
-#include <assert.h>
 #include <string.h>
 
 // dep[i - lo]: node i depends on some wrt node through differentiable ops.
@@ -16,8 +15,21 @@ static void mark_dependents(ad_tape *t, ad_var lo, ad_var hi, uint8_t *dep) {
     }
 }
 
-static ad_var accumulate(ad_tape *t, ad_var acc, ad_var g) {
-    return acc ? ad_add(t, acc, g) : g;
+enum { DEP = 1, OWNED = 2 }; // dep[] bits: depends on a wrt node; adj is an accumulator we made
+
+// adj += g. A gradient that will not be differentiated again (no AD_CREATE_GRAPH, values computed
+// eagerly) is summed in place once this sweep owns an accumulator node for it: a parameter used n
+// times costs one add node, not n. Otherwise the sum is recorded as ad_add.
+static ad_var accumulate(ad_tape *t, ad_var acc, ad_var g, uint8_t *dep, bool in_place) {
+    if (!acc) return g;
+    if (in_place && (*dep & OWNED)) {
+        double *a = t->nodes[acc].val;
+        const double *b = t->nodes[g].val;
+        for (int i = 0, n = ad_size(&t->nodes[acc]); i < n; i++) a[i] += b[i];
+        return acc;
+    }
+    *dep |= OWNED;
+    return ad_add(t, acc, g);
 }
 
 // The sweep. lazy: record adjoints without computing them (their values are computed when
@@ -57,12 +69,13 @@ static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var
     memset(adj, 0, len * sizeof *adj);
     memset(dep, 0, len);
     for (int k = 0; k < n; k++)
-        if (wrt[k] <= y) dep[wrt[k] - lo] = 1;
+        if (wrt[k] <= y) dep[wrt[k] - lo] = DEP;
     mark_dependents(t, lo, y, dep);
 
     int saved_lazy = t->lazy, saved_nograd = t->nograd;
     t->lazy = lazy;
     t->nograd = !(flags & AD_CREATE_GRAPH);
+    bool in_place = t->nograd && !lazy;
     if (dep[y - lo]) adj[y - lo] = ad_shape_eq(sy, sb) ? ybar : ad_reshape(t, ybar, sy);
     for (ad_var i = y; i >= lo && t->status == AD_OK; i--) {
         ad_var g = adj[i - lo];
@@ -70,16 +83,14 @@ static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var
         const ad_node *nd = &t->nodes[i];
         const ad_op_def *d = ad_ops[nd->op];
         if (!d->rev) continue; // a leaf
-        ad_var in[2] = {nd->a, nd->b};
-        bool need[2] = {in[0] >= lo && dep[in[0] - lo], d->arity > 1 && in[1] >= lo && dep[in[1] - lo]};
+        ad_var in[2] = {nd->a, nd->b}; // an unused input is node 0 < lo: not needed
+        bool need[2] = {in[0] >= lo && dep[in[0] - lo], in[1] >= lo && dep[in[1] - lo]};
         if (!need[0] && !need[1]) continue;
         ad_var gin[2] = {AD_NONE, AD_NONE};
         d->rev(t, i, g, need, gin);
         for (int k = 0; k < 2; k++) {
             if (!need[k] || !gin[k]) continue;
-            assert(t->status != AD_OK || (t->nodes[gin[k]].rows == t->nodes[in[k]].rows &&
-                                          t->nodes[gin[k]].cols == t->nodes[in[k]].cols));
-            adj[in[k] - lo] = accumulate(t, adj[in[k] - lo], gin[k]);
+            adj[in[k] - lo] = accumulate(t, adj[in[k] - lo], gin[k], &dep[in[k] - lo], in_place);
         }
     }
     for (int k = 0; k < n && t->status == AD_OK; k++) {

@@ -149,6 +149,26 @@ static void detach(void) {
     }
 }
 
+// x feeds five places, two of them through one add whose adjoint both inputs share
+static ad_var reuse(ad_tape *t, const ad_var *in, void *ctx) {
+    (void)ctx;
+    ad_var x = in[0], s = ad_add(t, x, x);
+    ad_var y = ad_add(t, ad_add(t, s, ad_mul(t, x, x)), ad_sin(t, ad_scale(t, x, 3)));
+    return ad_add(t, ad_dot(t, y, y), ad_sum(t, ad_exp(t, x)));
+}
+
+static void accumulation(void) {
+    TEST_CASE("adjoints of a reused input accumulate correctly (first and second order)") {
+        double x0[4] = {0.3, -0.8, 1.1, 0.05};
+        ad_shape s = ad_vec_shape(4);
+        const double *pt[1] = {x0};
+        ad_check_report r = ad_check_grad(reuse, NULL, 1, &s, pt, NULL);
+        EXPECT(r.pass, "%s", r.msg);
+        r = ad_check_hvp(reuse, NULL, 1, &s, pt, NULL);
+        EXPECT(r.pass, "%s", r.msg);
+    }
+}
+
 static void mark_rewind(void) {
     TEST_CASE("mark / rewind: a loop that rewinds does not grow the tape") {
         ad_tape *t = ad_tape_new(NULL);
@@ -297,6 +317,7 @@ void test_ad_engine(void) {
     conventions();
     derivatives();
     detach();
+    accumulation();
     mark_rewind();
     errors();
 }
