@@ -3,4 +3,5 @@
 #define HYPERTAPE_TESTS_H
 void test_ad_ops(void);
 void test_ad_engine(void);
+void test_models_data(void);
 #endif

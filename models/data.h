@@ -1,0 +1,56 @@
+// Datasets: an IDX reader (the MNIST file format, raw or gzip through zlib) and the
+// hyper-cleaning split of an MNIST-format folder (FashionMNIST by default). Every failure is a
+// clear message with the path and what was wrong; nothing is ever partly loaded.
+#ifndef HYPERTAPE_MODELS_DATA_H
+#define HYPERTAPE_MODELS_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+// Where Debian's dataset-fashion-mnist package installs FashionMNIST.
+#define MDL_FASHION_MNIST_DIR "/usr/share/datasets/fashion-mnist"
+
+// An IDX file of unsigned bytes (type 0x08), 1 to 4 dimensions.
+typedef struct {
+    int ndim;
+    int32_t dims[4];
+    size_t size;      // product of dims
+    uint8_t *data;    // size bytes
+} mdl_idx;
+
+// Reads path (gzip or raw: zlib tells them apart). Returns 0, or -1 with a one-line message in
+// err ("PATH: truncated: 47040016 bytes of data expected, 1000 found").
+int mdl_idx_read(const char *path, mdl_idx *out, char *err, size_t errlen);
+void mdl_idx_free(mdl_idx *m);
+
+// An image-classification set: n images of d pixels scaled to [0, 1], labels in [0, classes).
+typedef struct {
+    int n, d, classes;
+    double *X;       // [n, d]
+    int32_t *y;      // [n]
+} mdl_dataset;
+
+// Loads PREFIX-images-idx3-ubyte[.gz] and PREFIX-labels-idx1-ubyte[.gz] from dir (prefix "train"
+// or "t10k"), checking that counts agree and labels are < 10.
+int mdl_mnist_load(const char *dir, const char *prefix, mdl_dataset *out, char *err, size_t errlen);
+void mdl_dataset_free(mdl_dataset *d);
+
+// The hyper-cleaning split (AIT 6.2.1, BVFIM 6.2, GALET): n_train and n_val samples drawn
+// without replacement from the training file (seeded), the test file as test set; a fraction
+// `corrupt` of the training labels replaced by one of the other classes, uniformly.
+typedef struct {
+    int n_train, n_val, n_test;
+    double corrupt;
+    uint64_t seed;
+} mdl_hc_params;
+
+typedef struct {
+    mdl_dataset train, val, test;
+    uint8_t *clean;  // [n_train] 1 if the training label was kept
+} mdl_hc_data;
+
+mdl_hc_params mdl_hc_default_params(void); // 5000 / 5000 / 10000, 50%, seed 0
+int mdl_hc_load(const char *dir, const mdl_hc_params *p, mdl_hc_data *out, char *err, size_t errlen);
+void mdl_hc_free(mdl_hc_data *d);
+
+#endif

@@ -1,0 +1,177 @@
+// The IDX reader on good and damaged files (raw and gzip), the MNIST pair checks, and the
+// hyper-cleaning split on the installed FashionMNIST.
+#include "harness.h"
+#include "tests.h"
+
+#include "../models/data.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+
+static char tmpdir[256];
+
+// Writes bytes to tmpdir/name, gzip-compressed when gz.
+static const char *put(const char *name, const uint8_t *b, size_t n, int gz) {
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    if (gz) {
+        gzFile f = gzopen(path, "wb");
+        gzwrite(f, b, (unsigned)n);
+        gzclose(f);
+    } else {
+        FILE *f = fopen(path, "wb");
+        fwrite(b, 1, n, f);
+        fclose(f);
+    }
+    return path;
+}
+
+// An IDX header for unsigned bytes with the given dimensions, followed by size bytes 0, 1, 2...
+static size_t make_idx(uint8_t *buf, int ndim, const int *dims, size_t data_bytes) {
+    size_t k = 0;
+    buf[k++] = 0, buf[k++] = 0, buf[k++] = 0x08, buf[k++] = (uint8_t)ndim;
+    for (int i = 0; i < ndim; i++) {
+        buf[k++] = (uint8_t)(dims[i] >> 24), buf[k++] = (uint8_t)(dims[i] >> 16);
+        buf[k++] = (uint8_t)(dims[i] >> 8), buf[k++] = (uint8_t)dims[i];
+    }
+    for (size_t i = 0; i < data_bytes; i++) buf[k++] = (uint8_t)(i % 10);
+    return k;
+}
+
+static bool has(const char *s, const char *sub) { return strstr(s, sub) != NULL; }
+
+static void idx_cases(void) {
+    uint8_t buf[256];
+    int dims[3] = {2, 3, 4};
+    char err[512];
+    mdl_idx m;
+    TEST_CASE("idx: a raw and a gzip file read the same") {
+        size_t n = make_idx(buf, 3, dims, 24);
+        for (int gz = 0; gz < 2; gz++) {
+            const char *p = put(gz ? "ok.gz" : "ok", buf, n, gz);
+            EXPECT(mdl_idx_read(p, &m, err, sizeof err) == 0, "%s", err);
+            EXPECT(m.ndim == 3 && m.dims[0] == 2 && m.dims[2] == 4 && m.size == 24, "shape");
+            EXPECT(m.data && m.data[23] == 3, "data");
+            mdl_idx_free(&m);
+        }
+    }
+    struct { const char *what, *name, *msg; size_t cut; int gz; int damage; } bad[] = {
+        {"missing file", "none", "cannot open", 0, 0, -1},
+        {"truncated data", "trunc", "truncated: 24 bytes of data expected, 20 found", 4, 0, 0},
+        {"truncated data (gzip)", "trunc.gz", "truncated", 4, 1, 0},
+        {"truncated header", "head", "truncated in the dimension list", 30, 0, 0},
+        {"bad magic", "magic", "not an IDX file", 0, 0, 1},
+        {"float data", "float", "is not unsigned bytes", 0, 0, 2},
+        {"extra bytes", "extra", "unexpected extra bytes", 0, 0, 3},
+        {"damaged gzip stream", "broken.gz", "corrupt compressed data", 0, 2, 4},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char name[96];
+        snprintf(name, sizeof name, "idx: %s is an error naming the path", bad[i].what);
+        TEST_CASE(name) {
+            size_t n = make_idx(buf, 3, dims, 24);
+            if (bad[i].damage == 1) buf[0] = 0x1f;
+            if (bad[i].damage == 2) buf[2] = 0x0d;
+            if (bad[i].damage == 3) buf[n++] = 7;
+            const char *p;
+            if (bad[i].damage == -1) {
+                static char missing[512];
+                snprintf(missing, sizeof missing, "%s/none", tmpdir);
+                p = missing;
+            } else if (bad[i].damage == 4) {
+                // compress a larger file and flip bytes in the middle of the deflate stream
+                uint8_t big[4096 + 16];
+                int d2[1] = {4096};
+                size_t nb = make_idx(big, 1, d2, 4096);
+                for (size_t k = 8; k < nb; k++) big[k] = (uint8_t)(k * 2654435761u >> 13);
+                p = put(bad[i].name, big, nb, 1);
+                FILE *f = fopen(p, "r+b");
+                fseek(f, 0, SEEK_END);
+                long len = ftell(f);
+                fseek(f, len / 2, SEEK_SET);
+                uint8_t junk[8] = {0xde, 0xad, 0xbe, 0xef, 0x00, 0xff, 0x55, 0xaa};
+                fwrite(junk, 1, sizeof junk, f);
+                fclose(f);
+            } else {
+                p = put(bad[i].name, buf, n - bad[i].cut, bad[i].gz);
+            }
+            int rc = mdl_idx_read(p, &m, err, sizeof err);
+            EXPECT(rc == -1 && has(err, bad[i].msg) && has(err, p), "rc %d, message: %s", rc, err);
+            EXPECT(m.data == NULL, "nothing loaded");
+        }
+    }
+    TEST_CASE("mnist pair: image and label counts must agree, labels must be digits") {
+        int d3[3] = {3, 2, 2}, d1[1] = {4};
+        put("x-images-idx3-ubyte", buf, make_idx(buf, 3, d3, 12), 0);
+        put("x-labels-idx1-ubyte.gz", buf, make_idx(buf, 1, d1, 4), 1);
+        mdl_dataset ds;
+        EXPECT(mdl_mnist_load(tmpdir, "x", &ds, err, sizeof err) == -1 && has(err, "3 images") &&
+                   has(err, "4 labels"),
+               "%s", err);
+        d1[0] = 3;
+        size_t n = make_idx(buf, 1, d1, 3);
+        buf[n - 1] = 12;
+        put("x-labels-idx1-ubyte.gz", buf, n, 1);
+        EXPECT(mdl_mnist_load(tmpdir, "x", &ds, err, sizeof err) == -1 && has(err, "label 2 is 12"),
+               "%s", err);
+        buf[n - 1] = 9;
+        put("x-labels-idx1-ubyte.gz", buf, n, 1);
+        EXPECT(mdl_mnist_load(tmpdir, "x", &ds, err, sizeof err) == 0 && ds.n == 3 && ds.d == 4 &&
+                   ds.y[2] == 9 && ds.X[5] == 5 / 255.0,
+               "%s", err);
+        mdl_dataset_free(&ds);
+    }
+}
+
+static void fashion(void) {
+    TEST_CASE("hyper-cleaning split of FashionMNIST: sizes, exact corruption, reproducible") {
+        char err[512];
+        mdl_hc_params p = mdl_hc_default_params();
+        p.seed = 3;
+        mdl_hc_data a, b;
+        int rc = mdl_hc_load(MDL_FASHION_MNIST_DIR, &p, &a, err, sizeof err);
+        EXPECT(rc == 0, "%s (the README's first command installs dataset-fashion-mnist)", err);
+        if (rc == 0) {
+            EXPECT(a.train.n == 5000 && a.val.n == 5000 && a.test.n == 10000 && a.train.d == 784,
+                   "sizes");
+            int clean = 0;
+            for (int i = 0; i < a.train.n; i++) clean += a.clean[i];
+            EXPECT(clean == 2500, "%d clean labels", clean);
+            double lo = 1, hi = 0;
+            for (size_t i = 0; i < (size_t)a.test.n * a.test.d; i++)
+                lo = a.test.X[i] < lo ? a.test.X[i] : lo, hi = a.test.X[i] > hi ? a.test.X[i] : hi;
+            EXPECT(lo == 0 && hi == 1, "pixels in [0, 1]: %g %g", lo, hi);
+            EXPECT(mdl_hc_load(MDL_FASHION_MNIST_DIR, &p, &b, err, sizeof err) == 0, "%s", err);
+            EXPECT(!memcmp(a.train.y, b.train.y, 5000 * sizeof(int32_t)) &&
+                       !memcmp(a.val.X, b.val.X, 784 * sizeof(double)),
+                   "same seed, same split");
+            mdl_hc_free(&b);
+            p.seed = 4;
+            EXPECT(mdl_hc_load(MDL_FASHION_MNIST_DIR, &p, &b, err, sizeof err) == 0 &&
+                       memcmp(a.train.y, b.train.y, 5000 * sizeof(int32_t)),
+                   "another seed, another split");
+            mdl_hc_free(&b);
+            mdl_hc_free(&a);
+        }
+        p.n_train = 59000;
+        EXPECT(mdl_hc_load(MDL_FASHION_MNIST_DIR, &p, &a, err, sizeof err) == -1 && has(err, "fewer"),
+               "%s", err);
+        EXPECT(mdl_hc_load("/nonexistent", &p, &a, err, sizeof err) == -1 && has(err, "/nonexistent"),
+               "%s", err);
+    }
+}
+
+void test_models_data(void) {
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/hypertape-test-XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        TEST_CASE("idx: a temporary folder") EXPECT(0, "mkdtemp failed");
+        return;
+    }
+    idx_cases();
+    fashion();
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmpdir);
+}
