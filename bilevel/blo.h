@@ -1,0 +1,186 @@
+// hypertape bilevel layer: the problem min_x F(x, y) s.t. y in argmin_y f(x, y), lower-level (LL)
+// dynamics as step maps on an LL state, and hypergradients by reverse mode through the unrolled
+// LL trajectory (RHG, truncated T-RHG, pessimistic trajectory truncation PTT, initialization
+// auxiliary IA with an optional prior).
+//
+// Everything differentiable is a tape expression (ad.h): F and f are callbacks that record
+// scalars on a tape, a step map records state_{k+1} = Phi_k(x, state_k), and every derivative
+// (the gradient inside a step, the step's vector-Jacobian product in the sweep) comes from the tape.
+//
+// Memory. The reverse sweep never holds the trajectory's graph: the forward pass keeps the K+1
+// states as doubles [(K+1) * S] and rewinds the tape after each step; the sweep re-records one
+// step at a time at the stored state. Peak memory is O(K S) doubles plus one step's graph.
+//
+// Errors never abort: every entry point returns a blo_status and, when given a blo_error, a
+// message saying what was wrong (an argument, a callback's output, or the tape's own error).
+#ifndef HYPERTAPE_BLO_H
+#define HYPERTAPE_BLO_H
+
+#include "ad.h"
+
+typedef enum {
+    BLO_OK = 0,
+    BLO_EARG,      // a bad argument: a size, a step size, K, a missing pointer, a box with lo > hi
+    BLO_ECALLBACK, // a callback returned AD_NONE or a tensor of the wrong shape
+    BLO_ETAPE,     // the tape recorded an error (domain, NaN/Inf check, shape inside a callback)
+    BLO_ENOMEM,    // an allocation or the tape's memory cap failed
+} blo_status;
+
+typedef struct {
+    blo_status status;
+    char msg[320];
+} blo_error;
+
+// ---- the problem --------------------------------------------------------------------------------
+
+// Records a scalar objective of x [n_x] and y [n_y] on t. Returns AD_NONE on failure.
+typedef ad_var (*blo_objective_fn)(ad_tape *t, ad_var x, ad_var y, void *user);
+
+typedef struct {
+    int n_x, n_y;
+    blo_objective_fn F; // upper level F(x, y)
+    blo_objective_fn f; // lower level f(x, y)
+    // Boxes, one bound per entry; NULL = unbounded on that side. X is for the UL loop; Y is the
+    // projection every built-in step map applies.
+    const double *x_lo, *x_hi; // [n_x]
+    const double *y_lo, *y_hi; // [n_y]
+    void *user;
+} blo_problem;
+
+// Checks sizes, callbacks and boxes, and records F and f once at (x, y) (NULL = zeros) to check
+// that both return scalars. t may be NULL (a private tape is used).
+blo_status blo_problem_check(const blo_problem *p, const double *x, const double *y, ad_tape *t,
+                             blo_error *err);
+
+// Helpers for step maps (built-in and user-written). Each validates the callback's output; a bad
+// one is recorded on the tape as an error naming the callback, and AD_NONE is returned.
+ad_var blo_call_F(ad_tape *t, const blo_problem *p, ad_var x, ad_var y);
+ad_var blo_call_f(ad_tape *t, const blo_problem *p, ad_var x, ad_var y);
+// grad_y f(x, y) and grad_y F(x, y) [n_y], recorded with AD_CREATE_GRAPH so a step through them is
+// differentiable (the sweep's second-order terms). y must not be a constant.
+ad_var blo_ll_grad_y(ad_tape *t, const blo_problem *p, ad_var x, ad_var y);
+ad_var blo_ul_grad_y(ad_tape *t, const blo_problem *p, ad_var x, ad_var y);
+// Proj_Y(y): clamp to the Y box (identity when unbounded). Derivative 1 inside, 0 outside.
+ad_var blo_y_project(ad_tape *t, const blo_problem *p, ad_var y);
+
+// ---- LL dynamics --------------------------------------------------------------------------------
+
+typedef struct blo_dynamics blo_dynamics;
+
+// state_0 [S] from the LL start y0 [n_y] (under IA y0 = z is a parameter, so keep it differentiable).
+typedef ad_var (*blo_init_fn)(ad_tape *t, const blo_problem *p, const blo_dynamics *d, ad_var y0);
+// One step, k = 0..K-1: state_{k+1} [S] = Phi_k(x, state_k). k is passed for schedules.
+typedef ad_var (*blo_step_fn)(ad_tape *t, const blo_problem *p, const blo_dynamics *d, int k,
+                              ad_var x, ad_var state);
+// y [n_y] read out of a state [S].
+typedef ad_var (*blo_read_fn)(ad_tape *t, const blo_problem *p, const blo_dynamics *d, ad_var state);
+// Validates the parameters against the problem; NULL = nothing to check.
+typedef blo_status (*blo_dyn_check_fn)(const blo_problem *p, const blo_dynamics *d, blo_error *err);
+
+// Projected gradient descent (BDA Eq. 4 / AIT Eq. 8): y <- Proj_Y(y - s_l grad_y f). State y.
+typedef struct {
+    double s_l;
+} blo_gd_params;
+
+// Which weights the aggregated step uses at 0-based step k (spec section 2.3, reading 5/6).
+typedef enum {
+    BLO_BDA_ICML,  // BDA Eq. 10: a_k = c/(k+1), b_k = 1 - a_k (c = 0.5 or 0.9)
+    BLO_BDA_AIT,   // AIT Eq. 7:  a_k = mu/(k+1), b_k = (1 - mu) beta
+    BLO_BDA_FIXED, // BDA Fig. 3 "alpha = 0.5 fixed": a_k = c, b_k = 1 - c
+} blo_bda_weights;
+
+// BDA aggregation: y <- Proj_Y(y - (a_k s_u grad_y F + b_k s_l grad_y f)). State y.
+typedef struct {
+    double s_u, s_l;
+    blo_bda_weights weights;
+    double c;    // ICML / FIXED
+    double mu;   // AIT, in (0, 1)
+    double beta; // AIT, beta_k = beta constant (> 0)
+} blo_bda_params;
+
+// Nesterov / FISTA (AIT Eq. 9, spec reading 4), state (y_k, y_{k-1}) [2 n_y]:
+//   u_k = y_k + m_k (y_k - y_{k-1}),  m_0 = 0, m_k = (t_{k-1} - 1)/t_k,  t_0 = 1,
+//   t_{k+1} = (1 + sqrt(1 + 4 t_k^2))/2,  y_{k+1} = Proj_Y(u_k - s_l grad_y f(x, u_k)).
+typedef struct {
+    double s_l;
+} blo_nesterov_params;
+
+// Heavy-ball momentum, state (y_k, y_{k-1}) [2 n_y]:
+//   y_{k+1} = Proj_Y(y_k - s_l grad_y f(x, y_k) + beta (y_k - y_{k-1})).
+typedef struct {
+    double s_l;
+    double beta; // in [0, 1)
+} blo_momentum_params;
+
+struct blo_dynamics {
+    const char *name;
+    int state_size;      // S
+    blo_init_fn init;    // NULL: state_0 = y0 (needs S = n_y)
+    blo_step_fn step;
+    blo_read_fn read_y;  // NULL: y = state[0 : n_y]
+    blo_dyn_check_fn check;
+    union {
+        blo_gd_params gd;
+        blo_bda_params bda;
+        blo_nesterov_params nesterov;
+        blo_momentum_params momentum;
+    } par;
+    void *user; // for user-written step maps
+};
+
+blo_gd_params blo_gd_default_params(void);             // s_l = 0.1
+blo_bda_params blo_bda_default_params(void);           // ICML, s_u = 0.7, s_l = 0.2, c = 0.5
+blo_nesterov_params blo_nesterov_default_params(void); // s_l = 0.1
+blo_momentum_params blo_momentum_default_params(void); // s_l = 0.1, beta = 0.5
+
+blo_dynamics blo_dynamics_gd(int n_y, blo_gd_params par);
+blo_dynamics blo_dynamics_bda(int n_y, blo_bda_params par);
+blo_dynamics blo_dynamics_nesterov(int n_y, blo_nesterov_params par);
+blo_dynamics blo_dynamics_momentum(int n_y, blo_momentum_params par);
+
+// Numeric helpers on a tape (t may be NULL). state0 [S] from y0 [n_y]; y [n_y] from a state [S].
+blo_status blo_state_init(const blo_problem *p, const blo_dynamics *d, const double *y0,
+                          double *state0, ad_tape *t, blo_error *err);
+blo_status blo_state_read_y(const blo_problem *p, const blo_dynamics *d, const double *state,
+                            double *y, ad_tape *t, blo_error *err);
+// Runs n >= 0 steps k0 .. k0+n-1 from state0 (the state at step k0). states [(n+1) S] gets
+// state_{k0}, ..., state_{k0+n}; F_vals [n+1] (optional) gets F(x, y) at each of them.
+// The tape is rewound after each step, so memory does not grow with n.
+blo_status blo_unroll(const blo_problem *p, const blo_dynamics *d, const double *x, int k0,
+                      const double *state0, int n, double *states, double *F_vals, ad_tape *t,
+                      blo_error *err);
+
+// ---- hypergradients -------------------------------------------------------------------------------
+
+typedef struct {
+    int K;         // LL steps, >= 1
+    int truncate;  // K' > 0: back-propagate only the last K' steps before the end (T-RHG); 0 = all
+    int ptt;       // 1: end at Kbar = first argmax_{1<=k<=K} F(x, y_k) (AIT Alg. 3), Kbar fixed
+    int ia;        // 1: y_0 = z is a variable and its gradient is returned (AIT Eq. 5)
+    double prior_lambda;   // IA prior g(z) = lambda/2 ||z - z_p||^2 (AIT Eq. 6); 0 = none
+    const double *z_prior; // z_p [n_y], needed when prior_lambda > 0
+    ad_tape *tape;         // reused if given (rewound to where it was on return); NULL = private
+} blo_hypergrad_params;
+
+typedef struct {
+    double value;  // the objective differentiated: F(x, y_end) (+ g(z) under IA with a prior)
+    int k_end;     // the iterate the sweep starts from: K, or Kbar under PTT
+    int k_start;   // the state the sweep stops at (held fixed): max(0, k_end - K')
+    int kbar;      // Kbar under PTT, K otherwise
+    double F_end;  // F(x, y_end)
+} blo_hypergrad_info;
+
+blo_hypergrad_params blo_hypergrad_default_params(void); // K = 10, RHG, no IA
+
+// The hypergradient of phi(x[, z]) = F(x, y_end(x[, z])) (+ g(z)), where y_end is the iterate
+// k_end and the state at k_start is held fixed. y0 [n_y] is the LL start (NULL = zeros), i.e. z
+// under IA. grad_x [n_x] is required; grad_z [n_y] is required under IA and ignored otherwise.
+// F_traj [K+1] (optional) gets F(x, y_k) for k = 0..K; info (optional) gets the summary.
+blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
+                         const blo_hypergrad_params *hp, const double *x, const double *y0,
+                         double *grad_x, double *grad_z, double *F_traj, blo_hypergrad_info *info,
+                         blo_error *err);
+
+const char *blo_status_name(blo_status s);
+
+#endif

@@ -1,0 +1,154 @@
+// The built-in LL step maps: projected gradient descent, BDA aggregation of the UL and LL
+// gradients, Nesterov (FISTA) and heavy-ball momentum. Each step is a tape expression of (x, state);
+// the gradients inside it are recorded with AD_CREATE_GRAPH (blo_ll_grad_y), so the hypergradient
+// sweep differentiates through them with the tape's second-order rules.
+#include "internal.h"
+
+#include <math.h>
+
+// ---- defaults ----------------------------------------------------------------------------------------
+
+blo_gd_params blo_gd_default_params(void) { return (blo_gd_params){.s_l = 0.1}; }
+// BDA's experimental constants (spec section 1.1): s_u = 0.7, s_l = 0.2, alpha_k = 0.5/(k+1).
+blo_bda_params blo_bda_default_params(void) {
+    return (blo_bda_params){.s_u = 0.7, .s_l = 0.2, .weights = BLO_BDA_ICML, .c = 0.5, .mu = 0.5,
+                            .beta = 1.0};
+}
+blo_nesterov_params blo_nesterov_default_params(void) { return (blo_nesterov_params){.s_l = 0.1}; }
+blo_momentum_params blo_momentum_default_params(void) {
+    return (blo_momentum_params){.s_l = 0.1, .beta = 0.5};
+}
+
+static blo_status positive(blo_error *err, const char *dyn, const char *name, double v) {
+    if (!(v > 0) || !isfinite(v))
+        return blo_fail(err, BLO_EARG, "dynamics %s: %s = %g must be > 0 and finite", dyn, name, v);
+    return BLO_OK;
+}
+
+// ---- states of two blocks (y_k, y_{k-1}) -----------------------------------------------------------------
+
+static ad_var init_pair(ad_tape *t, const blo_problem *p, const blo_dynamics *d, ad_var y0) {
+    (void)p, (void)d;
+    return ad_concat(t, y0, y0); // y_{-1} = y_0: no momentum at the first step
+}
+static ad_var read_first(ad_tape *t, const blo_problem *p, const blo_dynamics *d, ad_var s) {
+    (void)d;
+    return ad_slice(t, s, 0, p->n_y);
+}
+
+// ---- projected gradient descent ------------------------------------------------------------------------
+
+static ad_var gd_step(ad_tape *t, const blo_problem *p, const blo_dynamics *d, int k, ad_var x,
+                      ad_var y) {
+    (void)k;
+    ad_var g = blo_ll_grad_y(t, p, x, y);
+    return blo_y_project(t, p, ad_sub(t, y, ad_scale(t, g, d->par.gd.s_l)));
+}
+static blo_status gd_check(const blo_problem *p, const blo_dynamics *d, blo_error *err) {
+    (void)p;
+    return positive(err, d->name, "s_l", d->par.gd.s_l);
+}
+blo_dynamics blo_dynamics_gd(int n_y, blo_gd_params par) {
+    return (blo_dynamics){.name = "gd", .state_size = n_y, .step = gd_step, .check = gd_check,
+                          .par.gd = par};
+}
+
+// ---- BDA aggregation -------------------------------------------------------------------------------------
+
+// Weights (a_k on the UL direction, b_k on the LL one) at 0-based step k; the papers' 1-based
+// alpha_k = c/k is c/(k+1) here (spec reading 6).
+static void bda_weights(const blo_bda_params *q, int k, double *a, double *b) {
+    switch (q->weights) {
+    case BLO_BDA_ICML: *a = q->c / (k + 1); *b = 1 - *a; break;
+    case BLO_BDA_AIT: *a = q->mu / (k + 1); *b = (1 - q->mu) * q->beta; break;
+    case BLO_BDA_FIXED: *a = q->c; *b = 1 - q->c; break;
+    }
+}
+static ad_var bda_step(ad_tape *t, const blo_problem *p, const blo_dynamics *d, int k, ad_var x,
+                       ad_var y) {
+    const blo_bda_params *q = &d->par.bda;
+    double a = 0, b = 0;
+    bda_weights(q, k, &a, &b);
+    ad_var gF = blo_ul_grad_y(t, p, x, y), gf = blo_ll_grad_y(t, p, x, y);
+    ad_var dir = ad_add(t, ad_scale(t, gF, a * q->s_u), ad_scale(t, gf, b * q->s_l));
+    return blo_y_project(t, p, ad_sub(t, y, dir));
+}
+static blo_status bda_check(const blo_problem *p, const blo_dynamics *d, blo_error *err) {
+    (void)p;
+    const blo_bda_params *q = &d->par.bda;
+    blo_status s = positive(err, d->name, "s_u", q->s_u);
+    if (!s) s = positive(err, d->name, "s_l", q->s_l);
+    if (s) return s;
+    switch (q->weights) {
+    case BLO_BDA_ICML:
+    case BLO_BDA_FIXED:
+        if (!(q->c > 0 && q->c < 1))
+            return blo_fail(err, BLO_EARG, "dynamics bda: c = %g must be in (0, 1)", q->c);
+        return BLO_OK;
+    case BLO_BDA_AIT:
+        if (!(q->mu > 0 && q->mu < 1))
+            return blo_fail(err, BLO_EARG, "dynamics bda: mu = %g must be in (0, 1)", q->mu);
+        return positive(err, d->name, "beta", q->beta);
+    }
+    return blo_fail(err, BLO_EARG, "dynamics bda: unknown weights %d", (int)q->weights);
+}
+blo_dynamics blo_dynamics_bda(int n_y, blo_bda_params par) {
+    return (blo_dynamics){.name = "bda", .state_size = n_y, .step = bda_step, .check = bda_check,
+                          .par.bda = par};
+}
+
+// ---- Nesterov / FISTA ---------------------------------------------------------------------------------------
+
+// m_k = (t_{k-1} - 1) / t_k with t_0 = 1 (m_0 = 0). O(k) per call, negligible next to a step.
+static double fista_momentum(int k) {
+    double tp = 1, tk = 1;
+    for (int j = 0; j < k; j++) {
+        tp = tk;
+        tk = (1 + sqrt(1 + 4 * tk * tk)) / 2;
+    }
+    return k == 0 ? 0 : (tp - 1) / tk;
+}
+static ad_var nesterov_step(ad_tape *t, const blo_problem *p, const blo_dynamics *d, int k,
+                            ad_var x, ad_var s) {
+    int n = p->n_y;
+    ad_var y = ad_slice(t, s, 0, n), yp = ad_slice(t, s, n, n);
+    ad_var u = ad_add(t, y, ad_scale(t, ad_sub(t, y, yp), fista_momentum(k)));
+    ad_var g = blo_ll_grad_y(t, p, x, u);
+    ad_var y1 = blo_y_project(t, p, ad_sub(t, u, ad_scale(t, g, d->par.nesterov.s_l)));
+    return ad_concat(t, y1, y);
+}
+static blo_status nesterov_check(const blo_problem *p, const blo_dynamics *d, blo_error *err) {
+    (void)p;
+    return positive(err, d->name, "s_l", d->par.nesterov.s_l);
+}
+blo_dynamics blo_dynamics_nesterov(int n_y, blo_nesterov_params par) {
+    return (blo_dynamics){.name = "nesterov", .state_size = 2 * n_y, .init = init_pair,
+                          .step = nesterov_step, .read_y = read_first, .check = nesterov_check,
+                          .par.nesterov = par};
+}
+
+// ---- heavy-ball momentum ----------------------------------------------------------------------------------
+
+static ad_var momentum_step(ad_tape *t, const blo_problem *p, const blo_dynamics *d, int k,
+                            ad_var x, ad_var s) {
+    (void)k;
+    const blo_momentum_params *q = &d->par.momentum;
+    int n = p->n_y;
+    ad_var y = ad_slice(t, s, 0, n), yp = ad_slice(t, s, n, n);
+    ad_var g = blo_ll_grad_y(t, p, x, y);
+    ad_var v = ad_sub(t, ad_scale(t, ad_sub(t, y, yp), q->beta), ad_scale(t, g, q->s_l));
+    return ad_concat(t, blo_y_project(t, p, ad_add(t, y, v)), y);
+}
+static blo_status momentum_check(const blo_problem *p, const blo_dynamics *d, blo_error *err) {
+    (void)p;
+    const blo_momentum_params *q = &d->par.momentum;
+    blo_status s = positive(err, d->name, "s_l", q->s_l);
+    if (!s && !(q->beta >= 0 && q->beta < 1))
+        return blo_fail(err, BLO_EARG, "dynamics momentum: beta = %g must be in [0, 1)", q->beta);
+    return s;
+}
+blo_dynamics blo_dynamics_momentum(int n_y, blo_momentum_params par) {
+    return (blo_dynamics){.name = "momentum", .state_size = 2 * n_y, .init = init_pair,
+                          .step = momentum_step, .read_y = read_first, .check = momentum_check,
+                          .par.momentum = par};
+}

@@ -1,0 +1,279 @@
+// Unrolling the LL dynamics and the hypergradient by reverse mode through the unrolled steps.
+//
+// The forward pass keeps only the states [(K+1) S] as doubles and rewinds the tape after every
+// step. The reverse sweep re-records one step at a time at its stored state (a parameter), takes
+// the step's vector-Jacobian product with the adjoint of the next state with respect to (x,
+// state_k), adds the x part into the hypergradient, and rewinds. Truncation (T-RHG), PTT and IA
+// only change where the sweep starts and stops and what happens at state 0.
+#include "internal.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+blo_hypergrad_params blo_hypergrad_default_params(void) {
+    return (blo_hypergrad_params){.K = 10};
+}
+
+// Copies v's value [n] to out, refusing NaN/Inf (a diverging LL loop, usually a too-large step).
+static blo_status copy_finite(ad_tape *t, ad_var v, int n, double *out, blo_error *err,
+                              const char *what, int k) {
+    const double *val = ad_value(t, v);
+    blo_status s = blo_tape_check(t, err, what);
+    if (s) return s;
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(val[i]))
+            return blo_fail(err, BLO_ETAPE, "%s at k = %d: entry %d is %g (is a step size too large?)",
+                            what, k, i, val[i]);
+        out[i] = val[i];
+    }
+    return BLO_OK;
+}
+
+// Steps k0 .. k0+n-1 from states[0] (the state at step k0) into states[1..n]; F_vals[0..n] if given.
+static blo_status forward(ad_tape *t, const blo_problem *p, const blo_dynamics *d, const double *x,
+                          int k0, int n, double *states, double *F_vals, blo_error *err) {
+    int S = d->state_size;
+    ad_mark m0 = ad_tape_mark(t);
+    ad_var xv = ad_const(t, ad_vec_shape(p->n_x), x); // no gradient needed forward
+    ad_mark m1 = ad_tape_mark(t);
+    blo_status s = BLO_OK;
+    for (int j = 0; j <= n && !s; j++) {
+        int k = k0 + j;
+        ad_var sv = ad_param(t, ad_vec_shape(S), states + (size_t)j * S);
+        if (F_vals) {
+            ad_var Fv = blo_call_F(t, p, xv, blo_rec_read_y(t, p, d, sv));
+            s = copy_finite(t, Fv, 1, F_vals + j, err, "F(x, y_k)", k);
+        }
+        if (!s && j < n) {
+            ad_var next = blo_rec_step(t, p, d, k, xv, sv);
+            s = copy_finite(t, next, S, states + (size_t)(j + 1) * S, err, "LL step", k);
+        }
+        ad_tape_rewind(t, m1);
+    }
+    ad_tape_rewind(t, m0);
+    return s;
+}
+
+static blo_status init_state(ad_tape *t, const blo_problem *p, const blo_dynamics *d,
+                             const double *y0, double *state0, blo_error *err) {
+    ad_mark m = ad_tape_mark(t);
+    ad_var z = y0 ? ad_param(t, ad_vec_shape(p->n_y), y0) : ad_fill(t, ad_vec_shape(p->n_y), 0);
+    blo_status s = copy_finite(t, blo_rec_init(t, p, d, z), d->state_size, state0, err,
+                               "initial state", 0);
+    ad_tape_rewind(t, m);
+    return s;
+}
+
+blo_status blo_state_init(const blo_problem *p, const blo_dynamics *d, const double *y0,
+                          double *state0, ad_tape *t, blo_error *err) {
+    blo_status s = blo_dynamics_validate(p, d, err);
+    if (s) return s;
+    if (!state0) return blo_fail(err, BLO_EARG, "state0 is NULL");
+    blo_tape_use u;
+    if ((s = blo_tape_acquire(&u, t, err))) return s;
+    s = init_state(u.t, p, d, y0, state0, err);
+    blo_tape_release(&u);
+    return s ? s : blo_ok(err);
+}
+
+blo_status blo_state_read_y(const blo_problem *p, const blo_dynamics *d, const double *state,
+                            double *y, ad_tape *t, blo_error *err) {
+    blo_status s = blo_dynamics_validate(p, d, err);
+    if (s) return s;
+    if (!state || !y) return blo_fail(err, BLO_EARG, "state or y is NULL");
+    blo_tape_use u;
+    if ((s = blo_tape_acquire(&u, t, err))) return s;
+    ad_var sv = ad_const(u.t, ad_vec_shape(d->state_size), state);
+    s = copy_finite(u.t, blo_rec_read_y(u.t, p, d, sv), p->n_y, y, err, "read_y", 0);
+    blo_tape_release(&u);
+    return s ? s : blo_ok(err);
+}
+
+blo_status blo_unroll(const blo_problem *p, const blo_dynamics *d, const double *x, int k0,
+                      const double *state0, int n, double *states, double *F_vals, ad_tape *t,
+                      blo_error *err) {
+    blo_status s = blo_dynamics_validate(p, d, err);
+    if (s) return s;
+    if (!x || !state0 || !states) return blo_fail(err, BLO_EARG, "x, state0 or states is NULL");
+    if (k0 < 0 || n < 0) return blo_fail(err, BLO_EARG, "k0 = %d and n = %d must be >= 0", k0, n);
+    blo_tape_use u;
+    if ((s = blo_tape_acquire(&u, t, err))) return s;
+    memmove(states, state0, sizeof(double) * (size_t)d->state_size);
+    s = forward(u.t, p, d, x, k0, n, states, F_vals, err);
+    blo_tape_release(&u);
+    return s ? s : blo_ok(err);
+}
+
+// ---- the reverse sweep ------------------------------------------------------------------------------------
+
+// Adds the contributions of steps k_end-1 down to k_start into gx [n_x] and leaves the adjoint of
+// state_{k_start} in lam [S]. On entry lam holds the adjoint of state_{k_end}.
+// states[j] is the state at step k_start + j.
+static blo_status sweep(ad_tape *t, const blo_problem *p, const blo_dynamics *d, const double *x,
+                        const double *states, int k_start, int k_end, double *gx, double *lam,
+                        blo_error *err) {
+    int S = d->state_size, nx = p->n_x;
+    ad_mark m0 = ad_tape_mark(t);
+    ad_var xv = ad_param(t, ad_vec_shape(nx), x);
+    ad_mark m1 = ad_tape_mark(t);
+    blo_status s = BLO_OK;
+    for (int k = k_end - 1; k >= k_start && !s; k--) {
+        ad_var sv = ad_param(t, ad_vec_shape(S), states + (size_t)(k - k_start) * S);
+        ad_var next = blo_rec_step(t, p, d, k, xv, sv);
+        ad_var bar = ad_const(t, ad_vec_shape(S), lam);
+        ad_var wrt[2] = {xv, sv}, out[2] = {AD_NONE, AD_NONE};
+        ad_vjp(t, next, bar, 2, wrt, out, 0);
+        s = blo_tape_check(t, err, "reverse sweep");
+        if (!s) {
+            const double *g = ad_value(t, out[0]), *l = ad_value(t, out[1]);
+            for (int i = 0; i < nx; i++) gx[i] += g[i];
+            memcpy(lam, l, sizeof(double) * (size_t)S);
+        }
+        ad_tape_rewind(t, m1);
+    }
+    ad_tape_rewind(t, m0);
+    return s;
+}
+
+// F(x, y_end) with dF/dx into gx and dF/dstate_end into lam.
+static blo_status sweep_start(ad_tape *t, const blo_problem *p, const blo_dynamics *d,
+                              const double *x, const double *state, double *F_end, double *gx,
+                              double *lam, blo_error *err) {
+    ad_mark m = ad_tape_mark(t);
+    ad_var xv = ad_param(t, ad_vec_shape(p->n_x), x);
+    ad_var sv = ad_param(t, ad_vec_shape(d->state_size), state);
+    ad_var Fv = blo_call_F(t, p, xv, blo_rec_read_y(t, p, d, sv));
+    ad_var wrt[2] = {xv, sv}, out[2] = {AD_NONE, AD_NONE};
+    ad_grad(t, Fv, 2, wrt, out, 0);
+    blo_status s = blo_tape_check(t, err, "F(x, y_end)");
+    if (!s) {
+        *F_end = ad_item(t, Fv);
+        memcpy(gx, ad_value(t, out[0]), sizeof(double) * (size_t)p->n_x);
+        memcpy(lam, ad_value(t, out[1]), sizeof(double) * (size_t)d->state_size);
+    }
+    ad_tape_rewind(t, m);
+    return s;
+}
+
+// grad_z = (d state_0 / d z)^T lam, through the dynamics' init map.
+static blo_status sweep_init(ad_tape *t, const blo_problem *p, const blo_dynamics *d,
+                             const double *z, const double *lam, double *gz, blo_error *err) {
+    if (!d->init) { // state_0 = z
+        memcpy(gz, lam, sizeof(double) * (size_t)p->n_y);
+        return BLO_OK;
+    }
+    ad_mark m = ad_tape_mark(t);
+    ad_var zv = z ? ad_param(t, ad_vec_shape(p->n_y), z) : ad_fill(t, ad_vec_shape(p->n_y), 0);
+    if (!z) zv = ad_param(t, ad_vec_shape(p->n_y), ad_value(t, zv));
+    ad_var s0 = blo_rec_init(t, p, d, zv);
+    ad_var bar = ad_const(t, ad_vec_shape(d->state_size), lam), out = AD_NONE;
+    ad_vjp(t, s0, bar, 1, &zv, &out, 0);
+    blo_status s = blo_tape_check(t, err, "init (IA)");
+    if (!s) memcpy(gz, ad_value(t, out), sizeof(double) * (size_t)p->n_y);
+    ad_tape_rewind(t, m);
+    return s;
+}
+
+static blo_status check_hp(const blo_problem *p, const blo_hypergrad_params *hp, const double *x,
+                           double *grad_x, double *grad_z, blo_error *err) {
+    if (!x || !grad_x) return blo_fail(err, BLO_EARG, "x or grad_x is NULL");
+    if (hp->K < 1)
+        return blo_fail(err, BLO_EARG, "K = %d: the hypergradient needs at least one LL step", hp->K);
+    if (hp->truncate < 0)
+        return blo_fail(err, BLO_EARG, "truncate = %d must be >= 0 (0: all steps)", hp->truncate);
+    if (hp->ia && !grad_z) return blo_fail(err, BLO_EARG, "IA needs grad_z [n_y = %d]", p->n_y);
+    if (!(hp->prior_lambda >= 0) || !isfinite(hp->prior_lambda))
+        return blo_fail(err, BLO_EARG, "prior_lambda = %g must be >= 0", hp->prior_lambda);
+    if (hp->prior_lambda > 0 && (!hp->ia || !hp->z_prior))
+        return blo_fail(err, BLO_EARG, "a prior (lambda = %g) needs IA and z_prior",
+                        hp->prior_lambda);
+    return BLO_OK;
+}
+
+blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
+                         const blo_hypergrad_params *hp_in, const double *x, const double *y0,
+                         double *grad_x, double *grad_z, double *F_traj, blo_hypergrad_info *info,
+                         blo_error *err) {
+    blo_hypergrad_params hp = hp_in ? *hp_in : blo_hypergrad_default_params();
+    blo_status s = blo_dynamics_validate(p, d, err);
+    if (!s) s = check_hp(p, &hp, x, grad_x, grad_z, err);
+    if (s) return s;
+    int S = d->state_size, K = hp.K, nx = p->n_x, ny = p->n_y;
+    if ((size_t)K + 1 > SIZE_MAX / sizeof(double) / (size_t)S)
+        return blo_fail(err, BLO_ENOMEM, "K = %d states of %d doubles do not fit in memory", K, S);
+    blo_tape_use u;
+    if ((s = blo_tape_acquire(&u, hp.tape, err))) return s;
+    if ((s = blo_problem_check(p, x, y0, u.t, err))) {
+        blo_tape_release(&u);
+        return s;
+    }
+    int need_F = hp.ptt || F_traj;
+    // Without PTT the sweep's range is known before the forward pass, so T-RHG keeps only the
+    // states it will revisit, k_keep..K; PTT must keep them all (Kbar is known only at the end).
+    int k_keep = !hp.ptt && hp.truncate > 0 && hp.truncate < K ? K - hp.truncate : 0;
+    int n_kept = K + 1 - k_keep;
+    double *states = malloc(sizeof(double) * (size_t)n_kept * (size_t)S);
+    double *Fv = need_F ? malloc(sizeof(double) * (size_t)(K + 1)) : NULL;
+    double *lam = malloc(sizeof(double) * (size_t)S);
+    double *gx = malloc(sizeof(double) * (size_t)nx);
+    if (!states || !lam || !gx || (need_F && !Fv)) {
+        s = blo_fail(err, BLO_ENOMEM, "cannot allocate %d states of %d doubles", n_kept, S);
+        goto done;
+    }
+    if ((s = init_state(u.t, p, d, y0, states, err))) goto done;
+    // Steps before k_keep run one at a time through the first two slots (n_kept >= 2 here).
+    for (int k = 0; k < k_keep && !s; k++) {
+        s = forward(u.t, p, d, x, k, 1, states, Fv ? Fv + k : NULL, err);
+        memcpy(states, states + S, sizeof(double) * (size_t)S);
+    }
+    if (!s) s = forward(u.t, p, d, x, k_keep, K - k_keep, states, Fv ? Fv + k_keep : NULL, err);
+    if (s) goto done;
+
+    int kbar = K;
+    if (hp.ptt) // first maximizer over k = 1..K (y_0 = z excluded; spec reading 7)
+        for (int k = 1; k <= K; k++)
+            if (Fv[k] > Fv[kbar] || (Fv[k] == Fv[kbar] && k < kbar)) kbar = k;
+    int k_end = kbar;
+    int k_start = hp.truncate > 0 && hp.truncate < k_end ? k_end - hp.truncate : 0;
+
+    double F_end = 0;
+    const double *kept = states + (size_t)(k_start - k_keep) * S; // the state at k_start
+    if ((s = sweep_start(u.t, p, d, x, kept + (size_t)(k_end - k_start) * S, &F_end, gx, lam,
+                         err)))
+        goto done;
+    if ((s = sweep(u.t, p, d, x, kept, k_start, k_end, gx, lam, err))) goto done;
+    double value = F_end;
+    if (hp.ia) {
+        // The state at k_start is held fixed when the sweep stops short of 0: no z gradient
+        // flows from phi then, only from the prior.
+        if (k_start == 0) {
+            if ((s = sweep_init(u.t, p, d, y0, lam, grad_z, err))) goto done;
+        } else {
+            for (int i = 0; i < ny; i++) grad_z[i] = 0;
+        }
+        if (hp.prior_lambda > 0) {
+            double g2 = 0;
+            for (int i = 0; i < ny; i++) {
+                double dz = (y0 ? y0[i] : 0) - hp.z_prior[i];
+                grad_z[i] += hp.prior_lambda * dz;
+                g2 += dz * dz;
+            }
+            value += 0.5 * hp.prior_lambda * g2;
+        }
+    }
+    memcpy(grad_x, gx, sizeof(double) * (size_t)nx);
+    if (F_traj) memcpy(F_traj, Fv, sizeof(double) * (size_t)(K + 1));
+    if (info)
+        *info = (blo_hypergrad_info){.value = value, .k_end = k_end, .k_start = k_start,
+                                     .kbar = kbar, .F_end = F_end};
+    blo_ok(err);
+done:
+    free(states);
+    free(Fv);
+    free(lam);
+    free(gx);
+    blo_tape_release(&u);
+    return s;
+}

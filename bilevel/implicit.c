@@ -1,0 +1,123 @@
+// Implicit hypergradients (CG, Neumann): at (x, y) solve H q = g, H = d²f/dy² [n_y, n_y],
+// g = grad_y F, from Hessian-vector products on the tape (H is never formed), then
+// grad = grad_x F - (d²f/dx dy) q. Reference formulas: BVFIM Table 2 (spec section 0.2).
+#include "internal.h"
+#include "curvature.h"
+#include "methods.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+blo_implicit_params blo_implicit_default_params(blo_implicit_kind kind) {
+    return (blo_implicit_params){.kind = kind, .iters = 20, .tol = 1e-10, .eta = 0.1};
+}
+
+bool blo_curv_record(blo_curv *c, ad_tape *t, const blo_problem *p, const double *x, const double *y) {
+    *c = (blo_curv){.t = t, .nx = p->n_x, .ny = p->n_y};
+    c->x = ad_param(t, ad_vec_shape(p->n_x), x);
+    c->y = ad_param(t, ad_vec_shape(p->n_y), y);
+    ad_grad(t, blo_call_f(t, p, c->x, c->y), 1, &c->y, &c->gy, AD_CREATE_GRAPH);
+    c->m = ad_tape_mark(t);
+    return ad_tape_status(t) == AD_OK;
+}
+
+// d/dwrt <gy, v>, [n] values into out
+static bool curv_product(blo_curv *c, ad_var wrt, int n, const double *v, double *out) {
+    ad_var vv = ad_const(c->t, ad_vec_shape(c->ny), v), h;
+    bool ok = ad_grad(c->t, ad_dot(c->t, c->gy, vv), 1, &wrt, &h, 0) == AD_OK;
+    if (ok) memcpy(out, ad_value(c->t, h), (size_t)n * sizeof(double));
+    ad_tape_rewind(c->t, c->m);
+    return ok;
+}
+
+bool blo_curv_hvp(blo_curv *c, const double *v, double *out) { return curv_product(c, c->y, c->ny, v, out); }
+bool blo_curv_mixed(blo_curv *c, const double *v, double *out) { return curv_product(c, c->x, c->nx, v, out); }
+
+static double dot(const double *a, const double *b, int n) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+// Conjugate gradients on H q = g from q = 0; H must be symmetric positive definite near y*.
+static bool solve_cg(blo_curv *c, const blo_implicit_params *ip, const double *g, double *q,
+                     double *w, blo_implicit_info *info) {
+    int n = c->ny;
+    double *r = w, *d = w + n, *Hd = w + 2 * n;
+    memcpy(r, g, (size_t)n * sizeof *r);
+    memcpy(d, g, (size_t)n * sizeof *d);
+    memset(q, 0, (size_t)n * sizeof *q);
+    double gg = dot(g, g, n), rr = gg;
+    info->iters = 0;
+    while (info->iters < ip->iters && rr > ip->tol * ip->tol * gg && rr > 0) {
+        if (!blo_curv_hvp(c, d, Hd)) return false;
+        double dHd = dot(d, Hd, n);
+        if (!(dHd > 0)) break; // not positive definite along d: stop with what we have
+        double a = rr / dHd;
+        for (int i = 0; i < n; i++) q[i] += a * d[i], r[i] -= a * Hd[i];
+        double rr2 = dot(r, r, n);
+        for (int i = 0; i < n; i++) d[i] = r[i] + rr2 / rr * d[i];
+        rr = rr2;
+        info->iters++;
+    }
+    info->residual = gg > 0 ? sqrt(rr / gg) : 0;
+    return true;
+}
+
+// q = eta sum_{j=0..J} (I - eta H)^j g, term by term: p_0 = g, p_{j+1} = p_j - eta H p_j.
+static bool solve_neumann(blo_curv *c, const blo_implicit_params *ip, const double *g, double *q,
+                          double *w, blo_implicit_info *info) {
+    int n = c->ny;
+    double *pj = w, *Hp = w + n;
+    memcpy(pj, g, (size_t)n * sizeof *pj);
+    for (int i = 0; i < n; i++) q[i] = ip->eta * g[i];
+    for (info->iters = 0; info->iters < ip->iters; info->iters++) {
+        if (!blo_curv_hvp(c, pj, Hp)) return false;
+        for (int i = 0; i < n; i++) pj[i] -= ip->eta * Hp[i], q[i] += ip->eta * pj[i];
+    }
+    // residual ||H q - g|| / ||g||, one more product
+    if (!blo_curv_hvp(c, q, Hp)) return false;
+    double rr = 0, gg = dot(g, g, n);
+    for (int i = 0; i < n; i++) rr += (Hp[i] - g[i]) * (Hp[i] - g[i]);
+    info->residual = gg > 0 ? sqrt(rr / gg) : 0;
+    return true;
+}
+
+blo_status blo_implicit_hypergrad(const blo_problem *p, const blo_implicit_params *ip,
+                                  const double *x, const double *y, double *grad_x,
+                                  blo_implicit_info *info, ad_tape *tape, blo_error *err) {
+    blo_ok(err);
+    blo_implicit_info local;
+    if (!info) info = &local;
+    *info = (blo_implicit_info){0};
+    if (!p || !ip || !x || !y || !grad_x) return blo_fail(err, BLO_EARG, "implicit: NULL argument");
+    if (ip->iters < 0 || ip->tol < 0 || (ip->kind == BLO_IMPLICIT_NEUMANN && !(ip->eta > 0)))
+        return blo_fail(err, BLO_EARG, "implicit: iterations %d, tolerance %g and Neumann step %g "
+                        "must be non-negative (the step positive)", ip->iters, ip->tol, ip->eta);
+    blo_status st = blo_problem_check(p, x, y, tape, err);
+    if (st != BLO_OK) return st;
+    blo_tape_use u;
+    if ((st = blo_tape_acquire(&u, tape, err)) != BLO_OK) return st;
+    ad_tape *t = u.t;
+    int n = p->n_y;
+    // g, q [n_y]; w: three work vectors [n_y] or the mixed product [n_x]
+    size_t nw = (size_t)(3 * n > p->n_x ? 3 * n : p->n_x);
+    double *g = malloc(sizeof(double) * (2 * (size_t)n + nw)), *q = g + n, *w = g + 2 * n;
+    if (!g) {
+        blo_tape_release(&u);
+        return blo_fail(err, BLO_ENOMEM, "implicit: out of memory");
+    }
+    // grad_x F, grad_y F at (x, y); then grad_y f with its graph for the products
+    st = blo_eval(p, 1, x, y, NULL, grad_x, g, t, err);
+    blo_curv c;
+    bool ok = st == BLO_OK && blo_curv_record(&c, t, p, x, y) &&
+              (ip->kind == BLO_IMPLICIT_CG ? solve_cg(&c, ip, g, q, w, info)
+                                           : solve_neumann(&c, ip, g, q, w, info)) &&
+              blo_curv_mixed(&c, q, w); // grad_x F - d/dx <grad_y f, q>
+    for (int i = 0; ok && i < p->n_x; i++) grad_x[i] -= w[i];
+    if (st == BLO_OK) st = blo_tape_check(t, err, ip->kind == BLO_IMPLICIT_CG ? "cg" : "neumann");
+    free(g);
+    blo_tape_release(&u);
+    return st;
+}
