@@ -70,6 +70,13 @@ ad_mark ad_tape_mark(const ad_tape *t);
 void ad_tape_rewind(ad_tape *t, ad_mark m);
 // Drops everything and clears the error.
 void ad_tape_reset(ad_tape *t);
+// Deferred recording: while on, ops record their node (shape checks and errors as usual) but
+// compute values only when something needs them: ad_value, an op recorded with deferral off, or
+// a reverse sweep. A step re-recorded only to be differentiated then costs just the products its
+// reverse rules read. Returns the previous setting.
+int ad_tape_defer(ad_tape *t, int on);
+// Node values computed since the tape was made (what deferral saves shows here).
+int64_t ad_tape_evals(const ad_tape *t);
 
 ad_status ad_tape_status(const ad_tape *t);
 const char *ad_tape_error(const ad_tape *t); // "" when no error

@@ -73,6 +73,7 @@ static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var
     mark_dependents(t, lo, y, dep);
 
     int saved_lazy = t->lazy, saved_nograd = t->nograd;
+    lazy = lazy || saved_lazy; // a deferring tape records the adjoints deferred too
     t->lazy = lazy;
     t->nograd = !(flags & AD_CREATE_GRAPH);
     bool in_place = t->nograd && !lazy;

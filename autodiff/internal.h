@@ -90,6 +90,7 @@ struct ad_tape {
     size_t scratch_bytes;
     int64_t op_uses[OP_COUNT];
     double blas_seconds;
+    int64_t evals;
 };
 
 // ---- helpers for op definitions (tape.c) ----

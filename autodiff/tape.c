@@ -165,13 +165,16 @@ static double *arena_alloc_slow(ad_tape *t, size_t n, const char *what) {
     }
 }
 
-// Values under 8 doubles are bumped from the current chunk; the rest go through the slow path,
-// which aligns and moves to the next chunk.
+// The common case inline: bump the current chunk (values of 8 or more doubles start on a
+// 64-byte boundary); the slow path moves to the next chunk or adds one.
 static inline double *arena_alloc(ad_tape *t, size_t n, const char *what) {
-    if (n < 8 && t->n_chunks && t->cur_off + n <= t->chunks[t->cur_chunk].cap) {
-        double *p = t->chunks[t->cur_chunk].mem + t->cur_off;
-        t->cur_off += n;
-        return p;
+    if (t->n_chunks) {
+        size_t off = t->cur_off, need = n;
+        if (n >= 8) off = (off + 7) & ~(size_t)7, need = (n + 7) & ~(size_t)7;
+        if (off + need <= t->chunks[t->cur_chunk].cap) {
+            t->cur_off = off + need;
+            return t->chunks[t->cur_chunk].mem + off;
+        }
     }
     return arena_alloc_slow(t, n, what);
 }
@@ -233,6 +236,14 @@ void ad_tape_rewind(ad_tape *t, ad_mark m) {
     t->cur_off = m.offset;
 }
 
+int ad_tape_defer(ad_tape *t, int on) {
+    int was = t->lazy;
+    t->lazy = on != 0;
+    return was;
+}
+
+int64_t ad_tape_evals(const ad_tape *t) { return t->evals; }
+
 size_t ad_tape_bytes(const ad_tape *t) { return t->bytes; }
 size_t ad_tape_peak_bytes(const ad_tape *t) { return t->peak_bytes; }
 int32_t ad_tape_nodes(const ad_tape *t) { return t->n_nodes; }
@@ -261,6 +272,7 @@ static bool check_finite(ad_tape *t, const ad_node *n) {
 // Computes node v from its (computed) inputs.
 static inline bool eval_node(ad_tape *t, ad_var v) {
     ad_node *n = &t->nodes[v];
+    t->evals++;
     ad_status st = ad_ops[n->op]->fwd(t, n);
     if (st != AD_OK) {
         char b[32];
@@ -278,32 +290,38 @@ static int cmp_var(const void *a, const void *b) {
 }
 
 // Lazy values: collect v's uncomputed ancestors (a DFS marked with the node flags), then compute
-// them in recording order, which is a topological order.
+// them in recording order, which is a topological order. Small sets (the usual case: an eager op
+// reading a deferred input) stay on the stack and are sorted by insertion.
 bool ad_force(ad_tape *t, ad_var v) {
     if (t->nodes[v].flags & NF_VALUE) return true;
     if (t->status != AD_OK) return false;
-    enum { MARK = 0x80 };
-    size_t cap = 64, n = 0, top = 0;
-    ad_var *list = malloc(cap * sizeof *list), *stack = malloc(cap * sizeof *stack);
-    bool ok = list && stack;
-    if (ok) {
-        stack[top++] = v;
-        t->nodes[v].flags |= MARK;
-    }
+    enum { MARK = 0x80, SMALL = 64 };
+    ad_var small_list[SMALL], small_stack[SMALL];
+    size_t cap = SMALL, n = 0, top = 0;
+    ad_var *list = small_list, *stack = small_stack;
+    bool ok = true;
+    stack[top++] = v;
+    t->nodes[v].flags |= MARK;
     while (ok && top) {
         ad_var u = stack[--top];
         list[n++] = u;
         ad_var in[2] = {t->nodes[u].a, t->nodes[u].b};
-        for (int k = 0; k < 2; k++) {
+        for (int k = 0; k < 2 && ok; k++) {
             ad_node *c = &t->nodes[in[k]];
             if (!in[k] || (c->flags & (NF_VALUE | MARK))) continue;
             c->flags |= MARK;
-            if (top + 1 >= cap || n + top + 1 >= cap) {
-                cap *= 2;
-                ad_var *l2 = realloc(list, cap * sizeof *list), *s2 = realloc(stack, cap * sizeof *stack);
-                if (l2) list = l2;
-                if (s2) stack = s2;
-                if (!l2 || !s2) { ok = false; break; }
+            if (n + top + 1 >= cap) { // grow both onto the heap
+                size_t nc = cap * 4;
+                ad_var *l2 = malloc(nc * sizeof *l2), *s2 = malloc(nc * sizeof *s2);
+                if (!l2 || !s2) {
+                    free(l2), free(s2);
+                    ok = false;
+                    break;
+                }
+                memcpy(l2, list, n * sizeof *l2);
+                memcpy(s2, stack, top * sizeof *s2);
+                if (list != small_list) free(list), free(stack);
+                list = l2, stack = s2, cap = nc;
             }
             stack[top++] = in[k];
         }
@@ -312,12 +330,19 @@ bool ad_force(ad_tape *t, ad_var v) {
         for (ad_var i = 1; i < t->n_nodes; i++) t->nodes[i].flags &= (uint8_t)~MARK;
         ad_fail(t, AD_ENOMEM, "forcing a lazy value: out of memory");
     } else {
-        qsort(list, n, sizeof *list, cmp_var);
+        if (n <= SMALL) {
+            for (size_t i = 1; i < n; i++) // insertion sort: DFS order is nearly descending
+                for (size_t j = i; j > 0 && list[j - 1] > list[j]; j--) {
+                    ad_var tmp = list[j];
+                    list[j] = list[j - 1], list[j - 1] = tmp;
+                }
+        } else {
+            qsort(list, n, sizeof *list, cmp_var);
+        }
         for (size_t i = 0; i < n; i++) t->nodes[list[i]].flags &= (uint8_t)~MARK;
         for (size_t i = 0; i < n && ok; i++) ok = eval_node(t, list[i]);
     }
-    free(list);
-    free(stack);
+    if (list != small_list) free(list), free(stack);
     return ok;
 }
 

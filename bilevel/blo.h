@@ -112,6 +112,15 @@ typedef struct {
     double beta; // in [0, 1)
 } blo_momentum_params;
 
+// The accelerated scheme for non-convex LL (AIT Eq. 10, Ghadimi-Lan indexing j = k + 1, spec
+// reading 3), state (y, u, v) [3 n_y], u_0 = v_0 = y_0:
+//   y_{k+1} = (1 - a_j) u_k + a_j v_k,                     a_j = 2 / (j + 1)
+//   u_{k+1} = Proj_Y(y_{k+1} - b grad_y f(x, y_{k+1})),     b = 1 / (2 L_f)
+//   v_{k+1} = Proj_Y(v_k - l_j grad_y f(x, y_{k+1})),       l_j = j b / 2
+typedef struct {
+    double L_f; // Lipschitz constant of grad_y f (> 0)
+} blo_accel_params;
+
 struct blo_dynamics {
     const char *name;
     int state_size;      // S
@@ -124,6 +133,7 @@ struct blo_dynamics {
         blo_bda_params bda;
         blo_nesterov_params nesterov;
         blo_momentum_params momentum;
+        blo_accel_params accel;
     } par;
     void *user; // for user-written step maps
 };
@@ -132,11 +142,13 @@ blo_gd_params blo_gd_default_params(void);             // s_l = 0.1
 blo_bda_params blo_bda_default_params(void);           // ICML, s_u = 0.7, s_l = 0.2, c = 0.5
 blo_nesterov_params blo_nesterov_default_params(void); // s_l = 0.1
 blo_momentum_params blo_momentum_default_params(void); // s_l = 0.1, beta = 0.5
+blo_accel_params blo_accel_default_params(void);       // L_f = 1
 
 blo_dynamics blo_dynamics_gd(int n_y, blo_gd_params par);
 blo_dynamics blo_dynamics_bda(int n_y, blo_bda_params par);
 blo_dynamics blo_dynamics_nesterov(int n_y, blo_nesterov_params par);
 blo_dynamics blo_dynamics_momentum(int n_y, blo_momentum_params par);
+blo_dynamics blo_dynamics_accel(int n_y, blo_accel_params par);
 
 // Numeric helpers on a tape (t may be NULL). state0 [S] from y0 [n_y]; y [n_y] from a state [S].
 blo_status blo_state_init(const blo_problem *p, const blo_dynamics *d, const double *y0,
@@ -160,6 +172,7 @@ typedef struct {
     double prior_lambda;   // IA prior g(z) = lambda/2 ||z - z_p||^2 (AIT Eq. 6); 0 = none
     const double *z_prior; // z_p [n_y], needed when prior_lambda > 0
     ad_tape *tape;         // reused if given (rewound to where it was on return); NULL = private
+    double *y_end_out;     // optional [n_y]: receives y at k_end (for records and warm starts)
 } blo_hypergrad_params;
 
 typedef struct {

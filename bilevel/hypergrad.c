@@ -47,7 +47,10 @@ static blo_status forward(ad_tape *t, const blo_problem *p, const blo_dynamics *
             s = copy_finite(t, Fv, 1, F_vals + j, err, "F(x, y_k)", k);
         }
         if (!s && j < n) {
+            // deferred: only what the next state needs is computed (not f's own value, say)
+            int was = ad_tape_defer(t, 1);
             ad_var next = blo_rec_step(t, p, d, k, xv, sv);
+            ad_tape_defer(t, was);
             s = copy_finite(t, next, S, states + (size_t)(j + 1) * S, err, "LL step", k);
         }
         ad_tape_rewind(t, m1);
@@ -121,7 +124,11 @@ static blo_status sweep(ad_tape *t, const blo_problem *p, const blo_dynamics *d,
     blo_status s = BLO_OK;
     for (int k = k_end - 1; k >= k_start && !s; k--) {
         ad_var sv = ad_param(t, ad_vec_shape(S), states + (size_t)(k - k_start) * S);
+        // The step is re-recorded deferred: its vjp computes only the values its reverse rules
+        // read (for a quadratic f, none of the step's own products).
+        int was = ad_tape_defer(t, 1);
         ad_var next = blo_rec_step(t, p, d, k, xv, sv);
+        ad_tape_defer(t, was);
         ad_var bar = ad_const(t, ad_vec_shape(S), lam);
         ad_var wrt[2] = {xv, sv}, out[2] = {AD_NONE, AD_NONE};
         ad_vjp(t, next, bar, 2, wrt, out, 0);
@@ -244,6 +251,9 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
                          err)))
         goto done;
     if ((s = sweep(u.t, p, d, x, kept, k_start, k_end, gx, lam, err))) goto done;
+    if (hp.y_end_out &&
+        (s = blo_state_read_y(p, d, kept + (size_t)(k_end - k_start) * S, hp.y_end_out, u.t, err)))
+        goto done;
     double value = F_end;
     if (hp.ia) {
         // The state at k_start is held fixed when the sweep stops short of 0: no z gradient

@@ -36,7 +36,6 @@ blo_status blo_implicit_hypergrad(const blo_problem *p, const blo_implicit_param
                                   const double *x, const double *y, double *grad_x,
                                   blo_implicit_info *info, ad_tape *t, blo_error *err);
 
-#endif
 
 // ---- first-order and alternating methods ---------------------------------------------------------
 // Each keeps what it carries between upper-level iterations in its own state struct (warm
@@ -155,3 +154,56 @@ blo_solve_params blo_solve_default_params(void); // T = 100, plain, lr 0.1, mome
 // good iterate in x and z, and says at which iteration. *done (optional) = iterations completed.
 blo_status blo_solve(const blo_problem *p, blo_direction_fn dir, void *method, int n_z,
                      const blo_solve_params *sp, double *x, double *z, int *done, blo_error *err);
+
+// ---- methods by name ---------------------------------------------------------------------------
+// The names a CLI exposes, composed the way the papers compose them: an unrolled method is a
+// dynamics (gd, bda, nesterov, accel, momentum) plus truncation choices (T-RHG, PTT) plus the
+// initialization auxiliary (IA, optionally with a prior); cg and neumann unroll the dynamics and
+// differentiate implicitly at y_K; bvfim, bome and galet are their own loops.
+
+typedef struct {
+    const char *method;     // rhg trhg bda cg neumann ait aitp bvfim bome galet
+    const char *dynamics;   // gd bda nesterov accel momentum (unrolled, cg, neumann)
+    int K;                  // LL steps
+    int truncate;           // T-RHG: back-propagate the last K' steps (0 = all)
+    int ia, ptt;            // initialization auxiliary; pessimistic trajectory truncation
+    int warm_start;         // 1: each UL iteration starts the LL from the last y (0: from y0, AIT Alg. 1)
+    double prior_lambda;    // IA prior lambda/2 ||z - z_p||^2; < 0: 1 / lr_z (spec reading 8)
+    int prior_first_only;   // 1: the prior only at UL iteration 0, as AIT applies it
+    const double *z_prior;  // z_p [n_y]
+    blo_gd_params gd;
+    blo_bda_params bda;
+    blo_nesterov_params nesterov;
+    blo_momentum_params momentum;
+    blo_accel_params accel;
+    blo_implicit_params implicit;
+    blo_bome_params bome;
+    blo_galet_params galet;
+    blo_bvfim_params bvfim;
+} blo_method_config;
+
+// NULL-terminated lists of the names, with one-line summaries in the same order.
+const char *const *blo_method_names(void);
+const char *const *blo_method_summaries(void);
+const char *const *blo_dynamics_names(void);
+const char *const *blo_dynamics_summaries(void);
+
+// The method's defaults (rhg: gd dynamics, K = 20; trhg: K' = K / 2; bda: BDA Eq. 10 with
+// s_u = 0.7, s_l = 0.2, alpha_k = 0.5 / k; ait: IA + PTT; aitp: ait with the prior at iteration 0;
+// ...). BLO_EARG for an unknown name.
+blo_status blo_method_default_config(const char *method, blo_method_config *c, blo_error *err);
+
+// A configured method bound to a problem, with its warm-start state; its direction drives blo_solve.
+typedef struct blo_runner blo_runner;
+
+blo_status blo_runner_new(blo_runner **r, const blo_problem *p, const blo_method_config *c,
+                          const blo_solve_params *sp, const double *y0, blo_error *err);
+void blo_runner_free(blo_runner *r);
+// Size of the second variable blo_solve steps (IA's z, BOME's y), 0 if none; its start is y0.
+int blo_runner_n_z(const blo_runner *r);
+// The direction function for blo_solve (pass the runner as `method`).
+blo_direction_fn blo_runner_direction(void);
+// The LL iterate of the last direction [n_y] (y_K, y_Kbar, GALET's or BVFIM's y, BOME's y).
+const double *blo_runner_y(const blo_runner *r);
+
+#endif

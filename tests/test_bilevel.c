@@ -14,6 +14,7 @@ void test_bilevel(void);
 
 #define MAXN 10
 #define MAXK 200
+#define MAXS (3 * MAXN) // the largest built-in state: accel's (y, u, v)
 
 static bool has(const char *s, const char *sub) { return strstr(s, sub) != NULL; }
 
@@ -208,13 +209,28 @@ static void qp_grad_F(const qp *q, const double *x, const double *y, double *g) 
 static void plain_dynamics(const qp *q, const blo_dynamics *d, const double *lo, const double *hi,
                            const double *x, const double *y0, int K, double *y_traj) {
     int n = q->ny;
-    double y[MAXN], yp[MAXN], u[MAXN], g[MAXN], gF[MAXN], t_prev = 1, t_cur = 1;
+    double y[MAXN], yp[MAXN], u[MAXN], v[MAXN], g[MAXN], gF[MAXN], t_prev = 1, t_cur = 1;
     memcpy(y, y0, sizeof(double) * n);
     memcpy(yp, y0, sizeof(double) * n);
+    memcpy(u, y0, sizeof(double) * n); // accel: u_0 = v_0 = y_0
+    memcpy(v, y0, sizeof(double) * n);
     memcpy(y_traj, y, sizeof(double) * n);
     for (int k = 0; k < K; k++) {
         double ynew[MAXN];
-        if (!strcmp(d->name, "gd")) {
+        int project_y = 1;
+        if (!strcmp(d->name, "accel")) {
+            // Ghadimi-Lan with j = k + 1; y is a convex combination, not projected itself.
+            double j = k + 1, a = 2 / (j + 1), b = 1 / (2 * d->par.accel.L_f), l = j * b / 2;
+            for (int i = 0; i < n; i++) ynew[i] = (1 - a) * u[i] + a * v[i];
+            qp_grad_f(q, x, ynew, g);
+            for (int i = 0; i < n; i++) {
+                u[i] = ynew[i] - b * g[i];
+                v[i] = v[i] - l * g[i];
+                if (lo) u[i] = fmax(u[i], lo[i]), v[i] = fmax(v[i], lo[i]);
+                if (hi) u[i] = fmin(u[i], hi[i]), v[i] = fmin(v[i], hi[i]);
+            }
+            project_y = 0;
+        } else if (!strcmp(d->name, "gd")) {
             qp_grad_f(q, x, y, g);
             for (int i = 0; i < n; i++) ynew[i] = y[i] - d->par.gd.s_l * g[i];
         } else if (!strcmp(d->name, "bda")) {
@@ -236,7 +252,7 @@ static void plain_dynamics(const qp *q, const blo_dynamics *d, const double *lo,
             for (int i = 0; i < n; i++)
                 ynew[i] = y[i] - d->par.momentum.s_l * g[i] + d->par.momentum.beta * (y[i] - yp[i]);
         }
-        for (int i = 0; i < n; i++) {
+        for (int i = 0; i < n && project_y; i++) {
             if (lo) ynew[i] = fmax(ynew[i], lo[i]);
             if (hi) ynew[i] = fmin(ynew[i], hi[i]);
         }
@@ -256,12 +272,12 @@ typedef struct {
     const blo_dynamics *d;
     const blo_hypergrad_params *hp;
     int k_start, k_end;
-    double fixed[2 * MAXN];
+    double fixed[MAXS];
     int failed;
 } phi_ctx;
 
 static double phi_eval(phi_ctx *c, const double *x, const double *z) {
-    double s0[2 * MAXN], states[(MAXK + 1) * 2 * MAXN], Fv[MAXK + 1];
+    double s0[MAXS], states[(MAXK + 1) * MAXS], Fv[MAXK + 1];
     blo_error e;
     if (c->k_start > 0) memcpy(s0, c->fixed, sizeof s0);
     else if (blo_state_init(c->p, c->d, z, s0, NULL, &e)) c->failed = 1;
@@ -335,7 +351,7 @@ static void check_fd(const char *label, qp *q, const blo_problem *p, const blo_d
     }
     phi_ctx c = {.p = p, .d = d, .hp = &hp, .k_start = info.k_start, .k_end = info.k_end};
     if (c.k_start > 0) { // the reference point's state at k_start, held fixed
-        double states[(MAXK + 1) * 2 * MAXN], s0[2 * MAXN];
+        double states[(MAXK + 1) * MAXS], s0[MAXS];
         blo_state_init(p, d, z0, s0, NULL, &e);
         blo_unroll(p, d, x0, 0, s0, c.k_start, states, NULL, NULL, &e);
         memcpy(c.fixed, states + (size_t)c.k_start * d->state_size, sizeof(double) * d->state_size);
@@ -355,7 +371,7 @@ static void check_fd(const char *label, qp *q, const blo_problem *p, const blo_d
         st->worst_z = fmax(st->worst_z, ez);
     }
     if (p->y_lo && p->y_hi) { // how much of the trajectory the box actually clamps
-        double states[(MAXK + 1) * 2 * MAXN], s0[2 * MAXN], y[MAXN];
+        double states[(MAXK + 1) * MAXS], s0[MAXS], y[MAXN];
         blo_state_init(p, d, z0, s0, NULL, &e);
         blo_unroll(p, d, x0, 0, s0, K, states, NULL, NULL, &e);
         for (int k = 1; k <= K; k++) {
@@ -455,10 +471,17 @@ static blo_dynamics make_dyn(int which, int ny) {
         return blo_dynamics_bda(ny, b);
     }
     case 3: return blo_dynamics_nesterov(ny, (blo_nesterov_params){.s_l = 0.2});
-    default: return blo_dynamics_momentum(ny, (blo_momentum_params){.s_l = 0.2, .beta = 0.7});
+    case 4: return blo_dynamics_momentum(ny, (blo_momentum_params){.s_l = 0.2, .beta = 0.7});
+    // L_f = 2.5: the v step l_j = j / (4 L_f) stays below 1 over the tests' K <= 10 steps.
+    case 5: return blo_dynamics_accel(ny, (blo_accel_params){.L_f = 2.5});
+    // L_f = 0.7 understates the curvature: v overshoots, F(x, y_k) is not monotone, and PTT's
+    // Kbar falls inside the trajectory, so the truncated sweep through (y, u, v) is tested too.
+    default: return blo_dynamics_accel(ny, (blo_accel_params){.L_f = 0.7});
     }
 }
-static const char *dyn_label[] = {"gd", "bda-icml", "bda-ait", "nesterov", "momentum"};
+static const char *dyn_label[] = {"gd", "bda-icml", "bda-ait", "nesterov", "momentum", "accel",
+                                  "accel-overshoot"};
+#define NDYN ((int)(sizeof dyn_label / sizeof dyn_label[0]))
 
 static void forward_maps(void) {
     TEST_CASE("bilevel: every built-in step map equals its plain-loop re-implementation") {
@@ -467,11 +490,11 @@ static void forward_maps(void) {
         double lo[MAXN], hi[MAXN];
         for (int i = 0; i < q.ny; i++) lo[i] = -0.4, hi[i] = 0.5;
         for (int box = 0; box < 2; box++)
-            for (int w = 0; w < 5; w++) {
+            for (int w = 0; w < NDYN; w++) {
                 blo_problem p = qp_problem(&q);
                 if (box) p.y_lo = lo, p.y_hi = hi;
                 blo_dynamics d = make_dyn(w, q.ny);
-                double x[MAXN], y0[MAXN], s0[2 * MAXN], states[11 * 2 * MAXN], ref[11 * MAXN], y[MAXN];
+                double x[MAXN], y0[MAXN], s0[MAXS], states[11 * MAXS], ref[11 * MAXN], y[MAXN];
                 ad_rng r;
                 ad_rng_seed(&r, 5);
                 randn(&r, q.nx, x, 1);
@@ -495,7 +518,7 @@ static void finite_differences(void) {
     TEST_CASE("bilevel: hypergradients equal finite differences, every dynamics x every mode") {
         fd_stats st = {0};
         for (int nonlinear = 0; nonlinear < 2; nonlinear++)
-            for (int w = 0; w < 5; w++) {
+            for (int w = 0; w < NDYN; w++) {
                 qp q;
                 qp_make(&q, 3, 4, nonlinear, 100 + w);
                 blo_problem p = qp_problem(&q);
@@ -520,10 +543,13 @@ static void finite_differences(void) {
         for (int i = 0; i < q.ny; i++) lo[i] = -0.35, hi[i] = 0.3;
         blo_problem p = qp_problem(&q);
         p.y_lo = lo, p.y_hi = hi;
-        for (int w = 0; w < 5; w++) {
+        int accel_interior = 0; // PTT stopping inside an accel trajectory: the (y, u, v) chain cut
+        for (int w = 0; w < NDYN; w++) {
             blo_dynamics d = make_dyn(w, q.ny);
+            int before = st.n_interior_kbar;
             for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++)
                 check_fd(dyn_label[w], &q, &p, &d, &modes[m], 6, &st);
+            if (!strcmp(d.name, "accel")) accel_interior += st.n_interior_kbar - before;
         }
         printf("  FD check with a box: %d runs, worst relative error x %.2e, z %.2e; "
                "trajectory entries clamped %ld, inside %ld\n",
@@ -531,6 +557,7 @@ static void finite_differences(void) {
         EXPECT(st.n_clamped > st.n_runs && st.n_inside > st.n_runs,
                "the box should clamp some entries and leave others free: %ld clamped, %ld inside",
                st.n_clamped, st.n_inside);
+        EXPECT(accel_interior > 0, "no accel PTT run had Kbar < K: its truncated sweep is untested");
     }
 }
 
@@ -633,8 +660,10 @@ static void errors(void) {
             blo_dynamics_bda(q.ny, bad_c),
             blo_dynamics_nesterov(q.ny, (blo_nesterov_params){.s_l = NAN}),
             blo_dynamics_momentum(q.ny, (blo_momentum_params){.s_l = 0.1, .beta = 1}),
+            blo_dynamics_accel(q.ny, (blo_accel_params){.L_f = 0}),
+            blo_dynamics_accel(q.ny, (blo_accel_params){.L_f = INFINITY}),
         };
-        const char *what[] = {"s_l", "s_l", "s_u", "c =", "s_l", "beta"};
+        const char *what[] = {"s_l", "s_l", "s_u", "c =", "s_l", "beta", "L_f", "L_f"};
         for (size_t i = 0; i < sizeof ds / sizeof ds[0]; i++) {
             blo_error e;
             blo_status s = blo_hypergrad(&p, &ds[i], NULL, x, NULL, g, NULL, NULL, NULL, &e);

@@ -9,5 +9,6 @@ typedef struct {
 double bench_now(void);                  // monotonic seconds
 double bench_median(double *x, int n);   // sorts x
 void bench_autodiff(const bench_opts *o);
+void bench_bilevel(const bench_opts *o);
 
 #endif

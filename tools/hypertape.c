@@ -6,25 +6,28 @@
 #include <string.h>
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: hypertape bench [autodiff] [--quick]\n"
+    fprintf(f, "usage: hypertape bench [autodiff|bilevel|all] [--quick]\n"
                "  bench    time the autodiff engine (ns per op, Hessian-vector / gradient, BLAS share)\n");
 }
 
 static int cmd_bench(int argc, char **argv) {
     bench_opts o = {0};
-    const char *what = "autodiff";
+    const char *what = "all";
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) o.quick = 1;
         else if (!strcmp(argv[i], "--help")) {
-            printf("usage: hypertape bench [autodiff] [--quick]\n");
+            printf("usage: hypertape bench [autodiff|bilevel|all] [--quick]\n");
             return 0;
-        } else if (!strcmp(argv[i], "autodiff")) what = argv[i];
+        } else if (!strcmp(argv[i], "autodiff") || !strcmp(argv[i], "bilevel") || !strcmp(argv[i], "all")) {
+            what = argv[i];
+        }
         else {
             fprintf(stderr, "hypertape bench: unknown argument '%s'\n", argv[i]);
             return 2;
         }
     }
-    if (!strcmp(what, "autodiff")) bench_autodiff(&o);
+    if (strcmp(what, "bilevel")) bench_autodiff(&o);
+    if (strcmp(what, "autodiff")) bench_bilevel(&o);
     return 0;
 }
 
