@@ -355,7 +355,90 @@ static void solve_cases(void) {
     }
 }
 
+static void runner_cases(void) {
+    quad q = quad_make(6, 3, 5);
+    blo_problem p = quad_problem(&q);
+    double x[3] = {0.2, -0.4, 1.0}, y0[6] = {0}, zp[6] = {1, 1, 1, 1, 1, 1};
+    TEST_CASE("methods by name: every method builds a runner and gives a finite direction") {
+        for (const char *const *m = blo_method_names(); *m; m++) {
+            blo_method_config c;
+            blo_error e;
+            EXPECT(blo_method_default_config(*m, &c, &e) == BLO_OK, "%s: %s", *m, e.msg);
+            c.z_prior = zp;
+            blo_solve_params sp = blo_solve_default_params();
+            blo_runner *r;
+            if (blo_runner_new(&r, &p, &c, &sp, y0, &e) != BLO_OK) {
+                EXPECT(0, "%s: %s", *m, e.msg);
+                continue;
+            }
+            int nz = blo_runner_n_z(r);
+            double g[9] = {0}, z[6] = {0};
+            blo_record rec = {0};
+            blo_status st = blo_runner_direction()(r, &p, 0, x, nz ? z : NULL, g, nz ? g + 3 : NULL, &rec, &e);
+            bool finite = isfinite(rec.F) && isfinite(rec.f);
+            for (int i = 0; i < 3 + nz; i++) finite &= isfinite(g[i]);
+            EXPECT(st == BLO_OK && finite, "%s: %s", *m, st ? e.msg : "non-finite direction");
+            EXPECT(nz == (!strcmp(*m, "ait") || !strcmp(*m, "aitp") || !strcmp(*m, "bome") ? 6 : 0),
+                   "%s: n_z = %d", *m, nz);
+            blo_runner_free(r);
+        }
+    }
+    TEST_CASE("methods by name: rhg through the runner is blo_hypergrad with the method's dynamics") {
+        blo_method_config c;
+        blo_method_default_config("rhg", &c, NULL);
+        blo_solve_params sp = blo_solve_default_params();
+        blo_runner *r;
+        blo_runner_new(&r, &p, &c, &sp, y0, NULL);
+        double g1[3], g2[3];
+        blo_record rec;
+        blo_runner_direction()(r, &p, 0, x, NULL, g1, NULL, &rec, NULL);
+        blo_dynamics d = blo_dynamics_gd(6, c.gd);
+        blo_hypergrad_params hp = blo_hypergrad_default_params();
+        hp.K = c.K;
+        EXPECT(blo_hypergrad(&p, &d, &hp, x, y0, g2, NULL, NULL, NULL, NULL) == BLO_OK, "hypergrad");
+        for (int i = 0; i < 3; i++) EXPECT(g1[i] == g2[i], "entry %d: %g vs %g", i, g1[i], g2[i]);
+        blo_runner_free(r);
+    }
+    TEST_CASE("methods by name: aitp's prior acts on the first UL iteration only (AIT)") {
+        blo_method_config c;
+        blo_method_default_config("aitp", &c, NULL);
+        c.z_prior = zp;
+        blo_solve_params sp = blo_solve_default_params();
+        sp.lr_z = 0.5; // lambda = 1 / lr_z = 2
+        blo_runner *r;
+        blo_error e;
+        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_OK, "%s", e.msg);
+        double z[6] = {0.5, 0, 0, 0, 0, 0}, g0[9], g1[9];
+        blo_record rec;
+        blo_runner_direction()(r, &p, 0, x, z, g0, g0 + 3, &rec, NULL);
+        blo_runner_direction()(r, &p, 1, x, z, g1, g1 + 3, &rec, NULL);
+        for (int i = 0; i < 6; i++)
+            EXPECT(fabs(g0[3 + i] - g1[3 + i] - 2 * (z[i] - zp[i])) < 1e-12, "z entry %d", i);
+        blo_runner_free(r);
+        c.z_prior = NULL;
+        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_EARG && strstr(e.msg, "z_p"), "%s", e.msg);
+    }
+    TEST_CASE("methods by name: unknown names and bad settings are errors") {
+        blo_method_config c;
+        blo_error e;
+        EXPECT(blo_method_default_config("sgd", &c, &e) == BLO_EARG && strstr(e.msg, "sgd"), "%s", e.msg);
+        blo_method_default_config("rhg", &c, NULL);
+        c.dynamics = "adam";
+        blo_solve_params sp = blo_solve_default_params();
+        blo_runner *r;
+        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_EARG && strstr(e.msg, "adam"), "%s", e.msg);
+        blo_method_default_config("rhg", &c, NULL);
+        c.K = 0;
+        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_EARG && strstr(e.msg, "K = 0"), "%s", e.msg);
+        blo_method_default_config("rhg", &c, NULL);
+        c.gd.s_l = -0.1;
+        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_EARG, "negative step: %s", e.msg);
+    }
+    quad_free(&q);
+}
+
 void test_bilevel_methods(void) {
+    runner_cases();
     implicit_cases();
     bome_cases();
     galet_cases();
