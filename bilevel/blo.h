@@ -173,6 +173,10 @@ typedef struct {
     const double *z_prior; // z_p [n_y], needed when prior_lambda > 0
     ad_tape *tape;         // reused if given (rewound to where it was on return); NULL = private
     double *y_end_out;     // optional [n_y]: receives y at k_end (for records and warm starts)
+    // Graph mode: when the whole trajectory's graph fits in this many bytes of tape, keep it and
+    // take one reverse sweep through it instead of re-recording each step (about 1.5x faster on
+    // small problems); otherwise, or with PTT and truncation together, the lean sweep. 0 = never.
+    size_t graph_budget;
 } blo_hypergrad_params;
 
 typedef struct {
@@ -181,9 +185,10 @@ typedef struct {
     int k_start;   // the state the sweep stops at (held fixed): max(0, k_end - K')
     int kbar;      // Kbar under PTT, K otherwise
     double F_end;  // F(x, y_end)
+    int graph;     // 1 if the trajectory's graph was kept (graph mode), 0 for the lean sweep
 } blo_hypergrad_info;
 
-blo_hypergrad_params blo_hypergrad_default_params(void); // K = 10, RHG, no IA
+blo_hypergrad_params blo_hypergrad_default_params(void); // K = 10, RHG, no IA, graph budget 64 MiB
 
 // The hypergradient of phi(x[, z]) = F(x, y_end(x[, z])) (+ g(z)), where y_end is the iterate
 // k_end and the state at k_start is held fixed. y0 [n_y] is the LL start (NULL = zeros), i.e. z

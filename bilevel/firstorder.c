@@ -213,20 +213,32 @@ blo_status blo_bvfim_direction(blo_bvfim_state *s, const blo_problem *p, const d
         fy = fz;
         s->resets++;
     }
+    // Each y step backtracks (Armijo) on the barrier objective
+    //   phi(y) = F(x, y) + theta/2 ||y||^2 - tau ln(f*_mu - f(x, y)),
+    // which also keeps y feasible: a step that only stays feasible could jump to a far basin of a
+    // periodic f.
+    double Fy = 0;
+    if (st == BLO_OK) st = blo_eval(p, 1, x, s->y, &Fy, NULL, NULL, t, err);
     for (int k = 0; k < b->Ty && st == BLO_OK; k++) {
         st = blo_eval(p, 0, x, s->y, &fy, NULL, g, t, err);
-        if (st == BLO_OK) st = blo_eval(p, 1, x, s->y, NULL, NULL, gF, t, err);
-        double step = b->s2, fc = fy;
-        for (int tries = 0; st == BLO_OK && tries < 40; tries++) {
-            for (int i = 0; i < ny; i++)
-                cand[i] = s->y[i] - step * (gF[i] + theta * s->y[i] + tau * g[i] / (fstar - fy));
-            st = blo_eval(p, 0, x, cand, &fc, NULL, NULL, t, err);
-            if (st != BLO_OK || fstar - fc > 0) break;
-            step *= 0.5;
-            s->halvings++;
+        if (st == BLO_OK) st = blo_eval(p, 1, x, s->y, &Fy, NULL, gF, t, err);
+        double phi = Fy + 0.5 * theta * dot(s->y, s->y, ny) - tau * log(fstar - fy), gg = 0;
+        for (int i = 0; i < ny; i++) {
+            gF[i] += theta * s->y[i] + tau * g[i] / (fstar - fy); // the barrier objective's gradient
+            gg += gF[i] * gF[i];
         }
-        if (st == BLO_OK && fstar - fc > 0) memcpy(s->y, cand, (size_t)ny * sizeof(double));
-        else break; // no feasible step found: keep y (still feasible)
+        double step = b->s2, fc = fy, Fc = Fy;
+        bool accepted = false;
+        for (int tries = 0; st == BLO_OK && tries < 40 && !accepted; tries++) {
+            for (int i = 0; i < ny; i++) cand[i] = s->y[i] - step * gF[i];
+            st = blo_eval(p, 0, x, cand, &fc, NULL, NULL, t, err);
+            if (st == BLO_OK && fstar - fc > 0) st = blo_eval(p, 1, x, cand, &Fc, NULL, NULL, t, err);
+            accepted = st == BLO_OK && fstar - fc > 0 &&
+                       Fc + 0.5 * theta * dot(cand, cand, ny) - tau * log(fstar - fc) <= phi - 1e-4 * step * gg;
+            if (!accepted) step *= 0.5, s->halvings++;
+        }
+        if (!accepted) break; // no decrease found: y is (numerically) stationary; keep it
+        memcpy(s->y, cand, (size_t)ny * sizeof(double));
     }
     // Eqs. 20-21: d_x = grad_x F(x, y) + tau (grad_x f(x, y) - grad_x f(x, z)) / (f*_mu - f(x, y))
     double *gxy = cand; // reuse: [n_x] needed, cand has n_y; allocate if too small

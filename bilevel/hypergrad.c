@@ -5,6 +5,9 @@
 // the step's vector-Jacobian product with the adjoint of the next state with respect to (x,
 // state_k), adds the x part into the hypergradient, and rewinds. Truncation (T-RHG), PTT and IA
 // only change where the sweep starts and stops and what happens at state 0.
+//
+// Graph mode (when it fits params.graph_budget): the K steps stay recorded on the tape and one
+// reverse sweep from F(x, y_end) gives both gradients; no step is recorded twice.
 #include "internal.h"
 
 #include <math.h>
@@ -13,7 +16,7 @@
 #include <string.h>
 
 blo_hypergrad_params blo_hypergrad_default_params(void) {
-    return (blo_hypergrad_params){.K = 10};
+    return (blo_hypergrad_params){.K = 10, .graph_budget = (size_t)64 << 20};
 }
 
 // Copies v's value [n] to out, refusing NaN/Inf (a diverging LL loop, usually a too-large step).
@@ -183,6 +186,85 @@ static blo_status sweep_init(ad_tape *t, const blo_problem *p, const blo_dynamic
     return s;
 }
 
+// Graph mode: record the trajectory once, keep it, and sweep back from F(x, y_end) in one vjp.
+// Returns BLO_OK with *used = 0 (and the tape as it was) when one step's graph times K would
+// exceed the budget, so the caller falls back to the lean sweep.
+typedef struct {
+    double F_end;
+    int kbar, k_start;
+} graph_result;
+
+static blo_status graph_hypergrad(ad_tape *t, const blo_problem *p, const blo_dynamics *d,
+                                  const blo_hypergrad_params *hp, const double *x, const double *y0,
+                                  double *gx, double *gz, double *Fv, graph_result *r, int *used,
+                                  blo_error *err) {
+    *used = 0;
+    int K = hp->K, S = d->state_size, nx = p->n_x, ny = p->n_y;
+    // without PTT the held-fixed state is known in advance; PTT with truncation uses the sweep
+    int k_start = !hp->ptt && hp->truncate > 0 && hp->truncate < K ? K - hp->truncate : 0;
+    ad_var *sv = malloc(sizeof(ad_var) * (size_t)(K + 1));
+    double *buf = malloc(sizeof(double) * (size_t)S);
+    if (!sv || !buf) {
+        free(sv), free(buf);
+        return blo_fail(err, BLO_ENOMEM, "graph mode: out of memory");
+    }
+    ad_mark m0 = ad_tape_mark(t);
+    size_t bytes0 = ad_tape_bytes(t);
+    ad_var xv = ad_param(t, ad_vec_shape(nx), x);
+    ad_var zv = ad_param(t, ad_vec_shape(ny), y0 ? y0 : ad_value(t, ad_fill(t, ad_vec_shape(ny), 0)));
+    ad_var hold = AD_NONE; // the parameter standing for state_{k_start} when it is held fixed
+    sv[0] = blo_rec_init(t, p, d, zv);
+    blo_status s = BLO_OK;
+    for (int k = 0; k <= K && !s; k++) {
+        if (k > 0 && k == k_start) { // T-RHG: the state here is a constant of the objective
+            s = copy_finite(t, sv[k], S, buf, err, "LL step", k);
+            if (!s) sv[k] = hold = ad_param(t, ad_vec_shape(S), buf);
+        }
+        if (!s && Fv) { // F along the trajectory, recorded aside and dropped
+            ad_mark m = ad_tape_mark(t);
+            s = copy_finite(t, blo_call_F(t, p, xv, blo_rec_read_y(t, p, d, sv[k])), 1, Fv + k, err,
+                            "F(x, y_k)", k);
+            ad_tape_rewind(t, m);
+        }
+        if (s || k == K) break;
+        int was = ad_tape_defer(t, 1); // computed: what the next state and, later, the sweep read
+        sv[k + 1] = blo_rec_step(t, p, d, k, xv, sv[k]);
+        ad_tape_defer(t, was);
+        s = copy_finite(t, sv[k + 1], S, buf, err, "LL step", k); // a diverging LL loop stops here
+        if (!s && k == 0 && (ad_tape_bytes(t) - bytes0) * (size_t)(K + 1) > hp->graph_budget) {
+            ad_tape_rewind(t, m0); // does not fit: the lean sweep instead
+            free(sv), free(buf);
+            return BLO_OK;
+        }
+    }
+    int kbar = K;
+    if (!s && hp->ptt)
+        for (int k = 1; k <= K; k++)
+            if (Fv[k] > Fv[kbar] || (Fv[k] == Fv[kbar] && k < kbar)) kbar = k;
+    if (!s) {
+        ad_var Fe = blo_call_F(t, p, xv, blo_rec_read_y(t, p, d, sv[kbar]));
+        ad_var wrt[2] = {xv, k_start > 0 ? hold : zv}, out[2];
+        ad_grad(t, Fe, hp->ia || k_start > 0 ? 2 : 1, wrt, out, 0);
+        s = blo_tape_check(t, err, "reverse sweep");
+        if (!s) {
+            r->F_end = ad_item(t, Fe);
+            memcpy(gx, ad_value(t, out[0]), sizeof(double) * (size_t)nx);
+            if (hp->ia) {
+                if (k_start == 0) memcpy(gz, ad_value(t, out[1]), sizeof(double) * (size_t)ny);
+                else memset(gz, 0, sizeof(double) * (size_t)ny); // the sweep stops short of z
+            }
+            if (hp->y_end_out)
+                memcpy(hp->y_end_out, ad_value(t, blo_rec_read_y(t, p, d, sv[kbar])), sizeof(double) * (size_t)ny);
+            s = blo_tape_check(t, err, "y_end");
+        }
+    }
+    r->kbar = kbar, r->k_start = k_start;
+    *used = 1;
+    ad_tape_rewind(t, m0);
+    free(sv), free(buf);
+    return s;
+}
+
 static blo_status check_hp(const blo_problem *p, const blo_hypergrad_params *hp, const double *x,
                            double *grad_x, double *grad_z, blo_error *err) {
     if (!x || !grad_x) return blo_fail(err, BLO_EARG, "x or grad_x is NULL");
@@ -217,6 +299,39 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
         return s;
     }
     int need_F = hp.ptt || F_traj;
+    if (hp.graph_budget > 0 && !(hp.ptt && hp.truncate > 0)) {
+        double *Fg = need_F ? malloc(sizeof(double) * (size_t)(K + 1)) : NULL;
+        double *gzg = hp.ia ? malloc(sizeof(double) * (size_t)ny) : NULL;
+        graph_result gr;
+        int used = 0;
+        if ((need_F && !Fg) || (hp.ia && !gzg)) s = blo_fail(err, BLO_ENOMEM, "out of memory");
+        else s = graph_hypergrad(u.t, p, d, &hp, x, y0, grad_x, gzg, Fg, &gr, &used, err);
+        if (!s && used) {
+            double value = gr.F_end;
+            if (hp.ia) {
+                memcpy(grad_z, gzg, sizeof(double) * (size_t)ny);
+                if (hp.prior_lambda > 0) {
+                    double g2 = 0;
+                    for (int i = 0; i < ny; i++) {
+                        double dz = (y0 ? y0[i] : 0) - hp.z_prior[i];
+                        grad_z[i] += hp.prior_lambda * dz;
+                        g2 += dz * dz;
+                    }
+                    value += 0.5 * hp.prior_lambda * g2;
+                }
+            }
+            if (F_traj) memcpy(F_traj, Fg, sizeof(double) * (size_t)(K + 1));
+            if (info)
+                *info = (blo_hypergrad_info){.value = value, .k_end = gr.kbar, .k_start = gr.k_start,
+                                             .kbar = gr.kbar, .F_end = gr.F_end, .graph = 1};
+            blo_ok(err);
+        }
+        free(Fg), free(gzg);
+        if (s || used) {
+            blo_tape_release(&u);
+            return s;
+        }
+    }
     // Without PTT the sweep's range is known before the forward pass, so T-RHG keeps only the
     // states it will revisit, k_keep..K; PTT must keep them all (Kbar is known only at the end).
     int k_keep = !hp.ptt && hp.truncate > 0 && hp.truncate < K ? K - hp.truncate : 0;

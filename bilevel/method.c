@@ -50,6 +50,7 @@ blo_status blo_method_default_config(const char *method, blo_method_config *c, b
     if (m < 0) return blo_fail(err, BLO_EARG, "unknown method '%s'", method ? method : "");
     *c = (blo_method_config){
         .method = method_names[m], .dynamics = "gd", .K = 20, .prior_first_only = 1,
+        .graph_mb = (double)(blo_hypergrad_default_params().graph_budget >> 20),
         .gd = blo_gd_default_params(), .bda = blo_bda_default_params(),
         .nesterov = blo_nesterov_default_params(), .momentum = blo_momentum_default_params(),
         .accel = blo_accel_default_params(),
@@ -159,7 +160,7 @@ static blo_status direction(void *method, const blo_problem *p, int t, const dou
     blo_status st;
     switch (r->m) {
     case M_BOME: {
-        blo_bome_info info;
+        blo_bome_info info = {0};
         st = blo_bome_direction(p, &c->bome, x, z, gx, gz, &info, r->tape, err);
         memcpy(r->y, z, (size_t)p->n_y * sizeof(double));
         rec->extra = info.lambda;
@@ -193,6 +194,7 @@ static blo_status direction(void *method, const blo_problem *p, int t, const dou
         hp.z_prior = c->z_prior;
         hp.tape = r->tape;
         hp.y_end_out = r->y;
+        hp.graph_budget = (size_t)(c->graph_mb * 1048576.0);
         blo_hypergrad_info info = {0};
         st = blo_hypergrad(p, &r->dyn, &hp, x, c->ia ? z : r->y0, gx, gz, NULL, &info, err);
         rec->kbar = info.kbar;
@@ -204,3 +206,20 @@ static blo_status direction(void *method, const blo_problem *p, int t, const dou
 }
 
 blo_direction_fn blo_runner_direction(void) { return direction; }
+
+blo_status blo_runner_solution(blo_runner *r, const double *x, const double *z, double *y,
+                               blo_error *err) {
+    const blo_problem *p = r->p;
+    if (r->m == M_BOME || r->m == M_GALET || r->m == M_BVFIM) {
+        memcpy(y, r->y, (size_t)p->n_y * sizeof(double));
+        return blo_ok(err);
+    }
+    int S = r->dyn.state_size;
+    double *st = malloc(sizeof(double) * (size_t)(r->c.K + 1) * (size_t)S);
+    if (!st) return blo_fail(err, BLO_ENOMEM, "runner: out of memory");
+    blo_status s = blo_state_init(p, &r->dyn, r->c.ia ? z : r->y0, st, r->tape, err);
+    if (!s) s = blo_unroll(p, &r->dyn, x, 0, st, r->c.K, st, NULL, r->tape, err);
+    if (!s) s = blo_state_read_y(p, &r->dyn, st + (size_t)r->c.K * S, y, r->tape, err);
+    free(st);
+    return s;
+}

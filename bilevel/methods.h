@@ -168,6 +168,7 @@ typedef struct {
     int truncate;           // T-RHG: back-propagate the last K' steps (0 = all)
     int ia, ptt;            // initialization auxiliary; pessimistic trajectory truncation
     int warm_start;         // 1: each UL iteration starts the LL from the last y (0: from y0, AIT Alg. 1)
+    double graph_mb;        // graph mode's budget in MiB (blo_hypergrad_params.graph_budget); 0 = lean sweep
     double prior_lambda;    // IA prior lambda/2 ||z - z_p||^2; < 0: 1 / lr_z (spec reading 8)
     int prior_first_only;   // 1: the prior only at UL iteration 0, as AIT applies it
     const double *z_prior;  // z_p [n_y]
@@ -205,5 +206,9 @@ int blo_runner_n_z(const blo_runner *r);
 blo_direction_fn blo_runner_direction(void);
 // The LL iterate of the last direction [n_y] (y_K, y_Kbar, GALET's or BVFIM's y, BOME's y).
 const double *blo_runner_y(const blo_runner *r);
+// The method's LL solution at (x, z) for evaluation: y_K of its dynamics from y0 (or z under IA)
+// for unrolled and implicit methods, whatever PTT truncated to; the carried y otherwise.
+blo_status blo_runner_solution(blo_runner *r, const double *x, const double *z, double *y,
+                               blo_error *err);
 
 #endif

@@ -10,5 +10,7 @@ int main(int argc, char **argv) {
     test_bilevel();
     test_bilevel_methods();
     test_models_data();
+    test_models_toys();
+    test_models_hyperclean();
     return th_summary();
 }

@@ -342,6 +342,24 @@ static void check_fd(const char *label, qp *q, const blo_problem *p, const blo_d
     blo_status s = blo_hypergrad(p, d, &hp, x0, z0, gx, gz, Ftraj, &info, &e);
     EXPECT(s == BLO_OK, "%s %s: %s", label, m->name, e.msg);
     if (s) return;
+    // Graph mode (the default here: these problems fit the budget) and the lean sweep agree.
+    {
+        blo_hypergrad_params hl = hp;
+        hl.graph_budget = 0;
+        double gx2[MAXN], gz2[MAXN];
+        blo_hypergrad_info i2;
+        EXPECT(blo_hypergrad(p, d, &hl, x0, z0, gx2, gz2, NULL, &i2, &e) == BLO_OK, "%s %s: %s",
+               label, m->name, e.msg);
+        EXPECT(info.graph == !(m->ptt && m->truncate > 0) && i2.graph == 0,
+               "%s %s: graph mode %d / %d", label, m->name, info.graph, i2.graph);
+        double dx = 0, nxx = 0, dz = 0, nz = 0;
+        for (int i = 0; i < q->nx; i++) dx += (gx[i] - gx2[i]) * (gx[i] - gx2[i]), nxx += gx[i] * gx[i];
+        for (int i = 0; m->ia && i < q->ny; i++) dz += (gz[i] - gz2[i]) * (gz[i] - gz2[i]), nz += gz[i] * gz[i];
+        EXPECT(sqrt(dx) <= 1e-12 * fmax(sqrt(nxx), 1e-300) && sqrt(dz) <= 1e-12 * fmax(sqrt(nz), 1e-300) &&
+                   i2.kbar == info.kbar && i2.k_start == info.k_start,
+               "%s %s: graph mode vs sweep: x %.3g, z %.3g relative", label, m->name,
+               sqrt(dx / fmax(nxx, 1e-300)), sqrt(dz / fmax(nz, 1e-300)));
+    }
     if (m->ptt) { // Kbar is the first maximizer of F(x, y_k) over k = 1..K
         int first = 1;
         for (int k = 2; k <= K; k++)
@@ -598,7 +616,7 @@ static void memory(void) {
             ad_tape *t = ad_tape_new(NULL);
             ad_mark m = ad_tape_mark(t);
             blo_hypergrad_params hp = blo_hypergrad_default_params();
-            hp.K = Ks[i], hp.tape = t;
+            hp.K = Ks[i], hp.tape = t, hp.graph_budget = 0; // the lean sweep
             blo_error e;
             EXPECT(blo_hypergrad(&p, &d, &hp, x, NULL, g, NULL, NULL, NULL, &e) == BLO_OK, "%s", e.msg);
             peak[i] = ad_tape_peak_bytes(t);
@@ -607,6 +625,22 @@ static void memory(void) {
         }
         EXPECT(peak[1] <= peak[0] + peak[0] / 10, "tape peak %zu bytes at K = 10, %zu at K = 200",
                peak[0], peak[1]);
+    }
+    TEST_CASE("bilevel: graph mode keeps the trajectory only within its budget") {
+        qp q;
+        qp_make(&q, 3, 4, 1, 3);
+        blo_problem p = qp_problem(&q);
+        blo_dynamics d = make_dyn(3, q.ny);
+        double x[MAXN] = {0.1, 0.2, 0.3}, g[MAXN];
+        blo_hypergrad_params hp = blo_hypergrad_default_params();
+        hp.K = 50;
+        blo_hypergrad_info info;
+        blo_error e;
+        EXPECT(blo_hypergrad(&p, &d, &hp, x, NULL, g, NULL, NULL, &info, &e) == BLO_OK && info.graph == 1,
+               "64 MiB: graph %d (%s)", info.graph, e.msg);
+        hp.graph_budget = 4096; // one step's graph times 51 does not fit
+        EXPECT(blo_hypergrad(&p, &d, &hp, x, NULL, g, NULL, NULL, &info, &e) == BLO_OK && info.graph == 0,
+               "4 KiB: graph %d (%s)", info.graph, e.msg);
     }
 }
 

@@ -6,4 +6,6 @@ void test_ad_engine(void);
 void test_bilevel(void);
 void test_bilevel_methods(void);
 void test_models_data(void);
+void test_models_toys(void);
+void test_models_hyperclean(void);
 #endif

@@ -1,13 +1,74 @@
-// The `hypertape` command. Subcommands: bench. An unknown subcommand or option exits with
-// status 2 and one line saying what is wrong.
+// The `hypertape` command: list, run, compare, gradcheck, bench. An unknown subcommand, option or
+// bad value exits with status 2 and one line saying what is wrong; a run stopped by an error
+// exits with 1 after reporting its last good iterate.
 #include "bench.h"
+#include "cli.h"
 
 #include <stdio.h>
 #include <string.h>
 
-static void usage(FILE *f) {
-    fprintf(f, "usage: hypertape bench [autodiff|bilevel|all] [--quick]\n"
-               "  bench    time the autodiff engine (ns per op, Hessian-vector / gradient, BLAS share)\n");
+static const char *usage_text =
+    "usage: hypertape COMMAND [options]\n"
+    "  list [PROBLEM]        problems, methods and dynamics; with PROBLEM, its settings per method\n"
+    "  run PROBLEM --method M [options]       solve the problem with one method\n"
+    "  compare PROBLEM --methods a,b,c [options] [--plot FILE.png]   convergence of several methods\n"
+    "  gradcheck PROBLEM --method M [--json]  hypergradient vs central differences at the start\n"
+    "  bench [autodiff|bilevel|all] [--quick] timing benchmarks\n"
+    "Each command takes --help.\n";
+
+static void run_help(const char *cmd) {
+    printf("usage: hypertape %s PROBLEM %s [options]\n", cmd,
+           !strcmp(cmd, "compare") ? "--methods a,b,c" : "--method M");
+    printf("  --dynamics D           LL dynamics: gd, bda, nesterov, accel, momentum\n"
+           "  --set NAME=VALUE       a problem setting (hypertape list PROBLEM shows them)\n"
+           "  --start=X0,Y0...       start point: x then y, comma-separated\n"
+           "  --start-index i        which of the problem's start points (default 0)\n"
+           "  --seed S               seed of the problem's random draws\n"
+           "  --trace FILE.csv       (run) one line per UL iteration\n"
+           "  --plot FILE.png        (compare) the convergence figure, drawn with gnuplot\n"
+           "  --json                 (run, gradcheck) one JSON object on stdout\n");
+    cli_print_options(stdout);
+    printf("Settings apply in order: the method's defaults, the problem's paper settings for it, "
+           "then these options.\n");
+}
+
+static int cmd_list(int argc, char **argv) {
+    if (argc > 0 && !strcmp(argv[0], "--help")) {
+        printf("usage: hypertape list [PROBLEM]\n");
+        return 0;
+    }
+    if (argc > 1) {
+        fprintf(stderr, "hypertape list: unexpected argument '%s'\n", argv[1]);
+        return 2;
+    }
+    if (argc == 1) {
+        const mdl_entry *e = mdl_find(argv[0]);
+        if (!e) {
+            fprintf(stderr, "hypertape list: unknown problem '%s'\n", argv[0]);
+            return 2;
+        }
+        printf("%s: %s\n  source: %s\n  settings: %s\n  defaults per method:\n", e->name, e->summary,
+               e->source, e->params && *e->params ? e->params : "none");
+        cli_args a = {.problem = e->name};
+        for (const char *const *m = blo_method_names(); *m; m++) {
+            cli_settings st;
+            char err[256];
+            if (cli_settings_for(&a, e, *m, &st, err, sizeof err)) continue;
+            printf("    %-8s ", *m);
+            cli_describe(stdout, &st);
+        }
+        return 0;
+    }
+    printf("problems:\n");
+    for (const mdl_entry *const *e = mdl_registry(); *e; e++)
+        printf("  %-15s %s (%s)\n", (*e)->name, (*e)->summary, (*e)->source);
+    printf("methods:\n");
+    const char *const *n = blo_method_names(), *const *s = blo_method_summaries();
+    for (int i = 0; n[i]; i++) printf("  %-15s %s\n", n[i], s[i]);
+    printf("dynamics:\n");
+    n = blo_dynamics_names(), s = blo_dynamics_summaries();
+    for (int i = 0; n[i]; i++) printf("  %-15s %s\n", n[i], s[i]);
+    return 0;
 }
 
 static int cmd_bench(int argc, char **argv) {
@@ -20,8 +81,7 @@ static int cmd_bench(int argc, char **argv) {
             return 0;
         } else if (!strcmp(argv[i], "autodiff") || !strcmp(argv[i], "bilevel") || !strcmp(argv[i], "all")) {
             what = argv[i];
-        }
-        else {
+        } else {
             fprintf(stderr, "hypertape bench: unknown argument '%s'\n", argv[i]);
             return 2;
         }
@@ -32,11 +92,31 @@ static int cmd_bench(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
-        usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? 2 : 0;
+    if (argc < 2) {
+        fputs(usage_text, stderr);
+        return 2;
     }
-    if (!strcmp(argv[1], "bench")) return cmd_bench(argc - 2, argv + 2);
-    fprintf(stderr, "hypertape: unknown command '%s' (try hypertape --help)\n", argv[1]);
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        fputs(usage_text, stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "list")) return cmd_list(argc - 2, argv + 2);
+    if (!strcmp(cmd, "bench")) return cmd_bench(argc - 2, argv + 2);
+    if (!strcmp(cmd, "run") || !strcmp(cmd, "compare") || !strcmp(cmd, "gradcheck")) {
+        for (int i = 2; i < argc; i++)
+            if (!strcmp(argv[i], "--help")) {
+                run_help(cmd);
+                return 0;
+            }
+        cli_args a;
+        char err[512];
+        if (cli_parse(cmd, argc - 2, argv + 2, &a, err, sizeof err)) {
+            fprintf(stderr, "hypertape %s: %s\n", cmd, err);
+            return 2;
+        }
+        return !strcmp(cmd, "run") ? cli_run(&a) : !strcmp(cmd, "compare") ? cli_compare(&a) : cli_gradcheck(&a);
+    }
+    fprintf(stderr, "hypertape: unknown command '%s' (try hypertape --help)\n", cmd);
     return 2;
 }

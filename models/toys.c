@@ -1,0 +1,726 @@
+// The papers' toy problems as models (spec sections 6.1-6.8): BDA Example 1 (counterexample), AIT
+// Eqs. 18-20 (llc, lls, nonconvex), BVFIM Eq. 30 (sin), the BOME toys (coreset, minimax,
+// degenerate) and GALET Example 1 (pl), each with its known optimum, start points, settable
+// parameters and the settings that reproduce its paper; and a closed-form quadratic whose size and
+// conditioning are settable (tests and benchmarks).
+//
+// Every objective is a tape expression; constants live in the model's own storage and enter the
+// tape by ad_const_view. For the BOME toys the paper's UL variable v is our x and its LL variable
+// theta is our y.
+#include "models.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#define PI 3.14159265358979323846
+
+// ---- shared storage and helpers -----------------------------------------------------------------
+
+// A model's data: the constants its callbacks read (by model) and one zeroed allocation that
+// every array the model points to (boxes, optimum, starts, constants) is carved from.
+typedef struct {
+    int n, m;             // sizes: n (llc, lls, nonconvex; quadratic n_y), m (quadratic n_x)
+    double a, rho;        // nonconvex / sin: a; quadratic: rho
+    const double *c;      // nonconvex: c [n]
+    const double *X, *target;       // coreset: X [2, 4], x0 [2]
+    const double *A, *B, *b;        // quadratic: A [n, n], B [n, m], b [n]
+    double *mem;
+    size_t used, cap;
+} toy;
+
+static void toy_free(mdl_model *m) {
+    toy *d = m->data;
+    if (d) free(d->mem), free(d);
+    m->data = NULL;
+}
+
+static toy *toy_new(mdl_model *m, size_t n_doubles) {
+    toy *d = calloc(1, sizeof *d);
+    if (!d) return NULL;
+    m->data = d;
+    m->free_data = toy_free; // set at once: mdl_make frees a half-made model on failure
+    d->mem = calloc(n_doubles ? n_doubles : 1, sizeof(double));
+    d->cap = n_doubles;
+    return d->mem ? d : NULL;
+}
+
+static double *toy_take(toy *d, size_t n) {
+    double *p = d->mem + d->used; // calloc'd: zero until written
+    d->used += n;
+    return p;
+}
+
+static int toy_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int toy_fail(char *err, size_t errlen, const char *fmt, ...) {
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+static int is(const char *method, const char *name) { return method && !strcmp(method, name); }
+
+// Sets K and keeps T-RHG's generic K' = K / 2 consistent with it.
+static void set_K(const char *method, blo_method_config *c, int K) {
+    c->K = K;
+    if (is(method, "trhg")) c->truncate = K / 2;
+}
+
+// The size setting n of llc, lls, nonconvex: 1 <= n <= 10^6 (a bound so 2n and the storage fit).
+static int get_n(const char *model, int n_set, const char *const *set, int def, int *n, char *err,
+                 size_t errlen) {
+    *n = def;
+    if (mdl_set_int(n_set, set, "n", n, err, errlen)) return -1;
+    if (*n < 1 || *n > 1000000)
+        return toy_fail(err, errlen, "setting n=%d for problem %s: must be in [1, 1000000]", *n, model);
+    return 0;
+}
+
+static double *fill(double *p, size_t n, double v) {
+    for (size_t i = 0; i < n; i++) p[i] = v;
+    return p;
+}
+
+static int oom(const char *model, char *err, size_t errlen) {
+    return toy_fail(err, errlen, "problem %s: out of memory", model);
+}
+
+// ---- BDA Example 1 / BOME degenerate: F = 1/2 (x - y2)^2 + 1/2 (y1 - 1)^2, f = 1/2 y1^2 - x y1 ----
+// x [1], y [2]. S(x) = {(x, y2)}: not a singleton; phi(x) = 1/2 (x - 1)^2 (optimistic).
+
+static ad_var ex1_F(ad_tape *t, ad_var x, ad_var y, void *u) {
+    (void)u;
+    ad_var y1 = ad_slice(t, y, 0, 1), y2 = ad_slice(t, y, 1, 1);
+    return ad_scale(t, ad_add(t, ad_sqnorm(t, ad_sub(t, x, y2)), ad_sqnorm(t, ad_shift(t, y1, -1))), 0.5);
+}
+
+static ad_var ex1_f(ad_tape *t, ad_var x, ad_var y, void *u) {
+    (void)u;
+    ad_var y1 = ad_slice(t, y, 0, 1);
+    return ad_sub(t, ad_scale(t, ad_sqnorm(t, y1), 0.5), ad_dot(t, x, y1));
+}
+
+// x [1] and y [2] with the common optimum x* = 1, y* = (1, 1), F* = 0.
+static toy *ex1_make(mdl_model *m, const char *name, int n_set, const char *const *set, char *err,
+                     size_t errlen) {
+    static const char *const keys[] = {NULL};
+    if (mdl_check_keys(name, n_set, set, keys, err, errlen)) return NULL;
+    toy *d = toy_new(m, 32);
+    if (!d) return oom(name, err, errlen), NULL;
+    m->prob = (blo_problem){.n_x = 1, .n_y = 2, .F = ex1_F, .f = ex1_f, .user = d};
+    m->x_star = fill(toy_take(d, 1), 1, 1);
+    m->y_star = m->z_prior = fill(toy_take(d, 2), 2, 1);
+    m->F_star = 0;
+    return d;
+}
+
+static int counterexample_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
+    toy *d = ex1_make(m, "counterexample", n_set, set, err, errlen);
+    if (!d) return -1;
+    // BDA Fig. 1: x in [-100, 100]; starts x0 = 0 with y0 = (0, 0) or (2, 2), and x0 = 2, y0 = (2, 2).
+    m->prob.x_lo = fill(toy_take(d, 1), 1, -100);
+    m->prob.x_hi = fill(toy_take(d, 1), 1, 100);
+    static const double xs[3] = {0, 0, 2}, ys[3][2] = {{0, 0}, {2, 2}, {2, 2}};
+    m->n_starts = 3;
+    for (int s = 0; s < 3; s++) {
+        double *x0 = toy_take(d, 1), *y0 = toy_take(d, 2);
+        x0[0] = xs[s], y0[0] = ys[s][0], y0[1] = ys[s][1];
+        m->x0[s] = x0, m->y0[s] = y0;
+    }
+    return 0;
+}
+
+static void counterexample_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
+    // BDA (spec 6.1): K = 16, s_u = 0.7, s_l = 0.2, alpha_k = 0.5/k (the generic BDA preset); RHG
+    // and the implicit methods use the same plain steps s_l = 0.2. The UL step and iterations are
+    // not given: [V] found the K-step optimum independent of lr in {0.1, 0.5}; 0.5 with T = 300
+    // reaches it to 1e-6 (our choice).
+    set_K(method, c, 16);
+    c->gd.s_l = c->nesterov.s_l = c->momentum.s_l = 0.2;
+    c->bda.s_u = 0.7, c->bda.s_l = 0.2;
+    s->T = 300, s->lr_x = s->lr_z = 0.5;
+    if (is(method, "ait") || is(method, "aitp")) { // convex LL: AIT_C (Alg. 2), no PTT
+        c->dynamics = "bda", c->bda.weights = BLO_BDA_AIT, c->ptt = 0;
+    }
+    if (is(method, "bome")) { // as for degenerate, the same problem (spec 6.7)
+        c->bome.T = 1, c->bome.alpha = 0.5, c->bome.eta = 0.5;
+        s->T = 2000;
+    }
+    if (is(method, "galet")) s->lr_x = 0.3, s->T = 300; // GALET's alpha (no paper setting here)
+    if (is(method, "bvfim")) s->lr_x = 0.1, s->T = 1000; // no paper setting; BVFIM's generic schedule
+}
+
+static int degenerate_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
+    toy *d = ex1_make(m, "degenerate", n_set, set, err, errlen);
+    if (!d) return -1;
+    // spec 6.7 reading 13: BDA Example 1 as [C] implements it; theta clamped to [-100, 100], v free.
+    m->prob.y_lo = fill(toy_take(d, 2), 2, -100);
+    m->prob.y_hi = fill(toy_take(d, 2), 2, 100);
+    m->n_starts = 1;
+    m->x0[0] = toy_take(d, 1), m->y0[0] = toy_take(d, 2); // v0 = 0, theta0 = (0, 0)
+    return 0;
+}
+
+static void degenerate_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
+    // BOME [C]: xi = alpha = 0.5, T = 1, eta = 0.5, 2000 iterations. The unrolled methods get
+    // BDA's toy settings (this is BDA Example 1).
+    counterexample_defaults(method, c, s);
+    if (is(method, "bome")) s->lr_x = s->lr_z = 0.5;
+}
+
+// ---- AIT Eq. 18 (llc) and Eq. 19 (lls): x [n], y = (y1, y2) [2n] -------------------------------------
+
+static ad_var llc_F(ad_tape *t, ad_var x, ad_var y, void *u) {
+    // ||x - y2||^4 + ||y1 - e||^4
+    int n = ((const toy *)u)->n;
+    ad_var y1 = ad_slice(t, y, 0, n), y2 = ad_slice(t, y, n, n);
+    return ad_add(t, ad_normp(t, ad_sub(t, x, y2), 4), ad_normp(t, ad_shift(t, y1, -1), 4));
+}
+
+static ad_var llc_f(ad_tape *t, ad_var x, ad_var y, void *u) {
+    // 1/2 ||y1||^2 - x^T y1 (y2 does not enter: S(x) = {(x, y2)})
+    int n = ((const toy *)u)->n;
+    ad_var y1 = ad_slice(t, y, 0, n);
+    return ad_sub(t, ad_scale(t, ad_sqnorm(t, y1), 0.5), ad_dot(t, x, y1));
+}
+
+static ad_var lls_F(ad_tape *t, ad_var x, ad_var y, void *u) {
+    // -e^T x + ||x - y2||^4 + ||y1 - e||^4
+    return ad_sub(t, llc_F(t, x, y, u), ad_sum(t, x));
+}
+
+static ad_var lls_f(ad_tape *t, ad_var x, ad_var y, void *u) {
+    // ||y1 - y2||^4 + ||y1 + y2 - x||^4 (spec reading 1): S(x) = {(x/2, x/2)}, f* = 0
+    int n = ((const toy *)u)->n;
+    ad_var y1 = ad_slice(t, y, 0, n), y2 = ad_slice(t, y, n, n);
+    return ad_add(t, ad_normp(t, ad_sub(t, y1, y2), 4), ad_normp(t, ad_sub(t, ad_add(t, y1, y2), x), 4));
+}
+
+// Shared by llc and lls: sizes, box X = [-r, r]^n, one start (x0, (y1_0, y2_0)) and the optimum.
+static int aitq_make(mdl_model *m, const char *name, int lls, int n_set, const char *const *set,
+                     char *err, size_t errlen) {
+    static const char *const keys[] = {"n", NULL};
+    int n;
+    if (mdl_check_keys(name, n_set, set, keys, err, errlen) ||
+        get_n(name, n_set, set, 20, &n, err, errlen))
+        return -1;
+    size_t N = (size_t)n;
+    toy *d = toy_new(m, 10 * N);
+    if (!d) return oom(name, err, errlen);
+    d->n = n;
+    m->prob = (blo_problem){.n_x = n, .n_y = 2 * n, .F = lls ? lls_F : llc_F, .f = lls ? lls_f : llc_f,
+                           .user = d};
+    double r = lls ? 1 : 10; // X = [-10, 10]^n (Eq. 18), [-1, 1]^n (Eq. 19)
+    m->prob.x_lo = fill(toy_take(d, N), N, -r);
+    m->prob.x_hi = fill(toy_take(d, N), N, r);
+    // llc: x* = e, y* = (e, e), F* = 0. lls: x* = e (the upper bound of X is active: the reduced
+    // gradient there is -e), y* = (e/2, e/2), F* = -n + 2 ||e/2||^4 = -n + n^2/8.
+    m->x_star = fill(toy_take(d, N), N, 1);
+    double *ys = fill(toy_take(d, 2 * N), 2 * N, lls ? 0.5 : 1);
+    m->y_star = m->z_prior = ys; // AIT_P's toy prior: z_p = y* (spec reading 8)
+    m->F_star = lls ? -(double)n + (double)n * n / 8 : 0;
+    // starts: llc (2e, (2e, 2e)); lls (-e, (-e, -2e)) (x0 on the boundary of X)
+    double *x0 = fill(toy_take(d, N), N, lls ? -1 : 2), *y0 = toy_take(d, 2 * N);
+    fill(y0, N, lls ? -1 : 2), fill(y0 + N, N, lls ? -2 : 2);
+    m->n_starts = 1, m->x0[0] = x0, m->y0[0] = y0;
+    return 0;
+}
+
+static int llc_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
+    return aitq_make(m, "llc", 0, n_set, set, err, errlen);
+}
+
+static int lls_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
+    return aitq_make(m, "lls", 1, n_set, set, err, errlen);
+}
+
+static void llc_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
+    // AIT (spec 6.2) gives T = 1000 and nothing else. Our choices for n = 20: K = 20; the LL step
+    // s_l = 0.5 (L_f = 1); a small UL step inside the LL (s_u = 0.03: ||grad_y1 F|| is ~360 at
+    // the start, s_u = 0.1 overflows); lr_x = lr_z = 0.01 (F is quartic: large gradients far from
+    // x*, vanishing curvature at x*, so convergence is sublinear). Measured at T = 1000 (n = 20):
+    // ||x - e|| / ||e|| = 0.063 for BDA, 0.038 for AIT_C; RHG stays at 0.5 (y2 never moves). ait / aitp are AIT_C: BDA dynamics with AIT's weights
+    // (mu = 0.5, beta_k = 1) and IA, no PTT (Alg. 2).
+    set_K(method, c, 20);
+    c->gd.s_l = c->nesterov.s_l = c->momentum.s_l = 0.5;
+    c->bda.s_u = 0.03, c->bda.s_l = 0.5;
+    s->T = 1000, s->lr_x = s->lr_z = 0.01;
+    if (is(method, "ait") || is(method, "aitp")) {
+        c->dynamics = "bda", c->bda.weights = BLO_BDA_AIT, c->ptt = 0;
+    }
+    if (is(method, "galet")) c->galet.beta = 0.5;
+    if (is(method, "bome")) c->bome.alpha = 0.5;
+}
+
+static void lls_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
+    // AIT (spec 6.3) gives no settings. f is quartic with curvature ~12 ||y1 + y2 - x||^2 ~ 10^3
+    // at the start (n = 20), so the LL step is small: s_l = 1e-3 (5e-3 overflows), K = 20,
+    // lr = 1e-3 (1e-2 overflows) (our choices). AIT for LLS is IA on plain or Nesterov steps
+    // (Eqs. 8-9), without PTT. Measured at T = 1000: ||x - e|| / ||e|| = 0.77 for RHG, 0.28 with IA.
+    set_K(method, c, 20);
+    c->gd.s_l = c->nesterov.s_l = c->momentum.s_l = 1e-3;
+    c->bda.s_u = 1e-3, c->bda.s_l = 1e-3;
+    s->T = 1000, s->lr_x = s->lr_z = 1e-3;
+    if (is(method, "ait") || is(method, "aitp")) c->ptt = 0;
+    if (is(method, "galet")) c->galet.beta = 1e-3;
+    if (is(method, "bome")) c->bome.alpha = 1e-3;
+}
+
+// ---- AIT Eq. 20 (nonconvex) and BVFIM Eq. 30 (sin) ---------------------------------------------------
+// nonconvex: x [1] shared by all coordinates (spec reading 2), y [n], c_i = 2, y in [-10, 10]^n:
+//   F = (x - a)^2 + ||y - a - c||^2,  f = sum_i sin(x + y_i - c_i).
+// sin: x [1], y [1], F = (x - a)^2 + (y - a)^2, f = sin(x + y) (c = 0, no box).
+// Both reduce on a branch y_i = C + c_i - x (C = -pi/2 + 2 k pi) to (x - a)^2 + n (C - x - a)^2, so
+// x* = ((1 - n) a + n C) / (1 + n), y*_i = C + c_i - x*, F* = n (C - 2a)^2 / (1 + n), with C the
+// branch nearest 2a.
+
+static ad_var wave_F(ad_tape *t, ad_var x, ad_var y, void *u) {
+    const toy *d = u;
+    ad_var cv = ad_const_view(t, ad_vec_shape(d->n), d->c);
+    return ad_add(t, ad_sqnorm(t, ad_shift(t, x, -d->a)), ad_sqnorm(t, ad_sub(t, ad_shift(t, y, -d->a), cv)));
+}
+
+static ad_var wave_f(ad_tape *t, ad_var x, ad_var y, void *u) {
+    const toy *d = u;
+    ad_var cv = ad_const_view(t, ad_vec_shape(d->n), d->c);
+    return ad_sum(t, ad_sin(t, ad_add(t, ad_sub(t, y, cv), x))); // x [1] broadcasts over y [n]
+}
+
+// The branch C = -pi/2 + 2 k pi nearest 2a; *tie = 1 when two branches are equally near (then the
+// optimum is not unique).
+static double nearest_branch(double a, int *tie) {
+    double k = round((2 * a + PI / 2) / (2 * PI)), C = -PI / 2 + 2 * PI * k;
+    double other = 2 * a > C ? C + 2 * PI : C - 2 * PI;
+    *tie = fabs(fabs(other - 2 * a) - fabs(C - 2 * a)) < 1e-12 * (1 + fabs(a));
+    return C;
+}
+
+// Storage and optimum for n coordinates with c_i = cval; starts (x0, y0 in every coordinate).
+static toy *wave_make(mdl_model *m, const char *name, int n, double a, double cval, int n_starts,
+                      const double (*starts)[2], char *err, size_t errlen) {
+    size_t N = (size_t)n;
+    toy *d = toy_new(m, (6 + 2 * (size_t)n_starts) * N + 8);
+    if (!d) return oom(name, err, errlen), NULL;
+    d->n = n, d->a = a;
+    d->c = fill(toy_take(d, N), N, cval);
+    m->prob = (blo_problem){.n_x = 1, .n_y = n, .F = wave_F, .f = wave_f, .user = d};
+    int tie;
+    double C = nearest_branch(a, &tie), xs = ((1 - n) * a + n * C) / (1 + n);
+    double *x_star = fill(toy_take(d, 1), 1, xs), *y_star = fill(toy_take(d, N), N, C + cval - xs);
+    if (!tie) m->x_star = x_star, m->y_star = m->z_prior = y_star;
+    m->F_star = n * (C - 2 * a) * (C - 2 * a) / (1 + n); // the value is the same on a tie
+    m->n_starts = n_starts;
+    for (int s = 0; s < n_starts; s++) {
+        m->x0[s] = fill(toy_take(d, 1), 1, starts[s][0]);
+        m->y0[s] = fill(toy_take(d, N), N, starts[s][1]);
+    }
+    return d;
+}
+
+static int nonconvex_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
+    static const char *const keys[] = {"n", NULL};
+    int n;
+    if (mdl_check_keys("nonconvex", n_set, set, keys, err, errlen) ||
+        get_n("nonconvex", n_set, set, 1, &n, err, errlen))
+        return -1;
+    // a = 2, c_i = 2 (C = 3 pi / 2 for every n); starts (-6, 0) and (-8, -8) (AIT Figs. 3-5)
+    static const double starts[2][2] = {{-6, 0}, {-8, -8}};
+    toy *d = wave_make(m, "nonconvex", n, 2, 2, 2, starts, err, errlen);
+    if (!d) return -1;
+    size_t N = (size_t)n;
+    m->prob.y_lo = fill(toy_take(d, N), N, -10);
+    m->prob.y_hi = fill(toy_take(d, N), N, 10);
+    return 0;
+}
+
+static void nonconvex_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
+    // [V] (spec 6.4): plain projected GD, s_l = 0.3, K = 20, lr_x = lr_z = 0.1, T = 2000 takes
+    // AIT_NC (IA + PTT) to x* from both starts; the other unrolled methods get the same LL so the
+    // comparison is like for like. accel uses L_f = 1 (sin).
+    set_K(method, c, 20);
+    c->gd.s_l = c->nesterov.s_l = c->momentum.s_l = 0.3;
+    c->accel.L_f = 1;
+    s->T = 2000, s->lr_x = s->lr_z = 0.1;
+}
+
+static int sin_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
+    static const char *const keys[] = {"a", NULL};
+    double a = 0;
+    if (mdl_check_keys("sin", n_set, set, keys, err, errlen) ||
+        mdl_set_double(n_set, set, "a", &a, err, errlen))
+        return -1;
+    if (fabs(a) > 1e6) return toy_fail(err, errlen, "setting a=%g for problem sin: |a| must be <= 1e6", a);
+    // BVFIM uses a in {0, 2}: x* = y* = -pi/4 (F* = pi^2/8) and 3 pi/4 (F* = (3 pi/2 - 4)^2 / 2).
+    // Any other a gets the same closed form (x* = y* = C/2); where two branches tie, x* is unknown.
+    static const double starts[2][2] = {{0, 0}, {3, 3}};
+    return wave_make(m, "sin", 1, a, 0, 2, starts, err, errlen) ? 0 : -1;
+}
+
+static void sin_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
+    // BVFIM gives no step sizes (its supplement is missing); >= 500 UL iterations (Fig. 2). Our
+    // choice: the nonconvex toy's LL (it is the same problem shifted), T = 500. Measured: RHG reaches
+    // x* only from the near start ((0, 0) for a = 0, (3, 3) for a = 2).
+    // BVFIM (our tuning): mu_0 = theta_0 = 3 large enough that the regularized value function picks
+    // the LL basin nearest the origin from both starts, decaying as 1/(l+1); T = 2000. The barrier
+    // admits y within ~sqrt(2 mu_l) of the LL solution, so x converges like 1/sqrt(l): measured
+    // relative errors 0.049 / 0.049 (a = 0) and 0.031 / 0.025 (a = 2) at l = 2000.
+    nonconvex_defaults(method, c, s);
+    s->T = 500;
+    if (is(method, "bvfim")) c->bvfim.mu0 = c->bvfim.theta0 = 3, s->T = 2000;
+}
+
+// ---- GALET Example 1 (pl): x [1], y [2] -------------------------------------------------------------
+// F = x^2 + y1 - sin(y2), f = 1/2 (x + y1 - sin y2)^2. S(x) = {x + y1 - sin y2 = 0}, F = x^2 - x
+// on it: x* = 0.5, F* = -0.25, the optimal set {x = 0.5, y1 - sin y2 + 0.5 = 0}.
+
+static ad_var pl_F(ad_tape *t, ad_var x, ad_var y, void *u) {
+    (void)u;
+    ad_var y1 = ad_slice(t, y, 0, 1), y2 = ad_slice(t, y, 1, 1);
+    return ad_add(t, ad_sqnorm(t, x), ad_sum(t, ad_sub(t, y1, ad_sin(t, y2))));
+}
+
+static ad_var pl_f(ad_tape *t, ad_var x, ad_var y, void *u) {
+    (void)u;
+    ad_var y1 = ad_slice(t, y, 0, 1), y2 = ad_slice(t, y, 1, 1);
+    return ad_scale(t, ad_sqnorm(t, ad_sub(t, ad_add(t, x, y1), ad_sin(t, y2))), 0.5);
+}
+
+// GALET's optimality gap (Eq. 46), as a distance: sqrt((x - 0.5)^2 + (0.5 + y1 - sin y2)^2).
+static double pl_gap(const mdl_model *m, const double *x, const double *y) {
+    (void)m;
+    double r = 0.5 + y[0] - sin(y[1]);
+    return sqrt((x[0] - 0.5) * (x[0] - 0.5) + r * r);
+}
+
+static int pl_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
+    static const char *const keys[] = {NULL};
+    if (mdl_check_keys("pl", n_set, set, keys, err, errlen)) return -1;
+    toy *d = toy_new(m, 32);
+    if (!d) return oom("pl", err, errlen);
+    m->prob = (blo_problem){.n_x = 1, .n_y = 2, .F = pl_F, .f = pl_f, .user = d};
+    m->x_star = fill(toy_take(d, 1), 1, 0.5);
+    double *ys = toy_take(d, 2);
+    ys[0] = -0.5, ys[1] = 0; // one point of the optimal set
+    m->y_star = m->z_prior = ys;
+    m->F_star = -0.25;
+    m->optimal_gap = pl_gap;
+    // starts (spec reading 19): (2, (2, 2)), (0, (0, 0)), (-2, (0, 0)), (1, (1, 1))
+    static const double st[4][3] = {{2, 2, 2}, {0, 0, 0}, {-2, 0, 0}, {1, 1, 1}};
+    m->n_starts = 4;
+    for (int s = 0; s < 4; s++) {
+        double *x0 = toy_take(d, 1), *y0 = toy_take(d, 2);
+        x0[0] = st[s][0], y0[0] = st[s][1], y0[1] = st[s][2];
+        m->x0[s] = x0, m->y0[s] = y0;
+    }
+    return 0;
+}
+
+static void pl_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
+    // GALET (App. G): alpha = 0.3, beta = 1, N = 1, gamma = 0.1, T = 1, and 30 iterations; w warm
+    // started (spec reading 18: cold w does not converge with T = 1). We run 100 UL iterations,
+    // where [V] reaches x = 0.5000 (30 leaves |x - 0.5| up to 0.02).
+    c->galet.N = 1, c->galet.beta = 1, c->galet.T = 1, c->galet.rho = 0.1, c->galet.w_warm = 1;
+    s->T = 100, s->lr_x = s->lr_z = 0.3;
+    // Not in the paper: the unrolled methods get grad_y f's Lipschitz bound ~2 -> s_l = 0.5, K = 20.
+    set_K(method, c, 20);
+    c->gd.s_l = c->nesterov.s_l = c->momentum.s_l = 0.5;
+    c->bda.s_l = 0.5;
+    if (is(method, "bome") || is(method, "bvfim")) s->lr_x = s->lr_z = 0.1, s->T = 1000;
+}
+
+// ---- BOME mini-max: v [1], theta [1] in [-10, 10], F = v theta, g = -v theta ----------------------
+
+static ad_var mm_F(ad_tape *t, ad_var x, ad_var y, void *u) {
+    (void)u;
+    return ad_dot(t, x, y);
+}
+
+static ad_var mm_f(ad_tape *t, ad_var x, ad_var y, void *u) {
+    (void)u;
+    return ad_neg(t, ad_dot(t, x, y));
+}
+
+// The optimal set is {v = 0, theta in [-10, 10]} (spec reading 14): the distance is |v|.
+static double mm_gap(const mdl_model *m, const double *x, const double *y) {
+    (void)m, (void)y;
+    return fabs(x[0]);
+}
+
+static int minimax_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
+    static const char *const keys[] = {NULL};
+    if (mdl_check_keys("minimax", n_set, set, keys, err, errlen)) return -1;
+    toy *d = toy_new(m, 16);
+    if (!d) return oom("minimax", err, errlen);
+    m->prob = (blo_problem){.n_x = 1, .n_y = 1, .F = mm_F, .f = mm_f, .user = d};
+    m->prob.x_lo = m->prob.y_lo = fill(toy_take(d, 1), 1, -10); // [C] clamps both to [-10, 10]
+    m->prob.x_hi = m->prob.y_hi = fill(toy_take(d, 1), 1, 10);
+    m->x_star = toy_take(d, 1);              // v* = 0
+    m->y_star = m->z_prior = toy_take(d, 1); // theta* = 0: where BOME ends (any theta is optimal)
+    m->F_star = 0;
+    m->optimal_gap = mm_gap;
+    m->n_starts = 1;
+    m->x0[0] = fill(toy_take(d, 1), 1, 4), m->y0[0] = fill(toy_take(d, 1), 1, 4); // [C]
+    return 0;
+}
+
+static void minimax_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
+    // BOME [C]: xi = alpha = 0.05, T = 10, eta = 0.5, 200 iterations ([V]: |v| ~ 0.05 after 200,
+    // 1e-4 after 2000). Other methods: no paper setting; the same steps.
+    (void)method;
+    c->bome.T = 10, c->bome.alpha = 0.05, c->bome.eta = 0.5;
+    c->gd.s_l = c->bda.s_l = 0.05;
+    s->T = 200, s->lr_x = s->lr_z = 0.05;
+}
+
+// ---- BOME coreset: v [4], theta [2] ------------------------------------------------------------------
+// F = 0.1 ||theta - x0||^2, f = ||theta - X softmax(v)||^2 with X [2, 4] = [x1 x2 x3 x4] ([C]: the
+// 0.1 scaling of F is the code's). theta* = (1.8, 0.4), the projection of x0 onto the hull of the
+// x_j (0.8 x2 + 0.2 x4), F* = 0.72, reached only as v1, v3 -> -inf: x* is unknown (at infinity).
+
+static ad_var cs_F(ad_tape *t, ad_var x, ad_var y, void *u) {
+    (void)x;
+    const toy *d = u;
+    ad_var x0 = ad_const_view(t, ad_vec_shape(2), d->target);
+    return ad_scale(t, ad_sqnorm(t, ad_sub(t, y, x0)), 0.1);
+}
+
+static ad_var cs_f(ad_tape *t, ad_var x, ad_var y, void *u) {
+    const toy *d = u;
+    ad_var X = ad_const_view(t, ad_mat_shape(2, 4), d->X);
+    return ad_sqnorm(t, ad_sub(t, y, ad_matvec(t, X, ad_softmax(t, x), 0)));
+}
+
+static double cs_gap(const mdl_model *m, const double *x, const double *y) {
+    (void)x;
+    return hypot(y[0] - m->y_star[0], y[1] - m->y_star[1]);
+}
+
+static int coreset_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
+    static const char *const keys[] = {NULL};
+    if (mdl_check_keys("coreset", n_set, set, keys, err, errlen)) return -1;
+    toy *d = toy_new(m, 32);
+    if (!d) return oom("coreset", err, errlen);
+    m->prob = (blo_problem){.n_x = 4, .n_y = 2, .F = cs_F, .f = cs_f, .user = d};
+    static const double X[8] = {1, 3, -2, -3,  // first coordinates of x1..x4
+                                3, 1, 2, -2}; // second coordinates
+    double *Xd = toy_take(d, 8), *t0 = toy_take(d, 2), *ys = toy_take(d, 2);
+    memcpy(Xd, X, sizeof X);
+    t0[0] = 3, t0[1] = -2;
+    ys[0] = 1.8, ys[1] = 0.4;
+    d->X = Xd, d->target = t0;
+    m->y_star = m->z_prior = ys;
+    m->F_star = 0.72;
+    m->optimal_gap = cs_gap;
+    // [C]: v0 = 0, theta0 in {(0, 3), (-3, 1), (3.5, -1)}
+    static const double th[3][2] = {{0, 3}, {-3, 1}, {3.5, -1}};
+    double *v0 = toy_take(d, 4);
+    m->n_starts = 3;
+    for (int s = 0; s < 3; s++) {
+        double *y0 = toy_take(d, 2);
+        y0[0] = th[s][0], y0[1] = th[s][1];
+        m->x0[s] = v0, m->y0[s] = y0;
+    }
+    return 0;
+}
+
+static void coreset_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
+    // BOME [C]: xi = alpha = 0.05, T = 10, eta = 0.5, 5000 iterations. Others: same steps (ours).
+    c->bome.T = 10, c->bome.alpha = 0.05, c->bome.eta = 0.5;
+    s->T = 5000, s->lr_x = s->lr_z = 0.05;
+    (void)method;
+}
+
+// ---- the closed-form quadratic: x [m], y [n] ---------------------------------------------------------
+// F = 1/2 ||y - b||^2 + rho/2 ||x||^2, f = 1/2 y^T A y - y^T B x with A = Q diag(lambda) Q^T SPD,
+// lambda log-spaced in [1, cond]. y*(x) = A^-1 B x, so with M = A^-1 B [n, m] the reduced UL is
+// phi(x) = 1/2 ||M x - b||^2 + rho/2 ||x||^2, x* solves (rho I + M^T M) x = M^T b, and the exact
+// hypergradient at any x is rho x + M^T (M x - b).
+
+static ad_var quad_F(ad_tape *t, ad_var x, ad_var y, void *u) {
+    const toy *d = u;
+    ad_var b = ad_const_view(t, ad_vec_shape(d->n), d->b);
+    return ad_add(t, ad_scale(t, ad_sqnorm(t, ad_sub(t, y, b)), 0.5), ad_scale(t, ad_sqnorm(t, x), 0.5 * d->rho));
+}
+
+static ad_var quad_f(ad_tape *t, ad_var x, ad_var y, void *u) {
+    const toy *d = u; // matvecs on views of A and B: BLAS-bound for large n
+    ad_var A = ad_const_view(t, ad_mat_shape(d->n, d->n), d->A);
+    ad_var B = ad_const_view(t, ad_mat_shape(d->n, d->m), d->B);
+    return ad_sub(t, ad_scale(t, ad_dot(t, y, ad_matvec(t, A, y, 0)), 0.5), ad_dot(t, y, ad_matvec(t, B, x, 0)));
+}
+
+// Orthonormalizes the rows of Q [n, n] in place: block classical Gram-Schmidt (BLAS-3 against
+// earlier blocks, then modified Gram-Schmidt inside the block), each block done twice so the
+// rows are orthonormal to rounding ("twice is enough").
+static void orthonormalize_rows(double *Q, int n) {
+    const int nb = 64;
+    for (int s = 0; s < n; s += nb) {
+        int k = n - s < nb ? n - s : nb;
+        double *Bk = Q + (size_t)s * n, *R = s ? malloc(sizeof(double) * (size_t)k * s) : NULL;
+        for (int pass = 0; pass < 2; pass++) {
+            if (s && R) { // Bk -= (Bk Q0^T) Q0, Q0 = rows 0..s-1 [s, n]
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, k, s, n, 1, Bk, n, Q, n, 0, R, s);
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, k, n, s, -1, R, s, Q, n, 1, Bk, n);
+            }
+            for (int i = 0; i < k; i++) {
+                double *qi = Bk + (size_t)i * n;
+                for (int j = 0; j < i; j++)
+                    cblas_daxpy(n, -cblas_ddot(n, qi, 1, Bk + (size_t)j * n, 1), Bk + (size_t)j * n, 1, qi, 1);
+                cblas_dscal(n, 1 / cblas_dnrm2(n, qi, 1), qi, 1);
+            }
+        }
+        free(R);
+    }
+}
+
+// Solves H u = r in place (r -> u) by Cholesky, H [m, m] SPD (overwritten by its factor).
+// Returns -1 if H is not numerically positive definite.
+static int cholesky_solve(double *H, int m, double *r) {
+    for (int j = 0; j < m; j++) {
+        double *Lj = H + (size_t)j * m;
+        for (int k = 0; k < j; k++) Lj[j] -= Lj[k] * Lj[k];
+        if (!(Lj[j] > 0)) return -1;
+        Lj[j] = sqrt(Lj[j]);
+        for (int i = j + 1; i < m; i++) {
+            double *Li = H + (size_t)i * m, v = Li[j];
+            for (int k = 0; k < j; k++) v -= Li[k] * Lj[k];
+            Li[j] = v / Lj[j];
+        }
+    }
+    for (int i = 0; i < m; i++) { // L z = r
+        const double *Li = H + (size_t)i * m;
+        for (int k = 0; k < i; k++) r[i] -= Li[k] * r[k];
+        r[i] /= Li[i];
+    }
+    for (int i = m - 1; i >= 0; i--) { // L^T u = z
+        for (int k = i + 1; k < m; k++) r[i] -= H[(size_t)k * m + i] * r[k];
+        r[i] /= H[(size_t)i * m + i];
+    }
+    return 0;
+}
+
+static int quadratic_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
+    static const char *const keys[] = {"n", "m", "cond", "rho", "seed", NULL};
+    int n = 10, mx = -1, seed = 0;
+    double cond = 10, rho = 0.1;
+    if (mdl_check_keys("quadratic", n_set, set, keys, err, errlen) ||
+        mdl_set_int(n_set, set, "n", &n, err, errlen) || mdl_set_int(n_set, set, "m", &mx, err, errlen) ||
+        mdl_set_int(n_set, set, "seed", &seed, err, errlen) ||
+        mdl_set_double(n_set, set, "cond", &cond, err, errlen) ||
+        mdl_set_double(n_set, set, "rho", &rho, err, errlen))
+        return -1;
+    if (mx == -1) mx = n; // m defaults to n
+    if (n < 1 || n > 10000) return toy_fail(err, errlen, "setting n=%d for problem quadratic: must be in [1, 10000]", n);
+    if (mx < 1 || mx > 10000) return toy_fail(err, errlen, "setting m=%d for problem quadratic: must be in [1, 10000]", mx);
+    if (!(cond >= 1) || cond > 1e12)
+        return toy_fail(err, errlen, "setting cond=%g for problem quadratic: must be in [1, 1e12]", cond);
+    if (!(rho > 0)) return toy_fail(err, errlen, "setting rho=%g for problem quadratic: must be > 0", rho);
+    if (seed < 0) return toy_fail(err, errlen, "setting seed=%d for problem quadratic: must be >= 0", seed);
+    size_t N = (size_t)n, Mx = (size_t)mx;
+    toy *d = toy_new(m, N * N + N * Mx + 3 * N + 2 * Mx);
+    double *Q = malloc(sizeof(double) * N * N), *Mm = malloc(sizeof(double) * N * Mx),
+           *H = malloc(sizeof(double) * Mx * Mx), *lam = malloc(sizeof(double) * N),
+           *W = malloc(sizeof(double) * N * (N > Mx ? N : Mx)); // scratch [n, max(n, m)]
+    int rc = 0;
+    if (!d || !Q || !Mm || !H || !lam || !W) {
+        rc = oom("quadratic", err, errlen);
+        goto done;
+    }
+    d->n = n, d->m = mx, d->rho = rho;
+    double *A = toy_take(d, N * N), *B = toy_take(d, N * Mx), *b = toy_take(d, N);
+    d->A = A, d->B = B, d->b = b;
+    ad_rng g;
+    ad_rng_seed(&g, (uint64_t)seed);
+    for (size_t i = 0; i < N * N; i++) Q[i] = ad_rng_normal(&g);
+    for (size_t i = 0; i < N * Mx; i++) B[i] = ad_rng_normal(&g) / sqrt((double)mx); // B x = O(1)
+    for (size_t i = 0; i < N; i++) b[i] = ad_rng_normal(&g);
+    orthonormalize_rows(Q, n); // rows q_j: the eigenvectors
+    for (int j = 0; j < n; j++) lam[j] = n > 1 ? pow(cond, (double)j / (n - 1)) : 1;
+    // A = sum_j lambda_j q_j q_j^T = Q^T diag(lambda) Q, then exactly symmetrized
+    for (size_t j = 0; j < N; j++)
+        for (size_t k = 0; k < N; k++) W[j * N + k] = lam[j] * Q[j * N + k];
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, n, n, 1, Q, n, W, n, 0, A, n);
+    for (size_t i = 0; i < N; i++)
+        for (size_t j = i + 1; j < N; j++) A[i * N + j] = A[j * N + i] = 0.5 * (A[i * N + j] + A[j * N + i]);
+    // M = A^-1 B = Q^T diag(1/lambda) Q B (the exact inverse from the eigenvectors, no solve)
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, mx, n, 1, Q, n, B, mx, 0, W, mx);
+    for (size_t j = 0; j < N; j++) cblas_dscal(mx, 1 / lam[j], W + j * Mx, 1);
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, mx, n, 1, Q, n, W, mx, 0, Mm, mx);
+    // (rho I + M^T M) x* = M^T b, then y* = M x*
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, mx, mx, n, 1, Mm, mx, Mm, mx, 0, H, mx);
+    for (size_t i = 0; i < Mx; i++) H[i * Mx + i] += rho;
+    double *xs = toy_take(d, Mx), *ys = toy_take(d, N);
+    cblas_dgemv(CblasRowMajor, CblasTrans, n, mx, 1, Mm, mx, b, 1, 0, xs, 1);
+    if (cholesky_solve(H, mx, xs)) {
+        rc = toy_fail(err, errlen, "problem quadratic: rho I + B^T A^-2 B is not positive definite "
+                      "to rounding (rho=%g too small?)", rho);
+        goto done;
+    }
+    cblas_dgemv(CblasRowMajor, CblasNoTrans, n, mx, 1, Mm, mx, xs, 1, 0, ys, 1);
+    double F = 0;
+    for (size_t i = 0; i < N; i++) F += 0.5 * (ys[i] - b[i]) * (ys[i] - b[i]);
+    for (size_t i = 0; i < Mx; i++) F += 0.5 * rho * xs[i] * xs[i];
+    m->prob = (blo_problem){.n_x = mx, .n_y = n, .F = quad_F, .f = quad_f, .user = d};
+    m->x_star = xs, m->y_star = m->z_prior = ys, m->F_star = F;
+    m->n_starts = 1, m->x0[0] = toy_take(d, Mx), m->y0[0] = toy_take(d, N); // x0 = 0, y0 = 0
+done:
+    free(Q), free(Mm), free(H), free(lam), free(W);
+    return rc;
+}
+
+static void quadratic_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
+    // No paper: our choice. LL step s_l = 0.1 = 1 / L_f for the default cond = 10 (set it to
+    // <= 1 / cond otherwise; defaults cannot see the settings); K = 100 as in the benchmark. The
+    // reduced Hessian rho I + M^T M has norm <= rho + ||B||^2 ~ 4 for m = n, so lr = 0.2 is stable.
+    set_K(method, c, 100);
+    c->gd.s_l = c->nesterov.s_l = c->momentum.s_l = c->bda.s_l = 0.1;
+    c->implicit.eta = 0.1; // Neumann: eta ||A|| <= 1
+    c->accel.L_f = 10;
+    s->T = 300, s->lr_x = s->lr_z = 0.2;
+    if (is(method, "galet")) c->galet.beta = 0.1, c->galet.rho = 0.01; // beta, rho <= 1/L, 1/L^2
+    if (is(method, "bome")) c->bome.alpha = 0.1;
+}
+
+// ---- the entries ---------------------------------------------------------------------------------------
+
+const mdl_entry mdl_counterexample_entry = {
+    "counterexample", "BDA's counter-example: non-singleton LL, RHG stops at x <= 0.5, x* = 1",
+    "BDA (ICML 2020) Example 1, Eq. 5", "(none)", counterexample_make, counterexample_defaults};
+const mdl_entry mdl_llc_entry = {
+    "llc", "quartic UL, LL convex without unique solution (LLC), x* = e",
+    "AIT (TPAMI) Eq. 18", "n=20", llc_make, llc_defaults};
+const mdl_entry mdl_lls_entry = {
+    "lls", "quartic UL and LL with a unique LL solution (LLS), x* = e on the box boundary",
+    "AIT (TPAMI) Eq. 19, LL read as ||y1-y2||^4 + ||y1+y2-x||^4", "n=20", lls_make, lls_defaults};
+const mdl_entry mdl_nonconvex_entry = {
+    "nonconvex", "non-convex LL sum_i sin(x + y_i - c_i), many local solutions",
+    "AIT (TPAMI) Eq. 20, a = 2, c_i = 2, scalar x", "n=1", nonconvex_make, nonconvex_defaults};
+const mdl_entry mdl_sin_entry = {
+    "sin", "(x-a)^2 + (y-a)^2 s.t. y in argmin sin(x+y)", "BVFIM (ICML 2021) Eq. 30", "a=0",
+    sin_make, sin_defaults};
+const mdl_entry mdl_coreset_entry = {
+    "coreset", "closest point of a convex hull to x0 via softmax weights, theta* = (1.8, 0.4)",
+    "BOME (NeurIPS 2022) coreset toy, data and 0.1 scaling from its code", "(none)", coreset_make,
+    coreset_defaults};
+const mdl_entry mdl_minimax_entry = {
+    "minimax", "min v theta s.t. theta in argmax v theta, boxes [-10, 10], v* = 0",
+    "BOME (NeurIPS 2022) Eq. 12", "(none)", minimax_make, minimax_defaults};
+const mdl_entry mdl_degenerate_entry = {
+    "degenerate", "degenerate LL (BDA Example 1 in BOME's naming), v* = 1, theta* = (1, 1)",
+    "BOME (NeurIPS 2022) toy, as its code implements it", "(none)", degenerate_make,
+    degenerate_defaults};
+const mdl_entry mdl_pl_entry = {
+    "pl", "PL but non-convex LL, non-singleton solutions, x* = 0.5",
+    "GALET (NeurIPS 2023) Example 1, Eq. 6", "(none)", pl_make, pl_defaults};
+const mdl_entry mdl_quadratic_entry = {
+    "quadratic", "F = 1/2||y-b||^2 + rho/2||x||^2, f = 1/2 y'Ay - y'Bx: exact hypergradient known",
+    "closed form (tests, benchmarks)", "n=10 m=n cond=10 rho=0.1 seed=0", quadratic_make,
+    quadratic_defaults};

@@ -1,0 +1,334 @@
+// The hyper-cleaning model: gradients of F and f and Hessian-vector products of f by finite
+// differences (a tiny synthetic MNIST-format folder with 4x4 images keeps the checks fast; one
+// check on the installed FashionMNIST), evaluate() against an independent computation, bad
+// settings and data, and a short sanity run (GD on f lowers the validation loss).
+#include "harness.h"
+#include "tests.h"
+
+#include "../models/models.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+void test_models_hyperclean(void); // declared here too until tests.h lists it
+
+static char hc_dir[256];
+static char hc_data_set[300]; // "data=<hc_dir>"
+
+// Writes an IDX file of unsigned bytes: dims then the data.
+static int write_idx(const char *name, int ndim, const int *dims, const uint8_t *data, size_t n) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", hc_dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    uint8_t h[4] = {0, 0, 0x08, (uint8_t)ndim};
+    fwrite(h, 1, 4, f);
+    for (int i = 0; i < ndim; i++) {
+        uint8_t b[4] = {(uint8_t)(dims[i] >> 24), (uint8_t)(dims[i] >> 16), (uint8_t)(dims[i] >> 8), (uint8_t)dims[i]};
+        fwrite(b, 1, 4, f);
+    }
+    size_t w = fwrite(data, 1, n, f);
+    return fclose(f) || w != n ? -1 : 0;
+}
+
+// A synthetic MNIST-format folder: 60 training and 20 test images of 4x4 seeded random pixels,
+// labels 0..9. The first pixel carries the label a little, so there is something to learn.
+static int make_synthetic(void) {
+    ad_rng g;
+    ad_rng_seed(&g, 7);
+    const char *pre[2] = {"train", "t10k"};
+    int counts[2] = {60, 20};
+    for (int s = 0; s < 2; s++) {
+        int n = counts[s], dims[3] = {n, 4, 4};
+        uint8_t im[60 * 16], lb[60];
+        for (int i = 0; i < n; i++) {
+            lb[i] = (uint8_t)(ad_rng_next(&g) % 10);
+            for (int j = 0; j < 16; j++) im[i * 16 + j] = (uint8_t)(ad_rng_next(&g) % 256);
+            im[i * 16] = (uint8_t)(25 * lb[i]);
+        }
+        char name[64];
+        snprintf(name, sizeof name, "%s-images-idx3-ubyte", pre[s]);
+        if (write_idx(name, 3, dims, im, (size_t)n * 16)) return -1;
+        snprintf(name, sizeof name, "%s-labels-idx1-ubyte", pre[s]);
+        if (write_idx(name, 1, dims, lb, (size_t)n)) return -1;
+    }
+    return 0;
+}
+
+static bool has(const char *s, const char *sub) { return strstr(s, sub) != NULL; }
+
+// ---- finite-difference checks --------------------------------------------------------------------
+
+typedef struct {
+    const mdl_model *m;
+    int upper;          // F (1) or f (0)
+    const double *x;    // fixed x when only y is an input
+} obj_ctx;
+
+static ad_var obj_xy(ad_tape *t, const ad_var *in, void *u) {
+    const obj_ctx *c = u;
+    const blo_problem *p = &c->m->prob;
+    return (c->upper ? p->F : p->f)(t, in[0], in[1], p->user);
+}
+
+static ad_var obj_y(ad_tape *t, const ad_var *in, void *u) {
+    const obj_ctx *c = u;
+    const blo_problem *p = &c->m->prob;
+    ad_var x = ad_const(t, ad_vec_shape(p->n_x), c->x);
+    return (c->upper ? p->F : p->f)(t, x, in[0], p->user);
+}
+
+// Seeded random point: x ~ N(0, 1), y ~ N(0, 0.3^2).
+static void random_point(const mdl_model *m, uint64_t seed, double *x, double *y) {
+    ad_rng g;
+    ad_rng_seed(&g, seed);
+    for (int i = 0; i < m->prob.n_x; i++) x[i] = ad_rng_normal(&g);
+    for (int i = 0; i < m->prob.n_y; i++) y[i] = 0.3 * ad_rng_normal(&g);
+}
+
+// Gradients of F and f w.r.t. (x, y), and H v of f (joint in (x, y), and in y alone).
+static void check_model(const char *label, int n_set, const char *const *set, int hvp) {
+    char name[160], err[512];
+    mdl_model m;
+    snprintf(name, sizeof name, "hyperclean %s: gradients of F and f%s by finite differences", label,
+             hvp ? ", and H v of f" : "");
+    TEST_CASE(name) {
+        int rc = mdl_make("hyperclean", n_set, set, &m, err, sizeof err);
+        EXPECT(rc == 0, "%s", err);
+        if (rc) continue;
+        int nx = m.prob.n_x, ny = m.prob.n_y;
+        double *x = malloc(sizeof(double) * nx), *y = malloc(sizeof(double) * ny);
+        random_point(&m, 11, x, y);
+        ad_shape sh[2] = {ad_vec_shape(nx), ad_vec_shape(ny)};
+        const double *pt[2] = {x, y};
+        ad_check_params cp = ad_check_default_params();
+        cp.rtol = 1e-5, cp.atol = 1e-8;
+        for (int upper = 0; upper < 2; upper++) {
+            obj_ctx c = {&m, upper, x};
+            ad_check_report r = ad_check_grad(obj_xy, &c, 2, sh, pt, &cp);
+            EXPECT(r.status == AD_OK && r.pass, "%s: %s (input %d entry %d: %g vs %g)", upper ? "F" : "f",
+                   r.msg, r.worst_input, r.worst_index, r.analytic, r.numeric);
+        }
+        if (hvp) {
+            obj_ctx c = {&m, 0, x};
+            cp.rtol = 1e-4, cp.atol = 1e-7; // differences of gradients: one order less accurate
+            ad_check_report r = ad_check_hvp(obj_xy, &c, 2, sh, pt, &cp);
+            EXPECT(r.status == AD_OK && r.pass, "H v of f in (x, y): %s (%g vs %g)", r.msg, r.analytic, r.numeric);
+            r = ad_check_hvp(obj_y, &c, 1, sh + 1, pt + 1, &cp);
+            EXPECT(r.status == AD_OK && r.pass, "H v of f in y: %s (%g vs %g)", r.msg, r.analytic, r.numeric);
+        }
+        free(x), free(y);
+        mdl_free(&m);
+    }
+}
+
+static void gradient_cases(void) {
+    const char *small[] = {hc_data_set, "n_train=20", "n_val=10", "n_test=10", NULL, NULL};
+    check_model("linear (synthetic)", 4, small, 1);
+    small[4] = "l2=0.01";
+    check_model("linear with l2 (synthetic)", 5, small, 1);
+    const char *mlp[] = {hc_data_set, "n_train=20", "n_val=10", "n_test=10", "model=mlp", "hidden=5", NULL};
+    const char *acts[] = {"act=relu", "act=tanh", "act=none"};
+    for (int a = 0; a < 3; a++) {
+        char label[64];
+        snprintf(label, sizeof label, "mlp %s (synthetic)", acts[a]);
+        mlp[6] = acts[a];
+        check_model(label, 7, mlp, 1);
+    }
+    // FashionMNIST itself (784 pixels): a tiny MLP keeps the 2400-entry check quick
+    const char *fm[] = {"n_train=20", "n_val=10", "n_test=10", "model=mlp", "hidden=3", "act=tanh"};
+    check_model("mlp hidden=3 (FashionMNIST)", 6, fm, 0);
+}
+
+// ---- evaluate ----------------------------------------------------------------------------------------
+
+// Accuracy (%) of the linear model y = (W [d, 10], b [10]) on a dataset, by plain loops.
+static double naive_accuracy(const mdl_dataset *te, const double *y) {
+    int right = 0, d = te->d;
+    for (int i = 0; i < te->n; i++) {
+        int best = 0;
+        double bz = -INFINITY;
+        for (int c = 0; c < 10; c++) {
+            double z = y[d * 10 + c];
+            for (int j = 0; j < d; j++) z += te->X[(size_t)i * d + j] * y[j * 10 + c];
+            if (z > bz) bz = z, best = c;
+        }
+        right += best == te->y[i];
+    }
+    return 100.0 * right / te->n;
+}
+
+static void evaluate_cases(void) {
+    TEST_CASE("hyperclean: evaluate gives F1 and test accuracy as computed independently") {
+        const char *set[] = {hc_data_set, "n_train=40", "n_val=10", "n_test=20", "seed=3"};
+        char err[512];
+        mdl_model m;
+        int rc = mdl_make("hyperclean", 5, set, &m, err, sizeof err);
+        EXPECT(rc == 0, "%s", err);
+        if (rc) continue;
+        // the same split, loaded by hand, tells which labels are clean
+        mdl_hc_params p = mdl_hc_default_params();
+        p.n_train = 40, p.n_val = 10, p.n_test = 20, p.seed = 3;
+        mdl_hc_data hc;
+        rc = mdl_hc_load(hc_dir, &p, &hc, err, sizeof err);
+        EXPECT(rc == 0, "%s", err);
+        if (rc) {
+            mdl_free(&m);
+            continue;
+        }
+        int nx = m.prob.n_x, ny = m.prob.n_y;
+        double *x = malloc(sizeof(double) * nx), *y = malloc(sizeof(double) * ny);
+        random_point(&m, 5, x, y);
+        for (int i = 0; i < nx; i++) x[i] = hc.clean[i] ? 1 : -1;
+        mdl_eval ev = {-1, -1};
+        EXPECT(m.evaluate(&m, x, y, &ev, err, sizeof err) == 0, "%s", err);
+        EXPECT(fabs(ev.f1 - 100) < 1e-12, "x = +1 on clean, -1 on corrupted: F1 %g", ev.f1);
+        double acc = naive_accuracy(&hc.test, y);
+        EXPECT(fabs(ev.test_acc - acc) < 1e-9, "accuracy %g, by hand %g", ev.test_acc, acc);
+        for (int i = 0; i < nx; i++) x[i] = 0; // all predicted clean (sigma = 1/2): p = 1/2, r = 1
+        EXPECT(m.evaluate(&m, x, y, &ev, err, sizeof err) == 0 && fabs(ev.f1 - 200.0 / 3) < 1e-9,
+               "x = 0: F1 %g, expected 66.67", ev.f1);
+        for (int i = 0; i < nx; i++) x[i] = -1; // nothing predicted clean
+        EXPECT(m.evaluate(&m, x, y, &ev, err, sizeof err) == 0 && ev.f1 == 0, "x = -1: F1 %g", ev.f1);
+        for (int i = 0; i < nx; i++) x[i] = hc.clean[i] ? -1 : 1; // exactly wrong
+        EXPECT(m.evaluate(&m, x, y, &ev, err, sizeof err) == 0 && ev.f1 == 0, "inverted: F1 %g", ev.f1);
+        for (int i = 0; i < ny; i++) y[i] = 0; // all logits tie: class 0 everywhere
+        int zeros = 0;
+        for (int i = 0; i < hc.test.n; i++) zeros += hc.test.y[i] == 0;
+        EXPECT(m.evaluate(&m, x, y, &ev, err, sizeof err) == 0 && fabs(ev.test_acc - 100.0 * zeros / hc.test.n) < 1e-9,
+               "y = 0: accuracy %g", ev.test_acc);
+        y[3] = NAN;
+        EXPECT(m.evaluate(&m, x, y, &ev, err, sizeof err) == -1 && has(err, "y[3]"), "NaN y: %s", err);
+        EXPECT(m.evaluate(&m, NULL, y, &ev, err, sizeof err) == -1 && has(err, "NULL"), "NULL x: %s", err);
+        free(x), free(y);
+        mdl_hc_free(&hc);
+        mdl_free(&m);
+    }
+    TEST_CASE("hyperclean mlp: evaluate, sizes, a seeded nonzero start, no prior unless asked") {
+        const char *set[] = {hc_data_set, "n_train=40", "n_val=10", "n_test=20", "model=mlp", "hidden=4"};
+        char err[512];
+        mdl_model a, b;
+        int rc = mdl_make("hyperclean", 6, set, &a, err, sizeof err);
+        EXPECT(rc == 0, "%s", err);
+        if (rc) continue;
+        EXPECT(a.prob.n_x == 40 && a.prob.n_y == 16 * 4 + 4 + 4 * 10 + 10, "sizes %d %d", a.prob.n_x, a.prob.n_y);
+        EXPECT(a.z_prior == NULL && a.n_starts == 1, "no prior by default");
+        double s = 0;
+        for (int i = 0; i < a.prob.n_y; i++) s += a.y0[0][i] * a.y0[0][i];
+        EXPECT(s > 0, "mlp start is not zero");
+        EXPECT(mdl_make("hyperclean", 6, set, &b, err, sizeof err) == 0 &&
+                   !memcmp(a.y0[0], b.y0[0], sizeof(double) * a.prob.n_y),
+               "same seed, same start");
+        mdl_free(&b);
+        mdl_eval ev;
+        EXPECT(a.evaluate(&a, a.x0[0], a.y0[0], &ev, err, sizeof err) == 0 && ev.test_acc >= 0 &&
+                   ev.test_acc <= 100 && fabs(ev.f1 - 200.0 / 3) < 1e-9,
+               "%s: acc %g F1 %g", err, ev.test_acc, ev.f1);
+        mdl_free(&a);
+    }
+}
+
+// ---- errors -------------------------------------------------------------------------------------------
+
+static void error_cases(void) {
+    TEST_CASE("hyperclean: bad settings and data are one-line errors naming what is wrong") {
+        char missing[300], err[512];
+        snprintf(missing, sizeof missing, "data=%s/none", hc_dir);
+        struct { const char *set[4]; const char *msg; } bad[] = {
+            {{"colour=red"}, "unknown setting 'colour'"},
+            {{"model=cnn"}, "model=cnn"},
+            {{"model=mlp", "act=sigmoid"}, "act=sigmoid"},
+            {{"act=tanh"}, "only for model=mlp"},
+            {{"model=mlp", "hidden=0"}, "hidden=0"},
+            {{"corrupt=1.5"}, "corrupt=1.5"},
+            {{"n_train=0"}, "n_train=0"},
+            {{"n_train=abc"}, "n_train=abc"},
+            {{"l2=-1"}, "l2=-1"},
+            {{"prior=2"}, "prior=2"},
+            {{"pretrain_lr=0"}, "pretrain_lr=0"},
+            {{"seed=-1"}, "seed=-1"},
+            {{missing}, "/none"},
+            {{hc_data_set, "n_train=50", "n_val=20"}, "fewer than 50 + 20"},
+            {{hc_data_set, "n_train=5", "n_val=5", "n_test=30"}, "fewer than 30"},
+        };
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            int n = 0;
+            while (n < 4 && bad[i].set[n]) n++;
+            mdl_model m;
+            err[0] = 0;
+            int rc = mdl_make("hyperclean", n, bad[i].set, &m, err, sizeof err);
+            EXPECT(rc == -1 && has(err, bad[i].msg) && !strchr(err, '\n'), "case %zu: '%s' lacks '%s'", i, err,
+                   bad[i].msg);
+            if (!rc) mdl_free(&m);
+        }
+    }
+}
+
+// ---- the prior and a sanity run --------------------------------------------------------------------
+
+static void sanity_cases(void) {
+    TEST_CASE("hyperclean: prior=1 pretrains z_p by GD on f(0, y), lowering f") {
+        const char *set[] = {hc_data_set, "n_train=40", "n_val=10", "n_test=20", "prior=1", "pretrain=20"};
+        char err[512];
+        mdl_model m;
+        int rc = mdl_make("hyperclean", 6, set, &m, err, sizeof err);
+        EXPECT(rc == 0 && m.z_prior, "%s", err);
+        if (rc) continue;
+        double f0, f1;
+        blo_error e;
+        EXPECT(blo_eval(&m.prob, 0, m.x0[0], m.y0[0], &f0, NULL, NULL, NULL, &e) == BLO_OK &&
+                   blo_eval(&m.prob, 0, m.x0[0], m.z_prior, &f1, NULL, NULL, NULL, &e) == BLO_OK && f1 < f0,
+               "f(0, y0) = %g, f(0, z_p) = %g", f0, f1);
+        mdl_free(&m);
+    }
+    TEST_CASE("hyperclean (FashionMNIST, linear): GD on f from y0 lowers F; defaults are sane") {
+        char err[512];
+        mdl_model m;
+        int rc = mdl_make("hyperclean", 0, NULL, &m, err, sizeof err);
+        EXPECT(rc == 0, "%s (the README's first command installs dataset-fashion-mnist)", err);
+        if (rc) continue;
+        EXPECT(m.prob.n_x == 5000 && m.prob.n_y == 7850 && m.evaluate, "sizes %d %d", m.prob.n_x, m.prob.n_y);
+        blo_method_config c;
+        blo_solve_params sp = blo_solve_default_params();
+        blo_error e;
+        EXPECT(blo_method_default_config("rhg", &c, &e) == BLO_OK, "%s", e.msg);
+        mdl_hyperclean_entry.defaults("rhg", &c, &sp);
+        EXPECT(c.K >= 1 && c.gd.s_l > 0 && sp.T >= 1 && sp.lr_x > 0, "defaults");
+        int ny = m.prob.n_y;
+        double *y = malloc(sizeof(double) * ny), *g = malloc(sizeof(double) * ny), F0, F1, f;
+        memcpy(y, m.y0[0], sizeof(double) * ny);
+        ad_tape *t = ad_tape_new(NULL);
+        EXPECT(blo_eval(&m.prob, 1, m.x0[0], y, &F0, NULL, NULL, t, &e) == BLO_OK, "%s", e.msg);
+        EXPECT(fabs(F0 - log(10.0)) < 1e-12, "F(y0 = 0) = log 10, got %.15g", F0);
+        for (int k = 0; k < 10; k++) {
+            EXPECT(blo_eval(&m.prob, 0, m.x0[0], y, &f, NULL, g, t, &e) == BLO_OK, "%s", e.msg);
+            for (int i = 0; i < ny; i++) y[i] -= c.gd.s_l * g[i];
+        }
+        EXPECT(blo_eval(&m.prob, 1, m.x0[0], y, &F1, NULL, NULL, t, &e) == BLO_OK, "%s", e.msg);
+        EXPECT(F1 < F0 - 0.1, "10 GD steps with s_l = %g: F %g -> %g", c.gd.s_l, F0, F1);
+        mdl_eval ev;
+        EXPECT(m.evaluate(&m, m.x0[0], y, &ev, err, sizeof err) == 0 && ev.test_acc > 40,
+               "test accuracy after 10 steps %g", ev.test_acc);
+        ad_tape_free(t);
+        free(y), free(g);
+        mdl_free(&m);
+    }
+}
+
+void test_models_hyperclean(void) {
+    snprintf(hc_dir, sizeof hc_dir, "/tmp/hypertape-hc-XXXXXX");
+    if (!mkdtemp(hc_dir) || make_synthetic()) {
+        TEST_CASE("hyperclean: a synthetic data folder") EXPECT(0, "cannot write %s", hc_dir);
+        return;
+    }
+    snprintf(hc_data_set, sizeof hc_data_set, "data=%s", hc_dir);
+    gradient_cases();
+    evaluate_cases();
+    error_cases();
+    sanity_cases();
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", hc_dir);
+    if (system(cmd)) fprintf(stderr, "could not remove %s\n", hc_dir);
+}
