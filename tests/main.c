@@ -12,5 +12,6 @@ int main(int argc, char **argv) {
     test_models_data();
     test_models_toys();
     test_models_hyperclean();
+    test_cli();
     return th_summary();
 }

@@ -8,4 +8,5 @@ void test_bilevel_methods(void);
 void test_models_data(void);
 void test_models_toys(void);
 void test_models_hyperclean(void);
+void test_cli(void);
 #endif
