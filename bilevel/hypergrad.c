@@ -186,6 +186,18 @@ static blo_status sweep_init(ad_tape *t, const blo_problem *p, const blo_dynamic
     return s;
 }
 
+// The IA prior g(z) = lambda/2 ||z - z_p||^2 (AIT Eq. 6): adds its gradient into gz [n_y] and
+// returns its value (0 without a prior).
+static double add_prior(const blo_hypergrad_params *hp, const double *z, int ny, double *gz) {
+    double g2 = 0;
+    for (int i = 0; hp->prior_lambda > 0 && i < ny; i++) {
+        double dz = (z ? z[i] : 0) - hp->z_prior[i];
+        gz[i] += hp->prior_lambda * dz;
+        g2 += dz * dz;
+    }
+    return 0.5 * hp->prior_lambda * g2;
+}
+
 // Graph mode: record the trajectory once, keep it, and sweep back from F(x, y_end) in one vjp.
 // Returns BLO_OK with *used = 0 (and the tape as it was) when one step's graph times K would
 // exceed the budget, so the caller falls back to the lean sweep.
@@ -310,15 +322,7 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
             double value = gr.F_end;
             if (hp.ia) {
                 memcpy(grad_z, gzg, sizeof(double) * (size_t)ny);
-                if (hp.prior_lambda > 0) {
-                    double g2 = 0;
-                    for (int i = 0; i < ny; i++) {
-                        double dz = (y0 ? y0[i] : 0) - hp.z_prior[i];
-                        grad_z[i] += hp.prior_lambda * dz;
-                        g2 += dz * dz;
-                    }
-                    value += 0.5 * hp.prior_lambda * g2;
-                }
+                value += add_prior(&hp, y0, ny, grad_z);
             }
             if (F_traj) memcpy(F_traj, Fg, sizeof(double) * (size_t)(K + 1));
             if (info)
@@ -378,15 +382,7 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
         } else {
             for (int i = 0; i < ny; i++) grad_z[i] = 0;
         }
-        if (hp.prior_lambda > 0) {
-            double g2 = 0;
-            for (int i = 0; i < ny; i++) {
-                double dz = (y0 ? y0[i] : 0) - hp.z_prior[i];
-                grad_z[i] += hp.prior_lambda * dz;
-                g2 += dz * dz;
-            }
-            value += 0.5 * hp.prior_lambda * g2;
-        }
+        value += add_prior(&hp, y0, ny, grad_z);
     }
     memcpy(grad_x, gx, sizeof(double) * (size_t)nx);
     if (F_traj) memcpy(F_traj, Fv, sizeof(double) * (size_t)(K + 1));

@@ -11,8 +11,7 @@
 #include <string.h>
 #include <zlib.h>
 
-static int fail(char *err, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t n, const char *fmt, ...) {
+int mdl_fail(char *err, size_t n, const char *fmt, ...) {
     if (err && n) {
         va_list ap;
         va_start(ap, fmt);
@@ -42,44 +41,44 @@ static long read_full(gzFile f, void *buf, size_t len, const char **zmsg) {
 int mdl_idx_read(const char *path, mdl_idx *out, char *err, size_t errlen) {
     memset(out, 0, sizeof *out);
     gzFile f = gzopen(path, "rb");
-    if (!f) return fail(err, errlen, "%s: cannot open: %s", path, strerror(errno ? errno : ENOENT));
+    if (!f) return mdl_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno ? errno : ENOENT));
     const char *zmsg = "";
     uint8_t head[4];
     long r = read_full(f, head, 4, &zmsg);
     int rc = 0;
-    if (r < 0) rc = fail(err, errlen, "%s: corrupt compressed data: %s", path, zmsg);
-    else if (r < 4) rc = fail(err, errlen, "%s: truncated: the 4-byte IDX header is missing", path);
-    else if (head[0] || head[1]) rc = fail(err, errlen, "%s: not an IDX file (magic %02x %02x %02x %02x)", path, head[0], head[1], head[2], head[3]);
-    else if (head[2] != 0x08) rc = fail(err, errlen, "%s: IDX data type 0x%02x is not unsigned bytes (0x08)", path, head[2]);
-    else if (head[3] < 1 || head[3] > 4) rc = fail(err, errlen, "%s: IDX with %d dimensions (1 to 4 supported)", path, head[3]);
+    if (r < 0) rc = mdl_fail(err, errlen, "%s: corrupt compressed data: %s", path, zmsg);
+    else if (r < 4) rc = mdl_fail(err, errlen, "%s: truncated: the 4-byte IDX header is missing", path);
+    else if (head[0] || head[1]) rc = mdl_fail(err, errlen, "%s: not an IDX file (magic %02x %02x %02x %02x)", path, head[0], head[1], head[2], head[3]);
+    else if (head[2] != 0x08) rc = mdl_fail(err, errlen, "%s: IDX data type 0x%02x is not unsigned bytes (0x08)", path, head[2]);
+    else if (head[3] < 1 || head[3] > 4) rc = mdl_fail(err, errlen, "%s: IDX with %d dimensions (1 to 4 supported)", path, head[3]);
     size_t size = 1;
     if (!rc) {
         out->ndim = head[3];
         uint8_t dims[16];
         r = read_full(f, dims, (size_t)4 * out->ndim, &zmsg);
-        if (r < 0) rc = fail(err, errlen, "%s: corrupt compressed data: %s", path, zmsg);
-        else if (r < 4 * out->ndim) rc = fail(err, errlen, "%s: truncated in the dimension list", path);
+        if (r < 0) rc = mdl_fail(err, errlen, "%s: corrupt compressed data: %s", path, zmsg);
+        else if (r < 4 * out->ndim) rc = mdl_fail(err, errlen, "%s: truncated in the dimension list", path);
         for (int i = 0; !rc && i < out->ndim; i++) {
             uint32_t d = (uint32_t)dims[4 * i] << 24 | (uint32_t)dims[4 * i + 1] << 16 |
                          (uint32_t)dims[4 * i + 2] << 8 | dims[4 * i + 3];
             if (d == 0 || d > (1u << 28) || size > ((size_t)1 << 34) / d)
-                rc = fail(err, errlen, "%s: implausible dimension %d = %u", path, i, d);
+                rc = mdl_fail(err, errlen, "%s: implausible dimension %d = %u", path, i, d);
             out->dims[i] = (int32_t)d;
             size *= d;
         }
     }
     if (!rc) {
         out->data = malloc(size);
-        if (!out->data) rc = fail(err, errlen, "%s: out of memory for %zu bytes", path, size);
+        if (!out->data) rc = mdl_fail(err, errlen, "%s: out of memory for %zu bytes", path, size);
     }
     if (!rc) {
         r = read_full(f, out->data, size, &zmsg);
         uint8_t extra;
-        if (r < 0) rc = fail(err, errlen, "%s: corrupt compressed data: %s", path, zmsg);
+        if (r < 0) rc = mdl_fail(err, errlen, "%s: corrupt compressed data: %s", path, zmsg);
         else if ((size_t)r < size)
-            rc = fail(err, errlen, "%s: truncated: %zu bytes of data expected, %ld found", path, size, r);
+            rc = mdl_fail(err, errlen, "%s: truncated: %zu bytes of data expected, %ld found", path, size, r);
         else if ((r = read_full(f, &extra, 1, &zmsg)) != 0)
-            rc = fail(err, errlen, "%s: %s after the %zu data bytes", path,
+            rc = mdl_fail(err, errlen, "%s: %s after the %zu data bytes", path,
                       r < 0 ? "corrupt compressed data" : "unexpected extra bytes", size);
     }
     gzclose(f);
@@ -118,12 +117,12 @@ static int load_pair(const char *dir, const char *prefix, mdl_idx *im, mdl_idx *
         return -1;
     }
     int rc = 0;
-    if (im->ndim != 3) rc = fail(err, errlen, "%s: images must have 3 dimensions, not %d", ip, im->ndim);
-    else if (lb->ndim != 1) rc = fail(err, errlen, "%s: labels must have 1 dimension, not %d", lp, lb->ndim);
+    if (im->ndim != 3) rc = mdl_fail(err, errlen, "%s: images must have 3 dimensions, not %d", ip, im->ndim);
+    else if (lb->ndim != 1) rc = mdl_fail(err, errlen, "%s: labels must have 1 dimension, not %d", lp, lb->ndim);
     else if (im->dims[0] != lb->dims[0])
-        rc = fail(err, errlen, "%s holds %d images but %s holds %d labels", ip, im->dims[0], lp, lb->dims[0]);
+        rc = mdl_fail(err, errlen, "%s holds %d images but %s holds %d labels", ip, im->dims[0], lp, lb->dims[0]);
     for (size_t i = 0; !rc && i < lb->size; i++)
-        if (lb->data[i] > 9) rc = fail(err, errlen, "%s: label %zu is %d, not in 0..9", lp, i, lb->data[i]);
+        if (lb->data[i] > 9) rc = mdl_fail(err, errlen, "%s: label %zu is %d, not in 0..9", lp, i, lb->data[i]);
     if (rc) {
         mdl_idx_free(im);
         mdl_idx_free(lb);
@@ -152,7 +151,7 @@ int mdl_mnist_load(const char *dir, const char *prefix, mdl_dataset *out, char *
     memset(out, 0, sizeof *out);
     mdl_idx im, lb;
     if (load_pair(dir, prefix, &im, &lb, err, errlen)) return -1;
-    int rc = convert(&im, &lb, NULL, im.dims[0], out) ? fail(err, errlen, "%s: out of memory", dir) : 0;
+    int rc = convert(&im, &lb, NULL, im.dims[0], out) ? mdl_fail(err, errlen, "%s: out of memory", dir) : 0;
     mdl_idx_free(&im);
     mdl_idx_free(&lb);
     return rc;
@@ -171,7 +170,7 @@ mdl_hc_params mdl_hc_default_params(void) {
 int mdl_hc_load(const char *dir, const mdl_hc_params *p, mdl_hc_data *out, char *err, size_t errlen) {
     memset(out, 0, sizeof *out);
     if (p->n_train < 1 || p->n_val < 1 || p->n_test < 1 || !(p->corrupt >= 0 && p->corrupt <= 1))
-        return fail(err, errlen, "hyper-cleaning: bad split %d / %d / %d or corruption rate %g",
+        return mdl_fail(err, errlen, "hyper-cleaning: bad split %d / %d / %d or corruption rate %g",
                     p->n_train, p->n_val, p->n_test, p->corrupt);
     mdl_idx im, lb, tim, tlb;
     if (load_pair(dir, "train", &im, &lb, err, errlen)) return -1;
@@ -181,12 +180,12 @@ int mdl_hc_load(const char *dir, const mdl_hc_params *p, mdl_hc_data *out, char 
     }
     int rc = 0, n = im.dims[0];
     if (p->n_train + p->n_val > n)
-        rc = fail(err, errlen, "%s: %d training images, fewer than %d + %d asked for", dir, n, p->n_train, p->n_val);
+        rc = mdl_fail(err, errlen, "%s: %d training images, fewer than %d + %d asked for", dir, n, p->n_train, p->n_val);
     else if (p->n_test > tim.dims[0])
-        rc = fail(err, errlen, "%s: %d test images, fewer than %d asked for", dir, tim.dims[0], p->n_test);
+        rc = mdl_fail(err, errlen, "%s: %d test images, fewer than %d asked for", dir, tim.dims[0], p->n_test);
     int32_t *perm = rc ? NULL : malloc((size_t)n * sizeof *perm);
     out->clean = rc ? NULL : malloc((size_t)p->n_train);
-    if (!rc && (!perm || !out->clean)) rc = fail(err, errlen, "hyper-cleaning: out of memory");
+    if (!rc && (!perm || !out->clean)) rc = mdl_fail(err, errlen, "hyper-cleaning: out of memory");
     ad_rng g;
     ad_rng_seed(&g, p->seed);
     for (int i = 0; !rc && i < n; i++) perm[i] = i;
@@ -198,7 +197,7 @@ int mdl_hc_load(const char *dir, const mdl_hc_params *p, mdl_hc_data *out, char 
     if (!rc && (convert(&im, &lb, perm, p->n_train, &out->train) ||
                 convert(&im, &lb, perm + p->n_train, p->n_val, &out->val) ||
                 convert(&tim, &tlb, NULL, p->n_test, &out->test)))
-        rc = fail(err, errlen, "hyper-cleaning: out of memory");
+        rc = mdl_fail(err, errlen, "hyper-cleaning: out of memory");
     // corrupt exactly floor(rate n) labels, chosen without replacement, each to another class
     int n_bad = (int)(p->corrupt * p->n_train);
     for (int i = 0; !rc && i < p->n_train; i++) out->clean[i] = 1, perm[i] = i;

@@ -10,6 +10,10 @@
 // Where Debian's dataset-fashion-mnist package installs FashionMNIST.
 #define MDL_FASHION_MNIST_DIR "/usr/share/datasets/fashion-mnist"
 
+// Writes a one-line message (printf-style) into err [n] and returns -1: how every models call
+// reports a failure.
+int mdl_fail(char *err, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 // An IDX file of unsigned bytes (type 0x08), 1 to 4 dimensions.
 typedef struct {
     int ndim;

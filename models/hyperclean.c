@@ -48,16 +48,6 @@ typedef struct {
     double *mem;      // x0 [n_tr], y0 [n_y], prior [n_y] (if made)
 } hc_model;
 
-static int hc_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int hc_fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static void hc_free(mdl_model *m) {
     hc_model *d = m->data;
@@ -156,12 +146,12 @@ static int test_accuracy(const hc_model *d, const double *y, double *acc) {
 static int hc_evaluate(const mdl_model *m, const double *x, const double *y, mdl_eval *out, char *err,
                        size_t errlen) {
     const hc_model *d = m ? m->data : NULL;
-    if (!d || !x || !y || !out) return hc_fail(err, errlen, "hyperclean evaluate: NULL argument");
+    if (!d || !x || !y || !out) return mdl_fail(err, errlen, "hyperclean evaluate: NULL argument");
     for (int i = 0; i < d->n_y; i++)
-        if (!isfinite(y[i])) return hc_fail(err, errlen, "hyperclean evaluate: y[%d] = %g is not finite", i, y[i]);
+        if (!isfinite(y[i])) return mdl_fail(err, errlen, "hyperclean evaluate: y[%d] = %g is not finite", i, y[i]);
     for (int i = 0; i < d->hc.train.n; i++)
-        if (isnan(x[i])) return hc_fail(err, errlen, "hyperclean evaluate: x[%d] is NaN", i);
-    if (test_accuracy(d, y, &out->test_acc)) return hc_fail(err, errlen, "hyperclean evaluate: out of memory");
+        if (isnan(x[i])) return mdl_fail(err, errlen, "hyperclean evaluate: x[%d] is NaN", i);
+    if (test_accuracy(d, y, &out->test_acc)) return mdl_fail(err, errlen, "hyperclean evaluate: out of memory");
     // F1 of the predicted clean set P = {i : sigma(x_i) >= 1/2} = {i : x_i >= 0} against C
     long tp = 0, np = 0, nc = 0;
     for (int i = 0; i < d->hc.train.n; i++) {
@@ -180,12 +170,12 @@ static int pretrain(mdl_model *m, const double *x0, double *y, int steps, double
     int ny = m->prob.n_y;
     double *g = malloc(sizeof(double) * (size_t)ny);
     ad_tape *t = ad_tape_new(NULL);
-    int rc = g && t ? 0 : hc_fail(err, errlen, "problem hyperclean: out of memory");
+    int rc = g && t ? 0 : mdl_fail(err, errlen, "problem hyperclean: out of memory");
     for (int s = 0; s < steps && !rc; s++) {
         blo_error e;
         double v;
         if (blo_eval(&m->prob, 0, x0, y, &v, NULL, g, t, &e))
-            rc = hc_fail(err, errlen, "problem hyperclean: pretraining the prior: %s", e.msg);
+            rc = mdl_fail(err, errlen, "problem hyperclean: pretraining the prior: %s", e.msg);
         for (int i = 0; i < ny && !rc; i++) y[i] -= lr * g[i];
     }
     free(g);
@@ -216,42 +206,42 @@ static int hc_make(mdl_model *m, int n_set, const char *const *set, char *err, s
         return -1;
     int mlp = !strcmp(model, "mlp");
     if (!mlp && strcmp(model, "linear"))
-        return hc_fail(err, errlen, "setting model=%s for problem hyperclean: must be linear or mlp", model);
+        return mdl_fail(err, errlen, "setting model=%s for problem hyperclean: must be linear or mlp", model);
     int a = ACT_RELU;
     if (act && !strcmp(act, "none")) a = ACT_NONE;
     else if (act && !strcmp(act, "tanh")) a = ACT_TANH;
     else if (act && strcmp(act, "relu"))
-        return hc_fail(err, errlen, "setting act=%s for problem hyperclean: must be relu, none or tanh", act);
+        return mdl_fail(err, errlen, "setting act=%s for problem hyperclean: must be relu, none or tanh", act);
     if (act && !mlp)
-        return hc_fail(err, errlen, "setting act=%s for problem hyperclean: only for model=mlp", act);
+        return mdl_fail(err, errlen, "setting act=%s for problem hyperclean: only for model=mlp", act);
     // upper bounds are the files' sizes, which the loader checks
     if (hp.n_train < 1 || hp.n_val < 1 || hp.n_test < 1)
-        return hc_fail(err, errlen, "settings n_train=%d n_val=%d n_test=%d for problem hyperclean: each must be >= 1",
+        return mdl_fail(err, errlen, "settings n_train=%d n_val=%d n_test=%d for problem hyperclean: each must be >= 1",
                        hp.n_train, hp.n_val, hp.n_test);
     if (!(hp.corrupt >= 0 && hp.corrupt <= 1))
-        return hc_fail(err, errlen, "setting corrupt=%g for problem hyperclean: must be in [0, 1]", hp.corrupt);
-    if (seed < 0) return hc_fail(err, errlen, "setting seed=%d for problem hyperclean: must be >= 0", seed);
+        return mdl_fail(err, errlen, "setting corrupt=%g for problem hyperclean: must be in [0, 1]", hp.corrupt);
+    if (seed < 0) return mdl_fail(err, errlen, "setting seed=%d for problem hyperclean: must be >= 0", seed);
     if (hidden < 1 || hidden > 4096)
-        return hc_fail(err, errlen, "setting hidden=%d for problem hyperclean: must be in [1, 4096]", hidden);
-    if (!(l2 >= 0)) return hc_fail(err, errlen, "setting l2=%g for problem hyperclean: must be >= 0", l2);
-    if (prior != 0 && prior != 1) return hc_fail(err, errlen, "setting prior=%d for problem hyperclean: must be 0 or 1", prior);
+        return mdl_fail(err, errlen, "setting hidden=%d for problem hyperclean: must be in [1, 4096]", hidden);
+    if (!(l2 >= 0)) return mdl_fail(err, errlen, "setting l2=%g for problem hyperclean: must be >= 0", l2);
+    if (prior != 0 && prior != 1) return mdl_fail(err, errlen, "setting prior=%d for problem hyperclean: must be 0 or 1", prior);
     if (steps < 0 || !(lr > 0))
-        return hc_fail(err, errlen, "settings pretrain=%d pretrain_lr=%g for problem hyperclean: need >= 0 and > 0", steps, lr);
+        return mdl_fail(err, errlen, "settings pretrain=%d pretrain_lr=%g for problem hyperclean: need >= 0 and > 0", steps, lr);
 
     hc_model *d = calloc(1, sizeof *d);
-    if (!d) return hc_fail(err, errlen, "problem hyperclean: out of memory");
+    if (!d) return mdl_fail(err, errlen, "problem hyperclean: out of memory");
     m->data = d;
     m->free_data = hc_free; // set at once: mdl_make frees a half-made model on failure
     hp.seed = (uint64_t)seed;
     char lerr[400];
     if (mdl_hc_load(dir, &hp, &d->hc, lerr, sizeof lerr))
-        return hc_fail(err, errlen, "problem hyperclean: %s", lerr);
+        return mdl_fail(err, errlen, "problem hyperclean: %s", lerr);
     d->mlp = mlp, d->h = mlp ? hidden : 0, d->act = a, d->l2 = l2;
     d->d = d->hc.train.d, d->k = d->hc.train.classes;
     d->n_y = mlp ? d->d * d->h + d->h + d->h * d->k + d->k : d->d * d->k + d->k;
     int nx = hp.n_train, ny = d->n_y;
     if (!(d->mem = calloc((size_t)nx + 2 * (size_t)ny, sizeof(double))))
-        return hc_fail(err, errlen, "problem hyperclean: out of memory");
+        return mdl_fail(err, errlen, "problem hyperclean: out of memory");
     double *x0 = d->mem, *y0 = x0 + nx; // x0 = 0 (sigma = 1/2, spec 7.3); y0 = 0 for linear
     if (mlp) { // W ~ N(0, 1/fan_in), biases 0: a zero start is a saddle for two layers
         ad_rng g;

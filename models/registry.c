@@ -8,16 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int fail(char *err, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t n, const char *fmt, ...) {
-    if (err && n) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, n, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static const mdl_entry *const all_entries[] = {
     &mdl_counterexample_entry, &mdl_llc_entry, &mdl_lls_entry, &mdl_nonconvex_entry, &mdl_sin_entry,
@@ -36,7 +26,7 @@ const mdl_entry *mdl_find(const char *name) {
 int mdl_make(const char *name, int n_set, const char *const *set, mdl_model *m, char *err, size_t errlen) {
     memset(m, 0, sizeof *m);
     const mdl_entry *e = name ? mdl_find(name) : NULL;
-    if (!e) return fail(err, errlen, "unknown problem '%s' (hypertape list shows them)", name ? name : "");
+    if (!e) return mdl_fail(err, errlen, "unknown problem '%s' (hypertape list shows them)", name ? name : "");
     m->F_star = NAN;
     if (e->make(m, n_set, set, err, errlen)) {
         mdl_free(m);
@@ -76,7 +66,7 @@ int mdl_set_double(int n_set, const char *const *set, const char *key, double *o
     errno = 0;
     double d = strtod(v, &end);
     if (!*v || *end || errno || !isfinite(d))
-        return fail(err, errlen, "setting %s=%s: not a finite number", key, v);
+        return mdl_fail(err, errlen, "setting %s=%s: not a finite number", key, v);
     *out = d;
     return 0;
 }
@@ -88,7 +78,7 @@ int mdl_set_int(int n_set, const char *const *set, const char *key, int *out, ch
     errno = 0;
     long d = strtol(v, &end, 10);
     if (!*v || *end || errno || d < -1000000000L || d > 1000000000L)
-        return fail(err, errlen, "setting %s=%s: not an integer", key, v);
+        return mdl_fail(err, errlen, "setting %s=%s: not an integer", key, v);
     *out = (int)d;
     return 0;
 }
@@ -103,7 +93,7 @@ int mdl_check_keys(const char *model, int n_set, const char *const *set, const c
                    char *err, size_t errlen) {
     for (int i = 0; i < n_set; i++) {
         const char *eq = strchr(set[i], '=');
-        if (!eq) return fail(err, errlen, "setting '%s' for problem %s is not NAME=VALUE", set[i], model);
+        if (!eq) return mdl_fail(err, errlen, "setting '%s' for problem %s is not NAME=VALUE", set[i], model);
         int known = 0;
         for (int k = 0; keys && keys[k]; k++)
             known |= strlen(keys[k]) == (size_t)(eq - set[i]) && !strncmp(keys[k], set[i], (size_t)(eq - set[i]));
@@ -111,7 +101,7 @@ int mdl_check_keys(const char *model, int n_set, const char *const *set, const c
             char list[256] = "";
             for (int k = 0; keys && keys[k]; k++)
                 snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? ", " : "", keys[k]);
-            return fail(err, errlen, "unknown setting '%.*s' for problem %s (known: %s)",
+            return mdl_fail(err, errlen, "unknown setting '%.*s' for problem %s (known: %s)",
                         (int)(eq - set[i]), set[i], model, keys && keys[0] ? list : "none");
         }
     }

@@ -55,16 +55,6 @@ static double *toy_take(toy *d, size_t n) {
     return p;
 }
 
-static int toy_fail(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int toy_fail(char *err, size_t errlen, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
 
 static int is(const char *method, const char *name) { return method && !strcmp(method, name); }
 
@@ -80,7 +70,7 @@ static int get_n(const char *model, int n_set, const char *const *set, int def, 
     *n = def;
     if (mdl_set_int(n_set, set, "n", n, err, errlen)) return -1;
     if (*n < 1 || *n > 1000000)
-        return toy_fail(err, errlen, "setting n=%d for problem %s: must be in [1, 1000000]", *n, model);
+        return mdl_fail(err, errlen, "setting n=%d for problem %s: must be in [1, 1000000]", *n, model);
     return 0;
 }
 
@@ -90,7 +80,7 @@ static double *fill(double *p, size_t n, double v) {
 }
 
 static int oom(const char *model, char *err, size_t errlen) {
-    return toy_fail(err, errlen, "problem %s: out of memory", model);
+    return mdl_fail(err, errlen, "problem %s: out of memory", model);
 }
 
 // ---- BDA Example 1 / BOME degenerate: F = 1/2 (x - y2)^2 + 1/2 (y1 - 1)^2, f = 1/2 y1^2 - x y1 ----
@@ -357,7 +347,7 @@ static int sin_make(mdl_model *m, int n_set, const char *const *set, char *err, 
     if (mdl_check_keys("sin", n_set, set, keys, err, errlen) ||
         mdl_set_double(n_set, set, "a", &a, err, errlen))
         return -1;
-    if (fabs(a) > 1e6) return toy_fail(err, errlen, "setting a=%g for problem sin: |a| must be <= 1e6", a);
+    if (fabs(a) > 1e6) return mdl_fail(err, errlen, "setting a=%g for problem sin: |a| must be <= 1e6", a);
     // BVFIM uses a in {0, 2}: x* = y* = -pi/4 (F* = pi^2/8) and 3 pi/4 (F* = (3 pi/2 - 4)^2 / 2).
     // Any other a gets the same closed form (x* = y* = C/2); where two branches tie, x* is unknown.
     static const double starts[2][2] = {{0, 0}, {3, 3}};
@@ -618,12 +608,12 @@ static int quadratic_make(mdl_model *m, int n_set, const char *const *set, char 
         mdl_set_double(n_set, set, "rho", &rho, err, errlen))
         return -1;
     if (mx == -1) mx = n; // m defaults to n
-    if (n < 1 || n > 10000) return toy_fail(err, errlen, "setting n=%d for problem quadratic: must be in [1, 10000]", n);
-    if (mx < 1 || mx > 10000) return toy_fail(err, errlen, "setting m=%d for problem quadratic: must be in [1, 10000]", mx);
+    if (n < 1 || n > 10000) return mdl_fail(err, errlen, "setting n=%d for problem quadratic: must be in [1, 10000]", n);
+    if (mx < 1 || mx > 10000) return mdl_fail(err, errlen, "setting m=%d for problem quadratic: must be in [1, 10000]", mx);
     if (!(cond >= 1) || cond > 1e12)
-        return toy_fail(err, errlen, "setting cond=%g for problem quadratic: must be in [1, 1e12]", cond);
-    if (!(rho > 0)) return toy_fail(err, errlen, "setting rho=%g for problem quadratic: must be > 0", rho);
-    if (seed < 0) return toy_fail(err, errlen, "setting seed=%d for problem quadratic: must be >= 0", seed);
+        return mdl_fail(err, errlen, "setting cond=%g for problem quadratic: must be in [1, 1e12]", cond);
+    if (!(rho > 0)) return mdl_fail(err, errlen, "setting rho=%g for problem quadratic: must be > 0", rho);
+    if (seed < 0) return mdl_fail(err, errlen, "setting seed=%d for problem quadratic: must be >= 0", seed);
     size_t N = (size_t)n, Mx = (size_t)mx;
     toy *d = toy_new(m, N * N + N * Mx + 3 * N + 2 * Mx);
     double *Q = malloc(sizeof(double) * N * N), *Mm = malloc(sizeof(double) * N * Mx),
@@ -660,7 +650,7 @@ static int quadratic_make(mdl_model *m, int n_set, const char *const *set, char 
     double *xs = toy_take(d, Mx), *ys = toy_take(d, N);
     cblas_dgemv(CblasRowMajor, CblasTrans, n, mx, 1, Mm, mx, b, 1, 0, xs, 1);
     if (cholesky_solve(H, mx, xs)) {
-        rc = toy_fail(err, errlen, "problem quadratic: rho I + B^T A^-2 B is not positive definite "
+        rc = mdl_fail(err, errlen, "problem quadratic: rho I + B^T A^-2 B is not positive definite "
                       "to rounding (rho=%g too small?)", rho);
         goto done;
     }

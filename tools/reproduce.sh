@@ -54,6 +54,6 @@ if [ "$FULL" = 1 ]; then
     run hyperclean-linear hyperclean --methods rhg,trhg,cg,neumann,bda,ait,aitp,bvfim,bome,galet
     run hyperclean-mlp hyperclean --set model=mlp --methods rhg,trhg,cg,neumann,bda,ait,aitp,bvfim,bome,galet
 else
-    run hyperclean-linear hyperclean --ul-iters 30 --methods rhg,cg,ait,bome,galet
+    run hyperclean-linear hyperclean --ul-iters 10 --ll-iters 30 --methods rhg,cg,ait,bome,galet
 fi
 echo "tables and figures in $OUT"
