@@ -37,7 +37,10 @@ blo_status blo_fail(blo_error *err, blo_status s, const char *fmt, ...) {
 
 blo_status blo_tape_acquire(blo_tape_use *u, ad_tape *given, blo_error *err) {
     u->own = given == NULL;
-    u->t = given ? given : ad_tape_new(NULL);
+    // a private tape lives for one call: start it small (it grows as values need)
+    ad_tape_params tp = ad_tape_default_params();
+    tp.chunk_bytes = 64 << 10;
+    u->t = given ? given : ad_tape_new(&tp);
     if (!u->t) return blo_fail(err, BLO_ENOMEM, "cannot allocate a tape");
     if (ad_tape_status(u->t) != AD_OK)
         return blo_fail(err, BLO_EARG, "the given tape already holds an error: %s",

@@ -254,13 +254,18 @@ static ad_var bv_f(ad_tape *t, ad_var x, ad_var y, void *u) {
     return ad_scale(t, ad_sqnorm(t, ad_sub(t, y, x)), 0.5);
 }
 
+typedef struct {
+    blo_bvfim_state s;
+    ad_tape *tape; // reused by every evaluation, as the runner does
+} bvfim_run;
+
 static blo_status bvfim_dir(void *m, const blo_problem *p, int t, const double *x, const double *z,
                             double *gx, double *gz, blo_record *rec, blo_error *err) {
     (void)t, (void)z, (void)gz;
-    blo_bvfim_state *s = m;
-    blo_status st = blo_bvfim_direction(s, p, x, gx, NULL, err);
-    rec->extra = s->gap;
-    if (st == BLO_OK) st = blo_eval(p, 1, x, s->y, &rec->F, NULL, NULL, NULL, err);
+    bvfim_run *r = m;
+    blo_status st = blo_bvfim_direction(&r->s, p, x, gx, r->tape, err);
+    rec->extra = r->s.gap;
+    if (st == BLO_OK) st = blo_eval(p, 1, x, r->s.y, &rec->F, NULL, NULL, r->tape, err);
     return st;
 }
 
@@ -275,17 +280,18 @@ static void bvfim_cases(void) {
         blo_problem p = {.n_x = 2, .n_y = 2, .F = bv_F, .f = bv_f, .user = b};
         for (int k = 0; k < 2; k++) {
             blo_bvfim_params bp = blo_bvfim_default_params();
-            blo_bvfim_state s;
+            bvfim_run r = {.tape = ad_tape_new(NULL)};
             blo_error e;
             double y0[2] = {5, 5}; // far from the LL solution: infeasible for the barrier at first
-            EXPECT(blo_bvfim_init(&s, &p, &bp, y0, &e) == BLO_OK, "%s", e.msg);
+            EXPECT(blo_bvfim_init(&r.s, &p, &bp, y0, &e) == BLO_OK, "%s", e.msg);
             blo_solve_params sp = blo_solve_default_params();
             sp.T = Ts[k], sp.lr_x = 0.2;
             double x[2] = {0, 0};
-            EXPECT(blo_solve(&p, bvfim_dir, &s, 0, &sp, x, NULL, NULL, &e) == BLO_OK, "%s", e.msg);
+            EXPECT(blo_solve(&p, bvfim_dir, &r, 0, &sp, x, NULL, NULL, &e) == BLO_OK, "%s", e.msg);
             errs[k] = hypot(x[0] - 1, x[1] + 0.5);
-            EXPECT(s.resets >= 1 && s.gap > 0, "resets %d, gap %g", s.resets, s.gap);
-            blo_bvfim_free(&s);
+            EXPECT(r.s.resets >= 1 && r.s.gap > 0, "resets %d, gap %g", r.s.resets, r.s.gap);
+            blo_bvfim_free(&r.s);
+            ad_tape_free(r.tape);
         }
         if (getenv("HYPERTAPE_TEST_VERBOSE")) printf("  bvfim errors %.4g (l = 1000), %.4g (l = 4000)\n", errs[0], errs[1]);
         EXPECT(errs[1] < 0.022 && errs[1] < errs[0] / 1.5 && errs[1] > errs[0] / 3,
