@@ -118,7 +118,9 @@ blo_status blo_runner_new(blo_runner **out, const blo_problem *p, const blo_meth
         r->y0 = r->buf, r->y = r->buf + ny;
         if (y0) memcpy(r->y0, y0, (size_t)ny * sizeof(double));
         memcpy(r->y, r->y0, (size_t)ny * sizeof(double));
-        if (!(r->tape = ad_tape_new(NULL))) st = blo_fail(err, BLO_ENOMEM, "runner: out of memory");
+        ad_tape_params tp = ad_tape_default_params();
+        tp.time_blas = 1; // for benchmarks: two clock reads per product, nothing on small ones
+        if (!(r->tape = ad_tape_new(&tp))) st = blo_fail(err, BLO_ENOMEM, "runner: out of memory");
     }
     if (!st && (r->m == M_CG || r->m == M_NEUMANN) &&
         !(r->states = malloc(sizeof(double) * (size_t)(c->K + 1) * (size_t)r->dyn.state_size)))
@@ -145,6 +147,7 @@ void blo_runner_free(blo_runner *r) {
 
 int blo_runner_n_z(const blo_runner *r) { return r->c.ia || r->m == M_BOME ? r->p->n_y : 0; }
 const double *blo_runner_y(const blo_runner *r) { return r->y; }
+double blo_runner_blas_seconds(const blo_runner *r) { return ad_tape_blas_seconds(r->tape); }
 
 // F and f at (x, y): the record's objectives.
 static blo_status objectives(blo_runner *r, const double *x, const double *y, blo_record *rec,

@@ -204,6 +204,8 @@ void blo_runner_free(blo_runner *r);
 int blo_runner_n_z(const blo_runner *r);
 // The direction function for blo_solve (pass the runner as `method`).
 blo_direction_fn blo_runner_direction(void);
+// Seconds the runner's tape spent in cblas products so far (its tape times them).
+double blo_runner_blas_seconds(const blo_runner *r);
 // The LL iterate of the last direction [n_y] (y_K, y_Kbar, GALET's or BVFIM's y, BOME's y).
 const double *blo_runner_y(const blo_runner *r);
 // The method's LL solution at (x, z) for evaluation: y_K of its dynamics from y0 (or z under IA)

@@ -9,6 +9,7 @@
 
 #include "../autodiff/ad.h"
 #include "../bilevel/blo.h"
+#include "../models/models.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -367,9 +368,57 @@ static void bench_ptt(const bench_opts *o) {
             }
 }
 
-// TODO(hyper-cleaning): the data hyper-cleaning case (linear model, RHG K = 100 and CG J = 10 per
-// UL iteration, against PyTorch's 1.2 s and 0.64 s; target >= 2x, with the time inside BLAS) goes
-// here once the hyperclean model lands in models/.
+// ---- (d) data hyper-cleaning, linear model: one UL iteration of RHG (K = 100) and CG (J = 10) ----
+
+// Seconds of one UL iteration (the runner's direction at the start point), median over reps,
+// and the median time inside BLAS.
+static double hc_iteration(const mdl_model *m, const char *method, int reps, double *blas) {
+    blo_method_config c;
+    blo_method_default_config(method, &c, NULL);
+    blo_solve_params sp = blo_solve_default_params();
+    if (mdl_find("hyperclean")->defaults) mdl_find("hyperclean")->defaults(method, &c, &sp);
+    blo_runner *r;
+    blo_error e;
+    if (blo_runner_new(&r, &m->prob, &c, &sp, m->y0[0], &e)) {
+        printf("    %s: %s\n", method, e.msg);
+        return NAN;
+    }
+    int nx = m->prob.n_x;
+    double *g = malloc(sizeof(double) * (size_t)nx), *s = malloc(sizeof(double) * (size_t)reps);
+    double *b = malloc(sizeof(double) * (size_t)reps);
+    for (int k = 0; k < reps; k++) {
+        blo_record rec;
+        double b0 = blo_runner_blas_seconds(r), t0 = bench_now();
+        blo_runner_direction()(r, &m->prob, 0, m->x0[0], NULL, g, NULL, &rec, &e);
+        s[k] = bench_now() - t0;
+        b[k] = blo_runner_blas_seconds(r) - b0;
+    }
+    double med = bench_median(s, reps);
+    *blas = bench_median(b, reps);
+    free(g), free(s), free(b);
+    blo_runner_free(r);
+    return med;
+}
+
+static void bench_hyperclean(const bench_opts *o) {
+    mdl_model m;
+    char err[256];
+    if (mdl_make("hyperclean", 0, NULL, &m, err, sizeof err)) {
+        printf("(d) hyper-cleaning: skipped: %s\n", err);
+        return;
+    }
+    int reps = o->quick ? 1 : 3;
+    const char *methods[2] = {"rhg", "cg"};
+    const double torch[2] = {1.2, 0.64};
+    for (int k = 0; k < 2; k++) {
+        double blas, t = hc_iteration(&m, methods[k], reps, &blas);
+        printf("(d) hyper-cleaning 5000 x 784 x 10, linear, %s (%s): %.3f s per UL iteration (median of %d), "
+               "%.0f%% inside BLAS; PyTorch 1.13 %.2f s: %.2fx faster (target >= 2x)%s\n",
+               methods[k], k ? "K = 100, J = 10" : "K = 100", t, reps, 100 * blas / t, torch[k],
+               torch[k] / t, torch[k] / t >= 2 ? "" : "  [below target]");
+    }
+    mdl_free(&m);
+}
 
 void bench_bilevel(const bench_opts *o) {
     printf("bilevel benchmark (OpenBLAS %s, core %s, %d threads)\n", openblas_get_config(),
@@ -377,4 +426,5 @@ void bench_bilevel(const bench_opts *o) {
     bench_memory(o); // first, and in a child: the max-RSS reading is process-wide
     bench_quadratic(o);
     bench_ptt(o);
+    bench_hyperclean(o);
 }
