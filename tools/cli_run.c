@@ -24,6 +24,7 @@ typedef struct {
     int progress;            // stderr is a terminal
     double last_progress;
     double *F_gap, *x_err;   // [T] per iteration (compare); x_err is the optimal-set gap when x* is unknown
+    double *F, *acc, *f1;    // [T] per iteration (compare): F itself, and for learning tasks the test accuracy and F1
     long kbar_sum;
     int kbar_n;
     const char *label;
@@ -42,13 +43,20 @@ static double x_error(const mdl_model *m, const double *x, const double *y) {
 
 static void on_record(const blo_record *r, void *u) {
     run_log *l = u;
-    double xe = x_error(l->m, r->x, l->r ? blo_runner_y(l->r) : NULL);
+    const double *y = l->r ? blo_runner_y(l->r) : NULL;
+    double xe = x_error(l->m, r->x, y);
+    mdl_eval ev = {NAN, NAN};
+    char err[256];
+    if (l->m->evaluate && y && (l->trace || l->acc)) // learning tasks: one pass over the test set
+        if (l->m->evaluate(l->m, r->x, y, &ev, err, sizeof err)) ev = (mdl_eval){NAN, NAN};
     if (l->F_gap) l->F_gap[r->t] = F_gap(l->m, r->F);
     if (l->x_err) l->x_err[r->t] = xe;
+    if (l->F) l->F[r->t] = r->F;
+    if (l->acc) l->acc[r->t] = ev.test_acc, l->f1[r->t] = ev.f1;
     if (r->kbar > 0) l->kbar_sum += r->kbar, l->kbar_n++;
     if (l->trace)
-        fprintf(l->trace, "%d,%.17g,%.17g,%.6g,%.6g,%.6g,%d,%.6g,%.6g\n", r->t, r->F, r->f,
-                F_gap(l->m, r->F), xe, r->grad_norm, r->kbar, r->seconds, r->extra);
+        fprintf(l->trace, "%d,%.17g,%.17g,%.6g,%.6g,%.6g,%d,%.6g,%.6g,%.4f,%.4f\n", r->t, r->F, r->f,
+                F_gap(l->m, r->F), xe, r->grad_norm, r->kbar, r->seconds, r->extra, ev.test_acc, ev.f1);
     double t = now();
     if (l->progress && (t - l->last_progress > 0.2 || r->t + 1 == l->T)) {
         fprintf(stderr, "\r%s %d/%d  F %.6g  x_err %.3g  ", l->label, r->t + 1, l->T, r->F, xe);
@@ -166,7 +174,7 @@ int cli_run(const cli_args *a) {
         fprintf(stderr, "hypertape run: cannot write %s\n", a->trace);
         return 2;
     }
-    if (log.trace) fprintf(log.trace, "t,F,f,F_gap,x_err,grad_norm,kbar,seconds,extra\n");
+    if (log.trace) fprintf(log.trace, "t,F,f,F_gap,x_err,grad_norm,kbar,seconds,extra,test_acc,f1\n");
     run_result res;
     int rc = run_one(a, a->method, &log, &res, err, sizeof err);
     if (log.trace) fclose(log.trace);
@@ -250,7 +258,7 @@ int cli_compare(const cli_args *a) {
     }
     printf("%-16s %10s %10s %12s %10s %8s %10s %7s %7s %7s\n", "method", "x_err", "gap", "F", "F_gap",
            "iters", "s/iter", "Kbar", "acc%", "F1%");
-    int has_x = 1;
+    int has_x = 1, has_F = 1, learning = 0;
     for (int k = 0; k < n; k++) {
         cli_settings st;
         if (cli_settings_for(a, mdl_find(a->problem), names[k], &st, err, sizeof err)) {
@@ -258,14 +266,15 @@ int cli_compare(const cli_args *a) {
             if (d) fclose(d);
             return 2;
         }
-        run_log log = {.progress = isatty(2), .label = names[k],
-                       .F_gap = calloc((size_t)st.s.T, sizeof(double)),
-                       .x_err = calloc((size_t)st.s.T, sizeof(double))};
+        size_t T = (size_t)st.s.T;
+        run_log log = {.progress = isatty(2), .label = names[k], .F_gap = calloc(T, sizeof(double)),
+                       .x_err = calloc(T, sizeof(double)), .F = calloc(T, sizeof(double)),
+                       .acc = calloc(T, sizeof(double)), .f1 = calloc(T, sizeof(double))};
         run_result res;
         int rc = run_one(a, names[k], &log, &res, err, sizeof err);
         if (rc) {
             fprintf(stderr, "hypertape compare: %s: %s\n", names[k], err);
-            free(log.F_gap), free(log.x_err);
+            free(log.F_gap), free(log.x_err), free(log.F), free(log.acc), free(log.f1);
             if (d) fclose(d);
             return rc;
         }
@@ -276,11 +285,14 @@ int cli_compare(const cli_args *a) {
                res.status ? "  stopped: " : "", res.status ? res.error : "");
         if (d) {
             fprintf(d, "# %s\n", names[k]);
-            for (int t = 0; t < res.done; t++) fprintf(d, "%d %.6g %.6g\n", t + 1, log.F_gap[t], log.x_err[t]);
+            for (int t = 0; t < res.done; t++)
+                fprintf(d, "%d %.6g %.6g %.10g %.4f %.4f\n", t + 1, log.F_gap[t], log.x_err[t], log.F[t],
+                        log.acc[t], log.f1[t]);
             fprintf(d, "\n\n");
         }
-        has_x = res.has_x_star;
-        free(res.x), free(log.F_gap), free(log.x_err); // a method that stopped is a row, not a failure
+        has_x = res.has_x_star, has_F = !isnan(res.F_gap) || isnan(res.F), learning = res.has_eval;
+        // a method that stopped is a row, not a failure
+        free(res.x), free(log.F_gap), free(log.x_err), free(log.F), free(log.acc), free(log.f1);
     }
     if (d) {
         fclose(d);
@@ -289,16 +301,35 @@ int cli_compare(const cli_args *a) {
             fprintf(stderr, "hypertape compare: cannot run gnuplot (apt-get install gnuplot-nox)\n");
             return 2;
         }
-        fprintf(g, "set terminal pngcairo size 1200,480 font ',10'\nset output '%s'\n"
-                   "set multiplot layout 1,2 title '%s'\nset logscale y\nset format y '10^{%%L}'\n"
-                   "set xlabel 'UL iterations'\nset key outside bottom center horizontal\n", a->plot, a->problem);
-        const char *cols[2] = {"2", "3"};
-        const char *titles[2] = {"|F - F*| / (|F*| + 1)", has_x ? "||x - x*|| / ||x*||" : "distance to the optimal set"};
-        for (int p = 0; p < 2; p++) {
-            fprintf(g, "set title '%s'\nplot ", titles[p]);
+        // panels: |F - F*| (or F when F* is unknown), then ||x - x*|| (or the optimal-set gap);
+        // learning tasks: F, test accuracy and F1 per iteration
+        typedef struct {
+            int col;
+            const char *title;
+            int log;
+        } panel;
+        panel pan[3];
+        int np = 0;
+        pan[np++] = has_F ? (panel){2, "|F - F*| / (|F*| + 1)", 1} : (panel){4, "F", 1};
+        if (learning) {
+            pan[np++] = (panel){5, "test accuracy (%)", 0};
+            pan[np++] = (panel){6, "F1 of the predicted clean set (%)", 0};
+        } else {
+            pan[np++] = (panel){3, has_x ? "||x - x*|| / ||x*||" : "distance to the optimal set", 1};
+        }
+        fprintf(g, "set terminal pngcairo size %d,480 font ',10'\nset output '%s'\n"
+                   "set multiplot layout 1,%d title '%s'\n"
+                   "set xlabel 'UL iterations'\nset key outside bottom center horizontal\n",
+                600 * np, a->plot, np, a->problem);
+        for (int p = 0; p < np; p++) {
+            fprintf(g, "%s\nset title '%s'\nplot ", pan[p].log ? "set logscale y\nset format y '10^{%L}'"
+                                                          : "unset logscale y\nset format y '%g'", pan[p].title);
+            char use[64];
+            if (pan[p].log) snprintf(use, sizeof use, "($%d > 0 ? $%d : 1e-17)", pan[p].col, pan[p].col);
+            else snprintf(use, sizeof use, "%d", pan[p].col);
             for (int k = 0; k < n; k++)
-                fprintf(g, "%s'%s' index %d using 1:($%s > 0 ? $%s : 1e-17) with lines lw 2 title '%s'",
-                        k ? ", " : "", dat, k, cols[p], cols[p], names[k]);
+                fprintf(g, "%s'%s' index %d using 1:%s with lines lw 2 title '%s'", k ? ", " : "", dat, k,
+                        use, names[k]);
             fputc('\n', g);
         }
         fprintf(g, "unset multiplot\n");
