@@ -202,6 +202,7 @@ blo_status blo_bvfim_direction(blo_bvfim_state *s, const blo_problem *p, const d
     for (int k = 0; k < b->Tz && st == BLO_OK; k++) {
         st = blo_eval(p, 0, x, s->z, NULL, NULL, g, t, err);
         for (int i = 0; i < ny; i++) s->z[i] -= b->s1 * (g[i] + mu * s->z[i]);
+        clamp_y(p, s->z); // projected onto the Y box, like every LL iterate
     }
     double fz = 0, fy = 0;
     if (st == BLO_OK) st = blo_eval(p, 0, x, s->z, &fz, gxz, NULL, t, err);
@@ -231,6 +232,7 @@ blo_status blo_bvfim_direction(blo_bvfim_state *s, const blo_problem *p, const d
         bool accepted = false;
         for (int tries = 0; st == BLO_OK && tries < 40 && !accepted; tries++) {
             for (int i = 0; i < ny; i++) cand[i] = s->y[i] - step * gF[i];
+            clamp_y(p, cand);
             st = blo_eval(p, 0, x, cand, &fc, NULL, NULL, t, err);
             if (st == BLO_OK && fstar - fc > 0) st = blo_eval(p, 1, x, cand, &Fc, NULL, NULL, t, err);
             accepted = st == BLO_OK && fstar - fc > 0 &&

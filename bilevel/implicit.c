@@ -81,6 +81,9 @@ static bool solve_neumann(blo_curv *c, const blo_implicit_params *ip, const doub
     double rr = 0, gg = dot(g, g, n);
     for (int i = 0; i < n; i++) rr += (Hp[i] - g[i]) * (Hp[i] - g[i]);
     info->residual = gg > 0 ? sqrt(rr / gg) : 0;
+    if (!(info->residual <= 1)) // worse than q = 0: the series diverges (eta ||H|| > 2)
+        ad_tape_fail(c->t, AD_EDOMAIN, "the series diverges (residual %.3g after %d terms): "
+                     "the step eta = %g is too large for this Hessian", info->residual, info->iters, ip->eta);
     return true;
 }
 

@@ -61,7 +61,8 @@ blo_status blo_method_default_config(const char *method, blo_method_config *c, b
     case M_TRHG: c->truncate = c->K / 2; break;
     case M_BDA: c->dynamics = "bda"; break;
     case M_AIT: c->ia = c->ptt = 1; break;
-    case M_AITP: c->ia = c->ptt = 1, c->prior_lambda = -1; break; // 1 / lr_z
+    case M_AITP: c->ia = c->ptt = 1, c->prior_lambda = -1; break; // z starts at z_p
+    case M_NEUMANN: c->implicit.eta = 0; break;                    // the LL step (spec 0.2)
     default: break;
     }
     return blo_ok(err);
@@ -107,9 +108,22 @@ blo_status blo_runner_new(blo_runner **out, const blo_problem *p, const blo_meth
                              : BLO_OK;
     if (!st && (c->K < 1 || c->truncate < 0))
         st = blo_fail(err, BLO_EARG, "%s: needs K >= 1 and K' >= 0 (K = %d, K' = %d)", c->method, c->K, c->truncate);
-    if (!st && r->m != M_BOME && r->m != M_GALET && r->m != M_BVFIM) st = make_dynamics(p, c, &r->dyn, err);
-    r->prior_lambda = c->prior_lambda < 0 ? 1.0 / sp->lr_z : c->prior_lambda;
-    if (!st && c->ia && r->prior_lambda > 0 && !c->z_prior)
+    bool unrolled = r->m != M_BOME && r->m != M_GALET && r->m != M_BVFIM;
+    bool implicit = r->m == M_CG || r->m == M_NEUMANN;
+    if (!st && (c->ia || c->ptt) && (!unrolled || implicit)) // nothing to attach them to
+        st = blo_fail(err, BLO_EARG, "%s: --ia and --ptt apply to unrolled methods (rhg, trhg, bda, ait, "
+                      "aitp), not to %s", c->method, c->method);
+    if (!st && unrolled) st = make_dynamics(p, c, &r->dyn, err);
+    if (!st && r->m == M_NEUMANN && !(r->c.implicit.eta > 0)) { // the LL step of the dynamics
+        const blo_method_config *k = c;
+        const char *dn = k->dynamics;
+        r->c.implicit.eta = !strcmp(dn, "bda") ? k->bda.s_l : !strcmp(dn, "nesterov") ? k->nesterov.s_l
+                          : !strcmp(dn, "momentum") ? k->momentum.s_l : !strcmp(dn, "accel") ? 0.5 / k->accel.L_f
+                          : k->gd.s_l;
+    }
+    r->prior_lambda = c->prior_lambda > 0 ? c->prior_lambda : 0;
+    (void)sp;
+    if (!st && c->ia && c->prior_lambda != 0 && !c->z_prior)
         st = blo_fail(err, BLO_EARG, "%s: the prior needs z_p (this problem has none)", c->method);
     int ny = p->n_y;
     if (!st && !(r->buf = calloc(2 * (size_t)ny, sizeof(double))))
@@ -146,6 +160,11 @@ void blo_runner_free(blo_runner *r) {
 }
 
 int blo_runner_n_z(const blo_runner *r) { return r->c.ia || r->m == M_BOME ? r->p->n_y : 0; }
+
+void blo_runner_z0(const blo_runner *r, const double *y0, double *z) {
+    bool at_prior = r->c.ia && r->c.prior_lambda < 0 && r->c.z_prior;
+    memcpy(z, at_prior ? r->c.z_prior : y0, (size_t)r->p->n_y * sizeof(double));
+}
 const double *blo_runner_y(const blo_runner *r) { return r->y; }
 double blo_runner_blas_seconds(const blo_runner *r) { return ad_tape_blas_seconds(r->tape); }
 

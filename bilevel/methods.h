@@ -21,7 +21,8 @@ typedef struct {
     blo_implicit_kind kind;
     int iters;   // J: CG iterations (at most), or Neumann terms after the first
     double tol;  // CG stops when ||H q - g|| <= tol ||g||; 0 = run all J
-    double eta;  // Neumann step: q = eta sum_{j=0..J} (I - eta H)^j g (needs eta ||H|| < 2)
+    double eta;  // Neumann step: q = eta sum_{j=0..J} (I - eta H)^j g (needs eta ||H|| < 2); a
+                 // series that diverges (residual > 1) is an error. Methods by name: 0 = the LL step
 } blo_implicit_params;
 
 typedef struct {
@@ -108,9 +109,10 @@ blo_status blo_bvfim_init(blo_bvfim_state *s, const blo_problem *p, const blo_bv
                           const double *y0, blo_error *err);
 void blo_bvfim_free(blo_bvfim_state *s);
 // z-loop (Eq. 18), y-loop (Eq. 19) with the safeguard, and d_x = grad_x F + G (Eqs. 20-21). The
-// log barrier needs f*_mu(x) - f(x, y) > 0: a y that leaves the feasible region is replaced by z
-// (always feasible, since mu_2 > 0) and a step that would leave it is halved; a gap <= 0 when
-// forming G is an error, never a NaN.
+// log barrier needs f*_mu(x) - f(x, y) > 0: an infeasible warm start y is replaced by z (always
+// feasible, since mu_2 > 0), and each y step backtracks (Armijo) on the barrier objective, which
+// keeps y feasible and out of far basins of a periodic f; a gap <= 0 when forming G is an error,
+// never a NaN. Both loops are projected onto the Y box.
 blo_status blo_bvfim_direction(blo_bvfim_state *s, const blo_problem *p, const double *x,
                                double *dx, ad_tape *t, blo_error *err);
 
@@ -169,7 +171,8 @@ typedef struct {
     int ia, ptt;            // initialization auxiliary; pessimistic trajectory truncation
     int warm_start;         // 1: each UL iteration starts the LL from the last y (0: from y0, AIT Alg. 1)
     double graph_mb;        // graph mode's budget in MiB (blo_hypergrad_params.graph_budget); 0 = lean sweep
-    double prior_lambda;    // IA prior lambda/2 ||z - z_p||^2; < 0: 1 / lr_z (spec reading 8)
+    double prior_lambda;    // IA prior lambda/2 ||z - z_p||^2 (> 0); < 0: the reading of AIT's
+                            // first-iteration prior: z starts at z_p (blo_runner_z0)
     int prior_first_only;   // 1: the prior only at UL iteration 0, as AIT applies it
     const double *z_prior;  // z_p [n_y]
     blo_gd_params gd;
@@ -200,8 +203,11 @@ typedef struct blo_runner blo_runner;
 blo_status blo_runner_new(blo_runner **r, const blo_problem *p, const blo_method_config *c,
                           const blo_solve_params *sp, const double *y0, blo_error *err);
 void blo_runner_free(blo_runner *r);
-// Size of the second variable blo_solve steps (IA's z, BOME's y), 0 if none; its start is y0.
+// Size of the second variable blo_solve steps (IA's z, BOME's y), 0 if none.
 int blo_runner_n_z(const blo_runner *r);
+// Its start [n_z]: y0, or z_p for AIT_P's default prior (the first-iteration prior with lambda =
+// 1/lr_z lands the first plain step at z_p; starting there holds for any optimizer).
+void blo_runner_z0(const blo_runner *r, const double *y0, double *z);
 // The direction function for blo_solve (pass the runner as `method`).
 blo_direction_fn blo_runner_direction(void);
 // Seconds the runner's tape spent in cblas products so far (its tape times them).
@@ -209,7 +215,8 @@ double blo_runner_blas_seconds(const blo_runner *r);
 // The LL iterate of the last direction [n_y] (y_K, y_Kbar, GALET's or BVFIM's y, BOME's y).
 const double *blo_runner_y(const blo_runner *r);
 // The method's LL solution at (x, z) for evaluation: y_K of its dynamics from y0 (or z under IA)
-// for unrolled and implicit methods, whatever PTT truncated to; the carried y otherwise.
+// for unrolled and implicit methods, all K steps even under PTT (spec 7.3 evaluates the LL model
+// after K steps); the carried y of bome, galet, bvfim (not advanced).
 blo_status blo_runner_solution(blo_runner *r, const double *x, const double *z, double *y,
                                blo_error *err);
 

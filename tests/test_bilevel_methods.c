@@ -412,12 +412,11 @@ static void runner_cases(void) {
         for (int i = 0; i < 3; i++) EXPECT(g1[i] == g2[i], "entry %d: %g vs %g", i, g1[i], g2[i]);
         blo_runner_free(r);
     }
-    TEST_CASE("methods by name: aitp's prior acts on the first UL iteration only (AIT)") {
+    TEST_CASE("methods by name: an explicit prior acts on the first UL iteration only (AIT)") {
         blo_method_config c;
         blo_method_default_config("aitp", &c, NULL);
-        c.z_prior = zp;
+        c.z_prior = zp, c.prior_lambda = 2;
         blo_solve_params sp = blo_solve_default_params();
-        sp.lr_z = 0.5; // lambda = 1 / lr_z = 2
         blo_runner *r;
         blo_error e;
         EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_OK, "%s", e.msg);
@@ -430,6 +429,58 @@ static void runner_cases(void) {
         blo_runner_free(r);
         c.z_prior = NULL;
         EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_EARG && strstr(e.msg, "z_p"), "%s", e.msg);
+    }
+    TEST_CASE("methods by name: aitp's default prior starts z at z_p, whatever the optimizer") {
+        blo_method_config c;
+        blo_method_default_config("aitp", &c, NULL);
+        c.z_prior = zp;
+        blo_solve_params sp = blo_solve_default_params();
+        sp.opt = BLO_OPT_ADAM;
+        blo_runner *r;
+        blo_error e;
+        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_OK, "%s", e.msg);
+        double z[6], g0[9], g1[9];
+        blo_runner_z0(r, y0, z);
+        for (int i = 0; i < 6; i++) EXPECT(z[i] == zp[i], "z0[%d] = %g", i, z[i]);
+        blo_record rec;
+        blo_runner_direction()(r, &p, 0, x, z, g0, g0 + 3, &rec, NULL);
+        blo_runner_direction()(r, &p, 1, x, z, g1, g1 + 3, &rec, NULL);
+        for (int i = 0; i < 9; i++) EXPECT(g0[i] == g1[i], "no penalty term: entry %d", i);
+        blo_runner_free(r);
+    }
+    TEST_CASE("methods by name: flags that mean nothing for a method are errors") {
+        const char *m[] = {"cg", "neumann", "bome", "galet", "bvfim"};
+        for (int k = 0; k < 5; k++)
+            for (int f = 0; f < 2; f++) {
+                blo_method_config c;
+                blo_method_default_config(m[k], &c, NULL);
+                if (f) c.ptt = 1;
+                else c.ia = 1;
+                blo_solve_params sp = blo_solve_default_params();
+                blo_runner *r;
+                blo_error e;
+                EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_EARG && strstr(e.msg, "--ia and --ptt"),
+                       "%s %s: %s", m[k], f ? "ptt" : "ia", e.msg);
+            }
+    }
+    TEST_CASE("methods by name: neumann's step is the LL step, and a diverging series is an error") {
+        blo_method_config c;
+        blo_method_default_config("neumann", &c, NULL);
+        blo_solve_params sp = blo_solve_default_params();
+        blo_runner *r;
+        blo_error e;
+        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_OK, "%s", e.msg);
+        double g[3];
+        blo_record rec;
+        EXPECT(blo_runner_direction()(r, &p, 0, x, NULL, g, NULL, &rec, &e) == BLO_OK && rec.extra < 1,
+               "residual %g: %s", rec.extra, e.msg);
+        blo_runner_free(r);
+        c.implicit.eta = 5; // the quadratic's H has eigenvalues >= 1: eta = 5 diverges
+        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_OK, "%s", e.msg);
+        EXPECT(blo_runner_direction()(r, &p, 0, x, NULL, g, NULL, &rec, &e) == BLO_ETAPE &&
+                   strstr(e.msg, "series diverges"),
+               "%s", e.msg);
+        blo_runner_free(r);
     }
     TEST_CASE("methods by name: unknown names and bad settings are errors") {
         blo_method_config c;

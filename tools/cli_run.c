@@ -114,37 +114,33 @@ static int run_one(const cli_args *a, const char *method, run_log *log, run_resu
     }
     int nz = blo_runner_n_z(r), nx = m.prob.n_x, ny = m.prob.n_y;
     double *z = nz ? malloc(sizeof(double) * (size_t)nz) : NULL;
-    if (nz) memcpy(z, y0, sizeof(double) * (size_t)ny);
+    if (nz) blo_runner_z0(r, y0, z);
     log->m = &m, log->T = st.s.T, log->r = r;
     st.s.record = on_record, st.s.record_user = log;
     double t0 = now();
     blo_status s = blo_solve(&m.prob, blo_runner_direction(), r, nz, &st.s, x0, z, &res->done, &be);
     res->seconds = now() - t0;
     if (s) res->status = 1, snprintf(res->error, sizeof res->error, "%s", be.msg);
-    // the method's LL once more at the final (x, z): F, f and y for the report
-    size_t nb = (size_t)nx + (size_t)(nz ? nz : 1);
-    double *g = malloc(sizeof(double) * nb);
-    blo_record rec = {.F = NAN, .f = NAN};
-    blo_status fs = blo_runner_direction()(r, &m.prob, res->done, x0, z, g, nz ? g + nx : NULL, &rec, &be);
-    res->F = fs ? NAN : rec.F, res->f = fs ? NAN : rec.f;
+    // the report: F and f at the final x with the method's LL solution there (y_K of its dynamics,
+    // or the y it carries), and the evaluation of learning tasks at the same point
+    double *ysol = malloc(sizeof(double) * (size_t)ny);
+    blo_status fs = ysol ? blo_runner_solution(r, x0, z, ysol, &be) : BLO_ENOMEM;
+    if (!fs) fs = blo_eval(&m.prob, 1, x0, ysol, &res->F, NULL, NULL, NULL, &be);
+    if (!fs) fs = blo_eval(&m.prob, 0, x0, ysol, &res->f, NULL, NULL, NULL, &be);
+    if (fs) res->F = res->f = NAN;
     res->x_err = mdl_x_error(&m, x0);
     res->F_gap = F_gap(&m, res->F);
     res->nx = nx, res->has_x_star = m.x_star != NULL;
-    res->gap = m.optimal_gap && !fs ? m.optimal_gap(&m, x0, blo_runner_y(r)) : NAN;
+    res->gap = m.optimal_gap && !fs ? m.optimal_gap(&m, x0, ysol) : NAN;
     res->kbar_mean = log->kbar_n ? (double)log->kbar_sum / log->kbar_n : NAN;
-    if (m.evaluate && !fs) { // the method's LL solution y_K at the final (x, z) (spec 7.3)
+    if (m.evaluate && !fs) {
         char e2[400];
-        double *ysol = malloc(sizeof(double) * (size_t)ny);
-        blo_error se;
-        int ok = ysol && !blo_runner_solution(r, x0, z, ysol, &se);
-        res->has_eval = ok && m.evaluate(&m, x0, ysol, &res->eval, e2, sizeof e2) == 0;
-        if (!ok) snprintf(e2, sizeof e2, "%s", ysol ? se.msg : "out of memory");
-        free(ysol);
+        res->has_eval = m.evaluate(&m, x0, ysol, &res->eval, e2, sizeof e2) == 0;
         if (!res->has_eval && !res->status) res->status = 1, snprintf(res->error, sizeof res->error, "%s", e2);
     }
+    free(ysol);
     res->x = malloc(sizeof(double) * (size_t)nx);
     memcpy(res->x, x0, sizeof(double) * (size_t)nx);
-    free(g);
     free(z);
     blo_runner_free(r);
     free(x0);
@@ -406,7 +402,7 @@ int cli_gradcheck(const cli_args *a) {
     }
     int nx = m.prob.n_x, ny = m.prob.n_y, nz = blo_runner_n_z(r), S = 0;
     double *g = calloc((size_t)(nx + ny), sizeof(double)), *z = calloc((size_t)ny, sizeof(double));
-    memcpy(z, y0, sizeof(double) * (size_t)ny);
+    blo_runner_z0(r, y0, z);
     blo_record rec = {0};
     if (blo_runner_direction()(r, &m.prob, 0, x0, nz ? z : NULL, g, nz ? g + nx : NULL, &rec, &be)) {
         fprintf(stderr, "hypertape gradcheck: %s\n", be.msg);
@@ -425,7 +421,7 @@ int cli_gradcheck(const cli_args *a) {
         c.dyn = d;
         S = d.state_size;
         c.k_start = !implicit && cc.truncate > 0 && cc.truncate < c.k_end ? c.k_end - cc.truncate : 0;
-        c.lambda = cc.ia ? (cc.prior_lambda < 0 ? 1.0 / st.s.lr_z : cc.prior_lambda) : 0;
+        c.lambda = cc.ia && cc.prior_lambda > 0 ? cc.prior_lambda : 0;
         c.states = malloc(sizeof(double) * (size_t)(st.c.K + 1) * (size_t)S);
         c.fixed_state = malloc(sizeof(double) * (size_t)(c.k_start + 1) * (size_t)S);
         c.y = malloc(sizeof(double) * (size_t)ny);
