@@ -83,6 +83,10 @@ const char *ad_tape_error(const ad_tape *t); // "" when no error
 void ad_tape_clear_error(ad_tape *t);
 // Bytes the tape holds now and at most so far (nodes, values, scratch).
 size_t ad_tape_bytes(const ad_tape *t);
+// Bytes in use now: the recorded nodes and the values up to the arena position (what a mark-to-now
+// difference of it measures is what that stretch of recording costs, unlike the allocated bytes,
+// which grow by chunks).
+size_t ad_tape_used_bytes(const ad_tape *t);
 size_t ad_tape_peak_bytes(const ad_tape *t);
 int32_t ad_tape_nodes(const ad_tape *t);
 // Seconds spent in cblas matrix products (matvec, matmul) since the tape was made, when

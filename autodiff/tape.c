@@ -245,6 +245,12 @@ int ad_tape_defer(ad_tape *t, int on) {
 int64_t ad_tape_evals(const ad_tape *t) { return t->evals; }
 
 size_t ad_tape_bytes(const ad_tape *t) { return t->bytes; }
+
+size_t ad_tape_used_bytes(const ad_tape *t) {
+    size_t doubles = t->n_chunks ? t->cur_off : 0;
+    for (size_t i = 0; i < t->cur_chunk && i < t->n_chunks; i++) doubles += t->chunks[i].cap;
+    return (size_t)t->n_nodes * sizeof(ad_node) + doubles * sizeof(double);
+}
 size_t ad_tape_peak_bytes(const ad_tape *t) { return t->peak_bytes; }
 int32_t ad_tape_nodes(const ad_tape *t) { return t->n_nodes; }
 double ad_tape_blas_seconds(const ad_tape *t) { return t->blas_seconds; }

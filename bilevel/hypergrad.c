@@ -221,7 +221,7 @@ static blo_status graph_hypergrad(ad_tape *t, const blo_problem *p, const blo_dy
         return blo_fail(err, BLO_ENOMEM, "graph mode: out of memory");
     }
     ad_mark m0 = ad_tape_mark(t);
-    size_t bytes0 = ad_tape_bytes(t);
+    size_t bytes0 = ad_tape_used_bytes(t);
     ad_var xv = ad_param(t, ad_vec_shape(nx), x);
     ad_var zv = ad_param(t, ad_vec_shape(ny), y0 ? y0 : ad_value(t, ad_fill(t, ad_vec_shape(ny), 0)));
     ad_var hold = AD_NONE; // the parameter standing for state_{k_start} when it is held fixed
@@ -243,7 +243,7 @@ static blo_status graph_hypergrad(ad_tape *t, const blo_problem *p, const blo_dy
         sv[k + 1] = blo_rec_step(t, p, d, k, xv, sv[k]);
         ad_tape_defer(t, was);
         s = copy_finite(t, sv[k + 1], S, buf, err, "LL step", k); // a diverging LL loop stops here
-        if (!s && k == 0 && (ad_tape_bytes(t) - bytes0) * (size_t)(K + 1) > hp->graph_budget) {
+        if (!s && k == 0 && (ad_tape_used_bytes(t) - bytes0) * (size_t)(K + 1) > hp->graph_budget) {
             ad_tape_rewind(t, m0); // does not fit: the lean sweep instead
             free(sv), free(buf);
             return BLO_OK;

@@ -265,6 +265,11 @@ static void mark_rewind(void) {
         EXPECT(ad_tape_bytes(t) == bytes, "bytes grew from %zu to %zu", bytes, ad_tape_bytes(t));
         EXPECT(ad_tape_nodes(t) == m.nodes, "nodes after rewind");
         EXPECT(ad_value(t, x)[0] == 0, "values before the mark survive");
+        size_t used = ad_tape_used_bytes(t);
+        ad_fill(t, ad_vec_shape(1000), 0);
+        EXPECT(ad_tape_used_bytes(t) >= used + 8000, "used bytes follow the recording: %zu -> %zu", used,
+               ad_tape_used_bytes(t));
+
         ad_tape_free(t);
     }
 }

@@ -368,6 +368,38 @@ static void solve_cases(void) {
     }
 }
 
+// ---- a large elementwise problem: F = 1/2 ||y - 1||^2, f = 1/2 sum a_i y_i^2 - x . y ----
+
+static ad_var big_F(ad_tape *t, ad_var x, ad_var y, void *u) {
+    (void)x, (void)u;
+    return ad_scale(t, ad_sqnorm(t, ad_shift(t, y, -1)), 0.5);
+}
+static ad_var big_f(ad_tape *t, ad_var x, ad_var y, void *u) {
+    ad_var a = ad_const_view(t, ad_shape_of(t, y), u);
+    return ad_sub(t, ad_scale(t, ad_dot(t, a, ad_square(t, y)), 0.5), ad_dot(t, x, y));
+}
+
+static void budget_cases(void) {
+    TEST_CASE("hypergrad: a trajectory over the graph budget takes the lean sweep (small tape)") {
+        // n = 3000, K = 300: one step's graph is ~0.5 MB, the trajectory's ~150 MB > 64 MiB
+        enum { N = 3000 };
+        double *a = malloc(sizeof(double) * N), *x = calloc(N, sizeof(double)), *g = malloc(sizeof(double) * N);
+        for (int i = 0; i < N; i++) a[i] = 1 + i % 3, x[i] = 0.5;
+        blo_problem p = {.n_x = N, .n_y = N, .F = big_F, .f = big_f, .user = a};
+        blo_dynamics d = blo_dynamics_gd(N, (blo_gd_params){.s_l = 0.2});
+        ad_tape *t = ad_tape_new(NULL);
+        blo_hypergrad_params hp = blo_hypergrad_default_params();
+        hp.K = 300, hp.tape = t;
+        blo_hypergrad_info info;
+        blo_error e;
+        EXPECT(blo_hypergrad(&p, &d, &hp, x, NULL, g, NULL, NULL, &info, &e) == BLO_OK, "%s", e.msg);
+        EXPECT(info.graph == 0 && ad_tape_peak_bytes(t) < ((size_t)16 << 20),
+               "graph mode %d, tape peak %zu bytes", info.graph, ad_tape_peak_bytes(t));
+        ad_tape_free(t);
+        free(a), free(x), free(g);
+    }
+}
+
 static void runner_cases(void) {
     quad q = quad_make(6, 3, 5);
     blo_problem p = quad_problem(&q);
@@ -502,6 +534,7 @@ static void runner_cases(void) {
 }
 
 void test_bilevel_methods(void) {
+    budget_cases();
     runner_cases();
     implicit_cases();
     bome_cases();
