@@ -279,8 +279,10 @@ static void hc_defaults(const char *method, blo_method_config *c, blo_solve_para
     c->gd.s_l = c->nesterov.s_l = c->momentum.s_l = c->bda.s_l = sl;
     c->bda.s_u = sl; // F (a clean-label mean CE) has the same curvature scale as f
     c->accel.L_f = 1 / sl;
-    // CG / Neumann: J = 10 (the PyTorch reference); Neumann's eta = s_l (eta ||H|| < 2).
-    c->implicit.iters = 10, c->implicit.tol = 0, c->implicit.eta = sl;
+    // CG / Neumann: J = 10 (the PyTorch reference). Neumann needs eta ||H|| < 2 at y_K:
+    // measured at the start, eta = s_l = 0.3 diverges (residual 46.7 after 10 terms, so ||H|| ~ 8),
+    // hence eta = 0.1.
+    c->implicit.iters = 10, c->implicit.tol = 0, c->implicit.eta = 0.1;
     // First-order methods: their LL steps at the same s_l; other parameters as in their papers'
     // grids ([C] BOME T = 10; GALET N, T from its grid) but not tuned here.
     c->bome.T = 10, c->bome.alpha = sl;
@@ -292,7 +294,7 @@ static void hc_defaults(const char *method, blo_method_config *c, blo_solve_para
     // z (the IA variable, BOME's y) holds classifier weights. Measured for AIT (IA + PTT, x lr
     // 0.1): z's Adam lr 0.001 leaves z near y0 after 10 iterations (test acc 65.4, F1 83.5),
     // 0.01 gives acc 79.5, F1 86.4 at t = 10 and F1 88.6 at t = 20. AIT_P's prior weight is
-    // then the generic 1 / lr_z = 100.
+    // AIT_P starts z at the pretrained prior (the README's reading of AIT's first-iteration prior).
     s->opt = BLO_OPT_ADAM, s->lr_x = 0.1, s->lr_z = 0.01, s->T = 100;
 }
 

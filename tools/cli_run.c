@@ -313,6 +313,12 @@ int cli_compare(const cli_args *a) {
         } else {
             pan[np++] = (panel){3, has_x ? "||x - x*|| / ||x*||" : "distance to the optimal set", 1};
         }
+        // twelve distinguishable line types: gnuplot's default colours repeat after eight
+        static const char *const colours[12] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                                "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+                                                "#000000", "#aec7e8"};
+        for (int k = 0; k < 12; k++)
+            fprintf(g, "set linetype %d lc rgb '%s' lw 2 dt %d\n", k + 1, colours[k], k < 6 ? 1 : 2);
         fprintf(g, "set terminal pngcairo size %d,480 font ',10'\nset output '%s'\n"
                    "set multiplot layout 1,%d title '%s'\n"
                    "set xlabel 'UL iterations'\nset key outside bottom center horizontal\n",
@@ -324,8 +330,8 @@ int cli_compare(const cli_args *a) {
             if (pan[p].log) snprintf(use, sizeof use, "($%d > 0 ? $%d : 1e-17)", pan[p].col, pan[p].col);
             else snprintf(use, sizeof use, "%d", pan[p].col);
             for (int k = 0; k < n; k++)
-                fprintf(g, "%s'%s' index %d using 1:%s with lines lw 2 title '%s'", k ? ", " : "", dat, k,
-                        use, names[k]);
+                fprintf(g, "%s'%s' index %d using 1:%s with lines lt %d title '%s'", k ? ", " : "", dat,
+                        k, use, k % 12 + 1, names[k]);
             fputc('\n', g);
         }
         fprintf(g, "unset multiplot\n");
