@@ -73,7 +73,6 @@ struct blo_runner {
     blo_method_config c;
     int m;                  // the method's index
     blo_dynamics dyn;
-    double prior_lambda;    // resolved
     double *y0, *y, *buf;   // LL start [n_y] (warm starts move it), the last LL iterate [n_y]
     double *states;         // cg / neumann: the unrolled states [(K+1) S]
     ad_tape *tape;          // reused across iterations
@@ -81,24 +80,25 @@ struct blo_runner {
     blo_bvfim_state bvfim;
 };
 
+// The dynamics named in c, and its LL step (Neumann's default eta, spec 0.2).
 static blo_status make_dynamics(const blo_problem *p, const blo_method_config *c, blo_dynamics *d,
-                                blo_error *err) {
+                                double *ll_step, blo_error *err) {
     switch (find(dyn_names, c->dynamics)) {
-    case 0: *d = blo_dynamics_gd(p->n_y, c->gd); break;
-    case 1: *d = blo_dynamics_bda(p->n_y, c->bda); break;
-    case 2: *d = blo_dynamics_nesterov(p->n_y, c->nesterov); break;
-    case 3: *d = blo_dynamics_accel(p->n_y, c->accel); break;
-    case 4: *d = blo_dynamics_momentum(p->n_y, c->momentum); break;
+    case 0: *d = blo_dynamics_gd(p->n_y, c->gd), *ll_step = c->gd.s_l; break;
+    case 1: *d = blo_dynamics_bda(p->n_y, c->bda), *ll_step = c->bda.s_l; break;
+    case 2: *d = blo_dynamics_nesterov(p->n_y, c->nesterov), *ll_step = c->nesterov.s_l; break;
+    case 3: *d = blo_dynamics_accel(p->n_y, c->accel), *ll_step = 0.5 / c->accel.L_f; break;
+    case 4: *d = blo_dynamics_momentum(p->n_y, c->momentum), *ll_step = c->momentum.s_l; break;
     default: return blo_fail(err, BLO_EARG, "unknown dynamics '%s'", c->dynamics ? c->dynamics : "");
     }
     return blo_dynamics_validate(p, d, err);
 }
 
 blo_status blo_runner_new(blo_runner **out, const blo_problem *p, const blo_method_config *c,
-                          const blo_solve_params *sp, const double *y0, blo_error *err) {
+                          const double *y0, blo_error *err) {
     *out = NULL;
     blo_ok(err);
-    if (!p || !c || !sp) return blo_fail(err, BLO_EARG, "runner: NULL argument");
+    if (!p || !c) return blo_fail(err, BLO_EARG, "runner: NULL argument");
     blo_runner *r = calloc(1, sizeof *r);
     if (!r) return blo_fail(err, BLO_ENOMEM, "runner: out of memory");
     r->p = p;
@@ -113,16 +113,9 @@ blo_status blo_runner_new(blo_runner **out, const blo_problem *p, const blo_meth
     if (!st && (c->ia || c->ptt) && (!unrolled || implicit)) // nothing to attach them to
         st = blo_fail(err, BLO_EARG, "%s: --ia and --ptt apply to unrolled methods (rhg, trhg, bda, ait, "
                       "aitp), not to %s", c->method, c->method);
-    if (!st && unrolled) st = make_dynamics(p, c, &r->dyn, err);
-    if (!st && r->m == M_NEUMANN && !(r->c.implicit.eta > 0)) { // the LL step of the dynamics
-        const blo_method_config *k = c;
-        const char *dn = k->dynamics;
-        r->c.implicit.eta = !strcmp(dn, "bda") ? k->bda.s_l : !strcmp(dn, "nesterov") ? k->nesterov.s_l
-                          : !strcmp(dn, "momentum") ? k->momentum.s_l : !strcmp(dn, "accel") ? 0.5 / k->accel.L_f
-                          : k->gd.s_l;
-    }
-    r->prior_lambda = c->prior_lambda > 0 ? c->prior_lambda : 0;
-    (void)sp;
+    double ll_step = 0;
+    if (!st && unrolled) st = make_dynamics(p, c, &r->dyn, &ll_step, err);
+    if (!st && r->m == M_NEUMANN && !(r->c.implicit.eta > 0)) r->c.implicit.eta = ll_step;
     if (!st && c->ia && c->prior_lambda != 0 && !c->z_prior)
         st = blo_fail(err, BLO_EARG, "%s: the prior needs z_p (this problem has none)", c->method);
     int ny = p->n_y;
@@ -166,6 +159,7 @@ void blo_runner_z0(const blo_runner *r, const double *y0, double *z) {
     memcpy(z, at_prior ? r->c.z_prior : y0, (size_t)r->p->n_y * sizeof(double));
 }
 const double *blo_runner_y(const blo_runner *r) { return r->y; }
+const blo_dynamics *blo_runner_dynamics(const blo_runner *r) { return r->dyn.step ? &r->dyn : NULL; }
 double blo_runner_blas_seconds(const blo_runner *r) { return ad_tape_blas_seconds(r->tape); }
 
 // F and f at (x, y): the record's objectives.
@@ -212,7 +206,7 @@ static blo_status direction(void *method, const blo_problem *p, int t, const dou
     default: { // unrolled: rhg, trhg, bda, ait, aitp (and any of them with --ia / --ptt)
         blo_hypergrad_params hp = blo_hypergrad_default_params();
         hp.K = c->K, hp.truncate = c->truncate, hp.ptt = c->ptt, hp.ia = c->ia;
-        hp.prior_lambda = c->ia && (t == 0 || !c->prior_first_only) ? r->prior_lambda : 0;
+        hp.prior_lambda = c->ia && c->prior_lambda > 0 && (t == 0 || !c->prior_first_only) ? c->prior_lambda : 0;
         hp.z_prior = c->z_prior;
         hp.tape = r->tape;
         hp.y_end_out = r->y;

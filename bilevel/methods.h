@@ -201,7 +201,7 @@ blo_status blo_method_default_config(const char *method, blo_method_config *c, b
 typedef struct blo_runner blo_runner;
 
 blo_status blo_runner_new(blo_runner **r, const blo_problem *p, const blo_method_config *c,
-                          const blo_solve_params *sp, const double *y0, blo_error *err);
+                          const double *y0, blo_error *err);
 void blo_runner_free(blo_runner *r);
 // Size of the second variable blo_solve steps (IA's z, BOME's y), 0 if none.
 int blo_runner_n_z(const blo_runner *r);
@@ -212,6 +212,8 @@ void blo_runner_z0(const blo_runner *r, const double *y0, double *z);
 blo_direction_fn blo_runner_direction(void);
 // Seconds the runner's tape spent in cblas products so far (its tape times them).
 double blo_runner_blas_seconds(const blo_runner *r);
+// The LL dynamics the runner unrolls (NULL for bome, galet, bvfim).
+const blo_dynamics *blo_runner_dynamics(const blo_runner *r);
 // The LL iterate of the last direction [n_y] (y_K, y_Kbar, GALET's or BVFIM's y, BOME's y).
 const double *blo_runner_y(const blo_runner *r);
 // The method's LL solution at (x, z) for evaluation: y_K of its dynamics from y0 (or z under IA)

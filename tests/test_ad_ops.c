@@ -279,7 +279,6 @@ static void check_rows(void) {
 
 typedef struct {
     op_fn f;
-    int n;
     double u[8], v[8];
 } third_ctx;
 
@@ -314,7 +313,7 @@ static void check_third_order(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         TEST_CASE(cases[i].name) {
-            third_ctx c = {.f = cases[i].f, .n = 6};
+            third_ctx c = {.f = cases[i].f};
             ad_rng g;
             ad_rng_seed(&g, 900 + i);
             double x[6];

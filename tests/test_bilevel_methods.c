@@ -410,9 +410,8 @@ static void runner_cases(void) {
             blo_error e;
             EXPECT(blo_method_default_config(*m, &c, &e) == BLO_OK, "%s: %s", *m, e.msg);
             c.z_prior = zp;
-            blo_solve_params sp = blo_solve_default_params();
             blo_runner *r;
-            if (blo_runner_new(&r, &p, &c, &sp, y0, &e) != BLO_OK) {
+            if (blo_runner_new(&r, &p, &c, y0, &e) != BLO_OK) {
                 EXPECT(0, "%s: %s", *m, e.msg);
                 continue;
             }
@@ -431,9 +430,8 @@ static void runner_cases(void) {
     TEST_CASE("methods by name: rhg through the runner is blo_hypergrad with the method's dynamics") {
         blo_method_config c;
         blo_method_default_config("rhg", &c, NULL);
-        blo_solve_params sp = blo_solve_default_params();
         blo_runner *r;
-        blo_runner_new(&r, &p, &c, &sp, y0, NULL);
+        blo_runner_new(&r, &p, &c, y0, NULL);
         double g1[3], g2[3];
         blo_record rec;
         blo_runner_direction()(r, &p, 0, x, NULL, g1, NULL, &rec, NULL);
@@ -448,10 +446,9 @@ static void runner_cases(void) {
         blo_method_config c;
         blo_method_default_config("aitp", &c, NULL);
         c.z_prior = zp, c.prior_lambda = 2;
-        blo_solve_params sp = blo_solve_default_params();
         blo_runner *r;
         blo_error e;
-        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_OK, "%s", e.msg);
+        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_OK, "%s", e.msg);
         double z[6] = {0.5, 0, 0, 0, 0, 0}, g0[9], g1[9];
         blo_record rec;
         blo_runner_direction()(r, &p, 0, x, z, g0, g0 + 3, &rec, NULL);
@@ -460,17 +457,15 @@ static void runner_cases(void) {
             EXPECT(fabs(g0[3 + i] - g1[3 + i] - 2 * (z[i] - zp[i])) < 1e-12, "z entry %d", i);
         blo_runner_free(r);
         c.z_prior = NULL;
-        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_EARG && strstr(e.msg, "z_p"), "%s", e.msg);
+        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_EARG && strstr(e.msg, "z_p"), "%s", e.msg);
     }
-    TEST_CASE("methods by name: aitp's default prior starts z at z_p, whatever the optimizer") {
+    TEST_CASE("methods by name: aitp's default prior starts z at z_p (no penalty term, so no optimizer interplay)") {
         blo_method_config c;
         blo_method_default_config("aitp", &c, NULL);
         c.z_prior = zp;
-        blo_solve_params sp = blo_solve_default_params();
-        sp.opt = BLO_OPT_ADAM;
         blo_runner *r;
         blo_error e;
-        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_OK, "%s", e.msg);
+        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_OK, "%s", e.msg);
         double z[6], g0[9], g1[9];
         blo_runner_z0(r, y0, z);
         for (int i = 0; i < 6; i++) EXPECT(z[i] == zp[i], "z0[%d] = %g", i, z[i]);
@@ -488,27 +483,25 @@ static void runner_cases(void) {
                 blo_method_default_config(m[k], &c, NULL);
                 if (f) c.ptt = 1;
                 else c.ia = 1;
-                blo_solve_params sp = blo_solve_default_params();
                 blo_runner *r;
                 blo_error e;
-                EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_EARG && strstr(e.msg, "--ia and --ptt"),
+                EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_EARG && strstr(e.msg, "--ia and --ptt"),
                        "%s %s: %s", m[k], f ? "ptt" : "ia", e.msg);
             }
     }
     TEST_CASE("methods by name: neumann's step is the LL step, and a diverging series is an error") {
         blo_method_config c;
         blo_method_default_config("neumann", &c, NULL);
-        blo_solve_params sp = blo_solve_default_params();
         blo_runner *r;
         blo_error e;
-        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_OK, "%s", e.msg);
+        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_OK, "%s", e.msg);
         double g[3];
         blo_record rec;
         EXPECT(blo_runner_direction()(r, &p, 0, x, NULL, g, NULL, &rec, &e) == BLO_OK && rec.extra < 1,
                "residual %g: %s", rec.extra, e.msg);
         blo_runner_free(r);
         c.implicit.eta = 5; // the quadratic's H has eigenvalues >= 1: eta = 5 diverges
-        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_OK, "%s", e.msg);
+        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_OK, "%s", e.msg);
         EXPECT(blo_runner_direction()(r, &p, 0, x, NULL, g, NULL, &rec, &e) == BLO_ETAPE &&
                    strstr(e.msg, "series diverges"),
                "%s", e.msg);
@@ -520,15 +513,14 @@ static void runner_cases(void) {
         EXPECT(blo_method_default_config("sgd", &c, &e) == BLO_EARG && strstr(e.msg, "sgd"), "%s", e.msg);
         blo_method_default_config("rhg", &c, NULL);
         c.dynamics = "adam";
-        blo_solve_params sp = blo_solve_default_params();
         blo_runner *r;
-        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_EARG && strstr(e.msg, "adam"), "%s", e.msg);
+        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_EARG && strstr(e.msg, "adam"), "%s", e.msg);
         blo_method_default_config("rhg", &c, NULL);
         c.K = 0;
-        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_EARG && strstr(e.msg, "K = 0"), "%s", e.msg);
+        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_EARG && strstr(e.msg, "K = 0"), "%s", e.msg);
         blo_method_default_config("rhg", &c, NULL);
         c.gd.s_l = -0.1;
-        EXPECT(blo_runner_new(&r, &p, &c, &sp, y0, &e) == BLO_EARG, "negative step: %s", e.msg);
+        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_EARG, "negative step: %s", e.msg);
     }
     quad_free(&q);
 }

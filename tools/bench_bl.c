@@ -379,7 +379,7 @@ static double hc_iteration(const mdl_model *m, const char *method, int reps, dou
     if (mdl_find("hyperclean")->defaults) mdl_find("hyperclean")->defaults(method, &c, &sp);
     blo_runner *r;
     blo_error e;
-    if (blo_runner_new(&r, &m->prob, &c, &sp, m->y0[0], &e)) {
+    if (blo_runner_new(&r, &m->prob, &c, m->y0[0], &e)) {
         printf("    %s: %s\n", method, e.msg);
         return NAN;
     }

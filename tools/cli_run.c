@@ -106,7 +106,7 @@ static int run_one(const cli_args *a, const char *method, run_log *log, run_resu
     describe_to(res->settings, sizeof res->settings, &st);
     blo_runner *r;
     blo_error be;
-    if (blo_runner_new(&r, &m.prob, &st.c, &st.s, y0, &be)) {
+    if (blo_runner_new(&r, &m.prob, &st.c, y0, &be)) {
         snprintf(err, en, "%s", be.msg);
         free(x0);
         mdl_free(&m);
@@ -400,7 +400,7 @@ int cli_gradcheck(const cli_args *a) {
     blo_runner *r;
     blo_error be;
     int rc = 0;
-    if (blo_runner_new(&r, &m.prob, &st.c, &st.s, y0, &be)) {
+    if (blo_runner_new(&r, &m.prob, &st.c, y0, &be)) {
         fprintf(stderr, "hypertape gradcheck: %s\n", be.msg);
         free(x0);
         mdl_free(&m);
@@ -419,11 +419,7 @@ int cli_gradcheck(const cli_args *a) {
     blo_error e2;
     if (!rc) {
         blo_method_config cc = st.c;
-        // the dynamics the runner used
-        const char *dn = cc.dynamics;
-        blo_dynamics d = !strcmp(dn, "bda") ? blo_dynamics_bda(ny, cc.bda) : !strcmp(dn, "nesterov") ? blo_dynamics_nesterov(ny, cc.nesterov)
-          : !strcmp(dn, "accel") ? blo_dynamics_accel(ny, cc.accel) : !strcmp(dn, "momentum") ? blo_dynamics_momentum(ny, cc.momentum)
-          : blo_dynamics_gd(ny, cc.gd);
+        blo_dynamics d = *blo_runner_dynamics(r); // the one the runner differentiated
         c.dyn = d;
         S = d.state_size;
         c.k_start = !implicit && cc.truncate > 0 && cc.truncate < c.k_end ? c.k_end - cc.truncate : 0;

@@ -55,7 +55,7 @@ int main(void) {
     s.T = 200, s.lr_x = 1.0;
     blo_runner *run;
     double x = 0, y0[D] = {0};
-    if (blo_runner_new(&run, &p, &c, &s, y0, &e) ||
+    if (blo_runner_new(&run, &p, &c, y0, &e) ||
         blo_solve(&p, blo_runner_direction(), run, 0, &s, &x, NULL, NULL, &e)) {
         fprintf(stderr, "example: %s\n", e.msg);
         return 1;
