@@ -177,6 +177,14 @@ ad_var ad_matvec(ad_tape *t, ad_var A, ad_var x, int transA);
 // op(A) op(B), each operand optionally transposed.
 ad_var ad_matmul(ad_tape *t, ad_var A, ad_var B, int transA, int transB);
 ad_var ad_outer(ad_tape *t, ad_var u, ad_var v);   // [m], [n] -> [m, n]
+// A symmetric matrix S given by the upper triangle of A [n, n] (the lower one is never read, as
+// in cblas_dsymv): S x, x [n] -> [n]; and the quadratic form 1/2 y^T S y -> scalar, whose
+// gradient costs one product (S y). A's gradient is on its upper triangle.
+ad_var ad_symv(ad_tape *t, ad_var A, ad_var x);
+ad_var ad_quadform(ad_tape *t, ad_var A, ad_var y);
+// Large products (matvec, matmul, symv) with an ad_const_view operand are remembered: recording
+// the same product of the same operands again (same view memory and shape, same other node)
+// returns the earlier node instead of computing it twice.
 
 // ---- shape ops ----------------------------------------------------------------------------------------
 

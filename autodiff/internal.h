@@ -22,7 +22,7 @@
     /* reductions and broadcasting */ \
     X(SUM_TO, sum_to) X(EXPAND, expand) X(MAX_ALL, max_all) \
     /* linear algebra */ \
-    X(DOT, dot) X(MATVEC, matvec) X(MATMUL, matmul) X(OUTER, outer) \
+    X(DOT, dot) X(MATVEC, matvec) X(MATMUL, matmul) X(OUTER, outer) X(SYMV, symv) X(QUADFORM, quadform) \
     /* shape */ \
     X(RESHAPE, reshape) X(SLICE, slice) X(PAD, pad) X(CONCAT, concat) X(TAKE_ROWS, take_rows) X(PUT_ROWS, put_rows) \
     /* losses and norms */ \
@@ -73,6 +73,8 @@ typedef struct chunk {
     size_t cap; // doubles
 } chunk;
 
+enum { AD_MEMO = 8 }; // products remembered for reuse (see memo in struct ad_tape)
+
 struct ad_tape {
     ad_node *nodes;
     int32_t n_nodes, cap_nodes;
@@ -91,6 +93,10 @@ struct ad_tape {
     int64_t op_uses[OP_COUNT];
     double blas_seconds;
     int64_t evals;
+    // recent large products with a constant view (ops_linalg.c): recording the same product
+    // again returns the earlier node; entries past a rewind are dropped
+    ad_var memo[AD_MEMO];
+    int64_t memo_used[AD_MEMO], memo_clock; // least recently used goes first
 };
 
 // ---- helpers for op definitions (tape.c) ----

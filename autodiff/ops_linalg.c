@@ -1,5 +1,6 @@
-// Products: dot, matvec, matmul (either operand transposed), outer. Forward through cblas;
-// the reverse rules are products again, so they differentiate to any order.
+// Products: dot, matvec, matmul (either operand transposed), outer, and for a symmetric matrix
+// symv and quadform. Forward through cblas; the reverse rules are products again, so they
+// differentiate to any order. Large products with a constant view are remembered (memo below).
 #include "internal.h"
 
 #include <cblas.h>
@@ -8,6 +9,62 @@
 // Below these sizes a plain loop beats the cblas call's fixed overhead (~0.3 us for a 10 x 10
 // dgemv), which dominates small unrolled problems; above them cblas does the work.
 enum { SMALL_MATVEC = 4096, SMALL_MATMUL = 32768, SMALL_DOT = 256 };
+
+// ---- memo: a large product of a constant view recorded again returns the earlier node ----
+// An LL callback runs once per unrolled step, so a term that depends on x only (B x in
+// f = ... - y^T B x) is recorded K times, and in graph mode its reverse rule runs K times too:
+// 2K passes over B where 2 suffice. A const view's memory must not change while it is on the
+// tape (ad.h), so two views of the same memory and shape are the same matrix, and a product of
+// the same operands is the same value: the earlier node is returned (its adjoint then collects
+// every use). Only products over large views are remembered, so small problems pay nothing.
+
+static bool is_view(const ad_node *n) { return n->op == OP_LEAF && (n->flags & NF_VIEW); }
+
+// u and v stand for the same value: one node, or views of the same memory and shape.
+static bool same_operand(const ad_tape *t, ad_var u, ad_var v) {
+    if (u == v) return true;
+    const ad_node *a = &t->nodes[u], *b = &t->nodes[v];
+    return is_view(a) && is_view(b) && a->val == b->val && a->rank == b->rank &&
+           a->rows == b->rows && a->cols == b->cols;
+}
+
+// An earlier node computing op(a, b) with parameters i0, i1, if remembered; AD_NONE otherwise.
+static ad_var memo_find(ad_tape *t, ad_op op, ad_var a, ad_var b, int i0, int i1) {
+    bool nograd = t->nograd || (t->nodes[a].flags & t->nodes[b].flags & NF_NOGRAD);
+    for (int i = 0; i < AD_MEMO; i++) {
+        ad_var c = t->memo[i];
+        if (!c) continue;
+        const ad_node *n = &t->nodes[c];
+        if (n->op == op && n->i0 == i0 && n->i1 == i1 && !(n->flags & NF_NOGRAD) == !nograd &&
+            same_operand(t, n->a, a) && same_operand(t, n->b, b)) {
+            if (!t->lazy && !ad_force(t, c)) return AD_NONE;
+            t->memo_used[i] = ++t->memo_clock;
+            return c;
+        }
+    }
+    return AD_NONE;
+}
+
+// Remembers v (a product just recorded) when one operand is a view of at least `large` entries.
+static ad_var memo_add(ad_tape *t, ad_var v, int large) {
+    if (!v) return v;
+    const ad_node *n = &t->nodes[v], *A = &t->nodes[n->a], *B = &t->nodes[n->b];
+    if ((is_view(A) && ad_size(A) >= large) || (is_view(B) && ad_size(B) >= large)) {
+        // replace an empty entry or the least recently used one: a product reused at every
+        // step (B x) stays while the one-off products of each step (A y_k) take turns
+        int old = 0;
+        for (int i = 0; i < AD_MEMO; i++) {
+            if (!t->memo[i]) {
+                old = i;
+                break;
+            }
+            if (t->memo_used[i] < t->memo_used[old]) old = i;
+        }
+        t->memo[old] = v;
+        t->memo_used[old] = ++t->memo_clock;
+    }
+    return v;
+}
 
 static void fail2(ad_tape *t, const char *op, ad_shape a, ad_shape b) {
     char x[32], y[32];
@@ -57,10 +114,13 @@ ad_var ad_matvec(ad_tape *t, ad_var A, ad_var x, int transA) {
         fail2(t, transA ? "matvec (A transposed)" : "matvec", sa, sx);
         return AD_NONE;
     }
+    bool large = sa.rows * sa.cols >= SMALL_MATVEC;
+    ad_var c = large ? memo_find(t, OP_MATVEC, A, x, transA != 0, 0) : AD_NONE;
+    if (c) return c;
     ad_node *p = ad_push(t, OP_MATVEC, ad_vec_shape(outer), A, x);
     if (!p) return AD_NONE;
     p->i0 = transA != 0;
-    return ad_commit(t, p);
+    return large ? memo_add(t, ad_commit(t, p), SMALL_MATVEC) : ad_commit(t, p);
 }
 static ad_status fwd_matvec(ad_tape *t, ad_node *n) {
     const ad_node *A = &t->nodes[n->a], *X = &t->nodes[n->b];
@@ -113,11 +173,14 @@ ad_var ad_matmul(ad_tape *t, ad_var A, ad_var B, int transA, int transB) {
                 transA ? "^T" : "", ad_shape_str(sb, y), transB ? "^T" : "");
         return AD_NONE;
     }
+    bool large = (size_t)m * n * ka >= SMALL_MATMUL;
+    ad_var c = large ? memo_find(t, OP_MATMUL, A, B, transA != 0, transB != 0) : AD_NONE;
+    if (c) return c;
     ad_node *p = ad_push(t, OP_MATMUL, ad_mat_shape(m, n), A, B);
     if (!p) return AD_NONE;
     p->i0 = transA != 0;
     p->i1 = transB != 0;
-    return ad_commit(t, p);
+    return large ? memo_add(t, ad_commit(t, p), SMALL_MATVEC) : ad_commit(t, p);
 }
 static ad_status fwd_matmul(ad_tape *t, ad_node *n) {
     const ad_node *A = &t->nodes[n->a], *B = &t->nodes[n->b];
@@ -178,3 +241,104 @@ static void rev_outer(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var
     if (need[1]) gin[1] = ad_matvec(t, g, u, 1);
 }
 AD_DEF(outer, 2, fwd_outer, rev_outer);
+
+// ---- symmetric matrices: only the upper triangle of A [n, n] is read (cblas_dsymv's contract) ----
+// S = triu(A) + triu(A, 1)^T is the matrix meant; the lower triangle may hold anything. The
+// gradient with respect to A lives on the upper triangle: d/dA_ij (i < j) collects both S_ij and
+// S_ji, so gA = M .* (G + G^T) with M_ij = 1 above the diagonal, 1/2 on it, 0 below.
+
+static bool check_sym(ad_tape *t, const char *op, ad_shape sa, ad_shape sx) {
+    if (sa.rank != 2 || sa.rows != sa.cols || sx.rank != 1 || sx.cols != sa.rows) {
+        fail2(t, op, sa, sx);
+        return false;
+    }
+    return true;
+}
+
+// M [n, n] above: a constant made once per reverse rule that needs A's gradient.
+static ad_var upper_mask(ad_tape *t, int n) {
+    ad_var m = ad_fill(t, ad_mat_shape(n, n), 0.0);
+    if (!m) return AD_NONE;
+    double *v = t->nodes[m].val; // fresh and not read yet: filled in place
+    for (int i = 0; i < n; i++) {
+        v[(size_t)i * n + i] = 0.5;
+        for (int j = i + 1; j < n; j++) v[(size_t)i * n + j] = 1.0;
+    }
+    return m;
+}
+
+// ---- symv: S x, A [n, n] (upper triangle), x [n] -> [n] ----
+
+ad_var ad_symv(ad_tape *t, ad_var A, ad_var x) {
+    ad_var in[2] = {A, x};
+    if (!ad_check_args(t, "symv", 2, in)) return AD_NONE;
+    ad_shape sa = ad_shape_fast(t, A), sx = ad_shape_fast(t, x);
+    if (!check_sym(t, "symv", sa, sx)) return AD_NONE;
+    bool large = sa.rows * sa.cols >= SMALL_MATVEC;
+    ad_var c = large ? memo_find(t, OP_SYMV, A, x, 0, 0) : AD_NONE;
+    if (c) return c;
+    ad_var v = ad_commit(t, ad_push(t, OP_SYMV, ad_vec_shape(sa.rows), A, x));
+    return large ? memo_add(t, v, SMALL_MATVEC) : v;
+}
+static ad_status fwd_symv(ad_tape *t, ad_node *n) {
+    const ad_node *A = &t->nodes[n->a];
+    const double *a = A->val, *x = t->nodes[n->b].val;
+    double *y = n->val;
+    int m = A->rows;
+    if (m * m < SMALL_MATVEC) { // y_i = sum_{j >= i} A_ij x_j + sum_{j < i} A_ji x_j
+        for (int i = 0; i < m; i++) y[i] = 0;
+        for (int i = 0; i < m; i++) {
+            double s = a[i * m + i] * x[i];
+            for (int j = i + 1; j < m; j++) {
+                s += a[i * m + j] * x[j];
+                y[j] += a[i * m + j] * x[i];
+            }
+            y[i] += s;
+        }
+        return AD_OK;
+    }
+    double t0 = t->par.time_blas ? ad_now() : 0;
+    cblas_dsymv(CblasRowMajor, CblasUpper, m, 1.0, a, m, x, 1, 0.0, y, 1);
+    if (t->par.time_blas) t->blas_seconds += ad_now() - t0;
+    return AD_OK;
+}
+static void rev_symv(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    ad_var A = t->nodes[y].a, x = t->nodes[y].b;
+    if (need[0])
+        gin[0] = ad_mul(t, ad_add(t, ad_outer(t, g, x), ad_outer(t, x, g)),
+                        upper_mask(t, t->nodes[A].rows));
+    if (need[1]) gin[1] = ad_symv(t, A, g);
+}
+AD_DEF(symv, 2, fwd_symv, rev_symv);
+
+// ---- quadform: 1/2 y^T S y, A [n, n] (upper triangle), y [n] -> scalar ----
+// One product in its gradient (S y) where 1/2 dot(y, matvec(A, y)) records two (A y and A^T y),
+// and none in the value when the value is not needed (a deferred LL step).
+
+ad_var ad_quadform(ad_tape *t, ad_var A, ad_var y) {
+    ad_var in[2] = {A, y};
+    if (!ad_check_args(t, "quadform", 2, in)) return AD_NONE;
+    if (!check_sym(t, "quadform", ad_shape_fast(t, A), ad_shape_fast(t, y))) return AD_NONE;
+    return ad_commit(t, ad_push(t, OP_QUADFORM, ad_scalar_shape(), A, y));
+}
+static ad_status fwd_quadform(ad_tape *t, ad_node *n) {
+    const ad_node *A = &t->nodes[n->a];
+    const double *a = A->val, *y = t->nodes[n->b].val;
+    int m = A->rows;
+    double s = 0; // sum_i y_i (A_ii y_i / 2 + sum_{j > i} A_ij y_j): one pass over the triangle
+    for (int i = 0; i < m; i++) {
+        const double *row = a + (size_t)i * m;
+        double r = m - i - 1 < SMALL_DOT ? 0 : cblas_ddot(m - i - 1, row + i + 1, 1, y + i + 1, 1);
+        for (int j = i + 1; m - i - 1 < SMALL_DOT && j < m; j++) r += row[j] * y[j];
+        s += y[i] * (0.5 * row[i] * y[i] + r);
+    }
+    n->val[0] = s;
+    return AD_OK;
+}
+static void rev_quadform(ad_tape *t, ad_var q, ad_var g, const bool need[2], ad_var gin[2]) {
+    ad_var A = t->nodes[q].a, y = t->nodes[q].b;
+    if (need[0])
+        gin[0] = ad_mul(t, ad_mul(t, ad_outer(t, y, y), upper_mask(t, t->nodes[A].rows)), g);
+    if (need[1]) gin[1] = ad_mul(t, g, ad_symv(t, A, y));
+}
+AD_DEF(quadform, 2, fwd_quadform, rev_quadform);

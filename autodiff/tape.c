@@ -219,6 +219,7 @@ void ad_tape_reset(ad_tape *t) {
     t->cur_chunk = 0;
     t->cur_off = 0;
     t->lazy = t->nograd = 0;
+    memset(t->memo, 0, sizeof t->memo);
     if (!t->cap_nodes && !ad_grow_nodes(t)) return;
     t->nodes[0] = (ad_node){.op = OP_ERROR, .flags = NF_VALUE | NF_NOGRAD | NF_VIEW, .rows = 1,
                             .cols = 1, .val = &t->nan_};
@@ -232,6 +233,8 @@ ad_mark ad_tape_mark(const ad_tape *t) {
 void ad_tape_rewind(ad_tape *t, ad_mark m) {
     if (m.nodes < 1 || m.nodes > t->n_nodes) return; // not a mark of the live tape: ignore
     t->n_nodes = m.nodes;
+    for (int i = 0; i < AD_MEMO; i++)
+        if (t->memo[i] >= m.nodes) t->memo[i] = AD_NONE;
     t->cur_chunk = m.chunk;
     t->cur_off = m.offset;
 }

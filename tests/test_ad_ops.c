@@ -78,6 +78,8 @@ static ad_var r_matmul_ta(ad_tape *t, const ad_var *x) { return ad_matmul(t, x[0
 static ad_var r_matmul_tb(ad_tape *t, const ad_var *x) { return ad_matmul(t, x[0], x[1], 0, 1); }
 static ad_var r_matmul_tt(ad_tape *t, const ad_var *x) { return ad_matmul(t, x[0], x[1], 1, 1); }
 static ad_var r_outer(ad_tape *t, const ad_var *x) { return ad_outer(t, x[0], x[1]); }
+static ad_var r_symv(ad_tape *t, const ad_var *x) { return ad_symv(t, x[0], x[1]); }
+static ad_var r_quadform(ad_tape *t, const ad_var *x) { return ad_quadform(t, x[0], x[1]); }
 static ad_var r_reshape(ad_tape *t, const ad_var *x) { return ad_sin(t, ad_reshape(t, x[0], (ad_shape)M(2, 6))); }
 static ad_var r_slice(ad_tape *t, const ad_var *x) { return ad_slice(t, x[0], 2, 3); }
 static ad_var r_pad(ad_tape *t, const ad_var *x) { return ad_pad(t, x[0], 2, 7); }
@@ -154,6 +156,8 @@ static const row rows[] = {
     {"matmul", r_matmul_tb, 2, {M(3, 4), M(2, 4)}, -2, 2, NK, 0},
     {"matmul", r_matmul_tt, 2, {M(4, 3), M(2, 4)}, -2, 2, NK, 0},
     {"outer", r_outer, 2, {V(3), V(4)}, -2, 2, NK, 0},
+    {"symv", r_symv, 2, {M(4, 4), V(4)}, -2, 2, NK, 0},        // A's lower triangle: zero gradient
+    {"quadform", r_quadform, 2, {M(4, 4), V(4)}, -2, 2, NK, 0},
     {"reshape", r_reshape, 1, {M(3, 4)}, -2, 2, NK, 0},
     {"slice", r_slice, 1, {V(6)}, -2, 2, NK, 0},
     {"pad", r_pad, 1, {V(3)}, -2, 2, NK, 0},

@@ -56,7 +56,17 @@ static ad_var dense_F(ad_tape *t, ad_var x, ad_var y, void *user) {
     ad_var r = ad_sub(t, y, ad_const_view(t, ad_vec_shape(q->n), q->b));
     return ad_add(t, ad_scale(t, ad_sqnorm(t, r), 0.5), ad_scale(t, ad_sqnorm(t, x), 0.5 * q->rho));
 }
+// f as a user of the library writes it: A is symmetric, so 1/2 y^T A y is a quadform (one product
+// in its gradient), and B x is recorded at every step but computed once (the product memo).
 static ad_var dense_f(ad_tape *t, ad_var x, ad_var y, void *user) {
+    const dense_qp *q = user;
+    ad_var A = ad_const_view(t, ad_mat_shape(q->n, q->n), q->A);
+    ad_var B = ad_const_view(t, ad_mat_shape(q->n, q->n), q->B);
+    return ad_sub(t, ad_quadform(t, A, y), ad_dot(t, y, ad_matvec(t, B, x, 0)));
+}
+// The same f from general products only, as one would write it with PyTorch: 1/2 y . (A y)
+// (its gradient needs A y and A^T y).
+static ad_var dense_f_general(ad_tape *t, ad_var x, ad_var y, void *user) {
     const dense_qp *q = user;
     ad_var A = ad_const_view(t, ad_mat_shape(q->n, q->n), q->A);
     ad_var B = ad_const_view(t, ad_mat_shape(q->n, q->n), q->B);
@@ -71,20 +81,27 @@ static int op_id(const char *name) {
     return -1;
 }
 
-// Median seconds of one cblas_dgemv over q's A: the floor for one pass over the matrix.
-static double dgemv_seconds(const dense_qp *q, int reps) {
+// Median seconds of one pass over q's A by cblas (dsymv on its upper triangle, or dgemv): the
+// floor for one product with the matrix.
+static double pass_seconds(const dense_qp *q, int sym, int reps) {
     double *v = malloc(sizeof(double) * q->n), *w = malloc(sizeof(double) * q->n);
     double *s = malloc(sizeof(double) * reps);
     for (int i = 0; i < q->n; i++) v[i] = q->x[i];
     for (int r = 0; r < reps; r++) {
         double t0 = bench_now();
-        cblas_dgemv(CblasRowMajor, CblasNoTrans, q->n, q->n, 1.0, q->A, q->n, v, 1, 0.0, w, 1);
+        if (sym) cblas_dsymv(CblasRowMajor, CblasUpper, q->n, 1.0, q->A, q->n, v, 1, 0.0, w, 1);
+        else cblas_dgemv(CblasRowMajor, CblasNoTrans, q->n, q->n, 1.0, q->A, q->n, v, 1, 0.0, w, 1);
         s[r] = bench_now() - t0;
         v[r % q->n] += 1e-3 * w[0]; // keep the calls from being merged
     }
     double med = bench_median(s, reps);
     free(v), free(w), free(s);
     return med;
+}
+
+// Matrix-vector products (matvec and symv nodes) recorded so far on t.
+static int64_t products(const ad_tape *t) {
+    return ad_tape_op_uses(t, op_id("matvec")) + ad_tape_op_uses(t, op_id("symv"));
 }
 
 static void bench_quadratic(const bench_opts *o) {
@@ -96,54 +113,70 @@ static void bench_quadratic(const bench_opts *o) {
     for (int c = 0; c < 2; c++) {
         int n = ns[c], reps = c == 0 ? (o->quick ? 50 : 400) : (o->quick ? 5 : 21);
         dense_qp q = dense_make(n, 11 + (uint64_t)n);
-        blo_problem p = {.n_x = n, .n_y = n, .F = dense_F, .f = dense_f, .user = &q};
+        // [0]: f with quadform (the headline), [1]: f from general products
+        blo_problem p[2] = {{.n_x = n, .n_y = n, .F = dense_F, .f = dense_f, .user = &q},
+                            {.n_x = n, .n_y = n, .F = dense_F, .f = dense_f_general, .user = &q}};
         blo_dynamics d = blo_dynamics_gd(n, (blo_gd_params){.s_l = 1 / q.L});
         ad_tape *t = ad_tape_new(&tp);
         blo_hypergrad_params hp = blo_hypergrad_default_params();
         hp.K = K, hp.tape = t;
-        double *g = malloc(sizeof(double) * n), *y0 = calloc((size_t)n, sizeof(double));
+        double *g = malloc(sizeof(double) * n), *g1 = malloc(sizeof(double) * n);
+        double *y0 = calloc((size_t)n, sizeof(double));
         double *states = malloc(sizeof(double) * (size_t)(K + 1) * n);
         double *s = malloc(sizeof(double) * reps), *sb = malloc(sizeof(double) * reps);
-        double *sf = malloc(sizeof(double) * reps);
+        double *sf = malloc(sizeof(double) * reps), *s1 = malloc(sizeof(double) * reps);
         blo_error e = {0};
         blo_status st = BLO_OK;
-        // One untimed call: first-touch of the tape's arena and of BLAS's buffers; it also counts
-        // the matrix-vector products recorded per hypergradient.
-        int mv = op_id("matvec");
-        int64_t mv0 = mv >= 0 ? ad_tape_op_uses(t, mv) : 0;
-        st = blo_hypergrad(&p, &d, &hp, q.x, NULL, g, NULL, NULL, NULL, &e);
-        double mv_per_step = mv >= 0 ? (double)(ad_tape_op_uses(t, mv) - mv0) / K : NAN;
+        // One untimed call of each: first-touch of the tape's arena and of BLAS's buffers; they
+        // also count the products recorded per hypergradient and check the two f's agree.
+        double per_step[2];
+        for (int v = 0; v < 2 && !st; v++) {
+            int64_t u0 = products(t);
+            st = blo_hypergrad(&p[v], &d, &hp, q.x, NULL, v ? g1 : g, NULL, NULL, NULL, &e);
+            per_step[v] = (double)(products(t) - u0) / K;
+        }
+        double diff = 0, scale = 0;
+        for (int i = 0; i < n; i++) diff = fmax(diff, fabs(g[i] - g1[i])), scale = fmax(scale, fabs(g[i]));
         for (int r = 0; r < reps && !st; r++) {
             // The forward pass alone (K steps, no F along the trajectory) next to the full
-            // hypergradient, interleaved so both see the same machine load.
+            // hypergradient with each f, interleaved so all see the same machine load.
             double t0 = bench_now();
-            st = blo_unroll(&p, &d, q.x, 0, y0, K, states, NULL, t, &e);
+            st = blo_unroll(&p[0], &d, q.x, 0, y0, K, states, NULL, t, &e);
             double b0 = ad_tape_blas_seconds(t), t1 = bench_now();
-            if (!st) st = blo_hypergrad(&p, &d, &hp, q.x, NULL, g, NULL, NULL, NULL, &e);
-            sf[r] = t1 - t0;
-            s[r] = bench_now() - t1;
+            if (!st) st = blo_hypergrad(&p[0], &d, &hp, q.x, NULL, g, NULL, NULL, NULL, &e);
+            double t2 = bench_now();
             sb[r] = ad_tape_blas_seconds(t) - b0;
+            if (!st) st = blo_hypergrad(&p[1], &d, &hp, q.x, NULL, g1, NULL, NULL, NULL, &e);
+            sf[r] = t1 - t0, s[r] = t2 - t1, s1[r] = bench_now() - t2;
         }
         if (st) {
             printf("(a) quadratic n = %d: FAILED: %s\n", n, e.msg);
         } else {
             double ms = 1e3 * bench_median(s, reps), blas = 1e3 * bench_median(sb, reps);
             double fwd = 1e3 * bench_median(sf, reps), ratio = torch_ms[c] / ms;
+            double ms1 = 1e3 * bench_median(s1, reps);
             printf("(a) RHG hypergradient, GD K = %d, dense quadratic n = %d: %.3f ms (median of %d);"
                    " PyTorch 1.13 %.1f ms: %.1fx faster (target >= %.0fx)%s\n",
                    K, n, ms, reps, torch_ms[c], ratio, target[c],
                    ratio >= target[c] ? "" : "  [below target]");
+            printf("    f = quadform(A, y) - y.(B x): %.1f products per step; written with general"
+                   " products, y.(A y)/2: %.1f per step, %.3f ms (%.1fx PyTorch); the two agree to"
+                   " %.1e\n", per_step[0], per_step[1], ms1, torch_ms[c] / ms1, diff / scale);
             if (c == 0)
                 printf("    per unrolled step: %.2f us for forward + sweep, %.2f us forward only"
                        " (PyTorch ~57 us); inside BLAS %.0f%%\n", 1e3 * ms / K, 1e3 * fwd / K,
                        100 * blas / ms);
-            else
+            else {
+                double sy = pass_seconds(&q, 1, o->quick ? 20 : 200);
+                double ge = pass_seconds(&q, 0, o->quick ? 20 : 200);
                 printf("    inside BLAS %.2f ms (%.0f%%), outside %.2f ms; forward pass alone %.2f ms;"
-                       " %.1f matvecs recorded per step, one bare dgemv over A %.1f us\n",
-                       blas, 100 * blas / ms, ms - blas, fwd, mv_per_step,
-                       1e6 * dgemv_seconds(&q, o->quick ? 20 : 200));
+                       " one bare pass over A: dsymv %.1f us, dgemv %.1f us; %.1f dsymv per step"
+                       " take %.2f ms (%.2fx of the time)\n",
+                       blas, 100 * blas / ms, ms - blas, fwd, 1e6 * sy, 1e6 * ge, per_step[0],
+                       1e3 * sy * per_step[0] * K, sy * per_step[0] * K * 1e3 / ms);
+            }
         }
-        free(g), free(y0), free(states), free(s), free(sb), free(sf);
+        free(g), free(g1), free(y0), free(states), free(s), free(sb), free(sf), free(s1);
         ad_tape_free(t);
         dense_free(&q);
     }

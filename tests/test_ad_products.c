@@ -1,0 +1,163 @@
+// Symmetric products (symv, quadform) at the sizes that go to cblas, and the memo of large
+// products with a constant view: reused when the operands are the same, never stale after a
+// rewind, and derivatives through a reused product still match finite differences.
+#include "harness.h"
+#include "tests.h"
+
+#include "../autodiff/ad.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int op_id(const char *name) {
+    for (int i = 0; i < ad_op_count(); i++)
+        if (!strcmp(ad_op_name(i), name)) return i;
+    return -1;
+}
+
+// A [n, n] random, x [n] random: the lower triangle of A is garbage that symv must not read.
+static void fill_normal(ad_rng *g, int n, double *v) {
+    for (int i = 0; i < n; i++) v[i] = ad_rng_normal(g);
+}
+
+static void symmetric(void) {
+    TEST_CASE("symv and quadform read the upper triangle only, on the loop and the cblas paths") {
+        int sizes[3] = {5, 63, 120}; // 5 and 63: loops (63^2 < 4096); 120: dsymv and ddot rows
+        ad_rng g;
+        ad_rng_seed(&g, 7);
+        for (int s = 0; s < 3; s++) {
+            int n = sizes[s];
+            double *A = malloc(sizeof(double) * n * n), *x = malloc(sizeof(double) * n);
+            double *S = malloc(sizeof(double) * n * n);
+            fill_normal(&g, n * n, A);
+            fill_normal(&g, n, x);
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < n; j++) S[i * n + j] = i <= j ? A[i * n + j] : A[j * n + i];
+            ad_tape *t = ad_tape_new(NULL);
+            ad_var a = ad_const_view(t, ad_mat_shape(n, n), A), xv = ad_const(t, ad_vec_shape(n), x);
+            const double *y = ad_value(t, ad_symv(t, a, xv));
+            double q = ad_item(t, ad_quadform(t, a, xv)), qr = 0, worst = 0, scale = 0;
+            for (int i = 0; i < n; i++) {
+                double r = 0;
+                for (int j = 0; j < n; j++) r += S[i * n + j] * x[j];
+                worst = fmax(worst, fabs(y[i] - r));
+                scale = fmax(scale, fabs(r));
+                qr += 0.5 * x[i] * r;
+            }
+            EXPECT(worst <= 1e-13 * scale, "symv n = %d: error %g (scale %g)", n, worst, scale);
+            EXPECT(fabs(q - qr) <= 1e-13 * fabs(qr), "quadform n = %d: %.17g vs %.17g", n, q, qr);
+            EXPECT(ad_tape_status(t) == AD_OK, "%s", ad_tape_error(t));
+            ad_tape_free(t);
+            free(A), free(x), free(S);
+        }
+    }
+    TEST_CASE("symv and quadform: a non-square matrix or a wrong length is a shape error") {
+        ad_tape *t = ad_tape_new(NULL);
+        double A[12] = {0}, x[4] = {0};
+        ad_var r = ad_symv(t, ad_const(t, ad_mat_shape(3, 4), A), ad_const(t, ad_vec_shape(4), x));
+        EXPECT(r == AD_NONE && ad_tape_status(t) == AD_ESHAPE && strstr(ad_tape_error(t), "symv"),
+               "%s", ad_tape_error(t));
+        ad_tape_reset(t);
+        r = ad_quadform(t, ad_const(t, ad_mat_shape(3, 3), A), ad_const(t, ad_vec_shape(4), x));
+        EXPECT(r == AD_NONE && ad_tape_status(t) == AD_ESHAPE && strstr(ad_tape_error(t), "quadform"),
+               "%s", ad_tape_error(t));
+        ad_tape_free(t);
+    }
+}
+
+// ---- memo ----
+
+enum { N = 70 }; // N^2 = 4900 >= 4096: large enough to be remembered
+
+typedef struct {
+    double *A, *B; // [N, N] each
+} mats;
+
+// f(x) = sin(B x) . (B x) + quadform(A, B x) + (B x) . x: B x recorded three times, computed once.
+static ad_var memo_fn(ad_tape *t, const ad_var *in, void *ctx) {
+    const mats *m = ctx;
+    ad_var x = in[0];
+    ad_var u = ad_matvec(t, ad_const_view(t, ad_mat_shape(N, N), m->B), x, 0);
+    ad_var v = ad_matvec(t, ad_const_view(t, ad_mat_shape(N, N), m->B), x, 0);
+    ad_var A = ad_const_view(t, ad_mat_shape(N, N), m->A);
+    ad_var w = ad_matvec(t, ad_const_view(t, ad_mat_shape(N, N), m->B), x, 0);
+    return ad_add(t, ad_add(t, ad_dot(t, ad_sin(t, u), v), ad_quadform(t, A, w)), ad_dot(t, w, x));
+}
+
+static void memo(void) {
+    ad_rng g;
+    ad_rng_seed(&g, 13);
+    double *A = malloc(sizeof(double) * N * N), *B = malloc(sizeof(double) * N * N);
+    double x0[N];
+    fill_normal(&g, N * N, A);
+    fill_normal(&g, N * N, B);
+    for (int i = 0; i < N * N; i++) B[i] /= sqrt(N);
+    fill_normal(&g, N, x0);
+    mats m = {A, B};
+    int mv = op_id("matvec");
+
+    TEST_CASE("memo: the same product of a view is computed once; other operands are not reused") {
+        ad_tape *t = ad_tape_new(NULL);
+        ad_var x = ad_param(t, ad_vec_shape(N), x0);
+        int64_t before = ad_tape_op_uses(t, mv);
+        ad_var u = ad_matvec(t, ad_const_view(t, ad_mat_shape(N, N), B), x, 0);
+        ad_var v = ad_matvec(t, ad_const_view(t, ad_mat_shape(N, N), B), x, 0);
+        EXPECT(u == v && ad_tape_op_uses(t, mv) == before + 1, "u %d v %d", (int)u, (int)v);
+        // transposed, another matrix, another shape of the same memory, another vector: new nodes
+        ad_var ut = ad_matvec(t, ad_const_view(t, ad_mat_shape(N, N), B), x, 1);
+        ad_var ua = ad_matvec(t, ad_const_view(t, ad_mat_shape(N, N), A), x, 0);
+        ad_var us = ad_matvec(t, ad_const_view(t, ad_mat_shape(N - 1, N), B), x, 0);
+        ad_var x2 = ad_param(t, ad_vec_shape(N), x0);
+        ad_var u2 = ad_matvec(t, ad_const_view(t, ad_mat_shape(N, N), B), x2, 0);
+        EXPECT(ut != u && ua != u && us != u && u2 != u && ad_tape_op_uses(t, mv) == before + 5,
+               "uses %lld", (long long)(ad_tape_op_uses(t, mv) - before));
+        // a small product is not remembered
+        double s[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+        ad_var y = ad_param(t, ad_vec_shape(3), s);
+        ad_var p1 = ad_matvec(t, ad_const_view(t, ad_mat_shape(3, 3), s), y, 0);
+        ad_var p2 = ad_matvec(t, ad_const_view(t, ad_mat_shape(3, 3), s), y, 0);
+        EXPECT(p1 != p2, "small products are recorded twice");
+        EXPECT(ad_tape_status(t) == AD_OK, "%s", ad_tape_error(t));
+        ad_tape_free(t);
+    }
+    TEST_CASE("memo: a rewind forgets the product (new memory and a new vector at the same handles)") {
+        ad_tape *t = ad_tape_new(NULL);
+        double *C = malloc(sizeof(double) * N * N);
+        memcpy(C, B, sizeof(double) * N * N);
+        ad_mark mk = ad_tape_mark(t);
+        ad_var x = ad_param(t, ad_vec_shape(N), x0);
+        ad_var u = ad_matvec(t, ad_const_view(t, ad_mat_shape(N, N), C), x, 0);
+        double u0 = ad_value(t, u)[0];
+        ad_tape_rewind(t, mk);
+        for (int i = 0; i < N * N; i++) C[i] *= 2; // allowed: the view left the tape
+        ad_var x2 = ad_param(t, ad_vec_shape(N), x0);
+        ad_var u2 = ad_matvec(t, ad_const_view(t, ad_mat_shape(N, N), C), x2, 0);
+        EXPECT(x2 == x && ad_value(t, u2)[0] == 2 * u0, "%g vs 2 x %g", ad_value(t, u2)[0], u0);
+        ad_tape_free(t);
+        free(C);
+    }
+    TEST_CASE("memo: gradient and Hessian through a product reused three times match FD") {
+        ad_shape sh = ad_vec_shape(N);
+        const double *pt[1] = {x0};
+        ad_check_params cp = ad_check_default_params();
+        ad_check_report rg = ad_check_grad(memo_fn, &m, 1, &sh, pt, &cp);
+        ad_check_report rh = ad_check_hvp(memo_fn, &m, 1, &sh, pt, &cp);
+        EXPECT(rg.pass && rh.pass, "grad: %s (rel %g); hvp: %s (rel %g)", rg.msg, rg.rel_err,
+               rh.msg, rh.rel_err);
+        // and the reuse did happen: one B x per recording
+        ad_tape *t = ad_tape_new(NULL);
+        ad_var x = ad_param(t, sh, x0);
+        int64_t before = ad_tape_op_uses(t, mv);
+        memo_fn(t, &x, &m);
+        EXPECT(ad_tape_op_uses(t, mv) == before + 1, "%lld matvecs recorded",
+               (long long)(ad_tape_op_uses(t, mv) - before));
+        ad_tape_free(t);
+    }
+    free(A), free(B);
+}
+
+void test_ad_products(void) {
+    symmetric();
+    memo();
+}
