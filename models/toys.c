@@ -541,10 +541,10 @@ static ad_var quad_F(ad_tape *t, ad_var x, ad_var y, void *u) {
 }
 
 static ad_var quad_f(ad_tape *t, ad_var x, ad_var y, void *u) {
-    const toy *d = u; // matvecs on views of A and B: BLAS-bound for large n
-    ad_var A = ad_const_view(t, ad_mat_shape(d->n, d->n), d->A);
+    const toy *d = u; // products with views of A and B: BLAS-bound for large n
+    ad_var A = ad_const_view(t, ad_mat_shape(d->n, d->n), d->A); // symmetric: a quadform
     ad_var B = ad_const_view(t, ad_mat_shape(d->n, d->m), d->B);
-    return ad_sub(t, ad_scale(t, ad_dot(t, y, ad_matvec(t, A, y, 0)), 0.5), ad_dot(t, y, ad_matvec(t, B, x, 0)));
+    return ad_sub(t, ad_quadform(t, A, y), ad_dot(t, y, ad_matvec(t, B, x, 0)));
 }
 
 // Orthonormalizes the rows of Q [n, n] in place: block classical Gram-Schmidt (BLAS-3 against
