@@ -1,6 +1,8 @@
-// Products: dot, matvec, matmul (either operand transposed), outer. Forward through cblas;
-// the reverse rules are products again, so they differentiate to any order.
+// Products: dot, matvec, matmul (either operand transposed), outer. Forward through cblas, or
+// for large products with few output columns through the thin kernel (thin.c); the reverse
+// rules are products again, so they differentiate to any order.
 #include "internal.h"
+#include "thin.h"
 
 #include <cblas.h>
 #include <string.h>
@@ -119,6 +121,16 @@ ad_var ad_matmul(ad_tape *t, ad_var A, ad_var B, int transA, int transB) {
     p->i1 = transB != 0;
     return ad_commit(t, p);
 }
+// The thin kernel takes C [m, n] = op(A) [m, k] op(B) [k, n] when n is small (it packs op(B)
+// and streams A once) and the work is large enough to beat cblas; measured in
+// `hypertape bench autodiff`.
+enum { THIN_MIN_WORK = 1 << 19 }; // m n k
+// Below this much work (m n k) per thread an extra thread costs more than it saves: creating
+// and joining one takes ~30 us, and 2 M multiply-adds take ~100 us at 20 GFLOP/s.
+enum { THIN_WORK_PER_THREAD = 1 << 21 };
+static bool thin_fits(const ad_tape *t, int m, int n, int k) {
+    return t->thin_isa && n <= AD_THIN_MAX_N && m >= 16 && (size_t)m * n * k >= THIN_MIN_WORK;
+}
 static ad_status fwd_matmul(ad_tape *t, ad_node *n) {
     const ad_node *A = &t->nodes[n->a], *B = &t->nodes[n->b];
     int k = n->i0 ? A->rows : A->cols;
@@ -140,6 +152,17 @@ static ad_status fwd_matmul(ad_tape *t, ad_node *n) {
         return AD_OK;
     }
     double t0 = t->par.time_blas ? ad_now() : 0;
+    if (thin_fits(t, n->rows, n->cols, k)) {
+        double *work = ad_thin_workspace(t, ad_thin_work_size(n->i0, n->rows, n->cols, k));
+        if (work) {
+            size_t work_per = (size_t)n->rows * n->cols * k / THIN_WORK_PER_THREAD;
+            int threads = work_per + 1 < (size_t)t->threads ? (int)work_per + 1 : t->threads;
+            ad_thin_matmul((ad_thin_isa)t->thin_isa, threads, n->i0, n->i1, n->rows, n->cols, k,
+                           A->val, A->cols, B->val, B->cols, n->val, work);
+            if (t->par.time_blas) t->blas_seconds += ad_now() - t0;
+            return AD_OK;
+        }
+    }
     cblas_dgemm(CblasRowMajor, n->i0 ? CblasTrans : CblasNoTrans, n->i1 ? CblasTrans : CblasNoTrans,
                 n->rows, n->cols, k, 1.0, A->val, A->cols, B->val, B->cols, 0.0, n->val, n->cols);
     if (t->par.time_blas) t->blas_seconds += ad_now() - t0;

@@ -1,6 +1,7 @@
 // The tape: node storage, the value arena with mark / rewind, the first-error record, leaves,
 // and lazy values (forced on first use).
 #include "internal.h"
+#include "thin.h"
 
 #include <assert.h>
 #include <math.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 double ad_now(void) {
     struct timespec ts;
@@ -193,6 +195,21 @@ ad_tape_params ad_tape_default_params(void) {
     return (ad_tape_params){.max_bytes = 0, .check_finite = 0, .chunk_bytes = 1 << 20};
 }
 
+// The default thread count for products: the online CPUs, at most 4 (the products are
+// streams over memory; on this 2-core host two threads already share its bandwidth), and no
+// more than the user allowed OpenBLAS, whose threads would otherwise compete with ours.
+static int default_threads(void) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int n = cpus < 1 ? 1 : cpus > 4 ? 4 : (int)cpus;
+    const char *env[2] = {"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"};
+    for (int i = 0; i < 2; i++) {
+        const char *v = getenv(env[i]);
+        int lim = v ? atoi(v) : 0;
+        if (lim >= 1 && lim < n) n = lim;
+    }
+    return n;
+}
+
 ad_tape *ad_tape_new(const ad_tape_params *p) {
     ad_tape *t = calloc(1, sizeof *t);
     if (!t) return NULL;
@@ -200,6 +217,8 @@ ad_tape *ad_tape_new(const ad_tape_params *p) {
     if (!t->par.chunk_bytes) t->par.chunk_bytes = 1 << 20;
     t->nan_ = NAN;
     t->bytes = sizeof *t;
+    t->threads = t->par.threads > 0 ? t->par.threads : default_threads();
+    t->thin_isa = ad_thin_best() == AD_THIN_AVX2 ? AD_THIN_AVX2 : 0; // portable C: cblas is faster
     ad_tape_reset(t);
     return t;
 }
@@ -210,6 +229,7 @@ void ad_tape_free(ad_tape *t) {
     free(t->chunks);
     free(t->nodes);
     free(t->scratch);
+    free(t->thin_work);
     free(t);
 }
 
@@ -254,6 +274,33 @@ size_t ad_tape_used_bytes(const ad_tape *t) {
 size_t ad_tape_peak_bytes(const ad_tape *t) { return t->peak_bytes; }
 int32_t ad_tape_nodes(const ad_tape *t) { return t->n_nodes; }
 double ad_tape_blas_seconds(const ad_tape *t) { return t->blas_seconds; }
+
+int ad_tape_thin_products(ad_tape *t, int on) {
+    int was = t->thin_isa != 0;
+    t->thin_isa = on && ad_thin_best() == AD_THIN_AVX2 ? AD_THIN_AVX2 : 0;
+    return was;
+}
+
+const char *ad_tape_product_kernel(const ad_tape *t, char buf[64]) {
+    if (!t->thin_isa) snprintf(buf, 64, "cblas");
+    else snprintf(buf, 64, "%s kernel, %d thread%s", ad_thin_name((ad_thin_isa)t->thin_isa),
+                  t->threads, t->threads == 1 ? "" : "s");
+    return buf;
+}
+
+double *ad_thin_workspace(ad_tape *t, size_t n) {
+    if (n <= t->thin_work_cap) return t->thin_work;
+    size_t cap = (n + n / 2 + 7) & ~(size_t)7, add = (cap - t->thin_work_cap) * sizeof(double);
+    if (t->par.max_bytes && t->bytes + add > t->par.max_bytes) return NULL;
+    double *p = aligned_alloc(64, cap * sizeof(double));
+    if (!p) return NULL;
+    free(t->thin_work);
+    t->thin_work = p;
+    t->bytes += add;
+    if (t->bytes > t->peak_bytes) t->peak_bytes = t->bytes;
+    t->thin_work_cap = cap;
+    return p;
+}
 int ad_op_count(void) { return OP_COUNT; }
 const char *ad_op_name(int op) { return op >= 0 && op < OP_COUNT ? ad_ops[op]->name : "?"; }
 int64_t ad_tape_op_uses(const ad_tape *t, int op) {
