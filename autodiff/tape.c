@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 double ad_now(void) {
     struct timespec ts;
@@ -195,21 +194,6 @@ ad_tape_params ad_tape_default_params(void) {
     return (ad_tape_params){.max_bytes = 0, .check_finite = 0, .chunk_bytes = 1 << 20};
 }
 
-// The default thread count for products: the online CPUs, at most 4 (the products are
-// streams over memory; on this 2-core host two threads already share its bandwidth), and no
-// more than the user allowed OpenBLAS, whose threads would otherwise compete with ours.
-static int default_threads(void) {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    int n = cpus < 1 ? 1 : cpus > 4 ? 4 : (int)cpus;
-    const char *env[2] = {"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"};
-    for (int i = 0; i < 2; i++) {
-        const char *v = getenv(env[i]);
-        int lim = v ? atoi(v) : 0;
-        if (lim >= 1 && lim < n) n = lim;
-    }
-    return n;
-}
-
 ad_tape *ad_tape_new(const ad_tape_params *p) {
     ad_tape *t = calloc(1, sizeof *t);
     if (!t) return NULL;
@@ -217,7 +201,7 @@ ad_tape *ad_tape_new(const ad_tape_params *p) {
     if (!t->par.chunk_bytes) t->par.chunk_bytes = 1 << 20;
     t->nan_ = NAN;
     t->bytes = sizeof *t;
-    t->threads = t->par.threads > 0 ? t->par.threads : default_threads();
+    t->threads = t->par.threads > 0 ? t->par.threads : ad_thin_default_threads();
     t->thin_isa = ad_thin_best() == AD_THIN_AVX2 ? AD_THIN_AVX2 : 0; // portable C: cblas is faster
     ad_tape_reset(t);
     return t;

@@ -13,7 +13,9 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define THIN_X86 1
@@ -235,6 +237,21 @@ const char *ad_thin_name(ad_thin_isa isa) {
     case AD_THIN_AVX2: return "AVX2+FMA";
     }
     return "?";
+}
+
+// At most 4: the products stream A from memory, and on this 2-core host two threads already
+// share its bandwidth; no more than the user allowed OpenBLAS, whose idle threads would
+// otherwise compete with ours.
+int ad_thin_default_threads(void) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int n = cpus < 1 ? 1 : cpus > 4 ? 4 : (int)cpus;
+    const char *env[2] = {"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"};
+    for (int i = 0; i < 2; i++) {
+        const char *v = getenv(env[i]);
+        int lim = v ? atoi(v) : 0;
+        if (lim >= 1 && lim < n) n = lim;
+    }
+    return n;
 }
 
 size_t ad_thin_work_size(int ta, int m, int n, int k) {

@@ -17,6 +17,9 @@ typedef enum {
 // The variant AD_THIN_AUTO runs on this CPU, and a variant's name for benchmark output.
 ad_thin_isa ad_thin_best(void);
 const char *ad_thin_name(ad_thin_isa isa);
+// Threads for the kernel when the tape is not told: the online CPUs, at most 4, and no more
+// than OPENBLAS_NUM_THREADS or OMP_NUM_THREADS when set.
+int ad_thin_default_threads(void);
 // Doubles of workspace ad_thin_matmul needs for C [m, n] = op(A) [m, k] op(B) [k, n].
 size_t ad_thin_work_size(int ta, int m, int n, int k);
 
