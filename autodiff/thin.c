@@ -11,6 +11,7 @@
 #include "thin.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -44,11 +45,12 @@ void ad_thin_matmul_naive(int ta, int tb, int m, int n, int k, const double *A, 
 
 // ---- what every variant shares ----
 
-// One thread's share: rows [lo, hi) of C. bp is op(B) packed [k, np], np = n rounded up to 4,
-// zero past n; cb (A transposed only) is the same rows of C padded to np columns.
+// One piece of work: rows [lo, hi) of C, and with A transposed rows [p0, p1) of A summed into
+// cb (rows [lo, hi) of C, padded to np columns). bp is op(B) packed [k, np], np = n rounded up
+// to 4, zero past n.
 typedef struct {
     ad_thin_isa isa;
-    int ta, m, n, k, np, lda, lo, hi;
+    int ta, m, n, k, np, lda, lo, hi, p0, p1;
     const double *A, *bp;
     double *C, *cb;
 } thin_task;
@@ -88,11 +90,11 @@ static void nn_portable(const thin_task *t) {
     }
 }
 
-// cb rows [lo, hi) += A^T restricted to columns [lo, hi): rank-one updates in order p, the
-// entries of one row of A against one packed row of B.
+// cb rows [lo, hi) += A^T restricted to columns [lo, hi) and rows [p0, p1): rank-one updates
+// in order p, the entries of one row of A against one packed row of B.
 static void tn_portable(const thin_task *t) {
     int np = t->np;
-    for (int p = 0; p < t->k; p++) {
+    for (int p = t->p0; p < t->p1; p++) {
         const double *a = t->A + (size_t)p * t->lda, *b = t->bp + (size_t)p * np;
         for (int i = t->lo; i < t->hi; i++) {
             double x = a[i], *c = t->cb + (size_t)i * np;
@@ -170,10 +172,10 @@ AVX2_FN void nn_avx2(const thin_task *t) {
 
 // Rank-4 updates of cb rows [lo, hi): four rows of A (their columns lo..hi) against four
 // packed rows of B held in registers; each entry still gets its terms in order p. The rest
-// of k one row at a time.
+// of [p0, p1) one row at a time.
 AVX2_INLINE void tn_cols_avx2(const int NV, const thin_task *t) {
-    int np = t->np, lda = t->lda, p = 0;
-    for (; p + 4 <= t->k; p += 4) {
+    int np = t->np, lda = t->lda, p = t->p0;
+    for (; p + 4 <= t->p1; p += 4) {
         const double *a0 = t->A + (size_t)p * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
         const double *b = t->bp + (size_t)p * np;
         __m256d b0[4], b1[4], b2[4], b3[4];
@@ -195,7 +197,7 @@ AVX2_INLINE void tn_cols_avx2(const int NV, const thin_task *t) {
             }
         }
     }
-    for (; p < t->k; p++) {
+    for (; p < t->p1; p++) {
         const double *a = t->A + (size_t)p * lda, *b = t->bp + (size_t)p * np;
         __m256d bv[4];
         for (int v = 0; v < NV; v++) bv[v] = _mm256_load_pd(b + 4 * v);
@@ -254,9 +256,23 @@ int ad_thin_default_threads(void) {
     return n;
 }
 
+// With A transposed, C [m, n] sums over the rows of A, which are what streams well (the
+// columns a thread would own in [784, 5000]^T are 3 KB pieces of rows, and narrower pieces
+// measured up to 1.7x slower). So k is cut into blocks of rows, at least 256 and at most 16
+// blocks, fixed by the shape alone; each block's sum goes to its own partial [m, np], and the
+// partials are added in block order: the same bits for any thread count. Short k (one
+// block) splits the columns instead. The partials are bounded to 16 MB.
+enum { TN_MIN_ROWS = 256, TN_MAX_BLOCKS = 16, TN_PARTIALS_MAX = 1 << 21 }; // doubles
+static int tn_blocks(int m, int n, int k) {
+    int b = min_int(k / TN_MIN_ROWS, TN_MAX_BLOCKS);
+    size_t part = (size_t)padded(n) * (size_t)m;
+    while (b > 1 && (size_t)b * part > TN_PARTIALS_MAX) b--;
+    return b < 1 ? 1 : b;
+}
+
 size_t ad_thin_work_size(int ta, int m, int n, int k) {
     size_t np = (size_t)padded(n);
-    return np * (size_t)k + (ta ? np * (size_t)m : 0);
+    return np * (size_t)k + (ta ? np * (size_t)m * (size_t)tn_blocks(m, n, k) : 0);
 }
 
 static void run_task(const thin_task *t) {
@@ -275,12 +291,36 @@ static void run_task(const thin_task *t) {
     else
 #endif
         tn_portable(t);
-    for (int i = t->lo; i < t->hi; i++)
-        memcpy(t->C + (size_t)i * t->n, t->cb + (size_t)i * t->np, (size_t)t->n * sizeof(double));
 }
 
-static void *run_thread(void *arg) {
-    run_task(arg);
+// Threads take the pieces in turn from a shared counter: a thread the host is slow to schedule
+// (it is shared) leaves its pieces to the others instead of holding up the call. Which thread
+// computes a piece changes nothing in its bits. Pieces: a few ranges of rows of C per thread,
+// or with A transposed the blocks of rows of A (tn_blocks), or one range of columns of A per
+// thread when there is one block.
+#ifndef THIN_CHUNKS_PER_THREAD
+#define THIN_CHUNKS_PER_THREAD 4
+#endif
+typedef struct {
+    thin_task all; // the whole product
+    int chunk, n_chunks, by_rows_of_a;
+    atomic_int next;
+} thin_job;
+
+static void *run_chunks(void *arg) {
+    thin_job *j = arg;
+    for (int c; (c = atomic_fetch_add(&j->next, 1)) < j->n_chunks;) {
+        thin_task t = j->all;
+        if (j->by_rows_of_a) {
+            t.p0 = c * j->chunk;
+            t.p1 = min_int(t.k, t.p0 + j->chunk);
+            t.cb += (size_t)c * t.m * t.np;
+        } else {
+            t.lo = c * j->chunk;
+            t.hi = min_int(t.m, t.lo + j->chunk);
+        }
+        run_task(&t);
+    }
     return NULL;
 }
 
@@ -291,25 +331,39 @@ void ad_thin_matmul(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, 
     if (m <= 0 || n <= 0) return;
     if (isa == AD_THIN_AUTO || (isa == AD_THIN_AVX2 && ad_thin_best() != AD_THIN_AVX2))
         isa = ad_thin_best();
-    int np = padded(n);
+    int np = padded(n), blocks = ta ? tn_blocks(m, n, k) : 1;
     pack_b(tb, n, k, B, ldb, np, work);
-    // each thread a contiguous range of rows of C, in multiples of 8
+    thin_job job = {.all = {.isa = isa, .ta = ta, .m = m, .n = n, .k = k, .np = np, .lda = lda,
+                            .lo = 0, .hi = m, .p0 = 0, .p1 = k, .A = A, .bp = work, .C = C,
+                            .cb = work + (size_t)np * k}};
     int nt = min_int(threads < 1 ? 1 : min_int(threads, THIN_MAX_THREADS), (m + 7) / 8);
-    int per = ((m + nt - 1) / nt + 7) & ~7;
-    nt = (m + per - 1) / per;
-    thin_task task[THIN_MAX_THREADS];
+    if (blocks > 1) { // A transposed, k long: blocks of rows of A
+        job.by_rows_of_a = 1;
+        job.chunk = ((k + blocks - 1) / blocks + 3) & ~3;
+        job.n_chunks = (k + job.chunk - 1) / job.chunk;
+    } else { // ranges of rows of C in multiples of 8: a few per thread, one per thread for A^T
+        int want = nt == 1 ? 1 : ta ? nt : THIN_CHUNKS_PER_THREAD * nt;
+        job.chunk = ((m + want - 1) / want + 7) & ~7;
+        job.n_chunks = (m + job.chunk - 1) / job.chunk;
+    }
+    nt = min_int(nt, job.n_chunks);
+    atomic_init(&job.next, 0);
     pthread_t tid[THIN_MAX_THREADS];
-    bool started[THIN_MAX_THREADS];
-    for (int w = 0; w < nt; w++) {
-        task[w] = (thin_task){.isa = isa, .ta = ta, .m = m, .n = n, .k = k, .np = np, .lda = lda,
-                              .lo = min_int(m, w * per), .hi = min_int(m, (w + 1) * per),
-                              .A = A, .bp = work, .C = C, .cb = work + (size_t)np * k};
-        // task 0 runs on this thread; a thread that cannot be started runs here too
-        started[w] = w > 0 && pthread_create(&tid[w], NULL, run_thread, &task[w]) == 0;
-    }
-    run_task(&task[0]);
-    for (int w = 1; w < nt; w++) {
+    bool started[THIN_MAX_THREADS] = {false};
+    // a thread that cannot be started leaves its pieces to the others
+    for (int w = 1; w < nt; w++) started[w] = pthread_create(&tid[w], NULL, run_chunks, &job) == 0;
+    run_chunks(&job);
+    for (int w = 1; w < nt; w++)
         if (started[w]) pthread_join(tid[w], NULL);
-        else run_task(&task[w]);
-    }
+    if (!ta) return;
+    // C = the partials added in block order (one block: copied)
+    const double *part = job.all.cb;
+    size_t stride = (size_t)m * np;
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            size_t at = (size_t)i * np + j;
+            double s = part[at];
+            for (int b = 1; b < job.n_chunks * job.by_rows_of_a; b++) s += part[b * stride + at];
+            C[(size_t)i * n + j] = s;
+        }
 }

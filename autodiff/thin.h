@@ -25,10 +25,11 @@ size_t ad_thin_work_size(int ta, int m, int n, int k);
 
 // C [m, n] (row stride n) = op(A) op(B), row-major A and B with row strides lda and ldb, op(X)
 // = X^T when tX. Needs 1 <= n <= AD_THIN_MAX_N, m, k >= 0, and work: ad_thin_work_size doubles,
-// 32-byte aligned. Runs on up to `threads` threads (at most one per 8 rows of C; the caller
-// judges whether the work pays for them: creating and joining one costs ~30 us). Each entry
-// of C is summed over k in order by one thread, the same way whatever the thread count, so
-// the result is bitwise the same for any `threads`. An unavailable isa runs the portable code.
+// 32-byte aligned. Runs on up to `threads` threads (the caller judges whether the work pays
+// for them: creating and joining one costs ~30 us). Each sum is fixed by the shape alone: in
+// order p, or with A transposed and k >= 512, in order p within fixed blocks of rows of A whose
+// sums are added in block order; so the result is bitwise the same for any `threads`. An
+// unavailable isa runs the portable code.
 void ad_thin_matmul(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, int k,
                     const double *A, int lda, const double *B, int ldb, double *C, double *work);
 

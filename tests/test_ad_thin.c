@@ -3,10 +3,10 @@
 // counts (bitwise the same results for any), and through the tape: ad_matmul's forward and the
 // gradients of a linear model (X W and X^T G) with the kernel on and off.
 //
-// Tolerance. The kernel and the reference add the same terms in the same order p; they differ
-// only where the kernel fuses a multiply-add (one rounding instead of two), so
-// |C - C_ref| <= k eps sum_p |a_ip b_pj|, and for random signs ~sqrt(k) eps. Entries must agree
-// to 1e-13 relative to sum_p |a_ip b_pj| (k <= 1000 here; sqrt(k) eps ~ 4e-15).
+// Tolerance. The kernel and the reference add the same terms, in the same order p or (A^T, long
+// k) in blocks of p; they differ by fused multiply-adds (one rounding instead of two) and the
+// blocking, so |C - C_ref| <= k eps sum_p |a_ip b_pj|, and for random signs ~sqrt(k) eps.
+// Entries must agree to 1e-13 relative to sum_p |a_ip b_pj| (k <= 5000; sqrt(k) eps ~ 1e-14).
 #include "harness.h"
 #include "tests.h"
 
@@ -110,6 +110,7 @@ static void kernel_vs_reference(void) {
                 check_shape(&g, ta, tb, 301, 10, 517, 0, true);
                 check_shape(&g, ta, tb, 263, 16, 401, 1, true);
                 check_shape(&g, ta, tb, 1000, 3, 211, 0, true);
+                check_shape(&g, ta, tb, 40, 7, 4999, 2, true); // A^T: 16 blocks of rows of A
             }
     }
     TEST_CASE("thin: k = 0 gives zeros; m = 0 writes nothing") {
