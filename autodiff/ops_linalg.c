@@ -87,6 +87,8 @@ static ad_status fwd_matvec(ad_tape *t, ad_node *n) {
         }
         return AD_OK;
     }
+    // not the thin kernel: with one column it wastes 3 of 4 lanes and measured half dgemv's
+    // speed ([1000, 1000]: 415 vs 204 us)
     double t0 = t->par.time_blas ? ad_now() : 0;
     cblas_dgemv(CblasRowMajor, n->i0 ? CblasTrans : CblasNoTrans, A->rows, A->cols, 1.0, A->val,
                 A->cols, X->val, 1, 0.0, n->val, 1);
