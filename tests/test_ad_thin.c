@@ -226,6 +226,27 @@ static void through_tape(void) {
         }
         free(X), free(W), free(V), free(y);
     }
+    TEST_CASE("thin: a memory cap with no room for the kernel's workspace falls back to cblas") {
+        ad_rng g;
+        ad_rng_seed(&g, 46);
+        int m = 640, k = 90, n = 10;
+        double *A = rand_mat(&g, (size_t)m * k), *B = rand_mat(&g, (size_t)k * n);
+        double *R = malloc(sizeof(double) * m * n);
+        ad_tape_params p = ad_tape_default_params();
+        ad_tape *t = ad_tape_new(&p);
+        p.max_bytes = ad_tape_bytes(t) + p.chunk_bytes + 1024; // nodes and one chunk of values
+        ad_tape_free(t);
+        t = ad_tape_new(&p);
+        ad_var a = ad_const_view(t, ad_mat_shape(m, k), A), b = ad_const_view(t, ad_mat_shape(k, n), B);
+        const double *c = ad_value(t, ad_matmul(t, a, b, 0, 0));
+        ad_thin_matmul_naive(0, 0, m, n, k, A, k, B, n, R);
+        double e = c ? rel_err(0, 0, m, n, k, A, k, B, n, c, R) : 1;
+        EXPECT(ad_tape_status(t) == AD_OK && e <= 1e-13, "%s; error %g", ad_tape_error(t), e);
+        EXPECT(ad_tape_peak_bytes(t) <= p.max_bytes, "peak %zu over the cap %zu",
+               ad_tape_peak_bytes(t), p.max_bytes);
+        ad_tape_free(t);
+        free(A), free(B), free(R);
+    }
     TEST_CASE("thin: the tape names the product kernel; off means cblas") {
         ad_tape_params p = ad_tape_default_params();
         p.threads = 3;
