@@ -53,6 +53,9 @@ typedef struct {
     int check_finite;  // 1: an op producing NaN/Inf is an error (AD_ENAN)
     size_t chunk_bytes; // arena growth step for values (0 = 1 MiB)
     int time_blas;     // 1: add up the wall time of matrix products (ad_tape_blas_seconds)
+    int threads;       // threads for large products with few output columns (ad_matmul with at
+                       // most 16); 0 = the online CPUs, at most 4, and no more than
+                       // OPENBLAS_NUM_THREADS or OMP_NUM_THREADS when set
 } ad_tape_params;
 
 ad_tape_params ad_tape_default_params(void);
@@ -89,9 +92,16 @@ size_t ad_tape_bytes(const ad_tape *t);
 size_t ad_tape_used_bytes(const ad_tape *t);
 size_t ad_tape_peak_bytes(const ad_tape *t);
 int32_t ad_tape_nodes(const ad_tape *t);
-// Seconds spent in cblas matrix products (matvec, matmul) since the tape was made, when
-// params.time_blas is set; benchmarks compare it with the total to show overhead outside BLAS.
+// Seconds spent in matrix products (matvec, matmul: cblas and the thin kernel) since the tape
+// was made, when params.time_blas is set; benchmarks compare it with the total to show the
+// overhead outside the products.
 double ad_tape_blas_seconds(const ad_tape *t);
+// Large products whose output has few columns (X W with W [784, 10], and X^T G) run on the
+// tape's own streaming kernel where the CPU has one (AVX2 + FMA); off sends them to cblas, for
+// comparisons. Returns the previous setting.
+int ad_tape_thin_products(ad_tape *t, int on);
+// What those products run on: "AVX2+FMA kernel, 2 threads", or "cblas" when off or unavailable.
+const char *ad_tape_product_kernel(const ad_tape *t, char buf[64]);
 // How many nodes of each op were recorded since the tape was made (for coverage tests).
 const char *ad_op_name(int op);
 int ad_op_count(void);

@@ -97,6 +97,10 @@ struct ad_tape {
     // again returns the earlier node; entries past a rewind are dropped
     ad_var memo[AD_MEMO];
     int64_t memo_used[AD_MEMO], memo_clock; // least recently used goes first
+    // the thin-product kernel (thin.c): its threads, whether it is used, its workspace
+    int threads, thin_isa; // thin_isa: an ad_thin_isa, 0 when products go to cblas
+    double *thin_work;
+    size_t thin_work_cap; // doubles
 };
 
 // ---- helpers for op definitions (tape.c) ----
@@ -150,5 +154,8 @@ static inline bool ad_shape_eq(ad_shape a, ad_shape b) {
     return a.rank == b.rank && a.rows == b.rows && a.cols == b.cols;
 }
 double ad_now(void); // monotonic seconds
+// n doubles of 64-byte-aligned workspace for the thin-product kernel, kept by the tape; NULL
+// (and no error recorded) if the memory cap or malloc refuses: the caller uses cblas instead.
+double *ad_thin_workspace(ad_tape *t, size_t n);
 
 #endif

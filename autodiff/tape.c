@@ -1,6 +1,7 @@
 // The tape: node storage, the value arena with mark / rewind, the first-error record, leaves,
 // and lazy values (forced on first use).
 #include "internal.h"
+#include "thin.h"
 
 #include <assert.h>
 #include <math.h>
@@ -200,6 +201,10 @@ ad_tape *ad_tape_new(const ad_tape_params *p) {
     if (!t->par.chunk_bytes) t->par.chunk_bytes = 1 << 20;
     t->nan_ = NAN;
     t->bytes = sizeof *t;
+    t->threads = t->par.threads > 0 ? t->par.threads : ad_thin_default_threads();
+    // without AVX2 + FMA, cblas: the portable kernel measured 14 ms on [5000, 784] x [784, 10]
+    // against OpenBLAS's 5-10 ms
+    t->thin_isa = ad_thin_best() == AD_THIN_AVX2 ? AD_THIN_AVX2 : 0;
     ad_tape_reset(t);
     return t;
 }
@@ -210,6 +215,7 @@ void ad_tape_free(ad_tape *t) {
     free(t->chunks);
     free(t->nodes);
     free(t->scratch);
+    free(t->thin_work);
     free(t);
 }
 
@@ -257,6 +263,33 @@ size_t ad_tape_used_bytes(const ad_tape *t) {
 size_t ad_tape_peak_bytes(const ad_tape *t) { return t->peak_bytes; }
 int32_t ad_tape_nodes(const ad_tape *t) { return t->n_nodes; }
 double ad_tape_blas_seconds(const ad_tape *t) { return t->blas_seconds; }
+
+int ad_tape_thin_products(ad_tape *t, int on) {
+    int was = t->thin_isa != 0;
+    t->thin_isa = on && ad_thin_best() == AD_THIN_AVX2 ? AD_THIN_AVX2 : 0;
+    return was;
+}
+
+const char *ad_tape_product_kernel(const ad_tape *t, char buf[64]) {
+    if (!t->thin_isa) snprintf(buf, 64, "cblas");
+    else snprintf(buf, 64, "%s kernel, %d thread%s", ad_thin_name((ad_thin_isa)t->thin_isa),
+                  t->threads, t->threads == 1 ? "" : "s");
+    return buf;
+}
+
+double *ad_thin_workspace(ad_tape *t, size_t n) {
+    if (n <= t->thin_work_cap) return t->thin_work;
+    size_t cap = (n + n / 2 + 7) & ~(size_t)7, add = (cap - t->thin_work_cap) * sizeof(double);
+    if (t->par.max_bytes && t->bytes + add > t->par.max_bytes) return NULL;
+    double *p = aligned_alloc(64, cap * sizeof(double));
+    if (!p) return NULL;
+    free(t->thin_work);
+    t->thin_work = p;
+    t->bytes += add;
+    if (t->bytes > t->peak_bytes) t->peak_bytes = t->bytes;
+    t->thin_work_cap = cap;
+    return p;
+}
 int ad_op_count(void) { return OP_COUNT; }
 const char *ad_op_name(int op) { return op >= 0 && op < OP_COUNT ? ad_ops[op]->name : "?"; }
 int64_t ad_tape_op_uses(const ad_tape *t, int op) {

@@ -161,6 +161,7 @@ void blo_runner_z0(const blo_runner *r, const double *y0, double *z) {
 const double *blo_runner_y(const blo_runner *r) { return r->y; }
 const blo_dynamics *blo_runner_dynamics(const blo_runner *r) { return r->dyn.step ? &r->dyn : NULL; }
 double blo_runner_blas_seconds(const blo_runner *r) { return ad_tape_blas_seconds(r->tape); }
+ad_tape *blo_runner_tape(blo_runner *r) { return r->tape; }
 
 // F and f at (x, y): the record's objectives.
 static blo_status objectives(blo_runner *r, const double *x, const double *y, blo_record *rec,

@@ -210,8 +210,10 @@ int blo_runner_n_z(const blo_runner *r);
 void blo_runner_z0(const blo_runner *r, const double *y0, double *z);
 // The direction function for blo_solve (pass the runner as `method`).
 blo_direction_fn blo_runner_direction(void);
-// Seconds the runner's tape spent in cblas products so far (its tape times them).
+// Seconds the runner's tape spent in matrix products so far (its tape times them).
 double blo_runner_blas_seconds(const blo_runner *r);
+// The runner's tape, for benchmarks: its product kernel (ad_tape_thin_products).
+ad_tape *blo_runner_tape(blo_runner *r);
 // The LL dynamics the runner unrolls (NULL for bome, galet, bvfim).
 const blo_dynamics *blo_runner_dynamics(const blo_runner *r);
 // The LL iterate of the last direction [n_y] (y_K, y_Kbar, GALET's or BVFIM's y, BOME's y).

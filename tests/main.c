@@ -8,6 +8,7 @@ int main(int argc, char **argv) {
     test_ad_ops();
     test_ad_engine();
     test_ad_products();
+    test_ad_thin();
     test_bilevel();
     test_bilevel_methods();
     test_models_data();

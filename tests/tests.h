@@ -4,6 +4,7 @@
 void test_ad_ops(void);
 void test_ad_engine(void);
 void test_ad_products(void);
+void test_ad_thin(void);
 void test_bilevel(void);
 void test_bilevel_methods(void);
 void test_models_data(void);

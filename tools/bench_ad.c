@@ -1,10 +1,12 @@
 // `hypertape bench autodiff`: what the tape costs. (a) nanoseconds per recorded op on a chain of
 // scalar ops, forward + backward; (b) Hessian-vector product time over gradient time for a
 // softmax-regression loss and a dense quadratic; (c) the softmax-regression gradient against the
-// cblas calls it makes. Medians over repeats; the machine is shared, so read the ratios.
+// cblas calls it makes; (e) the thin-product kernel against cblas_dgemm on that gradient's two
+// products. Medians over repeats; the machine is shared, so read the ratios.
 #include "bench.h"
 
 #include "../autodiff/ad.h"
+#include "../autodiff/thin.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -208,7 +210,7 @@ static void bench_second_order(const bench_opts *o) {
     }
     double tb = bench_median(s, reps), tg2 = bench_median(sg, reps);
     printf("(c) softmax-regression gradient %.2f ms; its two cblas calls alone %.2f ms: ratio %.2f "
-           "(target <= 1.2); time inside BLAS during the gradient %.2f ms (%.0f%%)\n",
+           "(target <= 1.2); time in products during the gradient %.2f ms (%.0f%%)\n",
            1e3 * tg2, 1e3 * tb, tg2 / tb, 1e3 * bg, 100 * bg / tg);
     free(sg);
     free(Z), free(dW), free(s);
@@ -217,9 +219,52 @@ static void bench_second_order(const bench_opts *o) {
     ad_tape_free(t);
 }
 
+// ---- (e) the thin-product kernel against cblas_dgemm on hyper-cleaning's two shapes ----
+
+// X W (X [5000, 784], W [784, 10]) and X^T G (G [5000, 10]): the kernel on the default threads
+// and on one, and cblas_dgemm, interleaved so all see the same machine load.
+static void bench_thin(const bench_opts *o) {
+    int n = 5000, d = 784, k = 10, reps = o->quick ? 5 : 31, threads = ad_thin_default_threads();
+    softmax_problem p = softmax_make(n, d, k, 9);
+    double *Z = malloc(sizeof(double) * n * k), *G = malloc(sizeof(double) * d * k);
+    double *work = aligned_alloc(64, sizeof(double) * ((ad_thin_work_size(1, d, k, n) + 7) & ~(size_t)7));
+    double *s = malloc(sizeof(double) * 6 * reps);
+    for (int i = 0; i < n * k; i++) Z[i] = p.W[i % (d * k)]; // any G
+    for (int r = 0; r < reps; r++)
+        for (int v = 0; v < 6; v++) {
+            int ta = v >= 3, kind = v % 3; // 0: kernel, default threads; 1: kernel, 1; 2: cblas
+            double t0 = bench_now();
+            if (kind == 2 && !ta)
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, k, d, 1.0, p.X, d, p.W, k, 0.0, Z, k);
+            else if (kind == 2)
+                cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, k, n, 1.0, p.X, d, Z, k, 0.0, G, k);
+            else if (!ta)
+                ad_thin_matmul(AD_THIN_AUTO, kind ? 1 : threads, 0, 0, n, k, d, p.X, d, p.W, k, Z, work);
+            else
+                ad_thin_matmul(AD_THIN_AUTO, kind ? 1 : threads, 1, 0, d, k, n, p.X, d, Z, k, G, work);
+            s[v * reps + r] = bench_now() - t0;
+        }
+    double gf = 2e-9 * n * d * k;
+    for (int ta = 0; ta < 2; ta++) {
+        double ms[3];
+        for (int kind = 0; kind < 3; kind++) ms[kind] = 1e3 * bench_median(s + (ta * 3 + kind) * reps, reps);
+        printf("(e) %s: thin kernel (%s, %d threads) %.2f ms, %.1f GFLOP/s (1 thread %.2f ms, %.1f); "
+               "cblas_dgemm %.2f ms, %.1f GFLOP/s: %.2fx faster\n",
+               ta ? "X^T G [784, 5000] x [5000, 10]" : "X W [5000, 784] x [784, 10]  ", ad_thin_name(AD_THIN_AUTO),
+               threads, ms[0], gf / ms[0] * 1e3, ms[1], gf / ms[1] * 1e3, ms[2], gf / ms[2] * 1e3, ms[2] / ms[0]);
+    }
+    free(Z), free(G), free(work), free(s);
+    softmax_free(&p);
+}
+
 void bench_autodiff(const bench_opts *o) {
     printf("autodiff benchmark (OpenBLAS %s, core %s, %d threads)\n", openblas_get_config(),
            openblas_get_corename(), openblas_get_num_threads());
+    ad_tape *t = ad_tape_new(NULL);
+    char kb[64];
+    printf("products with <= %d output columns: %s\n", AD_THIN_MAX_N, ad_tape_product_kernel(t, kb));
+    ad_tape_free(t);
     bench_chain(o);
     bench_second_order(o);
+    bench_thin(o);
 }

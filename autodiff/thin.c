@@ -1,0 +1,370 @@
+// Products whose output has few columns: C [m, n] = op(A) op(B) with n <= 16 and m, k large,
+// as in a linear model's forward X W ([5000, 784] x [784, 10]) and its reverse rule X^T G
+// ([784, 5000] x [5000, 10]). OpenBLAS packs the big operand on every call and reaches 6-18
+// GFLOP/s on these shapes here; op(B) is packed instead, into a small zero-padded buffer
+// [k, n rounded up to 4], and A is streamed once, its entries broadcast against accumulators
+// held in registers: 20-28 GFLOP/s on one thread, up to ~45 on two (`hypertape bench
+// autodiff`, line (e)).
+//
+// Layout: the reference loop, then the portable kernels, the AVX2 + FMA kernels (compiled
+// with a function-level target so the library needs no -march flag; chosen at run time),
+// and the driver that packs B and hands pieces of the product to threads.
+#include "thin.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define THIN_X86 1
+#include <immintrin.h>
+#else
+#define THIN_X86 0
+#endif
+
+static inline int min_int(int a, int b) { return a < b ? a : b; }
+
+// ---- the reference ----
+
+void ad_thin_matmul_naive(int ta, int tb, int m, int n, int k, const double *A, int lda,
+                          const double *B, int ldb, double *C) {
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double s = 0;
+            for (int p = 0; p < k; p++) {
+                double a = ta ? A[(size_t)p * lda + i] : A[(size_t)i * lda + p];
+                double b = tb ? B[(size_t)j * ldb + p] : B[(size_t)p * ldb + j];
+                s += a * b;
+            }
+            C[(size_t)i * n + j] = s;
+        }
+}
+
+// ---- what every variant shares ----
+
+// One piece of work: rows [lo, hi) of C, and with A transposed rows [p0, p1) of A summed into
+// cb (rows [lo, hi) of C, padded to np columns). bp is op(B) packed [k, np], np = n rounded up
+// to 4, zero past n.
+typedef struct {
+    ad_thin_isa isa;
+    int ta, m, n, k, np, lda, lo, hi, p0, p1;
+    const double *A, *bp;
+    double *C, *cb;
+} thin_task;
+
+static int padded(int n) { return (n + 3) & ~3; }
+
+static void pack_b(int tb, int n, int k, const double *B, int ldb, int np, double *bp) {
+    for (int p = 0; p < k; p++) {
+        double *row = bp + (size_t)p * np;
+        if (tb)
+            for (int j = 0; j < n; j++) row[j] = B[(size_t)j * ldb + p];
+        else
+            memcpy(row, B + (size_t)p * ldb, (size_t)n * sizeof(double));
+        for (int j = n; j < np; j++) row[j] = 0;
+    }
+}
+
+// ---- portable kernels ----
+
+// C rows [lo, hi) = A rows [lo, hi) [., k] times bp, four rows at a time, each entry summed
+// in order p (a multiply then an add: no contraction in ISO C, so every row and every thread
+// computes the same bits).
+static void nn_portable(const thin_task *t) {
+    int np = t->np, k = t->k;
+    for (int i = t->lo; i < t->hi; i += 4) {
+        int rows = min_int(4, t->hi - i);
+        double acc[4][AD_THIN_MAX_N] = {{0}};
+        for (int p = 0; p < k; p++) {
+            const double *b = t->bp + (size_t)p * np;
+            for (int r = 0; r < rows; r++) {
+                double x = t->A[(size_t)(i + r) * t->lda + p];
+                for (int j = 0; j < np; j++) acc[r][j] += x * b[j];
+            }
+        }
+        for (int r = 0; r < rows; r++)
+            memcpy(t->C + (size_t)(i + r) * t->n, acc[r], (size_t)t->n * sizeof(double));
+    }
+}
+
+// cb rows [lo, hi) += A^T restricted to columns [lo, hi) and rows [p0, p1): rank-one updates
+// in order p, the entries of one row of A against one packed row of B.
+static void tn_portable(const thin_task *t) {
+    int np = t->np;
+    for (int p = t->p0; p < t->p1; p++) {
+        const double *a = t->A + (size_t)p * t->lda, *b = t->bp + (size_t)p * np;
+        for (int i = t->lo; i < t->hi; i++) {
+            double x = a[i], *c = t->cb + (size_t)i * np;
+            for (int j = 0; j < np; j++) c[j] += x * b[j];
+        }
+    }
+}
+
+// ---- AVX2 + FMA kernels ----
+
+#if THIN_X86
+#define AVX2_FN static __attribute__((target("avx2,fma")))
+#define AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
+
+// R rows of C [R, 4 NV] in R * NV registers: per p, NV loads of packed B and R broadcasts of
+// A, R * NV fused multiply-adds. R and NV are constants at each call; the accumulators are
+// named variables (GCC keeps an array of them on the stack, storing it every iteration), and
+// those past R or NV are dead code.
+#define NN_ROW(r)                                                                            \
+    if (R > r) {                                                                             \
+        __m256d x = _mm256_broadcast_sd(a + (size_t)(r) * lda + p);                          \
+        c##r##0 = _mm256_fmadd_pd(x, b0, c##r##0);                                           \
+        if (NV > 1) c##r##1 = _mm256_fmadd_pd(x, b1, c##r##1);                               \
+        if (NV > 2) c##r##2 = _mm256_fmadd_pd(x, b2, c##r##2);                               \
+        if (NV > 3) c##r##3 = _mm256_fmadd_pd(x, b3, c##r##3);                               \
+    }
+#define NN_OUT(r)                                                                            \
+    if (R > r) {                                                                             \
+        _mm256_store_pd(out, c##r##0), _mm256_store_pd(out + 4, c##r##1);                    \
+        _mm256_store_pd(out + 8, c##r##2), _mm256_store_pd(out + 12, c##r##3);               \
+        memcpy(c + (size_t)(r) * n, out, (size_t)n * sizeof(double));                       \
+    }
+AVX2_INLINE void nn_rows_avx2(const int R, const int NV, const double *a, int lda,
+                              const double *bp, int np, int k, double *c, int n) {
+    __m256d z = _mm256_setzero_pd(), b0 = z, b1 = z, b2 = z, b3 = z;
+    __m256d c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z;
+    __m256d c20 = z, c21 = z, c22 = z, c23 = z, c30 = z, c31 = z, c32 = z, c33 = z;
+    for (int p = 0; p < k; p++) {
+        const double *b = bp + (size_t)p * np;
+        b0 = _mm256_load_pd(b);
+        if (NV > 1) b1 = _mm256_load_pd(b + 4);
+        if (NV > 2) b2 = _mm256_load_pd(b + 8);
+        if (NV > 3) b3 = _mm256_load_pd(b + 12);
+        NN_ROW(0) NN_ROW(1) NN_ROW(2) NN_ROW(3)
+    }
+    double out[16] __attribute__((aligned(32)));
+    NN_OUT(0) NN_OUT(1) NN_OUT(2) NN_OUT(3)
+}
+#undef NN_ROW
+#undef NN_OUT
+
+// Rows in blocks of R (at most 12 accumulators: 16 ymm registers less B and the broadcast),
+// the rest one at a time; a row's sums are the same in either.
+#define NN_CASE(NV, R)                                                                       \
+    case NV: {                                                                               \
+        int i = t->lo;                                                                       \
+        for (; i + R <= t->hi; i += R)                                                       \
+            nn_rows_avx2(R, NV, t->A + (size_t)i * lda, lda, t->bp, t->np, t->k,             \
+                         t->C + (size_t)i * t->n, t->n);                                     \
+        for (; i < t->hi; i++)                                                               \
+            nn_rows_avx2(1, NV, t->A + (size_t)i * lda, lda, t->bp, t->np, t->k,             \
+                         t->C + (size_t)i * t->n, t->n);                                     \
+    } break;
+
+AVX2_FN void nn_avx2(const thin_task *t) {
+    int lda = t->lda;
+    switch (t->np / 4) {
+        NN_CASE(1, 4)
+        NN_CASE(2, 4)
+        NN_CASE(3, 4)
+        NN_CASE(4, 3)
+    }
+}
+#undef NN_CASE
+
+// Rank-4 updates of cb rows [lo, hi): four rows of A (their columns lo..hi) against four
+// packed rows of B held in registers; each entry still gets its terms in order p. The rest
+// of [p0, p1) one row at a time.
+AVX2_INLINE void tn_cols_avx2(const int NV, const thin_task *t) {
+    int np = t->np, lda = t->lda, p = t->p0;
+    for (; p + 4 <= t->p1; p += 4) {
+        const double *a0 = t->A + (size_t)p * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+        const double *b = t->bp + (size_t)p * np;
+        __m256d b0[4], b1[4], b2[4], b3[4];
+        for (int v = 0; v < NV; v++) {
+            b0[v] = _mm256_load_pd(b + 4 * v), b1[v] = _mm256_load_pd(b + np + 4 * v);
+            b2[v] = _mm256_load_pd(b + 2 * np + 4 * v), b3[v] = _mm256_load_pd(b + 3 * np + 4 * v);
+        }
+        for (int i = t->lo; i < t->hi; i++) {
+            double *c = t->cb + (size_t)i * np;
+            __m256d x0 = _mm256_broadcast_sd(a0 + i), x1 = _mm256_broadcast_sd(a1 + i);
+            __m256d x2 = _mm256_broadcast_sd(a2 + i), x3 = _mm256_broadcast_sd(a3 + i);
+            for (int v = 0; v < NV; v++) {
+                __m256d cv = _mm256_load_pd(c + 4 * v);
+                cv = _mm256_fmadd_pd(x0, b0[v], cv);
+                cv = _mm256_fmadd_pd(x1, b1[v], cv);
+                cv = _mm256_fmadd_pd(x2, b2[v], cv);
+                cv = _mm256_fmadd_pd(x3, b3[v], cv);
+                _mm256_store_pd(c + 4 * v, cv);
+            }
+        }
+    }
+    for (; p < t->p1; p++) {
+        const double *a = t->A + (size_t)p * lda, *b = t->bp + (size_t)p * np;
+        __m256d bv[4];
+        for (int v = 0; v < NV; v++) bv[v] = _mm256_load_pd(b + 4 * v);
+        for (int i = t->lo; i < t->hi; i++) {
+            double *c = t->cb + (size_t)i * np;
+            __m256d x = _mm256_broadcast_sd(a + i);
+            for (int v = 0; v < NV; v++)
+                _mm256_store_pd(c + 4 * v, _mm256_fmadd_pd(x, bv[v], _mm256_load_pd(c + 4 * v)));
+        }
+    }
+}
+
+AVX2_FN void tn_avx2(const thin_task *t) {
+    switch (t->np / 4) {
+    case 1: tn_cols_avx2(1, t); break;
+    case 2: tn_cols_avx2(2, t); break;
+    case 3: tn_cols_avx2(3, t); break;
+    case 4: tn_cols_avx2(4, t); break;
+    }
+}
+#undef AVX2_FN
+#undef AVX2_INLINE
+#endif
+
+// ---- the driver ----
+
+ad_thin_isa ad_thin_best(void) {
+#if THIN_X86
+    __builtin_cpu_init(); // idempotent; needed if this runs before the library's constructors
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return AD_THIN_AVX2;
+#endif
+    return AD_THIN_PORTABLE;
+}
+
+const char *ad_thin_name(ad_thin_isa isa) {
+    switch (isa) {
+    case AD_THIN_AUTO: return ad_thin_name(ad_thin_best());
+    case AD_THIN_PORTABLE: return "portable C";
+    case AD_THIN_AVX2: return "AVX2+FMA";
+    }
+    return "?";
+}
+
+// At most 4: the products stream A from memory, and on this 2-core host two threads already
+// share its bandwidth; no more than the user allowed OpenBLAS, whose idle threads would
+// otherwise compete with ours.
+int ad_thin_default_threads(void) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int n = cpus < 1 ? 1 : cpus > 4 ? 4 : (int)cpus;
+    const char *env[2] = {"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"};
+    for (int i = 0; i < 2; i++) {
+        const char *v = getenv(env[i]);
+        int lim = v ? atoi(v) : 0;
+        if (lim >= 1 && lim < n) n = lim;
+    }
+    return n;
+}
+
+// With A transposed, C [m, n] sums over the rows of A, which are what streams well (the
+// columns a thread would own in [784, 5000]^T are 3 KB pieces of rows, and narrower pieces
+// measured up to 1.7x slower). So k is cut into blocks of rows, at least 256 and at most 16
+// blocks, fixed by the shape alone; each block's sum goes to its own partial [m, np], and the
+// partials are added in block order: the same bits for any thread count. Short k (one
+// block) splits the columns instead. The partials are bounded to 16 MB.
+enum { TN_MIN_ROWS = 256, TN_MAX_BLOCKS = 16, TN_PARTIALS_MAX = 1 << 21 }; // doubles
+static int tn_blocks(int m, int n, int k) {
+    int b = min_int(k / TN_MIN_ROWS, TN_MAX_BLOCKS);
+    size_t part = (size_t)padded(n) * (size_t)m;
+    while (b > 1 && (size_t)b * part > TN_PARTIALS_MAX) b--;
+    return b < 1 ? 1 : b;
+}
+
+size_t ad_thin_work_size(int ta, int m, int n, int k) {
+    size_t np = (size_t)padded(n);
+    return np * (size_t)k + (ta ? np * (size_t)m * (size_t)tn_blocks(m, n, k) : 0);
+}
+
+static void run_task(const thin_task *t) {
+    if (t->lo >= t->hi) return;
+    if (!t->ta) {
+#if THIN_X86
+        if (t->isa == AD_THIN_AVX2) nn_avx2(t);
+        else
+#endif
+            nn_portable(t);
+        return;
+    }
+    memset(t->cb + (size_t)t->lo * t->np, 0, (size_t)(t->hi - t->lo) * t->np * sizeof(double));
+#if THIN_X86
+    if (t->isa == AD_THIN_AVX2) tn_avx2(t);
+    else
+#endif
+        tn_portable(t);
+}
+
+// Threads take the pieces in turn from a shared counter: a thread the host is slow to schedule
+// (it is shared) leaves its pieces to the others instead of holding up the call. Which thread
+// computes a piece changes nothing in its bits. Pieces: a few ranges of rows of C per thread,
+// or with A transposed the blocks of rows of A (tn_blocks), or one range of columns of A per
+// thread when there is one block.
+#ifndef THIN_CHUNKS_PER_THREAD
+#define THIN_CHUNKS_PER_THREAD 4
+#endif
+typedef struct {
+    thin_task all; // the whole product
+    int chunk, n_chunks, by_rows_of_a;
+    atomic_int next;
+} thin_job;
+
+static void *run_chunks(void *arg) {
+    thin_job *j = arg;
+    for (int c; (c = atomic_fetch_add(&j->next, 1)) < j->n_chunks;) {
+        thin_task t = j->all;
+        if (j->by_rows_of_a) {
+            t.p0 = c * j->chunk;
+            t.p1 = min_int(t.k, t.p0 + j->chunk);
+            t.cb += (size_t)c * t.m * t.np;
+        } else {
+            t.lo = c * j->chunk;
+            t.hi = min_int(t.m, t.lo + j->chunk);
+        }
+        run_task(&t);
+    }
+    return NULL;
+}
+
+enum { THIN_MAX_THREADS = 64 };
+
+void ad_thin_matmul(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, int k,
+                    const double *A, int lda, const double *B, int ldb, double *C, double *work) {
+    if (m <= 0 || n <= 0) return;
+    if (isa == AD_THIN_AUTO || (isa == AD_THIN_AVX2 && ad_thin_best() != AD_THIN_AVX2))
+        isa = ad_thin_best();
+    int np = padded(n), blocks = ta ? tn_blocks(m, n, k) : 1;
+    pack_b(tb, n, k, B, ldb, np, work);
+    thin_job job = {.all = {.isa = isa, .ta = ta, .m = m, .n = n, .k = k, .np = np, .lda = lda,
+                            .lo = 0, .hi = m, .p0 = 0, .p1 = k, .A = A, .bp = work, .C = C,
+                            .cb = work + (size_t)np * k}};
+    int nt = min_int(threads < 1 ? 1 : min_int(threads, THIN_MAX_THREADS), (m + 7) / 8);
+    if (blocks > 1) { // A transposed, k long: blocks of rows of A
+        job.by_rows_of_a = 1;
+        job.chunk = ((k + blocks - 1) / blocks + 3) & ~3;
+        job.n_chunks = (k + job.chunk - 1) / job.chunk;
+    } else { // ranges of rows of C in multiples of 8: a few per thread, one per thread for A^T
+        int want = nt == 1 ? 1 : ta ? nt : THIN_CHUNKS_PER_THREAD * nt;
+        job.chunk = ((m + want - 1) / want + 7) & ~7;
+        job.n_chunks = (m + job.chunk - 1) / job.chunk;
+    }
+    nt = min_int(nt, job.n_chunks);
+    atomic_init(&job.next, 0);
+    pthread_t tid[THIN_MAX_THREADS];
+    bool started[THIN_MAX_THREADS] = {false};
+    // a thread that cannot be started leaves its pieces to the others
+    for (int w = 1; w < nt; w++) started[w] = pthread_create(&tid[w], NULL, run_chunks, &job) == 0;
+    run_chunks(&job);
+    for (int w = 1; w < nt; w++)
+        if (started[w]) pthread_join(tid[w], NULL);
+    if (!ta) return;
+    // C = the partials added in block order (one block: copied)
+    const double *part = job.all.cb;
+    size_t stride = (size_t)m * np;
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            size_t at = (size_t)i * np + j;
+            double s = part[at];
+            for (int b = 1; b < job.n_chunks * job.by_rows_of_a; b++) s += part[b * stride + at];
+            C[(size_t)i * n + j] = s;
+        }
+}

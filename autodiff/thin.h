@@ -1,0 +1,40 @@
+// The thin-product kernel (thin.c): C = op(A) op(B) when C has few columns and the work is
+// large, the shape of a linear model's X W and X^T G. Internal to the library; the tests and
+// the benchmark call it directly to compare it with the reference loop and with cblas.
+#ifndef HYPERTAPE_AD_THIN_H
+#define HYPERTAPE_AD_THIN_H
+
+#include <stddef.h>
+
+enum { AD_THIN_MAX_N = 16 }; // most columns of C the kernel takes
+
+typedef enum {
+    AD_THIN_AUTO = 0,  // the best variant this CPU runs
+    AD_THIN_PORTABLE,  // plain C, any compiler and CPU
+    AD_THIN_AVX2,      // AVX2 + FMA (x86-64 with GCC or Clang, chosen at run time)
+} ad_thin_isa;
+
+// The variant AD_THIN_AUTO runs on this CPU, and a variant's name for benchmark output.
+ad_thin_isa ad_thin_best(void);
+const char *ad_thin_name(ad_thin_isa isa);
+// Threads for the kernel when the tape is not told: the online CPUs, at most 4, and no more
+// than OPENBLAS_NUM_THREADS or OMP_NUM_THREADS when set.
+int ad_thin_default_threads(void);
+// Doubles of workspace ad_thin_matmul needs for C [m, n] = op(A) [m, k] op(B) [k, n].
+size_t ad_thin_work_size(int ta, int m, int n, int k);
+
+// C [m, n] (row stride n) = op(A) op(B), row-major A and B with row strides lda and ldb, op(X)
+// = X^T when tX. Needs 1 <= n <= AD_THIN_MAX_N, m, k >= 0, and work: ad_thin_work_size doubles,
+// 32-byte aligned. Runs on up to `threads` threads (the caller judges whether the work pays
+// for them: creating and joining one costs ~30 us). Each sum is fixed by the shape alone: in
+// order p, or with A transposed and k >= 512, in order p within fixed blocks of rows of A whose
+// sums are added in block order; so the result is bitwise the same for any `threads`. An
+// unavailable isa runs the portable code.
+void ad_thin_matmul(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, int k,
+                    const double *A, int lda, const double *B, int ldb, double *C, double *work);
+
+// The reference next to it: the textbook loop, C_ij = sum_p op(A)_ip op(B)_pj in order p.
+void ad_thin_matmul_naive(int ta, int tb, int m, int n, int k, const double *A, int lda,
+                          const double *B, int ldb, double *C);
+
+#endif

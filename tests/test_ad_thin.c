@@ -1,0 +1,268 @@
+// The thin-product kernel (autodiff/thin.c) against the reference loop and cblas: every
+// variant this CPU runs, all four transposes, n = 1..16, odd and zero sizes, strides, thread
+// counts (bitwise the same results for any), and through the tape: ad_matmul's forward and the
+// gradients of a linear model (X W and X^T G) with the kernel on and off.
+//
+// Tolerance. The kernel and the reference add the same terms, in the same order p or (A^T, long
+// k) in blocks of p; they differ by fused multiply-adds (one rounding instead of two) and the
+// blocking, so |C - C_ref| <= k eps sum_p |a_ip b_pj|, and for random signs ~sqrt(k) eps.
+// Entries must agree to 1e-13 relative to sum_p |a_ip b_pj| (k <= 5000; sqrt(k) eps ~ 1e-14).
+#include "harness.h"
+#include "tests.h"
+
+#include "../autodiff/ad.h"
+#include "../autodiff/thin.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { MAXN = AD_THIN_MAX_N };
+
+static double *rand_mat(ad_rng *g, size_t n) {
+    double *x = malloc((n ? n : 1) * sizeof *x);
+    for (size_t i = 0; i < n; i++) x[i] = ad_rng_uniform(g) * 2 - 1;
+    return x;
+}
+
+static double *work_for(int ta, int m, int n, int k) {
+    size_t w = (ad_thin_work_size(ta, m, n, k) + 7) & ~(size_t)7;
+    return aligned_alloc(64, (w ? w : 8) * sizeof(double));
+}
+
+// Largest |C - R| / (sum_p |op(A)_ip op(B)_pj| + tiny) over the entries of C [m, n].
+static double rel_err(int ta, int tb, int m, int n, int k, const double *A, int lda,
+                      const double *B, int ldb, const double *C, const double *R) {
+    double worst = 0;
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double s = 0;
+            for (int p = 0; p < k; p++)
+                s += fabs((ta ? A[(size_t)p * lda + i] : A[(size_t)i * lda + p]) *
+                          (tb ? B[(size_t)j * ldb + p] : B[(size_t)p * ldb + j]));
+            double e = fabs(C[(size_t)i * n + j] - R[(size_t)i * n + j]) / (s + 1e-300);
+            if (e > worst) worst = e;
+        }
+    return worst;
+}
+
+// One product with every variant and 1, 3 (all: 1, 2, 3, 7) threads against the reference; the
+// thread counts must agree bitwise. Returns false (after reporting) on the first mismatch.
+static bool check_shape(ad_rng *g, int ta, int tb, int m, int n, int k, int pad, bool all) {
+    int lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad;
+    size_t sa = (size_t)(ta ? k : m) * lda, sb = (size_t)(tb ? n : k) * ldb;
+    double *A = rand_mat(g, sa), *B = rand_mat(g, sb), *work = work_for(ta, m, n, k);
+    size_t sc = (size_t)m * n + 1;
+    double *R = malloc(sc * sizeof *R), *C = malloc(sc * sizeof *C), *C1 = malloc(sc * sizeof *C1);
+    ad_thin_matmul_naive(ta, tb, m, n, k, A, lda, B, ldb, R);
+    R[sc - 1] = 12345; // the entry past C must stay untouched
+    bool ok = true;
+    ad_thin_isa isas[2] = {AD_THIN_PORTABLE, ad_thin_best()};
+    for (int v = 0; v < 2 && ok; v++) {
+        if (v == 1 && isas[1] == AD_THIN_PORTABLE) break;
+        const int threads[4] = {1, 3, 2, 7};
+        for (int h = 0; h < (all ? 4 : 2) && ok; h++) {
+            for (size_t i = 0; i < sc; i++) C[i] = NAN;
+            C[sc - 1] = 12345;
+            ad_thin_matmul(isas[v], threads[h], ta, tb, m, n, k, A, lda, B, ldb, C, work);
+            double e = rel_err(ta, tb, m, n, k, A, lda, B, ldb, C, R);
+            if (!(e <= 1e-13) || C[sc - 1] != 12345) {
+                EXPECT(false, "%s, %d threads, A%s B%s m %d n %d k %d pad %d: error %g%s",
+                       ad_thin_name(isas[v]), threads[h], ta ? "^T" : "", tb ? "^T" : "", m, n, k,
+                       pad, e, C[sc - 1] != 12345 ? ", wrote past C" : "");
+                ok = false;
+            }
+            if (h == 0) memcpy(C1, C, sc * sizeof *C);
+            else if (ok && memcmp(C1, C, (size_t)m * n * sizeof *C) != 0) {
+                EXPECT(false, "%s, A%s B%s m %d n %d k %d: %d threads differ from 1 thread",
+                       ad_thin_name(isas[v]), ta ? "^T" : "", tb ? "^T" : "", m, n, k, threads[h]);
+                ok = false;
+            }
+        }
+    }
+    free(A), free(B), free(R), free(C), free(C1), free(work);
+    return ok;
+}
+
+static void kernel_vs_reference(void) {
+    TEST_CASE("thin: kernel = reference loop, all transposes, n = 1..16, odd and zero sizes") {
+        ad_rng g;
+        ad_rng_seed(&g, 41);
+        const int ms[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 17, 31, 64, 67};
+        const int ks[] = {0, 1, 2, 3, 4, 5, 6, 7, 9, 33, 130};
+        int cases = 0;
+        bool ok = true;
+        for (int ta = 0; ta < 2 && ok; ta++)
+            for (int tb = 0; tb < 2 && ok; tb++)
+                for (int n = 1; n <= MAXN && ok; n++)
+                    for (size_t mi = 0; mi < sizeof ms / sizeof *ms && ok; mi++)
+                        for (size_t ki = 0; ki < sizeof ks / sizeof *ks && ok; ki++, cases++)
+                            ok = check_shape(&g, ta, tb, ms[mi], n, ks[ki], 0, false);
+        EXPECT(cases == 4 * MAXN * 14 * 11 || !ok, "%d shapes", cases);
+    }
+    TEST_CASE("thin: row strides larger than the rows, and larger shapes") {
+        ad_rng g;
+        ad_rng_seed(&g, 42);
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                check_shape(&g, ta, tb, 37, 10, 29, 3, true);
+                check_shape(&g, ta, tb, 301, 10, 517, 0, true);
+                check_shape(&g, ta, tb, 263, 16, 401, 1, true);
+                check_shape(&g, ta, tb, 1000, 3, 211, 0, true);
+                check_shape(&g, ta, tb, 40, 7, 4999, 2, true); // A^T: 16 blocks of rows of A
+            }
+    }
+    TEST_CASE("thin: k = 0 gives zeros; m = 0 writes nothing") {
+        double A[4] = {1, 2, 3, 4}, B[4] = {1, 2, 3, 4}, C[6] = {7, 7, 7, 7, 7, 7};
+        double *work = work_for(1, 3, 2, 0);
+        for (int ta = 0; ta < 2; ta++) {
+            ad_thin_matmul(AD_THIN_AUTO, 2, ta, 0, 3, 2, 0, A, 1, B, 2, C, work);
+            for (int i = 0; i < 6; i++) EXPECT(C[i] == 0, "A%s: C[%d] = %g", ta ? "^T" : "", i, C[i]);
+        }
+        C[0] = 7;
+        ad_thin_matmul(AD_THIN_AUTO, 2, 0, 0, 0, 2, 2, A, 2, B, 2, C, work);
+        EXPECT(C[0] == 7, "m = 0 wrote C");
+        free(work);
+    }
+}
+
+// C = op(A) op(B) through cblas, for the larger shapes.
+static void blas_product(int ta, int tb, int m, int n, int k, const double *A, const double *B,
+                         double *C) {
+    cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
+                n, k, 1.0, A, ta ? m : k, B, tb ? k : n, 0.0, C, n);
+}
+
+static void kernel_vs_blas(void) {
+    TEST_CASE("thin: kernel = cblas_dgemm on hyper-cleaning-like shapes [600, 300] x [300, 10]") {
+        ad_rng g;
+        ad_rng_seed(&g, 43);
+        int m = 600, k = 300;
+        for (int n = 1; n <= MAXN; n += 3)
+            for (int ta = 0; ta < 2; ta++)
+                for (int tb = 0; tb < 2; tb++) {
+                    double *A = rand_mat(&g, (size_t)m * k), *B = rand_mat(&g, (size_t)k * n);
+                    double *C = malloc(sizeof(double) * m * n), *R = malloc(sizeof(double) * m * n);
+                    double *work = work_for(ta, m, n, k);
+                    blas_product(ta, tb, m, n, k, A, B, R);
+                    ad_thin_matmul(AD_THIN_AUTO, 2, ta, tb, m, n, k, A, ta ? m : k, B, tb ? k : n, C,
+                                   work);
+                    double e = rel_err(ta, tb, m, n, k, A, ta ? m : k, B, tb ? k : n, C, R);
+                    EXPECT(e <= 1e-13, "A%s B%s n %d: error %g", ta ? "^T" : "", tb ? "^T" : "", n, e);
+                    free(A), free(B), free(C), free(R), free(work);
+                }
+    }
+}
+
+// ---- through the tape ----
+
+static void through_tape(void) {
+    TEST_CASE("thin: ad_matmul's forward uses the kernel on [640, 90] x [90, 10], all transposes") {
+        ad_rng g;
+        ad_rng_seed(&g, 44);
+        int m = 640, k = 90, n = 10;
+        double *A = rand_mat(&g, (size_t)m * k), *B = rand_mat(&g, (size_t)k * n);
+        double *R = malloc(sizeof(double) * m * n);
+        ad_tape_params p = ad_tape_default_params();
+        p.time_blas = 1;
+        p.threads = 2;
+        ad_tape *t = ad_tape_new(&p);
+        char buf[64];
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                ad_var a = ad_const_view(t, ta ? ad_mat_shape(k, m) : ad_mat_shape(m, k), A);
+                ad_var b = ad_const_view(t, tb ? ad_mat_shape(n, k) : ad_mat_shape(k, n), B);
+                double s0 = ad_tape_blas_seconds(t);
+                const double *c = ad_value(t, ad_matmul(t, a, b, ta, tb));
+                EXPECT(c && ad_tape_blas_seconds(t) > s0, "A%s B%s: no product timed",
+                       ta ? "^T" : "", tb ? "^T" : "");
+                ad_thin_matmul_naive(ta, tb, m, n, k, A, ta ? m : k, B, tb ? k : n, R);
+                double e = c ? rel_err(ta, tb, m, n, k, A, ta ? m : k, B, tb ? k : n, c, R) : 1;
+                EXPECT(e <= 1e-13, "A%s B%s: error %g (%s)", ta ? "^T" : "", tb ? "^T" : "", e,
+                       ad_tape_product_kernel(t, buf));
+            }
+        EXPECT(ad_tape_status(t) == AD_OK, "%s", ad_tape_error(t));
+        ad_tape_free(t);
+        free(A), free(B), free(R);
+    }
+    TEST_CASE("thin: a linear model's gradients are the same with the kernel on and off") {
+        // mean xent(X W + b) and its Hessian-vector product: X W, X^T G and their second-order
+        // counterparts, [700, 120] x [120, 10]
+        ad_rng g;
+        ad_rng_seed(&g, 45);
+        int n = 700, d = 120, c = 10;
+        double *X = rand_mat(&g, (size_t)n * d), *W = rand_mat(&g, (size_t)d * c);
+        double *V = rand_mat(&g, (size_t)d * c), b[10] = {0};
+        int32_t *y = malloc(sizeof(int32_t) * n);
+        for (int i = 0; i < n; i++) y[i] = (int32_t)(ad_rng_next(&g) % (uint64_t)c);
+        double *out[2][2];
+        for (int on = 0; on < 2; on++) {
+            ad_tape *t = ad_tape_new(NULL);
+            ad_tape_thin_products(t, on);
+            ad_var Wv = ad_param(t, ad_mat_shape(d, c), W), bv = ad_param(t, ad_vec_shape(c), b);
+            ad_var Xv = ad_const_view(t, ad_mat_shape(n, d), X);
+            ad_var loss = ad_mean(t, ad_xent(t, ad_add(t, ad_matmul(t, Xv, Wv, 0, 0), bv), y));
+            ad_var gr, h;
+            ad_grad(t, loss, 1, &Wv, &gr, 0);
+            ad_hvp(t, loss, Wv, ad_const_view(t, ad_mat_shape(d, c), V), &h, 0);
+            for (int q = 0; q < 2; q++) {
+                out[on][q] = malloc(sizeof(double) * d * c);
+                const double *v = ad_value(t, q ? h : gr);
+                if (v) memcpy(out[on][q], v, sizeof(double) * d * c);
+            }
+            EXPECT(ad_tape_status(t) == AD_OK, "%s", ad_tape_error(t));
+            ad_tape_free(t);
+        }
+        for (int q = 0; q < 2; q++) {
+            double worst = 0, scale = 0;
+            for (int i = 0; i < d * c; i++) {
+                worst = fmax(worst, fabs(out[1][q][i] - out[0][q][i]));
+                scale = fmax(scale, fabs(out[0][q][i]));
+            }
+            EXPECT(worst <= 1e-13 * scale, "%s: max difference %g (largest entry %g)",
+                   q ? "Hessian-vector product" : "gradient", worst, scale);
+            free(out[0][q]), free(out[1][q]);
+        }
+        free(X), free(W), free(V), free(y);
+    }
+    TEST_CASE("thin: a memory cap with no room for the kernel's workspace falls back to cblas") {
+        ad_rng g;
+        ad_rng_seed(&g, 46);
+        int m = 640, k = 90, n = 10;
+        double *A = rand_mat(&g, (size_t)m * k), *B = rand_mat(&g, (size_t)k * n);
+        double *R = malloc(sizeof(double) * m * n);
+        ad_tape_params p = ad_tape_default_params();
+        ad_tape *t = ad_tape_new(&p);
+        p.max_bytes = ad_tape_bytes(t) + p.chunk_bytes + 1024; // nodes and one chunk of values
+        ad_tape_free(t);
+        t = ad_tape_new(&p);
+        ad_var a = ad_const_view(t, ad_mat_shape(m, k), A), b = ad_const_view(t, ad_mat_shape(k, n), B);
+        const double *c = ad_value(t, ad_matmul(t, a, b, 0, 0));
+        ad_thin_matmul_naive(0, 0, m, n, k, A, k, B, n, R);
+        double e = c ? rel_err(0, 0, m, n, k, A, k, B, n, c, R) : 1;
+        EXPECT(ad_tape_status(t) == AD_OK && e <= 1e-13, "%s; error %g", ad_tape_error(t), e);
+        EXPECT(ad_tape_peak_bytes(t) <= p.max_bytes, "peak %zu over the cap %zu",
+               ad_tape_peak_bytes(t), p.max_bytes);
+        ad_tape_free(t);
+        free(A), free(B), free(R);
+    }
+    TEST_CASE("thin: the tape names the product kernel; off means cblas") {
+        ad_tape_params p = ad_tape_default_params();
+        p.threads = 3;
+        ad_tape *t = ad_tape_new(&p);
+        char buf[64];
+        bool avx2 = ad_thin_best() == AD_THIN_AVX2;
+        EXPECT(!avx2 || strcmp(ad_tape_product_kernel(t, buf), "AVX2+FMA kernel, 3 threads") == 0,
+               "%s", buf);
+        EXPECT(ad_tape_thin_products(t, 0) == avx2, "previous setting");
+        EXPECT(strcmp(ad_tape_product_kernel(t, buf), "cblas") == 0, "%s", buf);
+        ad_tape_free(t);
+    }
+}
+
+void test_ad_thin(void) {
+    kernel_vs_reference();
+    kernel_vs_blas();
+    through_tape();
+}
