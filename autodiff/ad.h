@@ -106,6 +106,9 @@ const char *ad_tape_product_kernel(const ad_tape *t, char buf[64]);
 const char *ad_op_name(int op);
 int ad_op_count(void);
 int64_t ad_tape_op_uses(const ad_tape *t, int op);
+// How many values of each op were computed (a deferred node that nothing read is recorded, not
+// computed): what a benchmark counts as passes over its data.
+int64_t ad_tape_op_evals(const ad_tape *t, int op);
 // Records a failure of the caller's own (e.g. a callback's bad output) as the tape's error.
 void ad_tape_fail(ad_tape *t, ad_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -92,7 +92,7 @@ struct ad_tape {
     size_t scratch_bytes;
     int64_t op_uses[OP_COUNT];
     double blas_seconds;
-    int64_t evals;
+    int64_t op_evals[OP_COUNT]; // values computed, per op
     // recent large products with a constant view (ops_linalg.c): recording the same product
     // again returns the earlier node; entries past a rewind are dropped
     ad_var memo[AD_MEMO];

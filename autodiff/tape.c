@@ -251,7 +251,11 @@ int ad_tape_defer(ad_tape *t, int on) {
     return was;
 }
 
-int64_t ad_tape_evals(const ad_tape *t) { return t->evals; }
+int64_t ad_tape_evals(const ad_tape *t) {
+    int64_t s = 0;
+    for (int i = 0; i < OP_COUNT; i++) s += t->op_evals[i];
+    return s;
+}
 
 size_t ad_tape_bytes(const ad_tape *t) { return t->bytes; }
 
@@ -292,6 +296,9 @@ double *ad_thin_workspace(ad_tape *t, size_t n) {
 }
 int ad_op_count(void) { return OP_COUNT; }
 const char *ad_op_name(int op) { return op >= 0 && op < OP_COUNT ? ad_ops[op]->name : "?"; }
+int64_t ad_tape_op_evals(const ad_tape *t, int op) {
+    return op >= 0 && op < OP_COUNT ? t->op_evals[op] : 0;
+}
 int64_t ad_tape_op_uses(const ad_tape *t, int op) {
     return op >= 0 && op < OP_COUNT ? t->op_uses[op] : 0;
 }
@@ -314,7 +321,7 @@ static bool check_finite(ad_tape *t, const ad_node *n) {
 // Computes node v from its (computed) inputs.
 static inline bool eval_node(ad_tape *t, ad_var v) {
     ad_node *n = &t->nodes[v];
-    t->evals++;
+    t->op_evals[n->op]++;
     ad_status st = ad_ops[n->op]->fwd(t, n);
     if (st != AD_OK) {
         char b[32];

@@ -100,9 +100,9 @@ static double pass_seconds(const dense_qp *q, int sym, int reps) {
     return med;
 }
 
-// Matrix-vector products (matvec and symv nodes) recorded so far on t.
+// Matrix-vector products (matvec and symv values) computed so far on t.
 static int64_t products(const ad_tape *t) {
-    return ad_tape_op_uses(t, op_id("matvec")) + ad_tape_op_uses(t, op_id("symv"));
+    return ad_tape_op_evals(t, op_id("matvec")) + ad_tape_op_evals(t, op_id("symv"));
 }
 
 static void bench_quadratic(const bench_opts *o) {
@@ -408,7 +408,7 @@ static void bench_ptt(const bench_opts *o) {
 // and the median time inside products, for the products on the thin kernel (v = 0) and on cblas
 // (v = 1): two runners, iterations alternated so both see the same machine load.
 static void hc_iteration(const mdl_model *m, const char *method, int reps, double sec[2],
-                         double prod[2], char kernel[64]) {
+                         double prod[2], double *n_products, char kernel[64]) {
     blo_method_config c;
     blo_method_default_config(method, &c, NULL);
     blo_solve_params sp = blo_solve_default_params();
@@ -424,7 +424,8 @@ static void hc_iteration(const mdl_model *m, const char *method, int reps, doubl
         }
     ad_tape_product_kernel(blo_runner_tape(r[0]), kernel);
     ad_tape_thin_products(blo_runner_tape(r[1]), 0);
-    int nx = m->prob.n_x;
+    int nx = m->prob.n_x, mm = op_id("matmul");
+    int64_t u0 = ad_tape_op_evals(blo_runner_tape(r[0]), mm);
     double *g = malloc(sizeof(double) * (size_t)nx), *s = malloc(sizeof(double) * (size_t)reps * 4);
     for (int k = 0; k < reps; k++)
         for (int v0 = 0; v0 < 2; v0++) {
@@ -435,6 +436,7 @@ static void hc_iteration(const mdl_model *m, const char *method, int reps, doubl
             s[(2 * v) * reps + k] = bench_now() - t0;
             s[(2 * v + 1) * reps + k] = blo_runner_blas_seconds(r[v]) - b0;
         }
+    *n_products = (double)(ad_tape_op_evals(blo_runner_tape(r[0]), mm) - u0) / reps;
     for (int v = 0; v < 2; v++) {
         sec[v] = bench_median(s + 2 * v * reps, reps);
         prod[v] = bench_median(s + (2 * v + 1) * reps, reps);
@@ -454,15 +456,17 @@ static void bench_hyperclean(const bench_opts *o) {
     const char *methods[2] = {"rhg", "cg"};
     const double torch[2] = {1.2, 0.64};
     for (int k = 0; k < 2; k++) {
-        double t[2], prod[2];
+        double t[2], prod[2], n_prod;
         char kernel[64] = "?";
-        hc_iteration(&m, methods[k], reps, t, prod, kernel);
+        hc_iteration(&m, methods[k], reps, t, prod, &n_prod, kernel);
         printf("(d) hyper-cleaning 5000 x 784 x 10, linear, %s (%s): %.3f s per UL iteration (median of %d), "
                "%.0f%% in products; PyTorch 1.13 %.2f s: %.2fx faster (target >= 2x)%s\n",
                methods[k], k ? "K = 100, J = 10" : "K = 100", t[0], reps, 100 * prod[0] / t[0], torch[k],
                torch[k] / t[0], torch[k] / t[0] >= 2 ? "" : "  [below target]");
         printf("    products with <= %d columns on the %s: %.3f s; all on cblas: %.3f s (%.0f%% in products), "
                "%.2fx the time\n", AD_THIN_MAX_N, kernel, t[0], t[1], 100 * prod[1] / t[1], t[1] / t[0]);
+        printf("    %.0f products over the data computed per UL iteration (%.1f per LL step), %.2f ms"
+               " each on average\n", n_prod, n_prod / 100, 1e3 * prod[0] / n_prod);
     }
     mdl_free(&m);
 }
