@@ -296,21 +296,23 @@ static int cmp_var(const void *a, const void *b) {
 }
 
 // Lazy values: collect v's uncomputed ancestors (a DFS marked with the node flags), then compute
-// them in recording order, which is a topological order. Small sets (the usual case: an eager op
-// reading a deferred input) stay on the stack and are sorted by insertion.
+// them in recording order, which is a topological order. Usually they lie close together (a
+// deferred step read by the next op): then one pass over their index range finds them in order;
+// scattered ones are sorted instead. Small sets stay on the stack.
 bool ad_force(ad_tape *t, ad_var v) {
     if (t->nodes[v].flags & NF_VALUE) return true;
     if (t->status != AD_OK) return false;
     enum { MARK = 0x80, SMALL = 64 };
     ad_var small_list[SMALL], small_stack[SMALL];
     size_t cap = SMALL, n = 0, top = 0;
-    ad_var *list = small_list, *stack = small_stack;
+    ad_var *list = small_list, *stack = small_stack, lo = v;
     bool ok = true;
     stack[top++] = v;
     t->nodes[v].flags |= MARK;
     while (ok && top) {
         ad_var u = stack[--top];
         list[n++] = u;
+        if (u < lo) lo = u;
         ad_var in[2] = {t->nodes[u].a, t->nodes[u].b};
         for (int k = 0; k < 2 && ok; k++) {
             ad_node *c = &t->nodes[in[k]];
@@ -335,16 +337,14 @@ bool ad_force(ad_tape *t, ad_var v) {
     if (!ok) {
         for (ad_var i = 1; i < t->n_nodes; i++) t->nodes[i].flags &= (uint8_t)~MARK;
         ad_fail(t, AD_ENOMEM, "forcing a lazy value: out of memory");
-    } else {
-        if (n <= SMALL) {
-            for (size_t i = 1; i < n; i++) // insertion sort: DFS order is nearly descending
-                for (size_t j = i; j > 0 && list[j - 1] > list[j]; j--) {
-                    ad_var tmp = list[j];
-                    list[j] = list[j - 1], list[j - 1] = tmp;
-                }
-        } else {
-            qsort(list, n, sizeof *list, cmp_var);
+    } else if ((size_t)(v - lo) < 4 * n + 64) {
+        for (ad_var i = lo; i <= v; i++) { // after a failure only the marks are cleared
+            if (!(t->nodes[i].flags & MARK)) continue;
+            t->nodes[i].flags &= (uint8_t)~MARK;
+            if (ok) ok = eval_node(t, i);
         }
+    } else {
+        qsort(list, n, sizeof *list, cmp_var);
         for (size_t i = 0; i < n; i++) t->nodes[list[i]].flags &= (uint8_t)~MARK;
         for (size_t i = 0; i < n && ok; i++) ok = eval_node(t, list[i]);
     }
