@@ -259,6 +259,26 @@ static void deferral(void) {
         for (int i = 0; i < 3; i++) EXPECT(g[0][i] == g[1][i], "entry %d: %g vs %g", i, g[0][i], g[1][i]);
         EXPECT(evals[1] < evals[0], "deferred %lld evaluations, eager %lld", (long long)evals[1], (long long)evals[0]);
     }
+    TEST_CASE("deferred values far apart on the tape are computed in order") {
+        // two deferred chains with 1000 eager nodes between them: forcing their sum takes the
+        // sorted path rather than the scan of a short index range
+        ad_tape *t = ad_tape_new(NULL);
+        double x0 = 0.7;
+        ad_var x = ad_param(t, ad_scalar_shape(), &x0);
+        ad_tape_defer(t, 1);
+        ad_var a = ad_sin(t, ad_scale(t, x, 2));
+        ad_tape_defer(t, 0);
+        ad_var e = x;
+        for (int i = 0; i < 1000; i++) e = ad_shift(t, e, 1e-3);
+        ad_tape_defer(t, 1);
+        ad_var b = ad_exp(t, ad_mul(t, a, e));
+        ad_var s = ad_add(t, ad_square(t, a), b);
+        int64_t e0 = ad_tape_evals(t);
+        double want = sin(1.4) * sin(1.4) + exp(sin(1.4) * ad_item(t, e));
+        EXPECT(ad_item(t, s) == want, "%.17g vs %.17g", ad_item(t, s), want);
+        EXPECT(ad_tape_evals(t) - e0 == 6, "%lld evaluations", (long long)(ad_tape_evals(t) - e0));
+        ad_tape_free(t);
+    }
 }
 
 static void mark_rewind(void) {
