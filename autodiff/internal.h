@@ -108,6 +108,8 @@ bool ad_check_args_slow(ad_tape *t, const char *op, int n, const ad_var *v);
 // shape s and inputs a, b (other fields zero) and returns it, or NULL after an error; the caller
 // sets parameters (and may record nothing else meanwhile); ad_commit allocates the value and
 // computes it unless the tape is lazy. ad_commit drops the node if an error happened in between.
+// Both are inline: every recorded node passes through them, and most of what they do is a few
+// loads and stores.
 bool ad_grow_nodes(ad_tape *t);
 static inline ad_node *ad_push(ad_tape *t, ad_op op, ad_shape s, ad_var a, ad_var b) {
     if (t->status != AD_OK) return NULL;
@@ -117,7 +119,49 @@ static inline ad_node *ad_push(ad_tape *t, ad_op op, ad_shape s, ad_var a, ad_va
                    .a = a, .b = b};
     return n;
 }
-ad_var ad_commit(ad_tape *t, ad_node *n);
+
+// n doubles from the value arena: a bump of the current chunk; values of 8 or more doubles start
+// on a 64-byte boundary. The slow path moves to the next chunk or adds one (NULL after an error).
+double *ad_arena_alloc_slow(ad_tape *t, size_t n, const char *what);
+static inline double *ad_arena_alloc(ad_tape *t, size_t n, const char *what) {
+    if (t->n_chunks) {
+        size_t off = t->cur_off, need = n;
+        if (n >= 8) off = (off + 7) & ~(size_t)7, need = (n + 7) & ~(size_t)7;
+        const chunk *c = &t->chunks[t->cur_chunk];
+        if (off + need <= c->cap) {
+            t->cur_off = off + need;
+            return c->mem + off;
+        }
+    }
+    return ad_arena_alloc_slow(t, n, what);
+}
+
+// Computes node v, forcing its inputs first if they are lazy; false after an error.
+bool ad_eval(ad_tape *t, ad_var v);
+
+static inline ad_var ad_commit(ad_tape *t, ad_node *n) {
+    if (!n) return AD_NONE;
+    ad_var v = t->n_nodes - 1; // n is the node ad_push appended last
+    if (t->status != AD_OK) { // something between push and commit failed
+        t->n_nodes = v;
+        return AD_NONE;
+    }
+    const ad_op_def *d = ad_ops[n->op];
+    if (!n->val) { // leaves and reshapes set theirs
+        size_t size = (size_t)n->rows * (size_t)n->cols;
+        if (!(n->val = ad_arena_alloc(t, size ? size : 1, d->name))) {
+            t->n_nodes = v;
+            return AD_NONE;
+        }
+    }
+    // no gradient through constants-only expressions, piecewise-constant ops, or adjoints
+    // recorded without AD_CREATE_GRAPH
+    uint8_t fa = t->nodes[n->a].flags, fb = t->nodes[n->b].flags; // node 0 (NOGRAD) when unused
+    if (n->op != OP_LEAF && (t->nograd || !d->rev || (fa & fb & NF_NOGRAD))) n->flags |= NF_NOGRAD;
+    t->op_uses[n->op]++;
+    if (t->lazy || (n->flags & NF_VALUE)) return v;
+    return ad_eval(t, v) ? v : AD_NONE;
+}
 // A healthy tape and a handle of one of its nodes (the fast test; ad_check_args_slow reports).
 static inline bool ad_valid(const ad_tape *t, ad_var v) {
     return t->status == AD_OK && v > 0 && v < t->n_nodes;

@@ -2,7 +2,6 @@
 // and lazy values (forced on first use).
 #include "internal.h"
 
-#include <assert.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -122,8 +121,8 @@ bool ad_grow_nodes(ad_tape *t) {
     return true;
 }
 
-// n doubles from the arena; values of 8 or more doubles start on a 64-byte boundary.
-static double *arena_alloc_slow(ad_tape *t, size_t n, const char *what) {
+// The slow path of ad_arena_alloc: the next free chunk, or a new one.
+double *ad_arena_alloc_slow(ad_tape *t, size_t n, const char *what) {
     if (n >= 8) n = (n + 7) & ~(size_t)7;
     for (;;) {
         if (t->n_chunks) {
@@ -165,22 +164,8 @@ static double *arena_alloc_slow(ad_tape *t, size_t n, const char *what) {
     }
 }
 
-// The common case inline: bump the current chunk (values of 8 or more doubles start on a
-// 64-byte boundary); the slow path moves to the next chunk or adds one.
-static inline double *arena_alloc(ad_tape *t, size_t n, const char *what) {
-    if (t->n_chunks) {
-        size_t off = t->cur_off, need = n;
-        if (n >= 8) off = (off + 7) & ~(size_t)7, need = (n + 7) & ~(size_t)7;
-        if (off + need <= t->chunks[t->cur_chunk].cap) {
-            t->cur_off = off + need;
-            return t->chunks[t->cur_chunk].mem + off;
-        }
-    }
-    return arena_alloc_slow(t, n, what);
-}
-
 const int32_t *ad_copy_idx(ad_tape *t, int n, const int32_t *idx) {
-    double *m = arena_alloc(t, ((size_t)n * sizeof(int32_t) + sizeof(double) - 1) / sizeof(double),
+    double *m = ad_arena_alloc(t, ((size_t)n * sizeof(int32_t) + sizeof(double) - 1) / sizeof(double),
                             "index copy");
     if (!m) return NULL;
     memcpy(m, idx, (size_t)n * sizeof(int32_t));
@@ -352,39 +337,12 @@ bool ad_force(ad_tape *t, ad_var v) {
     return ok;
 }
 
-ad_var ad_commit(ad_tape *t, ad_node *n) {
-    if (!n) return AD_NONE;
-    ad_var v = (ad_var)(n - t->nodes);
-    assert(v == t->n_nodes - 1);
-    if (t->status != AD_OK) { // something between push and commit failed
-        t->n_nodes--;
-        return AD_NONE;
-    }
-    const ad_op_def *d = ad_ops[n->op];
-    if (!n->val) {
-        if (n->op == OP_RESHAPE) {
-            n->val = t->nodes[n->a].val; // shares its input's storage
-            n->flags |= NF_VIEW;
-        } else {
-            size_t size = (size_t)n->rows * (size_t)n->cols;
-            double *val = arena_alloc(t, size ? size : 1, d->name);
-            if (!val) {
-                t->n_nodes--;
-                return AD_NONE;
-            }
-            n->val = val;
-        }
-    }
-    // no gradient through constants-only expressions, piecewise-constant ops, or adjoints
-    // recorded without AD_CREATE_GRAPH
-    const ad_node *A = &t->nodes[n->a], *B = &t->nodes[n->b]; // node 0 (NOGRAD) when unused
-    if (n->op != OP_LEAF && (t->nograd || !d->rev || (A->flags & B->flags & NF_NOGRAD)))
-        n->flags |= NF_NOGRAD;
-    t->op_uses[n->op]++;
-    if (t->lazy || (n->flags & NF_VALUE)) return v;
-    if (!(A->flags & NF_VALUE) && !ad_force(t, n->a)) return AD_NONE;
-    if (!(B->flags & NF_VALUE) && !ad_force(t, n->b)) return AD_NONE;
-    return eval_node(t, v) ? v : AD_NONE;
+bool ad_eval(ad_tape *t, ad_var v) {
+    const ad_node *n = &t->nodes[v];
+    ad_var a = n->a, b = n->b;
+    if (!(t->nodes[a].flags & NF_VALUE) && !ad_force(t, a)) return false;
+    if (!(t->nodes[b].flags & NF_VALUE) && !ad_force(t, b)) return false;
+    return eval_node(t, v);
 }
 
 // ---- leaves ----
