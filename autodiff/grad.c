@@ -17,19 +17,32 @@ static void mark_dependents(ad_tape *t, ad_var lo, ad_var hi, uint8_t *dep) {
 
 enum { DEP = 1, OWNED = 2 }; // dep[] bits: depends on a wrt node; adj is an accumulator we made
 
+// Adjoints carry a sign: a negative handle -v stands for -(node v). Negation commutes exactly
+// with every reverse rule (they are linear in the adjoint, and rounding to nearest is symmetric),
+// so a sweep moves signs through rules and sums and records ad_neg only for a negative result:
+// sub, neg and the step y - s g of a gradient method cost no node of their own.
+static inline ad_var node_of(ad_var g) { return g < 0 ? -g : g; }
+
 // adj += g. A gradient that will not be differentiated again (no AD_CREATE_GRAPH, values computed
 // eagerly) is summed in place once this sweep owns an accumulator node for it: a parameter used n
-// times costs one add node, not n. Otherwise the sum is recorded as ad_add.
+// times costs one add node, not n. Otherwise the sum is recorded as ad_add or ad_sub.
 static ad_var accumulate(ad_tape *t, ad_var acc, ad_var g, uint8_t *dep, bool in_place) {
     if (!acc) return g;
-    if (in_place && (*dep & OWNED)) {
-        double *a = t->nodes[acc].val;
-        const double *b = t->nodes[g].val;
-        for (int i = 0, n = ad_size(&t->nodes[acc]); i < n; i++) a[i] += b[i];
+    ad_var A = node_of(acc), G = node_of(g);
+    bool same = (acc < 0) == (g < 0);
+    if (in_place && (*dep & OWNED) && ad_force(t, G)) { // acc's sign stays; g adds or subtracts
+        double *a = t->nodes[A].val;
+        const double *b = t->nodes[G].val;
+        int n = ad_size(&t->nodes[A]);
+        if (same)
+            for (int i = 0; i < n; i++) a[i] += b[i];
+        else
+            for (int i = 0; i < n; i++) a[i] -= b[i];
         return acc;
     }
     *dep |= OWNED;
-    return ad_add(t, acc, g);
+    if (same) return acc < 0 ? -ad_add(t, A, G) : ad_add(t, A, G);
+    return acc < 0 ? ad_sub(t, G, A) : ad_sub(t, A, G);
 }
 
 // The sweep. lazy: record adjoints without computing them (their values are computed when
@@ -88,17 +101,19 @@ static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var
         bool need[2] = {in[0] >= lo && dep[in[0] - lo], in[1] >= lo && dep[in[1] - lo]};
         if (!need[0] && !need[1]) continue;
         ad_var gin[2] = {AD_NONE, AD_NONE};
-        d->rev(t, i, g, need, gin);
+        d->rev(t, i, node_of(g), need, gin);
         for (int k = 0; k < 2; k++) {
             if (!need[k] || !gin[k]) continue;
-            adj[in[k] - lo] = accumulate(t, adj[in[k] - lo], gin[k], &dep[in[k] - lo], in_place);
+            ad_var c = g < 0 ? -gin[k] : gin[k];
+            adj[in[k] - lo] = accumulate(t, adj[in[k] - lo], c, &dep[in[k] - lo], in_place);
         }
     }
     for (int k = 0; k < n && t->status == AD_OK; k++) {
         ad_var g = wrt[k] <= y ? adj[wrt[k] - lo] : AD_NONE;
         ad_shape s = ad_shape_fast(t, wrt[k]);
         if (!g) g = ad_fill(t, s, 0.0);
-        else if (!ad_shape_eq(ad_shape_fast(t, g), s)) g = ad_reshape(t, g, s);
+        if (g < 0) g = ad_neg(t, -g);
+        if (g && !ad_shape_eq(ad_shape_fast(t, g), s)) g = ad_reshape(t, g, s);
         out[k] = g;
     }
     t->lazy = saved_lazy;
@@ -129,7 +144,8 @@ static bool check_scalar(ad_tape *t, const char *op, ad_var f) {
 ad_status ad_grad(ad_tape *t, ad_var y, int n, const ad_var *wrt, ad_var *out, unsigned flags) {
     for (int k = 0; k < n && out; k++) out[k] = AD_NONE;
     if (!check_scalar(t, "grad", y)) return t->status;
-    ad_var one = ad_fill(t, ad_shape_fast(t, y), 1.0);
+    ad_shape sy = ad_shape_fast(t, y);
+    ad_var one = sy.rank == 0 ? ad_unit(t) : ad_fill(t, sy, 1.0);
     return vjp_impl(t, y, one, n, wrt, out, flags, 0);
 }
 
@@ -153,14 +169,13 @@ static ad_status second_order(ad_tape *t, const char *op, ad_var f, ad_var x, ad
         return t->status;
     }
     ad_var gy;
-    ad_var one = ad_fill(t, ad_scalar_shape(), 1.0);
+    ad_var one = ad_unit(t);
     if (vjp_impl(t, f, one, 1, &y, &gy, AD_CREATE_GRAPH, 1) != AD_OK) return t->status;
     int saved = t->lazy;
     t->lazy = 1; // <gy, v> is only differentiated: keep gy unevaluated
     ad_var s = ad_dot(t, gy, v);
     t->lazy = saved;
-    ad_var one2 = ad_fill(t, ad_scalar_shape(), 1.0);
-    return vjp_impl(t, s, one2, 1, &x, out, flags, 0);
+    return vjp_impl(t, s, ad_unit(t), 1, &x, out, flags, 0);
 }
 
 ad_status ad_hvp(ad_tape *t, ad_var f, ad_var x, ad_var v, ad_var *out, unsigned flags) {

@@ -51,8 +51,12 @@ typedef struct {
 // Forward: compute n->val from its inputs' values. Returns AD_OK or a domain error (the caller
 // writes the message). Reverse: given the node y and its adjoint gy, set gin[k] to the adjoint
 // contribution for input k when need[k] (recorded with tape ops); leave AD_NONE for no gradient.
+// A contribution may be given negated, as -handle (ad_negated): the sweep folds the sign into
+// its sums instead of recording a negation.
 typedef ad_status (*ad_fwd_fn)(ad_tape *t, ad_node *n);
 typedef void (*ad_rev_fn)(ad_tape *t, ad_var y, ad_var gy, const bool need[2], ad_var gin[2]);
+
+static inline ad_var ad_negated(ad_var v) { return -v; }
 
 typedef struct {
     const char *name;
@@ -88,6 +92,12 @@ struct ad_tape {
     // scratch for the reverse sweep and for forcing lazy values
     void *scratch;
     size_t scratch_bytes;
+    // Constants that recording makes again and again are found again instead of re-recorded:
+    // const views by address (a problem's matrices, met at every unrolled step) and the scalar 1
+    // that seeds gradients. An entry is only a hint: it is used if the node it names is still on
+    // the tape and still that constant (a rewind drops nodes without telling the cache).
+    ad_var view_cache[16];
+    ad_var unit;
     int64_t op_uses[OP_COUNT];
     double blas_seconds;
     int64_t evals;
@@ -174,6 +184,8 @@ static inline bool ad_check_args(ad_tape *t, const char *op, int n, const ad_var
 static inline ad_shape ad_shape_fast(const ad_tape *t, ad_var v) {
     return ad_node_shape(&t->nodes[v]);
 }
+// The scalar constant 1 (the seed of a gradient), shared while it stays on the tape.
+ad_var ad_unit(ad_tape *t);
 // Copy n ints onto the tape (NULL on failure, error recorded).
 const int32_t *ad_copy_idx(ad_tape *t, int n, const int32_t *idx);
 // Make sure v's value (and its ancestors') are computed.

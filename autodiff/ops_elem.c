@@ -6,6 +6,19 @@
 
 // ---- shared constructors ----
 
+// x * 1 and 1 x are x exactly, so a product with the constant scalar 1 (the seed of a gradient,
+// which the first reverse rules of every sweep multiply by) or a scale by 1 records nothing and
+// returns x, computed unless the tape defers. Not inside a gradient recorded without
+// AD_CREATE_GRAPH when x carries a gradient: what such a sweep returns must stay a constant.
+static inline bool is_unit(const ad_node *n) {
+    return (n->flags & (NF_VALUE | NF_NOGRAD)) == (NF_VALUE | NF_NOGRAD) && n->rows == 1 &&
+           n->cols == 1 && n->val[0] == 1.0;
+}
+static inline bool can_pass(const ad_tape *t, const ad_node *x, ad_shape s) {
+    return (!t->nograd || (x->flags & NF_NOGRAD)) && ad_shape_eq(ad_node_shape(x), s);
+}
+static ad_var pass(ad_tape *t, ad_var x) { return t->lazy || ad_force(t, x) ? x : AD_NONE; }
+
 static ad_var binary(ad_tape *t, ad_op op, ad_var a, ad_var b) {
     if (!ad_valid(t, a) || !ad_valid(t, b)) {
         ad_var in[2] = {a, b};
@@ -21,6 +34,10 @@ static ad_var binary(ad_tape *t, ad_op op, ad_var a, ad_var b) {
                 ad_shape_str(sa, x), ad_shape_str(sb, y));
         return AD_NONE;
     }
+    if (op == OP_MUL) {
+        if (is_unit(A) && can_pass(t, B, s)) return pass(t, b);
+        if (is_unit(B) && can_pass(t, A, s)) return pass(t, a);
+    }
     return ad_commit(t, ad_push(t, op, s, a, b));
 }
 
@@ -29,7 +46,9 @@ static ad_var unary(ad_tape *t, ad_op op, ad_var x, double p0, double p1) {
         ad_check_args_slow(t, ad_ops[op]->name, 1, &x);
         return AD_NONE;
     }
-    ad_node *p = ad_push(t, op, ad_shape_fast(t, x), x, 0);
+    ad_shape s = ad_shape_fast(t, x);
+    if (op == OP_SCALE && p0 == 1.0 && can_pass(t, &t->nodes[x], s)) return pass(t, x);
+    ad_node *p = ad_push(t, op, s, x, 0);
     if (!p) return AD_NONE;
     p->p0 = p0;
     p->p1 = p1;
@@ -112,7 +131,7 @@ ad_var ad_sub(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_SUB, a, b); 
 BINARY_FWD(sub, u - v)
 static void rev_sub(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     if (need[0]) gin[0] = unbroadcast(t, g, t->nodes[y].a);
-    if (need[1]) gin[1] = unbroadcast(t, ad_neg(t, g), t->nodes[y].b);
+    if (need[1]) gin[1] = ad_negated(unbroadcast(t, g, t->nodes[y].b));
 }
 
 ad_var ad_mul(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MUL, a, b); }
@@ -133,7 +152,7 @@ static void rev_div(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var g
     ad_var b = t->nodes[y].b;
     if (need[0]) gin[0] = unbroadcast(t, ad_div(t, g, b), t->nodes[y].a);
     // d(a/b)/db = -y / b
-    if (need[1]) gin[1] = unbroadcast(t, ad_neg(t, ad_div(t, ad_mul(t, g, y), b)), t->nodes[y].b);
+    if (need[1]) gin[1] = ad_negated(unbroadcast(t, ad_div(t, ad_mul(t, g, y), b), t->nodes[y].b));
 }
 
 ad_var ad_min(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MIN, a, b); }
@@ -157,8 +176,8 @@ static void rev_max(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var g
 ad_var ad_neg(ad_tape *t, ad_var x) { return unary(t, OP_NEG, x, 0, 0); }
 UNARY_FWD(neg, -u)
 static void rev_neg(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    (void)y, (void)need;
-    gin[0] = ad_neg(t, g);
+    (void)t, (void)y, (void)need;
+    gin[0] = ad_negated(g);
 }
 
 ad_var ad_scale(ad_tape *t, ad_var x, double c) { return unary(t, OP_SCALE, x, c, 0); }
@@ -252,7 +271,7 @@ ad_var ad_cos(ad_tape *t, ad_var x) { return unary(t, OP_COS, x, 0, 0); }
 UNARY_FWD(cos, cos(u))
 static void rev_cos(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_neg(t, ad_mul(t, g, ad_sin(t, t->nodes[y].a)));
+    gin[0] = ad_negated(ad_mul(t, g, ad_sin(t, t->nodes[y].a)));
 }
 
 ad_var ad_tanh(ad_tape *t, ad_var x) { return unary(t, OP_TANH, x, 0, 0); }

@@ -383,7 +383,22 @@ static ad_var leaf(ad_tape *t, const char *what, ad_shape s, const double *data,
 
 ad_var ad_param(ad_tape *t, ad_shape s, const double *init) { return leaf(t, "param", s, init, true, false); }
 ad_var ad_const(ad_tape *t, ad_shape s, const double *d) { return leaf(t, "const", s, d, false, false); }
-ad_var ad_const_view(ad_tape *t, ad_shape s, const double *d) { return leaf(t, "const_view", s, d, false, true); }
+
+// A view of the same memory with the same shape is the same constant: the cached node is returned.
+static unsigned view_slot(const double *d) {
+    return (unsigned)(((uint64_t)(uintptr_t)d * 0x9E3779B97F4A7C15u) >> 60); // 16 slots
+}
+ad_var ad_const_view(ad_tape *t, ad_shape s, const double *d) {
+    ad_var *slot = &t->view_cache[view_slot(d)], v = *slot;
+    if (t->status == AD_OK && v > 0 && v < t->n_nodes) {
+        const ad_node *n = &t->nodes[v];
+        if (n->op == OP_LEAF && (n->flags & NF_VIEW) && n->val == d && ad_shape_eq(ad_node_shape(n), s))
+            return v;
+    }
+    v = leaf(t, "const_view", s, d, false, true);
+    if (v) *slot = v;
+    return v;
+}
 
 ad_var ad_fill(ad_tape *t, ad_shape s, double v) {
     if (!check_shape(t, "fill", s)) return AD_NONE;
@@ -399,6 +414,19 @@ ad_var ad_fill(ad_tape *t, ad_shape s, double v) {
 }
 
 ad_var ad_scalar(ad_tape *t, double v) { return ad_fill(t, ad_scalar_shape(), v); }
+
+ad_var ad_unit(ad_tape *t) {
+    ad_var v = t->unit;
+    if (t->status == AD_OK && v > 0 && v < t->n_nodes) {
+        const ad_node *n = &t->nodes[v];
+        if (n->op == OP_LEAF && n->rank == 0 && (n->flags & NF_NOGRAD) && !(n->flags & NF_VIEW) &&
+            n->val[0] == 1.0)
+            return v;
+    }
+    v = ad_fill(t, ad_scalar_shape(), 1.0);
+    if (v) t->unit = v;
+    return v;
+}
 
 ad_shape ad_shape_of(const ad_tape *t, ad_var v) {
     if (v <= 0 || v >= t->n_nodes) return ad_scalar_shape();
