@@ -427,6 +427,58 @@ static void errors(void) {
     }
 }
 
+static void sharing(void) {
+    TEST_CASE("sharing: a const view of the same memory and shape is one node until rewound") {
+        ad_tape *t = ad_tape_new(NULL);
+        double A[6] = {1, 2, 3, 4, 5, 6}, B[6] = {0};
+        ad_mark m = ad_tape_mark(t);
+        ad_var a = ad_const_view(t, ad_mat_shape(2, 3), A);
+        EXPECT(ad_const_view(t, ad_mat_shape(2, 3), A) == a, "same view, same node");
+        EXPECT(ad_const_view(t, ad_mat_shape(3, 2), A) != a, "another shape, another node");
+        EXPECT(ad_const_view(t, ad_mat_shape(2, 3), B) != a, "other memory, another node");
+        ad_tape_rewind(t, m);
+        ad_var x = ad_param(t, ad_vec_shape(6), A); // takes a's old handle
+        ad_var a2 = ad_const_view(t, ad_mat_shape(2, 3), A);
+        EXPECT(a2 != x && ad_value(t, a2) == A && ad_tape_status(t) == AD_OK, "re-recorded after rewind");
+        ad_tape_free(t);
+    }
+    TEST_CASE("sharing: x * 1 is x, and a gradient without AD_CREATE_GRAPH stays a constant") {
+        ad_tape *t = ad_tape_new(NULL);
+        double w0[3] = {1, 2, 3}, x0[3] = {-1, 0.5, 2}, one = 1;
+        ad_var w = ad_param(t, ad_vec_shape(3), w0), x = ad_param(t, ad_vec_shape(3), x0);
+        ad_var c1 = ad_const(t, ad_scalar_shape(), &one);
+        EXPECT(ad_mul(t, x, c1) == x && ad_mul(t, c1, x) == x && ad_scale(t, x, 1) == x, "x * 1");
+        // d/dw <w, x> = x: without AD_CREATE_GRAPH it is a constant, so nothing flows back to x
+        ad_var gw, gx, f = ad_dot(t, w, x);
+        EXPECT(ad_grad(t, f, 1, &w, &gw, 0) == AD_OK, "%s", ad_tape_error(t));
+        EXPECT(ad_grad(t, ad_sum(t, ad_mul(t, gw, x)), 1, &x, &gx, 0) == AD_OK, "%s", ad_tape_error(t));
+        for (int i = 0; i < 3; i++)
+            EXPECT(ad_value(t, gx)[i] == x0[i], "entry %d: %g (the gradient was not a constant)", i,
+                   ad_value(t, gx)[i]);
+        // with it, the gradient is x itself and d/dx sum(x * x) = 2 x
+        EXPECT(ad_grad(t, f, 1, &w, &gw, AD_CREATE_GRAPH) == AD_OK, "%s", ad_tape_error(t));
+        EXPECT(ad_grad(t, ad_sum(t, ad_mul(t, gw, x)), 1, &x, &gx, 0) == AD_OK, "%s", ad_tape_error(t));
+        for (int i = 0; i < 3; i++)
+            EXPECT(ad_value(t, gx)[i] == 2 * x0[i], "entry %d: %g", i, ad_value(t, gx)[i]);
+        ad_tape_free(t);
+    }
+    TEST_CASE("sharing: negated adjoints come out as values, not signs") {
+        // d/dx of -(x - y) - y (sub and neg in a chain): -1 for x, 0 for y, first and second order
+        ad_tape *t = ad_tape_new(NULL);
+        double x0[2] = {0.5, -2}, y0[2] = {3, 4};
+        ad_var x = ad_param(t, ad_vec_shape(2), x0), y = ad_param(t, ad_vec_shape(2), y0), g[2];
+        ad_var f = ad_sum(t, ad_sub(t, ad_neg(t, ad_sub(t, x, y)), y));
+        ad_var in[2] = {x, y};
+        EXPECT(ad_grad(t, f, 2, in, g, 0) == AD_OK, "%s", ad_tape_error(t));
+        for (int i = 0; i < 2; i++)
+            EXPECT(ad_value(t, g[0])[i] == -1 && ad_value(t, g[1])[i] == 0, "entry %d: %g %g", i,
+                   ad_value(t, g[0])[i], ad_value(t, g[1])[i]);
+        EXPECT(ad_grad(t, f, 1, &x, g, AD_CREATE_GRAPH) == AD_OK && ad_value(t, g[0])[1] == -1, "%s",
+               ad_tape_error(t));
+        ad_tape_free(t);
+    }
+}
+
 void test_ad_engine(void) {
     broadcasting();
     conventions();
@@ -436,5 +488,6 @@ void test_ad_engine(void) {
     kernels();
     deferral();
     mark_rewind();
+    sharing();
     errors();
 }
