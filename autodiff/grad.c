@@ -5,17 +5,22 @@
 
 #include <string.h>
 
-// dep[i - lo]: node i depends on some wrt node through differentiable ops.
-static void mark_dependents(ad_tape *t, ad_var lo, ad_var hi, uint8_t *dep) {
+// dep[] bits of a node in the sweep's range: it depends on a wrt node through differentiable ops
+// (DEP), its adjoint is an accumulator this sweep made (OWNED), its first / second input is such
+// a node (NEED_A, NEED_B: the input needs a contribution from its reverse rule).
+enum { DEP = 1, OWNED = 2, NEED_A = 4, NEED_B = 8 };
+
+// One forward pass over [lo, hi]: the wrt nodes are marked DEP already.
+static void mark_dependents(const ad_tape *t, ad_var lo, ad_var hi, uint8_t *dep) {
     for (ad_var i = lo; i <= hi; i++) {
-        if (dep[i - lo]) continue;
         const ad_node *n = &t->nodes[i];
         if (n->flags & NF_NOGRAD) continue;
-        dep[i - lo] = (n->a >= lo && dep[n->a - lo]) || (n->b >= lo && dep[n->b - lo]);
+        // an unused input is node 0 < lo
+        uint8_t bits = (n->a >= lo && (dep[n->a - lo] & DEP) ? NEED_A : 0) |
+                       (n->b >= lo && (dep[n->b - lo] & DEP) ? NEED_B : 0);
+        dep[i - lo] |= bits | (bits ? DEP : 0);
     }
 }
-
-enum { DEP = 1, OWNED = 2 }; // dep[] bits: depends on a wrt node; adj is an accumulator we made
 
 // Adjoints carry a sign: a negative handle -v stands for -(node v). Negation commutes exactly
 // with every reverse rule (they are linear in the adjoint, and rounding to nearest is symmetric),
@@ -30,7 +35,8 @@ static ad_var accumulate(ad_tape *t, ad_var acc, ad_var g, uint8_t *dep, bool in
     if (!acc) return g;
     ad_var A = node_of(acc), G = node_of(g);
     bool same = (acc < 0) == (g < 0);
-    if (in_place && (*dep & OWNED) && ad_force(t, G)) { // acc's sign stays; g adds or subtracts
+    if (in_place && (*dep & OWNED) && // g may be an input passed through: computed first
+        ((t->nodes[G].flags & NF_VALUE) || ad_force(t, G))) { // acc's sign stays; g adds or subtracts
         double *a = t->nodes[A].val;
         const double *b = t->nodes[G].val;
         int n = ad_size(&t->nodes[A]);
@@ -93,15 +99,15 @@ static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var
     if (dep[y - lo]) adj[y - lo] = ad_shape_eq(sy, sb) ? ybar : ad_reshape(t, ybar, sy);
     for (ad_var i = y; i >= lo && t->status == AD_OK; i--) {
         ad_var g = adj[i - lo];
-        if (!g || !dep[i - lo]) continue;
+        uint8_t bits = dep[i - lo];
+        // leaves and nodes with no dependent input have no need bits (and a node with need bits
+        // is not NOGRAD, so it has a reverse rule)
+        if (!g || !(bits & (NEED_A | NEED_B))) continue;
         const ad_node *nd = &t->nodes[i];
-        const ad_op_def *d = ad_ops[nd->op];
-        if (!d->rev) continue; // a leaf
-        ad_var in[2] = {nd->a, nd->b}; // an unused input is node 0 < lo: not needed
-        bool need[2] = {in[0] >= lo && dep[in[0] - lo], in[1] >= lo && dep[in[1] - lo]};
-        if (!need[0] && !need[1]) continue;
+        ad_var in[2] = {nd->a, nd->b};
+        bool need[2] = {(bits & NEED_A) != 0, (bits & NEED_B) != 0};
         ad_var gin[2] = {AD_NONE, AD_NONE};
-        d->rev(t, i, node_of(g), need, gin);
+        ad_ops[nd->op]->rev(t, i, node_of(g), need, gin);
         for (int k = 0; k < 2; k++) {
             if (!need[k] || !gin[k]) continue;
             ad_var c = g < 0 ? -gin[k] : gin[k];
