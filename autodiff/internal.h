@@ -98,6 +98,14 @@ struct ad_tape {
     // the tape and still that constant (a rewind drops nodes without telling the cache).
     ad_var view_cache[16];
     ad_var unit;
+    // Products recorded lately (ad_memo_find / ad_memo_add), one per slot by a hash of the
+    // operands; an entry found again survives the next product wanting its slot once.
+    struct ad_memo {
+        int32_t a, b; // operands; a = 0: empty
+        uint32_t key; // op, parameters and gradient flag
+        ad_var v;
+        uint8_t hit;
+    } memo[16];
     int64_t op_uses[OP_COUNT];
     double blas_seconds;
     int64_t evals;
@@ -149,7 +157,7 @@ static inline double *ad_arena_alloc(ad_tape *t, size_t n, const char *what) {
 // Computes node v, forcing its inputs first if they are lazy; false after an error.
 bool ad_eval(ad_tape *t, ad_var v);
 
-static inline ad_var ad_commit(ad_tape *t, ad_node *n) {
+__attribute__((always_inline)) static inline ad_var ad_commit(ad_tape *t, ad_node *n) {
     if (!n) return AD_NONE;
     ad_var v = t->n_nodes - 1; // n is the node ad_push appended last
     if (t->status != AD_OK) { // something between push and commit failed
@@ -186,6 +194,14 @@ static inline ad_shape ad_shape_fast(const ad_tape *t, ad_var v) {
 }
 // The scalar constant 1 (the seed of a gradient), shared while it stays on the tape.
 ad_var ad_unit(ad_tape *t);
+// Products are worth recording once: the same product of the same operands recorded again (B x
+// at every unrolled step of a loop over y, with x and the view B unchanged) returns the earlier
+// node, whose adjoint then collects every use, so its reverse rule runs once too.
+// ad_memo_find: a remembered node for op(a, b) with parameters i0, i1 that is still on the tape
+// and has the gradient flag a new node would get (computed unless the tape defers), or AD_NONE.
+// ad_memo_add: remembers the node just recorded (AD_NONE passes through).
+ad_var ad_memo_find(ad_tape *t, ad_op op, ad_var a, ad_var b, int i0, int i1);
+ad_var ad_memo_add(ad_tape *t, ad_var v);
 // Copy n ints onto the tape (NULL on failure, error recorded).
 const int32_t *ad_copy_idx(ad_tape *t, int n, const int32_t *idx);
 // Make sure v's value (and its ancestors') are computed.

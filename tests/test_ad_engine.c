@@ -442,6 +442,42 @@ static void sharing(void) {
         EXPECT(a2 != x && ad_value(t, a2) == A && ad_tape_status(t) == AD_OK, "re-recorded after rewind");
         ad_tape_free(t);
     }
+    TEST_CASE("sharing: a product recorded again is the earlier node, and its adjoint sums every use") {
+        ad_tape *t = ad_tape_new(NULL);
+        double B[6] = {1, -2, 0.5, 3, 1, -1}, x0[3] = {0.2, -0.7, 1.1}, y0[2] = {1.5, -0.5};
+        ad_var x = ad_param(t, ad_vec_shape(3), x0), y = ad_param(t, ad_vec_shape(2), y0);
+        ad_var b = ad_const_view(t, ad_mat_shape(2, 3), B);
+        ad_var bx = ad_matvec(t, b, x, 0);
+        EXPECT(ad_matvec(t, b, x, 0) == bx && ad_matvec(t, b, y, 1) != bx, "same product, same node");
+        // f = sum_k <y, B x> over three recordings: df/dx = 3 B^T y
+        ad_var f = ad_dot(t, y, bx), gx;
+        for (int k = 1; k < 3; k++) f = ad_add(t, f, ad_dot(t, y, ad_matvec(t, b, x, 0)));
+        EXPECT(ad_grad(t, f, 1, &x, &gx, 0) == AD_OK, "%s", ad_tape_error(t));
+        for (int j = 0; j < 3; j++) {
+            double want = 3 * (B[j] * y0[0] + B[3 + j] * y0[1]);
+            EXPECT(fabs(ad_value(t, gx)[j] - want) < 1e-14, "entry %d: %g vs %g", j, ad_value(t, gx)[j], want);
+        }
+        // a rewind drops what it dropped: the same handles recorded again are computed again
+        ad_mark m = ad_tape_mark(t);
+        ad_var c = ad_detach(t, x);
+        ad_matvec(t, b, c, 0);
+        ad_tape_rewind(t, m);
+        EXPECT(ad_matvec(t, b, x, 0) == bx, "still remembered after a rewind that kept it");
+        EXPECT(ad_detach(t, x) == c, "the detached copy takes its old handle");
+        int64_t e0 = ad_tape_evals(t);
+        ad_var bc = ad_matvec(t, b, c, 0);
+        EXPECT(ad_tape_evals(t) == e0 + 1 && ad_value(t, bc)[1] == ad_value(t, bx)[1], "recomputed");
+        // a vjp without AD_CREATE_GRAPH returns constants even when its rule records a product
+        // the caller recorded with a gradient: w -> B^T w below must not carry one back to w
+        double w0[2] = {0.3, 2};
+        ad_var w = ad_param(t, ad_vec_shape(2), w0), btw = ad_matvec(t, b, w, 1), out, gw;
+        EXPECT(ad_vjp(t, ad_matvec(t, b, x, 0), w, 1, &x, &out, 0) == AD_OK, "%s", ad_tape_error(t));
+        EXPECT(out != btw, "the sweep's product is its own constant node");
+        EXPECT(ad_grad(t, ad_sum(t, ad_mul(t, out, x)), 1, &w, &gw, 0) == AD_OK, "%s", ad_tape_error(t));
+        EXPECT(ad_value(t, gw)[0] == 0 && ad_value(t, gw)[1] == 0, "gradient through a constant: %g %g",
+               ad_value(t, gw)[0], ad_value(t, gw)[1]);
+        ad_tape_free(t);
+    }
     TEST_CASE("sharing: x * 1 is x, and a gradient without AD_CREATE_GRAPH stays a constant") {
         ad_tape *t = ad_tape_new(NULL);
         double w0[3] = {1, 2, 3}, x0[3] = {-1, 0.5, 2}, one = 1;
