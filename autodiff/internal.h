@@ -102,7 +102,6 @@ struct ad_tape {
     // operands; an entry found again survives the next product wanting its slot once.
     struct ad_memo {
         int32_t a, b; // operands; a = 0: empty
-        uint32_t key; // op, parameters and gradient flag
         ad_var v;
         uint8_t hit;
     } memo[16];
@@ -141,7 +140,8 @@ static inline ad_node *ad_push(ad_tape *t, ad_op op, ad_shape s, ad_var a, ad_va
 // n doubles from the value arena: a bump of the current chunk; values of 8 or more doubles start
 // on a 64-byte boundary. The slow path moves to the next chunk or adds one (NULL after an error).
 double *ad_arena_alloc_slow(ad_tape *t, size_t n, const char *what);
-static inline double *ad_arena_alloc(ad_tape *t, size_t n, const char *what) {
+__attribute__((always_inline)) static inline double *ad_arena_alloc(ad_tape *t, size_t n,
+                                                                     const char *what) {
     if (t->n_chunks) {
         size_t off = t->cur_off, need = n;
         if (n >= 8) off = (off + 7) & ~(size_t)7, need = (n + 7) & ~(size_t)7;
@@ -200,8 +200,26 @@ ad_var ad_unit(ad_tape *t);
 // ad_memo_find: a remembered node for op(a, b) with parameters i0, i1 that is still on the tape
 // and has the gradient flag a new node would get (computed unless the tape defers), or AD_NONE.
 // ad_memo_add: remembers the node just recorded (AD_NONE passes through).
-ad_var ad_memo_find(ad_tape *t, ad_op op, ad_var a, ad_var b, int i0, int i1);
-ad_var ad_memo_add(ad_tape *t, ad_var v);
+// A miss (the common case) costs a hash and a compare, inline.
+static inline struct ad_memo *ad_memo_slot(ad_tape *t, ad_var a, ad_var b) {
+    return &t->memo[((uint32_t)a * 0x9E3779B1u ^ (uint32_t)b * 0x85EBCA77u) >> 28];
+}
+ad_var ad_memo_check(ad_tape *t, struct ad_memo *e, ad_op op, int i0, int i1);
+static inline ad_var ad_memo_find(ad_tape *t, ad_op op, ad_var a, ad_var b, int i0, int i1) {
+    struct ad_memo *e = ad_memo_slot(t, a, b);
+    return e->a == a && e->b == b ? ad_memo_check(t, e, op, i0, i1) : AD_NONE;
+}
+static inline ad_var ad_memo_add(ad_tape *t, ad_var v) {
+    if (!v) return v;
+    const ad_node *n = &t->nodes[v];
+    struct ad_memo *e = ad_memo_slot(t, n->a, n->b);
+    if (e->hit) { // found since it was stored: it stays this once (B x, reused at every step)
+        e->hit = 0;
+        return v;
+    }
+    *e = (struct ad_memo){.a = n->a, .b = n->b, .v = v};
+    return v;
+}
 // Copy n ints onto the tape (NULL on failure, error recorded).
 const int32_t *ad_copy_idx(ad_tape *t, int n, const int32_t *idx);
 // Make sure v's value (and its ancestors') are computed.

@@ -92,11 +92,12 @@ static void small_matvec(int rows, int cols, const double *restrict a, const dou
 // loads and stores of y), which keeps each y[j]'s sum in the plain loop's order.
 static void small_matvec_t(int rows, int cols, const double *restrict a, const double *restrict x,
                            double *restrict y) {
-    int i = rows & 1;
-    if (i) {
+    int i = 2 - (rows & 1); // the first one or two rows start the sums (rows > 0)
+    if (i == 1) {
         for (int j = 0; j < cols; j++) y[j] = 0 + a[j] * x[0];
     } else {
-        for (int j = 0; j < cols; j++) y[j] = 0;
+        const double *a1 = a + cols;
+        for (int j = 0; j < cols; j++) y[j] = (0 + a[j] * x[0]) + a1[j] * x[1];
     }
     for (; i < rows; i += 2) {
         const double *a0 = a + (size_t)i * cols, *a1 = a0 + cols;

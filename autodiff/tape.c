@@ -417,43 +417,19 @@ ad_var ad_scalar(ad_tape *t, double v) { return ad_fill(t, ad_scalar_shape(), v)
 
 // ---- remembered products ----
 
-static uint32_t memo_key(ad_op op, int i0, int i1, bool nograd) {
-    return (uint32_t)op | (uint32_t)(i0 != 0) << 8 | (uint32_t)(i1 != 0) << 9 | (uint32_t)nograd << 10;
-}
-static struct ad_memo *memo_slot(ad_tape *t, ad_var a, ad_var b, uint32_t key) {
-    uint32_t h = (uint32_t)a * 0x9E3779B1u ^ (uint32_t)b * 0x85EBCA77u ^ key * 0xC2B2AE3Du;
-    return &t->memo[h >> 28];
-}
-
-ad_var ad_memo_find(ad_tape *t, ad_op op, ad_var a, ad_var b, int i0, int i1) {
+// e names the same operands: the node is the product wanted if it is still on the tape (a rewind
+// may have dropped it; a node recorded since at the same index is checked against the operands it
+// reads now), the same op and parameters, and has the gradient flag a new node would get.
+ad_var ad_memo_check(ad_tape *t, struct ad_memo *e, ad_op op, int i0, int i1) {
+    ad_var a = e->a, b = e->b;
     bool nograd = t->nograd || (t->nodes[a].flags & t->nodes[b].flags & NF_NOGRAD);
-    uint32_t key = memo_key(op, i0, i1, nograd);
-    struct ad_memo *e = memo_slot(t, a, b, key);
-    if (e->a != a || e->b != b || e->key != key) return AD_NONE;
-    // still on the tape and still that product (a rewind may have dropped it, and a node recorded
-    // since at the same index is checked against the operands it reads now)
     const ad_node *n = e->v < t->n_nodes ? &t->nodes[e->v] : NULL;
     if (!n || n->op != op || n->a != a || n->b != b || n->i0 != i0 || n->i1 != i1 ||
-        !(n->flags & NF_NOGRAD) != !nograd) {
-        e->a = 0;
+        !(n->flags & NF_NOGRAD) != !nograd)
         return AD_NONE;
-    }
     if (!t->lazy && !(n->flags & NF_VALUE) && !ad_force(t, e->v)) return AD_NONE;
     e->hit = 1;
     return e->v;
-}
-
-ad_var ad_memo_add(ad_tape *t, ad_var v) {
-    if (!v) return v;
-    const ad_node *n = &t->nodes[v];
-    uint32_t key = memo_key(n->op, n->i0, n->i1, n->flags & NF_NOGRAD);
-    struct ad_memo *e = memo_slot(t, n->a, n->b, key);
-    if (e->hit) { // found since it was stored: it stays this once (B x, reused at every step)
-        e->hit = 0;
-        return v;
-    }
-    *e = (struct ad_memo){.a = n->a, .b = n->b, .key = key, .v = v};
-    return v;
 }
 
 ad_var ad_unit(ad_tape *t) {
