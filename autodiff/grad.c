@@ -46,9 +46,11 @@ static ad_var accumulate(ad_tape *t, ad_var acc, ad_var g, uint8_t *dep, bool in
             for (int i = 0; i < n; i++) a[i] -= b[i];
         return acc;
     }
-    *dep |= OWNED;
-    if (same) return acc < 0 ? -ad_add(t, A, G) : ad_add(t, A, G);
-    return acc < 0 ? ad_sub(t, G, A) : ad_sub(t, A, G);
+    *dep |= OWNED; // a fresh node: it may be summed into in place, so it is never shared
+    t->no_share = in_place;
+    ad_var r = same ? ad_add(t, A, G) : acc < 0 ? ad_sub(t, G, A) : ad_sub(t, A, G);
+    t->no_share = 0;
+    return same && acc < 0 ? -r : r;
 }
 
 // The sweep. lazy: record adjoints without computing them (their values are computed when

@@ -36,6 +36,7 @@ enum {
     NF_VALUE = 1,    // the value has been computed
     NF_NOGRAD = 2,   // no gradient flows into or through this node (constants, detached)
     NF_VIEW = 4,     // val points at memory the tape does not own (const view, reshape alias)
+    NF_STABLE = 8,   // a leaf, or a node the memo found again: ops on it are looked up (ad_memo)
 };
 
 typedef struct {
@@ -98,13 +99,13 @@ struct ad_tape {
     // the tape and still that constant (a rewind drops nodes without telling the cache).
     ad_var view_cache[16];
     ad_var unit;
-    // Products recorded lately (ad_memo_find / ad_memo_add), one per slot by a hash of the
-    // operands; an entry found again survives the next product wanting its slot once.
+    // Nodes of stable inputs recorded lately (ad_memo), one per slot by a hash of op and inputs;
+    // an entry found again survives the next node wanting its slot once.
     struct ad_memo {
-        int32_t a, b; // operands; a = 0: empty
         ad_var v;
-        uint8_t hit;
-    } memo[16];
+        int hit;
+    } memo[32];
+    int no_share; // record fresh nodes only (an accumulator about to be summed into in place)
     int64_t op_uses[OP_COUNT];
     double blas_seconds;
     int64_t evals;
@@ -156,6 +157,15 @@ __attribute__((always_inline)) static inline double *ad_arena_alloc(ad_tape *t, 
 
 // Computes node v, forcing its inputs first if they are lazy; false after an error.
 bool ad_eval(ad_tape *t, ad_var v);
+// Shared subexpressions. A node recorded again with the same op, inputs and parameters is the
+// same value: B x at every unrolled step of a loop over y, with x and the view B unchanged, or
+// the scalar 1/2 a gradient of 1/2 y^T A y scales its seed by. Such repeats are built on stable
+// nodes (leaves, and nodes found again this way), so only a node whose inputs are all stable is
+// looked up: v (just pushed, its gradient flag set) is dropped for an equal node still on the
+// tape, which is returned (computed unless the tape defers) and marked stable; otherwise v is
+// remembered and returned. A shared node's adjoint collects every use, so its reverse rule runs
+// once too.
+ad_var ad_memo(ad_tape *t, ad_var v);
 
 __attribute__((always_inline)) static inline ad_var ad_commit(ad_tape *t, ad_node *n) {
     if (!n) return AD_NONE;
@@ -165,6 +175,16 @@ __attribute__((always_inline)) static inline ad_var ad_commit(ad_tape *t, ad_nod
         return AD_NONE;
     }
     const ad_op_def *d = ad_ops[n->op];
+    if (n->op != OP_LEAF) {
+        // no gradient through constants-only expressions, piecewise-constant ops, or adjoints
+        // recorded without AD_CREATE_GRAPH
+        uint8_t fa = t->nodes[n->a].flags, fb = t->nodes[n->b].flags; // node 0 when unused
+        if (t->nograd || !d->rev || (fa & fb & NF_NOGRAD)) n->flags |= NF_NOGRAD;
+        if ((fa & fb & NF_STABLE) && !t->no_share) {
+            ad_var w = ad_memo(t, v);
+            if (w != v) return w;
+        }
+    }
     if (!n->val) { // leaves and reshapes set theirs
         size_t size = (size_t)n->rows * (size_t)n->cols;
         if (!(n->val = ad_arena_alloc(t, size ? size : 1, d->name))) {
@@ -172,10 +192,6 @@ __attribute__((always_inline)) static inline ad_var ad_commit(ad_tape *t, ad_nod
             return AD_NONE;
         }
     }
-    // no gradient through constants-only expressions, piecewise-constant ops, or adjoints
-    // recorded without AD_CREATE_GRAPH
-    uint8_t fa = t->nodes[n->a].flags, fb = t->nodes[n->b].flags; // node 0 (NOGRAD) when unused
-    if (n->op != OP_LEAF && (t->nograd || !d->rev || (fa & fb & NF_NOGRAD))) n->flags |= NF_NOGRAD;
     t->op_uses[n->op]++;
     if (t->lazy || (n->flags & NF_VALUE)) return v;
     return ad_eval(t, v) ? v : AD_NONE;
@@ -194,32 +210,6 @@ static inline ad_shape ad_shape_fast(const ad_tape *t, ad_var v) {
 }
 // The scalar constant 1 (the seed of a gradient), shared while it stays on the tape.
 ad_var ad_unit(ad_tape *t);
-// Products are worth recording once: the same product of the same operands recorded again (B x
-// at every unrolled step of a loop over y, with x and the view B unchanged) returns the earlier
-// node, whose adjoint then collects every use, so its reverse rule runs once too.
-// ad_memo_find: a remembered node for op(a, b) with parameters i0, i1 that is still on the tape
-// and has the gradient flag a new node would get (computed unless the tape defers), or AD_NONE.
-// ad_memo_add: remembers the node just recorded (AD_NONE passes through).
-// A miss (the common case) costs a hash and a compare, inline.
-static inline struct ad_memo *ad_memo_slot(ad_tape *t, ad_var a, ad_var b) {
-    return &t->memo[((uint32_t)a * 0x9E3779B1u ^ (uint32_t)b * 0x85EBCA77u) >> 28];
-}
-ad_var ad_memo_check(ad_tape *t, struct ad_memo *e, ad_op op, int i0, int i1);
-static inline ad_var ad_memo_find(ad_tape *t, ad_op op, ad_var a, ad_var b, int i0, int i1) {
-    struct ad_memo *e = ad_memo_slot(t, a, b);
-    return e->a == a && e->b == b ? ad_memo_check(t, e, op, i0, i1) : AD_NONE;
-}
-static inline ad_var ad_memo_add(ad_tape *t, ad_var v) {
-    if (!v) return v;
-    const ad_node *n = &t->nodes[v];
-    struct ad_memo *e = ad_memo_slot(t, n->a, n->b);
-    if (e->hit) { // found since it was stored: it stays this once (B x, reused at every step)
-        e->hit = 0;
-        return v;
-    }
-    *e = (struct ad_memo){.a = n->a, .b = n->b, .v = v};
-    return v;
-}
 // Copy n ints onto the tape (NULL on failure, error recorded).
 const int32_t *ad_copy_idx(ad_tape *t, int n, const int32_t *idx);
 // Make sure v's value (and its ancestors') are computed.

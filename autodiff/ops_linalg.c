@@ -1,6 +1,5 @@
 // Products: dot, matvec, matmul (either operand transposed), outer. Forward through cblas;
-// the reverse rules are products again, so they differentiate to any order. A matrix product
-// recorded again with the same operands is the earlier node (ad_memo_find).
+// the reverse rules are products again, so they differentiate to any order.
 #include "internal.h"
 
 #include <cblas.h>
@@ -58,12 +57,10 @@ ad_var ad_matvec(ad_tape *t, ad_var A, ad_var x, int transA) {
         fail2(t, transA ? "matvec (A transposed)" : "matvec", sa, sx);
         return AD_NONE;
     }
-    ad_var c = ad_memo_find(t, OP_MATVEC, A, x, transA != 0, 0);
-    if (c) return c;
     ad_node *p = ad_push(t, OP_MATVEC, ad_vec_shape(outer), A, x);
     if (!p) return AD_NONE;
     p->i0 = transA != 0;
-    return ad_memo_add(t, ad_commit(t, p));
+    return ad_commit(t, p);
 }
 // y = A x for a small row-major A [rows, cols]. Four rows at a time share each load of x and
 // give the CPU four independent sums; each row is still summed left to right, so the result is
@@ -144,13 +141,11 @@ ad_var ad_matmul(ad_tape *t, ad_var A, ad_var B, int transA, int transB) {
                 transA ? "^T" : "", ad_shape_str(sb, y), transB ? "^T" : "");
         return AD_NONE;
     }
-    ad_var c = ad_memo_find(t, OP_MATMUL, A, B, transA != 0, transB != 0);
-    if (c) return c;
     ad_node *p = ad_push(t, OP_MATMUL, ad_mat_shape(m, n), A, B);
     if (!p) return AD_NONE;
     p->i0 = transA != 0;
     p->i1 = transB != 0;
-    return ad_memo_add(t, ad_commit(t, p));
+    return ad_commit(t, p);
 }
 static ad_status fwd_matmul(ad_tape *t, ad_node *n) {
     const ad_node *A = &t->nodes[n->a], *B = &t->nodes[n->b];

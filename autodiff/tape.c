@@ -205,7 +205,7 @@ void ad_tape_reset(ad_tape *t) {
     t->cur_off = 0;
     t->lazy = t->nograd = 0;
     if (!t->cap_nodes && !ad_grow_nodes(t)) return;
-    t->nodes[0] = (ad_node){.op = OP_ERROR, .flags = NF_VALUE | NF_NOGRAD | NF_VIEW, .rows = 1,
+    t->nodes[0] = (ad_node){.op = OP_ERROR, .flags = NF_VALUE | NF_NOGRAD | NF_VIEW | NF_STABLE, .rows = 1,
                             .cols = 1, .val = &t->nan_};
     t->n_nodes = 1;
 }
@@ -372,7 +372,7 @@ static ad_var leaf(ad_tape *t, const char *what, ad_shape s, const double *data,
     }
     ad_node *p = ad_push(t, OP_LEAF, s, 0, 0);
     if (!p) return AD_NONE;
-    p->flags = NF_VALUE | (grad ? 0 : NF_NOGRAD) | (view ? NF_VIEW : 0);
+    p->flags = NF_VALUE | NF_STABLE | (grad ? 0 : NF_NOGRAD) | (view ? NF_VIEW : 0);
     if (view) p->val = (double *)data; // never written: NF_VIEW nodes are read-only
     ad_var v = ad_commit(t, p);
     if (v && !view && ad_shape_size(s) > 0)
@@ -404,7 +404,7 @@ ad_var ad_fill(ad_tape *t, ad_shape s, double v) {
     if (!check_shape(t, "fill", s)) return AD_NONE;
     ad_node *p = ad_push(t, OP_LEAF, s, 0, 0);
     if (!p) return AD_NONE;
-    p->flags = NF_VALUE | NF_NOGRAD;
+    p->flags = NF_VALUE | NF_NOGRAD | NF_STABLE;
     ad_var r = ad_commit(t, p);
     if (r) {
         double *x = t->nodes[r].val;
@@ -415,21 +415,40 @@ ad_var ad_fill(ad_tape *t, ad_shape s, double v) {
 
 ad_var ad_scalar(ad_tape *t, double v) { return ad_fill(t, ad_scalar_shape(), v); }
 
-// ---- remembered products ----
+// ---- shared subexpressions ----
 
-// e names the same operands: the node is the product wanted if it is still on the tape (a rewind
-// may have dropped it; a node recorded since at the same index is checked against the operands it
-// reads now), the same op and parameters, and has the gradient flag a new node would get.
-ad_var ad_memo_check(ad_tape *t, struct ad_memo *e, ad_op op, int i0, int i1) {
-    ad_var a = e->a, b = e->b;
-    bool nograd = t->nograd || (t->nodes[a].flags & t->nodes[b].flags & NF_NOGRAD);
-    const ad_node *n = e->v < t->n_nodes ? &t->nodes[e->v] : NULL;
-    if (!n || n->op != op || n->a != a || n->b != b || n->i0 != i0 || n->i1 != i1 ||
-        !(n->flags & NF_NOGRAD) != !nograd)
-        return AD_NONE;
-    if (!t->lazy && !(n->flags & NF_VALUE) && !ad_force(t, e->v)) return AD_NONE;
-    e->hit = 1;
-    return e->v;
+static unsigned memo_slot(const ad_node *n) {
+    uint32_t h = (uint32_t)n->a * 0x9E3779B1u ^ (uint32_t)n->b * 0x85EBCA77u ^ (uint32_t)n->op * 0xC2B2AE3Du;
+    return h >> 27; // 32 slots
+}
+
+// Same op, shape, inputs and parameters (bit for bit), and the same gradient flag.
+static bool same_node(const ad_node *x, const ad_node *y) {
+    return x->op == y->op && x->rank == y->rank && x->rows == y->rows && x->cols == y->cols &&
+           x->a == y->a && x->b == y->b && x->i0 == y->i0 && x->i1 == y->i1 &&
+           !memcmp(&x->p0, &y->p0, sizeof x->p0) && !memcmp(&x->p1, &y->p1, sizeof x->p1) &&
+           x->idx == y->idx && !((x->flags ^ y->flags) & NF_NOGRAD);
+}
+
+ad_var ad_memo(ad_tape *t, ad_var v) {
+    ad_node *n = &t->nodes[v];
+    struct ad_memo *e = &t->memo[memo_slot(n)];
+    ad_var w = e->v;
+    // w is a hint: it must still be on the tape and equal (a node recorded at w since a rewind
+    // reads the inputs those handles name now, so equal fields mean the same value)
+    if (w > 0 && w < v && same_node(&t->nodes[w], n)) {
+        t->n_nodes = v; // drop the new node
+        e->hit = 1;
+        t->nodes[w].flags |= NF_STABLE; // recorded twice: what is built on it may be too
+        if (!t->lazy && !(t->nodes[w].flags & NF_VALUE) && !ad_force(t, w)) return AD_NONE;
+        return w;
+    }
+    if (e->hit) { // an entry found again stays this once (B x, reused at every step)
+        e->hit = 0;
+        return v;
+    }
+    *e = (struct ad_memo){.v = v};
+    return v;
 }
 
 ad_var ad_unit(ad_tape *t) {

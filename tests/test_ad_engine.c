@@ -478,6 +478,23 @@ static void sharing(void) {
                ad_value(t, gw)[0], ad_value(t, gw)[1]);
         ad_tape_free(t);
     }
+    TEST_CASE("sharing: an accumulator summed in place is never the shared node of its sum") {
+        // the gradient of <x, c1> + <x, c2> + <x, c3> starts as c1 + c2 (an add of two leaves)
+        // and has c3 added in place: a later c1 + c2 must not be that node
+        ad_tape *t = ad_tape_new(NULL);
+        double x0[2] = {1, 2}, c[3][2] = {{1, 10}, {100, 1000}, {1e4, 1e5}};
+        ad_var x = ad_param(t, ad_vec_shape(2), x0), cv[3], g;
+        for (int k = 0; k < 3; k++) cv[k] = ad_const(t, ad_vec_shape(2), c[k]);
+        ad_var f = ad_add(t, ad_add(t, ad_dot(t, x, cv[0]), ad_dot(t, x, cv[1])), ad_dot(t, x, cv[2]));
+        EXPECT(ad_grad(t, f, 1, &x, &g, 0) == AD_OK, "%s", ad_tape_error(t));
+        ad_var s01 = ad_add(t, cv[0], cv[1]), s01b = ad_add(t, cv[0], cv[1]);
+        for (int i = 0; i < 2; i++) {
+            EXPECT(ad_value(t, g)[i] == c[0][i] + c[1][i] + c[2][i], "gradient [%d]: %g", i, ad_value(t, g)[i]);
+            EXPECT(ad_value(t, s01)[i] == c[0][i] + c[1][i], "c1 + c2 [%d]: %g", i, ad_value(t, s01)[i]);
+        }
+        EXPECT(s01b == s01, "c1 + c2 recorded twice is one node");
+        ad_tape_free(t);
+    }
     TEST_CASE("sharing: x * 1 is x, and a gradient without AD_CREATE_GRAPH stays a constant") {
         ad_tape *t = ad_tape_new(NULL);
         double w0[3] = {1, 2, 3}, x0[3] = {-1, 0.5, 2}, one = 1;
