@@ -18,6 +18,12 @@ static inline bool can_pass(const ad_tape *t, const ad_node *x, ad_shape s) {
     return (!t->nograd || (x->flags & NF_NOGRAD)) && ad_shape_eq(ad_node_shape(x), s);
 }
 static ad_var pass(ad_tape *t, ad_var x) { return t->lazy || ad_force(t, x) ? x : AD_NONE; }
+// A tensor times a constant scalar of known value is the same as a scale by that value (k x is
+// x k exactly), which has one input, no broadcast, and a unary reverse rule.
+static inline bool is_const_scalar(const ad_node *n) {
+    return (n->flags & (NF_VALUE | NF_NOGRAD)) == (NF_VALUE | NF_NOGRAD) && n->rows == 1 &&
+           n->cols == 1;
+}
 
 static ad_var binary(ad_tape *t, ad_op op, ad_var a, ad_var b) {
     if (!ad_valid(t, a) || !ad_valid(t, b)) {
@@ -37,6 +43,10 @@ static ad_var binary(ad_tape *t, ad_op op, ad_var a, ad_var b) {
     if (op == OP_MUL) {
         if (is_unit(A) && can_pass(t, B, s)) return pass(t, b);
         if (is_unit(B) && can_pass(t, A, s)) return pass(t, a);
+        if (ad_size(A) == 1 && ad_size(B) > 1 && is_const_scalar(A) && ad_shape_eq(ad_node_shape(B), s))
+            return ad_scale(t, b, A->val[0]);
+        if (ad_size(B) == 1 && ad_size(A) > 1 && is_const_scalar(B) && ad_shape_eq(ad_node_shape(A), s))
+            return ad_scale(t, a, B->val[0]);
     }
     return ad_commit(t, ad_push(t, op, s, a, b));
 }
