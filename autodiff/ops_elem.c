@@ -25,28 +25,41 @@ static inline bool is_const_scalar(const ad_node *n) {
            n->cols == 1;
 }
 
-static ad_var binary(ad_tape *t, ad_op op, ad_var a, ad_var b) {
-    if (!ad_valid(t, a) || !ad_valid(t, b)) {
-        ad_var in[2] = {a, b};
-        ad_check_args_slow(t, ad_ops[op]->name, 2, in);
-        return AD_NONE;
-    }
+// Why binary() cannot record op(a, b): a bad handle, or shapes that do not broadcast. Out of the
+// way of the common path, which then keeps no shapes around for a message.
+__attribute__((noinline, cold)) static ad_var binary_fail(ad_tape *t, ad_op op, ad_var a, ad_var b) {
+    ad_var in[2] = {a, b};
+    if (!ad_check_args_slow(t, ad_ops[op]->name, 2, in)) return AD_NONE;
+    char x[32], y[32];
+    ad_fail(t, AD_ESHAPE, "%s: shapes %s and %s do not broadcast", ad_ops[op]->name,
+            ad_shape_str(ad_shape_fast(t, a), x), ad_shape_str(ad_shape_fast(t, b), y));
+    return AD_NONE;
+}
+
+// A product with an operand of size 1 that need not be recorded as one: x, or a scale of x
+// (above); AD_NONE if neither applies.
+static ad_var mul_shortcut(ad_tape *t, ad_var a, ad_var b, ad_shape s) {
     const ad_node *A = &t->nodes[a], *B = &t->nodes[b];
-    ad_shape s = {A->rank > B->rank ? A->rank : B->rank, A->rows, A->cols};
-    ad_shape sa = ad_node_shape(A), sb = ad_node_shape(B);
-    if ((A->rows != B->rows || A->cols != B->cols) && !ad_broadcast_shape(sa, sb, &s)) {
-        char x[32], y[32];
-        ad_fail(t, AD_ESHAPE, "%s: shapes %s and %s do not broadcast", ad_ops[op]->name,
-                ad_shape_str(sa, x), ad_shape_str(sb, y));
-        return AD_NONE;
-    }
-    if (op == OP_MUL) {
-        if (is_unit(A) && can_pass(t, B, s)) return pass(t, b);
-        if (is_unit(B) && can_pass(t, A, s)) return pass(t, a);
-        if (ad_size(A) == 1 && ad_size(B) > 1 && is_const_scalar(A) && ad_shape_eq(ad_node_shape(B), s))
-            return ad_scale(t, b, A->val[0]);
-        if (ad_size(B) == 1 && ad_size(A) > 1 && is_const_scalar(B) && ad_shape_eq(ad_node_shape(A), s))
-            return ad_scale(t, a, B->val[0]);
+    if (is_unit(A) && can_pass(t, B, s)) return pass(t, b);
+    if (is_unit(B) && can_pass(t, A, s)) return pass(t, a);
+    if (ad_size(A) == 1 && ad_size(B) > 1 && is_const_scalar(A) && ad_shape_eq(ad_node_shape(B), s))
+        return ad_scale(t, b, A->val[0]);
+    if (ad_size(B) == 1 && ad_size(A) > 1 && is_const_scalar(B) && ad_shape_eq(ad_node_shape(A), s))
+        return ad_scale(t, a, B->val[0]);
+    return AD_NONE;
+}
+
+static ad_var binary(ad_tape *t, ad_op op, ad_var a, ad_var b) {
+    if (!ad_valid(t, a) || !ad_valid(t, b)) return binary_fail(t, op, a, b);
+    const ad_node *A = &t->nodes[a], *B = &t->nodes[b];
+    ad_shape s;
+    if (A->rows == B->rows && A->cols == B->cols)
+        s = (ad_shape){A->rank > B->rank ? A->rank : B->rank, A->rows, A->cols};
+    else if (!ad_broadcast_shape(ad_node_shape(A), ad_node_shape(B), &s))
+        return binary_fail(t, op, a, b);
+    if (op == OP_MUL && (ad_size(A) == 1 || ad_size(B) == 1)) {
+        ad_var r = mul_shortcut(t, a, b, s);
+        if (r || t->status != AD_OK) return r;
     }
     return ad_commit(t, ad_push(t, op, s, a, b));
 }
@@ -56,8 +69,9 @@ static ad_var unary(ad_tape *t, ad_op op, ad_var x, double p0, double p1) {
         ad_check_args_slow(t, ad_ops[op]->name, 1, &x);
         return AD_NONE;
     }
-    ad_shape s = ad_shape_fast(t, x);
-    if (op == OP_SCALE && p0 == 1.0 && can_pass(t, &t->nodes[x], s)) return pass(t, x);
+    const ad_node *X = &t->nodes[x];
+    ad_shape s = {X->rank, X->rows, X->cols};
+    if (op == OP_SCALE && p0 == 1.0 && can_pass(t, X, s)) return pass(t, x);
     ad_node *p = ad_push(t, op, s, x, 0);
     if (!p) return AD_NONE;
     p->p0 = p0;
