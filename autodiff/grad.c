@@ -13,11 +13,11 @@ enum { DEP = 1, OWNED = 2, NEED_A = 4, NEED_B = 8 };
 // One forward pass over [lo, hi]: the wrt nodes are marked DEP already. It runs over every node,
 // so the bits are combined without branching on them (measured: the dependent / constant pattern
 // of a long recording mispredicts); an input below lo (node 0 for an unused one) reads as 0.
-static void mark_dependents(const ad_tape *t, ad_var lo, ad_var hi, uint8_t *dep) {
+static void mark_dependents(const ad_tape *t, ad_var lo, ad_var hi, uint8_t *restrict dep) {
     _Static_assert(NEED_A == DEP << 2 && NEED_B == DEP << 3, "need bits are shifted dep bits");
-    for (ad_var i = lo; i <= hi; i++) {
-        const ad_node *n = &t->nodes[i];
-        unsigned ia = (unsigned)(n->a - lo), ib = (unsigned)(n->b - lo), k = (unsigned)(i - lo);
+    const ad_node *restrict n = t->nodes + lo; // restrict: the byte stores to dep alias nothing
+    for (unsigned k = 0, len = (unsigned)(hi - lo + 1); k < len; k++, n++) {
+        unsigned ia = (unsigned)(n->a - lo), ib = (unsigned)(n->b - lo);
         unsigned da = ia < k ? dep[ia] & DEP : 0, db = ib < k ? dep[ib] & DEP : 0;
         unsigned bits = n->flags & NF_NOGRAD ? 0 : da << 2 | db << 3;
         dep[k] |= (uint8_t)(bits | (bits != 0));
