@@ -5,31 +5,54 @@
 
 #include <string.h>
 
-// dep[i - lo]: node i depends on some wrt node through differentiable ops.
-static void mark_dependents(ad_tape *t, ad_var lo, ad_var hi, uint8_t *dep) {
-    for (ad_var i = lo; i <= hi; i++) {
-        if (dep[i - lo]) continue;
-        const ad_node *n = &t->nodes[i];
-        if (n->flags & NF_NOGRAD) continue;
-        dep[i - lo] = (n->a >= lo && dep[n->a - lo]) || (n->b >= lo && dep[n->b - lo]);
+// dep[] bits of a node in the sweep's range: it depends on a wrt node through differentiable ops
+// (DEP), its adjoint is an accumulator this sweep made (OWNED), its first / second input is such
+// a node (NEED_A, NEED_B: the input needs a contribution from its reverse rule).
+enum { DEP = 1, OWNED = 2, NEED_A = 4, NEED_B = 8 };
+
+// One forward pass over [lo, hi]: the wrt nodes are marked DEP already. It runs over every node,
+// so the bits are combined without branching on them (measured: the dependent / constant pattern
+// of a long recording mispredicts); an input below lo (node 0 for an unused one) reads as 0.
+static void mark_dependents(const ad_tape *t, ad_var lo, ad_var hi, uint8_t *restrict dep) {
+    _Static_assert(NEED_A == DEP << 2 && NEED_B == DEP << 3, "need bits are shifted dep bits");
+    const ad_node *restrict n = t->nodes + lo; // restrict: the byte stores to dep alias nothing
+    for (unsigned k = 0, len = (unsigned)(hi - lo + 1); k < len; k++, n++) {
+        unsigned ia = (unsigned)(n->a - lo), ib = (unsigned)(n->b - lo);
+        unsigned da = ia < k ? dep[ia] & DEP : 0, db = ib < k ? dep[ib] & DEP : 0;
+        unsigned bits = n->flags & NF_NOGRAD ? 0 : da << 2 | db << 3;
+        dep[k] |= (uint8_t)(bits | (bits != 0));
     }
 }
 
-enum { DEP = 1, OWNED = 2 }; // dep[] bits: depends on a wrt node; adj is an accumulator we made
+// Adjoints carry a sign: a negative handle -v stands for -(node v). Negation commutes exactly
+// with every reverse rule (they are linear in the adjoint, and rounding to nearest is symmetric),
+// so a sweep moves signs through rules and sums and records ad_neg only for a negative result:
+// sub, neg and the step y - s g of a gradient method cost no node of their own.
+static inline ad_var node_of(ad_var g) { return g < 0 ? -g : g; }
 
 // adj += g. A gradient that will not be differentiated again (no AD_CREATE_GRAPH, values computed
 // eagerly) is summed in place once this sweep owns an accumulator node for it: a parameter used n
-// times costs one add node, not n. Otherwise the sum is recorded as ad_add.
+// times costs one add node, not n. Otherwise the sum is recorded as ad_add or ad_sub.
 static ad_var accumulate(ad_tape *t, ad_var acc, ad_var g, uint8_t *dep, bool in_place) {
     if (!acc) return g;
-    if (in_place && (*dep & OWNED)) {
-        double *a = t->nodes[acc].val;
-        const double *b = t->nodes[g].val;
-        for (int i = 0, n = ad_size(&t->nodes[acc]); i < n; i++) a[i] += b[i];
+    ad_var A = node_of(acc), G = node_of(g);
+    bool same = (acc < 0) == (g < 0);
+    if (in_place && (*dep & OWNED) && // g may be an input passed through: computed first
+        ((t->nodes[G].flags & NF_VALUE) || ad_force(t, G))) { // acc's sign stays; g adds or subtracts
+        double *a = t->nodes[A].val;
+        const double *b = t->nodes[G].val;
+        int n = ad_size(&t->nodes[A]);
+        if (same)
+            for (int i = 0; i < n; i++) a[i] += b[i];
+        else
+            for (int i = 0; i < n; i++) a[i] -= b[i];
         return acc;
     }
-    *dep |= OWNED;
-    return ad_add(t, acc, g);
+    *dep |= OWNED; // a fresh node: it may be summed into in place, so it is never shared
+    t->no_share = in_place;
+    ad_var r = same ? ad_add(t, A, G) : acc < 0 ? ad_sub(t, G, A) : ad_sub(t, A, G);
+    t->no_share = 0;
+    return same && acc < 0 ? -r : r;
 }
 
 // The sweep. lazy: record adjoints without computing them (their values are computed when
@@ -80,25 +103,27 @@ static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var
     if (dep[y - lo]) adj[y - lo] = ad_shape_eq(sy, sb) ? ybar : ad_reshape(t, ybar, sy);
     for (ad_var i = y; i >= lo && t->status == AD_OK; i--) {
         ad_var g = adj[i - lo];
-        if (!g || !dep[i - lo]) continue;
+        uint8_t bits = dep[i - lo];
+        // leaves and nodes with no dependent input have no need bits (and a node with need bits
+        // is not NOGRAD, so it has a reverse rule)
+        if (!g || !(bits & (NEED_A | NEED_B))) continue;
         const ad_node *nd = &t->nodes[i];
-        const ad_op_def *d = ad_ops[nd->op];
-        if (!d->rev) continue; // a leaf
-        ad_var in[2] = {nd->a, nd->b}; // an unused input is node 0 < lo: not needed
-        bool need[2] = {in[0] >= lo && dep[in[0] - lo], in[1] >= lo && dep[in[1] - lo]};
-        if (!need[0] && !need[1]) continue;
+        ad_var in[2] = {nd->a, nd->b};
+        bool need[2] = {(bits & NEED_A) != 0, (bits & NEED_B) != 0};
         ad_var gin[2] = {AD_NONE, AD_NONE};
-        d->rev(t, i, g, need, gin);
+        ad_ops[nd->op]->rev(t, i, node_of(g), need, gin);
         for (int k = 0; k < 2; k++) {
             if (!need[k] || !gin[k]) continue;
-            adj[in[k] - lo] = accumulate(t, adj[in[k] - lo], gin[k], &dep[in[k] - lo], in_place);
+            ad_var c = g < 0 ? -gin[k] : gin[k];
+            adj[in[k] - lo] = accumulate(t, adj[in[k] - lo], c, &dep[in[k] - lo], in_place);
         }
     }
     for (int k = 0; k < n && t->status == AD_OK; k++) {
         ad_var g = wrt[k] <= y ? adj[wrt[k] - lo] : AD_NONE;
         ad_shape s = ad_shape_fast(t, wrt[k]);
         if (!g) g = ad_fill(t, s, 0.0);
-        else if (!ad_shape_eq(ad_shape_fast(t, g), s)) g = ad_reshape(t, g, s);
+        if (g < 0) g = ad_neg(t, -g);
+        if (g && !ad_shape_eq(ad_shape_fast(t, g), s)) g = ad_reshape(t, g, s);
         out[k] = g;
     }
     t->lazy = saved_lazy;
@@ -129,7 +154,8 @@ static bool check_scalar(ad_tape *t, const char *op, ad_var f) {
 ad_status ad_grad(ad_tape *t, ad_var y, int n, const ad_var *wrt, ad_var *out, unsigned flags) {
     for (int k = 0; k < n && out; k++) out[k] = AD_NONE;
     if (!check_scalar(t, "grad", y)) return t->status;
-    ad_var one = ad_fill(t, ad_shape_fast(t, y), 1.0);
+    ad_shape sy = ad_shape_fast(t, y);
+    ad_var one = sy.rank == 0 ? ad_unit(t) : ad_fill(t, sy, 1.0);
     return vjp_impl(t, y, one, n, wrt, out, flags, 0);
 }
 
@@ -153,14 +179,13 @@ static ad_status second_order(ad_tape *t, const char *op, ad_var f, ad_var x, ad
         return t->status;
     }
     ad_var gy;
-    ad_var one = ad_fill(t, ad_scalar_shape(), 1.0);
+    ad_var one = ad_unit(t);
     if (vjp_impl(t, f, one, 1, &y, &gy, AD_CREATE_GRAPH, 1) != AD_OK) return t->status;
     int saved = t->lazy;
     t->lazy = 1; // <gy, v> is only differentiated: keep gy unevaluated
     ad_var s = ad_dot(t, gy, v);
     t->lazy = saved;
-    ad_var one2 = ad_fill(t, ad_scalar_shape(), 1.0);
-    return vjp_impl(t, s, one2, 1, &x, out, flags, 0);
+    return vjp_impl(t, s, ad_unit(t), 1, &x, out, flags, 0);
 }
 
 ad_status ad_hvp(ad_tape *t, ad_var f, ad_var x, ad_var v, ad_var *out, unsigned flags) {

@@ -36,6 +36,7 @@ enum {
     NF_VALUE = 1,    // the value has been computed
     NF_NOGRAD = 2,   // no gradient flows into or through this node (constants, detached)
     NF_VIEW = 4,     // val points at memory the tape does not own (const view, reshape alias)
+    NF_STABLE = 8,   // a leaf, or a node the memo found again: ops on it are looked up (ad_memo)
 };
 
 typedef struct {
@@ -51,8 +52,12 @@ typedef struct {
 // Forward: compute n->val from its inputs' values. Returns AD_OK or a domain error (the caller
 // writes the message). Reverse: given the node y and its adjoint gy, set gin[k] to the adjoint
 // contribution for input k when need[k] (recorded with tape ops); leave AD_NONE for no gradient.
+// A contribution may be given negated, as -handle (ad_negated): the sweep folds the sign into
+// its sums instead of recording a negation.
 typedef ad_status (*ad_fwd_fn)(ad_tape *t, ad_node *n);
 typedef void (*ad_rev_fn)(ad_tape *t, ad_var y, ad_var gy, const bool need[2], ad_var gin[2]);
+
+static inline ad_var ad_negated(ad_var v) { return -v; }
 
 typedef struct {
     const char *name;
@@ -90,6 +95,19 @@ struct ad_tape {
     // scratch for the reverse sweep and for forcing lazy values
     void *scratch;
     size_t scratch_bytes;
+    // Constants that recording makes again and again are found again instead of re-recorded:
+    // const views by address (a problem's matrices, met at every unrolled step) and the scalar 1
+    // that seeds gradients. An entry is only a hint: it is used if the node it names is still on
+    // the tape and still that constant (a rewind drops nodes without telling the cache).
+    ad_var view_cache[16];
+    ad_var unit;
+    // Nodes of stable inputs recorded lately (ad_memo), one per slot by a hash of op and inputs;
+    // an entry found again survives the next node wanting its slot once.
+    struct ad_memo {
+        ad_var v;
+        int hit;
+    } memo[32];
+    int no_share; // record fresh nodes only (an accumulator about to be summed into in place)
     int64_t op_uses[OP_COUNT];
     double blas_seconds;
     int64_t op_evals[OP_COUNT]; // values computed, per op
@@ -118,6 +136,8 @@ bool ad_check_args_slow(ad_tape *t, const char *op, int n, const ad_var *v);
 // shape s and inputs a, b (other fields zero) and returns it, or NULL after an error; the caller
 // sets parameters (and may record nothing else meanwhile); ad_commit allocates the value and
 // computes it unless the tape is lazy. ad_commit drops the node if an error happened in between.
+// Both are inline: every recorded node passes through them, and most of what they do is a few
+// loads and stores.
 bool ad_grow_nodes(ad_tape *t);
 static inline ad_node *ad_push(ad_tape *t, ad_op op, ad_shape s, ad_var a, ad_var b) {
     if (t->status != AD_OK) return NULL;
@@ -127,7 +147,65 @@ static inline ad_node *ad_push(ad_tape *t, ad_op op, ad_shape s, ad_var a, ad_va
                    .a = a, .b = b};
     return n;
 }
-ad_var ad_commit(ad_tape *t, ad_node *n);
+
+// n doubles from the value arena: a bump of the current chunk; values of 8 or more doubles start
+// on a 64-byte boundary. The slow path moves to the next chunk or adds one (NULL after an error).
+double *ad_arena_alloc_slow(ad_tape *t, size_t n, const char *what);
+__attribute__((always_inline)) static inline double *ad_arena_alloc(ad_tape *t, size_t n,
+                                                                     const char *what) {
+    if (t->n_chunks) {
+        size_t off = t->cur_off, need = n;
+        if (n >= 8) off = (off + 7) & ~(size_t)7, need = (n + 7) & ~(size_t)7;
+        const chunk *c = &t->chunks[t->cur_chunk];
+        if (off + need <= c->cap) {
+            t->cur_off = off + need;
+            return c->mem + off;
+        }
+    }
+    return ad_arena_alloc_slow(t, n, what);
+}
+
+// Computes node v, forcing its inputs first if they are lazy; false after an error.
+bool ad_eval(ad_tape *t, ad_var v);
+// Shared subexpressions. A node recorded again with the same op, inputs and parameters is the
+// same value: B x at every unrolled step of a loop over y, with x and the view B unchanged, or
+// the scalar 1/2 a gradient of 1/2 y^T A y scales its seed by. Such repeats are built on stable
+// nodes (leaves, and nodes found again this way), so only a node whose inputs are all stable is
+// looked up: v (just pushed, its gradient flag set) is dropped for an equal node still on the
+// tape, which is returned (computed unless the tape defers) and marked stable; otherwise v is
+// remembered and returned. A shared node's adjoint collects every use, so its reverse rule runs
+// once too.
+ad_var ad_memo(ad_tape *t, ad_var v);
+
+__attribute__((always_inline)) static inline ad_var ad_commit(ad_tape *t, ad_node *n) {
+    if (!n) return AD_NONE;
+    ad_var v = t->n_nodes - 1; // n is the node ad_push appended last
+    if (t->status != AD_OK) { // something between push and commit failed
+        t->n_nodes = v;
+        return AD_NONE;
+    }
+    const ad_op_def *d = ad_ops[n->op];
+    if (n->op != OP_LEAF) {
+        // no gradient through constants-only expressions, piecewise-constant ops, or adjoints
+        // recorded without AD_CREATE_GRAPH
+        uint8_t fa = t->nodes[n->a].flags, fb = t->nodes[n->b].flags; // node 0 when unused
+        if (t->nograd || !d->rev || (fa & fb & NF_NOGRAD)) n->flags |= NF_NOGRAD;
+        if ((fa & fb & NF_STABLE) && !t->no_share) {
+            ad_var w = ad_memo(t, v);
+            if (w != v) return w;
+        }
+    }
+    if (!n->val) { // leaves and reshapes set theirs
+        size_t size = (size_t)n->rows * (size_t)n->cols;
+        if (!(n->val = ad_arena_alloc(t, size ? size : 1, d->name))) {
+            t->n_nodes = v;
+            return AD_NONE;
+        }
+    }
+    t->op_uses[n->op]++;
+    if (t->lazy || (n->flags & NF_VALUE)) return v;
+    return ad_eval(t, v) ? v : AD_NONE;
+}
 // A healthy tape and a handle of one of its nodes (the fast test; ad_check_args_slow reports).
 static inline bool ad_valid(const ad_tape *t, ad_var v) {
     return t->status == AD_OK && v > 0 && v < t->n_nodes;
@@ -140,6 +218,8 @@ static inline bool ad_check_args(ad_tape *t, const char *op, int n, const ad_var
 static inline ad_shape ad_shape_fast(const ad_tape *t, ad_var v) {
     return ad_node_shape(&t->nodes[v]);
 }
+// The scalar constant 1 (the seed of a gradient), shared while it stays on the tape.
+ad_var ad_unit(ad_tape *t);
 // Copy n ints onto the tape (NULL on failure, error recorded).
 const int32_t *ad_copy_idx(ad_tape *t, int n, const int32_t *idx);
 // Make sure v's value (and its ancestors') are computed.

@@ -6,20 +6,60 @@
 
 // ---- shared constructors ----
 
-static ad_var binary(ad_tape *t, ad_op op, ad_var a, ad_var b) {
-    if (!ad_valid(t, a) || !ad_valid(t, b)) {
-        ad_var in[2] = {a, b};
-        ad_check_args_slow(t, ad_ops[op]->name, 2, in);
-        return AD_NONE;
-    }
+// x * 1 and 1 x are x exactly, so a product with the constant scalar 1 (the seed of a gradient,
+// which the first reverse rules of every sweep multiply by) or a scale by 1 records nothing and
+// returns x, computed unless the tape defers. Not inside a gradient recorded without
+// AD_CREATE_GRAPH when x carries a gradient: what such a sweep returns must stay a constant.
+static inline bool is_unit(const ad_node *n) {
+    return (n->flags & (NF_VALUE | NF_NOGRAD)) == (NF_VALUE | NF_NOGRAD) && n->rows == 1 &&
+           n->cols == 1 && n->val[0] == 1.0;
+}
+static inline bool can_pass(const ad_tape *t, const ad_node *x, ad_shape s) {
+    return (!t->nograd || (x->flags & NF_NOGRAD)) && ad_shape_eq(ad_node_shape(x), s);
+}
+static ad_var pass(ad_tape *t, ad_var x) { return t->lazy || ad_force(t, x) ? x : AD_NONE; }
+// A tensor times a constant scalar of known value is the same as a scale by that value (k x is
+// x k exactly), which has one input, no broadcast, and a unary reverse rule.
+static inline bool is_const_scalar(const ad_node *n) {
+    return (n->flags & (NF_VALUE | NF_NOGRAD)) == (NF_VALUE | NF_NOGRAD) && n->rows == 1 &&
+           n->cols == 1;
+}
+
+// Why binary() cannot record op(a, b): a bad handle, or shapes that do not broadcast. Out of the
+// way of the common path, which then keeps no shapes around for a message.
+__attribute__((noinline, cold)) static ad_var binary_fail(ad_tape *t, ad_op op, ad_var a, ad_var b) {
+    ad_var in[2] = {a, b};
+    if (!ad_check_args_slow(t, ad_ops[op]->name, 2, in)) return AD_NONE;
+    char x[32], y[32];
+    ad_fail(t, AD_ESHAPE, "%s: shapes %s and %s do not broadcast", ad_ops[op]->name,
+            ad_shape_str(ad_shape_fast(t, a), x), ad_shape_str(ad_shape_fast(t, b), y));
+    return AD_NONE;
+}
+
+// A product with an operand of size 1 that need not be recorded as one: x, or a scale of x
+// (above); AD_NONE if neither applies.
+static ad_var mul_shortcut(ad_tape *t, ad_var a, ad_var b, ad_shape s) {
     const ad_node *A = &t->nodes[a], *B = &t->nodes[b];
-    ad_shape s = {A->rank > B->rank ? A->rank : B->rank, A->rows, A->cols};
-    ad_shape sa = ad_node_shape(A), sb = ad_node_shape(B);
-    if ((A->rows != B->rows || A->cols != B->cols) && !ad_broadcast_shape(sa, sb, &s)) {
-        char x[32], y[32];
-        ad_fail(t, AD_ESHAPE, "%s: shapes %s and %s do not broadcast", ad_ops[op]->name,
-                ad_shape_str(sa, x), ad_shape_str(sb, y));
-        return AD_NONE;
+    if (is_unit(A) && can_pass(t, B, s)) return pass(t, b);
+    if (is_unit(B) && can_pass(t, A, s)) return pass(t, a);
+    if (ad_size(A) == 1 && ad_size(B) > 1 && is_const_scalar(A) && ad_shape_eq(ad_node_shape(B), s))
+        return ad_scale(t, b, A->val[0]);
+    if (ad_size(B) == 1 && ad_size(A) > 1 && is_const_scalar(B) && ad_shape_eq(ad_node_shape(A), s))
+        return ad_scale(t, a, B->val[0]);
+    return AD_NONE;
+}
+
+static ad_var binary(ad_tape *t, ad_op op, ad_var a, ad_var b) {
+    if (!ad_valid(t, a) || !ad_valid(t, b)) return binary_fail(t, op, a, b);
+    const ad_node *A = &t->nodes[a], *B = &t->nodes[b];
+    ad_shape s;
+    if (A->rows == B->rows && A->cols == B->cols)
+        s = (ad_shape){A->rank > B->rank ? A->rank : B->rank, A->rows, A->cols};
+    else if (!ad_broadcast_shape(ad_node_shape(A), ad_node_shape(B), &s))
+        return binary_fail(t, op, a, b);
+    if (op == OP_MUL && (ad_size(A) == 1 || ad_size(B) == 1)) {
+        ad_var r = mul_shortcut(t, a, b, s);
+        if (r || t->status != AD_OK) return r;
     }
     return ad_commit(t, ad_push(t, op, s, a, b));
 }
@@ -29,7 +69,10 @@ static ad_var unary(ad_tape *t, ad_op op, ad_var x, double p0, double p1) {
         ad_check_args_slow(t, ad_ops[op]->name, 1, &x);
         return AD_NONE;
     }
-    ad_node *p = ad_push(t, op, ad_shape_fast(t, x), x, 0);
+    const ad_node *X = &t->nodes[x];
+    ad_shape s = {X->rank, X->rows, X->cols};
+    if (op == OP_SCALE && p0 == 1.0 && can_pass(t, X, s)) return pass(t, x);
+    ad_node *p = ad_push(t, op, s, x, 0);
     if (!p) return AD_NONE;
     p->p0 = p0;
     p->p1 = p1;
@@ -112,7 +155,7 @@ ad_var ad_sub(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_SUB, a, b); 
 BINARY_FWD(sub, u - v)
 static void rev_sub(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     if (need[0]) gin[0] = unbroadcast(t, g, t->nodes[y].a);
-    if (need[1]) gin[1] = unbroadcast(t, ad_neg(t, g), t->nodes[y].b);
+    if (need[1]) gin[1] = ad_negated(unbroadcast(t, g, t->nodes[y].b));
 }
 
 ad_var ad_mul(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MUL, a, b); }
@@ -133,7 +176,7 @@ static void rev_div(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var g
     ad_var b = t->nodes[y].b;
     if (need[0]) gin[0] = unbroadcast(t, ad_div(t, g, b), t->nodes[y].a);
     // d(a/b)/db = -y / b
-    if (need[1]) gin[1] = unbroadcast(t, ad_neg(t, ad_div(t, ad_mul(t, g, y), b)), t->nodes[y].b);
+    if (need[1]) gin[1] = ad_negated(unbroadcast(t, ad_div(t, ad_mul(t, g, y), b), t->nodes[y].b));
 }
 
 ad_var ad_min(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MIN, a, b); }
@@ -157,8 +200,8 @@ static void rev_max(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var g
 ad_var ad_neg(ad_tape *t, ad_var x) { return unary(t, OP_NEG, x, 0, 0); }
 UNARY_FWD(neg, -u)
 static void rev_neg(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    (void)y, (void)need;
-    gin[0] = ad_neg(t, g);
+    (void)t, (void)y, (void)need;
+    gin[0] = ad_negated(g);
 }
 
 ad_var ad_scale(ad_tape *t, ad_var x, double c) { return unary(t, OP_SCALE, x, c, 0); }
@@ -252,7 +295,7 @@ ad_var ad_cos(ad_tape *t, ad_var x) { return unary(t, OP_COS, x, 0, 0); }
 UNARY_FWD(cos, cos(u))
 static void rev_cos(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_neg(t, ad_mul(t, g, ad_sin(t, t->nodes[y].a)));
+    gin[0] = ad_negated(ad_mul(t, g, ad_sin(t, t->nodes[y].a)));
 }
 
 ad_var ad_tanh(ad_tape *t, ad_var x) { return unary(t, OP_TANH, x, 0, 0); }

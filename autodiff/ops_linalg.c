@@ -124,27 +124,55 @@ ad_var ad_matvec(ad_tape *t, ad_var A, ad_var x, int transA) {
     p->i0 = transA != 0;
     return large ? memo_add(t, ad_commit(t, p), SMALL_MATVEC) : ad_commit(t, p);
 }
+// y = A x for a small row-major A [rows, cols]. Four rows at a time share each load of x and
+// give the CPU four independent sums; each row is still summed left to right, so the result is
+// bit for bit the plain loop's.
+static void small_matvec(int rows, int cols, const double *restrict a, const double *restrict x,
+                         double *restrict y) {
+    int i = 0;
+    for (; i + 4 <= rows; i += 4) {
+        const double *a0 = a + (size_t)i * cols, *a1 = a0 + cols, *a2 = a1 + cols, *a3 = a2 + cols;
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (int j = 0; j < cols; j++) {
+            double xj = x[j];
+            s0 += a0[j] * xj, s1 += a1[j] * xj, s2 += a2[j] * xj, s3 += a3[j] * xj;
+        }
+        y[i] = s0, y[i + 1] = s1, y[i + 2] = s2, y[i + 3] = s3;
+    }
+    for (; i < rows; i++) {
+        const double *ai = a + (size_t)i * cols;
+        double s = 0;
+        for (int j = 0; j < cols; j++) s += ai[j] * x[j];
+        y[i] = s;
+    }
+}
+
+// y = A^T x, A [rows, cols]: rows of A are added into y in order, two per pass over y (half the
+// loads and stores of y), which keeps each y[j]'s sum in the plain loop's order.
+static void small_matvec_t(int rows, int cols, const double *restrict a, const double *restrict x,
+                           double *restrict y) {
+    int i = 2 - (rows & 1); // the first one or two rows start the sums (rows > 0)
+    if (i == 1) {
+        for (int j = 0; j < cols; j++) y[j] = 0 + a[j] * x[0];
+    } else {
+        const double *a1 = a + cols;
+        for (int j = 0; j < cols; j++) y[j] = (0 + a[j] * x[0]) + a1[j] * x[1];
+    }
+    for (; i < rows; i += 2) {
+        const double *a0 = a + (size_t)i * cols, *a1 = a0 + cols;
+        double x0 = x[i], x1 = x[i + 1];
+        for (int j = 0; j < cols; j++) y[j] = (y[j] + a0[j] * x0) + a1[j] * x1;
+    }
+}
+
 static ad_status fwd_matvec(ad_tape *t, ad_node *n) {
     const ad_node *A = &t->nodes[n->a], *X = &t->nodes[n->b];
     if (A->rows == 0 || A->cols == 0) {
         memset(n->val, 0, (size_t)ad_size(n) * sizeof(double));
         return AD_OK;
     }
-    const double *a = A->val, *x = X->val;
-    double *y = n->val;
-    int rows = A->rows, cols = A->cols;
-    if (rows * cols < SMALL_MATVEC) {
-        if (!n->i0) {
-            for (int i = 0; i < rows; i++) {
-                double s = 0;
-                for (int j = 0; j < cols; j++) s += a[i * cols + j] * x[j];
-                y[i] = s;
-            }
-        } else {
-            for (int j = 0; j < cols; j++) y[j] = 0;
-            for (int i = 0; i < rows; i++)
-                for (int j = 0; j < cols; j++) y[j] += a[i * cols + j] * x[i];
-        }
+    if (A->rows * A->cols < SMALL_MATVEC) {
+        (n->i0 ? small_matvec_t : small_matvec)(A->rows, A->cols, A->val, X->val, n->val);
         return AD_OK;
     }
     // not the thin kernel: with one column it wastes 3 of 4 lanes and measured half dgemv's

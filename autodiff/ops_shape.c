@@ -150,7 +150,11 @@ ad_var ad_reshape(ad_tape *t, ad_var x, ad_shape s) {
         shape_fail(t, "reshape", "sizes differ", xs, s);
         return AD_NONE;
     }
-    return ad_commit(t, ad_push(t, OP_RESHAPE, s, x, 0));
+    ad_node *p = ad_push(t, OP_RESHAPE, s, x, 0);
+    if (!p) return AD_NONE;
+    p->val = t->nodes[x].val; // shares its input's storage (allocated even when x is lazy)
+    p->flags = NF_VIEW;
+    return ad_commit(t, p);
 }
 static ad_status fwd_reshape(ad_tape *t, ad_node *n) {
     (void)t, (void)n; // the value is the input's storage

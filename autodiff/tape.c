@@ -3,7 +3,6 @@
 #include "internal.h"
 #include "thin.h"
 
-#include <assert.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -123,8 +122,8 @@ bool ad_grow_nodes(ad_tape *t) {
     return true;
 }
 
-// n doubles from the arena; values of 8 or more doubles start on a 64-byte boundary.
-static double *arena_alloc_slow(ad_tape *t, size_t n, const char *what) {
+// The slow path of ad_arena_alloc: the next free chunk, or a new one.
+double *ad_arena_alloc_slow(ad_tape *t, size_t n, const char *what) {
     if (n >= 8) n = (n + 7) & ~(size_t)7;
     for (;;) {
         if (t->n_chunks) {
@@ -166,22 +165,8 @@ static double *arena_alloc_slow(ad_tape *t, size_t n, const char *what) {
     }
 }
 
-// The common case inline: bump the current chunk (values of 8 or more doubles start on a
-// 64-byte boundary); the slow path moves to the next chunk or adds one.
-static inline double *arena_alloc(ad_tape *t, size_t n, const char *what) {
-    if (t->n_chunks) {
-        size_t off = t->cur_off, need = n;
-        if (n >= 8) off = (off + 7) & ~(size_t)7, need = (n + 7) & ~(size_t)7;
-        if (off + need <= t->chunks[t->cur_chunk].cap) {
-            t->cur_off = off + need;
-            return t->chunks[t->cur_chunk].mem + off;
-        }
-    }
-    return arena_alloc_slow(t, n, what);
-}
-
 const int32_t *ad_copy_idx(ad_tape *t, int n, const int32_t *idx) {
-    double *m = arena_alloc(t, ((size_t)n * sizeof(int32_t) + sizeof(double) - 1) / sizeof(double),
+    double *m = ad_arena_alloc(t, ((size_t)n * sizeof(int32_t) + sizeof(double) - 1) / sizeof(double),
                             "index copy");
     if (!m) return NULL;
     memcpy(m, idx, (size_t)n * sizeof(int32_t));
@@ -227,7 +212,7 @@ void ad_tape_reset(ad_tape *t) {
     t->lazy = t->nograd = 0;
     memset(t->memo, 0, sizeof t->memo);
     if (!t->cap_nodes && !ad_grow_nodes(t)) return;
-    t->nodes[0] = (ad_node){.op = OP_ERROR, .flags = NF_VALUE | NF_NOGRAD | NF_VIEW, .rows = 1,
+    t->nodes[0] = (ad_node){.op = OP_ERROR, .flags = NF_VALUE | NF_NOGRAD | NF_VIEW | NF_STABLE, .rows = 1,
                             .cols = 1, .val = &t->nan_};
     t->n_nodes = 1;
 }
@@ -339,21 +324,23 @@ static int cmp_var(const void *a, const void *b) {
 }
 
 // Lazy values: collect v's uncomputed ancestors (a DFS marked with the node flags), then compute
-// them in recording order, which is a topological order. Small sets (the usual case: an eager op
-// reading a deferred input) stay on the stack and are sorted by insertion.
+// them in recording order, which is a topological order. Usually they lie close together (a
+// deferred step read by the next op): then one pass over their index range finds them in order;
+// scattered ones are sorted instead. Small sets stay on the stack.
 bool ad_force(ad_tape *t, ad_var v) {
     if (t->nodes[v].flags & NF_VALUE) return true;
     if (t->status != AD_OK) return false;
     enum { MARK = 0x80, SMALL = 64 };
     ad_var small_list[SMALL], small_stack[SMALL];
     size_t cap = SMALL, n = 0, top = 0;
-    ad_var *list = small_list, *stack = small_stack;
+    ad_var *list = small_list, *stack = small_stack, lo = v;
     bool ok = true;
     stack[top++] = v;
     t->nodes[v].flags |= MARK;
     while (ok && top) {
         ad_var u = stack[--top];
         list[n++] = u;
+        if (u < lo) lo = u;
         ad_var in[2] = {t->nodes[u].a, t->nodes[u].b};
         for (int k = 0; k < 2 && ok; k++) {
             ad_node *c = &t->nodes[in[k]];
@@ -378,16 +365,14 @@ bool ad_force(ad_tape *t, ad_var v) {
     if (!ok) {
         for (ad_var i = 1; i < t->n_nodes; i++) t->nodes[i].flags &= (uint8_t)~MARK;
         ad_fail(t, AD_ENOMEM, "forcing a lazy value: out of memory");
-    } else {
-        if (n <= SMALL) {
-            for (size_t i = 1; i < n; i++) // insertion sort: DFS order is nearly descending
-                for (size_t j = i; j > 0 && list[j - 1] > list[j]; j--) {
-                    ad_var tmp = list[j];
-                    list[j] = list[j - 1], list[j - 1] = tmp;
-                }
-        } else {
-            qsort(list, n, sizeof *list, cmp_var);
+    } else if ((size_t)(v - lo) < 4 * n + 64) {
+        for (ad_var i = lo; i <= v; i++) { // after a failure only the marks are cleared
+            if (!(t->nodes[i].flags & MARK)) continue;
+            t->nodes[i].flags &= (uint8_t)~MARK;
+            if (ok) ok = eval_node(t, i);
         }
+    } else {
+        qsort(list, n, sizeof *list, cmp_var);
         for (size_t i = 0; i < n; i++) t->nodes[list[i]].flags &= (uint8_t)~MARK;
         for (size_t i = 0; i < n && ok; i++) ok = eval_node(t, list[i]);
     }
@@ -395,39 +380,12 @@ bool ad_force(ad_tape *t, ad_var v) {
     return ok;
 }
 
-ad_var ad_commit(ad_tape *t, ad_node *n) {
-    if (!n) return AD_NONE;
-    ad_var v = (ad_var)(n - t->nodes);
-    assert(v == t->n_nodes - 1);
-    if (t->status != AD_OK) { // something between push and commit failed
-        t->n_nodes--;
-        return AD_NONE;
-    }
-    const ad_op_def *d = ad_ops[n->op];
-    if (!n->val) {
-        if (n->op == OP_RESHAPE) {
-            n->val = t->nodes[n->a].val; // shares its input's storage
-            n->flags |= NF_VIEW;
-        } else {
-            size_t size = (size_t)n->rows * (size_t)n->cols;
-            double *val = arena_alloc(t, size ? size : 1, d->name);
-            if (!val) {
-                t->n_nodes--;
-                return AD_NONE;
-            }
-            n->val = val;
-        }
-    }
-    // no gradient through constants-only expressions, piecewise-constant ops, or adjoints
-    // recorded without AD_CREATE_GRAPH
-    const ad_node *A = &t->nodes[n->a], *B = &t->nodes[n->b]; // node 0 (NOGRAD) when unused
-    if (n->op != OP_LEAF && (t->nograd || !d->rev || (A->flags & B->flags & NF_NOGRAD)))
-        n->flags |= NF_NOGRAD;
-    t->op_uses[n->op]++;
-    if (t->lazy || (n->flags & NF_VALUE)) return v;
-    if (!(A->flags & NF_VALUE) && !ad_force(t, n->a)) return AD_NONE;
-    if (!(B->flags & NF_VALUE) && !ad_force(t, n->b)) return AD_NONE;
-    return eval_node(t, v) ? v : AD_NONE;
+bool ad_eval(ad_tape *t, ad_var v) {
+    const ad_node *n = &t->nodes[v];
+    ad_var a = n->a, b = n->b;
+    if (!(t->nodes[a].flags & NF_VALUE) && !ad_force(t, a)) return false;
+    if (!(t->nodes[b].flags & NF_VALUE) && !ad_force(t, b)) return false;
+    return eval_node(t, v);
 }
 
 // ---- leaves ----
@@ -457,7 +415,7 @@ static ad_var leaf(ad_tape *t, const char *what, ad_shape s, const double *data,
     }
     ad_node *p = ad_push(t, OP_LEAF, s, 0, 0);
     if (!p) return AD_NONE;
-    p->flags = NF_VALUE | (grad ? 0 : NF_NOGRAD) | (view ? NF_VIEW : 0);
+    p->flags = NF_VALUE | NF_STABLE | (grad ? 0 : NF_NOGRAD) | (view ? NF_VIEW : 0);
     if (view) p->val = (double *)data; // never written: NF_VIEW nodes are read-only
     ad_var v = ad_commit(t, p);
     if (v && !view && ad_shape_size(s) > 0)
@@ -468,13 +426,28 @@ static ad_var leaf(ad_tape *t, const char *what, ad_shape s, const double *data,
 
 ad_var ad_param(ad_tape *t, ad_shape s, const double *init) { return leaf(t, "param", s, init, true, false); }
 ad_var ad_const(ad_tape *t, ad_shape s, const double *d) { return leaf(t, "const", s, d, false, false); }
-ad_var ad_const_view(ad_tape *t, ad_shape s, const double *d) { return leaf(t, "const_view", s, d, false, true); }
+
+// A view of the same memory with the same shape is the same constant: the cached node is returned.
+static unsigned view_slot(const double *d) {
+    return (unsigned)(((uint64_t)(uintptr_t)d * 0x9E3779B97F4A7C15u) >> 60); // 16 slots
+}
+ad_var ad_const_view(ad_tape *t, ad_shape s, const double *d) {
+    ad_var *slot = &t->view_cache[view_slot(d)], v = *slot;
+    if (t->status == AD_OK && v > 0 && v < t->n_nodes) {
+        const ad_node *n = &t->nodes[v];
+        if (n->op == OP_LEAF && (n->flags & NF_VIEW) && n->val == d && ad_shape_eq(ad_node_shape(n), s))
+            return v;
+    }
+    v = leaf(t, "const_view", s, d, false, true);
+    if (v) *slot = v;
+    return v;
+}
 
 ad_var ad_fill(ad_tape *t, ad_shape s, double v) {
     if (!check_shape(t, "fill", s)) return AD_NONE;
     ad_node *p = ad_push(t, OP_LEAF, s, 0, 0);
     if (!p) return AD_NONE;
-    p->flags = NF_VALUE | NF_NOGRAD;
+    p->flags = NF_VALUE | NF_NOGRAD | NF_STABLE;
     ad_var r = ad_commit(t, p);
     if (r) {
         double *x = t->nodes[r].val;
@@ -484,6 +457,55 @@ ad_var ad_fill(ad_tape *t, ad_shape s, double v) {
 }
 
 ad_var ad_scalar(ad_tape *t, double v) { return ad_fill(t, ad_scalar_shape(), v); }
+
+// ---- shared subexpressions ----
+
+static unsigned memo_slot(const ad_node *n) {
+    uint32_t h = (uint32_t)n->a * 0x9E3779B1u ^ (uint32_t)n->b * 0x85EBCA77u ^ (uint32_t)n->op * 0xC2B2AE3Du;
+    return h >> 27; // 32 slots
+}
+
+// Same op, shape, inputs and parameters (bit for bit), and the same gradient flag.
+static bool same_node(const ad_node *x, const ad_node *y) {
+    return x->op == y->op && x->rank == y->rank && x->rows == y->rows && x->cols == y->cols &&
+           x->a == y->a && x->b == y->b && x->i0 == y->i0 && x->i1 == y->i1 &&
+           !memcmp(&x->p0, &y->p0, sizeof x->p0) && !memcmp(&x->p1, &y->p1, sizeof x->p1) &&
+           x->idx == y->idx && !((x->flags ^ y->flags) & NF_NOGRAD);
+}
+
+ad_var ad_memo(ad_tape *t, ad_var v) {
+    ad_node *n = &t->nodes[v];
+    struct ad_memo *e = &t->memo[memo_slot(n)];
+    ad_var w = e->v;
+    // w is a hint: it must still be on the tape and equal (a node recorded at w since a rewind
+    // reads the inputs those handles name now, so equal fields mean the same value)
+    if (w > 0 && w < v && same_node(&t->nodes[w], n)) {
+        t->n_nodes = v; // drop the new node
+        e->hit = 1;
+        t->nodes[w].flags |= NF_STABLE; // recorded twice: what is built on it may be too
+        if (!t->lazy && !(t->nodes[w].flags & NF_VALUE) && !ad_force(t, w)) return AD_NONE;
+        return w;
+    }
+    if (e->hit) { // an entry found again stays this once (B x, reused at every step)
+        e->hit = 0;
+        return v;
+    }
+    *e = (struct ad_memo){.v = v};
+    return v;
+}
+
+ad_var ad_unit(ad_tape *t) {
+    ad_var v = t->unit;
+    if (t->status == AD_OK && v > 0 && v < t->n_nodes) {
+        const ad_node *n = &t->nodes[v];
+        if (n->op == OP_LEAF && n->rank == 0 && (n->flags & NF_NOGRAD) && !(n->flags & NF_VIEW) &&
+            n->val[0] == 1.0)
+            return v;
+    }
+    v = ad_fill(t, ad_scalar_shape(), 1.0);
+    if (v) t->unit = v;
+    return v;
+}
 
 ad_shape ad_shape_of(const ad_tape *t, ad_var v) {
     if (v <= 0 || v >= t->n_nodes) return ad_scalar_shape();

@@ -259,6 +259,26 @@ static void deferral(void) {
         for (int i = 0; i < 3; i++) EXPECT(g[0][i] == g[1][i], "entry %d: %g vs %g", i, g[0][i], g[1][i]);
         EXPECT(evals[1] < evals[0], "deferred %lld evaluations, eager %lld", (long long)evals[1], (long long)evals[0]);
     }
+    TEST_CASE("deferred values far apart on the tape are computed in order") {
+        // two deferred chains with 1000 eager nodes between them: forcing their sum takes the
+        // sorted path rather than the scan of a short index range
+        ad_tape *t = ad_tape_new(NULL);
+        double x0 = 0.7;
+        ad_var x = ad_param(t, ad_scalar_shape(), &x0);
+        ad_tape_defer(t, 1);
+        ad_var a = ad_sin(t, ad_scale(t, x, 2));
+        ad_tape_defer(t, 0);
+        ad_var e = x;
+        for (int i = 0; i < 1000; i++) e = ad_shift(t, e, 1e-3);
+        ad_tape_defer(t, 1);
+        ad_var b = ad_exp(t, ad_mul(t, a, e));
+        ad_var s = ad_add(t, ad_square(t, a), b);
+        int64_t e0 = ad_tape_evals(t);
+        double want = sin(1.4) * sin(1.4) + exp(sin(1.4) * ad_item(t, e));
+        EXPECT(ad_item(t, s) == want, "%.17g vs %.17g", ad_item(t, s), want);
+        EXPECT(ad_tape_evals(t) - e0 == 6, "%lld evaluations", (long long)(ad_tape_evals(t) - e0));
+        ad_tape_free(t);
+    }
 }
 
 static void mark_rewind(void) {
@@ -407,6 +427,111 @@ static void errors(void) {
     }
 }
 
+static void sharing(void) {
+    TEST_CASE("sharing: a const view of the same memory and shape is one node until rewound") {
+        ad_tape *t = ad_tape_new(NULL);
+        double A[6] = {1, 2, 3, 4, 5, 6}, B[6] = {0};
+        ad_mark m = ad_tape_mark(t);
+        ad_var a = ad_const_view(t, ad_mat_shape(2, 3), A);
+        EXPECT(ad_const_view(t, ad_mat_shape(2, 3), A) == a, "same view, same node");
+        EXPECT(ad_const_view(t, ad_mat_shape(3, 2), A) != a, "another shape, another node");
+        EXPECT(ad_const_view(t, ad_mat_shape(2, 3), B) != a, "other memory, another node");
+        ad_tape_rewind(t, m);
+        ad_var x = ad_param(t, ad_vec_shape(6), A); // takes a's old handle
+        ad_var a2 = ad_const_view(t, ad_mat_shape(2, 3), A);
+        EXPECT(a2 != x && ad_value(t, a2) == A && ad_tape_status(t) == AD_OK, "re-recorded after rewind");
+        ad_tape_free(t);
+    }
+    TEST_CASE("sharing: a product recorded again is the earlier node, and its adjoint sums every use") {
+        ad_tape *t = ad_tape_new(NULL);
+        double B[6] = {1, -2, 0.5, 3, 1, -1}, x0[3] = {0.2, -0.7, 1.1}, y0[2] = {1.5, -0.5};
+        ad_var x = ad_param(t, ad_vec_shape(3), x0), y = ad_param(t, ad_vec_shape(2), y0);
+        ad_var b = ad_const_view(t, ad_mat_shape(2, 3), B);
+        ad_var bx = ad_matvec(t, b, x, 0);
+        EXPECT(ad_matvec(t, b, x, 0) == bx && ad_matvec(t, b, y, 1) != bx, "same product, same node");
+        // f = sum_k <y, B x> over three recordings: df/dx = 3 B^T y
+        ad_var f = ad_dot(t, y, bx), gx;
+        for (int k = 1; k < 3; k++) f = ad_add(t, f, ad_dot(t, y, ad_matvec(t, b, x, 0)));
+        EXPECT(ad_grad(t, f, 1, &x, &gx, 0) == AD_OK, "%s", ad_tape_error(t));
+        for (int j = 0; j < 3; j++) {
+            double want = 3 * (B[j] * y0[0] + B[3 + j] * y0[1]);
+            EXPECT(fabs(ad_value(t, gx)[j] - want) < 1e-14, "entry %d: %g vs %g", j, ad_value(t, gx)[j], want);
+        }
+        // a rewind drops what it dropped: the same handles recorded again are computed again
+        ad_mark m = ad_tape_mark(t);
+        ad_var c = ad_detach(t, x);
+        ad_matvec(t, b, c, 0);
+        ad_tape_rewind(t, m);
+        EXPECT(ad_matvec(t, b, x, 0) == bx, "still remembered after a rewind that kept it");
+        EXPECT(ad_detach(t, x) == c, "the detached copy takes its old handle");
+        int64_t e0 = ad_tape_evals(t);
+        ad_var bc = ad_matvec(t, b, c, 0);
+        EXPECT(ad_tape_evals(t) == e0 + 1 && ad_value(t, bc)[1] == ad_value(t, bx)[1], "recomputed");
+        // a vjp without AD_CREATE_GRAPH returns constants even when its rule records a product
+        // the caller recorded with a gradient: w -> B^T w below must not carry one back to w
+        double w0[2] = {0.3, 2};
+        ad_var w = ad_param(t, ad_vec_shape(2), w0), btw = ad_matvec(t, b, w, 1), out, gw;
+        EXPECT(ad_vjp(t, ad_matvec(t, b, x, 0), w, 1, &x, &out, 0) == AD_OK, "%s", ad_tape_error(t));
+        EXPECT(out != btw, "the sweep's product is its own constant node");
+        EXPECT(ad_grad(t, ad_sum(t, ad_mul(t, out, x)), 1, &w, &gw, 0) == AD_OK, "%s", ad_tape_error(t));
+        EXPECT(ad_value(t, gw)[0] == 0 && ad_value(t, gw)[1] == 0, "gradient through a constant: %g %g",
+               ad_value(t, gw)[0], ad_value(t, gw)[1]);
+        ad_tape_free(t);
+    }
+    TEST_CASE("sharing: an accumulator summed in place is never the shared node of its sum") {
+        // the gradient of <x, c1> + <x, c2> + <x, c3> starts as c1 + c2 (an add of two leaves)
+        // and has c3 added in place: a later c1 + c2 must not be that node
+        ad_tape *t = ad_tape_new(NULL);
+        double x0[2] = {1, 2}, c[3][2] = {{1, 10}, {100, 1000}, {1e4, 1e5}};
+        ad_var x = ad_param(t, ad_vec_shape(2), x0), cv[3], g;
+        for (int k = 0; k < 3; k++) cv[k] = ad_const(t, ad_vec_shape(2), c[k]);
+        ad_var f = ad_add(t, ad_add(t, ad_dot(t, x, cv[0]), ad_dot(t, x, cv[1])), ad_dot(t, x, cv[2]));
+        EXPECT(ad_grad(t, f, 1, &x, &g, 0) == AD_OK, "%s", ad_tape_error(t));
+        ad_var s01 = ad_add(t, cv[0], cv[1]), s01b = ad_add(t, cv[0], cv[1]);
+        for (int i = 0; i < 2; i++) {
+            EXPECT(ad_value(t, g)[i] == c[0][i] + c[1][i] + c[2][i], "gradient [%d]: %g", i, ad_value(t, g)[i]);
+            EXPECT(ad_value(t, s01)[i] == c[0][i] + c[1][i], "c1 + c2 [%d]: %g", i, ad_value(t, s01)[i]);
+        }
+        EXPECT(s01b == s01, "c1 + c2 recorded twice is one node");
+        ad_tape_free(t);
+    }
+    TEST_CASE("sharing: x * 1 is x, and a gradient without AD_CREATE_GRAPH stays a constant") {
+        ad_tape *t = ad_tape_new(NULL);
+        double w0[3] = {1, 2, 3}, x0[3] = {-1, 0.5, 2}, one = 1;
+        ad_var w = ad_param(t, ad_vec_shape(3), w0), x = ad_param(t, ad_vec_shape(3), x0);
+        ad_var c1 = ad_const(t, ad_scalar_shape(), &one);
+        EXPECT(ad_mul(t, x, c1) == x && ad_mul(t, c1, x) == x && ad_scale(t, x, 1) == x, "x * 1");
+        // d/dw <w, x> = x: without AD_CREATE_GRAPH it is a constant, so nothing flows back to x
+        ad_var gw, gx, f = ad_dot(t, w, x);
+        EXPECT(ad_grad(t, f, 1, &w, &gw, 0) == AD_OK, "%s", ad_tape_error(t));
+        EXPECT(ad_grad(t, ad_sum(t, ad_mul(t, gw, x)), 1, &x, &gx, 0) == AD_OK, "%s", ad_tape_error(t));
+        for (int i = 0; i < 3; i++)
+            EXPECT(ad_value(t, gx)[i] == x0[i], "entry %d: %g (the gradient was not a constant)", i,
+                   ad_value(t, gx)[i]);
+        // with it, the gradient is x itself and d/dx sum(x * x) = 2 x
+        EXPECT(ad_grad(t, f, 1, &w, &gw, AD_CREATE_GRAPH) == AD_OK, "%s", ad_tape_error(t));
+        EXPECT(ad_grad(t, ad_sum(t, ad_mul(t, gw, x)), 1, &x, &gx, 0) == AD_OK, "%s", ad_tape_error(t));
+        for (int i = 0; i < 3; i++)
+            EXPECT(ad_value(t, gx)[i] == 2 * x0[i], "entry %d: %g", i, ad_value(t, gx)[i]);
+        ad_tape_free(t);
+    }
+    TEST_CASE("sharing: negated adjoints come out as values, not signs") {
+        // d/dx of -(x - y) - y (sub and neg in a chain): -1 for x, 0 for y, first and second order
+        ad_tape *t = ad_tape_new(NULL);
+        double x0[2] = {0.5, -2}, y0[2] = {3, 4};
+        ad_var x = ad_param(t, ad_vec_shape(2), x0), y = ad_param(t, ad_vec_shape(2), y0), g[2];
+        ad_var f = ad_sum(t, ad_sub(t, ad_neg(t, ad_sub(t, x, y)), y));
+        ad_var in[2] = {x, y};
+        EXPECT(ad_grad(t, f, 2, in, g, 0) == AD_OK, "%s", ad_tape_error(t));
+        for (int i = 0; i < 2; i++)
+            EXPECT(ad_value(t, g[0])[i] == -1 && ad_value(t, g[1])[i] == 0, "entry %d: %g %g", i,
+                   ad_value(t, g[0])[i], ad_value(t, g[1])[i]);
+        EXPECT(ad_grad(t, f, 1, &x, g, AD_CREATE_GRAPH) == AD_OK && ad_value(t, g[0])[1] == -1, "%s",
+               ad_tape_error(t));
+        ad_tape_free(t);
+    }
+}
+
 void test_ad_engine(void) {
     broadcasting();
     conventions();
@@ -416,5 +541,6 @@ void test_ad_engine(void) {
     kernels();
     deferral();
     mark_rewind();
+    sharing();
     errors();
 }
