@@ -195,9 +195,6 @@ ad_var ad_outer(ad_tape *t, ad_var u, ad_var v);   // [m], [n] -> [m, n]
 // gradient costs one product (S y). A's gradient is on its upper triangle.
 ad_var ad_symv(ad_tape *t, ad_var A, ad_var x);
 ad_var ad_quadform(ad_tape *t, ad_var A, ad_var y);
-// Large products (matvec, matmul, symv) with an ad_const_view operand are remembered: recording
-// the same product of the same operands again (same view memory and shape, same other node)
-// returns the earlier node instead of computing it twice.
 
 // ---- shape ops ----------------------------------------------------------------------------------------
 

@@ -78,8 +78,6 @@ typedef struct chunk {
     size_t cap; // doubles
 } chunk;
 
-enum { AD_MEMO = 8 }; // products remembered for reuse (see memo in struct ad_tape)
-
 struct ad_tape {
     ad_node *nodes;
     int32_t n_nodes, cap_nodes;
@@ -111,10 +109,6 @@ struct ad_tape {
     int64_t op_uses[OP_COUNT];
     double blas_seconds;
     int64_t op_evals[OP_COUNT]; // values computed, per op
-    // recent large products with a constant view (ops_linalg.c): recording the same product
-    // again returns the earlier node; entries past a rewind are dropped
-    ad_var memo[AD_MEMO];
-    int64_t memo_used[AD_MEMO], memo_clock; // least recently used goes first
     // the thin-product kernel (thin.c): its threads, whether it is used, its workspace
     int threads, thin_isa; // thin_isa: an ad_thin_isa, 0 when products go to cblas
     double *thin_work;

@@ -1,7 +1,7 @@
 // Products: dot, matvec, matmul (either operand transposed), outer, and for a symmetric matrix
 // symv and quadform. Forward through cblas, or for large products with few output columns
 // through the thin kernel (thin.c); the reverse rules are products again, so they differentiate
-// to any order. Large products with a constant view are remembered (memo below).
+// to any order.
 #include "internal.h"
 #include "thin.h"
 
@@ -11,62 +11,6 @@
 // Below these sizes a plain loop beats the cblas call's fixed overhead (~0.3 us for a 10 x 10
 // dgemv), which dominates small unrolled problems; above them cblas does the work.
 enum { SMALL_MATVEC = 4096, SMALL_MATMUL = 32768, SMALL_DOT = 256 };
-
-// ---- memo: a large product of a constant view recorded again returns the earlier node ----
-// An LL callback runs once per unrolled step, so a term that depends on x only (B x in
-// f = ... - y^T B x) is recorded K times, and in graph mode its reverse rule runs K times too:
-// 2K passes over B where 2 suffice. A const view's memory must not change while it is on the
-// tape (ad.h), so two views of the same memory and shape are the same matrix, and a product of
-// the same operands is the same value: the earlier node is returned (its adjoint then collects
-// every use). Only products over large views are remembered, so small problems pay nothing.
-
-static bool is_view(const ad_node *n) { return n->op == OP_LEAF && (n->flags & NF_VIEW); }
-
-// u and v stand for the same value: one node, or views of the same memory and shape.
-static bool same_operand(const ad_tape *t, ad_var u, ad_var v) {
-    if (u == v) return true;
-    const ad_node *a = &t->nodes[u], *b = &t->nodes[v];
-    return is_view(a) && is_view(b) && a->val == b->val && a->rank == b->rank &&
-           a->rows == b->rows && a->cols == b->cols;
-}
-
-// An earlier node computing op(a, b) with parameters i0, i1, if remembered; AD_NONE otherwise.
-static ad_var memo_find(ad_tape *t, ad_op op, ad_var a, ad_var b, int i0, int i1) {
-    bool nograd = t->nograd || (t->nodes[a].flags & t->nodes[b].flags & NF_NOGRAD);
-    for (int i = 0; i < AD_MEMO; i++) {
-        ad_var c = t->memo[i];
-        if (!c) continue;
-        const ad_node *n = &t->nodes[c];
-        if (n->op == op && n->i0 == i0 && n->i1 == i1 && !(n->flags & NF_NOGRAD) == !nograd &&
-            same_operand(t, n->a, a) && same_operand(t, n->b, b)) {
-            if (!t->lazy && !ad_force(t, c)) return AD_NONE;
-            t->memo_used[i] = ++t->memo_clock;
-            return c;
-        }
-    }
-    return AD_NONE;
-}
-
-// Remembers v (a product just recorded) when one operand is a view of at least `large` entries.
-static ad_var memo_add(ad_tape *t, ad_var v, int large) {
-    if (!v) return v;
-    const ad_node *n = &t->nodes[v], *A = &t->nodes[n->a], *B = &t->nodes[n->b];
-    if ((is_view(A) && ad_size(A) >= large) || (is_view(B) && ad_size(B) >= large)) {
-        // replace an empty entry or the least recently used one: a product reused at every
-        // step (B x) stays while the one-off products of each step (A y_k) take turns
-        int old = 0;
-        for (int i = 0; i < AD_MEMO; i++) {
-            if (!t->memo[i]) {
-                old = i;
-                break;
-            }
-            if (t->memo_used[i] < t->memo_used[old]) old = i;
-        }
-        t->memo[old] = v;
-        t->memo_used[old] = ++t->memo_clock;
-    }
-    return v;
-}
 
 static void fail2(ad_tape *t, const char *op, ad_shape a, ad_shape b) {
     char x[32], y[32];
@@ -116,13 +60,10 @@ ad_var ad_matvec(ad_tape *t, ad_var A, ad_var x, int transA) {
         fail2(t, transA ? "matvec (A transposed)" : "matvec", sa, sx);
         return AD_NONE;
     }
-    bool large = sa.rows * sa.cols >= SMALL_MATVEC;
-    ad_var c = large ? memo_find(t, OP_MATVEC, A, x, transA != 0, 0) : AD_NONE;
-    if (c) return c;
     ad_node *p = ad_push(t, OP_MATVEC, ad_vec_shape(outer), A, x);
     if (!p) return AD_NONE;
     p->i0 = transA != 0;
-    return large ? memo_add(t, ad_commit(t, p), SMALL_MATVEC) : ad_commit(t, p);
+    return ad_commit(t, p);
 }
 // y = A x for a small row-major A [rows, cols]. Four rows at a time share each load of x and
 // give the CPU four independent sums; each row is still summed left to right, so the result is
@@ -205,14 +146,11 @@ ad_var ad_matmul(ad_tape *t, ad_var A, ad_var B, int transA, int transB) {
                 transA ? "^T" : "", ad_shape_str(sb, y), transB ? "^T" : "");
         return AD_NONE;
     }
-    bool large = (size_t)m * n * ka >= SMALL_MATMUL;
-    ad_var c = large ? memo_find(t, OP_MATMUL, A, B, transA != 0, transB != 0) : AD_NONE;
-    if (c) return c;
     ad_node *p = ad_push(t, OP_MATMUL, ad_mat_shape(m, n), A, B);
     if (!p) return AD_NONE;
     p->i0 = transA != 0;
     p->i1 = transB != 0;
-    return large ? memo_add(t, ad_commit(t, p), SMALL_MATVEC) : ad_commit(t, p);
+    return ad_commit(t, p);
 }
 // The thin kernel takes C [m, n] = op(A) [m, k] op(B) [k, n] when n is small: it packs op(B)
 // and streams A once. Past the plain loop (SMALL_MATMUL) it beats cblas_dgemm at every size
@@ -327,11 +265,7 @@ ad_var ad_symv(ad_tape *t, ad_var A, ad_var x) {
     if (!ad_check_args(t, "symv", 2, in)) return AD_NONE;
     ad_shape sa = ad_shape_fast(t, A), sx = ad_shape_fast(t, x);
     if (!check_sym(t, "symv", sa, sx)) return AD_NONE;
-    bool large = sa.rows * sa.cols >= SMALL_MATVEC;
-    ad_var c = large ? memo_find(t, OP_SYMV, A, x, 0, 0) : AD_NONE;
-    if (c) return c;
-    ad_var v = ad_commit(t, ad_push(t, OP_SYMV, ad_vec_shape(sa.rows), A, x));
-    return large ? memo_add(t, v, SMALL_MATVEC) : v;
+    return ad_commit(t, ad_push(t, OP_SYMV, ad_vec_shape(sa.rows), A, x));
 }
 static ad_status fwd_symv(ad_tape *t, ad_node *n) {
     const ad_node *A = &t->nodes[n->a];

@@ -224,8 +224,6 @@ ad_mark ad_tape_mark(const ad_tape *t) {
 void ad_tape_rewind(ad_tape *t, ad_mark m) {
     if (m.nodes < 1 || m.nodes > t->n_nodes) return; // not a mark of the live tape: ignore
     t->n_nodes = m.nodes;
-    for (int i = 0; i < AD_MEMO; i++)
-        if (t->memo[i] >= m.nodes) t->memo[i] = AD_NONE;
     t->cur_chunk = m.chunk;
     t->cur_off = m.offset;
 }
