@@ -157,6 +157,8 @@ __attribute__((always_inline)) static inline double *ad_arena_alloc(ad_tape *t, 
 
 // Computes node v, forcing its inputs first if they are lazy; false after an error.
 bool ad_eval(ad_tape *t, ad_var v);
+// Records that node v's forward returned st (false).
+bool ad_eval_failed(ad_tape *t, ad_var v, ad_status st);
 // Shared subexpressions. A node recorded again with the same op, inputs and parameters is the
 // same value: B x at every unrolled step of a loop over y, with x and the view B unchanged, or
 // the scalar 1/2 a gradient of 1/2 y^T A y scales its seed by. Such repeats are built on stable
@@ -175,10 +177,11 @@ __attribute__((always_inline)) static inline ad_var ad_commit(ad_tape *t, ad_nod
         return AD_NONE;
     }
     const ad_op_def *d = ad_ops[n->op];
+    uint8_t fa = NF_VALUE, fb = NF_VALUE; // the inputs' flags (node 0 when unused)
     if (n->op != OP_LEAF) {
         // no gradient through constants-only expressions, piecewise-constant ops, or adjoints
         // recorded without AD_CREATE_GRAPH
-        uint8_t fa = t->nodes[n->a].flags, fb = t->nodes[n->b].flags; // node 0 when unused
+        fa = t->nodes[n->a].flags, fb = t->nodes[n->b].flags;
         if (t->nograd || !d->rev || (fa & fb & NF_NOGRAD)) n->flags |= NF_NOGRAD;
         if ((fa & fb & NF_STABLE) && !t->no_share) {
             ad_var w = ad_memo(t, v);
@@ -194,7 +197,12 @@ __attribute__((always_inline)) static inline ad_var ad_commit(ad_tape *t, ad_nod
     }
     t->op_uses[n->op]++;
     if (t->lazy || (n->flags & NF_VALUE)) return v;
-    return ad_eval(t, v) ? v : AD_NONE;
+    if (!(fa & fb & NF_VALUE) || t->par.check_finite) return ad_eval(t, v) ? v : AD_NONE;
+    t->evals++; // the common case inline: computed inputs, no finiteness check
+    ad_status st = d->fwd(t, n);
+    if (st != AD_OK) return ad_eval_failed(t, v, st) ? v : AD_NONE;
+    n->flags |= NF_VALUE;
+    return v;
 }
 // A healthy tape and a handle of one of its nodes (the fast test; ad_check_args_slow reports).
 static inline bool ad_valid(const ad_tape *t, ad_var v) {

@@ -260,16 +260,19 @@ static bool check_finite(ad_tape *t, const ad_node *n) {
     return true;
 }
 
+bool ad_eval_failed(ad_tape *t, ad_var v, ad_status st) {
+    char b[32];
+    const ad_node *n = &t->nodes[v];
+    ad_fail(t, st, "%s: failed on %s", ad_ops[n->op]->name, ad_shape_str(ad_node_shape(n), b));
+    return false;
+}
+
 // Computes node v from its (computed) inputs.
 static inline bool eval_node(ad_tape *t, ad_var v) {
     ad_node *n = &t->nodes[v];
     t->evals++;
     ad_status st = ad_ops[n->op]->fwd(t, n);
-    if (st != AD_OK) {
-        char b[32];
-        ad_fail(t, st, "%s: failed on %s", ad_ops[n->op]->name, ad_shape_str(ad_node_shape(n), b));
-        return false;
-    }
+    if (st != AD_OK) return ad_eval_failed(t, v, st);
     n = &t->nodes[v];
     n->flags |= NF_VALUE;
     return !t->par.check_finite || check_finite(t, n);
