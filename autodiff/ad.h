@@ -124,6 +124,9 @@ ad_var ad_detach(ad_tape *t, ad_var v);
 
 ad_var ad_add(ad_tape *t, ad_var a, ad_var b);
 ad_var ad_sub(ad_tape *t, ad_var a, ad_var b);
+// y + alpha x (alpha finite): a gradient step y - s g in one node, with exactly the numbers of
+// ad_sub(y, ad_scale(g, s)) when alpha = -s.
+ad_var ad_axpy(ad_tape *t, ad_var y, double alpha, ad_var x);
 ad_var ad_mul(ad_tape *t, ad_var a, ad_var b);
 ad_var ad_div(ad_tape *t, ad_var a, ad_var b); // b = 0 is a domain error
 // Elementwise min / max. On a tie the gradient is split half and half.
