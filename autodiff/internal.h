@@ -83,6 +83,7 @@ struct ad_tape {
     int32_t n_nodes, cap_nodes;
     chunk *chunks;
     size_t n_chunks, cur_chunk, cur_off; // allocation position in chunks[cur_chunk]
+    size_t arena_used; // doubles handed out since the last reset (a mark keeps it too)
     size_t bytes, peak_bytes;
     ad_tape_params par;
     ad_status status;
@@ -99,8 +100,7 @@ struct ad_tape {
     // the tape and still that constant (a rewind drops nodes without telling the cache).
     ad_var view_cache[16];
     ad_var unit;
-    // Nodes of stable inputs recorded lately (ad_memo), one per slot by a hash of op and inputs;
-    // an entry found again survives the next node wanting its slot once.
+    // Nodes of stable inputs recorded lately (ad_memo): 16 sets of two by a hash of op and inputs.
     struct ad_memo {
         ad_var v;
         int hit;
@@ -149,6 +149,7 @@ __attribute__((always_inline)) static inline double *ad_arena_alloc(ad_tape *t, 
         const chunk *c = &t->chunks[t->cur_chunk];
         if (off + need <= c->cap) {
             t->cur_off = off + need;
+            t->arena_used += need;
             return c->mem + off;
         }
     }
