@@ -66,6 +66,7 @@ void ad_tape_free(ad_tape *t);
 typedef struct {
     int32_t nodes;
     size_t chunk, offset; // arena position
+    size_t used;          // doubles handed out from the arena so far
 } ad_mark;
 
 ad_mark ad_tape_mark(const ad_tape *t);
@@ -86,9 +87,9 @@ const char *ad_tape_error(const ad_tape *t); // "" when no error
 void ad_tape_clear_error(ad_tape *t);
 // Bytes the tape holds now and at most so far (nodes, values, scratch).
 size_t ad_tape_bytes(const ad_tape *t);
-// Bytes in use now: the recorded nodes and the values up to the arena position (what a mark-to-now
-// difference of it measures is what that stretch of recording costs, unlike the allocated bytes,
-// which grow by chunks).
+// Bytes in use now: the recorded nodes and the values handed out (what a mark-to-now difference of
+// it measures is what that stretch of recording costs, unlike the allocated bytes, which grow by
+// chunks, or the arena position, which skips a chunk's unused end).
 size_t ad_tape_used_bytes(const ad_tape *t);
 size_t ad_tape_peak_bytes(const ad_tape *t);
 int32_t ad_tape_nodes(const ad_tape *t);
@@ -137,6 +138,9 @@ ad_var ad_detach(ad_tape *t, ad_var v);
 
 ad_var ad_add(ad_tape *t, ad_var a, ad_var b);
 ad_var ad_sub(ad_tape *t, ad_var a, ad_var b);
+// y + alpha x (alpha finite): a gradient step y - s g in one node, with exactly the numbers of
+// ad_sub(y, ad_scale(g, s)) when alpha = -s.
+ad_var ad_axpy(ad_tape *t, ad_var y, double alpha, ad_var x);
 ad_var ad_mul(ad_tape *t, ad_var a, ad_var b);
 ad_var ad_div(ad_tape *t, ad_var a, ad_var b); // b = 0 is a domain error
 // Elementwise min / max. On a tie the gradient is split half and half.

@@ -13,7 +13,7 @@
     /* the NaN node and leaves */ \
     X(ERROR, error) X(LEAF, leaf) \
     /* elementwise binary (broadcasting) */ \
-    X(ADD, add) X(SUB, sub) X(MUL, mul) X(DIV, div) X(MIN, min) X(MAX, max) \
+    X(ADD, add) X(SUB, sub) X(AXPY, axpy) X(MUL, mul) X(DIV, div) X(MIN, min) X(MAX, max) \
     /* elementwise unary */ \
     X(NEG, neg) X(SCALE, scale) X(SHIFT, shift) X(POW, pow) X(ABS, abs) X(SQRT, sqrt) X(SQUARE, square) X(EXP, exp) X(LOG, log) X(SIN, sin) \
     X(COS, cos) X(TANH, tanh) X(SIGMOID, sigmoid) X(SOFTPLUS, softplus) X(RELU, relu) X(CLAMP, clamp) \
@@ -83,6 +83,7 @@ struct ad_tape {
     int32_t n_nodes, cap_nodes;
     chunk *chunks;
     size_t n_chunks, cur_chunk, cur_off; // allocation position in chunks[cur_chunk]
+    size_t arena_used; // doubles handed out since the last reset (a mark keeps it too)
     size_t bytes, peak_bytes;
     ad_tape_params par;
     ad_status status;
@@ -99,8 +100,7 @@ struct ad_tape {
     // the tape and still that constant (a rewind drops nodes without telling the cache).
     ad_var view_cache[16];
     ad_var unit;
-    // Nodes of stable inputs recorded lately (ad_memo), one per slot by a hash of op and inputs;
-    // an entry found again survives the next node wanting its slot once.
+    // Nodes of stable inputs recorded lately (ad_memo): 16 sets of two by a hash of op and inputs.
     struct ad_memo {
         ad_var v;
         int hit;
@@ -153,6 +153,7 @@ __attribute__((always_inline)) static inline double *ad_arena_alloc(ad_tape *t, 
         const chunk *c = &t->chunks[t->cur_chunk];
         if (off + need <= c->cap) {
             t->cur_off = off + need;
+            t->arena_used += need;
             return c->mem + off;
         }
     }
@@ -161,6 +162,8 @@ __attribute__((always_inline)) static inline double *ad_arena_alloc(ad_tape *t, 
 
 // Computes node v, forcing its inputs first if they are lazy; false after an error.
 bool ad_eval(ad_tape *t, ad_var v);
+// Records that node v's forward returned st (false).
+bool ad_eval_failed(ad_tape *t, ad_var v, ad_status st);
 // Shared subexpressions. A node recorded again with the same op, inputs and parameters is the
 // same value: B x at every unrolled step of a loop over y, with x and the view B unchanged, or
 // the scalar 1/2 a gradient of 1/2 y^T A y scales its seed by. Such repeats are built on stable
@@ -179,10 +182,11 @@ __attribute__((always_inline)) static inline ad_var ad_commit(ad_tape *t, ad_nod
         return AD_NONE;
     }
     const ad_op_def *d = ad_ops[n->op];
+    uint8_t fa = NF_VALUE, fb = NF_VALUE; // the inputs' flags (node 0 when unused)
     if (n->op != OP_LEAF) {
         // no gradient through constants-only expressions, piecewise-constant ops, or adjoints
         // recorded without AD_CREATE_GRAPH
-        uint8_t fa = t->nodes[n->a].flags, fb = t->nodes[n->b].flags; // node 0 when unused
+        fa = t->nodes[n->a].flags, fb = t->nodes[n->b].flags;
         if (t->nograd || !d->rev || (fa & fb & NF_NOGRAD)) n->flags |= NF_NOGRAD;
         if ((fa & fb & NF_STABLE) && !t->no_share) {
             ad_var w = ad_memo(t, v);
@@ -198,7 +202,12 @@ __attribute__((always_inline)) static inline ad_var ad_commit(ad_tape *t, ad_nod
     }
     t->op_uses[n->op]++;
     if (t->lazy || (n->flags & NF_VALUE)) return v;
-    return ad_eval(t, v) ? v : AD_NONE;
+    if (!(fa & fb & NF_VALUE) || t->par.check_finite) return ad_eval(t, v) ? v : AD_NONE;
+    t->evals++; // the common case inline: computed inputs, no finiteness check
+    ad_status st = d->fwd(t, n);
+    if (st != AD_OK) return ad_eval_failed(t, v, st) ? v : AD_NONE;
+    n->flags |= NF_VALUE;
+    return v;
 }
 // A healthy tape and a handle of one of its nodes (the fast test; ad_check_args_slow reports).
 static inline bool ad_valid(const ad_tape *t, ad_var v) {

@@ -49,7 +49,7 @@ static ad_var mul_shortcut(ad_tape *t, ad_var a, ad_var b, ad_shape s) {
     return AD_NONE;
 }
 
-static ad_var binary(ad_tape *t, ad_op op, ad_var a, ad_var b) {
+static ad_var binary(ad_tape *t, ad_op op, ad_var a, ad_var b, double p0) {
     if (!ad_valid(t, a) || !ad_valid(t, b)) return binary_fail(t, op, a, b);
     const ad_node *A = &t->nodes[a], *B = &t->nodes[b];
     ad_shape s;
@@ -61,7 +61,10 @@ static ad_var binary(ad_tape *t, ad_op op, ad_var a, ad_var b) {
         ad_var r = mul_shortcut(t, a, b, s);
         if (r || t->status != AD_OK) return r;
     }
-    return ad_commit(t, ad_push(t, op, s, a, b));
+    ad_node *p = ad_push(t, op, s, a, b);
+    if (!p) return AD_NONE;
+    p->p0 = p0;
+    return ad_commit(t, p);
 }
 
 static ad_var unary(ad_tape *t, ad_op op, ad_var x, double p0, double p1) {
@@ -87,10 +90,13 @@ static inline ad_var unbroadcast(ad_tape *t, ad_var g, ad_var x) {
     return ad_sum_to(t, g, ad_node_shape(X));
 }
 
-// y = EXPR(u, v) over the broadcast of a and b: fast paths for equal shapes and a scalar operand.
+// y = EXPR(u, v) over the broadcast of a and b (p0: the node's parameter): fast paths for equal
+// shapes and a scalar operand.
 #define BINARY_FWD(name, EXPR)                                                                  \
     static ad_status fwd_##name(ad_tape *t, ad_node *n) {                                      \
         const ad_node *A = &t->nodes[n->a], *B = &t->nodes[n->b];                              \
+        const double p0 = n->p0;                                                               \
+        (void)p0;                                                                              \
         const double *a = A->val, *b = B->val;                                                 \
         double *y = n->val;                                                                    \
         int size = ad_size(n), na = ad_size(A), nb = ad_size(B);                              \
@@ -144,21 +150,36 @@ static inline ad_var unbroadcast(ad_tape *t, ad_var g, ad_var x) {
 
 // ---- binary: add, sub, mul, div, min, max ----
 
-ad_var ad_add(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_ADD, a, b); }
+ad_var ad_add(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_ADD, a, b, 0); }
 BINARY_FWD(add, u + v)
 static void rev_add(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     if (need[0]) gin[0] = unbroadcast(t, g, t->nodes[y].a);
     if (need[1]) gin[1] = unbroadcast(t, g, t->nodes[y].b);
 }
 
-ad_var ad_sub(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_SUB, a, b); }
+ad_var ad_sub(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_SUB, a, b, 0); }
 BINARY_FWD(sub, u - v)
 static void rev_sub(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     if (need[0]) gin[0] = unbroadcast(t, g, t->nodes[y].a);
     if (need[1]) gin[1] = ad_negated(unbroadcast(t, g, t->nodes[y].b));
 }
 
-ad_var ad_mul(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MUL, a, b); }
+// y + alpha x: the step of a gradient method in one node. Exactly y - (s g) for alpha = -s
+// (rounding is symmetric), so a step written either way gives the same numbers.
+ad_var ad_axpy(ad_tape *t, ad_var y, double alpha, ad_var x) {
+    if (!isfinite(alpha)) {
+        ad_fail(t, AD_EARG, "axpy: alpha = %g is not finite", alpha);
+        return AD_NONE;
+    }
+    return binary(t, OP_AXPY, y, x, alpha);
+}
+BINARY_FWD(axpy, u + p0 * v)
+static void rev_axpy(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    if (need[0]) gin[0] = unbroadcast(t, g, t->nodes[y].a);
+    if (need[1]) gin[1] = unbroadcast(t, ad_scale(t, g, t->nodes[y].p0), t->nodes[y].b);
+}
+
+ad_var ad_mul(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MUL, a, b, 0); }
 BINARY_FWD(mul, u * v)
 static void rev_mul(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     ad_var a = t->nodes[y].a, b = t->nodes[y].b;
@@ -166,7 +187,7 @@ static void rev_mul(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var g
     if (need[1]) gin[1] = unbroadcast(t, ad_mul(t, g, a), t->nodes[y].b);
 }
 
-ad_var ad_div(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_DIV, a, b); }
+ad_var ad_div(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_DIV, a, b, 0); }
 BINARY_FWD(div_, u / v)
 static ad_status fwd_div(ad_tape *t, ad_node *n) {
     DOMAIN_CHECK(t, n, n->b, u == 0, "division by zero");
@@ -179,7 +200,7 @@ static void rev_div(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var g
     if (need[1]) gin[1] = ad_negated(unbroadcast(t, ad_div(t, ad_mul(t, g, y), b), t->nodes[y].b));
 }
 
-ad_var ad_min(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MIN, a, b); }
+ad_var ad_min(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MIN, a, b, 0); }
 BINARY_FWD(min, u < v ? u : v)
 static void rev_min(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     ad_var a = t->nodes[y].a, b = t->nodes[y].b;
@@ -187,7 +208,7 @@ static void rev_min(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var g
     if (need[1]) gin[1] = unbroadcast(t, ad_mul(t, g, ad_cmp(t, a, b)), t->nodes[y].b);
 }
 
-ad_var ad_max(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MAX, a, b); }
+ad_var ad_max(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MAX, a, b, 0); }
 BINARY_FWD(max, u > v ? u : v)
 static void rev_max(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     ad_var a = t->nodes[y].a, b = t->nodes[y].b;
@@ -353,7 +374,7 @@ UNARY_FWD(step, u > 0 ? 1.0 : 0.0)
 ad_var ad_inbox(ad_tape *t, ad_var x, double lo, double hi) { return unary(t, OP_INBOX, x, lo, hi); }
 UNARY_FWD(inbox, u > p0 && u < p1 ? 1.0 : 0.0)
 
-ad_var ad_cmp(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_CMP, a, b); }
+ad_var ad_cmp(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_CMP, a, b, 0); }
 BINARY_FWD(cmp, u > v ? 1.0 : u == v ? 0.5 : 0.0)
 
 ad_var ad_detach(ad_tape *t, ad_var x) {
@@ -369,6 +390,7 @@ UNARY_FWD(detach, u)
 
 AD_DEF(add, 2, fwd_add, rev_add);
 AD_DEF(sub, 2, fwd_sub, rev_sub);
+AD_DEF(axpy, 2, fwd_axpy, rev_axpy);
 AD_DEF(mul, 2, fwd_mul, rev_mul);
 AD_DEF(div, 2, fwd_div, rev_div);
 AD_DEF(min, 2, fwd_min, rev_min);

@@ -65,22 +65,31 @@ ad_var ad_matvec(ad_tape *t, ad_var A, ad_var x, int transA) {
     p->i0 = transA != 0;
     return ad_commit(t, p);
 }
-// y = A x for a small row-major A [rows, cols]. Four rows at a time share each load of x and
-// give the CPU four independent sums; each row is still summed left to right, so the result is
-// bit for bit the plain loop's.
+// y = A x for a small row-major A [rows, cols]. Eight rows at a time share each load of x and
+// give the CPU eight independent sums to overlap (each is a chain of dependent adds); each row is
+// still summed left to right, so the result is bit for bit the plain loop's.
 static void small_matvec(int rows, int cols, const double *restrict a, const double *restrict x,
                          double *restrict y) {
     int i = 0;
-    for (; i + 4 <= rows; i += 4) {
-        const double *a0 = a + (size_t)i * cols, *a1 = a0 + cols, *a2 = a1 + cols, *a3 = a2 + cols;
-        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (; i + 8 <= rows; i += 8) {
+        const double *r = a + (size_t)i * cols;
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
         for (int j = 0; j < cols; j++) {
             double xj = x[j];
-            s0 += a0[j] * xj, s1 += a1[j] * xj, s2 += a2[j] * xj, s3 += a3[j] * xj;
+            s0 += r[j] * xj, s1 += r[cols + j] * xj, s2 += r[2 * cols + j] * xj;
+            s3 += r[3 * cols + j] * xj, s4 += r[4 * cols + j] * xj, s5 += r[5 * cols + j] * xj;
+            s6 += r[6 * cols + j] * xj, s7 += r[7 * cols + j] * xj;
         }
         y[i] = s0, y[i + 1] = s1, y[i + 2] = s2, y[i + 3] = s3;
+        y[i + 4] = s4, y[i + 5] = s5, y[i + 6] = s6, y[i + 7] = s7;
     }
-    for (; i < rows; i++) {
+    for (; i + 2 <= rows; i += 2) {
+        const double *a0 = a + (size_t)i * cols, *a1 = a0 + cols;
+        double s0 = 0, s1 = 0;
+        for (int j = 0; j < cols; j++) s0 += a0[j] * x[j], s1 += a1[j] * x[j];
+        y[i] = s0, y[i + 1] = s1;
+    }
+    if (i < rows) {
         const double *ai = a + (size_t)i * cols;
         double s = 0;
         for (int j = 0; j < cols; j++) s += ai[j] * x[j];

@@ -132,6 +132,7 @@ double *ad_arena_alloc_slow(ad_tape *t, size_t n, const char *what) {
             if (n >= 8) off = (off + 7) & ~(size_t)7;
             if (off + n <= c->cap) {
                 t->cur_off = off + n;
+                t->arena_used += n;
                 return c->mem + off;
             }
             if (t->cur_chunk + 1 < t->n_chunks && t->chunks[t->cur_chunk + 1].cap >= n) {
@@ -209,6 +210,7 @@ void ad_tape_reset(ad_tape *t) {
     t->n_nodes = 0;
     t->cur_chunk = 0;
     t->cur_off = 0;
+    t->arena_used = 0;
     t->lazy = t->nograd = 0;
     memset(t->memo, 0, sizeof t->memo);
     if (!t->cap_nodes && !ad_grow_nodes(t)) return;
@@ -218,7 +220,8 @@ void ad_tape_reset(ad_tape *t) {
 }
 
 ad_mark ad_tape_mark(const ad_tape *t) {
-    return (ad_mark){.nodes = t->n_nodes, .chunk = t->cur_chunk, .offset = t->cur_off};
+    return (ad_mark){.nodes = t->n_nodes, .chunk = t->cur_chunk, .offset = t->cur_off,
+                     .used = t->arena_used};
 }
 
 void ad_tape_rewind(ad_tape *t, ad_mark m) {
@@ -226,6 +229,7 @@ void ad_tape_rewind(ad_tape *t, ad_mark m) {
     t->n_nodes = m.nodes;
     t->cur_chunk = m.chunk;
     t->cur_off = m.offset;
+    t->arena_used = m.used;
 }
 
 int ad_tape_defer(ad_tape *t, int on) {
@@ -243,9 +247,7 @@ int64_t ad_tape_evals(const ad_tape *t) {
 size_t ad_tape_bytes(const ad_tape *t) { return t->bytes; }
 
 size_t ad_tape_used_bytes(const ad_tape *t) {
-    size_t doubles = t->n_chunks ? t->cur_off : 0;
-    for (size_t i = 0; i < t->cur_chunk && i < t->n_chunks; i++) doubles += t->chunks[i].cap;
-    return (size_t)t->n_nodes * sizeof(ad_node) + doubles * sizeof(double);
+    return (size_t)t->n_nodes * sizeof(ad_node) + t->arena_used * sizeof(double);
 }
 size_t ad_tape_peak_bytes(const ad_tape *t) { return t->peak_bytes; }
 int32_t ad_tape_nodes(const ad_tape *t) { return t->n_nodes; }
@@ -301,16 +303,19 @@ static bool check_finite(ad_tape *t, const ad_node *n) {
     return true;
 }
 
+bool ad_eval_failed(ad_tape *t, ad_var v, ad_status st) {
+    char b[32];
+    const ad_node *n = &t->nodes[v];
+    ad_fail(t, st, "%s: failed on %s", ad_ops[n->op]->name, ad_shape_str(ad_node_shape(n), b));
+    return false;
+}
+
 // Computes node v from its (computed) inputs.
 static inline bool eval_node(ad_tape *t, ad_var v) {
     ad_node *n = &t->nodes[v];
     t->op_evals[n->op]++;
     ad_status st = ad_ops[n->op]->fwd(t, n);
-    if (st != AD_OK) {
-        char b[32];
-        ad_fail(t, st, "%s: failed on %s", ad_ops[n->op]->name, ad_shape_str(ad_node_shape(n), b));
-        return false;
-    }
+    if (st != AD_OK) return ad_eval_failed(t, v, st);
     n = &t->nodes[v];
     n->flags |= NF_VALUE;
     return !t->par.check_finite || check_finite(t, n);
@@ -458,9 +463,10 @@ ad_var ad_scalar(ad_tape *t, double v) { return ad_fill(t, ad_scalar_shape(), v)
 
 // ---- shared subexpressions ----
 
-static unsigned memo_slot(const ad_node *n) {
+// The set of two entries a node may be remembered in, by a hash of its op and inputs.
+static struct ad_memo *memo_set(ad_tape *t, const ad_node *n) {
     uint32_t h = (uint32_t)n->a * 0x9E3779B1u ^ (uint32_t)n->b * 0x85EBCA77u ^ (uint32_t)n->op * 0xC2B2AE3Du;
-    return h >> 27; // 32 slots
+    return &t->memo[2 * (h >> 28)]; // 16 sets
 }
 
 // Same op, shape, inputs and parameters (bit for bit), and the same gradient flag.
@@ -473,22 +479,28 @@ static bool same_node(const ad_node *x, const ad_node *y) {
 
 ad_var ad_memo(ad_tape *t, ad_var v) {
     ad_node *n = &t->nodes[v];
-    struct ad_memo *e = &t->memo[memo_slot(n)];
-    ad_var w = e->v;
-    // w is a hint: it must still be on the tape and equal (a node recorded at w since a rewind
-    // reads the inputs those handles name now, so equal fields mean the same value)
-    if (w > 0 && w < v && same_node(&t->nodes[w], n)) {
-        t->n_nodes = v; // drop the new node
-        e->hit = 1;
-        t->nodes[w].flags |= NF_STABLE; // recorded twice: what is built on it may be too
-        if (!t->lazy && !(t->nodes[w].flags & NF_VALUE) && !ad_force(t, w)) return AD_NONE;
-        return w;
+    struct ad_memo *set = memo_set(t, n);
+    for (int k = 0; k < 2; k++) {
+        ad_var w = set[k].v;
+        // w is a hint: it must still be on the tape and equal (a node recorded at w since a
+        // rewind reads the inputs those handles name now, so equal fields mean the same value)
+        if (w > 0 && w < v && same_node(&t->nodes[w], n)) {
+            t->n_nodes = v; // drop the new node
+            set[k].hit = 1;
+            t->nodes[w].flags |= NF_STABLE; // recorded twice: what is built on it may be too
+            if (!t->lazy && !(t->nodes[w].flags & NF_VALUE) && !ad_force(t, w)) return AD_NONE;
+            return w;
+        }
     }
-    if (e->hit) { // an entry found again stays this once (B x, reused at every step)
-        e->hit = 0;
+    // Two ways, so two nodes recorded at every step (B x, and the 1/2 that scales a gradient's
+    // seed) keep their places even when they hash alike; an entry found again survives one
+    // newcomer (which takes the other way, or passes when both were found).
+    int k = set[0].hit ? 1 : set[1].hit ? 0 : set[0].v > set[1].v; // the older one, if neither
+    if (set[k].hit) {
+        set[0].hit = set[1].hit = 0;
         return v;
     }
-    *e = (struct ad_memo){.v = v};
+    set[k] = (struct ad_memo){.v = v};
     return v;
 }
 

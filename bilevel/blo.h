@@ -173,9 +173,10 @@ typedef struct {
     const double *z_prior; // z_p [n_y], needed when prior_lambda > 0
     ad_tape *tape;         // reused if given (rewound to where it was on return); NULL = private
     double *y_end_out;     // optional [n_y]: receives y at k_end (for records and warm starts)
-    // Graph mode: when the whole trajectory's graph fits in this many bytes of tape, keep it and
-    // take one reverse sweep through it instead of re-recording each step (about 1.5x faster on
-    // small problems); otherwise, or with PTT and truncation together, the lean sweep. 0 = never.
+    // Graph mode: when the whole trajectory's graph and its reverse sweep fit in this many bytes
+    // of tape, keep it and take one reverse sweep through it instead of re-recording each step
+    // (about 1.5x faster on small problems); otherwise, or with PTT and truncation together, the
+    // lean sweep. 0 = never.
     size_t graph_budget;
 } blo_hypergrad_params;
 

@@ -45,7 +45,7 @@ static ad_var gd_step(ad_tape *t, const blo_problem *p, const blo_dynamics *d, i
                       ad_var y) {
     (void)k;
     ad_var g = blo_ll_grad_y(t, p, x, y);
-    return blo_y_project(t, p, ad_sub(t, y, ad_scale(t, g, d->par.gd.s_l)));
+    return blo_y_project(t, p, ad_axpy(t, y, -d->par.gd.s_l, g)); // y - s_l g
 }
 static blo_status gd_check(const blo_problem *p, const blo_dynamics *d, blo_error *err) {
     (void)p;
@@ -117,7 +117,7 @@ static ad_var nesterov_step(ad_tape *t, const blo_problem *p, const blo_dynamics
     ad_var y = ad_slice(t, s, 0, n), yp = ad_slice(t, s, n, n);
     ad_var u = ad_add(t, y, ad_scale(t, ad_sub(t, y, yp), fista_momentum(k)));
     ad_var g = blo_ll_grad_y(t, p, x, u);
-    ad_var y1 = blo_y_project(t, p, ad_sub(t, u, ad_scale(t, g, d->par.nesterov.s_l)));
+    ad_var y1 = blo_y_project(t, p, ad_axpy(t, u, -d->par.nesterov.s_l, g));
     return ad_concat(t, y1, y);
 }
 static blo_status nesterov_check(const blo_problem *p, const blo_dynamics *d, blo_error *err) {
@@ -139,7 +139,7 @@ static ad_var momentum_step(ad_tape *t, const blo_problem *p, const blo_dynamics
     int n = p->n_y;
     ad_var y = ad_slice(t, s, 0, n), yp = ad_slice(t, s, n, n);
     ad_var g = blo_ll_grad_y(t, p, x, y);
-    ad_var v = ad_sub(t, ad_scale(t, ad_sub(t, y, yp), q->beta), ad_scale(t, g, q->s_l));
+    ad_var v = ad_axpy(t, ad_scale(t, ad_sub(t, y, yp), q->beta), -q->s_l, g);
     return ad_concat(t, blo_y_project(t, p, ad_add(t, y, v)), y);
 }
 static blo_status momentum_check(const blo_problem *p, const blo_dynamics *d, blo_error *err) {
@@ -175,8 +175,8 @@ static ad_var accel_step(ad_tape *t, const blo_problem *p, const blo_dynamics *d
     // At j = 1, a = 1 and the u term is exactly zero; scaling by 0 keeps the graph uniform.
     ad_var y1 = ad_add(t, ad_scale(t, u, 1 - a), ad_scale(t, v, a));
     ad_var g = blo_ll_grad_y(t, p, x, y1);
-    ad_var u1 = blo_y_project(t, p, ad_sub(t, y1, ad_scale(t, g, b)));
-    ad_var v1 = blo_y_project(t, p, ad_sub(t, v, ad_scale(t, g, l)));
+    ad_var u1 = blo_y_project(t, p, ad_axpy(t, y1, -b, g));
+    ad_var v1 = blo_y_project(t, p, ad_axpy(t, v, -l, g));
     ad_var parts[3] = {y1, u1, v1};
     return ad_concat_n(t, 3, parts);
 }

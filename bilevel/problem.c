@@ -106,8 +106,12 @@ ad_var blo_call_f(ad_tape *t, const blo_problem *p, ad_var x, ad_var y) {
     return call_obj(t, p, 0, x, y);
 }
 
+// The objective is recorded deferred: a step needs only what its gradient reads (f's own value,
+// say, is never computed); the gradient is recorded as the tape is set.
 static ad_var grad_y(ad_tape *t, const blo_problem *p, int upper, ad_var x, ad_var y) {
+    int was = ad_tape_defer(t, 1);
     ad_var v = call_obj(t, p, upper, x, y), g = AD_NONE;
+    ad_tape_defer(t, was);
     if (v == AD_NONE) return AD_NONE;
     if (ad_grad(t, v, 1, &y, &g, AD_CREATE_GRAPH) != AD_OK) return AD_NONE;
     return g;

@@ -427,6 +427,22 @@ static void errors(void) {
     }
 }
 
+static void fused(void) {
+    TEST_CASE("axpy: y + alpha x is y - (s x) bit for bit with alpha = -s") {
+        ad_tape *t = ad_tape_new(NULL);
+        double y0[5] = {1e-3, -2.5, 3.7e10, 0.1, -0.0}, x0[5] = {0.3, 1.0 / 3, -7e9, 0.2, 0};
+        ad_var y = ad_param(t, ad_vec_shape(5), y0), x = ad_param(t, ad_vec_shape(5), x0);
+        for (int k = 0; k < 3; k++) {
+            double s = (double[]){0.1, 1.0 / 7, 3.3}[k];
+            const double *a = ad_value(t, ad_axpy(t, y, -s, x));
+            const double *b = ad_value(t, ad_sub(t, y, ad_scale(t, x, s)));
+            for (int i = 0; i < 5; i++) EXPECT(a[i] == b[i], "s %g entry %d: %.17g vs %.17g", s, i, a[i], b[i]);
+        }
+        EXPECT(!ad_axpy(t, y, INFINITY, x) && ad_tape_status(t) == AD_EARG, "alpha must be finite");
+        ad_tape_free(t);
+    }
+}
+
 static void sharing(void) {
     TEST_CASE("sharing: a const view of the same memory and shape is one node until rewound") {
         ad_tape *t = ad_tape_new(NULL);
@@ -541,6 +557,7 @@ void test_ad_engine(void) {
     kernels();
     deferral();
     mark_rewind();
+    fused();
     sharing();
     errors();
 }

@@ -35,6 +35,7 @@ typedef struct {
 static ad_var r_add(ad_tape *t, const ad_var *x) { return ad_add(t, x[0], x[1]); }
 static ad_var r_sub(ad_tape *t, const ad_var *x) { return ad_sub(t, x[0], x[1]); }
 static ad_var r_mul(ad_tape *t, const ad_var *x) { return ad_mul(t, x[0], x[1]); }
+static ad_var r_axpy(ad_tape *t, const ad_var *x) { return ad_axpy(t, x[0], -0.7, x[1]); }
 static ad_var r_div(ad_tape *t, const ad_var *x) { return ad_div(t, x[0], ad_shift(t, ad_abs(t, x[1]), 0.5)); }
 static ad_var r_min(ad_tape *t, const ad_var *x) { return ad_min(t, x[0], x[1]); }
 static ad_var r_max(ad_tape *t, const ad_var *x) { return ad_max(t, x[0], x[1]); }
@@ -109,6 +110,8 @@ static const row rows[] = {
     {"add", r_add, 2, {M(3, 4), V(4)}, -2, 2, NK, 0},       // bias: a row added to every row
     {"add", r_add, 2, {S0, V(3)}, -2, 2, NK, 0},            // scalar with a vector
     {"sub", r_sub, 2, {M(2, 3), M(2, 1)}, -2, 2, NK, 0},    // a column to every column
+    {"axpy", r_axpy, 2, {V(5), V(5)}, -2, 2, NK, 0},
+    {"axpy", r_axpy, 2, {M(2, 3), S0}, -2, 2, NK, 0},      // a scalar step along every entry
     {"mul", r_mul, 2, {M(3, 4), M(3, 4)}, -2, 2, NK, 0},
     {"mul", r_mul, 2, {M(3, 4), S0}, -2, 2, NK, 0},
     {"div", r_div, 2, {M(3, 4), M(3, 4)}, -2, 2, NK, 0},
