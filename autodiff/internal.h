@@ -203,7 +203,7 @@ __attribute__((always_inline)) static inline ad_var ad_commit(ad_tape *t, ad_nod
     t->op_uses[n->op]++;
     if (t->lazy || (n->flags & NF_VALUE)) return v;
     if (!(fa & fb & NF_VALUE) || t->par.check_finite) return ad_eval(t, v) ? v : AD_NONE;
-    t->evals++; // the common case inline: computed inputs, no finiteness check
+    t->op_evals[n->op]++; // the common case inline: computed inputs, no finiteness check
     ad_status st = d->fwd(t, n);
     if (st != AD_OK) return ad_eval_failed(t, v, st) ? v : AD_NONE;
     n->flags |= NF_VALUE;
