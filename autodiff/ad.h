@@ -121,7 +121,10 @@ ad_var ad_param(ad_tape *t, ad_shape s, const double *init);
 // A constant: copied; no gradient flows into it.
 ad_var ad_const(ad_tape *t, ad_shape s, const double *data);
 // A constant that refers to the caller's memory without copying (large data). The memory must
-// stay valid and unchanged while the node is on the tape.
+// stay valid and unchanged while the node is on the tape. Views of the same memory and shape are
+// one node, and an op recorded again on the same such inputs (or on nodes found again this way)
+// returns the earlier node: B x recorded at every unrolled step is computed once, and its
+// reverse rule runs once on the summed adjoint. Handles may therefore repeat.
 ad_var ad_const_view(ad_tape *t, ad_shape s, const double *data);
 ad_var ad_scalar(ad_tape *t, double v); // constant scalar
 ad_var ad_fill(ad_tape *t, ad_shape s, double v); // constant filled with v
