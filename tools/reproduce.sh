@@ -52,7 +52,10 @@ done
 # Data hyper-cleaning on FashionMNIST (linear model): all methods, brief unless --full
 if [ "$FULL" = 1 ]; then
     run hyperclean-linear hyperclean --methods rhg,trhg,cg,neumann,bda,ait,aitp,bvfim,bome,galet
-    run hyperclean-mlp hyperclean --set model=mlp --methods rhg,trhg,cg,neumann,bda,ait,aitp,bvfim,bome,galet
+    run hyperclean-mlp hyperclean --set model=mlp --methods rhg,trhg,cg,neumann,bda,ait,bvfim,bome,galet
+    # AIT_P on the MLP with its MLP settings (models/hyperclean.c: the prior pretrained at the LL
+    # step, z's Adam step 0.001)
+    run hyperclean-mlp-aitp hyperclean --set model=mlp --set pretrain_lr=0.3 --lr-z 0.001 --methods aitp
 else
     run hyperclean-linear hyperclean --ul-iters 10 --ll-iters 30 --methods rhg,cg,ait,bome,galet
 fi
