@@ -95,10 +95,14 @@ struct ad_tape {
     void *scratch;
     size_t scratch_bytes;
     // Constants that recording makes again and again are found again instead of re-recorded:
-    // const views by address (a problem's matrices, met at every unrolled step) and the scalar 1
+    // const views of the same memory and shape (a problem's matrices, met at every unrolled step) and the scalar 1
     // that seeds gradients. An entry is only a hint: it is used if the node it names is still on
     // the tape and still that constant (a rewind drops nodes without telling the cache).
+    // The view cache is searched whole and refilled least recently used first, never by a hash
+    // of the address: which views are found again (and so which products are shared, and the
+    // rounding of sums over them) must not depend on where the caller's memory happens to be.
     ad_var view_cache[16];
+    int64_t view_used[16], view_clock;
     ad_var unit;
     // Nodes of stable inputs recorded lately (ad_memo): 16 sets of two by a hash of op and inputs.
     struct ad_memo {

@@ -431,18 +431,25 @@ ad_var ad_param(ad_tape *t, ad_shape s, const double *init) { return leaf(t, "pa
 ad_var ad_const(ad_tape *t, ad_shape s, const double *d) { return leaf(t, "const", s, d, false, false); }
 
 // A view of the same memory with the same shape is the same constant: the cached node is returned.
-static unsigned view_slot(const double *d) {
-    return (unsigned)(((uint64_t)(uintptr_t)d * 0x9E3779B97F4A7C15u) >> 60); // 16 slots
-}
 ad_var ad_const_view(ad_tape *t, ad_shape s, const double *d) {
-    ad_var *slot = &t->view_cache[view_slot(d)], v = *slot;
-    if (t->status == AD_OK && v > 0 && v < t->n_nodes) {
-        const ad_node *n = &t->nodes[v];
-        if (n->op == OP_LEAF && (n->flags & NF_VIEW) && n->val == d && ad_shape_eq(ad_node_shape(n), s))
-            return v;
+    enum { NV = sizeof t->view_cache / sizeof t->view_cache[0] };
+    int old = 0;
+    int64_t oldest = INT64_MAX;
+    for (int i = 0; i < NV; i++) {
+        ad_var v = t->view_cache[i];
+        int64_t used = -1; // an entry whose node was rewound away is refilled first
+        if (t->status == AD_OK && v > 0 && v < t->n_nodes) {
+            const ad_node *n = &t->nodes[v];
+            if (n->op == OP_LEAF && (n->flags & NF_VIEW)) used = t->view_used[i];
+            if (used >= 0 && n->val == d && ad_shape_eq(ad_node_shape(n), s)) {
+                t->view_used[i] = ++t->view_clock;
+                return v;
+            }
+        }
+        if (used < oldest) oldest = used, old = i;
     }
-    v = leaf(t, "const_view", s, d, false, true);
-    if (v) *slot = v;
+    ad_var v = leaf(t, "const_view", s, d, false, true);
+    if (v) t->view_cache[old] = v, t->view_used[old] = ++t->view_clock;
     return v;
 }
 
