@@ -105,6 +105,7 @@ int ad_tape_thin_products(ad_tape *t, int on);
 const char *ad_tape_product_kernel(const ad_tape *t, char buf[64]);
 // How many nodes of each op were recorded since the tape was made (for coverage tests).
 const char *ad_op_name(int op);
+int ad_op_find(const char *name); // the op's number for the counters below, -1 if none
 int ad_op_count(void);
 int64_t ad_tape_op_uses(const ad_tape *t, int op);
 // How many values of each op were computed (a deferred node that nothing read is recorded, not

@@ -324,8 +324,11 @@ static ad_status fwd_quadform(ad_tape *t, ad_node *n) {
     double s = 0; // sum_i y_i (A_ii y_i / 2 + sum_{j > i} A_ij y_j): one pass over the triangle
     for (int i = 0; i < m; i++) {
         const double *row = a + (size_t)i * m;
-        double r = m - i - 1 < SMALL_DOT ? 0 : cblas_ddot(m - i - 1, row + i + 1, 1, y + i + 1, 1);
-        for (int j = i + 1; m - i - 1 < SMALL_DOT && j < m; j++) r += row[j] * y[j];
+        int len = m - i - 1; // the row right of the diagonal
+        double r = 0;
+        if (len >= SMALL_DOT) r = cblas_ddot(len, row + i + 1, 1, y + i + 1, 1);
+        else
+            for (int j = i + 1; j < m; j++) r += row[j] * y[j];
         s += y[i] * (0.5 * row[i] * y[i] + r);
     }
     n->val[0] = s;

@@ -281,6 +281,11 @@ double *ad_thin_workspace(ad_tape *t, size_t n) {
 }
 int ad_op_count(void) { return OP_COUNT; }
 const char *ad_op_name(int op) { return op >= 0 && op < OP_COUNT ? ad_ops[op]->name : "?"; }
+int ad_op_find(const char *name) {
+    for (int i = 0; name && i < OP_COUNT; i++)
+        if (!strcmp(ad_ops[i]->name, name)) return i;
+    return -1;
+}
 int64_t ad_tape_op_evals(const ad_tape *t, int op) {
     return op >= 0 && op < OP_COUNT ? t->op_evals[op] : 0;
 }

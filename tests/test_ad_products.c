@@ -10,12 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int op_id(const char *name) {
-    for (int i = 0; i < ad_op_count(); i++)
-        if (!strcmp(ad_op_name(i), name)) return i;
-    return -1;
-}
-
 // A [n, n] random, x [n] random: the lower triangle of A is garbage that symv must not read.
 static void fill_normal(ad_rng *g, int n, double *v) {
     for (int i = 0; i < n; i++) v[i] = ad_rng_normal(g);
@@ -95,7 +89,11 @@ static void memo(void) {
     for (int i = 0; i < N * N; i++) B[i] /= sqrt(N);
     fill_normal(&g, N, x0);
     mats m = {A, B};
-    int mv = op_id("matvec");
+    int mv = ad_op_find("matvec");
+    TEST_CASE("ad_op_find: names to numbers and back; an unknown name is -1") {
+        EXPECT(mv >= 0 && !strcmp(ad_op_name(mv), "matvec"), "matvec is %d", mv);
+        EXPECT(ad_op_find("no such op") == -1 && ad_op_find(NULL) == -1, "unknown names");
+    }
 
     TEST_CASE("memo: the same product of a view is computed once; other operands are not reused") {
         ad_tape *t = ad_tape_new(NULL);
@@ -157,7 +155,7 @@ static void memo(void) {
         // once, wherever the memory is (a cache indexed by a hash of the address lost views that
         // hashed alike, so the work done, and the rounding, changed from run to run).
         enum { NVEC = 12, STEPS = 20 };
-        int lf = op_id("leaf"), worst_mv = 0, worst_leaf = 0;
+        int lf = ad_op_find("leaf"), worst_mv = 0, worst_leaf = 0;
         for (int trial = 0; trial < 10; trial++) {
             double *mem = malloc(sizeof(double) * (2 * N * N + (NVEC + 1) * (N + 7 * trial + 3)));
             double *a = mem, *b = mem + N * N, *v = mem + 2 * N * N; // vectors at odd offsets

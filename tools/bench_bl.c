@@ -58,7 +58,7 @@ static ad_var dense_F(ad_tape *t, ad_var x, ad_var y, void *user) {
     return ad_add(t, ad_scale(t, ad_sqnorm(t, r), 0.5), ad_scale(t, ad_sqnorm(t, x), 0.5 * q->rho));
 }
 // f as a user of the library writes it: A is symmetric, so 1/2 y^T A y is a quadform (one product
-// in its gradient), and B x is recorded at every step but computed once (the product memo).
+// in its gradient), and B x is recorded at every step but computed once (a shared subexpression).
 static ad_var dense_f(ad_tape *t, ad_var x, ad_var y, void *user) {
     const dense_qp *q = user;
     ad_var A = ad_const_view(t, ad_mat_shape(q->n, q->n), q->A);
@@ -73,13 +73,6 @@ static ad_var dense_f_general(ad_tape *t, ad_var x, ad_var y, void *user) {
     ad_var B = ad_const_view(t, ad_mat_shape(q->n, q->n), q->B);
     return ad_sub(t, ad_scale(t, ad_dot(t, y, ad_matvec(t, A, y, 0)), 0.5),
                   ad_dot(t, y, ad_matvec(t, B, x, 0)));
-}
-
-// The id of the op named name (-1 if none), to count its recorded nodes.
-static int op_id(const char *name) {
-    for (int i = 0; i < ad_op_count(); i++)
-        if (!strcmp(ad_op_name(i), name)) return i;
-    return -1;
 }
 
 // Median seconds of one pass over q's A by cblas (dsymv on its upper triangle, or dgemv): the
@@ -102,7 +95,7 @@ static double pass_seconds(const dense_qp *q, int sym, int reps) {
 
 // Matrix-vector products (matvec and symv values) computed so far on t.
 static int64_t products(const ad_tape *t) {
-    return ad_tape_op_evals(t, op_id("matvec")) + ad_tape_op_evals(t, op_id("symv"));
+    return ad_tape_op_evals(t, ad_op_find("matvec")) + ad_tape_op_evals(t, ad_op_find("symv"));
 }
 
 static void bench_quadratic(const bench_opts *o) {
@@ -424,7 +417,7 @@ static void hc_iteration(const mdl_model *m, const char *method, int reps, doubl
         }
     ad_tape_product_kernel(blo_runner_tape(r[0]), kernel);
     ad_tape_thin_products(blo_runner_tape(r[1]), 0);
-    int nx = m->prob.n_x, mm = op_id("matmul");
+    int nx = m->prob.n_x, mm = ad_op_find("matmul");
     int64_t u0 = ad_tape_op_evals(blo_runner_tape(r[0]), mm);
     double *g = malloc(sizeof(double) * (size_t)nx), *s = malloc(sizeof(double) * (size_t)reps * 4);
     for (int k = 0; k < reps; k++)
