@@ -198,6 +198,18 @@ ad_var ad_matvec(ad_tape *t, ad_var A, ad_var x, int transA);
 // op(A) op(B), each operand optionally transposed.
 ad_var ad_matmul(ad_tape *t, ad_var A, ad_var B, int transA, int transB);
 ad_var ad_outer(ad_tape *t, ad_var u, ad_var v);   // [m], [n] -> [m, n]
+// A constant matrix [rows, cols] kept as one byte per entry: entry (i, j) is
+// table[codes[i * cols + j]], table holding 256 doubles. 8-bit images as they come from the
+// file are 1/8 the size of their doubles, with exactly their values. The caller owns the struct
+// and both arrays; they must stay valid and unchanged while nodes made from them are on the tape.
+typedef struct {
+    int rows, cols;
+    const uint8_t *codes; // [rows, cols]
+    const double *table;  // [256]
+} ad_coded;
+// op(X) B for a coded constant X (X or X^T) and B [k, n]: the same values as ad_matmul with the
+// decoded X, read once per product from 1/8 of the memory. No gradient flows into X.
+ad_var ad_matmul_coded(ad_tape *t, const ad_coded *X, ad_var B, int transX);
 // A symmetric matrix S given by the upper triangle of A [n, n] (the lower one is never read, as
 // in cblas_dsymv): S x, x [n] -> [n]; and the quadratic form 1/2 y^T S y -> scalar, whose
 // gradient costs one product (S y). A's gradient is on its upper triangle.

@@ -23,6 +23,7 @@
     X(SUM_TO, sum_to) X(EXPAND, expand) X(MAX_ALL, max_all) \
     /* linear algebra */ \
     X(DOT, dot) X(MATVEC, matvec) X(MATMUL, matmul) X(OUTER, outer) X(SYMV, symv) X(QUADFORM, quadform) \
+    X(MATMUL_CODED, matmul_coded) \
     /* shape */ \
     X(RESHAPE, reshape) X(SLICE, slice) X(PAD, pad) X(CONCAT, concat) X(TAKE_ROWS, take_rows) X(PUT_ROWS, put_rows) \
     /* losses and norms */ \
@@ -46,7 +47,10 @@ typedef struct {
     int32_t i0, i1;    // integer parameters (transpose flags, offsets, sizes)
     double p0, p1;     // real parameters (scale, exponent, box)
     double *val;       // rows * cols doubles, row-major
-    const int32_t *idx; // index arrays (labels, rows), copied onto the tape
+    union {
+        const int32_t *idx; // index arrays (labels, rows), copied onto the tape
+        const void *ext;    // the caller's constant an op reads (matmul_coded: an ad_coded)
+    };
 } ad_node;
 
 // Forward: compute n->val from its inputs' values. Returns AD_OK or a domain error (the caller

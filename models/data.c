@@ -133,15 +133,19 @@ static int load_pair(const char *dir, const char *prefix, mdl_idx *im, mdl_idx *
 // Rows idx[0..n) (all rows when idx is NULL) of a checked pair, pixels scaled to [0, 1].
 static int convert(const mdl_idx *im, const mdl_idx *lb, const int32_t *idx, int n, mdl_dataset *out) {
     int d = im->dims[1] * im->dims[2];
+    uint8_t *codes = malloc((size_t)n * d + 1);
+    double *table = malloc(256 * sizeof(double));
     *out = (mdl_dataset){.n = n, .d = d, .classes = 10, .X = malloc((size_t)n * d * sizeof(double)),
-                         .y = malloc((size_t)n * sizeof(int32_t))};
-    if (!out->X || !out->y) {
+                         .y = malloc((size_t)n * sizeof(int32_t)), .Xc = {n, d, codes, table}};
+    if (!out->X || !out->y || !codes || !table) {
         mdl_dataset_free(out);
         return -1;
     }
+    for (int p = 0; p < 256; p++) table[p] = p / 255.0;
     for (int i = 0; i < n; i++) {
         size_t r = idx ? (size_t)idx[i] : (size_t)i;
-        for (int j = 0; j < d; j++) out->X[(size_t)i * d + j] = im->data[r * d + j] / 255.0;
+        memcpy(codes + (size_t)i * d, im->data + r * d, (size_t)d);
+        for (int j = 0; j < d; j++) out->X[(size_t)i * d + j] = table[im->data[r * d + j]];
         out->y[i] = lb->data[r];
     }
     return 0;
@@ -160,6 +164,8 @@ int mdl_mnist_load(const char *dir, const char *prefix, mdl_dataset *out, char *
 void mdl_dataset_free(mdl_dataset *d) {
     free(d->X);
     free(d->y);
+    free((void *)d->Xc.codes);
+    free((void *)d->Xc.table);
     memset(d, 0, sizeof *d);
 }
 

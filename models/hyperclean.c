@@ -13,14 +13,16 @@
 // n_test (5000 / 5000 / 10000), corrupt (0.5), seed (0: split, corruption and the MLP start),
 // model = linear | mlp, hidden (50, GALET; AIT / BVFIM's "2-layer linear network" is hidden=300
 // act=none), act = relu | none | tanh (mlp only, relu by default), l2 (LL weight decay, 0),
-// prior = 0 | 1, pretrain (100), pretrain_lr (0.1).
+// prior = 0 | 1, pretrain (100), pretrain_lr (0.1), pixels = bytes | doubles (what the
+// products read: the same values, see data_times).
 // Starts: x0 = 0 (sigma = 1/2, [C] IAPTT-GM); y0 = 0 for linear; for mlp W ~ N(0, 1/fan_in) with
 // zero biases, seeded (zero is a saddle point of a two-layer model).
 // Prior (AIT_P, spec 7.2 "the LL model pretrained on D_tr"): with prior=1, make() runs `pretrain`
 // plain GD steps of size pretrain_lr on f(0, y) from y0 and points z_prior at the result; with
 // prior=0 (default, no cost at make) z_prior is NULL and aitp reports that it needs one.
 //
-// Speed. The data matrices enter the tape by ad_const_view (never copied per step), and the
+// Speed. The data matrices enter the tape as their pixels' bytes (ad_matmul_coded; or by
+// ad_const_view of the doubles with pixels=doubles; never copied per step), and the
 // objectives are written so that a gradient of f costs exactly two passes over X_train: the
 // forward product X W and the reverse rule's X^T G (a constant operand gets no adjoint, so no
 // [n, d] product is ever formed). Everything else per step is O(n_tr * 10) (or O(n_tr * h)).
@@ -42,6 +44,7 @@ typedef struct {
     mdl_hc_data hc;
     int mlp;          // 0: linear softmax regression, 1: two layers
     int h, act;       // mlp: hidden width and activation
+    int bytes;        // products read the pixels' bytes (1) or their doubles (0)
     int d, k;         // input size (784) and classes (10)
     int n_y;
     double l2;        // LL weight decay
@@ -68,12 +71,19 @@ static ad_var part(ad_tape *t, ad_var y, int off, int rows, int cols) {
     return rows > 1 ? ad_reshape(t, s, ad_mat_shape(rows, cols)) : s;
 }
 
+// X [n, d] W [d, c]: with pixels=bytes (the default) from the pixels' bytes (ad_matmul_coded),
+// 3.9 MB for 5000 images, which stay in cache; with pixels=doubles from the 31 MB of doubles.
+// The values and the sums are the same (the same bits on the thin kernel).
+static ad_var data_times(ad_tape *t, const hc_model *d, const mdl_dataset *set, ad_var W) {
+    if (d->bytes) return ad_matmul_coded(t, &set->Xc, W, 0);
+    return ad_matmul(t, ad_const_view(t, ad_mat_shape(set->n, d->d), set->X), W, 0, 0); // never copied
+}
+
 // logits [n, k] of the model with parameters y [n_y] on X [n, d].
 static ad_var logits(ad_tape *t, const hc_model *d, ad_var y, const mdl_dataset *set) {
-    ad_var X = ad_const_view(t, ad_mat_shape(set->n, d->d), set->X); // [n, d], never copied
     if (!d->mlp) {
         ad_var W = part(t, y, 0, d->d, d->k), b = part(t, y, d->d * d->k, 1, d->k);
-        return ad_add(t, ad_matmul(t, X, W, 0, 0), b); // [n, k], b added to each row
+        return ad_add(t, data_times(t, d, set, W), b); // [n, k], b added to each row
     }
     int o = 0, h = d->h;
     ad_var W1 = part(t, y, o, d->d, h);
@@ -83,7 +93,7 @@ static ad_var logits(ad_tape *t, const hc_model *d, ad_var y, const mdl_dataset 
     ad_var W2 = part(t, y, o, h, d->k);
     o += h * d->k;
     ad_var b2 = part(t, y, o, 1, d->k);
-    ad_var H = ad_add(t, ad_matmul(t, X, W1, 0, 0), b1); // [n, h]
+    ad_var H = ad_add(t, data_times(t, d, set, W1), b1); // [n, h]
     if (d->act == ACT_RELU) H = ad_relu(t, H);
     else if (d->act == ACT_TANH) H = ad_tanh(t, H);
     return ad_add(t, ad_matmul(t, H, W2, 0, 0), b2); // [n, k]
@@ -185,14 +195,14 @@ static int pretrain(mdl_model *m, const double *x0, double *y, int steps, double
 
 static int hc_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
     static const char *const keys[] = {"data", "n_train", "n_val", "n_test", "corrupt", "seed", "model",
-                                       "hidden", "act", "l2", "prior", "pretrain", "pretrain_lr", NULL};
-    const char *dir = MDL_FASHION_MNIST_DIR, *model = "linear", *act = NULL;
+                                       "hidden", "act", "l2", "prior", "pretrain", "pretrain_lr", "pixels", NULL};
+    const char *dir = MDL_FASHION_MNIST_DIR, *model = "linear", *act = NULL, *pixels = "bytes";
     mdl_hc_params hp = mdl_hc_default_params();
     int seed = 0, hidden = 50, prior = 0, steps = 100;
     double l2 = 0, lr = 0.1;
     if (mdl_check_keys("hyperclean", n_set, set, keys, err, errlen) ||
         mdl_set_string(n_set, set, "data", &dir) || mdl_set_string(n_set, set, "model", &model) ||
-        mdl_set_string(n_set, set, "act", &act) ||
+        mdl_set_string(n_set, set, "act", &act) || mdl_set_string(n_set, set, "pixels", &pixels) ||
         mdl_set_int(n_set, set, "n_train", &hp.n_train, err, errlen) ||
         mdl_set_int(n_set, set, "n_val", &hp.n_val, err, errlen) ||
         mdl_set_int(n_set, set, "n_test", &hp.n_test, err, errlen) ||
@@ -207,6 +217,8 @@ static int hc_make(mdl_model *m, int n_set, const char *const *set, char *err, s
     int mlp = !strcmp(model, "mlp");
     if (!mlp && strcmp(model, "linear"))
         return mdl_fail(err, errlen, "setting model=%s for problem hyperclean: must be linear or mlp", model);
+    if (strcmp(pixels, "bytes") && strcmp(pixels, "doubles"))
+        return mdl_fail(err, errlen, "setting pixels=%s for problem hyperclean: must be bytes or doubles", pixels);
     int a = ACT_RELU;
     if (act && !strcmp(act, "none")) a = ACT_NONE;
     else if (act && !strcmp(act, "tanh")) a = ACT_TANH;
@@ -236,7 +248,7 @@ static int hc_make(mdl_model *m, int n_set, const char *const *set, char *err, s
     char lerr[400];
     if (mdl_hc_load(dir, &hp, &d->hc, lerr, sizeof lerr))
         return mdl_fail(err, errlen, "problem hyperclean: %s", lerr);
-    d->mlp = mlp, d->h = mlp ? hidden : 0, d->act = a, d->l2 = l2;
+    d->mlp = mlp, d->h = mlp ? hidden : 0, d->act = a, d->l2 = l2, d->bytes = !strcmp(pixels, "bytes");
     d->d = d->hc.train.d, d->k = d->hc.train.classes;
     d->n_y = mlp ? d->d * d->h + d->h + d->h * d->k + d->k : d->d * d->k + d->k;
     int nx = hp.n_train, ny = d->n_y;
@@ -324,5 +336,5 @@ const mdl_entry mdl_hyperclean_entry = {
     "data hyper-cleaning: weights sigma(x_i) on 50%-corrupted FashionMNIST samples, linear or MLP LL",
     "AIT (TPAMI) 6.2.1, BVFIM (ICML 2021) 6.2, GALET (NeurIPS 2023) Table 3; means, spec 7",
     "data=" MDL_FASHION_MNIST_DIR " n_train=5000 n_val=5000 n_test=10000 corrupt=0.5 seed=0 "
-    "model=linear hidden=50 act=relu l2=0 prior=0 pretrain=100 pretrain_lr=0.1",
+    "model=linear hidden=50 act=relu l2=0 prior=0 pretrain=100 pretrain_lr=0.1 pixels=bytes",
     hc_make, hc_defaults};

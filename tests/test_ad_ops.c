@@ -79,6 +79,16 @@ static ad_var r_matmul_ta(ad_tape *t, const ad_var *x) { return ad_matmul(t, x[0
 static ad_var r_matmul_tb(ad_tape *t, const ad_var *x) { return ad_matmul(t, x[0], x[1], 0, 1); }
 static ad_var r_matmul_tt(ad_tape *t, const ad_var *x) { return ad_matmul(t, x[0], x[1], 1, 1); }
 static ad_var r_outer(ad_tape *t, const ad_var *x) { return ad_outer(t, x[0], x[1]); }
+// X [5, 4] as codes into a table whose entries are not all of one sign or scale
+static const uint8_t coded_bytes[20] = {0, 255, 3, 7, 128, 9, 200, 1, 42, 42, 17, 250, 64, 5, 99, 31, 0, 180, 77, 2};
+static double coded_table[256];
+static const ad_coded *coded_x(void) {
+    static ad_coded X = {5, 4, coded_bytes, coded_table};
+    for (int c = 0; c < 256; c++) coded_table[c] = (c - 100) / 61.0;
+    return &X;
+}
+static ad_var r_matmul_coded(ad_tape *t, const ad_var *x) { return ad_matmul_coded(t, coded_x(), x[0], 0); }
+static ad_var r_matmul_coded_t(ad_tape *t, const ad_var *x) { return ad_matmul_coded(t, coded_x(), x[0], 1); }
 static ad_var r_symv(ad_tape *t, const ad_var *x) { return ad_symv(t, x[0], x[1]); }
 static ad_var r_quadform(ad_tape *t, const ad_var *x) { return ad_quadform(t, x[0], x[1]); }
 static ad_var r_reshape(ad_tape *t, const ad_var *x) { return ad_sin(t, ad_reshape(t, x[0], (ad_shape)M(2, 6))); }
@@ -159,6 +169,8 @@ static const row rows[] = {
     {"matmul", r_matmul_tb, 2, {M(3, 4), M(2, 4)}, -2, 2, NK, 0},
     {"matmul", r_matmul_tt, 2, {M(4, 3), M(2, 4)}, -2, 2, NK, 0},
     {"outer", r_outer, 2, {V(3), V(4)}, -2, 2, NK, 0},
+    {"matmul_coded", r_matmul_coded, 1, {M(4, 3)}, -2, 2, NK, 0},
+    {"matmul_coded", r_matmul_coded_t, 1, {M(5, 2)}, -2, 2, NK, 0},
     {"symv", r_symv, 2, {M(4, 4), V(4)}, -2, 2, NK, 0},        // A's lower triangle: zero gradient
     {"quadform", r_quadform, 2, {M(4, 4), V(4)}, -2, 2, NK, 0},
     {"reshape", r_reshape, 1, {M(3, 4)}, -2, 2, NK, 0},

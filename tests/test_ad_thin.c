@@ -261,8 +261,136 @@ static void through_tape(void) {
     }
 }
 
+// ---- coded constants: A as one-byte codes into a table of 256 doubles ----
+
+typedef struct {
+    uint8_t *codes;
+    double table[256], *A; // A: the decoded matrix
+} coded_mat;
+
+static coded_mat coded_rand(ad_rng *g, size_t n) {
+    coded_mat c = {malloc(n ? n : 1), {0}, malloc(sizeof(double) * (n ? n : 1))};
+    for (int i = 0; i < 256; i++) c.table[i] = i / 255.0 - (i % 3 == 0 ? 0.5 : 0); // pixels, some shifted
+    for (size_t i = 0; i < n; i++) c.codes[i] = (uint8_t)(ad_rng_next(g) >> 56), c.A[i] = c.table[c.codes[i]];
+    return c;
+}
+static void coded_free(coded_mat *c) { free(c->codes), free(c->A); }
+
+static void coded_products(void) {
+    TEST_CASE("thin: codes give the same bits as the decoded doubles, every variant and thread count") {
+        ad_rng g;
+        ad_rng_seed(&g, 47);
+        const int shapes[][3] = {{1, 1, 1}, {5, 3, 7}, {37, 10, 29}, {301, 10, 517}, {263, 16, 401},
+                                 {40, 7, 4999}, {1000, 12, 211}, {8, 4, 0}};
+        ad_thin_isa isas[2] = {AD_THIN_PORTABLE, ad_thin_best()};
+        for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+            for (int ta = 0; ta < 2; ta++) {
+                int m = shapes[s][0], n = shapes[s][1], k = shapes[s][2], lda = ta ? m : k;
+                coded_mat c = coded_rand(&g, (size_t)m * k);
+                double *B = rand_mat(&g, (size_t)k * n), *work = work_for(ta, m, n, k);
+                double *C = malloc(sizeof(double) * m * n), *R = malloc(sizeof(double) * m * n);
+                for (int v = 0; v < 2; v++)
+                    for (int th = 1; th <= 3; th += 2) {
+                        ad_thin_matmul(isas[v], th, ta, 0, m, n, k, c.A, lda, B, n, R, work);
+                        ad_thin_matmul_coded(isas[v], th, ta, m, n, k, c.codes, c.table, lda, B, n, C, work);
+                        EXPECT(memcmp(C, R, sizeof(double) * m * n) == 0, "%s, %d threads, A%s m %d n %d k %d",
+                               ad_thin_name(isas[v]), th, ta ? "^T" : "", m, n, k);
+                    }
+                coded_free(&c);
+                free(B), free(work), free(C), free(R);
+            }
+    }
+    TEST_CASE("thin: ad_matmul_coded = ad_matmul on the decoded view: kernel (bits), cblas, wide") {
+        // n = 10 on the kernel (the same bits), with the kernel off and n = 20 (cblas on decoded
+        // blocks of rows: the same terms, summed in another order)
+        ad_rng g;
+        ad_rng_seed(&g, 48);
+        int m = 700, k = 90;
+        coded_mat c = coded_rand(&g, (size_t)m * k);
+        ad_coded X = {m, k, c.codes, c.table};
+        for (int n = 10; n <= 20; n += 10)
+            for (int on = 0; on < 2; on++)
+                for (int ta = 0; ta < 2; ta++) {
+                    int rows = ta ? k : m, kk = ta ? m : k;
+                    double *B = rand_mat(&g, (size_t)kk * n);
+                    ad_tape *t = ad_tape_new(NULL);
+                    ad_tape_thin_products(t, on);
+                    ad_var b = ad_const_view(t, ad_mat_shape(kk, n), B);
+                    const double *want = ad_value(t, ad_matmul(t, ad_const_view(t, ad_mat_shape(m, k), c.A), b, ta, 0));
+                    const double *got = ad_value(t, ad_matmul_coded(t, &X, b, ta));
+                    double e = rel_err(ta, 0, rows, n, kk, c.A, k, B, n, got, want);
+                    bool bits = on && n <= MAXN && ad_thin_best() == AD_THIN_AVX2;
+                    EXPECT(ad_tape_status(t) == AD_OK && (bits ? memcmp(got, want, sizeof(double) * rows * n) == 0 : e <= 1e-13),
+                           "n %d, kernel %s, X%s: error %g%s", n, on ? "on" : "off", ta ? "^T" : "", e,
+                           bits ? " (bits expected)" : "");
+                    ad_tape_free(t);
+                    free(B);
+                }
+        coded_free(&c);
+    }
+    TEST_CASE("thin: a linear model on coded data: gradient and HVP as on the decoded view") {
+        ad_rng g;
+        ad_rng_seed(&g, 49);
+        int n = 700, d = 120, cl = 10;
+        coded_mat c = coded_rand(&g, (size_t)n * d);
+        ad_coded X = {n, d, c.codes, c.table};
+        double *W = rand_mat(&g, (size_t)d * cl), *V = rand_mat(&g, (size_t)d * cl);
+        int32_t *y = malloc(sizeof(int32_t) * n);
+        for (int i = 0; i < n; i++) y[i] = (int32_t)(ad_rng_next(&g) % (uint64_t)cl);
+        double *out[2][2];
+        for (int coded = 0; coded < 2; coded++) {
+            ad_tape *t = ad_tape_new(NULL);
+            ad_var Wv = ad_param(t, ad_mat_shape(d, cl), W);
+            ad_var Z = coded ? ad_matmul_coded(t, &X, Wv, 0)
+                             : ad_matmul(t, ad_const_view(t, ad_mat_shape(n, d), c.A), Wv, 0, 0);
+            ad_var loss = ad_mean(t, ad_xent(t, Z, y)), gr, h;
+            ad_grad(t, loss, 1, &Wv, &gr, 0);
+            ad_hvp(t, loss, Wv, ad_const_view(t, ad_mat_shape(d, cl), V), &h, 0);
+            for (int q = 0; q < 2; q++) {
+                out[coded][q] = malloc(sizeof(double) * d * cl);
+                memcpy(out[coded][q], ad_value(t, q ? h : gr), sizeof(double) * d * cl);
+            }
+            EXPECT(ad_tape_status(t) == AD_OK, "%s", ad_tape_error(t));
+            ad_tape_free(t);
+        }
+        bool bits = ad_thin_best() == AD_THIN_AVX2;
+        for (int q = 0; q < 2; q++) {
+            double worst = 0, scale = 0;
+            for (int i = 0; i < d * cl; i++) {
+                worst = fmax(worst, fabs(out[1][q][i] - out[0][q][i]));
+                scale = fmax(scale, fabs(out[0][q][i]));
+            }
+            EXPECT(bits ? worst == 0 : worst <= 1e-13 * scale, "%s: max difference %g (largest %g)",
+                   q ? "Hessian-vector product" : "gradient", worst, scale);
+            free(out[0][q]), free(out[1][q]);
+        }
+        coded_free(&c);
+        free(W), free(V), free(y);
+    }
+    TEST_CASE("thin: ad_matmul_coded's errors: no matrix, no table, negative size, shapes") {
+        uint8_t codes[6] = {0};
+        double table[256] = {0}, B[6] = {0};
+        ad_coded good = {2, 3, codes, table}, bad[3] = {{2, 3, codes, NULL}, {2, -3, codes, table}, {2, 3, NULL, table}};
+        const char *want[3] = {"no codes or no table", "negative size", "no codes or no table"};
+        for (int i = 0; i < 4; i++) {
+            ad_tape *t = ad_tape_new(NULL);
+            ad_var b = ad_const(t, ad_mat_shape(3, 2), B);
+            ad_var r = ad_matmul_coded(t, i < 3 ? &bad[i] : NULL, b, 0);
+            EXPECT(!r && ad_tape_status(t) == AD_EARG && strstr(ad_tape_error(t), i < 3 ? want[i] : "no matrix"),
+                   "case %d: %s", i, ad_tape_error(t));
+            ad_tape_free(t);
+        }
+        ad_tape *t = ad_tape_new(NULL);
+        ad_var b = ad_const(t, ad_mat_shape(3, 2), B);
+        EXPECT(!ad_matmul_coded(t, &good, b, 1) && ad_tape_status(t) == AD_ESHAPE &&
+                   strstr(ad_tape_error(t), "[2, 3]^T and [3, 2]"), "%s", ad_tape_error(t));
+        ad_tape_free(t);
+    }
+}
+
 void test_ad_thin(void) {
     kernel_vs_reference();
     kernel_vs_blas();
     through_tape();
+    coded_products();
 }
