@@ -130,6 +130,22 @@ ad_var ad_const_view(ad_tape *t, ad_shape s, const double *data);
 ad_var ad_scalar(ad_tape *t, double v); // constant scalar
 ad_var ad_fill(ad_tape *t, ad_shape s, double v); // constant filled with v
 
+// ---- keeping products across a rewind (keep.c) ------------------------------------------------------
+
+// A recording that is rewound and made again (a reverse sweep re-recording an unrolled step)
+// computes its products over large constants twice. ad_keep copies the computed products
+// recorded since m whose one operand is a constant (ad_matmul_coded, or ad_matmul with an
+// ad_const_view) and the other a leaf seen through reshapes and slices (W_k, a slice of the
+// state y_k), of at least 2^20 multiply-adds, each with that operand's value. NULL when there is
+// none, or they would take more than max_bytes (then nothing is kept). ad_reuse, on the
+// recording made again since m, gives each uncomputed such product whose constant is the same
+// and whose operand equals a kept one entry by entry the kept value; it returns how many.
+typedef struct ad_kept ad_kept;
+ad_kept *ad_keep(ad_tape *t, ad_mark m, size_t max_bytes);
+int ad_reuse(ad_tape *t, ad_mark m, const ad_kept *k);
+size_t ad_kept_bytes(const ad_kept *k);
+void ad_kept_free(ad_kept *k); // NULL is fine
+
 ad_shape ad_shape_of(const ad_tape *t, ad_var v);
 // The value (forced if it was recorded lazily). Never NULL: a value that could not be computed
 // reads as NaNs, and an invalid handle gives a pointer to a single NaN.

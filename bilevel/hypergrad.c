@@ -34,9 +34,12 @@ static blo_status copy_finite(ad_tape *t, ad_var v, int n, double *out, blo_erro
     return BLO_OK;
 }
 
-// Steps k0 .. k0+n-1 from states[0] (the state at step k0) into states[1..n]; F_vals[0..n] if given.
+// Steps k0 .. k0+n-1 from states[0] (the state at step k0) into states[1..n]; F_vals[0..n] if
+// given. With keep, keep[j] gets step k0+j's products over large constants (ad_keep) while
+// *keep_left bytes last, for the sweep to reuse.
 static blo_status forward(ad_tape *t, const blo_problem *p, const blo_dynamics *d, const double *x,
-                          int k0, int n, double *states, double *F_vals, blo_error *err) {
+                          int k0, int n, double *states, double *F_vals, ad_kept **keep,
+                          size_t *keep_left, blo_error *err) {
     int S = d->state_size;
     ad_mark m0 = ad_tape_mark(t);
     ad_var xv = ad_const(t, ad_vec_shape(p->n_x), x); // no gradient needed forward
@@ -52,9 +55,12 @@ static blo_status forward(ad_tape *t, const blo_problem *p, const blo_dynamics *
         if (!s && j < n) {
             // deferred: only what the next state needs is computed (not f's own value, say)
             int was = ad_tape_defer(t, 1);
+            ad_mark ms = ad_tape_mark(t);
             ad_var next = blo_rec_step(t, p, d, k, xv, sv);
             ad_tape_defer(t, was);
             s = copy_finite(t, next, S, states + (size_t)(j + 1) * S, err, "LL step", k);
+            if (!s && keep && (keep[j] = ad_keep(t, ms, *keep_left)))
+                *keep_left -= ad_kept_bytes(keep[j]);
         }
         ad_tape_rewind(t, m1);
     }
@@ -107,7 +113,7 @@ blo_status blo_unroll(const blo_problem *p, const blo_dynamics *d, const double 
     blo_tape_use u;
     if ((s = blo_tape_acquire(&u, t, err))) return s;
     memmove(states, state0, sizeof(double) * (size_t)d->state_size);
-    s = forward(u.t, p, d, x, k0, n, states, F_vals, err);
+    s = forward(u.t, p, d, x, k0, n, states, F_vals, NULL, NULL, err);
     blo_tape_release(&u);
     return s ? s : blo_ok(err);
 }
@@ -116,10 +122,10 @@ blo_status blo_unroll(const blo_problem *p, const blo_dynamics *d, const double 
 
 // Adds the contributions of steps k_end-1 down to k_start into gx [n_x] and leaves the adjoint of
 // state_{k_start} in lam [S]. On entry lam holds the adjoint of state_{k_end}.
-// states[j] is the state at step k_start + j.
+// states[j] is the state at step k_start + j, kept[j] its products the forward pass kept (or NULL).
 static blo_status sweep(ad_tape *t, const blo_problem *p, const blo_dynamics *d, const double *x,
-                        const double *states, int k_start, int k_end, double *gx, double *lam,
-                        blo_error *err) {
+                        const double *states, ad_kept *const *kept, int k_start, int k_end,
+                        double *gx, double *lam, blo_error *err) {
     int S = d->state_size, nx = p->n_x;
     ad_mark m0 = ad_tape_mark(t);
     ad_var xv = ad_param(t, ad_vec_shape(nx), x);
@@ -130,8 +136,11 @@ static blo_status sweep(ad_tape *t, const blo_problem *p, const blo_dynamics *d,
         // The step is re-recorded deferred: its vjp computes only the values its reverse rules
         // read (for a quadratic f, none of the step's own products).
         int was = ad_tape_defer(t, 1);
+        ad_mark ms = ad_tape_mark(t);
         ad_var next = blo_rec_step(t, p, d, k, xv, sv);
         ad_tape_defer(t, was);
+        // the logits X W_k of a linear model, say: the forward pass's values, not a pass over X
+        if (kept[k - k_start]) ad_reuse(t, ms, kept[k - k_start]);
         ad_var bar = ad_const(t, ad_vec_shape(S), lam);
         ad_var wrt[2] = {xv, sv}, out[2] = {AD_NONE, AD_NONE};
         ad_vjp(t, next, bar, 2, wrt, out, 0);
@@ -346,17 +355,22 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
     double *Fv = need_F ? malloc(sizeof(double) * (size_t)(K + 1)) : NULL;
     double *lam = malloc(sizeof(double) * (size_t)S);
     double *gx = malloc(sizeof(double) * (size_t)nx);
-    if (!states || !lam || !gx || (need_F && !Fv)) {
+    ad_kept **kept = calloc((size_t)n_kept, sizeof *kept); // [K - k_keep] and one spare
+    if (!states || !lam || !gx || !kept || (need_F && !Fv)) {
         s = blo_fail(err, BLO_ENOMEM, "cannot allocate %d states of %d doubles", n_kept, S);
         goto done;
     }
     if ((s = init_state(u.t, p, d, y0, states, err))) goto done;
     // Steps before k_keep run one at a time through the first two slots (n_kept >= 2 here).
     for (int k = 0; k < k_keep && !s; k++) {
-        s = forward(u.t, p, d, x, k, 1, states, Fv ? Fv + k : NULL, err);
+        s = forward(u.t, p, d, x, k, 1, states, Fv ? Fv + k : NULL, NULL, NULL, err);
         memcpy(states, states + S, sizeof(double) * (size_t)S);
     }
-    if (!s) s = forward(u.t, p, d, x, k_keep, K - k_keep, states, Fv ? Fv + k_keep : NULL, err);
+    // The steps the sweep revisits keep their products over large constants within the budget
+    // graph mode had (ad_keep), so the sweep does not compute them again.
+    size_t keep_left = hp.graph_budget;
+    if (!s) s = forward(u.t, p, d, x, k_keep, K - k_keep, states, Fv ? Fv + k_keep : NULL, kept,
+                        &keep_left, err);
     if (s) goto done;
 
     int kbar = K;
@@ -367,13 +381,14 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
     int k_start = hp.truncate > 0 && hp.truncate < k_end ? k_end - hp.truncate : 0;
 
     double F_end = 0;
-    const double *kept = states + (size_t)(k_start - k_keep) * S; // the state at k_start
-    if ((s = sweep_start(u.t, p, d, x, kept + (size_t)(k_end - k_start) * S, &F_end, gx, lam,
+    const double *kept_state = states + (size_t)(k_start - k_keep) * S; // the state at k_start
+    if ((s = sweep_start(u.t, p, d, x, kept_state + (size_t)(k_end - k_start) * S, &F_end, gx, lam,
                          err)))
         goto done;
-    if ((s = sweep(u.t, p, d, x, kept, k_start, k_end, gx, lam, err))) goto done;
+    if ((s = sweep(u.t, p, d, x, kept_state, kept + (k_start - k_keep), k_start, k_end, gx, lam, err)))
+        goto done;
     if (hp.y_end_out &&
-        (s = blo_state_read_y(p, d, kept + (size_t)(k_end - k_start) * S, hp.y_end_out, u.t, err)))
+        (s = blo_state_read_y(p, d, kept_state + (size_t)(k_end - k_start) * S, hp.y_end_out, u.t, err)))
         goto done;
     double value = F_end;
     if (hp.ia) {
@@ -393,6 +408,8 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
                                      .kbar = kbar, .F_end = F_end};
     blo_ok(err);
 done:
+    for (int k = 0; kept && k < n_kept; k++) ad_kept_free(kept[k]);
+    free(kept);
     free(states);
     free(Fv);
     free(lam);

@@ -185,7 +185,73 @@ static void memo(void) {
     free(A), free(B);
 }
 
+// ---- kept products (ad_keep / ad_reuse) ----
+
+// One "step" as a sweep re-records it: logits of a linear model over X (coded, or a view of the
+// same doubles), from W sliced out of the state y, then a product of an intermediate (X^T G).
+static ad_var keep_step(ad_tape *t, const ad_coded *X, const double *Xd, ad_var y, int d, int c) {
+    ad_var W = ad_reshape(t, ad_slice(t, y, 0, d * c), ad_mat_shape(d, c));
+    ad_var Z = Xd ? ad_matmul(t, ad_const_view(t, ad_mat_shape(X->rows, d), Xd), W, 0, 0)
+                  : ad_matmul_coded(t, X, W, 0);
+    ad_var G = ad_tanh(t, Z); // [n, c]
+    return Xd ? ad_matmul(t, ad_const_view(t, ad_mat_shape(X->rows, d), Xd), G, 1, 0)
+              : ad_matmul_coded(t, X, G, 1); // [d, c]
+}
+
+static void kept(void) {
+    TEST_CASE("keep: a re-recorded product over a constant reuses the kept value only when its operand is equal") {
+        enum { KN = 1100, KD = 100, KC = 10 }; // KN KD KC = 1.1 M multiply-adds: worth keeping
+        ad_rng g;
+        ad_rng_seed(&g, 91);
+        uint8_t *codes = malloc(KN * KD);
+        double table[256], *Xd = malloc(sizeof(double) * KN * KD), y[KD * KC], y2[KD * KC];
+        for (int i = 0; i < 256; i++) table[i] = ad_rng_normal(&g);
+        for (int i = 0; i < KN * KD; i++) codes[i] = (uint8_t)(ad_rng_next(&g) >> 56), Xd[i] = table[codes[i]];
+        fill_normal(&g, KD * KC, y);
+        memcpy(y2, y, sizeof y);
+        y2[17] = nextafter(y2[17], 1e300); // one bit off
+        ad_coded X = {KN, KD, codes, table};
+        for (int view = 0; view < 2; view++) {
+            const double *xd = view ? Xd : NULL;
+            const int op = ad_op_find(view ? "matmul" : "matmul_coded");
+            ad_tape *t = ad_tape_new(NULL);
+            ad_mark m = ad_tape_mark(t);
+            ad_var yv = ad_param(t, ad_vec_shape(KD * KC), y);
+            ad_mark ms = ad_tape_mark(t);
+            double want[KD * KC];
+            memcpy(want, ad_value(t, keep_step(t, &X, xd, yv, KD, KC)), sizeof want);
+            ad_kept *k = ad_keep(t, ms, SIZE_MAX), *none = ad_keep(t, ms, 1000);
+            // the logits [KN, KC] and W [KD, KC]; X^T G's operand is an intermediate: not kept
+            EXPECT(k && ad_kept_bytes(k) == sizeof(double) * (KN * KC + KD * KC) && !none,
+                   "%s: kept %zu bytes; a 1000-byte budget kept %p", view ? "view" : "coded",
+                   ad_kept_bytes(k), (void *)none);
+            ad_tape_rewind(t, m);
+            for (int again = 0; again < 2; again++) { // the same state, then one bit off
+                yv = ad_param(t, ad_vec_shape(KD * KC), again ? y2 : y);
+                ms = ad_tape_mark(t);
+                int was = ad_tape_defer(t, 1);
+                ad_var r = keep_step(t, &X, xd, yv, KD, KC);
+                ad_tape_defer(t, was);
+                int64_t e0 = ad_tape_op_evals(t, op);
+                int reused = ad_reuse(t, ms, k);
+                const double *got = ad_value(t, r);
+                int64_t evals = ad_tape_op_evals(t, op) - e0;
+                EXPECT(reused == !again && evals == 1 + again, "%s, %s: reused %d, %lld products computed",
+                       view ? "view" : "coded", again ? "one bit off" : "same state", reused, (long long)evals);
+                EXPECT(again || !memcmp(got, want, sizeof want), "%s: the reused product changed the result",
+                       view ? "view" : "coded");
+                ad_tape_rewind(t, m);
+            }
+            EXPECT(ad_tape_status(t) == AD_OK, "%s", ad_tape_error(t));
+            ad_kept_free(k);
+            ad_tape_free(t);
+        }
+        free(codes), free(Xd);
+    }
+}
+
 void test_ad_products(void) {
     symmetric();
     memo();
+    kept();
 }
