@@ -139,7 +139,8 @@ ad_var ad_fill(ad_tape *t, ad_shape s, double v); // constant filled with v
 // state y_k), of at least 2^20 multiply-adds, each with that operand's value. NULL when there is
 // none, or they would take more than max_bytes (then nothing is kept). ad_reuse, on the
 // recording made again since m, gives each uncomputed such product whose constant is the same
-// and whose operand equals a kept one entry by entry the kept value; it returns how many.
+// and whose operand equals a kept one entry by entry the kept value; it returns how many. The
+// constants are known by their address: their contents must not change between the two.
 typedef struct ad_kept ad_kept;
 ad_kept *ad_keep(ad_tape *t, ad_mark m, size_t max_bytes);
 int ad_reuse(ad_tape *t, ad_mark m, const ad_kept *k);
