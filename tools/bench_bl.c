@@ -75,6 +75,18 @@ static ad_var dense_f_general(ad_tape *t, ad_var x, ad_var y, void *user) {
                   ad_dot(t, y, ad_matvec(t, B, x, 0)));
 }
 
+// Seconds of `calls` back-to-back dsymv passes over q's upper triangle (v, w [n] scratch): what
+// the hypergradient's products cost outside the tape, timed next to each hypergradient so both
+// see the same load on this shared host.
+static double bare_block_seconds(const dense_qp *q, int calls, double *v, double *w) {
+    double t0 = bench_now();
+    for (int r = 0; r < calls; r++) {
+        cblas_dsymv(CblasRowMajor, CblasUpper, q->n, 1.0, q->A, q->n, v, 1, 0.0, w, 1);
+        v[r % q->n] += 1e-3 * w[0]; // keep the calls from being merged
+    }
+    return bench_now() - t0;
+}
+
 // Median seconds of one pass over q's A by cblas (dsymv on its upper triangle, or dgemv): the
 // floor for one product with the matrix.
 static double pass_seconds(const dense_qp *q, int sym, int reps) {
@@ -119,6 +131,9 @@ static void bench_quadratic(const bench_opts *o) {
         double *states = malloc(sizeof(double) * (size_t)(K + 1) * n);
         double *s = malloc(sizeof(double) * reps), *sb = malloc(sizeof(double) * reps);
         double *sf = malloc(sizeof(double) * reps), *s1 = malloc(sizeof(double) * reps);
+        double *sbare = malloc(sizeof(double) * reps), *in_bare = malloc(sizeof(double) * reps);
+        double *bv = malloc(sizeof(double) * n), *bw = malloc(sizeof(double) * n);
+        memcpy(bv, q.x, sizeof(double) * n);
         blo_error e = {0};
         blo_status st = BLO_OK;
         // One untimed call of each: first-touch of the tape's arena and of BLAS's buffers; they
@@ -140,8 +155,14 @@ static void bench_quadratic(const bench_opts *o) {
             if (!st) st = blo_hypergrad(&p[0], &d, &hp, q.x, NULL, g, NULL, NULL, NULL, &e);
             double t2 = bench_now();
             sb[r] = ad_tape_blas_seconds(t) - b0;
+            // as many bare dsymv calls as the tape made products, right after it (n = 1000 only:
+            // at n = 10 the products are plain loops)
+            int calls = (int)(per_step[0] * K + 0.5);
+            sbare[r] = c == 1 ? bare_block_seconds(&q, calls, bv, bw) : 1;
+            in_bare[r] = sb[r] / sbare[r];
+            double t3 = bench_now();
             if (!st) st = blo_hypergrad(&p[1], &d, &hp, q.x, NULL, g1, NULL, NULL, NULL, &e);
-            sf[r] = t1 - t0, s[r] = t2 - t1, s1[r] = bench_now() - t2;
+            sf[r] = t1 - t0, s[r] = t2 - t1, s1[r] = bench_now() - t3;
         }
         if (st) {
             printf("(a) quadratic n = %d: FAILED: %s\n", n, e.msg);
@@ -164,13 +185,19 @@ static void bench_quadratic(const bench_opts *o) {
                 double sy = pass_seconds(&q, 1, o->quick ? 20 : 200);
                 double ge = pass_seconds(&q, 0, o->quick ? 20 : 200);
                 printf("    inside BLAS %.2f ms (%.0f%%), outside %.2f ms; forward pass alone %.2f ms;"
-                       " one bare pass over A: dsymv %.1f us, dgemv %.1f us; %.1f dsymv per step"
-                       " take %.2f ms (%.2fx of the time)\n",
-                       blas, 100 * blas / ms, ms - blas, fwd, 1e6 * sy, 1e6 * ge, per_step[0],
-                       1e3 * sy * per_step[0] * K, sy * per_step[0] * K * 1e3 / ms);
+                       " one bare pass over A: dsymv %.1f us, dgemv %.1f us\n",
+                       blas, 100 * blas / ms, ms - blas, fwd, 1e6 * sy, 1e6 * ge);
+                // The tape's products against as many bare calls timed right after each
+                // hypergradient: a ratio near 1 means the products cost inside the tape what they
+                // cost alone, and the hypergradient's time moves with the host's load.
+                printf("    its %.0f products inside the tape %.2f ms, as many bare dsymv calls"
+                       " timed after each hypergradient %.2f ms: in-tape / bare %.2fx (median of"
+                       " per-repeat ratios)\n", per_step[0] * K, blas,
+                       1e3 * bench_median(sbare, reps), bench_median(in_bare, reps));
             }
         }
         free(g), free(g1), free(y0), free(states), free(s), free(sb), free(sf), free(s1);
+        free(sbare), free(in_bare), free(bv), free(bw);
         ad_tape_free(t);
         dense_free(&q);
     }
