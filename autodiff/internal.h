@@ -229,8 +229,12 @@ static inline ad_shape ad_shape_fast(const ad_tape *t, ad_var v) {
 ad_var ad_unit(ad_tape *t);
 // Copy n ints onto the tape (NULL on failure, error recorded).
 const int32_t *ad_copy_idx(ad_tape *t, int n, const int32_t *idx);
-// Make sure v's value (and its ancestors') are computed.
-bool ad_force(ad_tape *t, ad_var v);
+// Make sure v's value (and its ancestors') are computed. The test for a value already there is
+// inline: most calls (a gradient passed through, an output read) find one.
+bool ad_force_slow(ad_tape *t, ad_var v);
+static inline bool ad_force(ad_tape *t, ad_var v) {
+    return (t->nodes[v].flags & NF_VALUE) || ad_force_slow(t, v);
+}
 void ad_fail(ad_tape *t, ad_status s, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 // "[m, n]" for messages.
 const char *ad_shape_str(ad_shape s, char buf[32]);

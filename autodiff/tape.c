@@ -335,7 +335,7 @@ static int cmp_var(const void *a, const void *b) {
 // them in recording order, which is a topological order. Usually they lie close together (a
 // deferred step read by the next op): then one pass over their index range finds them in order;
 // scattered ones are sorted instead. Small sets stay on the stack.
-bool ad_force(ad_tape *t, ad_var v) {
+bool ad_force_slow(ad_tape *t, ad_var v) {
     if (t->nodes[v].flags & NF_VALUE) return true;
     if (t->status != AD_OK) return false;
     enum { MARK = 0x80, SMALL = 64 };
