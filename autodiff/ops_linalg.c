@@ -305,15 +305,21 @@ static void small_symv(int m, const double *restrict a, const double *restrict x
         }
         y[i] += s0, y[i + 1] += s1, y[i + 2] += s2, y[i + 3] += s3;
     }
-    for (; i < m; i++) {
-        const double *r = a + (size_t)i * m;
-        double xi = x[i], s = r[i] * xi;
-        for (int j = i + 1; j < m; j++) {
-            s += r[j] * x[j];
-            y[j] += r[j] * xi;
+    // one to three rows left: two at a time as above, then the last row, whose sum is its
+    // diagonal term alone
+    if (i + 2 <= m) {
+        const double *r0 = a + (size_t)i * m, *r1 = r0 + m;
+        double x0 = x[i], x1 = x[i + 1];
+        double s0 = r0[i] * x0, s1 = r1[i + 1] * x1;
+        s0 += r0[i + 1] * x1, y[i + 1] += r0[i + 1] * x0;
+        for (int j = i + 2; j < m; j++) {
+            s0 += r0[j] * x[j], s1 += r1[j] * x[j];
+            y[j] = (y[j] + r0[j] * x0) + r1[j] * x1;
         }
-        y[i] += s;
+        y[i] += s0, y[i + 1] += s1;
+        i += 2;
     }
+    if (i < m) y[i] += a[(size_t)i * m + i] * x[i];
 }
 
 static ad_status fwd_symv(ad_tape *t, ad_node *n) {
