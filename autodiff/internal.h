@@ -101,7 +101,11 @@ struct ad_tape {
     // The view cache is searched whole and refilled least recently used first, never by a hash
     // of the address: which views are found again (and so which products are shared, and the
     // rounding of sums over them) must not depend on where the caller's memory happens to be.
+    // view_data[i] is the memory of the view view_cache[i] names whenever that node is a view
+    // leaf (set for every entry naming a view when it is made), so only entries made for the
+    // same memory are looked at further.
     ad_var view_cache[16];
+    const double *view_data[16];
     int64_t view_used[16], view_clock;
     ad_var unit;
     // Nodes of stable inputs recorded lately (ad_memo): 16 sets of two by a hash of op and inputs.
