@@ -574,6 +574,22 @@ static void sharing(void) {
             EXPECT(ad_value(t, gx)[i] == 2 * x0[i], "entry %d: %g", i, ad_value(t, gx)[i]);
         ad_tape_free(t);
     }
+    // ad_mul's own test for 1 x must agree with binary's: x only when the broadcast is x's shape
+    TEST_CASE("sharing: 1 x is x exactly when the product has x's shape") {
+        ad_tape *t = ad_tape_new(NULL);
+        double v[6] = {1, -2, 3, 0.5, 7, -1}, one = 1;
+        ad_var u0 = ad_const(t, ad_scalar_shape(), &one), u2 = ad_const(t, ad_mat_shape(1, 1), &one);
+        ad_var s = ad_param(t, ad_scalar_shape(), v), r = ad_param(t, ad_vec_shape(3), v);
+        ad_var m = ad_param(t, ad_mat_shape(2, 3), v), e = ad_param(t, ad_vec_shape(0), v);
+        EXPECT(ad_mul(t, u0, s) == s && ad_mul(t, u0, r) == r && ad_mul(t, u0, m) == m &&
+                   ad_mul(t, u2, m) == m, "1 x is not x");
+        ad_var p = ad_mul(t, u2, r), q = ad_mul(t, u0, e); // rank 2 [1, 3]; [1] (broadcast of [0])
+        ad_shape sp = ad_shape_of(t, p);
+        EXPECT(p != r && sp.rank == 2 && sp.rows == 1 && sp.cols == 3 && ad_value(t, p)[2] == 3,
+               "[1, 1] x [3]: rank %d [%d, %d]", sp.rank, sp.rows, sp.cols);
+        EXPECT(q != e || ad_tape_status(t) != AD_OK, "1 x of an empty x");
+        ad_tape_free(t);
+    }
     TEST_CASE("sharing: negated adjoints come out as values, not signs") {
         // d/dx of -(x - y) - y (sub and neg in a chain): -1 for x, 0 for y, first and second order
         ad_tape *t = ad_tape_new(NULL);
