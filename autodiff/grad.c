@@ -35,15 +35,17 @@ static inline ad_var node_of(ad_var g) { return g < 0 ? -g : g; }
 // sharing memory (a reshape aliases its input; the other contribution is not an alias either),
 // not a leaf, and never found again by ad_memo (it only remembers nodes on two stable inputs). A
 // sweep that sums in place may then make it the accumulator instead of recording an add.
-// Out of line: only a sweep that sums in place asks, for a few contributions per node.
-__attribute__((noinline)) static bool exclusive(const ad_tape *t, ad_var c, ad_var other,
-                                                ad_var fresh) {
+// Out of line: only a sweep that sums in place asks, and only for a node the rule made.
+__attribute__((noinline)) static bool exclusive_slow(const ad_tape *t, ad_var c, ad_var other) {
     ad_var C = node_of(c);
     const ad_node *n = &t->nodes[C];
-    if (C < fresh || n->op == OP_LEAF || (n->flags & (NF_VIEW | NF_STABLE)) ||
+    if (n->op == OP_LEAF || (n->flags & (NF_VIEW | NF_STABLE)) ||
         !(n->flags & NF_VALUE) || (t->nodes[n->a].flags & t->nodes[n->b].flags & NF_STABLE))
         return false;
     return !other || (node_of(other) != C && !(t->nodes[node_of(other)].flags & NF_VIEW));
+}
+static inline bool exclusive(const ad_tape *t, ad_var c, ad_var other, ad_var fresh) {
+    return node_of(c) >= fresh && exclusive_slow(t, c, other);
 }
 
 // y[i] += x[i] (sub: -=) for n entries.
@@ -153,8 +155,7 @@ static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var
     if (!dep) return t->status;
     ad_var *adj = (ad_var *)(void *)dep;
     dep = (uint8_t *)(adj + len);
-    memset(adj, 0, len * sizeof *adj);
-    memset(dep, 0, len);
+    memset(adj, 0, len * (sizeof *adj + 1)); // adj and dep together
     for (int k = 0; k < n; k++)
         if (wrt[k] <= y) dep[wrt[k] - lo] = DEP;
     mark_dependents(t, lo, y, dep);
