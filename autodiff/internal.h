@@ -218,12 +218,13 @@ __attribute__((always_inline)) static inline ad_var ad_commit(ad_tape *t, ad_nod
     return v;
 }
 // A healthy tape and a handle of one of its nodes (the fast test; ad_check_args_slow reports).
+// 0 < v < n_nodes as one unsigned comparison (n_nodes >= 1: node 0 is always there).
 static inline bool ad_valid(const ad_tape *t, ad_var v) {
-    return t->status == AD_OK && v > 0 && v < t->n_nodes;
+    return t->status == AD_OK && (uint32_t)v - 1u < (uint32_t)t->n_nodes - 1u;
 }
 static inline bool ad_check_args(ad_tape *t, const char *op, int n, const ad_var *v) {
     bool ok = t->status == AD_OK;
-    for (int i = 0; i < n; i++) ok &= v[i] > 0 && v[i] < t->n_nodes;
+    for (int i = 0; i < n; i++) ok &= (uint32_t)v[i] - 1u < (uint32_t)t->n_nodes - 1u;
     return ok || ad_check_args_slow(t, op, n, v);
 }
 static inline ad_shape ad_shape_fast(const ad_tape *t, ad_var v) {
