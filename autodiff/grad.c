@@ -36,16 +36,20 @@ static inline ad_var node_of(ad_var g) { return g < 0 ? -g : g; }
 // not a leaf, and never found again by ad_memo (it only remembers nodes on two stable inputs). A
 // sweep that sums in place may then make it the accumulator instead of recording an add.
 // Out of line: only a sweep that sums in place asks, and only for a node the rule made.
-__attribute__((noinline)) static bool exclusive_slow(const ad_tape *t, ad_var c, ad_var other) {
+// like: a node c is to be summed with (AD_NONE: none), whose shape c must have, so the sum
+// summed into c has the shape ad_add would record.
+__attribute__((noinline)) static bool exclusive_slow(const ad_tape *t, ad_var c, ad_var other,
+                                                     ad_var like) {
     ad_var C = node_of(c);
     const ad_node *n = &t->nodes[C];
+    if (like && !ad_shape_eq(ad_node_shape(&t->nodes[like]), ad_node_shape(n))) return false;
     if (n->op == OP_LEAF || (n->flags & (NF_VIEW | NF_STABLE)) ||
         !(n->flags & NF_VALUE) || (t->nodes[n->a].flags & t->nodes[n->b].flags & NF_STABLE))
         return false;
     return !other || (node_of(other) != C && !(t->nodes[node_of(other)].flags & NF_VIEW));
 }
-static inline bool exclusive(const ad_tape *t, ad_var c, ad_var other, ad_var fresh) {
-    return node_of(c) >= fresh && exclusive_slow(t, c, other);
+static inline bool exclusive(const ad_tape *t, ad_var c, ad_var other, ad_var fresh, ad_var like) {
+    return node_of(c) >= fresh && exclusive_slow(t, c, other, like);
 }
 
 // y[i] += x[i] (sub: -=) for n entries.
@@ -68,7 +72,7 @@ __attribute__((always_inline)) static inline ad_var accumulate(ad_tape *t, ad_va
                                                                uint8_t *dep, bool in_place,
                                                                ad_var other, ad_var fresh) {
     if (!acc) {
-        if (in_place && exclusive(t, g, other, fresh)) *dep |= OWNED;
+        if (in_place && exclusive(t, g, other, fresh, AD_NONE)) *dep |= OWNED;
         return g;
     }
     ad_var A = node_of(acc), G = node_of(g);
@@ -81,8 +85,7 @@ __attribute__((always_inline)) static inline ad_var accumulate(ad_tape *t, ad_va
         }
         // acc + g summed into g's node, g's sign kept: the sums ad_add / ad_sub below would
         // record (a + b is b + a, and a - b is -(b - a), exactly)
-        if (exclusive(t, g, other, fresh) && ad_size(&t->nodes[A]) == ad_size(&t->nodes[G]) &&
-            ad_force(t, A)) {
+        if (exclusive(t, g, other, fresh, A) && ad_force(t, A)) {
             add_into(t->nodes[G].val, t->nodes[A].val, ad_size(&t->nodes[G]), !same);
             *dep |= OWNED;
             return g;
