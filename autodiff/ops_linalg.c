@@ -276,7 +276,8 @@ ad_var ad_symv(ad_tape *t, ad_var A, ad_var x) {
     if (!check_sym(t, "symv", sa, sx)) return AD_NONE;
     return ad_commit(t, ad_push(t, OP_SYMV, ad_vec_shape(sa.rows), A, x));
 }
-// y = S x for a small A [m, m] (upper triangle): y_i = sum_{j < i} A_ji x_j + sum_{j >= i} A_ij x_j,
+// y = S x for a small A [m, m] (upper triangle),
+// y_i = sum_{j < i} A_ji x_j + sum_{j >= i} A_ij x_j:
 // the first sum added into y_i row by row (j ascending, from 0), the second summed along row i
 // (j ascending) and added last. Four rows at a time: their diagonal block first, then one pass
 // over the columns right of it, which carries the four row sums and adds the four rows' terms
