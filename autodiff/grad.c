@@ -30,29 +30,98 @@ static void mark_dependents(const ad_tape *t, ad_var lo, ad_var hi, uint8_t *res
 // sub, neg and the step y - s g of a gradient method cost no node of their own.
 static inline ad_var node_of(ad_var g) { return g < 0 ? -g : g; }
 
+// True if the contribution c (a handle, maybe negated) is a node the reverse rule just recorded
+// (at or after fresh) that nothing else can read later: not the rule's other contribution, not
+// sharing memory (a reshape aliases its input; the other contribution is not an alias either),
+// not a leaf, and never found again by ad_memo (it only remembers nodes on two stable inputs). A
+// sweep that sums in place may then make it the accumulator instead of recording an add.
+// Out of line: only a sweep that sums in place asks, and only for a node the rule made.
+// like: a node c is to be summed with (AD_NONE: none), whose shape c must have, so the sum
+// summed into c has the shape ad_add would record.
+__attribute__((noinline)) static bool exclusive_slow(const ad_tape *t, ad_var c, ad_var other,
+                                                     ad_var like) {
+    ad_var C = node_of(c);
+    const ad_node *n = &t->nodes[C];
+    if (like && !ad_shape_eq(ad_node_shape(&t->nodes[like]), ad_node_shape(n))) return false;
+    if (n->op == OP_LEAF || (n->flags & (NF_VIEW | NF_STABLE)) ||
+        !(n->flags & NF_VALUE) || (t->nodes[n->a].flags & t->nodes[n->b].flags & NF_STABLE))
+        return false;
+    return !other || (node_of(other) != C && !(t->nodes[node_of(other)].flags & NF_VIEW));
+}
+static inline bool exclusive(const ad_tape *t, ad_var c, ad_var other, ad_var fresh, ad_var like) {
+    return node_of(c) >= fresh && exclusive_slow(t, c, other, like);
+}
+
+// y[i] += x[i] (sub: -=) for n entries.
+static void add_into(double *restrict y, const double *restrict x, int n, bool sub) {
+    if (sub)
+        for (int i = 0; i < n; i++) y[i] -= x[i];
+    else
+        for (int i = 0; i < n; i++) y[i] += x[i];
+}
+
 // adj += g. A gradient that will not be differentiated again (no AD_CREATE_GRAPH, values computed
 // eagerly) is summed in place once this sweep owns an accumulator node for it: a parameter used n
-// times costs one add node, not n. Otherwise the sum is recorded as ad_add or ad_sub.
-static ad_var accumulate(ad_tape *t, ad_var acc, ad_var g, uint8_t *dep, bool in_place) {
-    if (!acc) return g;
+// times costs one add node, not n. The sweep owns a node it recorded for a sum, or one a reverse
+// rule just recorded that only this adjoint holds (see exclusive; other is the rule's other
+// contribution, fresh its first node): the adjoint of a state of an unrolled loop, which takes
+// the next state's adjoint passed through and a product, then costs no add node either.
+// Otherwise the sum is recorded as ad_add or ad_sub.
+// Inline in each copy of the loop below, where in_place is a constant.
+__attribute__((always_inline)) static inline ad_var accumulate(ad_tape *t, ad_var acc, ad_var g,
+                                                               uint8_t *dep, bool in_place,
+                                                               ad_var other, ad_var fresh) {
+    if (!acc) {
+        if (in_place && exclusive(t, g, other, fresh, AD_NONE)) *dep |= OWNED;
+        return g;
+    }
     ad_var A = node_of(acc), G = node_of(g);
     bool same = (acc < 0) == (g < 0);
-    if (in_place && (*dep & OWNED) && // g may be an input passed through: computed first
-        ((t->nodes[G].flags & NF_VALUE) || ad_force(t, G))) { // acc's sign stays; g adds or subtracts
-        double *a = t->nodes[A].val;
-        const double *b = t->nodes[G].val;
-        int n = ad_size(&t->nodes[A]);
-        if (same)
-            for (int i = 0; i < n; i++) a[i] += b[i];
-        else
-            for (int i = 0; i < n; i++) a[i] -= b[i];
-        return acc;
+    if (in_place) {
+        if ((*dep & OWNED) && ad_force(t, G)) { // g may be an input passed through: computed first
+            // acc's sign stays; g adds or subtracts
+            add_into(t->nodes[A].val, t->nodes[G].val, ad_size(&t->nodes[A]), !same);
+            return acc;
+        }
+        // acc + g summed into g's node, g's sign kept: the sums ad_add / ad_sub below would
+        // record (a + b is b + a, and a - b is -(b - a), exactly)
+        if (exclusive(t, g, other, fresh, A) && ad_force(t, A)) {
+            add_into(t->nodes[G].val, t->nodes[A].val, ad_size(&t->nodes[G]), !same);
+            *dep |= OWNED;
+            return g;
+        }
     }
     *dep |= OWNED; // a fresh node: it may be summed into in place, so it is never shared
     t->no_share = in_place;
     ad_var r = same ? ad_add(t, A, G) : acc < 0 ? ad_sub(t, G, A) : ad_sub(t, A, G);
     t->no_share = 0;
     return same && acc < 0 ? -r : r;
+}
+
+// The reverse loop over [lo, y], made twice: summing in place (in_place, a constant in each
+// copy) asks more of each contribution, which a gradient recorded to be differentiated again
+// (the inner gradient of every step of an unrolled loop) should not pay for.
+__attribute__((always_inline)) static inline void sweep(ad_tape *t, ad_var y, ad_var lo,
+                                                        ad_var *adj, uint8_t *dep, bool in_place) {
+    for (ad_var i = y; i >= lo && t->status == AD_OK; i--) {
+        ad_var g = adj[i - lo];
+        uint8_t bits = dep[i - lo];
+        // leaves and nodes with no dependent input have no need bits (and a node with need bits
+        // is not NOGRAD, so it has a reverse rule)
+        if (!g || !(bits & (NEED_A | NEED_B))) continue;
+        const ad_node *nd = &t->nodes[i];
+        ad_var in[2] = {nd->a, nd->b};
+        bool need[2] = {(bits & NEED_A) != 0, (bits & NEED_B) != 0};
+        ad_var gin[2] = {AD_NONE, AD_NONE};
+        ad_var fresh = t->n_nodes; // nodes from here on are the rule's
+        ad_ops[nd->op]->rev(t, i, node_of(g), need, gin);
+        for (int k = 0; k < 2; k++) {
+            if (!need[k] || !gin[k]) continue;
+            ad_var c = g < 0 ? -gin[k] : gin[k];
+            adj[in[k] - lo] = accumulate(t, adj[in[k] - lo], c, &dep[in[k] - lo], in_place,
+                                         in_place && need[1 - k] ? gin[1 - k] : AD_NONE, fresh);
+        }
+    }
 }
 
 // The sweep. lazy: record adjoints without computing them (their values are computed when
@@ -89,8 +158,7 @@ static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var
     if (!dep) return t->status;
     ad_var *adj = (ad_var *)(void *)dep;
     dep = (uint8_t *)(adj + len);
-    memset(adj, 0, len * sizeof *adj);
-    memset(dep, 0, len);
+    memset(adj, 0, len * (sizeof *adj + 1)); // adj and dep together
     for (int k = 0; k < n; k++)
         if (wrt[k] <= y) dep[wrt[k] - lo] = DEP;
     mark_dependents(t, lo, y, dep);
@@ -101,23 +169,8 @@ static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var
     t->nograd = !(flags & AD_CREATE_GRAPH);
     bool in_place = t->nograd && !lazy;
     if (dep[y - lo]) adj[y - lo] = ad_shape_eq(sy, sb) ? ybar : ad_reshape(t, ybar, sy);
-    for (ad_var i = y; i >= lo && t->status == AD_OK; i--) {
-        ad_var g = adj[i - lo];
-        uint8_t bits = dep[i - lo];
-        // leaves and nodes with no dependent input have no need bits (and a node with need bits
-        // is not NOGRAD, so it has a reverse rule)
-        if (!g || !(bits & (NEED_A | NEED_B))) continue;
-        const ad_node *nd = &t->nodes[i];
-        ad_var in[2] = {nd->a, nd->b};
-        bool need[2] = {(bits & NEED_A) != 0, (bits & NEED_B) != 0};
-        ad_var gin[2] = {AD_NONE, AD_NONE};
-        ad_ops[nd->op]->rev(t, i, node_of(g), need, gin);
-        for (int k = 0; k < 2; k++) {
-            if (!need[k] || !gin[k]) continue;
-            ad_var c = g < 0 ? -gin[k] : gin[k];
-            adj[in[k] - lo] = accumulate(t, adj[in[k] - lo], c, &dep[in[k] - lo], in_place);
-        }
-    }
+    if (in_place) sweep(t, y, lo, adj, dep, true);
+    else sweep(t, y, lo, adj, dep, false);
     for (int k = 0; k < n && t->status == AD_OK; k++) {
         ad_var g = wrt[k] <= y ? adj[wrt[k] - lo] : AD_NONE;
         ad_shape s = ad_shape_fast(t, wrt[k]);

@@ -105,7 +105,11 @@ struct ad_tape {
     // The view cache is searched whole and refilled least recently used first, never by a hash
     // of the address: which views are found again (and so which products are shared, and the
     // rounding of sums over them) must not depend on where the caller's memory happens to be.
+    // view_data[i] is the memory of the view view_cache[i] names whenever that node is a view
+    // leaf (set for every entry naming a view when it is made), so only entries made for the
+    // same memory are looked at further.
     ad_var view_cache[16];
+    const double *view_data[16];
     int64_t view_used[16], view_clock;
     ad_var unit;
     // Nodes of stable inputs recorded lately (ad_memo): 16 sets of two by a hash of op and inputs.
@@ -218,12 +222,13 @@ __attribute__((always_inline)) static inline ad_var ad_commit(ad_tape *t, ad_nod
     return v;
 }
 // A healthy tape and a handle of one of its nodes (the fast test; ad_check_args_slow reports).
+// 0 < v < n_nodes as one unsigned comparison (n_nodes >= 1: node 0 is always there).
 static inline bool ad_valid(const ad_tape *t, ad_var v) {
-    return t->status == AD_OK && v > 0 && v < t->n_nodes;
+    return t->status == AD_OK && (uint32_t)v - 1u < (uint32_t)t->n_nodes - 1u;
 }
 static inline bool ad_check_args(ad_tape *t, const char *op, int n, const ad_var *v) {
     bool ok = t->status == AD_OK;
-    for (int i = 0; i < n; i++) ok &= v[i] > 0 && v[i] < t->n_nodes;
+    for (int i = 0; i < n; i++) ok &= (uint32_t)v[i] - 1u < (uint32_t)t->n_nodes - 1u;
     return ok || ad_check_args_slow(t, op, n, v);
 }
 static inline ad_shape ad_shape_fast(const ad_tape *t, ad_var v) {
@@ -233,8 +238,12 @@ static inline ad_shape ad_shape_fast(const ad_tape *t, ad_var v) {
 ad_var ad_unit(ad_tape *t);
 // Copy n ints onto the tape (NULL on failure, error recorded).
 const int32_t *ad_copy_idx(ad_tape *t, int n, const int32_t *idx);
-// Make sure v's value (and its ancestors') are computed.
-bool ad_force(ad_tape *t, ad_var v);
+// Make sure v's value (and its ancestors') are computed. The test for a value already there is
+// inline: most calls (a gradient passed through, an output read) find one.
+bool ad_force_slow(ad_tape *t, ad_var v);
+static inline bool ad_force(ad_tape *t, ad_var v) {
+    return (t->nodes[v].flags & NF_VALUE) || ad_force_slow(t, v);
+}
 void ad_fail(ad_tape *t, ad_status s, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 // "[m, n]" for messages.
 const char *ad_shape_str(ad_shape s, char buf[32]);

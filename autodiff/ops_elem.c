@@ -179,7 +179,18 @@ static void rev_axpy(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var 
     if (need[1]) gin[1] = unbroadcast(t, ad_scale(t, g, t->nodes[y].p0), t->nodes[y].b);
 }
 
-ad_var ad_mul(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MUL, a, b, 0); }
+// 1 x with the 1 first, as reverse rules scale a contribution by the seed of a gradient: x, as
+// binary's mul_shortcut finds (the broadcast shape is x's when x has at least 1's rank and no
+// empty dimension), without binary's checks and broadcast.
+ad_var ad_mul(ad_tape *t, ad_var a, ad_var b) {
+    if (ad_valid(t, a) && ad_valid(t, b)) {
+        const ad_node *A = &t->nodes[a], *B = &t->nodes[b];
+        if (is_unit(A) && A->rank <= B->rank && B->rows >= 1 && B->cols >= 1 &&
+            (!t->nograd || (B->flags & NF_NOGRAD)))
+            return pass(t, b);
+    }
+    return binary(t, OP_MUL, a, b, 0);
+}
 BINARY_FWD(mul, u * v)
 static void rev_mul(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     ad_var a = t->nodes[y].a, b = t->nodes[y].b;

@@ -276,21 +276,60 @@ ad_var ad_symv(ad_tape *t, ad_var A, ad_var x) {
     if (!check_sym(t, "symv", sa, sx)) return AD_NONE;
     return ad_commit(t, ad_push(t, OP_SYMV, ad_vec_shape(sa.rows), A, x));
 }
+// y = S x for a small A [m, m] (upper triangle),
+// y_i = sum_{j < i} A_ji x_j + sum_{j >= i} A_ij x_j:
+// the first sum added into y_i row by row (j ascending, from 0), the second summed along row i
+// (j ascending) and added last. Four rows at a time: their diagonal block first, then one pass
+// over the columns right of it, which carries the four row sums and adds the four rows' terms
+// into each y_j in row order. Every sum is the one-row-at-a-time loop's, in its order, so the
+// result is bit for bit the same; a pass does four rows' work for one load and store of y_j
+// (the row-at-a-time loop, with the compiler's alias checks, cost ~850 instructions at m = 10).
+static void small_symv(int m, const double *restrict a, const double *restrict x,
+                       double *restrict y) {
+    for (int i = 0; i < m; i++) y[i] = 0;
+    int i = 0;
+    for (; i + 4 <= m; i += 4) {
+        const double *r0 = a + (size_t)i * m, *r1 = r0 + m, *r2 = r1 + m, *r3 = r2 + m;
+        double x0 = x[i], x1 = x[i + 1], x2 = x[i + 2], x3 = x[i + 3];
+        // the block: row sums start on the diagonal; rows above add into y_{i+1..i+3}
+        double s0 = r0[i] * x0, s1 = r1[i + 1] * x1, s2 = r2[i + 2] * x2, s3 = r3[i + 3] * x3;
+        s0 += r0[i + 1] * x1, y[i + 1] += r0[i + 1] * x0;
+        s0 += r0[i + 2] * x2, y[i + 2] += r0[i + 2] * x0;
+        s0 += r0[i + 3] * x3, y[i + 3] += r0[i + 3] * x0;
+        s1 += r1[i + 2] * x2, y[i + 2] += r1[i + 2] * x1;
+        s1 += r1[i + 3] * x3, y[i + 3] += r1[i + 3] * x1;
+        s2 += r2[i + 3] * x3, y[i + 3] += r2[i + 3] * x2;
+        for (int j = i + 4; j < m; j++) {
+            double xj = x[j];
+            s0 += r0[j] * xj, s1 += r1[j] * xj, s2 += r2[j] * xj, s3 += r3[j] * xj;
+            y[j] = (((y[j] + r0[j] * x0) + r1[j] * x1) + r2[j] * x2) + r3[j] * x3;
+        }
+        y[i] += s0, y[i + 1] += s1, y[i + 2] += s2, y[i + 3] += s3;
+    }
+    // one to three rows left: two at a time as above, then the last row, whose sum is its
+    // diagonal term alone
+    if (i + 2 <= m) {
+        const double *r0 = a + (size_t)i * m, *r1 = r0 + m;
+        double x0 = x[i], x1 = x[i + 1];
+        double s0 = r0[i] * x0, s1 = r1[i + 1] * x1;
+        s0 += r0[i + 1] * x1, y[i + 1] += r0[i + 1] * x0;
+        for (int j = i + 2; j < m; j++) {
+            s0 += r0[j] * x[j], s1 += r1[j] * x[j];
+            y[j] = (y[j] + r0[j] * x0) + r1[j] * x1;
+        }
+        y[i] += s0, y[i + 1] += s1;
+        i += 2;
+    }
+    if (i < m) y[i] += a[(size_t)i * m + i] * x[i];
+}
+
 static ad_status fwd_symv(ad_tape *t, ad_node *n) {
     const ad_node *A = &t->nodes[n->a];
     const double *a = A->val, *x = t->nodes[n->b].val;
     double *y = n->val;
     int m = A->rows;
-    if (m * m < SMALL_MATVEC) { // y_i = sum_{j >= i} A_ij x_j + sum_{j < i} A_ji x_j
-        for (int i = 0; i < m; i++) y[i] = 0;
-        for (int i = 0; i < m; i++) {
-            double s = a[i * m + i] * x[i];
-            for (int j = i + 1; j < m; j++) {
-                s += a[i * m + j] * x[j];
-                y[j] += a[i * m + j] * x[i];
-            }
-            y[i] += s;
-        }
+    if (m * m < SMALL_MATVEC) {
+        small_symv(m, a, x, y);
         return AD_OK;
     }
     double t0 = t->par.time_blas ? ad_now() : 0;

@@ -335,7 +335,7 @@ static int cmp_var(const void *a, const void *b) {
 // them in recording order, which is a topological order. Usually they lie close together (a
 // deferred step read by the next op): then one pass over their index range finds them in order;
 // scattered ones are sorted instead. Small sets stay on the stack.
-bool ad_force(ad_tape *t, ad_var v) {
+bool ad_force_slow(ad_tape *t, ad_var v) {
     if (t->nodes[v].flags & NF_VALUE) return true;
     if (t->status != AD_OK) return false;
     enum { MARK = 0x80, SMALL = 64 };
@@ -438,6 +438,18 @@ ad_var ad_const(ad_tape *t, ad_shape s, const double *d) { return leaf(t, "const
 // A view of the same memory with the same shape is the same constant: the cached node is returned.
 ad_var ad_const_view(ad_tape *t, ad_shape s, const double *d) {
     enum { NV = sizeof t->view_cache / sizeof t->view_cache[0] };
+    // The first entry (in order) naming a view of d with shape s, as a search of every entry
+    // would find it: an entry whose view_data is not d names no view of d.
+    for (int i = 0; i < NV; i++) {
+        ad_var v = t->view_cache[i];
+        if (t->view_data[i] != d || t->status != AD_OK || v <= 0 || v >= t->n_nodes) continue;
+        const ad_node *n = &t->nodes[v];
+        if (n->op == OP_LEAF && (n->flags & NF_VIEW) && n->val == d &&
+            ad_shape_eq(ad_node_shape(n), s)) {
+            t->view_used[i] = ++t->view_clock;
+            return v;
+        }
+    }
     int old = 0;
     int64_t oldest = INT64_MAX;
     for (int i = 0; i < NV; i++) {
@@ -446,15 +458,15 @@ ad_var ad_const_view(ad_tape *t, ad_shape s, const double *d) {
         if (t->status == AD_OK && v > 0 && v < t->n_nodes) {
             const ad_node *n = &t->nodes[v];
             if (n->op == OP_LEAF && (n->flags & NF_VIEW)) used = t->view_used[i];
-            if (used >= 0 && n->val == d && ad_shape_eq(ad_node_shape(n), s)) {
-                t->view_used[i] = ++t->view_clock;
-                return v;
-            }
         }
         if (used < oldest) oldest = used, old = i;
     }
     ad_var v = leaf(t, "const_view", s, d, false, true);
-    if (v) t->view_cache[old] = v, t->view_used[old] = ++t->view_clock;
+    if (v) {
+        for (int i = 0; i < NV; i++) // entries left naming this handle name this view now
+            if (t->view_cache[i] == v) t->view_data[i] = d;
+        t->view_cache[old] = v, t->view_data[old] = d, t->view_used[old] = ++t->view_clock;
+    }
     return v;
 }
 

@@ -511,6 +511,49 @@ static void sharing(void) {
         EXPECT(s01b == s01, "c1 + c2 recorded twice is one node");
         ad_tape_free(t);
     }
+    // y_{k+1} = y_k - 0.1 (S y_k - x): the adjoint of y_k is the next one's, passed through the
+    // step, plus the product S (-0.1 adj) its rule records; the sweep sums into that product
+    TEST_CASE("in place: a state's adjoint in an unrolled loop costs no add node, same numbers") {
+        enum { K = 6 };
+        double A[9] = {2, 0.5, -0.25, 9, 1.5, 0.75, 9, 9, 3}, x0[3] = {0.3, -1.2, 0.7}, y0[3] = {1, 2, 3};
+        ad_tape *t = ad_tape_new(NULL);
+        ad_var x = ad_param(t, ad_vec_shape(3), x0), z = ad_param(t, ad_vec_shape(3), y0), y = z;
+        ad_var Av = ad_const_view(t, ad_mat_shape(3, 3), A);
+        for (int k = 0; k < K; k++) y = ad_axpy(t, y, -0.1, ad_sub(t, ad_symv(t, Av, y), x));
+        ad_var f = ad_scale(t, ad_sqnorm(t, y), 0.5), g[2], h[2], wrt[2] = {x, z};
+        int add = ad_op_find("add");
+        int64_t adds = ad_tape_op_uses(t, add);
+        EXPECT(ad_grad(t, f, 2, wrt, g, 0) == AD_OK, "%s", ad_tape_error(t));
+        // one: x's accumulator (its uses pass the adjoints through, none is a fresh node)
+        EXPECT(ad_tape_op_uses(t, add) == adds + 1, "%lld add nodes recorded, not 1",
+               (long long)(ad_tape_op_uses(t, add) - adds));
+        EXPECT(ad_grad(t, f, 2, wrt, h, AD_CREATE_GRAPH) == AD_OK, "%s", ad_tape_error(t));
+        for (int j = 0; j < 2; j++)
+            for (int i = 0; i < 3; i++)
+                EXPECT(!memcmp(&ad_value(t, g[j])[i], &ad_value(t, h[j])[i], sizeof(double)),
+                       "gradient %d [%d]: %.17g in place, %.17g recorded", j, i,
+                       ad_value(t, g[j])[i], ad_value(t, h[j])[i]);
+        ad_tape_free(t);
+    }
+    // s = C x + x, f = |s|^2 / 2 + sum(C x + D): the adjoint of m = C x gets the sum's adjoint
+    // passed through, then reshape(adjoint of s), which shares that adjoint's memory; the
+    // adjoint of s is x's too, so summing into the reshape in place would change x's gradient
+    TEST_CASE("in place: a reshape of another adjoint is never summed into") {
+        double x0[4] = {0.5, -1, 2, 0.25}, C[4] = {3, -2, 0.5, 4}, D[4] = {1, 1, 1, 1};
+        ad_tape *t = ad_tape_new(NULL);
+        ad_var x = ad_param(t, ad_vec_shape(4), x0);
+        ad_var m = ad_mul(t, ad_reshape(t, x, ad_mat_shape(2, 2)), ad_const(t, ad_mat_shape(2, 2), C));
+        ad_var s = ad_add(t, ad_reshape(t, m, ad_vec_shape(4)), x);
+        ad_var e = ad_sum(t, ad_add(t, m, ad_const(t, ad_mat_shape(2, 2), D)));
+        ad_var f = ad_add(t, ad_scale(t, ad_sqnorm(t, s), 0.5), e), g;
+        EXPECT(ad_grad(t, f, 1, &x, &g, 0) == AD_OK, "%s", ad_tape_error(t));
+        for (int i = 0; i < 4; i++) {
+            double si = C[i] * x0[i] + x0[i], want = si * (C[i] + 1) + C[i];
+            EXPECT(fabs(ad_value(t, g)[i] - want) <= 1e-14 * fabs(want), "gradient [%d]: %.17g, not %.17g",
+                   i, ad_value(t, g)[i], want);
+        }
+        ad_tape_free(t);
+    }
     TEST_CASE("sharing: x * 1 is x, and a gradient without AD_CREATE_GRAPH stays a constant") {
         ad_tape *t = ad_tape_new(NULL);
         double w0[3] = {1, 2, 3}, x0[3] = {-1, 0.5, 2}, one = 1;
@@ -529,6 +572,22 @@ static void sharing(void) {
         EXPECT(ad_grad(t, ad_sum(t, ad_mul(t, gw, x)), 1, &x, &gx, 0) == AD_OK, "%s", ad_tape_error(t));
         for (int i = 0; i < 3; i++)
             EXPECT(ad_value(t, gx)[i] == 2 * x0[i], "entry %d: %g", i, ad_value(t, gx)[i]);
+        ad_tape_free(t);
+    }
+    // ad_mul's own test for 1 x must agree with binary's: x only when the broadcast is x's shape
+    TEST_CASE("sharing: 1 x is x exactly when the product has x's shape") {
+        ad_tape *t = ad_tape_new(NULL);
+        double v[6] = {1, -2, 3, 0.5, 7, -1}, one = 1;
+        ad_var u0 = ad_const(t, ad_scalar_shape(), &one), u2 = ad_const(t, ad_mat_shape(1, 1), &one);
+        ad_var s = ad_param(t, ad_scalar_shape(), v), r = ad_param(t, ad_vec_shape(3), v);
+        ad_var m = ad_param(t, ad_mat_shape(2, 3), v), e = ad_param(t, ad_vec_shape(0), v);
+        EXPECT(ad_mul(t, u0, s) == s && ad_mul(t, u0, r) == r && ad_mul(t, u0, m) == m &&
+                   ad_mul(t, u2, m) == m, "1 x is not x");
+        ad_var p = ad_mul(t, u2, r), q = ad_mul(t, u0, e); // rank 2 [1, 3]; [1] (broadcast of [0])
+        ad_shape sp = ad_shape_of(t, p);
+        EXPECT(p != r && sp.rank == 2 && sp.rows == 1 && sp.cols == 3 && ad_value(t, p)[2] == 3,
+               "[1, 1] x [3]: rank %d [%d, %d]", sp.rank, sp.rows, sp.cols);
+        EXPECT(q != e || ad_tape_status(t) != AD_OK, "1 x of an empty x");
         ad_tape_free(t);
     }
     TEST_CASE("sharing: negated adjoints come out as values, not signs") {

@@ -46,6 +46,38 @@ static void symmetric(void) {
             free(A), free(x), free(S);
         }
     }
+    // The loop takes rows four at a time; each y_i must still be summed in the one-row-at-a-time
+    // order (lower part row by row from 0, then the row's own sum), bit for bit, at every size
+    // (whole blocks, and one to three rows left over).
+    TEST_CASE("symv's loop sums in the row-at-a-time order, bit for bit, at every small size") {
+        ad_rng g;
+        ad_rng_seed(&g, 8);
+        for (int n = 1; n <= 63; n += n < 13 ? 1 : 25) {
+            double *A = malloc(sizeof(double) * n * n), *x = malloc(sizeof(double) * n);
+            double *r = malloc(sizeof(double) * n);
+            fill_normal(&g, n * n, A);
+            fill_normal(&g, n, x);
+            for (int i = 0; i < n; i++) r[i] = 0;
+            for (int i = 0; i < n; i++) {
+                double s = A[i * n + i] * x[i];
+                for (int j = i + 1; j < n; j++) {
+                    s += A[i * n + j] * x[j];
+                    r[j] += A[i * n + j] * x[i];
+                }
+                r[i] += s;
+            }
+            ad_tape *t = ad_tape_new(NULL);
+            ad_var a = ad_const_view(t, ad_mat_shape(n, n), A), xv = ad_const(t, ad_vec_shape(n), x);
+            const double *y = ad_value(t, ad_symv(t, a, xv));
+            int bad = -1;
+            for (int i = 0; i < n && bad < 0; i++)
+                if (memcmp(&y[i], &r[i], sizeof r[i])) bad = i;
+            EXPECT(bad < 0, "symv n = %d: entry %d is %.17g, the row loop gives %.17g", n, bad,
+                   bad < 0 ? 0 : y[bad], bad < 0 ? 0 : r[bad]);
+            ad_tape_free(t);
+            free(A), free(x), free(r);
+        }
+    }
     TEST_CASE("symv and quadform: a non-square matrix or a wrong length is a shape error") {
         ad_tape *t = ad_tape_new(NULL);
         double A[12] = {0}, x[4] = {0};
