@@ -8,7 +8,10 @@
 // dep[] bits of a node in the sweep's range: it depends on a wrt node through differentiable ops
 // (DEP), its adjoint is an accumulator this sweep made (OWNED), its first / second input is such
 // a node (NEED_A, NEED_B: the input needs a contribution from its reverse rule).
-enum { DEP = 1, OWNED = 2, NEED_A = 4, NEED_B = 8 };
+// a node, and (FRESH) its adjoint so far is one contribution that a reverse rule had just made
+// and did not also give as its other contribution or alongside an alias: the sweep may make it
+// the accumulator if a second contribution comes (most adjoints get one: checked only then).
+enum { DEP = 1, OWNED = 2, NEED_A = 4, NEED_B = 8, FRESH = 16 };
 
 // One forward pass over [lo, hi]: the wrt nodes are marked DEP already. It runs over every node,
 // so the bits are combined without branching on them (measured: the dependent / constant pattern
@@ -72,12 +75,18 @@ __attribute__((always_inline)) static inline ad_var accumulate(ad_tape *t, ad_va
                                                                uint8_t *dep, bool in_place,
                                                                ad_var other, ad_var fresh) {
     if (!acc) {
-        if (in_place && exclusive(t, g, other, fresh, AD_NONE)) *dep |= OWNED;
+        if (in_place && node_of(g) >= fresh &&
+            (!other || (node_of(other) != node_of(g) && !(t->nodes[node_of(other)].flags & NF_VIEW))))
+            *dep |= FRESH;
         return g;
     }
     ad_var A = node_of(acc), G = node_of(g);
     bool same = (acc < 0) == (g < 0);
     if (in_place) {
+        if ((*dep & (OWNED | FRESH)) == FRESH) { // the first contribution, judged now
+            *dep &= (uint8_t)~FRESH;
+            if (exclusive_slow(t, acc, AD_NONE, G)) *dep |= OWNED;
+        }
         if ((*dep & OWNED) && ad_force(t, G)) { // g may be an input passed through: computed first
             // acc's sign stays; g adds or subtracts
             add_into(t->nodes[A].val, t->nodes[G].val, ad_size(&t->nodes[A]), !same);

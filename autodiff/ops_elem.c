@@ -183,7 +183,7 @@ static void rev_axpy(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var 
 // binary's mul_shortcut finds (the broadcast shape is x's when x has at least 1's rank and no
 // empty dimension), without binary's checks and broadcast.
 ad_var ad_mul(ad_tape *t, ad_var a, ad_var b) {
-    if (ad_valid(t, a) && ad_valid(t, b)) {
+    if (a == t->unit && ad_valid(t, a) && ad_valid(t, b)) { // one compare for every other product
         const ad_node *A = &t->nodes[a], *B = &t->nodes[b];
         if (is_unit(A) && A->rank <= B->rank && B->rows >= 1 && B->cols >= 1 &&
             (!t->nograd || (B->flags & NF_NOGRAD)))
