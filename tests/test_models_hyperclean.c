@@ -129,9 +129,11 @@ static void gradient_cases(void) {
     check_model("linear (synthetic)", 4, small, 1);
     small[4] = "l2=0.01";
     check_model("linear with l2 (synthetic)", 5, small, 1);
+    small[4] = "pixels=doubles"; // the products on the doubles instead of the bytes
+    check_model("linear pixels=doubles (synthetic)", 5, small, 1);
     const char *mlp[] = {hc_data_set, "n_train=20", "n_val=10", "n_test=10", "model=mlp", "hidden=5", NULL};
-    const char *acts[] = {"act=relu", "act=tanh", "act=none"};
-    for (int a = 0; a < 3; a++) {
+    const char *acts[] = {"act=relu", "act=tanh", "act=none", "pixels=bytes"}; // the last: relu
+    for (int a = 0; a < 4; a++) {
         char label[64];
         snprintf(label, sizeof label, "mlp %s (synthetic)", acts[a]);
         mlp[6] = acts[a];
@@ -249,6 +251,7 @@ static void error_cases(void) {
             {{"prior=2"}, "prior=2"},
             {{"pretrain_lr=0"}, "pretrain_lr=0"},
             {{"seed=-1"}, "seed=-1"},
+            {{"pixels=floats"}, "pixels=floats"},
             {{missing}, "/none"},
             {{hc_data_set, "n_train=50", "n_val=20"}, "fewer than 50 + 20"},
             {{hc_data_set, "n_train=5", "n_val=5", "n_test=30"}, "fewer than 30"},
