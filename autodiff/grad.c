@@ -75,8 +75,9 @@ __attribute__((always_inline)) static inline ad_var accumulate(ad_tape *t, ad_va
                                                                uint8_t *dep, bool in_place,
                                                                ad_var other, ad_var fresh) {
     if (!acc) {
+        ad_var O = node_of(other);
         if (in_place && node_of(g) >= fresh &&
-            (!other || (node_of(other) != node_of(g) && !(t->nodes[node_of(other)].flags & NF_VIEW))))
+            (!other || (O != node_of(g) && !(t->nodes[O].flags & NF_VIEW))))
             *dep |= FRESH;
         return g;
     }

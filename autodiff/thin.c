@@ -4,7 +4,9 @@
 // GFLOP/s on these shapes here; op(B) is packed instead, into a small zero-padded buffer
 // [k, n rounded up to 4], and A is streamed once, its entries broadcast against accumulators
 // held in registers: 20-28 GFLOP/s on one thread, up to ~45 on two (`hypertape bench
-// autodiff`, line (e)).
+// autodiff`, line (e)). A may also be one-byte codes into a table of doubles (an 8-bit image
+// set, ad_matmul_coded): the same values read in the same order, so the same bits, from 1/8 of
+// the memory.
 //
 // Layout: the reference loop, then the portable kernels, the AVX2 + FMA kernels (compiled
 // with a function-level target so the library needs no -march flag; chosen at run time),
@@ -60,7 +62,9 @@ typedef struct {
     double *C, *cb;
 } thin_task;
 
-static inline double a_at(const thin_task *t, size_t at) { return t->au ? t->tab[t->au[at]] : t->A[at]; }
+static inline double a_at(const thin_task *t, size_t at) {
+    return t->au ? t->tab[t->au[at]] : t->A[at];
+}
 
 static int padded(int n) { return (n + 3) & ~3; }
 
@@ -185,7 +189,8 @@ AVX2_INLINE void rows_avx2(const int R, const int NV, const int U8, const int TA
 enum { TN_SUB = 8 };
 #define ROWS_CASE(NV, R)                                                                     \
     case NV: {                                                                               \
-        const int p0 = TA ? t->p0 : 0, p1 = TA ? t->p1 : t->k, sub = TA && !U8 ? TN_SUB : p1 - p0; \
+        const int p0 = TA ? t->p0 : 0, p1 = TA ? t->p1 : t->k;                               \
+        const int sub = TA && !U8 ? TN_SUB : p1 - p0;                                        \
         int s = p0;                                                                          \
         do { /* at least once: an empty range writes zeros */                                \
             int s1 = p1 - s > sub ? s + sub : p1, i = t->lo;                                 \
