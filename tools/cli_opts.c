@@ -37,7 +37,7 @@ static const opt_def opts[] = {
     {"--no-ptt", NULL, "no trajectory truncation", O_FLAG_OFF, {F(c.ptt)}, NULL, 0},
     {"--prior", "lambda", "IA prior lambda/2 ||z - z_p||^2 (implies --ia)", O_DBL, {F(c.prior_lambda)}, NULL, 0},
     {"--prior-every", NULL, "apply the prior at every UL iteration, not only the first", O_FLAG_OFF, {F(c.prior_first_only)}, NULL, 0},
-    {"--graph-mb", "M", "keep the unrolled graph when it fits M MiB (faster); 0 = re-record each step", O_DBL, {F(c.graph_mb)}, NULL, 0},
+    {"--graph-mb", "M", "keep the unrolled graph when it fits M MiB (faster), else the forward pass's products over the data; 0 = re-record each step", O_DBL, {F(c.graph_mb)}, NULL, 0},
     {"--warm-start", NULL, "start each UL iteration's LL from the last y", O_FLAG_ON, {F(c.warm_start)}, NULL, 0},
     {"--s-l", "s", "LL step size (gd, bda, nesterov, momentum)", O_DBL, {F(c.gd.s_l), F(c.bda.s_l), F(c.nesterov.s_l), F(c.momentum.s_l)}, NULL, 1e-300},
     {"--s-u", "s", "UL step inside BDA steps", O_DBL, {F(c.bda.s_u)}, NULL, 0},
