@@ -223,9 +223,13 @@ typedef struct {
     int rows, cols;
     const uint8_t *codes; // [rows, cols]
     const double *table;  // [256]
+    const double *values; // optional [rows, cols]: the same entries as doubles, if the caller
+                          // keeps them (NULL: none); read by products off the thin kernel
 } ad_coded;
 // op(X) B for a coded constant X (X or X^T) and B [k, n]: the same values as ad_matmul with the
-// decoded X, read once per product from 1/8 of the memory. No gradient flows into X.
+// decoded X. On the thin kernel (at most 16 columns) it reads the codes, 1/8 of the memory, and
+// gives the same bits; off it, cblas on X->values (the same call as ad_matmul's), or on blocks
+// of decoded rows without them. No gradient flows into X.
 ad_var ad_matmul_coded(ad_tape *t, const ad_coded *X, ad_var B, int transX);
 // A symmetric matrix S given by the upper triangle of A [n, n] (the lower one is never read, as
 // in cblas_dsymv): S x, x [n] -> [n]; and the quadratic form 1/2 y^T S y -> scalar, whose

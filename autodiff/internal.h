@@ -254,8 +254,10 @@ static inline bool ad_shape_eq(ad_shape a, ad_shape b) {
     return a.rank == b.rank && a.rows == b.rows && a.cols == b.cols;
 }
 double ad_now(void); // monotonic seconds
-// n doubles of 64-byte-aligned workspace for the thin-product kernel, kept by the tape; NULL
-// (and no error recorded) if the memory cap or malloc refuses: the caller uses cblas instead.
-double *ad_thin_workspace(ad_tape *t, size_t n);
+// Whether C [m, n] = op(A) [m, k] op(B) goes to the thin-product kernel: its workspace (kept by
+// the tape, 64-byte aligned) and in *threads how many threads pay for it; NULL when it does not
+// (kernel off, more than AD_THIN_MAX_N columns, few rows, or no room under the memory cap: no
+// error recorded), and the caller uses cblas.
+double *ad_thin_plan(ad_tape *t, int ta, int m, int n, int k, int *threads);
 
 #endif

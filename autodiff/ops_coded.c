@@ -38,12 +38,18 @@ ad_var ad_matmul_coded(ad_tape *t, const ad_coded *X, ad_var B, int transX) {
 }
 
 // Off the thin kernel (more than AD_THIN_MAX_N columns, few rows, or products sent to cblas):
-// blocks of rows of X decoded into doubles and multiplied by cblas; with X transposed the
-// blocks' products are summed in block order.
+// one cblas call on X's doubles when the caller has them (X->values), which decoding could only
+// match; otherwise blocks of rows of X decoded into doubles and multiplied by cblas, with X
+// transposed the blocks' products summed in block order.
 enum { DECODE_ROWS = 256 };
-static ad_status coded_blocks(ad_tape *t, const ad_coded *X, int tx, const double *B, int n,
-                              double *C) {
+static ad_status off_kernel(ad_tape *t, const ad_coded *X, int tx, const double *B, int n,
+                            double *C) {
     int rows = X->rows, cols = X->cols;
+    if (X->values) {
+        cblas_dgemm(CblasRowMajor, tx ? CblasTrans : CblasNoTrans, CblasNoTrans, tx ? cols : rows,
+                    n, tx ? rows : cols, 1.0, X->values, cols, B, n, 0.0, C, n);
+        return AD_OK;
+    }
     double *buf = malloc(sizeof(double) * (size_t)DECODE_ROWS * (size_t)(cols ? cols : 1));
     if (!buf) {
         ad_fail(t, AD_ENOMEM, "matmul_coded: no memory to decode %d rows of %d", DECODE_ROWS, cols);
@@ -65,8 +71,6 @@ static ad_status coded_blocks(ad_tape *t, const ad_coded *X, int tx, const doubl
     return AD_OK;
 }
 
-// Below this much work (m n k) per thread an extra thread costs more than it saves (as matmul).
-enum { CODED_WORK_PER_THREAD = 1 << 22 };
 static ad_status fwd_matmul_coded(ad_tape *t, ad_node *n) {
     const ad_coded *X = n->ext;
     const ad_node *B = &t->nodes[n->a];
@@ -78,17 +82,13 @@ static ad_status fwd_matmul_coded(ad_tape *t, ad_node *n) {
     }
     double t0 = t->par.time_blas ? ad_now() : 0;
     ad_status st = AD_OK;
-    double *work = NULL;
-    if (t->thin_isa && n->cols <= AD_THIN_MAX_N && n->rows >= 32)
-        work = ad_thin_workspace(t, ad_thin_work_size(n->i0, n->rows, n->cols, k));
-    if (work) {
-        size_t work_per = (size_t)n->rows * n->cols * k / CODED_WORK_PER_THREAD;
-        int threads = work_per + 1 < (size_t)t->threads ? (int)work_per + 1 : t->threads;
+    int threads;
+    double *work = ad_thin_plan(t, n->i0, n->rows, n->cols, k, &threads);
+    if (work)
         ad_thin_matmul_coded((ad_thin_isa)t->thin_isa, threads, n->i0, n->rows, n->cols, k,
                              X->codes, X->table, X->cols, B->val, B->cols, n->val, work);
-    } else {
-        st = coded_blocks(t, X, n->i0, B->val, n->cols, n->val);
-    }
+    else
+        st = off_kernel(t, X, n->i0, B->val, n->cols, n->val);
     if (t->par.time_blas) t->blas_seconds += ad_now() - t0;
     return st;
 }

@@ -161,16 +161,6 @@ ad_var ad_matmul(ad_tape *t, ad_var A, ad_var B, int transA, int transB) {
     p->i1 = transB != 0;
     return ad_commit(t, p);
 }
-// The thin kernel takes C [m, n] = op(A) [m, k] op(B) [k, n] when n is small: it packs op(B)
-// and streams A once. Past the plain loop (SMALL_MATMUL) it beats cblas_dgemm at every size
-// measured, [64, 64] x [64, 10] (5 vs 8 us) to [5000, 784] x [784, 10] (`hypertape bench
-// autodiff`); m >= 32 keeps packing op(B) [k, n] cheap next to the product.
-static bool thin_fits(const ad_tape *t, int m, int n) {
-    return t->thin_isa && n <= AD_THIN_MAX_N && m >= 32;
-}
-// Below this much work (m n k) per thread an extra thread costs more than it saves: creating
-// and joining one takes 25-35 us here (more on a loaded host), 4 M multiply-adds ~150 us.
-enum { THIN_WORK_PER_THREAD = 1 << 22 };
 static ad_status fwd_matmul(ad_tape *t, ad_node *n) {
     const ad_node *A = &t->nodes[n->a], *B = &t->nodes[n->b];
     int k = n->i0 ? A->rows : A->cols;
@@ -192,19 +182,15 @@ static ad_status fwd_matmul(ad_tape *t, ad_node *n) {
         return AD_OK;
     }
     double t0 = t->par.time_blas ? ad_now() : 0;
-    if (thin_fits(t, n->rows, n->cols)) {
-        double *work = ad_thin_workspace(t, ad_thin_work_size(n->i0, n->rows, n->cols, k));
-        if (work) {
-            size_t work_per = (size_t)n->rows * n->cols * k / THIN_WORK_PER_THREAD;
-            int threads = work_per + 1 < (size_t)t->threads ? (int)work_per + 1 : t->threads;
-            ad_thin_matmul((ad_thin_isa)t->thin_isa, threads, n->i0, n->i1, n->rows, n->cols, k,
-                           A->val, A->cols, B->val, B->cols, n->val, work);
-            if (t->par.time_blas) t->blas_seconds += ad_now() - t0;
-            return AD_OK;
-        }
-    }
-    cblas_dgemm(CblasRowMajor, n->i0 ? CblasTrans : CblasNoTrans, n->i1 ? CblasTrans : CblasNoTrans,
-                n->rows, n->cols, k, 1.0, A->val, A->cols, B->val, B->cols, 0.0, n->val, n->cols);
+    int threads;
+    double *work = ad_thin_plan(t, n->i0, n->rows, n->cols, k, &threads);
+    if (work)
+        ad_thin_matmul((ad_thin_isa)t->thin_isa, threads, n->i0, n->i1, n->rows, n->cols, k,
+                       A->val, A->cols, B->val, B->cols, n->val, work);
+    else
+        cblas_dgemm(CblasRowMajor, n->i0 ? CblasTrans : CblasNoTrans,
+                    n->i1 ? CblasTrans : CblasNoTrans, n->rows, n->cols, k, 1.0, A->val, A->cols,
+                    B->val, B->cols, 0.0, n->val, n->cols);
     if (t->par.time_blas) t->blas_seconds += ad_now() - t0;
     return AD_OK;
 }

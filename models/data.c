@@ -134,9 +134,9 @@ static int load_pair(const char *dir, const char *prefix, mdl_idx *im, mdl_idx *
 static int convert(const mdl_idx *im, const mdl_idx *lb, const int32_t *idx, int n, mdl_dataset *out) {
     int d = im->dims[1] * im->dims[2];
     uint8_t *codes = malloc((size_t)n * d + 1);
-    double *table = malloc(256 * sizeof(double));
-    *out = (mdl_dataset){.n = n, .d = d, .classes = 10, .X = malloc((size_t)n * d * sizeof(double)),
-                         .y = malloc((size_t)n * sizeof(int32_t)), .Xc = {n, d, codes, table}};
+    double *table = malloc(256 * sizeof(double)), *X = malloc((size_t)n * d * sizeof(double) + 1);
+    *out = (mdl_dataset){.n = n, .d = d, .classes = 10, .X = X, .y = malloc((size_t)n * sizeof(int32_t)),
+                         .Xc = {n, d, codes, table, X}};
     if (!out->X || !out->y || !codes || !table) {
         mdl_dataset_free(out);
         return -1;

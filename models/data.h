@@ -32,7 +32,7 @@ void mdl_idx_free(mdl_idx *m);
 // An image-classification set: n images of d pixels scaled to [0, 1], labels in [0, classes).
 // The pixels are kept twice: as doubles, and as the file's bytes with the table of their
 // doubles (Xc, for ad_matmul_coded: the same values in 1/8 of the memory, which is what the
-// products that stream the data read).
+// thin kernel's products read; the wide ones read the doubles, Xc.values = X).
 typedef struct {
     int n, d, classes;
     double *X;       // [n, d]

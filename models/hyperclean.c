@@ -14,7 +14,7 @@
 // model = linear | mlp, hidden (50, GALET; AIT / BVFIM's "2-layer linear network" is hidden=300
 // act=none), act = relu | none | tanh (mlp only, relu by default), l2 (LL weight decay, 0),
 // prior = 0 | 1, pretrain (100), pretrain_lr (0.1), pixels = bytes | doubles (what the
-// products read: the same values, see data_times; bytes for linear, doubles for mlp).
+// products read: the same values, see data_times).
 // Starts: x0 = 0 (sigma = 1/2, [C] IAPTT-GM); y0 = 0 for linear; for mlp W ~ N(0, 1/fan_in) with
 // zero biases, seeded (zero is a saddle point of a two-layer model).
 // Prior (AIT_P, spec 7.2 "the LL model pretrained on D_tr"): with prior=1, make() runs `pretrain`
@@ -71,12 +71,10 @@ static ad_var part(ad_tape *t, ad_var y, int off, int rows, int cols) {
     return rows > 1 ? ad_reshape(t, s, ad_mat_shape(rows, cols)) : s;
 }
 
-// X [n, d] W [d, c]: with pixels=bytes from the pixels' bytes (ad_matmul_coded), 3.9 MB for
-// 5000 images, which stay in cache; with pixels=doubles from the 31 MB of doubles. The values
-// and, on the thin kernel (c <= 16: the linear model), the sums are the same. The MLP's first
-// layer (c = hidden, 50) is past the thin kernel: cblas on the doubles measured 15-30% faster
-// there than on decoded bytes (BVFIM, 2 UL iterations: 5.9-6.6 s against 7.4-7.9), so the MLP
-// reads doubles unless told.
+// X [n, d] W [d, c]: with pixels=bytes (the default) by ad_matmul_coded, whose thin kernel
+// (c <= 16: the linear model) reads the pixels' bytes, 3.9 MB for 5000 images, which stay in
+// cache, and whose wider products (the MLP's first layer) read the doubles (Xc.values); with
+// pixels=doubles by ad_matmul on the 31 MB of doubles. The same values and the same bits.
 static ad_var data_times(ad_tape *t, const hc_model *d, const mdl_dataset *set, ad_var W) {
     if (d->bytes) return ad_matmul_coded(t, &set->Xc, W, 0);
     return ad_matmul(t, ad_const_view(t, ad_mat_shape(set->n, d->d), set->X), W, 0, 0); // never copied
@@ -199,7 +197,7 @@ static int pretrain(mdl_model *m, const double *x0, double *y, int steps, double
 static int hc_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
     static const char *const keys[] = {"data", "n_train", "n_val", "n_test", "corrupt", "seed", "model",
                                        "hidden", "act", "l2", "prior", "pretrain", "pretrain_lr", "pixels", NULL};
-    const char *dir = MDL_FASHION_MNIST_DIR, *model = "linear", *act = NULL, *pixels = NULL;
+    const char *dir = MDL_FASHION_MNIST_DIR, *model = "linear", *act = NULL, *pixels = "bytes";
     mdl_hc_params hp = mdl_hc_default_params();
     int seed = 0, hidden = 50, prior = 0, steps = 100;
     double l2 = 0, lr = 0.1;
@@ -220,7 +218,6 @@ static int hc_make(mdl_model *m, int n_set, const char *const *set, char *err, s
     int mlp = !strcmp(model, "mlp");
     if (!mlp && strcmp(model, "linear"))
         return mdl_fail(err, errlen, "setting model=%s for problem hyperclean: must be linear or mlp", model);
-    if (!pixels) pixels = mlp ? "doubles" : "bytes";
     if (strcmp(pixels, "bytes") && strcmp(pixels, "doubles"))
         return mdl_fail(err, errlen, "setting pixels=%s for problem hyperclean: must be bytes or doubles", pixels);
     int a = ACT_RELU;
@@ -340,5 +337,5 @@ const mdl_entry mdl_hyperclean_entry = {
     "data hyper-cleaning: weights sigma(x_i) on 50%-corrupted FashionMNIST samples, linear or MLP LL",
     "AIT (TPAMI) 6.2.1, BVFIM (ICML 2021) 6.2, GALET (NeurIPS 2023) Table 3; means, spec 7",
     "data=" MDL_FASHION_MNIST_DIR " n_train=5000 n_val=5000 n_test=10000 corrupt=0.5 seed=0 "
-    "model=linear hidden=50 act=relu l2=0 prior=0 pretrain=100 pretrain_lr=0.1 pixels=bytes (doubles for mlp)",
+    "model=linear hidden=50 act=relu l2=0 prior=0 pretrain=100 pretrain_lr=0.1 pixels=bytes",
     hc_make, hc_defaults};

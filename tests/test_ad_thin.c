@@ -155,6 +155,54 @@ static void kernel_vs_blas(void) {
     }
 }
 
+// ---- a linear model: mean xent(X W + b) over X [700, 120], 10 classes ----
+
+enum { LIN_N = 700, LIN_D = 120, LIN_C = 10 };
+typedef struct {
+    const double *X;     // [N, D]: the caller's, or own
+    double *own, *W, *V; // own: X when drawn here; W and V [D, C]
+    int32_t *y;          // labels [N]
+} linear_case;
+
+// A seeded case on the caller's X [N, D], or (X NULL) on one drawn here.
+static linear_case linear_make(uint64_t seed, const double *X) {
+    ad_rng g;
+    ad_rng_seed(&g, seed);
+    linear_case c = {X, X ? NULL : rand_mat(&g, (size_t)LIN_N * LIN_D), NULL, NULL, NULL};
+    if (!X) c.X = c.own;
+    c.W = rand_mat(&g, LIN_D * LIN_C), c.V = rand_mat(&g, LIN_D * LIN_C);
+    c.y = malloc(sizeof(int32_t) * LIN_N);
+    for (int i = 0; i < LIN_N; i++) c.y[i] = (int32_t)(ad_rng_next(&g) % LIN_C);
+    return c;
+}
+static void linear_free(linear_case *c) { free(c->own), free(c->W), free(c->V), free(c->y); }
+
+// out[0] = the gradient in W, out[1] = the Hessian-vector product along V, on a fresh tape with
+// the thin kernel on or off; X read from the coded Xc when given, else through a view of c->X.
+static void linear_derivs(const linear_case *c, const ad_coded *Xc, int kernel,
+                          double out[2][LIN_D * LIN_C]) {
+    double b[LIN_C] = {0};
+    ad_tape *t = ad_tape_new(NULL);
+    ad_tape_thin_products(t, kernel);
+    ad_var W = ad_param(t, ad_mat_shape(LIN_D, LIN_C), c->W), bv = ad_param(t, ad_vec_shape(LIN_C), b);
+    ad_var Z = Xc ? ad_matmul_coded(t, Xc, W, 0)
+                  : ad_matmul(t, ad_const_view(t, ad_mat_shape(LIN_N, LIN_D), c->X), W, 0, 0);
+    ad_var loss = ad_mean(t, ad_xent(t, ad_add(t, Z, bv), c->y)), gr, h;
+    ad_grad(t, loss, 1, &W, &gr, 0);
+    ad_hvp(t, loss, W, ad_const_view(t, ad_mat_shape(LIN_D, LIN_C), c->V), &h, 0);
+    for (int q = 0; q < 2; q++) memcpy(out[q], ad_value(t, q ? h : gr), sizeof out[q]);
+    EXPECT(ad_tape_status(t) == AD_OK, "%s", ad_tape_error(t));
+    ad_tape_free(t);
+}
+
+// max |a - b| over n entries, and in *scale max |b|.
+static double max_diff(const double *a, const double *b, int n, double *scale) {
+    double worst = 0;
+    *scale = 0;
+    for (int i = 0; i < n; i++) worst = fmax(worst, fabs(a[i] - b[i])), *scale = fmax(*scale, fabs(b[i]));
+    return worst;
+}
+
 // ---- through the tape ----
 
 static void through_tape(void) {
@@ -187,44 +235,16 @@ static void through_tape(void) {
         free(A), free(B), free(R);
     }
     TEST_CASE("thin: a linear model's gradients are the same with the kernel on and off") {
-        // mean xent(X W + b) and its Hessian-vector product: X W, X^T G and their second-order
-        // counterparts, [700, 120] x [120, 10]
-        ad_rng g;
-        ad_rng_seed(&g, 45);
-        int n = 700, d = 120, c = 10;
-        double *X = rand_mat(&g, (size_t)n * d), *W = rand_mat(&g, (size_t)d * c);
-        double *V = rand_mat(&g, (size_t)d * c), b[10] = {0};
-        int32_t *y = malloc(sizeof(int32_t) * n);
-        for (int i = 0; i < n; i++) y[i] = (int32_t)(ad_rng_next(&g) % (uint64_t)c);
-        double *out[2][2];
-        for (int on = 0; on < 2; on++) {
-            ad_tape *t = ad_tape_new(NULL);
-            ad_tape_thin_products(t, on);
-            ad_var Wv = ad_param(t, ad_mat_shape(d, c), W), bv = ad_param(t, ad_vec_shape(c), b);
-            ad_var Xv = ad_const_view(t, ad_mat_shape(n, d), X);
-            ad_var loss = ad_mean(t, ad_xent(t, ad_add(t, ad_matmul(t, Xv, Wv, 0, 0), bv), y));
-            ad_var gr, h;
-            ad_grad(t, loss, 1, &Wv, &gr, 0);
-            ad_hvp(t, loss, Wv, ad_const_view(t, ad_mat_shape(d, c), V), &h, 0);
-            for (int q = 0; q < 2; q++) {
-                out[on][q] = malloc(sizeof(double) * d * c);
-                const double *v = ad_value(t, q ? h : gr);
-                if (v) memcpy(out[on][q], v, sizeof(double) * d * c);
-            }
-            EXPECT(ad_tape_status(t) == AD_OK, "%s", ad_tape_error(t));
-            ad_tape_free(t);
-        }
+        // X W, X^T G and their second-order counterparts, [700, 120] x [120, 10]
+        linear_case lc = linear_make(45, NULL);
+        double out[2][2][LIN_D * LIN_C];
+        for (int on = 0; on < 2; on++) linear_derivs(&lc, NULL, on, out[on]);
         for (int q = 0; q < 2; q++) {
-            double worst = 0, scale = 0;
-            for (int i = 0; i < d * c; i++) {
-                worst = fmax(worst, fabs(out[1][q][i] - out[0][q][i]));
-                scale = fmax(scale, fabs(out[0][q][i]));
-            }
+            double scale, worst = max_diff(out[1][q], out[0][q], LIN_D * LIN_C, &scale);
             EXPECT(worst <= 1e-13 * scale, "%s: max difference %g (largest entry %g)",
                    q ? "Hessian-vector product" : "gradient", worst, scale);
-            free(out[0][q]), free(out[1][q]);
         }
-        free(X), free(W), free(V), free(y);
+        linear_free(&lc);
     }
     TEST_CASE("thin: a memory cap with no room for the kernel's workspace falls back to cblas") {
         ad_rng g;
@@ -301,76 +321,62 @@ static void coded_products(void) {
             }
     }
     TEST_CASE("thin: ad_matmul_coded = ad_matmul on the decoded view: kernel (bits), cblas, wide") {
-        // n = 10 on the kernel (the same bits), with the kernel off and n = 20 (cblas on decoded
-        // blocks of rows: the same terms, summed in another order)
+        // n = 10 on the kernel: the same bits. Off it (kernel off, or n = 20): with the doubles
+        // given (X.values), the very cblas call ad_matmul makes, so the same bits too; without,
+        // cblas on decoded blocks of rows, the same terms summed in another order.
         ad_rng g;
         ad_rng_seed(&g, 48);
         int m = 700, k = 90;
         coded_mat c = coded_rand(&g, (size_t)m * k);
-        ad_coded X = {m, k, c.codes, c.table};
-        for (int n = 10; n <= 20; n += 10)
-            for (int on = 0; on < 2; on++)
-                for (int ta = 0; ta < 2; ta++) {
-                    int rows = ta ? k : m, kk = ta ? m : k;
-                    double *B = rand_mat(&g, (size_t)kk * n);
-                    ad_tape *t = ad_tape_new(NULL);
-                    ad_tape_thin_products(t, on);
-                    ad_var b = ad_const_view(t, ad_mat_shape(kk, n), B);
-                    const double *want = ad_value(t, ad_matmul(t, ad_const_view(t, ad_mat_shape(m, k), c.A), b, ta, 0));
-                    const double *got = ad_value(t, ad_matmul_coded(t, &X, b, ta));
-                    double e = rel_err(ta, 0, rows, n, kk, c.A, k, B, n, got, want);
-                    bool bits = on && n <= MAXN && ad_thin_best() == AD_THIN_AVX2;
-                    EXPECT(ad_tape_status(t) == AD_OK && (bits ? memcmp(got, want, sizeof(double) * rows * n) == 0 : e <= 1e-13),
-                           "n %d, kernel %s, X%s: error %g%s", n, on ? "on" : "off", ta ? "^T" : "", e,
-                           bits ? " (bits expected)" : "");
-                    ad_tape_free(t);
-                    free(B);
-                }
+        for (int vals = 0; vals < 2; vals++)
+            for (int n = 10; n <= 20; n += 10)
+                for (int on = 0; on < 2; on++)
+                    for (int ta = 0; ta < 2; ta++) {
+                        ad_coded X = {m, k, c.codes, c.table, vals ? c.A : NULL};
+                        int rows = ta ? k : m, kk = ta ? m : k;
+                        double *B = rand_mat(&g, (size_t)kk * n);
+                        ad_tape *t = ad_tape_new(NULL);
+                        ad_tape_thin_products(t, on);
+                        ad_var b = ad_const_view(t, ad_mat_shape(kk, n), B);
+                        ad_var A = ad_const_view(t, ad_mat_shape(m, k), c.A);
+                        const double *want = ad_value(t, ad_matmul(t, A, b, ta, 0));
+                        const double *got = ad_value(t, ad_matmul_coded(t, &X, b, ta));
+                        double e = rel_err(ta, 0, rows, n, kk, c.A, k, B, n, got, want);
+                        bool kern = on && n <= MAXN && ad_thin_best() == AD_THIN_AVX2;
+                        bool bits = kern || vals;
+                        EXPECT(ad_tape_status(t) == AD_OK &&
+                                   (bits ? !memcmp(got, want, sizeof(double) * rows * n) : e <= 1e-13),
+                               "values %s, n %d, kernel %s, X%s: error %g%s", vals ? "given" : "none",
+                               n, on ? "on" : "off", ta ? "^T" : "", e, bits ? " (bits expected)" : "");
+                        ad_tape_free(t);
+                        free(B);
+                    }
         coded_free(&c);
     }
     TEST_CASE("thin: a linear model on coded data: gradient and HVP as on the decoded view") {
+        coded_mat cm;
         ad_rng g;
         ad_rng_seed(&g, 49);
-        int n = 700, d = 120, cl = 10;
-        coded_mat c = coded_rand(&g, (size_t)n * d);
-        ad_coded X = {n, d, c.codes, c.table};
-        double *W = rand_mat(&g, (size_t)d * cl), *V = rand_mat(&g, (size_t)d * cl);
-        int32_t *y = malloc(sizeof(int32_t) * n);
-        for (int i = 0; i < n; i++) y[i] = (int32_t)(ad_rng_next(&g) % (uint64_t)cl);
-        double *out[2][2];
-        for (int coded = 0; coded < 2; coded++) {
-            ad_tape *t = ad_tape_new(NULL);
-            ad_var Wv = ad_param(t, ad_mat_shape(d, cl), W);
-            ad_var Z = coded ? ad_matmul_coded(t, &X, Wv, 0)
-                             : ad_matmul(t, ad_const_view(t, ad_mat_shape(n, d), c.A), Wv, 0, 0);
-            ad_var loss = ad_mean(t, ad_xent(t, Z, y)), gr, h;
-            ad_grad(t, loss, 1, &Wv, &gr, 0);
-            ad_hvp(t, loss, Wv, ad_const_view(t, ad_mat_shape(d, cl), V), &h, 0);
-            for (int q = 0; q < 2; q++) {
-                out[coded][q] = malloc(sizeof(double) * d * cl);
-                memcpy(out[coded][q], ad_value(t, q ? h : gr), sizeof(double) * d * cl);
-            }
-            EXPECT(ad_tape_status(t) == AD_OK, "%s", ad_tape_error(t));
-            ad_tape_free(t);
-        }
+        cm = coded_rand(&g, (size_t)LIN_N * LIN_D);
+        ad_coded X = {LIN_N, LIN_D, cm.codes, cm.table, NULL};
+        linear_case lc = linear_make(50, cm.A);
+        double out[2][2][LIN_D * LIN_C];
+        linear_derivs(&lc, NULL, 1, out[0]);
+        linear_derivs(&lc, &X, 1, out[1]);
         bool bits = ad_thin_best() == AD_THIN_AVX2;
         for (int q = 0; q < 2; q++) {
-            double worst = 0, scale = 0;
-            for (int i = 0; i < d * cl; i++) {
-                worst = fmax(worst, fabs(out[1][q][i] - out[0][q][i]));
-                scale = fmax(scale, fabs(out[0][q][i]));
-            }
+            double scale, worst = max_diff(out[1][q], out[0][q], LIN_D * LIN_C, &scale);
             EXPECT(bits ? worst == 0 : worst <= 1e-13 * scale, "%s: max difference %g (largest %g)",
                    q ? "Hessian-vector product" : "gradient", worst, scale);
-            free(out[0][q]), free(out[1][q]);
         }
-        coded_free(&c);
-        free(W), free(V), free(y);
+        linear_free(&lc);
+        coded_free(&cm);
     }
     TEST_CASE("thin: ad_matmul_coded's errors: no matrix, no table, negative size, shapes") {
         uint8_t codes[6] = {0};
         double table[256] = {0}, B[6] = {0};
-        ad_coded good = {2, 3, codes, table}, bad[3] = {{2, 3, codes, NULL}, {2, -3, codes, table}, {2, 3, NULL, table}};
+        ad_coded good = {2, 3, codes, table, NULL};
+        ad_coded bad[3] = {{2, 3, codes, NULL, NULL}, {2, -3, codes, table, NULL}, {2, 3, NULL, table, NULL}};
         const char *want[3] = {"no codes or no table", "negative size", "no codes or no table"};
         for (int i = 0; i < 4; i++) {
             ad_tape *t = ad_tape_new(NULL);

@@ -132,7 +132,7 @@ static void gradient_cases(void) {
     small[4] = "pixels=doubles"; // the products on the doubles instead of the bytes
     check_model("linear pixels=doubles (synthetic)", 5, small, 1);
     const char *mlp[] = {hc_data_set, "n_train=20", "n_val=10", "n_test=10", "model=mlp", "hidden=5", NULL};
-    const char *acts[] = {"act=relu", "act=tanh", "act=none", "pixels=bytes"}; // the last: relu
+    const char *acts[] = {"act=relu", "act=tanh", "act=none", "pixels=doubles"}; // the last: relu
     for (int a = 0; a < 4; a++) {
         char label[64];
         snprintf(label, sizeof label, "mlp %s (synthetic)", acts[a]);
