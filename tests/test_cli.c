@@ -70,6 +70,8 @@ void test_cli(void) {
         {"gradcheck nonconvex --method bome", "not the gradient of an objective"},
         {"run hyperclean --method rhg --set data=/nonexistent", "/nonexistent"},
         {"bench --frob", "unknown argument '--frob'"},
+        {"bench reference --torch", "--torch needs a file"},
+        {"bench reference --torch /nonexistent", "/nonexistent: cannot open"},
         {"list nosuch", "unknown problem 'nosuch'"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -80,6 +82,27 @@ void test_cli(void) {
             EXPECT(r.status == 2, "status %d", r.status);
             EXPECT(strstr(r.err, bad[i].says) != NULL, "stderr lacks '%s': %s", bad[i].says, r.err);
             EXPECT(lines(r.err) == 1 || i == 0, "%d lines on stderr: %s", lines(r.err), r.err);
+        }
+    }
+    TEST_CASE("cli: bench --torch refuses a times file with a bad line or a missing case") {
+        // what tools/bench_torch.py --out writes: one "case value" line per reference case
+        const char *bodies[3] = {"quad10_ms 18\nquad1000_ms 60\nhc_rhg_s 3\n",
+                                 "quad10_ms 18\nquad1000_ms -1\n", "quad10_ms 18\nhc_gd_s 3\n"};
+        const char *says[3] = {"no time for case 'hc_cg_s'", ":2: expected a name and a positive time",
+                               ":2: unknown case 'hc_gd_s'"};
+        for (int k = 0; k < 3; k++) {
+            char path[] = "/tmp/hypertape-torch-XXXXXX", args[96];
+            int fd = mkstemp(path);
+            FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
+            EXPECT(f != NULL, "cannot make a temporary file");
+            if (!f) break;
+            fputs(bodies[k], f);
+            fclose(f);
+            snprintf(args, sizeof args, "bench reference --torch %s", path);
+            result r = run(args);
+            remove(path);
+            EXPECT(r.status == 2 && strstr(r.err, says[k]) && lines(r.err) == 1,
+                   "case %d: status %d: %s", k, r.status, r.err);
         }
     }
     TEST_CASE("cli: list and --help work") {

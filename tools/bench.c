@@ -1,7 +1,11 @@
-// Timing helpers for the benchmarks.
+// Timing helpers for the benchmarks, and the PyTorch reference times they compare against.
 #include "bench.h"
 
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 double bench_now(void) {
@@ -18,4 +22,51 @@ static int cmp_double(const void *a, const void *b) {
 double bench_median(double *x, int n) {
     qsort(x, (size_t)n, sizeof *x, cmp_double);
     return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
+
+const char *const bench_torch_keys[TORCH_CASES] = {"quad10_ms", "quad1000_ms", "hc_rhg_s", "hc_cg_s"};
+
+bench_opts bench_default_opts(void) {
+    // PyTorch 1.13, float64, on the 2-core machine (AVX-512, torch 1 thread, OpenBLAS 2)
+    return (bench_opts){.torch = {5.7, 36.7, 1.2, 0.64}};
+}
+
+int bench_torch_read(const char *path, bench_opts *o, char *err, size_t errlen) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    double v[TORCH_CASES];
+    int seen[TORCH_CASES] = {0}, line = 0, rc = 0;
+    char buf[256], key[64];
+    while (!rc && fgets(buf, sizeof buf, f)) {
+        line++;
+        double x;
+        char extra;
+        if (sscanf(buf, "%63s %lf %c", key, &x, &extra) != 2 || !(x > 0) || !isfinite(x)) {
+            snprintf(err, errlen, "%s:%d: expected a name and a positive time", path, line);
+            rc = -1;
+            break;
+        }
+        int k = 0;
+        while (k < TORCH_CASES && strcmp(key, bench_torch_keys[k])) k++;
+        if (k == TORCH_CASES) {
+            snprintf(err, errlen, "%s:%d: unknown case '%s'", path, line, key);
+            rc = -1;
+        } else {
+            v[k] = x, seen[k] = 1;
+        }
+    }
+    fclose(f);
+    for (int k = 0; !rc && k < TORCH_CASES; k++)
+        if (!seen[k]) {
+            snprintf(err, errlen, "%s: no time for case '%s'", path, bench_torch_keys[k]);
+            rc = -1;
+        }
+    if (!rc) {
+        memcpy(o->torch, v, sizeof v);
+        o->torch_here = 1;
+    }
+    return rc;
 }

@@ -2,9 +2,27 @@
 #ifndef HYPERTAPE_BENCH_H
 #define HYPERTAPE_BENCH_H
 
+#include <stddef.h>
+
+// The PyTorch reference cases: (a) RHG on the quadratic with n = 10 and n = 1000 (ms),
+// (d) one UL iteration of hyper-cleaning with RHG and with CG (s).
+enum { TORCH_QUAD10, TORCH_QUAD1000, TORCH_HC_RHG, TORCH_HC_CG, TORCH_CASES };
+extern const char *const bench_torch_keys[TORCH_CASES];
+
 typedef struct {
-    int quick; // fewer repeats (for the README's first command and CI)
+    int quick;          // fewer repeats (for the README's first command and CI)
+    int reference_only; // bilevel: only the cases with a PyTorch reference, (a) and (d)
+    // PyTorch's times for those cases: the reference machine's, or (torch_here) the ones
+    // tools/bench_torch.py measured on this machine (--torch FILE)
+    double torch[TORCH_CASES];
+    int torch_here;
 } bench_opts;
+
+// Options with the reference times.
+bench_opts bench_default_opts(void);
+// Reads the times tools/bench_torch.py --out wrote into o (one "key value" line per case, every
+// case present); on failure returns -1 with one line in err naming the file and what is wrong.
+int bench_torch_read(const char *path, bench_opts *o, char *err, size_t errlen);
 
 double bench_now(void);                  // monotonic seconds
 double bench_median(double *x, int n);   // sorts x

@@ -13,8 +13,16 @@ static const char *usage_text =
     "  run PROBLEM --method M [options]       solve the problem with one method\n"
     "  compare PROBLEM --methods a,b,c [options] [--plot FILE.png]   convergence of several methods\n"
     "  gradcheck PROBLEM --method M [--json]  hypergradient vs central differences at the start\n"
-    "  bench [autodiff|bilevel|all] [--quick] timing benchmarks\n"
+    "  bench [autodiff|bilevel|reference|all] [--quick] [--torch FILE]   timing benchmarks\n"
     "Each command takes --help.\n";
+
+static const char *bench_usage =
+    "usage: hypertape bench [autodiff|bilevel|reference|all] [--quick] [--torch FILE]\n"
+    "  autodiff, bilevel     the engine's and the hypergradients' benchmarks (all: both)\n"
+    "  reference             only the cases the issue gives PyTorch times for (bilevel (a), (d))\n"
+    "  --quick               fewer repeats\n"
+    "  --torch FILE          compare with PyTorch's times measured on this machine, as written by\n"
+    "                        tools/bench_torch.py --out FILE (default: the issue's reference machine)\n";
 
 static void run_help(const char *cmd) {
     printf("usage: hypertape %s PROBLEM %s [options]\n", cmd,
@@ -72,21 +80,34 @@ static int cmd_list(int argc, char **argv) {
 }
 
 static int cmd_bench(int argc, char **argv) {
-    bench_opts o = {0};
-    const char *what = "all";
+    bench_opts o = bench_default_opts();
+    const char *what = "all", *torch = NULL;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) o.quick = 1;
         else if (!strcmp(argv[i], "--help")) {
-            printf("usage: hypertape bench [autodiff|bilevel|all] [--quick]\n");
+            printf("%s", bench_usage);
             return 0;
-        } else if (!strcmp(argv[i], "autodiff") || !strcmp(argv[i], "bilevel") || !strcmp(argv[i], "all")) {
+        } else if (!strcmp(argv[i], "--torch") || !strncmp(argv[i], "--torch=", 8)) {
+            torch = argv[i][7] == '=' ? argv[i] + 8 : i + 1 < argc ? argv[++i] : NULL;
+            if (!torch || !*torch) {
+                fprintf(stderr, "hypertape bench: --torch needs a file (from tools/bench_torch.py --out)\n");
+                return 2;
+            }
+        } else if (!strcmp(argv[i], "autodiff") || !strcmp(argv[i], "bilevel") ||
+                   !strcmp(argv[i], "reference") || !strcmp(argv[i], "all")) {
             what = argv[i];
         } else {
             fprintf(stderr, "hypertape bench: unknown argument '%s'\n", argv[i]);
             return 2;
         }
     }
-    if (strcmp(what, "bilevel")) bench_autodiff(&o);
+    char err[512];
+    if (torch && bench_torch_read(torch, &o, err, sizeof err)) {
+        fprintf(stderr, "hypertape bench: --torch %s\n", err);
+        return 2;
+    }
+    o.reference_only = !strcmp(what, "reference");
+    if (!strcmp(what, "all") || !strcmp(what, "autodiff")) bench_autodiff(&o);
     if (strcmp(what, "autodiff")) bench_bilevel(&o);
     return 0;
 }
