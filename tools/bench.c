@@ -44,6 +44,7 @@ int bench_torch_read(const char *path, bench_opts *o, char *err, size_t errlen) 
         line++;
         double x;
         char extra;
+        if (sscanf(buf, " %c", &extra) != 1) continue; // a blank line
         if (sscanf(buf, "%63s %lf %c", key, &x, &extra) != 2 || !(x > 0) || !isfinite(x)) {
             snprintf(err, errlen, "%s:%d: expected a name and a positive time", path, line);
             rc = -1;

@@ -2,7 +2,9 @@
 # hypertape against PyTorch on this machine: the reference cases (RHG on the quadratic
 # with n = 10 and 1000, one UL iteration of hyper-cleaning with RHG and CG), PyTorch's times
 # measured by tools/bench_torch.py right before each `hypertape bench reference` run, for
-# ROUNDS rounds, so both see the same load on a shared machine; each round prints the ratios.
+# ROUNDS rounds, so both see the same load on a shared machine; each round prints the ratios,
+# and with them the like-for-like lines: f from general products (4 passes per step, as PyTorch's
+# autograd makes) and hyper-cleaning on doubles with every product on cblas (as torch.matmul).
 # Needs PyTorch 1.13 from Debian's packages (apt-get install python3-torch) and a build in
 # build/. Usage: tools/bench_vs_torch.sh [ROUNDS (3)] [--quick]
 set -eu
@@ -20,6 +22,7 @@ r=1
 while [ "$r" -le "$rounds" ]; do
     echo "== round $r of $rounds"
     /usr/bin/python3 tools/bench_torch.py $quick --out "$times"
-    build/tools/hypertape bench reference $quick --torch "$times" | grep -E '^\((a|d)\)'
+    build/tools/hypertape bench reference $quick --torch "$times" |
+        grep -E '^\((a|d)\)|general products|all on cblas'
     r=$((r + 1))
 done
