@@ -205,13 +205,30 @@ static double max_diff(const double *a, const double *b, int n, double *scale) {
 
 // ---- through the tape ----
 
+// A [640, 90] and B [90, 10] (stored for op(A) op(B) either way), and the error of a product C
+// against the reference loop's: the shape the tape hands to the kernel.
+enum { TT_M = 640, TT_K = 90, TT_N = 10 };
+typedef struct {
+    double *A, *B, *R; // R: the reference product [m, n]
+} tape_case;
+static tape_case tape_case_make(uint64_t seed) {
+    ad_rng g;
+    ad_rng_seed(&g, seed);
+    tape_case c = {rand_mat(&g, (size_t)TT_M * TT_K), rand_mat(&g, (size_t)TT_K * TT_N),
+                   malloc(sizeof(double) * TT_M * TT_N)};
+    return c;
+}
+static double tape_case_err(const tape_case *c, int ta, int tb, const double *C) {
+    int lda = ta ? TT_M : TT_K, ldb = tb ? TT_K : TT_N;
+    ad_thin_matmul_naive(ta, tb, TT_M, TT_N, TT_K, c->A, lda, c->B, ldb, c->R);
+    return C ? rel_err(ta, tb, TT_M, TT_N, TT_K, c->A, lda, c->B, ldb, C, c->R) : 1;
+}
+static void tape_case_free(tape_case *c) { free(c->A), free(c->B), free(c->R); }
+
 static void through_tape(void) {
     TEST_CASE("thin: ad_matmul's forward uses the kernel on [640, 90] x [90, 10], all transposes") {
-        ad_rng g;
-        ad_rng_seed(&g, 44);
-        int m = 640, k = 90, n = 10;
-        double *A = rand_mat(&g, (size_t)m * k), *B = rand_mat(&g, (size_t)k * n);
-        double *R = malloc(sizeof(double) * m * n);
+        tape_case tc = tape_case_make(44);
+        int m = TT_M, k = TT_K, n = TT_N;
         ad_tape_params p = ad_tape_default_params();
         p.time_blas = 1;
         p.threads = 2;
@@ -219,20 +236,19 @@ static void through_tape(void) {
         char buf[64];
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++) {
-                ad_var a = ad_const_view(t, ta ? ad_mat_shape(k, m) : ad_mat_shape(m, k), A);
-                ad_var b = ad_const_view(t, tb ? ad_mat_shape(n, k) : ad_mat_shape(k, n), B);
+                ad_var a = ad_const_view(t, ta ? ad_mat_shape(k, m) : ad_mat_shape(m, k), tc.A);
+                ad_var b = ad_const_view(t, tb ? ad_mat_shape(n, k) : ad_mat_shape(k, n), tc.B);
                 double s0 = ad_tape_blas_seconds(t);
                 const double *c = ad_value(t, ad_matmul(t, a, b, ta, tb));
                 EXPECT(c && ad_tape_blas_seconds(t) > s0, "A%s B%s: no product timed",
                        ta ? "^T" : "", tb ? "^T" : "");
-                ad_thin_matmul_naive(ta, tb, m, n, k, A, ta ? m : k, B, tb ? k : n, R);
-                double e = c ? rel_err(ta, tb, m, n, k, A, ta ? m : k, B, tb ? k : n, c, R) : 1;
+                double e = tape_case_err(&tc, ta, tb, c);
                 EXPECT(e <= 1e-13, "A%s B%s: error %g (%s)", ta ? "^T" : "", tb ? "^T" : "", e,
                        ad_tape_product_kernel(t, buf));
             }
         EXPECT(ad_tape_status(t) == AD_OK, "%s", ad_tape_error(t));
         ad_tape_free(t);
-        free(A), free(B), free(R);
+        tape_case_free(&tc);
     }
     TEST_CASE("thin: a linear model's gradients are the same with the kernel on and off") {
         // X W, X^T G and their second-order counterparts, [700, 120] x [120, 10]
@@ -247,25 +263,20 @@ static void through_tape(void) {
         linear_free(&lc);
     }
     TEST_CASE("thin: a memory cap with no room for the kernel's workspace falls back to cblas") {
-        ad_rng g;
-        ad_rng_seed(&g, 46);
-        int m = 640, k = 90, n = 10;
-        double *A = rand_mat(&g, (size_t)m * k), *B = rand_mat(&g, (size_t)k * n);
-        double *R = malloc(sizeof(double) * m * n);
+        tape_case tc = tape_case_make(46);
         ad_tape_params p = ad_tape_default_params();
         ad_tape *t = ad_tape_new(&p);
         p.max_bytes = ad_tape_bytes(t) + p.chunk_bytes + 1024; // nodes and one chunk of values
         ad_tape_free(t);
         t = ad_tape_new(&p);
-        ad_var a = ad_const_view(t, ad_mat_shape(m, k), A), b = ad_const_view(t, ad_mat_shape(k, n), B);
-        const double *c = ad_value(t, ad_matmul(t, a, b, 0, 0));
-        ad_thin_matmul_naive(0, 0, m, n, k, A, k, B, n, R);
-        double e = c ? rel_err(0, 0, m, n, k, A, k, B, n, c, R) : 1;
+        ad_var a = ad_const_view(t, ad_mat_shape(TT_M, TT_K), tc.A);
+        ad_var b = ad_const_view(t, ad_mat_shape(TT_K, TT_N), tc.B);
+        double e = tape_case_err(&tc, 0, 0, ad_value(t, ad_matmul(t, a, b, 0, 0)));
         EXPECT(ad_tape_status(t) == AD_OK && e <= 1e-13, "%s; error %g", ad_tape_error(t), e);
         EXPECT(ad_tape_peak_bytes(t) <= p.max_bytes, "peak %zu over the cap %zu",
                ad_tape_peak_bytes(t), p.max_bytes);
         ad_tape_free(t);
-        free(A), free(B), free(R);
+        tape_case_free(&tc);
     }
     TEST_CASE("thin: the tape names the product kernel; off means cblas") {
         ad_tape_params p = ad_tape_default_params();

@@ -48,16 +48,12 @@ int bench_torch_read(const char *path, bench_opts *o, char *err, size_t errlen) 
         if (sscanf(buf, "%63s %lf %c", key, &x, &extra) != 2 || !(x > 0) || !isfinite(x)) {
             snprintf(err, errlen, "%s:%d: expected a name and a positive time", path, line);
             rc = -1;
-            break;
+            continue; // ends the loop
         }
         int k = 0;
         while (k < TORCH_CASES && strcmp(key, bench_torch_keys[k])) k++;
-        if (k == TORCH_CASES) {
-            snprintf(err, errlen, "%s:%d: unknown case '%s'", path, line, key);
-            rc = -1;
-        } else {
-            v[k] = x, seen[k] = 1;
-        }
+        if (k < TORCH_CASES) v[k] = x, seen[k] = 1;
+        else rc = -1, snprintf(err, errlen, "%s:%d: unknown case '%s'", path, line, key);
     }
     fclose(f);
     for (int k = 0; !rc && k < TORCH_CASES; k++)
