@@ -1,7 +1,7 @@
 // hypertape bilevel layer: the problem min_x F(x, y) s.t. y in argmin_y f(x, y), lower-level (LL)
 // dynamics as step maps on an LL state, and hypergradients by reverse mode through the unrolled
 // LL trajectory (RHG, truncated T-RHG, pessimistic trajectory truncation PTT, initialization
-// auxiliary IA with an optional prior).
+// auxiliary IA with an optional prior), with the value each hypergradient differentiates.
 //
 // Everything differentiable is a tape expression (ad.h): F and f are callbacks that record
 // scalars on a tape, a step map records state_{k+1} = Phi_k(x, state_k), and every derivative
@@ -11,6 +11,9 @@
 // states as doubles [(K+1) * S] and rewinds the tape after each step; the sweep re-records one
 // step at a time at the stored state. Peak memory is O(K S) doubles plus one step's graph.
 //
+// Settings are data: every built-in dynamics (and every method, methods.h) describes its
+// parameters in a table of blo_setting rows, from which programs build their options and reports.
+//
 // Errors never abort: every entry point returns a blo_status and, when given a blo_error, a
 // message saying what was wrong (an argument, a callback's output, or the tape's own error).
 #ifndef HYPERTAPE_BLO_H
@@ -18,18 +21,94 @@
 
 #include "ad.h"
 
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum {
     BLO_OK = 0,
     BLO_EARG,      // a bad argument: a size, a step size, K, a missing pointer, a box with lo > hi
     BLO_ECALLBACK, // a callback returned AD_NONE or a tensor of the wrong shape
     BLO_ETAPE,     // the tape recorded an error (domain, NaN/Inf check, shape inside a callback)
     BLO_ENOMEM,    // an allocation or the tape's memory cap failed
+    BLO_EIO,       // a file could not be read or written (a solver's state)
+    BLO_STOPPED,   // a run was stopped by its record callback (not an error: it can go on)
 } blo_status;
 
 typedef struct {
     blo_status status;
     char msg[320];
 } blo_error;
+
+const char *blo_status_name(blo_status s);
+
+// ---- settings as data ---------------------------------------------------------------------------
+// A table of blo_setting rows (ended by a row whose name is NULL) describes a params struct:
+// each row names one field, its type, its bounds and its help. Programs parse NAME=VALUE, print
+// help and report values from the tables; nothing about a setting is written twice.
+
+typedef enum {
+    BLO_SET_INT,    // int; bounds [lo, hi]
+    BLO_SET_DOUBLE, // double, finite; bounds [lo, hi] (open with BLO_SET_LO_OPEN / _HI_OPEN)
+    BLO_SET_BOOL,   // int 0 / 1; "1", "0", "true", "false", "yes", "no", "on", "off"
+    BLO_SET_CHOICE, // int: the index of the word in choices
+    BLO_SET_STRING, // char [size] (a path, say)
+} blo_setting_type;
+
+enum {
+    BLO_SET_LO_OPEN = 1, // the lower bound is excluded (a step size > 0)
+    BLO_SET_HI_OPEN = 2, // the upper bound is excluded (a momentum < 1)
+    BLO_SET_LENGTH = 4,  // the run's length: may differ between a saved run and its resumption
+};
+
+typedef struct {
+    const char *name;    // the key in NAME=VALUE and in reports; programs make --name-with-dashes
+    blo_setting_type type;
+    size_t offset;       // of the field in the params struct
+    double lo, hi;       // INT, DOUBLE: accepted range
+    unsigned flags;
+    const char *const *choices; // CHOICE: the words, NULL-terminated
+    size_t size;         // STRING: bytes of the char array (with its terminating 0)
+    const char *arg;     // the value's name in help ("K", "s")
+    const char *help;
+} blo_setting;
+
+// Table rows: BLO_ROW_DBL(params type, field, "name", lo, hi, flags, "arg", "help"), ...; a
+// table ends with BLO_ROW_END.
+#define BLO_ROW_INT(T, f, name, lo, hi, arg, help) \
+    {name, BLO_SET_INT, offsetof(T, f), lo, hi, 0, NULL, 0, arg, help}
+#define BLO_ROW_DBL(T, f, name, lo, hi, flags, arg, help) \
+    {name, BLO_SET_DOUBLE, offsetof(T, f), lo, hi, flags, NULL, 0, arg, help}
+#define BLO_ROW_BOOL(T, f, name, help) {name, BLO_SET_BOOL, offsetof(T, f), 0, 1, 0, NULL, 0, NULL, help}
+#define BLO_ROW_CHOICE(T, f, name, words, arg, help) \
+    {name, BLO_SET_CHOICE, offsetof(T, f), 0, 0, 0, words, 0, arg, help}
+#define BLO_ROW_STRING(T, f, name, arg, help) \
+    {name, BLO_SET_STRING, offsetof(T, f), 0, 0, 0, NULL, sizeof(((T *)0)->f), arg, help}
+#define BLO_ROW_END {NULL, BLO_SET_INT, 0, 0, 0, 0, NULL, 0, NULL, NULL}
+
+// The row named name in table, or NULL.
+const blo_setting *blo_setting_find(const blo_setting *table, const char *name);
+// Parses value into the row's field of params; on a bad value returns BLO_EARG with a message
+// naming the setting, what was given and what is accepted ("s_l: bad value '-1' (a number > 0)").
+blo_status blo_setting_parse(const blo_setting *row, void *params, const char *value, blo_error *err);
+// The field's value as text that blo_setting_parse reads back to the same bits (the shortest
+// such for doubles, the word for choices, 1 / 0 for flags). Returns buf.
+const char *blo_setting_format(const blo_setting *row, const void *params, char *buf, size_t n);
+// BLO_OK if every field of params is within its row's bounds; else BLO_EARG naming owner and the
+// setting (for params filled in directly rather than parsed).
+blo_status blo_settings_check(const blo_setting *table, const void *params, const char *owner,
+                              blo_error *err);
+// Calls fn(name, value, ctx) on each NAME=VALUE word of s (separated by spaces), stopping at the
+// first error; a word without '=' is an error. The one parser of settings strings.
+blo_status blo_assignments_each(const char *s, blo_status (*fn)(const char *name, const char *value,
+                                                                  void *ctx, blo_error *err),
+                                 void *ctx, blo_error *err);
+// Applies "NAME=VALUE NAME=VALUE ..." (words separated by spaces) to params. An unknown name is an
+// error naming it unless skip_unknown; the first error stops.
+blo_status blo_settings_apply(const blo_setting *table, void *params, const char *assignments,
+                              int skip_unknown, blo_error *err);
 
 // ---- the problem --------------------------------------------------------------------------------
 
@@ -82,7 +161,8 @@ typedef struct {
     double s_l;
 } blo_gd_params;
 
-// Which weights the aggregated step uses at 0-based step k (spec section 2.3, reading 5/6).
+// Which weights the aggregated step uses at 0-based step k (the README's readings of BDA Eq. 10
+// and AIT Eq. 7).
 typedef enum {
     BLO_BDA_ICML,  // BDA Eq. 10: a_k = c/(k+1), b_k = 1 - a_k (c = 0.5 or 0.9)
     BLO_BDA_AIT,   // AIT Eq. 7:  a_k = mu/(k+1), b_k = (1 - mu) beta
@@ -92,13 +172,13 @@ typedef enum {
 // BDA aggregation: y <- Proj_Y(y - (a_k s_u grad_y F + b_k s_l grad_y f)). State y.
 typedef struct {
     double s_u, s_l;
-    blo_bda_weights weights;
+    int weights; // a blo_bda_weights
     double c;    // ICML / FIXED
     double mu;   // AIT, in (0, 1)
     double beta; // AIT, beta_k = beta constant (> 0)
 } blo_bda_params;
 
-// Nesterov / FISTA (AIT Eq. 9, spec reading 4), state (y_k, y_{k-1}) [2 n_y]:
+// Nesterov / FISTA (AIT Eq. 9), state (y_k, y_{k-1}) [2 n_y]:
 //   u_k = y_k + m_k (y_k - y_{k-1}),  m_0 = 0, m_k = (t_{k-1} - 1)/t_k,  t_0 = 1,
 //   t_{k+1} = (1 + sqrt(1 + 4 t_k^2))/2,  y_{k+1} = Proj_Y(u_k - s_l grad_y f(x, u_k)).
 typedef struct {
@@ -112,8 +192,8 @@ typedef struct {
     double beta; // in [0, 1)
 } blo_momentum_params;
 
-// The accelerated scheme for non-convex LL (AIT Eq. 10, Ghadimi-Lan indexing j = k + 1, spec
-// reading 3), state (y, u, v) [3 n_y], u_0 = v_0 = y_0:
+// The accelerated scheme for non-convex LL (AIT Eq. 10 with Ghadimi and Lan's indexing j = k + 1),
+// state (y, u, v) [3 n_y], u_0 = v_0 = y_0:
 //   y_{k+1} = (1 - a_j) u_k + a_j v_k,                     a_j = 2 / (j + 1)
 //   u_{k+1} = Proj_Y(y_{k+1} - b grad_y f(x, y_{k+1})),     b = 1 / (2 L_f)
 //   v_{k+1} = Proj_Y(v_k - l_j grad_y f(x, y_{k+1})),       l_j = j b / 2
@@ -121,19 +201,23 @@ typedef struct {
     double L_f; // Lipschitz constant of grad_y f (> 0)
 } blo_accel_params;
 
+enum { BLO_DYN_PARAMS_MAX = 128 }; // bytes of parameters a dynamics carries by value
+
 struct blo_dynamics {
     const char *name;
     int state_size;      // S
     blo_init_fn init;    // NULL: state_0 = y0 (needs S = n_y)
     blo_step_fn step;
-    blo_read_fn read_y;  // NULL: y = state[0 : n_y]
+    blo_read_fn read_y;  // NULL: y = state[0 : n_y] (S >= n_y)
     blo_dyn_check_fn check;
+    double ll_step;      // the LL step size, for methods that borrow it (Neumann's eta); 0 = none
     union {
         blo_gd_params gd;
         blo_bda_params bda;
         blo_nesterov_params nesterov;
         blo_momentum_params momentum;
         blo_accel_params accel;
+        double bytes_[BLO_DYN_PARAMS_MAX / sizeof(double)]; // a registered type's own params
     } par;
     void *user; // for user-written step maps
 };
@@ -149,6 +233,23 @@ blo_dynamics blo_dynamics_bda(int n_y, blo_bda_params par);
 blo_dynamics blo_dynamics_nesterov(int n_y, blo_nesterov_params par);
 blo_dynamics blo_dynamics_momentum(int n_y, blo_momentum_params par);
 blo_dynamics blo_dynamics_accel(int n_y, blo_accel_params par);
+
+// A kind of dynamics as data: its name, its parameters (a struct of params_size bytes, at most
+// BLO_DYN_PARAMS_MAX, with defaults and a settings table) and how to make it for a problem. The
+// built-in ones are in a registry; a program can define its own and hand it to a method's
+// configuration directly.
+typedef struct {
+    const char *name;
+    const char *summary;
+    size_t params_size;
+    const void *defaults;
+    const blo_setting *settings;
+    blo_dynamics (*make)(int n_y, const void *params);
+} blo_dynamics_type;
+
+// The built-in dynamics (gd, bda, nesterov, accel, momentum), NULL-terminated; by name (NULL if none).
+const blo_dynamics_type *const *blo_dynamics_registry(void);
+const blo_dynamics_type *blo_dynamics_find(const char *name);
 
 // Numeric helpers on a tape (t may be NULL). state0 [S] from y0 [n_y]; y [n_y] from a state [S].
 blo_status blo_state_init(const blo_problem *p, const blo_dynamics *d, const double *y0,
@@ -202,6 +303,17 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
                          double *grad_x, double *grad_z, double *F_traj, blo_hypergrad_info *info,
                          blo_error *err);
 
-const char *blo_status_name(blo_status s);
+// phi at (x, y0): the value blo_hypergrad differentiated when it was called at (x_ref, y0_ref)
+// and reported info, with what it held fixed still held: the end k_end (Kbar under PTT is not
+// searched again) and, when k_start > 0, the state at k_start as it was at (x_ref, y0_ref).
+// Central differences of it check the hypergradient (blo_check_hypergrad does).
+blo_status blo_hypergrad_phi(const blo_problem *p, const blo_dynamics *d,
+                             const blo_hypergrad_params *hp, const blo_hypergrad_info *info,
+                             const double *x_ref, const double *y0_ref, const double *x,
+                             const double *y0, double *value, blo_error *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

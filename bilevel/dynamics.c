@@ -1,26 +1,28 @@
 // The built-in LL step maps: projected gradient descent, BDA aggregation of the UL and LL
 // gradients, Nesterov (FISTA), heavy-ball momentum and the accelerated non-convex scheme (AIT
-// Eq. 10). Each step is a tape expression of (x, state); the gradients inside it are recorded with
-// AD_CREATE_GRAPH (blo_ll_grad_y), so the hypergradient sweep differentiates through them with the
-// tape's second-order rules.
+// Eq. 10), and their registry with each one's settings table. Each step is a tape expression of
+// (x, state); the gradients inside it are recorded with AD_CREATE_GRAPH (blo_ll_grad_y), so the
+// hypergradient sweep differentiates through them with the tape's second-order rules.
 #include "internal.h"
 
 #include <math.h>
+#include <string.h>
 
 // ---- defaults ----------------------------------------------------------------------------------------
 
-blo_gd_params blo_gd_default_params(void) { return (blo_gd_params){.s_l = 0.1}; }
-// BDA's experimental constants (spec section 1.1): s_u = 0.7, s_l = 0.2, alpha_k = 0.5/(k+1).
-blo_bda_params blo_bda_default_params(void) {
-    return (blo_bda_params){.s_u = 0.7, .s_l = 0.2, .weights = BLO_BDA_ICML, .c = 0.5, .mu = 0.5,
-                            .beta = 1.0};
-}
-blo_nesterov_params blo_nesterov_default_params(void) { return (blo_nesterov_params){.s_l = 0.1}; }
-blo_momentum_params blo_momentum_default_params(void) {
-    return (blo_momentum_params){.s_l = 0.1, .beta = 0.5};
-}
-// L_f = 1 is the constant for the sin toys (spec section 2.3); other problems must supply theirs.
-blo_accel_params blo_accel_default_params(void) { return (blo_accel_params){.L_f = 1}; }
+static const blo_gd_params gd_defaults;
+static const blo_bda_params bda_defaults;
+static const blo_nesterov_params nesterov_defaults;
+static const blo_momentum_params momentum_defaults;
+static const blo_accel_params accel_defaults;
+
+blo_gd_params blo_gd_default_params(void) { return gd_defaults; }
+// BDA's experimental constants (BDA Sec. 5): s_u = 0.7, s_l = 0.2, alpha_k = 0.5/(k+1).
+blo_bda_params blo_bda_default_params(void) { return bda_defaults; }
+blo_nesterov_params blo_nesterov_default_params(void) { return nesterov_defaults; }
+blo_momentum_params blo_momentum_default_params(void) { return momentum_defaults; }
+// L_f = 1 is the constant for the sin toys (AIT Eq. 20); other problems must supply theirs.
+blo_accel_params blo_accel_default_params(void) { return accel_defaults; }
 
 static blo_status positive(blo_error *err, const char *dyn, const char *name, double v) {
     if (!(v > 0) || !isfinite(v))
@@ -53,18 +55,18 @@ static blo_status gd_check(const blo_problem *p, const blo_dynamics *d, blo_erro
 }
 blo_dynamics blo_dynamics_gd(int n_y, blo_gd_params par) {
     return (blo_dynamics){.name = "gd", .state_size = n_y, .step = gd_step, .check = gd_check,
-                          .par.gd = par};
+                          .ll_step = par.s_l, .par.gd = par};
 }
 
 // ---- BDA aggregation -------------------------------------------------------------------------------------
 
 // Weights (a_k on the UL direction, b_k on the LL one) at 0-based step k; the papers' 1-based
-// alpha_k = c/k is c/(k+1) here (spec reading 6).
+// alpha_k = c/k is c/(k+1) here (the README's reading of BDA Eq. 10).
 static void bda_weights(const blo_bda_params *q, int k, double *a, double *b) {
     switch (q->weights) {
     case BLO_BDA_ICML: *a = q->c / (k + 1); *b = 1 - *a; break;
     case BLO_BDA_AIT: *a = q->mu / (k + 1); *b = (1 - q->mu) * q->beta; break;
-    case BLO_BDA_FIXED: *a = q->c; *b = 1 - q->c; break;
+    default: *a = q->c; *b = 1 - q->c; break; // BLO_BDA_FIXED
     }
 }
 static ad_var bda_step(ad_tape *t, const blo_problem *p, const blo_dynamics *d, int k, ad_var x,
@@ -97,7 +99,7 @@ static blo_status bda_check(const blo_problem *p, const blo_dynamics *d, blo_err
 }
 blo_dynamics blo_dynamics_bda(int n_y, blo_bda_params par) {
     return (blo_dynamics){.name = "bda", .state_size = n_y, .step = bda_step, .check = bda_check,
-                          .par.bda = par};
+                          .ll_step = par.s_l, .par.bda = par};
 }
 
 // ---- Nesterov / FISTA ---------------------------------------------------------------------------------------
@@ -127,7 +129,7 @@ static blo_status nesterov_check(const blo_problem *p, const blo_dynamics *d, bl
 blo_dynamics blo_dynamics_nesterov(int n_y, blo_nesterov_params par) {
     return (blo_dynamics){.name = "nesterov", .state_size = 2 * n_y, .init = init_pair,
                           .step = nesterov_step, .read_y = read_first, .check = nesterov_check,
-                          .par.nesterov = par};
+                          .ll_step = par.s_l, .par.nesterov = par};
 }
 
 // ---- heavy-ball momentum ----------------------------------------------------------------------------------
@@ -153,7 +155,7 @@ static blo_status momentum_check(const blo_problem *p, const blo_dynamics *d, bl
 blo_dynamics blo_dynamics_momentum(int n_y, blo_momentum_params par) {
     return (blo_dynamics){.name = "momentum", .state_size = 2 * n_y, .init = init_pair,
                           .step = momentum_step, .read_y = read_first, .check = momentum_check,
-                          .par.momentum = par};
+                          .ll_step = par.s_l, .par.momentum = par};
 }
 
 // ---- accelerated non-convex scheme (AIT Eq. 10, Ghadimi-Lan) --------------------------------------------
@@ -165,8 +167,9 @@ static ad_var accel_init(ad_tape *t, const blo_problem *p, const blo_dynamics *d
     ad_var parts[3] = {y0, y0, y0};
     return ad_concat_n(t, 3, parts);
 }
-// The paper's 0-based constants give a_0 = 2 and l_0 = 0, which wastes two steps (spec reading 3);
-// Ghadimi-Lan's 1-based j = k + 1 makes the first output y_1 = v_0 = z and every step useful.
+// The paper's 0-based constants give a_0 = 2 and l_0 = 0, which wastes two steps; Ghadimi and
+// Lan's 1-based j = k + 1 makes the first output y_1 = v_0 = z and every step useful (the README's
+// reading of AIT Eq. 10).
 static ad_var accel_step(ad_tape *t, const blo_problem *p, const blo_dynamics *d, int k, ad_var x,
                          ad_var s) {
     int n = p->n_y;
@@ -187,5 +190,76 @@ static blo_status accel_check(const blo_problem *p, const blo_dynamics *d, blo_e
 blo_dynamics blo_dynamics_accel(int n_y, blo_accel_params par) {
     return (blo_dynamics){.name = "accel", .state_size = 3 * n_y, .init = accel_init,
                           .step = accel_step, .read_y = read_first, .check = accel_check,
-                          .par.accel = par};
+                          .ll_step = 0.5 / par.L_f, .par.accel = par};
+}
+
+// ---- the registry: each dynamics' settings, defaults and constructor from params ---------------------
+
+static const blo_gd_params gd_defaults = {.s_l = 0.1};
+static const blo_setting gd_settings[] = {
+    BLO_ROW_DBL(blo_gd_params, s_l, "s_l", 0, INFINITY, BLO_SET_LO_OPEN, "s", "LL step size"),
+    BLO_ROW_END,
+};
+static blo_dynamics gd_make(int n_y, const void *q) { return blo_dynamics_gd(n_y, *(const blo_gd_params *)q); }
+
+static const char *const bda_weight_words[] = {"icml", "ait", "fixed", NULL};
+static const blo_bda_params bda_defaults = {.s_u = 0.7, .s_l = 0.2, .weights = BLO_BDA_ICML, .c = 0.5,
+                                            .mu = 0.5, .beta = 1.0};
+static const blo_setting bda_settings[] = {
+    BLO_ROW_DBL(blo_bda_params, s_l, "s_l", 0, INFINITY, BLO_SET_LO_OPEN, "s", "LL step size"),
+    BLO_ROW_DBL(blo_bda_params, s_u, "s_u", 0, INFINITY, BLO_SET_LO_OPEN, "s", "UL step inside BDA steps"),
+    BLO_ROW_CHOICE(blo_bda_params, weights, "bda_weights", bda_weight_words, "w",
+                   "BDA weights: icml (BDA Eq. 10), ait (AIT Eq. 7), fixed"),
+    BLO_ROW_DBL(blo_bda_params, c, "alpha", 0, 1, BLO_SET_LO_OPEN | BLO_SET_HI_OPEN, "c",
+                "BDA weight: alpha_k = c/k (icml), c (fixed)"),
+    BLO_ROW_DBL(blo_bda_params, mu, "mu", 0, 1, BLO_SET_LO_OPEN | BLO_SET_HI_OPEN, "mu", "AIT Eq. 7 weight mu"),
+    BLO_ROW_DBL(blo_bda_params, beta, "beta", 0, INFINITY, BLO_SET_LO_OPEN, "b", "AIT Eq. 7 constant beta_k"),
+    BLO_ROW_END,
+};
+static blo_dynamics bda_make(int n_y, const void *q) { return blo_dynamics_bda(n_y, *(const blo_bda_params *)q); }
+
+static const blo_nesterov_params nesterov_defaults = {.s_l = 0.1};
+static const blo_setting nesterov_settings[] = {
+    BLO_ROW_DBL(blo_nesterov_params, s_l, "s_l", 0, INFINITY, BLO_SET_LO_OPEN, "s", "LL step size"),
+    BLO_ROW_END,
+};
+static blo_dynamics nesterov_make(int n_y, const void *q) {
+    return blo_dynamics_nesterov(n_y, *(const blo_nesterov_params *)q);
+}
+
+static const blo_accel_params accel_defaults = {.L_f = 1};
+static const blo_setting accel_settings[] = {
+    BLO_ROW_DBL(blo_accel_params, L_f, "L_f", 0, INFINITY, BLO_SET_LO_OPEN, "L", "Lipschitz constant of grad_y f"),
+    BLO_ROW_END,
+};
+static blo_dynamics accel_make(int n_y, const void *q) { return blo_dynamics_accel(n_y, *(const blo_accel_params *)q); }
+
+static const blo_momentum_params momentum_defaults = {.s_l = 0.1, .beta = 0.5};
+static const blo_setting momentum_settings[] = {
+    BLO_ROW_DBL(blo_momentum_params, s_l, "s_l", 0, INFINITY, BLO_SET_LO_OPEN, "s", "LL step size"),
+    BLO_ROW_DBL(blo_momentum_params, beta, "ll_momentum", 0, 1, BLO_SET_HI_OPEN, "b", "heavy-ball weight"),
+    BLO_ROW_END,
+};
+static blo_dynamics momentum_make(int n_y, const void *q) {
+    return blo_dynamics_momentum(n_y, *(const blo_momentum_params *)q);
+}
+
+#define DYN(name, T, summary) \
+    static const blo_dynamics_type name##_type = {#name, summary, sizeof(T), &name##_defaults, name##_settings, name##_make};
+DYN(gd, blo_gd_params, "projected gradient descent on f (BDA Eq. 4, AIT Eq. 8)")
+DYN(bda, blo_bda_params, "aggregated UL and LL gradients (BDA Eq. 10 / AIT Eq. 7)")
+DYN(nesterov, blo_nesterov_params, "Nesterov / FISTA acceleration (AIT Eq. 9)")
+DYN(accel, blo_accel_params, "accelerated scheme for non-convex LL, state (y, u, v) (AIT Eq. 10)")
+DYN(momentum, blo_momentum_params, "heavy-ball momentum")
+#undef DYN
+
+static const blo_dynamics_type *const registry[] = {&gd_type, &bda_type, &nesterov_type, &accel_type,
+                                                    &momentum_type, NULL};
+
+const blo_dynamics_type *const *blo_dynamics_registry(void) { return registry; }
+
+const blo_dynamics_type *blo_dynamics_find(const char *name) {
+    for (int i = 0; name && registry[i]; i++)
+        if (!strcmp(registry[i]->name, name)) return registry[i];
+    return NULL;
 }

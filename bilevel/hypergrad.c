@@ -417,3 +417,46 @@ done:
     blo_tape_release(&u);
     return s;
 }
+
+// ---- the value differentiated ------------------------------------------------------------------------
+
+blo_status blo_hypergrad_phi(const blo_problem *p, const blo_dynamics *d,
+                             const blo_hypergrad_params *hp, const blo_hypergrad_info *info,
+                             const double *x_ref, const double *y0_ref, const double *x,
+                             const double *y0, double *value, blo_error *err) {
+    blo_status s = blo_dynamics_validate(p, d, err);
+    if (s) return s;
+    if (!hp || !info || !x || !value || (info->k_start > 0 && !x_ref))
+        return blo_fail(err, BLO_EARG, "phi: NULL argument (hp, info, x, value; x_ref under truncation)");
+    int k0 = info->k_start, k1 = info->k_end, S = d->state_size, ny = p->n_y;
+    if (k0 < 0 || k1 < k0 || k1 > hp->K)
+        return blo_fail(err, BLO_EARG, "phi: the range k_start = %d, k_end = %d is not within 0..K = %d",
+                        k0, k1, hp->K);
+    if (hp->prior_lambda > 0 && (!hp->ia || !hp->z_prior))
+        return blo_fail(err, BLO_EARG, "phi: a prior (lambda = %g) needs IA and z_prior", hp->prior_lambda);
+    int n = k1 > k0 ? k1 : k0; // the longer of the two unrolls
+    double *states = malloc(sizeof(double) * ((size_t)n + 1) * (size_t)S), *y = malloc(sizeof(double) * (size_t)ny);
+    if (!states || !y) {
+        free(states), free(y);
+        return blo_fail(err, BLO_ENOMEM, "phi: out of memory for %d states of %d doubles", n + 1, S);
+    }
+    // the state at k_start: held at the reference point's when the sweep stopped short of 0
+    s = blo_state_init(p, d, k0 > 0 ? y0_ref : y0, states, hp->tape, err);
+    if (!s && k0 > 0) s = blo_unroll(p, d, x_ref, 0, states, k0, states, NULL, hp->tape, err);
+    if (!s && k0 > 0) memmove(states, states + (size_t)k0 * S, sizeof(double) * (size_t)S);
+    if (!s) s = blo_unroll(p, d, x, k0, states, k1 - k0, states, NULL, hp->tape, err);
+    if (!s) s = blo_state_read_y(p, d, states + (size_t)(k1 - k0) * S, y, hp->tape, err);
+    double F = 0;
+    if (!s) s = blo_eval(p, 1, x, y, &F, NULL, NULL, hp->tape, err);
+    if (!s && hp->ia && hp->prior_lambda > 0) {
+        double g2 = 0;
+        for (int i = 0; i < ny; i++) {
+            double dz = (y0 ? y0[i] : 0) - hp->z_prior[i];
+            g2 += dz * dz;
+        }
+        F += 0.5 * hp->prior_lambda * g2;
+    }
+    if (!s) *value = F;
+    free(states), free(y);
+    return s;
+}

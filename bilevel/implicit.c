@@ -1,9 +1,9 @@
 // Implicit hypergradients (CG, Neumann): at (x, y) solve H q = g, H = d²f/dy² [n_y, n_y],
 // g = grad_y F, from Hessian-vector products on the tape (H is never formed), then
-// grad = grad_x F - (d²f/dx dy) q. Reference formulas: BVFIM Table 2 (spec section 0.2).
-#include "internal.h"
+// grad = grad_x F - (d²f/dx dy) q (BVFIM Table 2's CG and Neumann rows). Also the driver of the
+// cg and neumann methods: K steps of the dynamics, then the implicit hypergradient at y_K.
 #include "curvature.h"
-#include "methods.h"
+#include "family.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -34,12 +34,6 @@ static bool curv_product(blo_curv *c, ad_var wrt, int n, const double *v, double
 bool blo_curv_hvp(blo_curv *c, const double *v, double *out) { return curv_product(c, c->y, c->ny, v, out); }
 bool blo_curv_mixed(blo_curv *c, const double *v, double *out) { return curv_product(c, c->x, c->nx, v, out); }
 
-static double dot(const double *a, const double *b, int n) {
-    double s = 0;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
 // Conjugate gradients on H q = g from q = 0; H must be symmetric positive definite near y*.
 static bool solve_cg(blo_curv *c, const blo_implicit_params *ip, const double *g, double *q,
                      double *w, blo_implicit_info *info) {
@@ -48,15 +42,15 @@ static bool solve_cg(blo_curv *c, const blo_implicit_params *ip, const double *g
     memcpy(r, g, (size_t)n * sizeof *r);
     memcpy(d, g, (size_t)n * sizeof *d);
     memset(q, 0, (size_t)n * sizeof *q);
-    double gg = dot(g, g, n), rr = gg;
+    double gg = blo_dot(g, g, n), rr = gg;
     info->iters = 0;
     while (info->iters < ip->iters && rr > ip->tol * ip->tol * gg && rr > 0) {
         if (!blo_curv_hvp(c, d, Hd)) return false;
-        double dHd = dot(d, Hd, n);
+        double dHd = blo_dot(d, Hd, n);
         if (!(dHd > 0)) break; // not positive definite along d: stop with what we have
         double a = rr / dHd;
         for (int i = 0; i < n; i++) q[i] += a * d[i], r[i] -= a * Hd[i];
-        double rr2 = dot(r, r, n);
+        double rr2 = blo_dot(r, r, n);
         for (int i = 0; i < n; i++) d[i] = r[i] + rr2 / rr * d[i];
         rr = rr2;
         info->iters++;
@@ -78,7 +72,7 @@ static bool solve_neumann(blo_curv *c, const blo_implicit_params *ip, const doub
     }
     // residual ||H q - g|| / ||g||, one more product
     if (!blo_curv_hvp(c, q, Hp)) return false;
-    double rr = 0, gg = dot(g, g, n);
+    double rr = 0, gg = blo_dot(g, g, n);
     for (int i = 0; i < n; i++) rr += (Hp[i] - g[i]) * (Hp[i] - g[i]);
     info->residual = gg > 0 ? sqrt(rr / gg) : 0;
     if (!(info->residual <= 1)) // worse than q = 0: the series diverges (eta ||H|| > 2)
@@ -123,4 +117,67 @@ blo_status blo_implicit_hypergrad(const blo_problem *p, const blo_implicit_param
     free(g);
     blo_tape_release(&u);
     return st;
+}
+
+// ---- the cg and neumann methods ----------------------------------------------------------------------
+
+blo_status blo_implicit_method_resolve(void *params, const blo_dynamics *d, blo_error *err) {
+    blo_implicit_method_params *q = params;
+    if (q->kind == BLO_IMPLICIT_NEUMANN && !(q->eta > 0)) { // the LL step (README, readings: Neumann)
+        if (!d || !(d->ll_step > 0))
+            return blo_fail(err, BLO_EARG, "neumann: eta = 0 takes the LL step, which dynamics %s "
+                            "does not give; set eta", d ? d->name : "(none)");
+        q->eta = d->ll_step;
+    }
+    return blo_ok(err);
+}
+
+typedef struct {
+    blo_ll_state ll; // first: the shared solution, save, load and free use it
+    blo_implicit_method_params par;
+} implicit_method;
+
+blo_status blo_implicit_method_init(void **state, const blo_method_env *env, int *n_z, double **z0,
+                                    blo_error *err) {
+    const blo_implicit_method_params *q = env->params;
+    (void)z0;
+    *n_z = 0;
+    blo_status st = blo_ll_new(state, sizeof(implicit_method), env, q->K, 0, 1, err);
+    if (!st) ((implicit_method *)*state)->par = *q;
+    return st;
+}
+
+blo_status blo_implicit_method_direction(void *state, int t, const double *x, const double *z,
+                                         double *gx, double *gz, double *y, blo_record *rec,
+                                         blo_error *err) {
+    implicit_method *m = state;
+    blo_ll_state *h = &m->ll;
+    const blo_problem *p = h->p;
+    (void)t, (void)z, (void)gz;
+    int S = h->dyn.state_size;
+    memcpy(h->y0_ref, h->y0, sizeof(double) * (size_t)p->n_y);
+    memcpy(h->x_ref, x, sizeof(double) * (size_t)p->n_x);
+    blo_status st = blo_state_init(p, &h->dyn, h->y0, h->states, h->tape, err);
+    if (!st) st = blo_unroll(p, &h->dyn, x, 0, h->states, h->K, h->states, NULL, h->tape, err);
+    if (!st) st = blo_state_read_y(p, &h->dyn, h->states + (size_t)h->K * S, y, h->tape, err);
+    blo_implicit_params ip = {.kind = (blo_implicit_kind)m->par.kind, .iters = m->par.J,
+                              .tol = m->par.tol, .eta = m->par.eta};
+    blo_implicit_info info = {0};
+    if (!st) st = blo_implicit_hypergrad(p, &ip, x, y, gx, &info, h->tape, err);
+    rec->extra = info.residual;
+    rec->kbar = h->K;
+    if (!st && m->par.warm_start) memcpy(h->y0, y, sizeof(double) * (size_t)p->n_y);
+    return st;
+}
+
+// What cg and neumann approximate the gradient of: F(x, y_K(x)) from the start they used.
+blo_status blo_implicit_method_phi(void *state, const double *x, const double *z, double *value,
+                                   blo_error *err) {
+    implicit_method *m = state;
+    (void)z;
+    blo_hypergrad_params hp = blo_hypergrad_default_params();
+    hp.K = m->ll.K, hp.tape = m->ll.tape;
+    blo_hypergrad_info info = {.k_start = 0, .k_end = m->ll.K, .kbar = m->ll.K};
+    return blo_hypergrad_phi(m->ll.p, &m->ll.dyn, &hp, &info, m->ll.x_ref, m->ll.y0_ref, x,
+                             m->ll.y0_ref, value, err);
 }

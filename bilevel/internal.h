@@ -1,11 +1,16 @@
 // Internals shared by the bilevel sources: setting a blo_error, borrowing a tape, turning a tape
-// error into a blo_error. Not installed; users include blo.h only.
+// error into a blo_error, settings-table helpers, the configuration and the state file's byte
+// streams. Not installed; users include blo.h and methods.h.
 #ifndef HYPERTAPE_BLO_INTERNAL_H
 #define HYPERTAPE_BLO_INTERNAL_H
 
 #include "blo.h"
+#include "methods.h"
 
+#include <math.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 blo_status blo_fail(blo_error *err, blo_status s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -39,5 +44,47 @@ ad_var blo_rec_init(ad_tape *t, const blo_problem *p, const blo_dynamics *d, ad_
 ad_var blo_rec_step(ad_tape *t, const blo_problem *p, const blo_dynamics *d, int k, ad_var x,
                     ad_var s);
 ad_var blo_rec_read_y(ad_tape *t, const blo_problem *p, const blo_dynamics *d, ad_var s);
+
+// y [n] clamped to the problem's Y box.
+void blo_clamp_y(const blo_problem *p, double *y);
+double blo_dot(const double *a, const double *b, int n);
+
+// ---- settings tables ----------------------------------------------------------------------------
+
+// The most LL steps or iterations anything accepts; what memory allows is checked when a run
+// is made (blo_check_memory).
+#define BLO_MAX_ITERS 100000000
+
+// BLO_ENOMEM with a clear message when count blocks of `each` bytes would not fit in this
+// machine's memory (checked before allocating: an allocation the kernel overcommits would only
+// fail when touched). what names them ("2000000001 LL states of 10 doubles").
+blo_status blo_check_memory(double count, double each, const char *what, blo_error *err);
+
+// ---- the configuration ------------------------------------------------------------------------------
+
+struct blo_config {
+    const blo_method_type *method;
+    void *method_params;               // [method->params_size]
+    const blo_dynamics_type *dyn;      // NULL when the method unrolls none
+    double dyn_params[BLO_DYN_PARAMS_MAX / sizeof(double)];
+    blo_solve_params solve;
+};
+
+
+// ---- the state file's byte streams -------------------------------------------------------------------
+
+struct blo_writer {
+    unsigned char *data;
+    size_t len, cap;
+    bool failed; // an allocation failed: nothing more is written
+};
+
+struct blo_reader {
+    const unsigned char *data;
+    size_t len, pos;
+};
+
+blo_status blo_write_doubles(blo_writer *w, const double *v, size_t n);
+blo_status blo_read_doubles(blo_reader *r, double *v, size_t n);
 
 #endif

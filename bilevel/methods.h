@@ -1,17 +1,30 @@
-// hypertape bilevel methods beyond unrolling, and the upper-level loop that drives every method.
+// hypertape bilevel methods and the solver that runs them.
 //
-// - Implicit hypergradients at a point y ≈ y*(x): CG and Neumann solve H q = grad_y F with
-//   H = d²f/dy² by Hessian-vector products from the tape, then grad = grad_x F - (d²f/dxdy) q.
-// - First-order and alternating methods, each a short "direction" routine: BOME (value-function
-//   barrier step, Alg. 1), GALET (N LL steps, T shadow steps on w, the x step of Eq. 13), BVFIM
-//   (regularized value function, log barrier, Eqs. 18-21).
-// - blo_solve: projected plain / momentum / Adam steps on x (and on a second variable z: the
-//   initialization auxiliary, or BOME's theta) from any method's direction, with a per-iteration
-//   record; it stops on a NaN with a clear error and keeps the last good iterate.
+// - A method is a blo_method_type: a const table of facts (name, summary, what it needs, what its
+//   direction is the gradient of, its params with defaults and settings) and functions (init,
+//   direction, solution, phi, save, load, free). The built-in ones are in a registry, one file
+//   each; a program can write its own and hand it to blo_config_new.
+// - A blo_config holds a method, its LL dynamics (for methods that unroll one) and the solver's
+//   own settings, all set by name through the settings tables.
+// - A blo_solver runs the upper-level (UL) loop: projected plain / momentum / Adam steps on x (and
+//   on a second variable z: the initialization auxiliary, or BOME's y) along the method's
+//   direction, one record per iteration. It can be saved to a file and loaded again; a run
+//   resumed from its file ends with the same bits as one that ran through.
+// - blo_check_hypergrad compares a method's hypergradient with central differences of the value
+//   it differentiates, on any problem.
+// - Implicit differentiation at a point (CG, Neumann), on which the cg and neumann methods stand.
 #ifndef HYPERTAPE_BLO_METHODS_H
 #define HYPERTAPE_BLO_METHODS_H
 
 #include "blo.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Value and gradients of F (upper = 1) or f (upper = 0) at (x, y); gx [n_x], gy [n_y] may be NULL.
+blo_status blo_eval(const blo_problem *p, int upper, const double *x, const double *y,
+                    double *value, double *gx, double *gy, ad_tape *t, blo_error *err);
 
 // ---- implicit differentiation at a point ----------------------------------------------------------
 
@@ -22,7 +35,7 @@ typedef struct {
     int iters;   // J: CG iterations (at most), or Neumann terms after the first
     double tol;  // CG stops when ||H q - g|| <= tol ||g||; 0 = run all J
     double eta;  // Neumann step: q = eta sum_{j=0..J} (I - eta H)^j g (needs eta ||H|| < 2); a
-                 // series that diverges (residual > 1) is an error. Methods by name: 0 = the LL step
+                 // series that diverges (residual > 1) is an error
 } blo_implicit_params;
 
 typedef struct {
@@ -37,191 +50,236 @@ blo_status blo_implicit_hypergrad(const blo_problem *p, const blo_implicit_param
                                   const double *x, const double *y, double *grad_x,
                                   blo_implicit_info *info, ad_tape *t, blo_error *err);
 
+// ---- a method's state in a file ---------------------------------------------------------------------
+// A method saves what it carries between UL iterations as bytes and loads them back. The file is
+// for the same build on the same kind of machine (doubles are written as they are in memory).
 
-// ---- first-order and alternating methods ---------------------------------------------------------
-// Each keeps what it carries between upper-level iterations in its own state struct (warm
-// starts), and returns a direction for x (and, for BOME, for y) that blo_solve steps along.
+typedef struct blo_writer blo_writer;
+typedef struct blo_reader blo_reader;
+blo_status blo_write(blo_writer *w, const void *data, size_t n);
+// BLO_EIO ("the state is truncated") when fewer than n bytes are left.
+blo_status blo_read(blo_reader *r, void *data, size_t n);
 
-// Value and gradients of F (upper = 1) or f (upper = 0) at (x, y); gx [n_x], gy [n_y] may be NULL.
-blo_status blo_eval(const blo_problem *p, int upper, const double *x, const double *y,
-                    double *value, double *gx, double *gy, ad_tape *t, blo_error *err);
+// ---- method types -------------------------------------------------------------------------------
 
-// BOME (Alg. 1). Variables (x, y) = (v, theta), stepped together by blo_solve.
+enum {
+    BLO_NEEDS_DYNAMICS = 1, // unrolls an LL dynamics (a blo_config has one for it)
+    BLO_NEEDS_HVP = 2,      // takes Hessian-vector products of f
+    BLO_NEEDS_TASKS = 4,    // a batch of tasks sharing x
+    BLO_NEEDS_PRIOR = 8,    // the problem's prior point z_p (returned by needs_of, per params)
+};
+
+// What a method's direction is the gradient of, for blo_check_hypergrad.
+typedef enum {
+    BLO_GRAD_EXACT,  // exactly the gradient of the value phi reports (unrolled methods)
+    BLO_GRAD_APPROX, // an approximation of it that converges as the method's settings grow (CG,
+                     // Neumann: of F(x, y_K(x)) as y_K -> y* and J grows)
+    BLO_GRAD_NONE,   // a direction, not the gradient of an objective (BOME, BVFIM, GALET, DARTS)
+} blo_grad_claim;
+
+// What a method's init gets: the problem, its params (settings applied, resolved), the dynamics
+// (for methods that need one), the LL start, the problem's prior point z_p (NULL if none), the
+// solver's tape (rewound to empty at each UL iteration) and its seeded generator.
 typedef struct {
-    int T;          // inner GD steps on f from the current y (default 10)
-    double alpha;   // inner step (default 0.05)
-    double eta;     // barrier weight (default 0.5)
-    int phi_value;  // 0: phi = eta ||grad qhat||^2 (paper default); 1: phi = eta qhat
-    double eps;     // added to ||grad qhat||^2 (default 1e-8)
-} blo_bome_params;
+    const blo_problem *p;
+    const void *params;
+    const blo_dynamics *dyn;
+    const double *y0;      // [n_y]
+    const double *z_prior; // [n_y] or NULL
+    ad_tape *tape;
+    ad_rng *rng;
+} blo_method_env;
 
+// What one UL iteration did, for its record. The direction fills kbar and extra.
 typedef struct {
-    double qhat, lambda;
-} blo_bome_info;
-
-blo_bome_params blo_bome_default_params(void);
-// d = grad F + lambda grad qhat at (x, y), split into dx [n_x], dy [n_y].
-blo_status blo_bome_direction(const blo_problem *p, const blo_bome_params *bp, const double *x,
-                              const double *y, double *dx, double *dy, blo_bome_info *info,
-                              ad_tape *t, blo_error *err);
-
-// GALET (Alg. 1): N LL steps on y, T shadow steps on w, the x direction of Eq. 13.
-typedef struct {
-    int N;          // LL GD steps per iteration (default 1)
-    double beta;    // LL step (default 1)
-    int T;          // shadow steps on w (default 1)
-    double rho;     // shadow step, gamma in the appendix (default 0.1)
-    int w_warm;     // 1: w starts from the previous iteration's w (default 1, spec reading 18)
-} blo_galet_params;
-
-typedef struct {
-    blo_galet_params par;
-    double *y, *w;  // [n_y] each, carried between iterations
-} blo_galet_state;
-
-blo_galet_params blo_galet_default_params(void);
-blo_status blo_galet_init(blo_galet_state *s, const blo_problem *p, const blo_galet_params *gp,
-                          const double *y0, blo_error *err);
-void blo_galet_free(blo_galet_state *s);
-// Updates s->y and s->w at x and writes d_x [n_x].
-blo_status blo_galet_direction(blo_galet_state *s, const blo_problem *p, const double *x,
-                               double *dx, ad_tape *t, blo_error *err);
-
-// BVFIM (Alg. 1 with L = 1): at iteration l the schedule is mu_1 = mu_2 = mu0 / (l+1)^p,
-// theta = theta0 / (l+1)^p, tau = tau0 / (l+1)^p (spec 3.3: the paper's defaults are in a
-// supplement we do not have).
-typedef struct {
-    int Tz, Ty;            // z-loop and y-loop GD steps (default 50, 50)
-    double s1, s2;         // their steps (default 0.1, 0.1)
-    double mu0, theta0, tau0, power; // schedule (default 1, 1, 1, 1)
-} blo_bvfim_params;
-
-typedef struct {
-    blo_bvfim_params par;
-    double *z, *y;         // [n_y] each, warm starts
-    int l;                 // iterations done (the schedule index)
-    int resets, halvings;  // safeguard activity so far (reported)
-    double gap;            // f*_mu(x) - f(x, y) at the last direction
-} blo_bvfim_state;
-
-blo_bvfim_params blo_bvfim_default_params(void);
-blo_status blo_bvfim_init(blo_bvfim_state *s, const blo_problem *p, const blo_bvfim_params *bp,
-                          const double *y0, blo_error *err);
-void blo_bvfim_free(blo_bvfim_state *s);
-// z-loop (Eq. 18), y-loop (Eq. 19) with the safeguard, and d_x = grad_x F + G (Eqs. 20-21). The
-// log barrier needs f*_mu(x) - f(x, y) > 0: an infeasible warm start y is replaced by z (always
-// feasible, since mu_2 > 0), and each y step backtracks (Armijo) on the barrier objective, which
-// keeps y feasible and out of far basins of a periodic f; a gap <= 0 when forming G is an error,
-// never a NaN. Both loops are projected onto the Y box.
-blo_status blo_bvfim_direction(blo_bvfim_state *s, const blo_problem *p, const double *x,
-                               double *dx, ad_tape *t, blo_error *err);
-
-// ---- the upper-level loop ------------------------------------------------------------------------
-
-typedef enum { BLO_OPT_PLAIN, BLO_OPT_MOMENTUM, BLO_OPT_ADAM } blo_optimizer;
-
-// What one UL iteration did: the direction was taken at (x, z) = the iterate before the step.
-typedef struct {
-    int t;                // 0-based UL iteration
-    const double *x, *z;  // the iterate after the step [n_x], [n_z] (z NULL when n_z = 0)
-    double F, f;          // UL and LL objectives at the iterate the direction used (NaN if unknown)
-    double grad_norm;     // ||(g_x, g_z)||
+    int t;                // 0-based UL iteration; the record describes x_t, the iterate the
+                          // direction was taken at (t = iterations done for the final record)
+    const double *x, *z;  // x_t [n_x], z_t [n_z] (z NULL when n_z = 0)
+    const double *y;      // the LL iterate at x_t [n_y]: the direction's (final record: the
+                          // method's solution at x_t)
+    double F, f;          // F(x_t, y), f(x_t, y)
+    double ll_residual;   // ||grad_y f(x_t, y)||: a lower level that diverges shows here
+    double grad_norm;     // ||(g_x, g_z)|| of the direction at x_t (NaN in the final record)
     int kbar;             // truncation point under PTT (or K; 0 when not applicable)
     double seconds;       // wall time of this iteration
     double extra;         // method-specific (BOME lambda, BVFIM barrier gap, CG residual)
+    int final;            // 1: the record of the iterate a run ends at (no step taken from it)
 } blo_record;
 
-typedef void (*blo_record_fn)(const blo_record *r, void *user);
+typedef struct blo_method_type {
+    const char *name;
+    const char *summary;          // one line
+    unsigned needs;               // BLO_NEEDS_* flags
+    blo_grad_claim claim;
+    const char *dynamics;         // the default dynamics' name (when needs & BLO_NEEDS_DYNAMICS)
+    size_t params_size;
+    const void *defaults;         // a params struct holding the defaults
+    const blo_setting *settings;  // its table
+    // Optional: complete params from the dynamics (a Neumann step of 0 takes the LL step, T-RHG's
+    // K' = -1 is K / 2) and check them. d is NULL for methods that use none.
+    blo_status (*resolve)(void *params, const blo_dynamics *d, blo_error *err);
+    // Optional: flags that depend on the params (BLO_NEEDS_PRIOR for an IA prior).
+    unsigned (*needs_of)(const void *params);
+    // The method's state for one run; *n_z: the size of the second variable the solver steps
+    // (IA's z, BOME's y), 0 if none, and z0 its start (written when n_z > 0, [n_z]).
+    blo_status (*init)(void **state, const blo_method_env *env, int *n_z, double **z0,
+                       blo_error *err);
+    // The direction at UL iteration t: gx [n_x], gz [n_z] (NULL when n_z = 0), y [n_y] the LL
+    // iterate it used; rec gets kbar and extra. Called once per iteration, in order.
+    blo_status (*direction)(void *state, int t, const double *x, const double *z, double *gx,
+                            double *gz, double *y, blo_record *rec, blo_error *err);
+    // The method's LL solution at (x, z) for evaluation [n_y], without changing its state.
+    blo_status (*solution)(void *state, const double *x, const double *z, double *y,
+                           blo_error *err);
+    // The value the last direction differentiated, at (x, z), with what it held fixed still held
+    // (NULL for BLO_GRAD_NONE).
+    blo_status (*phi)(void *state, const double *x, const double *z, double *value,
+                      blo_error *err);
+    // What the state carries between iterations, to a file and back (NULL: nothing to carry).
+    blo_status (*save)(const void *state, blo_writer *w);
+    blo_status (*load)(void *state, blo_reader *r, blo_error *err);
+    void (*free)(void *state);
+} blo_method_type;
 
-// A method's direction at UL iteration t: g_x [n_x], g_z [n_z] (z, g_z NULL when n_z = 0); it
-// fills rec->F, f, kbar, extra. Called once per iteration, in order.
-typedef blo_status (*blo_direction_fn)(void *method, const blo_problem *p, int t, const double *x,
-                                       const double *z, double *gx, double *gz, blo_record *rec,
-                                       blo_error *err);
+// The built-in methods, NULL-terminated, in the order programs list them; by name (NULL if none).
+const blo_method_type *const *blo_method_registry(void);
+const blo_method_type *blo_method_find(const char *name);
 
+// ---- the configuration: a method, its dynamics and the solver's settings ----------------------------
+
+typedef enum { BLO_OPT_PLAIN, BLO_OPT_MOMENTUM, BLO_OPT_ADAM } blo_optimizer;
+
+// The UL loop's own settings (the "solver" group).
 typedef struct {
-    int T;                 // UL iterations (>= 1)
-    blo_optimizer opt;
+    int T;                 // UL iterations (ul_iters)
+    int opt;               // a blo_optimizer
     double lr_x, lr_z;     // step sizes (> 0)
     double momentum;       // heavy ball, in [0, 1)
     double beta1, beta2, adam_eps;
-    blo_record_fn record;  // NULL = none
-    void *record_user;
+    int seed;              // of the solver's generator (methods that draw)
 } blo_solve_params;
 
 blo_solve_params blo_solve_default_params(void); // T = 100, plain, lr 0.1, momentum 0.9, Adam 0.9/0.999/1e-8
+extern const blo_setting blo_solve_settings[];   // their table (ul_iters, optimizer, lr_x, ...)
 
-// Runs T projected steps from (x, z) in place: x onto the X box of p, z onto the Y box. On an
-// error (the direction's, or a NaN/Inf in the direction or objectives) it stops, leaves the last
-// good iterate in x and z, and says at which iteration. *done (optional) = iterations completed.
-blo_status blo_solve(const blo_problem *p, blo_direction_fn dir, void *method, int n_z,
-                     const blo_solve_params *sp, double *x, double *z, int *done, blo_error *err);
+// A group of settings: who owns it ("solver", "method", "dynamics"), its name (the method's or the
+// dynamics' name; "solver"), its table and the params struct it describes.
+typedef struct {
+    const char *owner;
+    const char *name;
+    const blo_setting *table;
+    void *params;
+} blo_settings_group;
 
-// ---- methods by name ---------------------------------------------------------------------------
-// The names a CLI exposes, composed the way the papers compose them: an unrolled method is a
-// dynamics (gd, bda, nesterov, accel, momentum) plus truncation choices (T-RHG, PTT) plus the
-// initialization auxiliary (IA, optionally with a prior); cg and neumann unroll the dynamics and
-// differentiate implicitly at y_K; bvfim, bome and galet are their own loops.
+typedef struct blo_config blo_config;
+
+// A method with its defaults, its default dynamics (if it needs one) and the solver's defaults.
+blo_config *blo_config_new(const blo_method_type *m, blo_error *err);
+blo_config *blo_config_copy(const blo_config *c, blo_error *err);
+void blo_config_free(blo_config *c);
+// Replaces the dynamics (its params reset to its defaults; set them after). BLO_EARG if the
+// method unrolls none. A built-in one is also set by name: blo_config_set(c, "dynamics", "gd").
+blo_status blo_config_set_dynamics(blo_config *c, const blo_dynamics_type *d, blo_error *err);
+// Sets one setting by name in whichever group has it ("dynamics" picks the dynamics). BLO_EARG
+// for a bad value or an unknown name (blo_config_has tells which).
+blo_status blo_config_set(blo_config *c, const char *name, const char *value, blo_error *err);
+int blo_config_has(const blo_config *c, const char *name);
+// Sets "NAME=VALUE NAME=VALUE ..." (the dynamics first, wherever it is named, then the rest in
+// order); stops at the first bad or unknown one.
+blo_status blo_config_apply(blo_config *c, const char *assignments, blo_error *err);
+// Formats the value of a setting (as blo_setting_format) into buf; NULL if there is none.
+const char *blo_config_get(const blo_config *c, const char *name, char *buf, size_t n);
+// The groups in order: solver, method, dynamics (if any). Returns how many (<= 3).
+int blo_config_groups(const blo_config *c, blo_settings_group groups[3]);
+const blo_method_type *blo_config_method(const blo_config *c);
+const blo_dynamics_type *blo_config_dynamics(const blo_config *c); // NULL if none
+// The method's flags for these params (its needs, and BLO_NEEDS_PRIOR when they use a prior).
+unsigned blo_config_needs(const blo_config *c);
+// Completes the method's params from the dynamics it will use (the method's resolve; n_y only
+// sizes the dynamics) and checks every value against its bounds. Done by blo_solver_new too;
+// programs call it to show resolved values.
+blo_status blo_config_resolve(blo_config *c, int n_y, blo_error *err);
+const blo_solve_params *blo_config_solve_params(const blo_config *c);
+
+// ---- the solver --------------------------------------------------------------------------------
+
+// Called after each UL iteration (and once for the final record). Nonzero stops the run after
+// this iteration, with everything consistent: it can be saved, or stepped on.
+typedef int (*blo_record_fn)(const blo_record *r, void *user);
+
+typedef struct blo_solver blo_solver;
+
+// A run of c's method on p from (x0, y0) (NULL = zeros); z_prior [n_y] is the problem's prior
+// point for methods that use one (NULL if none). The configuration is copied and resolved.
+blo_solver *blo_solver_new(const blo_problem *p, const blo_config *c, const double *x0,
+                           const double *y0, const double *z_prior, blo_error *err);
+void blo_solver_free(blo_solver *s);
+void blo_solver_set_record(blo_solver *s, blo_record_fn fn, void *user);
+// One UL iteration: the direction at x_t, a projected optimizer step, the record. On an error
+// (the direction's, or a NaN/Inf in it, its objectives or the step) the iterate stays the last
+// good one and the error is returned (and kept: blo_solver_error).
+blo_status blo_solver_step(blo_solver *s);
+// Steps until ul_iters iterations are done, an error, or the record callback stops it
+// (BLO_STOPPED), then makes the final record (blo_solver_report) whatever the reason: the last
+// record a run makes describes the x it returns.
+blo_status blo_solver_run(blo_solver *s);
+// The record of the current iterate (F, f, residual at the method's solution there), marked
+// final, passed to the record callback too. For the end of a run: it describes the returned x.
+blo_status blo_solver_report(blo_solver *s, blo_record *rec);
+int blo_solver_iterations(const blo_solver *s); // UL iterations done
+const double *blo_solver_x(const blo_solver *s); // [n_x]
+const double *blo_solver_z(const blo_solver *s); // [n_z] (NULL when n_z = 0)
+int blo_solver_n_z(const blo_solver *s);
+// The method's LL solution at the current iterate [n_y].
+blo_status blo_solver_solution(blo_solver *s, double *y, blo_error *err);
+const blo_config *blo_solver_config(const blo_solver *s); // resolved
+const char *blo_solver_error(const blo_solver *s);        // the last error, "" if none
+// Mean of the records' kbar over the iterations done (NaN when no record had one).
+double blo_solver_kbar_mean(const blo_solver *s);
+// Saves the whole state (iterate, optimizer moments, step count, the method's state, the
+// generator) to path (written to path.tmp, then renamed), with a caller's text meta stored as
+// it is (the command keeps its run's settings there). A magic number, a version and a checksum
+// guard it.
+blo_status blo_solver_save(const blo_solver *s, const char *path, const char *meta,
+                           blo_error *err);
+// Loads a state saved by a solver of the same configuration (the run's length may differ) on
+// the same problem sizes into s; a mismatch is BLO_EARG naming what differs.
+blo_status blo_solver_load(blo_solver *s, const char *path, blo_error *err);
+// The meta text of a saved state (malloc'd, the caller frees), to rebuild its problem and
+// configuration before loading.
+blo_status blo_solver_read_meta(const char *path, char **meta, blo_error *err);
+
+// ---- checking a hypergradient ----------------------------------------------------------------------
 
 typedef struct {
-    const char *method;     // rhg trhg bda cg neumann ait aitp bvfim bome galet
-    const char *dynamics;   // gd bda nesterov accel momentum (unrolled, cg, neumann)
-    int K;                  // LL steps
-    int truncate;           // T-RHG: back-propagate the last K' steps (0 = all)
-    int ia, ptt;            // initialization auxiliary; pessimistic trajectory truncation
-    int warm_start;         // 1: each UL iteration starts the LL from the last y (0: from y0, AIT Alg. 1)
-    double graph_mb;        // graph mode's budget in MiB (blo_hypergrad_params.graph_budget); 0 = lean sweep
-    double prior_lambda;    // IA prior lambda/2 ||z - z_p||^2 (> 0); < 0: the reading of AIT's
-                            // first-iteration prior: z starts at z_p (blo_runner_z0)
-    int prior_first_only;   // 1: the prior only at UL iteration 0, as AIT applies it
-    const double *z_prior;  // z_p [n_y]
-    blo_gd_params gd;
-    blo_bda_params bda;
-    blo_nesterov_params nesterov;
-    blo_momentum_params momentum;
-    blo_accel_params accel;
-    blo_implicit_params implicit;
-    blo_bome_params bome;
-    blo_galet_params galet;
-    blo_bvfim_params bvfim;
-} blo_method_config;
+    double h;        // central-difference step (relative to max(1, |v_i|))
+    double rtol, atol; // an entry passes if |a - n| <= atol + rtol * max(|a|, |n|)
+    int max_coords;  // compare at most this many entries of (x, z), drawn by the seed; 0 = all
+    uint64_t seed;
+} blo_check_params;
 
-// NULL-terminated lists of the names, with one-line summaries in the same order.
-const char *const *blo_method_names(void);
-const char *const *blo_method_summaries(void);
-const char *const *blo_dynamics_names(void);
-const char *const *blo_dynamics_summaries(void);
+typedef struct {
+    blo_status status;  // BLO_OK, or why nothing was compared (a method with BLO_GRAD_NONE: BLO_EARG)
+    int pass;
+    blo_grad_claim claim;
+    int checked;        // entries compared
+    int worst_in_z;     // the worst entry is of z (else of x)
+    int worst_index;
+    double analytic, numeric, abs_err, rel_err;
+    double worst_ratio; // max |a - n| / (atol + rtol max(|a|, |n|)); <= 1 passes; Inf on a NaN
+    char msg[400];
+} blo_check_report;
 
-// The method's defaults (rhg: gd dynamics, K = 20; trhg: K' = K / 2; bda: BDA Eq. 10 with
-// s_u = 0.7, s_l = 0.2, alpha_k = 0.5 / k; ait: IA + PTT; aitp: ait with the prior at iteration 0;
-// ...). BLO_EARG for an unknown name.
-blo_status blo_method_default_config(const char *method, blo_method_config *c, blo_error *err);
+blo_check_params blo_check_default_params(void); // h 1e-6, rtol 1e-6, atol 1e-9, 40 entries, seed 1
+// The hypergradient of c's method at (x, y0) on p (its first UL iteration's direction) against
+// central differences of the value it differentiates (the method's phi). z_prior as for
+// blo_solver_new.
+blo_check_report blo_check_hypergrad(const blo_problem *p, const blo_config *c, const double *x,
+                                     const double *y0, const double *z_prior,
+                                     const blo_check_params *cp);
 
-// A configured method bound to a problem, with its warm-start state; its direction drives blo_solve.
-typedef struct blo_runner blo_runner;
-
-blo_status blo_runner_new(blo_runner **r, const blo_problem *p, const blo_method_config *c,
-                          const double *y0, blo_error *err);
-void blo_runner_free(blo_runner *r);
-// Size of the second variable blo_solve steps (IA's z, BOME's y), 0 if none.
-int blo_runner_n_z(const blo_runner *r);
-// Its start [n_z]: y0, or z_p for AIT_P's default prior (the first-iteration prior with lambda =
-// 1/lr_z lands the first plain step at z_p; starting there holds for any optimizer).
-void blo_runner_z0(const blo_runner *r, const double *y0, double *z);
-// The direction function for blo_solve (pass the runner as `method`).
-blo_direction_fn blo_runner_direction(void);
-// Seconds the runner's tape spent in matrix products so far (its tape times them).
-double blo_runner_blas_seconds(const blo_runner *r);
-// The runner's tape, for benchmarks: its product kernel (ad_tape_thin_products).
-ad_tape *blo_runner_tape(blo_runner *r);
-// The LL dynamics the runner unrolls (NULL for bome, galet, bvfim).
-const blo_dynamics *blo_runner_dynamics(const blo_runner *r);
-// The LL iterate of the last direction [n_y] (y_K, y_Kbar, GALET's or BVFIM's y, BOME's y).
-const double *blo_runner_y(const blo_runner *r);
-// The method's LL solution at (x, z) for evaluation: y_K of its dynamics from y0 (or z under IA)
-// for unrolled and implicit methods, all K steps even under PTT (spec 7.3 evaluates the LL model
-// after K steps); the carried y of bome, galet, bvfim (not advanced).
-blo_status blo_runner_solution(blo_runner *r, const double *x, const double *z, double *y,
-                               blo_error *err);
+#ifdef __cplusplus
+}
+#endif
 
 #endif

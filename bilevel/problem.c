@@ -20,6 +20,8 @@ const char *blo_status_name(blo_status s) {
     case BLO_ECALLBACK: return "bad callback output";
     case BLO_ETAPE: return "tape error";
     case BLO_ENOMEM: return "out of memory";
+    case BLO_EIO: return "file error";
+    case BLO_STOPPED: return "stopped";
     }
     return "?";
 }
@@ -131,6 +133,27 @@ ad_var blo_y_project(ad_tape *t, const blo_problem *p, ad_var y) {
     return y;
 }
 
+// ---- evaluating the objectives ----------------------------------------------------------------
+
+blo_status blo_eval(const blo_problem *p, int upper, const double *x, const double *y,
+                    double *value, double *gx, double *gy, ad_tape *tape, blo_error *err) {
+    blo_tape_use u;
+    blo_status st = blo_tape_acquire(&u, tape, err);
+    if (st != BLO_OK) return st;
+    ad_tape *t = u.t;
+    ad_var in[2] = {ad_param(t, ad_vec_shape(p->n_x), x), ad_param(t, ad_vec_shape(p->n_y), y)}, g[2];
+    ad_var v = upper ? blo_call_F(t, p, in[0], in[1]) : blo_call_f(t, p, in[0], in[1]);
+    if ((gx || gy) && v) ad_grad(t, v, 2, in, g, 0);
+    if (ad_tape_status(t) == AD_OK) {
+        if (value) *value = ad_item(t, v);
+        if (gx) memcpy(gx, ad_value(t, g[0]), (size_t)p->n_x * sizeof(double));
+        if (gy) memcpy(gy, ad_value(t, g[1]), (size_t)p->n_y * sizeof(double));
+    }
+    st = blo_tape_check(t, err, upper ? "F" : "f");
+    blo_tape_release(&u);
+    return st;
+}
+
 // ---- validation -------------------------------------------------------------------------------------
 
 static blo_status check_box(const char *name, int n, const double *lo, const double *hi,
@@ -180,9 +203,11 @@ blo_status blo_dynamics_validate(const blo_problem *p, const blo_dynamics *d, bl
     if (!d->step) return blo_fail(err, BLO_EARG, "dynamics %s has no step map", name);
     if (d->state_size < 1)
         return blo_fail(err, BLO_EARG, "dynamics %s: state size %d < 1", name, d->state_size);
-    if ((!d->init || !d->read_y) && d->state_size != p->n_y)
-        return blo_fail(err, BLO_EARG,
-                        "dynamics %s: state size %d != n_y = %d needs its own init and read_y",
+    if (!d->init && d->state_size != p->n_y)
+        return blo_fail(err, BLO_EARG, "dynamics %s: state size %d != n_y = %d needs its own init",
+                        name, d->state_size, p->n_y);
+    if (!d->read_y && d->state_size < p->n_y)
+        return blo_fail(err, BLO_EARG, "dynamics %s: state size %d < n_y = %d needs its own read_y",
                         name, d->state_size, p->n_y);
     return d->check ? d->check(p, d, err) : BLO_OK;
 }
@@ -215,6 +240,21 @@ ad_var blo_rec_step(ad_tape *t, const blo_problem *p, const blo_dynamics *d, int
 }
 
 ad_var blo_rec_read_y(ad_tape *t, const blo_problem *p, const blo_dynamics *d, ad_var s) {
-    if (!d->read_y) return s;
+    if (!d->read_y) return d->state_size == p->n_y ? s : ad_slice(t, s, 0, p->n_y); // state[0 : n_y]
     return expect_vec(t, d, "read_y", d->read_y(t, p, d, s), p->n_y);
+}
+
+// ---- small numeric helpers --------------------------------------------------------------------------
+
+void blo_clamp_y(const blo_problem *p, double *y) {
+    for (int i = 0; i < p->n_y; i++) {
+        if (p->y_lo && y[i] < p->y_lo[i]) y[i] = p->y_lo[i];
+        if (p->y_hi && y[i] > p->y_hi[i]) y[i] = p->y_hi[i];
+    }
+}
+
+double blo_dot(const double *a, const double *b, int n) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
 }

@@ -1,6 +1,7 @@
 // hypertape models: the papers' problems as bilevel problems (blo_problem) with their known
-// optima, start points and settable parameters, and data hyper-cleaning on MNIST-format data.
-// A model is made by name with NAME=VALUE settings; it owns everything it points to.
+// optima, start points, settings (a table, like every method's) and the settings that reproduce
+// each paper per method (as data), and data hyper-cleaning on MNIST-format data. A model is
+// made from its entry and a params struct; it owns everything it points to.
 #ifndef HYPERTAPE_MODELS_H
 #define HYPERTAPE_MODELS_H
 
@@ -9,6 +10,10 @@
 #include "methods.h"
 
 #include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 typedef struct mdl_model mdl_model;
 
@@ -38,17 +43,25 @@ struct mdl_model {
     void (*free_data)(mdl_model *m);
 };
 
+// Settings that reproduce a paper: for one method (its registry name) or for every method ("*"),
+// "NAME=VALUE ..." of the method's, its dynamics' and the solver's settings, applied in the
+// table's order after the method's defaults. A name a method does not have is skipped for it.
+typedef struct {
+    const char *method;
+    const char *settings;
+} mdl_paper_row;
+
 typedef struct {
     const char *name;
     const char *summary;    // one line for `hypertape list`
     const char *source;     // which paper, equation or example
-    const char *params;     // the settable parameters with defaults, e.g. "n=20"
-    // Builds the model from NAME=VALUE settings (n_set of them). Returns 0, or -1 with a one-line
-    // message naming the bad setting.
-    int (*make)(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen);
-    // The settings that reproduce the papers for this problem and method (c and s arrive holding
-    // the method's generic defaults; K, step sizes, T, ...). NULL: keep the generic ones.
-    void (*defaults)(const char *method, blo_method_config *c, blo_solve_params *s);
+    size_t params_size;     // the model's params struct (0: it has none)
+    const void *defaults;
+    const blo_setting *settings;
+    // Builds the model from its params (checked against the table's bounds first). Returns 0, or
+    // -1 with a one-line message naming the bad setting.
+    int (*make)(mdl_model *m, const void *params, char *err, size_t errlen);
+    const mdl_paper_row *papers; // ended by {NULL, NULL}
 } mdl_entry;
 
 // The entries, one per model, each defined next to its model's code (toys.c, hyperclean.c).
@@ -59,20 +72,26 @@ extern const mdl_entry mdl_counterexample_entry, mdl_llc_entry, mdl_lls_entry, m
 // All models, NULL-terminated, in `hypertape list` order.
 const mdl_entry *const *mdl_registry(void);
 const mdl_entry *mdl_find(const char *name);
-int mdl_make(const char *name, int n_set, const char *const *set, mdl_model *m, char *err, size_t errlen);
+// params: the model's params struct (NULL = its defaults).
+int mdl_make(const mdl_entry *e, const void *params, mdl_model *m, char *err, size_t errlen);
+// By name with "NAME=VALUE ..." settings (the same parser as the command line's --set).
+int mdl_make_named(const char *name, const char *settings, mdl_model *m, char *err, size_t errlen);
 void mdl_free(mdl_model *m);
+
+// Whether a paper row applies to method m ("*", or the row's name is m's in the registry).
+int mdl_paper_row_applies(const mdl_paper_row *row, const blo_method_type *m);
+// The configuration that reproduces the papers for method m on this problem: m's defaults, the
+// dynamics named (NULL: the rows' choice, else m's default; it is set before anything else), then
+// the rows that apply, in order, each setting m, its dynamics or the solver has (others are
+// skipped: a row for every method names some that only some have). NULL with a message.
+blo_config *mdl_paper_config(const mdl_entry *e, const blo_method_type *m, const char *dynamics,
+                             char *err, size_t errlen);
 
 // ||x - x*|| / ||x*||, or ||x - x*|| when x* = 0; NaN if x* is unknown.
 double mdl_x_error(const mdl_model *m, const double *x);
 
-// Parsing helpers for make(): finds "key=value" among the settings. Each returns 0 (found or
-// not: *out keeps its default) or -1 with a message (bad number, unknown key are checked by
-// mdl_check_keys).
-int mdl_set_double(int n_set, const char *const *set, const char *key, double *out, char *err, size_t errlen);
-int mdl_set_int(int n_set, const char *const *set, const char *key, int *out, char *err, size_t errlen);
-int mdl_set_string(int n_set, const char *const *set, const char *key, const char **out);
-// -1 with "unknown setting 'k' for model NAME (known: a, b)" if a setting's key is not in keys.
-int mdl_check_keys(const char *model, int n_set, const char *const *set, const char *const *keys,
-                   char *err, size_t errlen);
+#ifdef __cplusplus
+}
+#endif
 
 #endif

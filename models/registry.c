@@ -1,4 +1,4 @@
-// The model registry, making and freeing models, and the NAME=VALUE setting parsers models use.
+// The model registry, making and freeing models, and matching the papers' settings to a method.
 #include "models.h"
 
 #include <errno.h>
@@ -23,12 +23,15 @@ const mdl_entry *mdl_find(const char *name) {
     return NULL;
 }
 
-int mdl_make(const char *name, int n_set, const char *const *set, mdl_model *m, char *err, size_t errlen) {
+int mdl_make(const mdl_entry *e, const void *params, mdl_model *m, char *err, size_t errlen) {
     memset(m, 0, sizeof *m);
-    const mdl_entry *e = name ? mdl_find(name) : NULL;
-    if (!e) return mdl_fail(err, errlen, "unknown problem '%s' (hypertape list shows them)", name ? name : "");
+    if (!e) return mdl_fail(err, errlen, "mdl_make: no model entry");
+    blo_error be;
+    if (!params) params = e->defaults;
+    if (e->params_size && blo_settings_check(e->settings, params, e->name, &be))
+        return mdl_fail(err, errlen, "problem %s", be.msg);
     m->F_star = NAN;
-    if (e->make(m, n_set, set, err, errlen)) {
+    if (e->make(m, params, err, errlen)) {
         mdl_free(m);
         return -1;
     }
@@ -36,9 +39,28 @@ int mdl_make(const char *name, int n_set, const char *const *set, mdl_model *m, 
     return 0;
 }
 
+int mdl_make_named(const char *name, const char *settings, mdl_model *m, char *err, size_t errlen) {
+    memset(m, 0, sizeof *m);
+    const mdl_entry *e = name ? mdl_find(name) : NULL;
+    if (!e) return mdl_fail(err, errlen, "unknown problem '%s' (hypertape list shows them)", name ? name : "");
+    void *params = calloc(1, e->params_size ? e->params_size : 1);
+    if (!params) return mdl_fail(err, errlen, "problem %s: out of memory", e->name);
+    if (e->params_size) memcpy(params, e->defaults, e->params_size);
+    blo_error be;
+    int rc = blo_settings_apply(e->settings, params, settings, 0, &be)
+                 ? mdl_fail(err, errlen, "problem %s: %s", e->name, be.msg)
+                 : mdl_make(e, params, m, err, errlen);
+    free(params);
+    return rc;
+}
+
 void mdl_free(mdl_model *m) {
     if (m->free_data) m->free_data(m);
     memset(m, 0, sizeof *m);
+}
+
+int mdl_paper_row_applies(const mdl_paper_row *row, const blo_method_type *m) {
+    return row && row->method && (!strcmp(row->method, "*") || blo_method_find(row->method) == m);
 }
 
 double mdl_x_error(const mdl_model *m, const double *x) {
@@ -51,59 +73,43 @@ double mdl_x_error(const mdl_model *m, const double *x) {
     return s > 0 ? sqrt(d / s) : sqrt(d);
 }
 
-// The value of "key=value" among the settings, or NULL.
-static const char *lookup(int n_set, const char *const *set, const char *key) {
-    size_t k = strlen(key);
-    for (int i = n_set - 1; i >= 0; i--) // the last setting wins
-        if (!strncmp(set[i], key, k) && set[i][k] == '=') return set[i] + k + 1;
-    return NULL;
+typedef struct {
+    blo_config *c;
+    char dynamics[64]; // the last "dynamics" named
+} paper_ctx;
+
+static blo_status find_dynamics(const char *name, const char *value, void *ctx, blo_error *err) {
+    paper_ctx *p = ctx;
+    (void)err;
+    if (!strcmp(name, "dynamics")) snprintf(p->dynamics, sizeof p->dynamics, "%s", value);
+    return BLO_OK;
 }
 
-int mdl_set_double(int n_set, const char *const *set, const char *key, double *out, char *err, size_t errlen) {
-    const char *v = lookup(n_set, set, key);
-    if (!v) return 0;
-    char *end;
-    errno = 0;
-    double d = strtod(v, &end);
-    if (!*v || *end || errno || !isfinite(d))
-        return mdl_fail(err, errlen, "setting %s=%s: not a finite number", key, v);
-    *out = d;
-    return 0;
+static blo_status set_known(const char *name, const char *value, void *ctx, blo_error *err) {
+    paper_ctx *p = ctx;
+    if (!strcmp(name, "dynamics") || !blo_config_has(p->c, name)) return BLO_OK;
+    return blo_config_set(p->c, name, value, err);
 }
 
-int mdl_set_int(int n_set, const char *const *set, const char *key, int *out, char *err, size_t errlen) {
-    const char *v = lookup(n_set, set, key);
-    if (!v) return 0;
-    char *end;
-    errno = 0;
-    long d = strtol(v, &end, 10);
-    if (!*v || *end || errno || d < -1000000000L || d > 1000000000L)
-        return mdl_fail(err, errlen, "setting %s=%s: not an integer", key, v);
-    *out = (int)d;
-    return 0;
-}
-
-int mdl_set_string(int n_set, const char *const *set, const char *key, const char **out) {
-    const char *v = lookup(n_set, set, key);
-    if (v) *out = v;
-    return 0;
-}
-
-int mdl_check_keys(const char *model, int n_set, const char *const *set, const char *const *keys,
-                   char *err, size_t errlen) {
-    for (int i = 0; i < n_set; i++) {
-        const char *eq = strchr(set[i], '=');
-        if (!eq) return mdl_fail(err, errlen, "setting '%s' for problem %s is not NAME=VALUE", set[i], model);
-        int known = 0;
-        for (int k = 0; keys && keys[k]; k++)
-            known |= strlen(keys[k]) == (size_t)(eq - set[i]) && !strncmp(keys[k], set[i], (size_t)(eq - set[i]));
-        if (!known) {
-            char list[256] = "";
-            for (int k = 0; keys && keys[k]; k++)
-                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? ", " : "", keys[k]);
-            return mdl_fail(err, errlen, "unknown setting '%.*s' for problem %s (known: %s)",
-                        (int)(eq - set[i]), set[i], model, keys && keys[0] ? list : "none");
-        }
+blo_config *mdl_paper_config(const mdl_entry *e, const blo_method_type *m, const char *dynamics,
+                             char *err, size_t errlen) {
+    blo_error be;
+    blo_config *c = blo_config_new(m, &be);
+    if (!c) {
+        mdl_fail(err, errlen, "%s", be.msg);
+        return NULL;
     }
-    return 0;
+    paper_ctx p = {.c = c};
+    if (dynamics) snprintf(p.dynamics, sizeof p.dynamics, "%s", dynamics);
+    for (const mdl_paper_row *row = e->papers; !dynamics && row && row->method; row++)
+        if (mdl_paper_row_applies(row, m)) blo_assignments_each(row->settings, find_dynamics, &p, NULL);
+    blo_status st = p.dynamics[0] ? blo_config_set(c, "dynamics", p.dynamics, &be) : BLO_OK;
+    for (const mdl_paper_row *row = e->papers; !st && row && row->method; row++)
+        if (mdl_paper_row_applies(row, m)) st = blo_assignments_each(row->settings, set_known, &p, &be);
+    if (st) {
+        mdl_fail(err, errlen, "problem %s's paper settings for %s: %s", e->name, m->name, be.msg);
+        blo_config_free(c);
+        return NULL;
+    }
+    return c;
 }

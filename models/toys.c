@@ -1,8 +1,9 @@
-// The papers' toy problems as models (spec sections 6.1-6.8): BDA Example 1 (counterexample), AIT
-// Eqs. 18-20 (llc, lls, nonconvex), BVFIM Eq. 30 (sin), the BOME toys (coreset, minimax,
-// degenerate) and GALET Example 1 (pl), each with its known optimum, start points, settable
-// parameters and the settings that reproduce its paper; and a closed-form quadratic whose size and
-// conditioning are settable (tests and benchmarks).
+// The papers' toy problems as models: BDA Example 1 (counterexample), AIT Eqs. 18-20 (llc, lls,
+// nonconvex), BVFIM Eq. 30 (sin), the BOME toys (coreset, minimax, degenerate) and GALET Example 1
+// (pl), each with its known optimum, start points, settings table and the settings that
+// reproduce its paper (data, per method); and a closed-form quadratic whose size and
+// conditioning are settable (tests and benchmarks). Where a paper gives no setting, ours are
+// chosen as each table's comment says ("measured" means by our own runs).
 //
 // Every objective is a tape expression; constants live in the model's own storage and enter the
 // tape by ad_const_view. For the BOME toys the paper's UL variable v is our x and its LL variable
@@ -56,23 +57,16 @@ static double *toy_take(toy *d, size_t n) {
 }
 
 
-static int is(const char *method, const char *name) { return method && !strcmp(method, name); }
 
-// Sets K and keeps T-RHG's generic K' = K / 2 consistent with it.
-static void set_K(const char *method, blo_method_config *c, int K) {
-    c->K = K;
-    if (is(method, "trhg")) c->truncate = K / 2;
-}
-
-// The size setting n of llc, lls, nonconvex: 1 <= n <= 10^6 (a bound so 2n and the storage fit).
-static int get_n(const char *model, int n_set, const char *const *set, int def, int *n, char *err,
-                 size_t errlen) {
-    *n = def;
-    if (mdl_set_int(n_set, set, "n", n, err, errlen)) return -1;
-    if (*n < 1 || *n > 1000000)
-        return mdl_fail(err, errlen, "setting n=%d for problem %s: must be in [1, 1000000]", *n, model);
-    return 0;
-}
+// llc, lls and nonconvex have one setting, their size n (bounded so 2n and the storage fit).
+typedef struct {
+    int n;
+} size_params;
+static const blo_setting size_settings[] = {
+    BLO_ROW_INT(size_params, n, "n", 1, 1000000, "n", "problem size n"),
+    BLO_ROW_END,
+};
+static const blo_setting no_settings[] = {BLO_ROW_END};
 
 static double *fill(double *p, size_t n, double v) {
     for (size_t i = 0; i < n; i++) p[i] = v;
@@ -99,10 +93,7 @@ static ad_var ex1_f(ad_tape *t, ad_var x, ad_var y, void *u) {
 }
 
 // x [1] and y [2] with the common optimum x* = 1, y* = (1, 1), F* = 0.
-static toy *ex1_make(mdl_model *m, const char *name, int n_set, const char *const *set, char *err,
-                     size_t errlen) {
-    static const char *const keys[] = {NULL};
-    if (mdl_check_keys(name, n_set, set, keys, err, errlen)) return NULL;
+static toy *ex1_make(mdl_model *m, const char *name, char *err, size_t errlen) {
     toy *d = toy_new(m, 32);
     if (!d) return oom(name, err, errlen), NULL;
     m->prob = (blo_problem){.n_x = 1, .n_y = 2, .F = ex1_F, .f = ex1_f, .user = d};
@@ -112,8 +103,9 @@ static toy *ex1_make(mdl_model *m, const char *name, int n_set, const char *cons
     return d;
 }
 
-static int counterexample_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
-    toy *d = ex1_make(m, "counterexample", n_set, set, err, errlen);
+static int counterexample_make(mdl_model *m, const void *params, char *err, size_t errlen) {
+    (void)params;
+    toy *d = ex1_make(m, "counterexample", err, errlen);
     if (!d) return -1;
     // BDA Fig. 1: x in [-100, 100]; starts x0 = 0 with y0 = (0, 0) or (2, 2), and x0 = 2, y0 = (2, 2).
     m->prob.x_lo = fill(toy_take(d, 1), 1, -100);
@@ -128,30 +120,27 @@ static int counterexample_make(mdl_model *m, int n_set, const char *const *set, 
     return 0;
 }
 
-static void counterexample_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
-    // BDA (spec 6.1): K = 16, s_u = 0.7, s_l = 0.2, alpha_k = 0.5/k (the generic BDA preset); RHG
-    // and the implicit methods use the same plain steps s_l = 0.2. The UL step and iterations are
-    // not given: [V] found the K-step optimum independent of lr in {0.1, 0.5}; 0.5 with T = 300
-    // reaches it to 1e-6 (our choice).
-    set_K(method, c, 16);
-    c->gd.s_l = c->nesterov.s_l = c->momentum.s_l = 0.2;
-    c->bda.s_u = 0.7, c->bda.s_l = 0.2;
-    s->T = 300, s->lr_x = s->lr_z = 0.5;
-    if (is(method, "ait") || is(method, "aitp")) { // convex LL: AIT_C (Alg. 2), no PTT
-        c->dynamics = "bda", c->bda.weights = BLO_BDA_AIT, c->ptt = 0;
-    }
-    if (is(method, "bome")) { // as for degenerate, the same problem (spec 6.7)
-        c->bome.T = 1, c->bome.alpha = 0.5, c->bome.eta = 0.5;
-        s->T = 2000;
-    }
-    if (is(method, "galet")) s->lr_x = 0.3, s->T = 300; // GALET's alpha (no paper setting here)
-    if (is(method, "bvfim")) s->lr_x = 0.1, s->T = 1000; // no paper setting; BVFIM's generic schedule
-}
+// BDA (Sec. 5.1): K = 16, s_u = 0.7, s_l = 0.2, alpha_k = 0.5/k (the BDA dynamics' defaults); RHG
+// and the implicit methods use the same plain steps s_l = 0.2. The UL step and iterations are not
+// given: we measured the K-step optimum independent of lr in {0.1, 0.5}; 0.5 with T = 300 reaches
+// it to 1e-6 (our choice). ait / aitp: the LL is convex, so AIT_C (Alg. 2): BDA dynamics with
+// AIT's weights, no PTT. bome as for degenerate, the same problem; galet and bvfim have no paper
+// setting here (GALET's alpha, BVFIM's generic schedule).
+static const mdl_paper_row counterexample_papers[] = {
+    {"*", "ll_iters=16 s_l=0.2 s_u=0.7 ul_iters=300 lr_x=0.5 lr_z=0.5"},
+    {"ait", "dynamics=bda bda_weights=ait ptt=0"},
+    {"aitp", "dynamics=bda bda_weights=ait ptt=0"},
+    {"bome", "T=1 alpha=0.5 eta=0.5 ul_iters=2000"},
+    {"galet", "lr_x=0.3 ul_iters=300"},
+    {"bvfim", "lr_x=0.1 ul_iters=1000"},
+    {NULL, NULL},
+};
 
-static int degenerate_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
-    toy *d = ex1_make(m, "degenerate", n_set, set, err, errlen);
+static int degenerate_make(mdl_model *m, const void *params, char *err, size_t errlen) {
+    (void)params;
+    toy *d = ex1_make(m, "degenerate", err, errlen);
     if (!d) return -1;
-    // spec 6.7 reading 13: BDA Example 1 as [C] implements it; theta clamped to [-100, 100], v free.
+    // BDA Example 1 as BOME's code implements it: theta clamped to [-100, 100], v free.
     m->prob.y_lo = fill(toy_take(d, 2), 2, -100);
     m->prob.y_hi = fill(toy_take(d, 2), 2, 100);
     m->n_starts = 1;
@@ -159,12 +148,8 @@ static int degenerate_make(mdl_model *m, int n_set, const char *const *set, char
     return 0;
 }
 
-static void degenerate_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
-    // BOME [C]: xi = alpha = 0.5, T = 1, eta = 0.5, 2000 iterations. The unrolled methods get
-    // BDA's toy settings (this is BDA Example 1).
-    counterexample_defaults(method, c, s);
-    if (is(method, "bome")) s->lr_x = s->lr_z = 0.5;
-}
+// BOME's code: xi = alpha = 0.5, T = 1, eta = 0.5, 2000 iterations; the unrolled methods get BDA's
+// settings for this problem (it is BDA Example 1): the counterexample's rows.
 
 // ---- AIT Eq. 18 (llc) and Eq. 19 (lls): x [n], y = (y1, y2) [2n] -------------------------------------
 
@@ -188,20 +173,14 @@ static ad_var lls_F(ad_tape *t, ad_var x, ad_var y, void *u) {
 }
 
 static ad_var lls_f(ad_tape *t, ad_var x, ad_var y, void *u) {
-    // ||y1 - y2||^4 + ||y1 + y2 - x||^4 (spec reading 1): S(x) = {(x/2, x/2)}, f* = 0
+    // ||y1 - y2||^4 + ||y1 + y2 - x||^4 (our reading of Eq. 19): S(x) = {(x/2, x/2)}, f* = 0
     int n = ((const toy *)u)->n;
     ad_var y1 = ad_slice(t, y, 0, n), y2 = ad_slice(t, y, n, n);
     return ad_add(t, ad_normp(t, ad_sub(t, y1, y2), 4), ad_normp(t, ad_sub(t, ad_add(t, y1, y2), x), 4));
 }
 
 // Shared by llc and lls: sizes, box X = [-r, r]^n, one start (x0, (y1_0, y2_0)) and the optimum.
-static int aitq_make(mdl_model *m, const char *name, int lls, int n_set, const char *const *set,
-                     char *err, size_t errlen) {
-    static const char *const keys[] = {"n", NULL};
-    int n;
-    if (mdl_check_keys(name, n_set, set, keys, err, errlen) ||
-        get_n(name, n_set, set, 20, &n, err, errlen))
-        return -1;
+static int aitq_make(mdl_model *m, const char *name, int lls, int n, char *err, size_t errlen) {
     size_t N = (size_t)n;
     toy *d = toy_new(m, 10 * N);
     if (!d) return oom(name, err, errlen);
@@ -215,7 +194,7 @@ static int aitq_make(mdl_model *m, const char *name, int lls, int n_set, const c
     // gradient there is -e), y* = (e/2, e/2), F* = -n + 2 ||e/2||^4 = -n + n^2/8.
     m->x_star = fill(toy_take(d, N), N, 1);
     double *ys = fill(toy_take(d, 2 * N), 2 * N, lls ? 0.5 : 1);
-    m->y_star = m->z_prior = ys; // AIT_P's toy prior: z_p = y* (spec reading 8)
+    m->y_star = m->z_prior = ys; // AIT_P's toy prior: z_p = y* (our reading: the paper gives none)
     m->F_star = lls ? -(double)n + (double)n * n / 8 : 0;
     // starts: llc (2e, (2e, 2e)); lls (-e, (-e, -2e)) (x0 on the boundary of X)
     double *x0 = fill(toy_take(d, N), N, lls ? -1 : 2), *y0 = toy_take(d, 2 * N);
@@ -224,48 +203,44 @@ static int aitq_make(mdl_model *m, const char *name, int lls, int n_set, const c
     return 0;
 }
 
-static int llc_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
-    return aitq_make(m, "llc", 0, n_set, set, err, errlen);
+static int llc_make(mdl_model *m, const void *params, char *err, size_t errlen) {
+    return aitq_make(m, "llc", 0, ((const size_params *)params)->n, err, errlen);
 }
 
-static int lls_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
-    return aitq_make(m, "lls", 1, n_set, set, err, errlen);
+static int lls_make(mdl_model *m, const void *params, char *err, size_t errlen) {
+    return aitq_make(m, "lls", 1, ((const size_params *)params)->n, err, errlen);
 }
 
-static void llc_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
-    // AIT (spec 6.2) gives T = 1000 and nothing else. Our choices for n = 20: K = 20; the LL step
-    // s_l = 0.5 (L_f = 1); a small UL step inside the LL (s_u = 0.03: ||grad_y1 F|| is ~360 at
-    // the start, s_u = 0.1 overflows); lr_x = lr_z = 0.01 (F is quartic: large gradients far from
-    // x*, vanishing curvature at x*, so convergence is sublinear). Measured at T = 1000 (n = 20):
-    // ||x - e|| / ||e|| = 0.063 for BDA, 0.038 for AIT_C; RHG stays at 0.5 (y2 never moves). ait / aitp are AIT_C: BDA dynamics with AIT's weights
-    // (mu = 0.5, beta_k = 1) and IA, no PTT (Alg. 2).
-    set_K(method, c, 20);
-    c->gd.s_l = c->nesterov.s_l = c->momentum.s_l = 0.5;
-    c->bda.s_u = 0.03, c->bda.s_l = 0.5;
-    s->T = 1000, s->lr_x = s->lr_z = 0.01;
-    if (is(method, "ait") || is(method, "aitp")) {
-        c->dynamics = "bda", c->bda.weights = BLO_BDA_AIT, c->ptt = 0;
-    }
-    if (is(method, "galet")) c->galet.beta = 0.5;
-    if (is(method, "bome")) c->bome.alpha = 0.5;
-}
+// AIT (Sec. 6.1) gives T = 1000 and nothing else. Our choices for n = 20: K = 20; the LL step
+// s_l = 0.5 (L_f = 1); a small UL step inside the LL (s_u = 0.03: ||grad_y1 F|| is ~360 at the
+// start, s_u = 0.1 overflows); lr_x = lr_z = 0.01 (F is quartic: large gradients far from x*,
+// vanishing curvature at x*, so convergence is sublinear). Measured at T = 1000 (n = 20):
+// ||x - e|| / ||e|| = 0.063 for BDA, 0.038 for AIT_C; RHG stays at 0.5 (y2 never moves). ait and
+// aitp are AIT_C: BDA dynamics with AIT's weights (mu = 0.5, beta_k = 1) and IA, no PTT (Alg. 2).
+static const mdl_paper_row llc_papers[] = {
+    {"*", "ll_iters=20 s_l=0.5 s_u=0.03 ul_iters=1000 lr_x=0.01 lr_z=0.01"},
+    {"ait", "dynamics=bda bda_weights=ait ptt=0"},
+    {"aitp", "dynamics=bda bda_weights=ait ptt=0"},
+    {"galet", "beta=0.5"},
+    {"bome", "alpha=0.5"},
+    {NULL, NULL},
+};
 
-static void lls_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
-    // AIT (spec 6.3) gives no settings. f is quartic with curvature ~12 ||y1 + y2 - x||^2 ~ 10^3
-    // at the start (n = 20), so the LL step is small: s_l = 1e-3 (5e-3 overflows), K = 20,
-    // lr = 1e-3 (1e-2 overflows) (our choices). AIT for LLS is IA on plain or Nesterov steps
-    // (Eqs. 8-9), without PTT. Measured at T = 1000: ||x - e|| / ||e|| = 0.77 for RHG, 0.28 with IA.
-    set_K(method, c, 20);
-    c->gd.s_l = c->nesterov.s_l = c->momentum.s_l = 1e-3;
-    c->bda.s_u = 1e-3, c->bda.s_l = 1e-3;
-    s->T = 1000, s->lr_x = s->lr_z = 1e-3;
-    if (is(method, "ait") || is(method, "aitp")) c->ptt = 0;
-    if (is(method, "galet")) c->galet.beta = 1e-3;
-    if (is(method, "bome")) c->bome.alpha = 1e-3;
-}
+// AIT gives no settings for Eq. 19. f is quartic with curvature ~12 ||y1 + y2 - x||^2 ~ 10^3 at
+// the start (n = 20), so the LL step is small: s_l = 1e-3 (5e-3 overflows), K = 20, lr = 1e-3
+// (1e-2 overflows) (our choices). AIT for LLS is IA on plain or Nesterov steps (Eqs. 8-9),
+// without PTT. Measured at T = 1000: ||x - e|| / ||e|| = 0.77 for RHG, 0.28 with IA.
+static const mdl_paper_row lls_papers[] = {
+    {"*", "ll_iters=20 s_l=1e-3 s_u=1e-3 ul_iters=1000 lr_x=1e-3 lr_z=1e-3"},
+    {"ait", "ptt=0"},
+    {"aitp", "ptt=0"},
+    {"galet", "beta=1e-3"},
+    {"bome", "alpha=1e-3"},
+    {NULL, NULL},
+};
 
 // ---- AIT Eq. 20 (nonconvex) and BVFIM Eq. 30 (sin) ---------------------------------------------------
-// nonconvex: x [1] shared by all coordinates (spec reading 2), y [n], c_i = 2, y in [-10, 10]^n:
+// nonconvex: x [1] shared by all coordinates (our reading of Eq. 20), y [n], c_i = 2, y in [-10, 10]^n:
 //   F = (x - a)^2 + ||y - a - c||^2,  f = sum_i sin(x + y_i - c_i).
 // sin: x [1], y [1], F = (x - a)^2 + (y - a)^2, f = sin(x + y) (c = 0, no box).
 // Both reduce on a branch y_i = C + c_i - x (C = -pi/2 + 2 k pi) to (x - a)^2 + n (C - x - a)^2, so
@@ -315,12 +290,8 @@ static toy *wave_make(mdl_model *m, const char *name, int n, double a, double cv
     return d;
 }
 
-static int nonconvex_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
-    static const char *const keys[] = {"n", NULL};
-    int n;
-    if (mdl_check_keys("nonconvex", n_set, set, keys, err, errlen) ||
-        get_n("nonconvex", n_set, set, 1, &n, err, errlen))
-        return -1;
+static int nonconvex_make(mdl_model *m, const void *params, char *err, size_t errlen) {
+    int n = ((const size_params *)params)->n;
     // a = 2, c_i = 2 (C = 3 pi / 2 for every n); starts (-6, 0) and (-8, -8) (AIT Figs. 3-5)
     static const double starts[2][2] = {{-6, 0}, {-8, -8}};
     toy *d = wave_make(m, "nonconvex", n, 2, 2, 2, starts, err, errlen);
@@ -331,41 +302,45 @@ static int nonconvex_make(mdl_model *m, int n_set, const char *const *set, char 
     return 0;
 }
 
-static void nonconvex_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
-    // [V] (spec 6.4): plain projected GD, s_l = 0.3, K = 20, lr_x = lr_z = 0.1, T = 2000 takes
-    // AIT_NC (IA + PTT) to x* from both starts; the other unrolled methods get the same LL so the
-    // comparison is like for like. accel uses L_f = 1 (sin).
-    set_K(method, c, 20);
-    c->gd.s_l = c->nesterov.s_l = c->momentum.s_l = 0.3;
-    c->accel.L_f = 1;
-    s->T = 2000, s->lr_x = s->lr_z = 0.1;
-}
+// Measured: plain projected GD, s_l = 0.3, K = 20, lr_x = lr_z = 0.1, T = 2000 takes AIT_NC (IA +
+// PTT) to x* from both starts; the other unrolled methods get the same LL, so the comparison is
+// like for like (BDA keeps its own s_l = 0.2, BDA Sec. 5). accel uses L_f = 1 (sin).
+static const mdl_paper_row nonconvex_papers[] = {
+    {"*", "ll_iters=20 s_l=0.3 L_f=1 ul_iters=2000 lr_x=0.1 lr_z=0.1"},
+    {"bda", "s_l=0.2"},
+    {NULL, NULL},
+};
 
-static int sin_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
-    static const char *const keys[] = {"a", NULL};
-    double a = 0;
-    if (mdl_check_keys("sin", n_set, set, keys, err, errlen) ||
-        mdl_set_double(n_set, set, "a", &a, err, errlen))
-        return -1;
-    if (fabs(a) > 1e6) return mdl_fail(err, errlen, "setting a=%g for problem sin: |a| must be <= 1e6", a);
+typedef struct {
+    double a;
+} sin_params;
+static const sin_params sin_defaults = {0};
+static const blo_setting sin_settings[] = {
+    BLO_ROW_DBL(sin_params, a, "a", -1e6, 1e6, 0, "a", "the shift a of F = (x - a)^2 + (y - a)^2"),
+    BLO_ROW_END,
+};
+
+static int sin_make(mdl_model *m, const void *params, char *err, size_t errlen) {
+    double a = ((const sin_params *)params)->a;
     // BVFIM uses a in {0, 2}: x* = y* = -pi/4 (F* = pi^2/8) and 3 pi/4 (F* = (3 pi/2 - 4)^2 / 2).
     // Any other a gets the same closed form (x* = y* = C/2); where two branches tie, x* is unknown.
     static const double starts[2][2] = {{0, 0}, {3, 3}};
     return wave_make(m, "sin", 1, a, 0, 2, starts, err, errlen) ? 0 : -1;
 }
 
-static void sin_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
-    // BVFIM gives no step sizes (its supplement is missing); >= 500 UL iterations (Fig. 2). Our
-    // choice: the nonconvex toy's LL (it is the same problem shifted), T = 500. Measured: RHG reaches
-    // x* only from the near start ((0, 0) for a = 0, (3, 3) for a = 2).
-    // BVFIM (our tuning): mu_0 = theta_0 = 3 large enough that the regularized value function picks
-    // the LL basin nearest the origin from both starts, decaying as 1/(l+1); T = 2000. The barrier
-    // admits y within ~sqrt(2 mu_l) of the LL solution, so x converges like 1/sqrt(l): measured
-    // relative errors 0.049 / 0.049 (a = 0) and 0.031 / 0.025 (a = 2) at l = 2000.
-    nonconvex_defaults(method, c, s);
-    s->T = 500;
-    if (is(method, "bvfim")) c->bvfim.mu0 = c->bvfim.theta0 = 3, s->T = 2000;
-}
+// BVFIM gives no step sizes (its supplement is missing); >= 500 UL iterations (Fig. 2). Our
+// choice: the nonconvex toy's LL (it is the same problem shifted), T = 500. Measured: RHG reaches
+// x* only from the near start ((0, 0) for a = 0, (3, 3) for a = 2). BVFIM (our tuning): mu_0 =
+// theta_0 = 3, large enough that the regularized value function picks the LL basin nearest the
+// origin from both starts, decaying as 1/(l+1); T = 2000. The barrier admits y within
+// ~sqrt(2 mu_l) of the LL solution, so x converges like 1/sqrt(l): measured relative errors
+// 0.049 / 0.049 (a = 0) and 0.031 / 0.025 (a = 2) at l = 2000.
+static const mdl_paper_row sin_papers[] = {
+    {"*", "ll_iters=20 s_l=0.3 L_f=1 ul_iters=500 lr_x=0.1 lr_z=0.1"},
+    {"bda", "s_l=0.2"},
+    {"bvfim", "mu0=3 theta0=3 ul_iters=2000"},
+    {NULL, NULL},
+};
 
 // ---- GALET Example 1 (pl): x [1], y [2] -------------------------------------------------------------
 // F = x^2 + y1 - sin(y2), f = 1/2 (x + y1 - sin y2)^2. S(x) = {x + y1 - sin y2 = 0}, F = x^2 - x
@@ -390,9 +365,8 @@ static double pl_gap(const mdl_model *m, const double *x, const double *y) {
     return sqrt((x[0] - 0.5) * (x[0] - 0.5) + r * r);
 }
 
-static int pl_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
-    static const char *const keys[] = {NULL};
-    if (mdl_check_keys("pl", n_set, set, keys, err, errlen)) return -1;
+static int pl_make(mdl_model *m, const void *params, char *err, size_t errlen) {
+    (void)params;
     toy *d = toy_new(m, 32);
     if (!d) return oom("pl", err, errlen);
     m->prob = (blo_problem){.n_x = 1, .n_y = 2, .F = pl_F, .f = pl_f, .user = d};
@@ -402,7 +376,7 @@ static int pl_make(mdl_model *m, int n_set, const char *const *set, char *err, s
     m->y_star = m->z_prior = ys;
     m->F_star = -0.25;
     m->optimal_gap = pl_gap;
-    // starts (spec reading 19): (2, (2, 2)), (0, (0, 0)), (-2, (0, 0)), (1, (1, 1))
+    // starts (ours; GALET's figure does not list them): (2, (2, 2)), (0, (0, 0)), (-2, (0, 0)), (1, (1, 1))
     static const double st[4][3] = {{2, 2, 2}, {0, 0, 0}, {-2, 0, 0}, {1, 1, 1}};
     m->n_starts = 4;
     for (int s = 0; s < 4; s++) {
@@ -413,18 +387,17 @@ static int pl_make(mdl_model *m, int n_set, const char *const *set, char *err, s
     return 0;
 }
 
-static void pl_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
-    // GALET (App. G): alpha = 0.3, beta = 1, N = 1, gamma = 0.1, T = 1, and 30 iterations; w warm
-    // started (spec reading 18: cold w does not converge with T = 1). We run 100 UL iterations,
-    // where [V] reaches x = 0.5000 (30 leaves |x - 0.5| up to 0.02).
-    c->galet.N = 1, c->galet.beta = 1, c->galet.T = 1, c->galet.rho = 0.1, c->galet.w_warm = 1;
-    s->T = 100, s->lr_x = s->lr_z = 0.3;
-    // Not in the paper: the unrolled methods get grad_y f's Lipschitz bound ~2 -> s_l = 0.5, K = 20.
-    set_K(method, c, 20);
-    c->gd.s_l = c->nesterov.s_l = c->momentum.s_l = 0.5;
-    c->bda.s_l = 0.5;
-    if (is(method, "bome") || is(method, "bvfim")) s->lr_x = s->lr_z = 0.1, s->T = 1000;
-}
+// GALET (App. G): alpha = 0.3, beta = 1, N = 1, gamma = 0.1, T = 1, and 30 iterations; w warm
+// started (cold w does not converge with T = 1: the README's reading). We run 100 UL iterations,
+// where x = 0.5000 is reached (30 leave |x - 0.5| up to 0.02, measured). Not in the paper: the
+// unrolled methods get grad_y f's Lipschitz bound ~2 -> s_l = 0.5, K = 20.
+static const mdl_paper_row pl_papers[] = {
+    {"*", "ul_iters=100 lr_x=0.3 lr_z=0.3 ll_iters=20 s_l=0.5"},
+    {"galet", "N=1 beta=1 T_w=1 rho=0.1 w_warm=1"},
+    {"bome", "lr_x=0.1 lr_z=0.1 ul_iters=1000"},
+    {"bvfim", "lr_x=0.1 lr_z=0.1 ul_iters=1000"},
+    {NULL, NULL},
+};
 
 // ---- BOME mini-max: v [1], theta [1] in [-10, 10], F = v theta, g = -v theta ----------------------
 
@@ -438,41 +411,39 @@ static ad_var mm_f(ad_tape *t, ad_var x, ad_var y, void *u) {
     return ad_neg(t, ad_dot(t, x, y));
 }
 
-// The optimal set is {v = 0, theta in [-10, 10]} (spec reading 14): the distance is |v|.
+// The optimal set is {v = 0, theta in [-10, 10]}: the distance is |v|.
 static double mm_gap(const mdl_model *m, const double *x, const double *y) {
     (void)m, (void)y;
     return fabs(x[0]);
 }
 
-static int minimax_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
-    static const char *const keys[] = {NULL};
-    if (mdl_check_keys("minimax", n_set, set, keys, err, errlen)) return -1;
+static int minimax_make(mdl_model *m, const void *params, char *err, size_t errlen) {
+    (void)params;
     toy *d = toy_new(m, 16);
     if (!d) return oom("minimax", err, errlen);
     m->prob = (blo_problem){.n_x = 1, .n_y = 1, .F = mm_F, .f = mm_f, .user = d};
-    m->prob.x_lo = m->prob.y_lo = fill(toy_take(d, 1), 1, -10); // [C] clamps both to [-10, 10]
+    m->prob.x_lo = m->prob.y_lo = fill(toy_take(d, 1), 1, -10); // BOME's code clamps both to [-10, 10]
     m->prob.x_hi = m->prob.y_hi = fill(toy_take(d, 1), 1, 10);
     m->x_star = toy_take(d, 1);              // v* = 0
     m->y_star = m->z_prior = toy_take(d, 1); // theta* = 0: where BOME ends (any theta is optimal)
     m->F_star = 0;
     m->optimal_gap = mm_gap;
     m->n_starts = 1;
-    m->x0[0] = fill(toy_take(d, 1), 1, 4), m->y0[0] = fill(toy_take(d, 1), 1, 4); // [C]
+    m->x0[0] = fill(toy_take(d, 1), 1, 4), m->y0[0] = fill(toy_take(d, 1), 1, 4); // BOME's code
     return 0;
 }
 
-static void minimax_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
-    // BOME [C]: xi = alpha = 0.05, T = 10, eta = 0.5, 200 iterations ([V]: |v| ~ 0.05 after 200,
-    // 1e-4 after 2000). Other methods: no paper setting; the same steps.
-    (void)method;
-    c->bome.T = 10, c->bome.alpha = 0.05, c->bome.eta = 0.5;
-    c->gd.s_l = c->bda.s_l = 0.05;
-    s->T = 200, s->lr_x = s->lr_z = 0.05;
-}
+// BOME's code: xi = alpha = 0.05, T = 10, eta = 0.5, 200 iterations (measured: |v| ~ 0.05 after
+// 200, 1e-4 after 2000). Other methods: no paper setting; the same steps.
+static const mdl_paper_row minimax_papers[] = {
+    {"*", "s_l=0.05 ul_iters=200 lr_x=0.05 lr_z=0.05"},
+    {"bome", "T=10 alpha=0.05 eta=0.5"},
+    {NULL, NULL},
+};
 
 // ---- BOME coreset: v [4], theta [2] ------------------------------------------------------------------
-// F = 0.1 ||theta - x0||^2, f = ||theta - X softmax(v)||^2 with X [2, 4] = [x1 x2 x3 x4] ([C]: the
-// 0.1 scaling of F is the code's). theta* = (1.8, 0.4), the projection of x0 onto the hull of the
+// F = 0.1 ||theta - x0||^2, f = ||theta - X softmax(v)||^2 with X [2, 4] = [x1 x2 x3 x4] (the data
+// and the 0.1 scaling of F are BOME's code's). theta* = (1.8, 0.4), the projection of x0 onto the hull of the
 // x_j (0.8 x2 + 0.2 x4), F* = 0.72, reached only as v1, v3 -> -inf: x* is unknown (at infinity).
 
 static ad_var cs_F(ad_tape *t, ad_var x, ad_var y, void *u) {
@@ -493,9 +464,8 @@ static double cs_gap(const mdl_model *m, const double *x, const double *y) {
     return hypot(y[0] - m->y_star[0], y[1] - m->y_star[1]);
 }
 
-static int coreset_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
-    static const char *const keys[] = {NULL};
-    if (mdl_check_keys("coreset", n_set, set, keys, err, errlen)) return -1;
+static int coreset_make(mdl_model *m, const void *params, char *err, size_t errlen) {
+    (void)params;
     toy *d = toy_new(m, 32);
     if (!d) return oom("coreset", err, errlen);
     m->prob = (blo_problem){.n_x = 4, .n_y = 2, .F = cs_F, .f = cs_f, .user = d};
@@ -509,7 +479,7 @@ static int coreset_make(mdl_model *m, int n_set, const char *const *set, char *e
     m->y_star = m->z_prior = ys;
     m->F_star = 0.72;
     m->optimal_gap = cs_gap;
-    // [C]: v0 = 0, theta0 in {(0, 3), (-3, 1), (3.5, -1)}
+    // BOME's code: v0 = 0, theta0 in {(0, 3), (-3, 1), (3.5, -1)}
     static const double th[3][2] = {{0, 3}, {-3, 1}, {3.5, -1}};
     double *v0 = toy_take(d, 4);
     m->n_starts = 3;
@@ -521,12 +491,12 @@ static int coreset_make(mdl_model *m, int n_set, const char *const *set, char *e
     return 0;
 }
 
-static void coreset_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
-    // BOME [C]: xi = alpha = 0.05, T = 10, eta = 0.5, 5000 iterations. Others: same steps (ours).
-    c->bome.T = 10, c->bome.alpha = 0.05, c->bome.eta = 0.5;
-    s->T = 5000, s->lr_x = s->lr_z = 0.05;
-    (void)method;
-}
+// BOME's code: xi = alpha = 0.05, T = 10, eta = 0.5, 5000 iterations. Others: the same steps (ours).
+static const mdl_paper_row coreset_papers[] = {
+    {"*", "ul_iters=5000 lr_x=0.05 lr_z=0.05"},
+    {"bome", "T=10 alpha=0.05 eta=0.5"},
+    {NULL, NULL},
+};
 
 // ---- the closed-form quadratic: x [m], y [n] ---------------------------------------------------------
 // F = 1/2 ||y - b||^2 + rho/2 ||x||^2, f = 1/2 y^T A y - y^T B x with A = Q diag(lambda) Q^T SPD,
@@ -597,23 +567,26 @@ static int cholesky_solve(double *H, int m, double *r) {
     return 0;
 }
 
-static int quadratic_make(mdl_model *m, int n_set, const char *const *set, char *err, size_t errlen) {
-    static const char *const keys[] = {"n", "m", "cond", "rho", "seed", NULL};
-    int n = 10, mx = -1, seed = 0;
-    double cond = 10, rho = 0.1;
-    if (mdl_check_keys("quadratic", n_set, set, keys, err, errlen) ||
-        mdl_set_int(n_set, set, "n", &n, err, errlen) || mdl_set_int(n_set, set, "m", &mx, err, errlen) ||
-        mdl_set_int(n_set, set, "seed", &seed, err, errlen) ||
-        mdl_set_double(n_set, set, "cond", &cond, err, errlen) ||
-        mdl_set_double(n_set, set, "rho", &rho, err, errlen))
-        return -1;
-    if (mx == -1) mx = n; // m defaults to n
-    if (n < 1 || n > 10000) return mdl_fail(err, errlen, "setting n=%d for problem quadratic: must be in [1, 10000]", n);
-    if (mx < 1 || mx > 10000) return mdl_fail(err, errlen, "setting m=%d for problem quadratic: must be in [1, 10000]", mx);
-    if (!(cond >= 1) || cond > 1e12)
-        return mdl_fail(err, errlen, "setting cond=%g for problem quadratic: must be in [1, 1e12]", cond);
-    if (!(rho > 0)) return mdl_fail(err, errlen, "setting rho=%g for problem quadratic: must be > 0", rho);
-    if (seed < 0) return mdl_fail(err, errlen, "setting seed=%d for problem quadratic: must be >= 0", seed);
+typedef struct {
+    int n, m;     // n_y, n_x (0: n)
+    double cond;  // A's condition number
+    double rho;   // UL ridge weight
+    int seed;
+} quad_params;
+static const quad_params quad_defaults = {.n = 10, .m = 0, .cond = 10, .rho = 0.1, .seed = 0};
+static const blo_setting quad_settings[] = {
+    BLO_ROW_INT(quad_params, n, "n", 1, 10000, "n", "LL size n_y"),
+    BLO_ROW_INT(quad_params, m, "m", 0, 10000, "m", "UL size n_x (0 = n)"),
+    BLO_ROW_DBL(quad_params, cond, "cond", 1, 1e12, 0, "c", "condition number of A"),
+    BLO_ROW_DBL(quad_params, rho, "rho", 0, INFINITY, BLO_SET_LO_OPEN, "r", "UL ridge weight rho"),
+    BLO_ROW_INT(quad_params, seed, "seed", 0, INT32_MAX, "S", "seed of A, B, b"),
+    BLO_ROW_END,
+};
+
+static int quadratic_make(mdl_model *m, const void *params, char *err, size_t errlen) {
+    const quad_params *q = params;
+    int n = q->n, mx = q->m ? q->m : n, seed = q->seed;
+    double cond = q->cond, rho = q->rho;
     size_t N = (size_t)n, Mx = (size_t)mx;
     toy *d = toy_new(m, N * N + N * Mx + 3 * N + 2 * Mx);
     double *Q = malloc(sizeof(double) * N * N), *Mm = malloc(sizeof(double) * N * Mx),
@@ -666,51 +639,55 @@ done:
     return rc;
 }
 
-static void quadratic_defaults(const char *method, blo_method_config *c, blo_solve_params *s) {
-    // No paper: our choice. LL step s_l = 0.1 = 1 / L_f for the default cond = 10 (set it to
-    // <= 1 / cond otherwise; defaults cannot see the settings); K = 100 as in the benchmark. The
-    // reduced Hessian rho I + M^T M has norm <= rho + ||B||^2 ~ 4 for m = n, so lr = 0.2 is stable.
-    set_K(method, c, 100);
-    c->gd.s_l = c->nesterov.s_l = c->momentum.s_l = c->bda.s_l = 0.1;
-    c->implicit.eta = 0.1; // Neumann: eta ||A|| <= 1
-    c->accel.L_f = 10;
-    s->T = 300, s->lr_x = s->lr_z = 0.2;
-    if (is(method, "galet")) c->galet.beta = 0.1, c->galet.rho = 0.01; // beta, rho <= 1/L, 1/L^2
-    if (is(method, "bome")) c->bome.alpha = 0.1;
-}
+// No paper: our choice. LL step s_l = 0.1 = 1 / L_f for the default cond = 10 (set it to <= 1 /
+// cond otherwise; these rows cannot see the settings); K = 100 as in the benchmark. The reduced
+// Hessian rho I + M^T M has norm <= rho + ||B||^2 ~ 4 for m = n, so lr = 0.2 is stable. Neumann:
+// eta ||A|| <= 1. galet: beta, rho <= 1/L, 1/L^2.
+static const mdl_paper_row quadratic_papers[] = {
+    {"*", "ll_iters=100 s_l=0.1 L_f=10 ul_iters=300 lr_x=0.2 lr_z=0.2"},
+    {"neumann", "eta=0.1"},
+    {"galet", "beta=0.1 rho=0.01"},
+    {"bome", "alpha=0.1"},
+    {NULL, NULL},
+};
 
 // ---- the entries ---------------------------------------------------------------------------------------
 
+static const size_params aitq_defaults = {.n = 20}, nonconvex_defaults = {.n = 1};
+
+#define NO_PARAMS 0, NULL, no_settings
 const mdl_entry mdl_counterexample_entry = {
     "counterexample", "BDA's counter-example: non-singleton LL, RHG stops at x <= 0.5, x* = 1",
-    "BDA (ICML 2020) Example 1, Eq. 5", "(none)", counterexample_make, counterexample_defaults};
+    "BDA (ICML 2020) Example 1, Eq. 5", NO_PARAMS, counterexample_make, counterexample_papers};
 const mdl_entry mdl_llc_entry = {
-    "llc", "quartic UL, LL convex without unique solution (LLC), x* = e",
-    "AIT (TPAMI) Eq. 18", "n=20", llc_make, llc_defaults};
+    "llc", "quartic UL, LL convex without unique solution (LLC), x* = e", "AIT (TPAMI) Eq. 18",
+    sizeof(size_params), &aitq_defaults, size_settings, llc_make, llc_papers};
 const mdl_entry mdl_lls_entry = {
     "lls", "quartic UL and LL with a unique LL solution (LLS), x* = e on the box boundary",
-    "AIT (TPAMI) Eq. 19, LL read as ||y1-y2||^4 + ||y1+y2-x||^4", "n=20", lls_make, lls_defaults};
+    "AIT (TPAMI) Eq. 19, LL read as ||y1-y2||^4 + ||y1+y2-x||^4", sizeof(size_params), &aitq_defaults,
+    size_settings, lls_make, lls_papers};
 const mdl_entry mdl_nonconvex_entry = {
     "nonconvex", "non-convex LL sum_i sin(x + y_i - c_i), many local solutions",
-    "AIT (TPAMI) Eq. 20, a = 2, c_i = 2, scalar x", "n=1", nonconvex_make, nonconvex_defaults};
+    "AIT (TPAMI) Eq. 20, a = 2, c_i = 2, scalar x", sizeof(size_params), &nonconvex_defaults,
+    size_settings, nonconvex_make, nonconvex_papers};
 const mdl_entry mdl_sin_entry = {
-    "sin", "(x-a)^2 + (y-a)^2 s.t. y in argmin sin(x+y)", "BVFIM (ICML 2021) Eq. 30", "a=0",
-    sin_make, sin_defaults};
+    "sin", "(x-a)^2 + (y-a)^2 s.t. y in argmin sin(x+y)", "BVFIM (ICML 2021) Eq. 30",
+    sizeof(sin_params), &sin_defaults, sin_settings, sin_make, sin_papers};
 const mdl_entry mdl_coreset_entry = {
     "coreset", "closest point of a convex hull to x0 via softmax weights, theta* = (1.8, 0.4)",
-    "BOME (NeurIPS 2022) coreset toy, data and 0.1 scaling from its code", "(none)", coreset_make,
-    coreset_defaults};
+    "BOME (NeurIPS 2022) coreset toy, data and 0.1 scaling from its code", NO_PARAMS, coreset_make,
+    coreset_papers};
 const mdl_entry mdl_minimax_entry = {
     "minimax", "min v theta s.t. theta in argmax v theta, boxes [-10, 10], v* = 0",
-    "BOME (NeurIPS 2022) Eq. 12", "(none)", minimax_make, minimax_defaults};
+    "BOME (NeurIPS 2022) Eq. 12", NO_PARAMS, minimax_make, minimax_papers};
 const mdl_entry mdl_degenerate_entry = {
     "degenerate", "degenerate LL (BDA Example 1 in BOME's naming), v* = 1, theta* = (1, 1)",
-    "BOME (NeurIPS 2022) toy, as its code implements it", "(none)", degenerate_make,
-    degenerate_defaults};
+    "BOME (NeurIPS 2022) toy, as its code implements it", NO_PARAMS, degenerate_make,
+    counterexample_papers};
 const mdl_entry mdl_pl_entry = {
     "pl", "PL but non-convex LL, non-singleton solutions, x* = 0.5",
-    "GALET (NeurIPS 2023) Example 1, Eq. 6", "(none)", pl_make, pl_defaults};
+    "GALET (NeurIPS 2023) Example 1, Eq. 6", NO_PARAMS, pl_make, pl_papers};
 const mdl_entry mdl_quadratic_entry = {
     "quadratic", "F = 1/2||y-b||^2 + rho/2||x||^2, f = 1/2 y'Ay - y'Bx: exact hypergradient known",
-    "closed form (tests, benchmarks)", "n=10 m=n cond=10 rho=0.1 seed=0", quadratic_make,
-    quadratic_defaults};
+    "closed form (tests, benchmarks)", sizeof(quad_params), &quad_defaults, quad_settings,
+    quadratic_make, quadratic_papers};

@@ -35,3 +35,10 @@ int th_summary(void) {
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
+
+const char *th_join(char *buf, size_t size, int n, const char *const *s) {
+    size_t len = 0;
+    buf[0] = 0;
+    for (int i = 0; i < n && len < size; i++) len += (size_t)snprintf(buf + len, size - len, "%s%s", i ? " " : "", s[i]);
+    return buf;
+}

@@ -4,6 +4,7 @@
 #define HYPERTAPE_TEST_HARNESS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 
 void th_begin(const char *name);
@@ -13,6 +14,9 @@ int th_summary(void);
 // Runs only the cases whose name contains this filter (NULL: all).
 void th_set_filter(const char *filter);
 int th_selected(const char *name);
+
+// The n strings joined by spaces into buf [size] (settings lists: "n=5 a=2"); returns buf.
+const char *th_join(char *buf, size_t size, int n, const char *const *s);
 
 // EXPECT(cond, printf-args): on failure report the location and message, the case fails.
 #define EXPECT(cond, ...)                                                                  \

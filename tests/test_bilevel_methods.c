@@ -1,10 +1,10 @@
 // Implicit estimators (CG, Neumann) against the closed-form hypergradient of a random quadratic,
-// BOME / GALET / BVFIM on small problems with known solutions, and the upper-level loop
-// (optimizers, records, the stop on NaN that keeps the last good iterate, bad input).
+// BOME / GALET / BVFIM on small problems with known solutions, and every registered method
+// through the solver (its settings, prior, resolved defaults and bad input).
 #include "harness.h"
 #include "tests.h"
 
-#include "../bilevel/methods.h"
+#include "../bilevel/blo_extra.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -157,7 +157,7 @@ static void implicit_cases(void) {
     quad_free(&q);
 }
 
-// ---- BOME on BDA's Example 1 (the degenerate toy, spec 6.7): v* = 1, theta* = (1, 1) ----
+// ---- BOME on BDA's Example 1 (BOME's degenerate toy): v* = 1, theta* = (1, 1) ----
 
 static ad_var ex1_F(ad_tape *t, ad_var x, ad_var y, void *u) {
     (void)u; // 1/2 (x - y2)^2 + 1/2 (y1 - 1)^2
@@ -170,32 +170,39 @@ static ad_var ex1_f(ad_tape *t, ad_var x, ad_var y, void *u) {
     return ad_sub(t, ad_scale(t, ad_sqnorm(t, y1), 0.5), ad_dot(t, x, y1));
 }
 
-static blo_status bome_dir(void *m, const blo_problem *p, int t, const double *x, const double *z,
-                           double *gx, double *gz, blo_record *rec, blo_error *err) {
-    (void)t;
-    blo_bome_info info;
-    blo_status st = blo_bome_direction(p, m, x, z, gx, gz, &info, NULL, err);
-    rec->extra = info.lambda;
-    if (st == BLO_OK) st = blo_eval(p, 1, x, z, &rec->F, NULL, NULL, NULL, err);
-    return st;
+// p solved by the named method with settings ("NAME=VALUE ...") from (x0, y0): the solver
+// after its run (the caller frees it), or NULL with the reason in e.
+static blo_solver *run_method(const blo_problem *p, const char *method, const char *settings,
+                         const double *x0, const double *y0, blo_status *st, blo_error *e) {
+    blo_config *c = blo_config_new(blo_method_find(method), e);
+    blo_solver *s = NULL;
+    *st = !c ? e->status : blo_config_apply(c, settings, e);
+    if (!*st && !(s = blo_solver_new(p, c, x0, y0, NULL, e))) *st = e->status;
+    if (s) {
+        *st = blo_solver_run(s);
+        snprintf(e->msg, sizeof e->msg, "%s", blo_solver_error(s));
+    }
+    blo_config_free(c);
+    return s;
 }
 
 static void bome_cases(void) {
     TEST_CASE("bome: BDA Example 1 (degenerate LL) converges to v = 1, theta = (1, 1)") {
         blo_problem p = {.n_x = 1, .n_y = 2, .F = ex1_F, .f = ex1_f};
-        blo_bome_params bp = blo_bome_default_params();
-        bp.T = 1, bp.alpha = 0.5; // spec 6.7: xi = alpha = 0.5, T = 1, eta = 0.5
-        blo_solve_params sp = blo_solve_default_params();
-        sp.T = 2000, sp.lr_x = sp.lr_z = 0.5;
         double x = 0, y[2] = {0, 0};
+        blo_status st;
         blo_error e;
-        EXPECT(blo_solve(&p, bome_dir, &bp, 2, &sp, &x, y, NULL, &e) == BLO_OK, "%s", e.msg);
-        EXPECT(fabs(x - 1) < 1e-3 && fabs(y[0] - 1) < 1e-3 && fabs(y[1] - 1) < 1e-3,
-               "v = %.6f, theta = (%.6f, %.6f)", x, y[0], y[1]);
+        // BOME's code: xi = alpha = 0.5, T = 1, eta = 0.5
+        blo_solver *s = run_method(&p, "bome", "T=1 alpha=0.5 ul_iters=2000 lr_x=0.5 lr_z=0.5", &x, y, &st, &e);
+        EXPECT(st == BLO_OK, "%s", e.msg);
+        const double *v = s ? blo_solver_x(s) : y, *th = s ? blo_solver_z(s) : y;
+        EXPECT(s && blo_solver_n_z(s) == 2 && fabs(v[0] - 1) < 1e-3 && fabs(th[0] - 1) < 1e-3 && fabs(th[1] - 1) < 1e-3,
+               "v = %.6f, theta = (%.6f, %.6f)", v[0], th[0], th[1]);
+        blo_solver_free(s);
     }
 }
 
-// ---- GALET Example 1 (spec 6.8): x* = 0.5 and y1 - sin(y2) + 0.5 = 0 ----
+// ---- GALET Example 1 (GALET Eq. 6): x* = 0.5 and y1 - sin(y2) + 0.5 = 0 ----
 
 static ad_var galet_F(ad_tape *t, ad_var x, ad_var y, void *u) {
     (void)u; // x^2 + y1 - sin(y2)
@@ -208,15 +215,6 @@ static ad_var galet_f(ad_tape *t, ad_var x, ad_var y, void *u) {
     return ad_scale(t, ad_sqnorm(t, r), 0.5);
 }
 
-static blo_status galet_dir(void *m, const blo_problem *p, int t, const double *x, const double *z,
-                            double *gx, double *gz, blo_record *rec, blo_error *err) {
-    (void)t, (void)z, (void)gz;
-    blo_galet_state *s = m;
-    blo_status st = blo_galet_direction(s, p, x, gx, NULL, err);
-    if (st == BLO_OK) st = blo_eval(p, 1, x, s->y, &rec->F, NULL, NULL, NULL, err);
-    return st;
-}
-
 static void galet_cases(void) {
     double starts[2][3] = {{2, 2, 2}, {0, 0, 0}};
     for (int k = 0; k < 2; k++) {
@@ -225,20 +223,18 @@ static void galet_cases(void) {
                  "LL solution set (paper defaults, w warm-started)", starts[k][0], starts[k][1], starts[k][2]);
         TEST_CASE(name) {
             blo_problem p = {.n_x = 1, .n_y = 2, .F = galet_F, .f = galet_f};
-            blo_galet_params gp = blo_galet_default_params();
-            blo_galet_state s;
-            blo_error e;
-            EXPECT(blo_galet_init(&s, &p, &gp, starts[k] + 1, &e) == BLO_OK, "%s", e.msg);
             // alpha = 0.3. x settles within ~100 iterations; the LL residual r = x + y1 - sin y2
             // contracts by 1 - beta (1 + cos^2 y2) ~ -0.94 per LL step near the limit (seen from
             // (2, (2, 2))), so it needs ~300 to reach 1e-6.
-            blo_solve_params sp = blo_solve_default_params();
-            sp.T = 300, sp.lr_x = 0.3;
-            double x = starts[k][0];
-            EXPECT(blo_solve(&p, galet_dir, &s, 0, &sp, &x, NULL, NULL, &e) == BLO_OK, "%s", e.msg);
-            double gap = s.y[0] - sin(s.y[1]) + 0.5;
+            blo_status st;
+            blo_error e;
+            blo_solver *s = run_method(&p, "galet", "ul_iters=300 lr_x=0.3", starts[k], starts[k] + 1, &st, &e);
+            EXPECT(st == BLO_OK, "%s", e.msg);
+            double y[2] = {0, 0};
+            if (s) blo_solver_solution(s, y, &e);
+            double x = s ? blo_solver_x(s)[0] : 0, gap = y[0] - sin(y[1]) + 0.5;
             EXPECT(fabs(x - 0.5) < 1e-6 && fabs(gap) < 1e-5, "x = %.8f, y1 - sin y2 + 0.5 = %.3g", x, gap);
-            blo_galet_free(&s);
+            blo_solver_free(s);
         }
     }
 }
@@ -254,19 +250,11 @@ static ad_var bv_f(ad_tape *t, ad_var x, ad_var y, void *u) {
     return ad_scale(t, ad_sqnorm(t, ad_sub(t, y, x)), 0.5);
 }
 
-typedef struct {
-    blo_bvfim_state s;
-    ad_tape *tape; // reused by every evaluation, as the runner does
-} bvfim_run;
-
-static blo_status bvfim_dir(void *m, const blo_problem *p, int t, const double *x, const double *z,
-                            double *gx, double *gz, blo_record *rec, blo_error *err) {
-    (void)t, (void)z, (void)gz;
-    bvfim_run *r = m;
-    blo_status st = blo_bvfim_direction(&r->s, p, x, gx, r->tape, err);
-    rec->extra = r->s.gap;
-    if (st == BLO_OK) st = blo_eval(p, 1, x, r->s.y, &rec->F, NULL, NULL, r->tape, err);
-    return st;
+// The smallest barrier gap over a run's records (BVFIM's extra).
+static int min_gap(const blo_record *r, void *u) {
+    double *g = u;
+    if (!r->final && !(r->extra >= *g)) *g = r->extra;
+    return 0;
 }
 
 static void bvfim_cases(void) {
@@ -275,96 +263,27 @@ static void bvfim_cases(void) {
         // The barrier admits y with f(x, y) < f*_mu, a band of width ~sqrt(2 mu_l) around the LL
         // solution y = x, so x is off by O(sqrt(mu_l)) = O(1/sqrt(l)): quadrupling the iterations
         // must about halve the error, and at l = 4000 (mu = 2.5e-4) it is below sqrt(2 mu) = 0.022.
+        // y0 = (5, 5) is infeasible at the start (f = 25 > f*_mu ~ 1): without the safeguard the
+        // log barrier would be a NaN at the first iteration.
         double b[2] = {2, -1}, errs[2];
-        int Ts[2] = {1000, 4000};
+        const char *runs[2] = {"ul_iters=1000 lr_x=0.2", "ul_iters=4000 lr_x=0.2"};
         blo_problem p = {.n_x = 2, .n_y = 2, .F = bv_F, .f = bv_f, .user = b};
         for (int k = 0; k < 2; k++) {
-            blo_bvfim_params bp = blo_bvfim_default_params();
-            bvfim_run r = {.tape = ad_tape_new(NULL)};
+            double x[2] = {0, 0}, y0[2] = {5, 5}, gap = INFINITY;
             blo_error e;
-            double y0[2] = {5, 5}; // far from the LL solution: infeasible for the barrier at first
-            EXPECT(blo_bvfim_init(&r.s, &p, &bp, y0, &e) == BLO_OK, "%s", e.msg);
-            blo_solve_params sp = blo_solve_default_params();
-            sp.T = Ts[k], sp.lr_x = 0.2;
-            double x[2] = {0, 0};
-            EXPECT(blo_solve(&p, bvfim_dir, &r, 0, &sp, x, NULL, NULL, &e) == BLO_OK, "%s", e.msg);
-            errs[k] = hypot(x[0] - 1, x[1] + 0.5);
-            EXPECT(r.s.resets >= 1 && r.s.gap > 0, "resets %d, gap %g", r.s.resets, r.s.gap);
-            blo_bvfim_free(&r.s);
-            ad_tape_free(r.tape);
+            blo_config *c = blo_config_new(blo_method_find("bvfim"), &e);
+            blo_config_apply(c, runs[k], &e);
+            blo_solver *s = blo_solver_new(&p, c, x, y0, NULL, &e);
+            blo_solver_set_record(s, min_gap, &gap);
+            EXPECT(blo_solver_run(s) == BLO_OK, "%s", blo_solver_error(s));
+            errs[k] = hypot(blo_solver_x(s)[0] - 1, blo_solver_x(s)[1] + 0.5);
+            EXPECT(gap > 0, "smallest barrier gap %g", gap);
+            blo_solver_free(s);
+            blo_config_free(c);
         }
         if (getenv("HYPERTAPE_TEST_VERBOSE")) printf("  bvfim errors %.4g (l = 1000), %.4g (l = 4000)\n", errs[0], errs[1]);
         EXPECT(errs[1] < 0.022 && errs[1] < errs[0] / 1.5 && errs[1] > errs[0] / 3,
                "errors %.4g at l = 1000, %.4g at l = 4000", errs[0], errs[1]);
-    }
-}
-
-// ---- the upper-level loop ----
-
-typedef struct {
-    const double *c;
-    int nan_at;
-} target;
-
-// direction x - c: the minimizer of 1/2 ||x - c||^2; NaN at iteration nan_at
-static blo_status to_target(void *m, const blo_problem *p, int t, const double *x, const double *z,
-                            double *gx, double *gz, blo_record *rec, blo_error *err) {
-    (void)z, (void)gz, (void)err;
-    const target *tg = m;
-    rec->F = 0;
-    for (int i = 0; i < p->n_x; i++) gx[i] = t == tg->nan_at ? NAN : x[i] - tg->c[i];
-    return BLO_OK;
-}
-
-static void count_records(const blo_record *r, void *u) { *(int *)u = r->t + 1; }
-
-static void solve_cases(void) {
-    blo_problem p = {.n_x = 3, .n_y = 1, .F = bv_F, .f = bv_f};
-    double c[3] = {1, -2, 0.5}, hi[3] = {10, 10, 0.2};
-    const char *names[3] = {"plain", "momentum", "adam"};
-    for (int o = 0; o < 3; o++) {
-        char name[96];
-        snprintf(name, sizeof name, "solve: %s steps reach the minimizer, projected onto the box", names[o]);
-        TEST_CASE(name) {
-            target tg = {c, -1};
-            blo_problem pb = p;
-            pb.x_hi = hi;
-            blo_solve_params sp = blo_solve_default_params();
-            sp.opt = (blo_optimizer)o, sp.T = 3000, sp.lr_x = o == 2 ? 0.01 : 0.05;
-            int recs = 0;
-            sp.record = count_records, sp.record_user = &recs;
-            double x[3] = {0, 0, 0};
-            EXPECT(blo_solve(&pb, to_target, &tg, 0, &sp, x, NULL, NULL, NULL) == BLO_OK, "status");
-            EXPECT(fabs(x[0] - 1) < 1e-6 && fabs(x[1] + 2) < 1e-6 && x[2] == 0.2,
-                   "x = (%g, %g, %g)", x[0], x[1], x[2]);
-            EXPECT(recs == 3000, "%d records", recs);
-        }
-    }
-    TEST_CASE("solve: a NaN direction stops with a clear error and keeps the last good iterate") {
-        target tg = {c, 5};
-        blo_solve_params sp = blo_solve_default_params();
-        sp.T = 100;
-        double x[3] = {0, 0, 0}, expect[3] = {0, 0, 0};
-        for (int t = 0; t < 5; t++)
-            for (int i = 0; i < 3; i++) expect[i] -= sp.lr_x * (expect[i] - c[i]);
-        blo_error e;
-        int done;
-        EXPECT(blo_solve(&p, to_target, &tg, 0, &sp, x, NULL, &done, &e) == BLO_ETAPE &&
-                   strstr(e.msg, "iteration 5") && strstr(e.msg, "last good iterate"),
-               "%s", e.msg);
-        EXPECT(done == 5 && x[0] == expect[0] && x[1] == expect[1] && x[2] == expect[2],
-               "done %d, x = (%g, %g, %g)", done, x[0], x[1], x[2]);
-    }
-    TEST_CASE("solve: bad settings are errors") {
-        target tg = {c, -1};
-        blo_solve_params sp = blo_solve_default_params();
-        double x[3] = {0, 0, 0};
-        blo_error e;
-        sp.T = 0;
-        EXPECT(blo_solve(&p, to_target, &tg, 0, &sp, x, NULL, NULL, &e) == BLO_EARG && strstr(e.msg, "T = 0"),
-               "%s", e.msg);
-        sp.T = 10, sp.lr_x = -0.1;
-        EXPECT(blo_solve(&p, to_target, &tg, 0, &sp, x, NULL, NULL, &e) == BLO_EARG, "negative step");
     }
 }
 
@@ -400,137 +319,116 @@ static void budget_cases(void) {
     }
 }
 
-static void runner_cases(void) {
+// ---- every method through the registry and the solver ----
+
+static void registry_cases(void) {
     quad q = quad_make(6, 3, 5);
     blo_problem p = quad_problem(&q);
     double x[3] = {0.2, -0.4, 1.0}, y0[6] = {0}, zp[6] = {1, 1, 1, 1, 1, 1};
-    TEST_CASE("methods by name: every method builds a runner and gives a finite direction") {
-        for (const char *const *m = blo_method_names(); *m; m++) {
-            blo_method_config c;
+    TEST_CASE("methods: every registered method runs an iteration with finite values") {
+        for (const blo_method_type *const *m = blo_method_registry(); *m; m++) {
             blo_error e;
-            EXPECT(blo_method_default_config(*m, &c, &e) == BLO_OK, "%s: %s", *m, e.msg);
-            c.z_prior = zp;
-            blo_runner *r;
-            if (blo_runner_new(&r, &p, &c, y0, &e) != BLO_OK) {
-                EXPECT(0, "%s: %s", *m, e.msg);
-                continue;
-            }
-            int nz = blo_runner_n_z(r);
-            double g[9] = {0}, z[6] = {0};
-            blo_record rec = {0};
-            blo_status st = blo_runner_direction()(r, &p, 0, x, nz ? z : NULL, g, nz ? g + 3 : NULL, &rec, &e);
-            bool finite = isfinite(rec.F) && isfinite(rec.f);
-            for (int i = 0; i < 3 + nz; i++) finite &= isfinite(g[i]);
-            EXPECT(st == BLO_OK && finite, "%s: %s", *m, st ? e.msg : "non-finite direction");
-            EXPECT(nz == (!strcmp(*m, "ait") || !strcmp(*m, "aitp") || !strcmp(*m, "bome") ? 6 : 0),
-                   "%s: n_z = %d", *m, nz);
-            blo_runner_free(r);
+            blo_config *c = blo_config_new(*m, &e);
+            blo_config_apply(c, "ul_iters=1", &e);
+            blo_solver *s = c ? blo_solver_new(&p, c, x, y0, zp, &e) : NULL;
+            blo_record last = {0};
+            blo_status st = s ? blo_solver_step(s) : e.status;
+            if (s) blo_solver_report(s, &last);
+            EXPECT(st == BLO_OK && isfinite(last.F) && isfinite(last.f) && isfinite(last.ll_residual),
+                   "%s: %s", (*m)->name, s ? blo_solver_error(s) : e.msg);
+            int ia = blo_config_has(c, "ia") && *blo_config_get(c, "ia", (char[8]){0}, 8) == '1';
+            EXPECT(!s || blo_solver_n_z(s) == (ia || !strcmp((*m)->name, "bome") ? 6 : 0), "%s: n_z = %d",
+                   (*m)->name, s ? blo_solver_n_z(s) : -1);
+            blo_solver_free(s);
+            blo_config_free(c);
         }
     }
-    TEST_CASE("methods by name: rhg through the runner is blo_hypergrad with the method's dynamics") {
-        blo_method_config c;
-        blo_method_default_config("rhg", &c, NULL);
-        blo_runner *r;
-        blo_runner_new(&r, &p, &c, y0, NULL);
-        double g1[3], g2[3];
+    TEST_CASE("methods: rhg's direction is blo_hypergrad with the method's dynamics") {
+        blo_error e;
+        blo_config *c = blo_config_new(blo_method_find("rhg"), &e);
+        blo_solver *s = blo_solver_new(&p, c, x, y0, NULL, &e);
         blo_record rec;
-        blo_runner_direction()(r, &p, 0, x, NULL, g1, NULL, &rec, NULL);
-        blo_dynamics d = blo_dynamics_gd(6, c.gd);
+        EXPECT(blo_solver_direction(s, &rec, &e) == BLO_OK, "%s", e.msg);
+        double g2[3];
+        blo_dynamics d = blo_dynamics_gd(6, blo_gd_default_params());
         blo_hypergrad_params hp = blo_hypergrad_default_params();
-        hp.K = c.K;
+        hp.K = 20;
         EXPECT(blo_hypergrad(&p, &d, &hp, x, y0, g2, NULL, NULL, NULL, NULL) == BLO_OK, "hypergrad");
-        for (int i = 0; i < 3; i++) EXPECT(g1[i] == g2[i], "entry %d: %g vs %g", i, g1[i], g2[i]);
-        blo_runner_free(r);
+        EXPECT(rec.grad_norm == sqrt(g2[0] * g2[0] + g2[1] * g2[1] + g2[2] * g2[2]), "|g| %.17g", rec.grad_norm);
+        blo_solver_free(s);
+        blo_config_free(c);
     }
-    TEST_CASE("methods by name: an explicit prior acts on the first UL iteration only (AIT)") {
-        blo_method_config c;
-        blo_method_default_config("aitp", &c, NULL);
-        c.z_prior = zp, c.prior_lambda = 2;
-        blo_runner *r;
+    TEST_CASE("methods: an explicit prior acts on the first UL iteration only (AIT)") {
+        // both runs take the same first step (the prior is on at t = 0); at t = 1 z's gradients
+        // differ by the prior's, 2 (z_1 - z_p)
         blo_error e;
-        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_OK, "%s", e.msg);
-        double z[6] = {0.5, 0, 0, 0, 0, 0}, g0[9], g1[9];
-        blo_record rec;
-        blo_runner_direction()(r, &p, 0, x, z, g0, g0 + 3, &rec, NULL);
-        blo_runner_direction()(r, &p, 1, x, z, g1, g1 + 3, &rec, NULL);
+        double z0[6] = {0.5, 0, 0, 0, 0, 0}, gz[2][6], z1[6];
+        for (int every = 0; every < 2; every++) {
+            blo_config *c = blo_config_new(blo_method_find("ait"), &e);
+            EXPECT(blo_config_apply(c, every ? "prior=2 prior_every=1" : "prior=2", &e) == BLO_OK, "%s", e.msg);
+            blo_solver *s = blo_solver_new(&p, c, x, z0, zp, &e);
+            blo_record rec;
+            EXPECT(s && blo_solver_n_z(s) == 6 && blo_solver_step(s) == BLO_OK &&
+                       blo_solver_direction(s, &rec, &e) == BLO_OK, "%s", e.msg);
+            for (int i = 0; s && i < 6; i++) gz[every][i] = blo_solver_gradient(s)[3 + i], z1[i] = blo_solver_z(s)[i];
+            blo_solver_free(s);
+            blo_config_free(c);
+        }
         for (int i = 0; i < 6; i++)
-            EXPECT(fabs(g0[3 + i] - g1[3 + i] - 2 * (z[i] - zp[i])) < 1e-12, "z entry %d", i);
-        blo_runner_free(r);
-        c.z_prior = NULL;
-        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_EARG && strstr(e.msg, "z_p"), "%s", e.msg);
+            EXPECT(fabs(gz[1][i] - gz[0][i] - 2 * (z1[i] - zp[i])) < 1e-12, "z entry %d: %g vs %g", i,
+                   gz[1][i] - gz[0][i], 2 * (z1[i] - zp[i]));
     }
-    TEST_CASE("methods by name: aitp's default prior starts z at z_p (no penalty term, so no optimizer interplay)") {
-        blo_method_config c;
-        blo_method_default_config("aitp", &c, NULL);
-        c.z_prior = zp;
-        blo_runner *r;
+    TEST_CASE("methods: aitp starts z at z_p and needs one") {
         blo_error e;
-        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_OK, "%s", e.msg);
-        double z[6], g0[9], g1[9];
-        blo_runner_z0(r, y0, z);
-        for (int i = 0; i < 6; i++) EXPECT(z[i] == zp[i], "z0[%d] = %g", i, z[i]);
+        blo_config *c = blo_config_new(blo_method_find("aitp"), &e);
+        blo_solver *s = blo_solver_new(&p, c, x, y0, zp, &e);
+        for (int i = 0; s && i < 6; i++) EXPECT(blo_solver_z(s)[i] == zp[i], "z0[%d] = %g", i, blo_solver_z(s)[i]);
+        blo_solver_free(s);
+        EXPECT(!blo_solver_new(&p, c, x, y0, NULL, &e) && e.status == BLO_EARG && strstr(e.msg, "z_p"), "%s", e.msg);
+        EXPECT(blo_config_needs(c) & BLO_NEEDS_PRIOR, "aitp needs a prior");
+        blo_config_free(c);
+    }
+    TEST_CASE("methods: neumann's step is the LL step, and a diverging series is an error") {
+        blo_error e;
+        blo_config *c = blo_config_new(blo_method_find("neumann"), &e);
+        blo_solver *s = blo_solver_new(&p, c, x, y0, NULL, &e);
+        char eta[64];
         blo_record rec;
-        blo_runner_direction()(r, &p, 0, x, z, g0, g0 + 3, &rec, NULL);
-        blo_runner_direction()(r, &p, 1, x, z, g1, g1 + 3, &rec, NULL);
-        for (int i = 0; i < 9; i++) EXPECT(g0[i] == g1[i], "no penalty term: entry %d", i);
-        blo_runner_free(r);
+        EXPECT(s && !strcmp(blo_config_get(blo_solver_config(s), "eta", eta, sizeof eta), "0.1"),
+               "eta resolved to %s", eta);
+        EXPECT(s && blo_solver_direction(s, &rec, &e) == BLO_OK && rec.extra < 1, "residual %g: %s", rec.extra, e.msg);
+        blo_solver_free(s);
+        blo_config_set(c, "eta", "5", &e); // the quadratic's H has eigenvalues >= 1: eta = 5 diverges
+        s = blo_solver_new(&p, c, x, y0, NULL, &e);
+        EXPECT(s && blo_solver_direction(s, &rec, &e) == BLO_ETAPE && strstr(e.msg, "series diverges"), "%s", e.msg);
+        blo_solver_free(s);
+        blo_config_free(c);
     }
-    TEST_CASE("methods by name: flags that mean nothing for a method are errors") {
-        const char *m[] = {"cg", "neumann", "bome", "galet", "bvfim"};
-        for (int k = 0; k < 5; k++)
-            for (int f = 0; f < 2; f++) {
-                blo_method_config c;
-                blo_method_default_config(m[k], &c, NULL);
-                if (f) c.ptt = 1;
-                else c.ia = 1;
-                blo_runner *r;
-                blo_error e;
-                EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_EARG && strstr(e.msg, "--ia and --ptt"),
-                       "%s %s: %s", m[k], f ? "ptt" : "ia", e.msg);
-            }
-    }
-    TEST_CASE("methods by name: neumann's step is the LL step, and a diverging series is an error") {
-        blo_method_config c;
-        blo_method_default_config("neumann", &c, NULL);
-        blo_runner *r;
+    TEST_CASE("methods: settings a method does not have, unknown names and bad values are errors") {
         blo_error e;
-        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_OK, "%s", e.msg);
-        double g[3];
-        blo_record rec;
-        EXPECT(blo_runner_direction()(r, &p, 0, x, NULL, g, NULL, &rec, &e) == BLO_OK && rec.extra < 1,
-               "residual %g: %s", rec.extra, e.msg);
-        blo_runner_free(r);
-        c.implicit.eta = 5; // the quadratic's H has eigenvalues >= 1: eta = 5 diverges
-        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_OK, "%s", e.msg);
-        EXPECT(blo_runner_direction()(r, &p, 0, x, NULL, g, NULL, &rec, &e) == BLO_ETAPE &&
-                   strstr(e.msg, "series diverges"),
-               "%s", e.msg);
-        blo_runner_free(r);
-    }
-    TEST_CASE("methods by name: unknown names and bad settings are errors") {
-        blo_method_config c;
-        blo_error e;
-        EXPECT(blo_method_default_config("sgd", &c, &e) == BLO_EARG && strstr(e.msg, "sgd"), "%s", e.msg);
-        blo_method_default_config("rhg", &c, NULL);
-        c.dynamics = "adam";
-        blo_runner *r;
-        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_EARG && strstr(e.msg, "adam"), "%s", e.msg);
-        blo_method_default_config("rhg", &c, NULL);
-        c.K = 0;
-        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_EARG && strstr(e.msg, "K = 0"), "%s", e.msg);
-        blo_method_default_config("rhg", &c, NULL);
-        c.gd.s_l = -0.1;
-        EXPECT(blo_runner_new(&r, &p, &c, y0, &e) == BLO_EARG, "negative step: %s", e.msg);
+        for (const char *const *m = (const char *const[]){"cg", "neumann", "bome", "galet", "bvfim", NULL}; *m; m++) {
+            blo_config *c = blo_config_new(blo_method_find(*m), &e);
+            EXPECT(!blo_config_has(c, "ia") && !blo_config_has(c, "ptt") &&
+                       blo_config_set(c, "ptt", "1", &e) == BLO_EARG && strstr(e.msg, "not a setting"),
+                   "%s: %s", *m, e.msg);
+            blo_config_free(c);
+        }
+        EXPECT(blo_method_find("sgd") == NULL, "sgd");
+        blo_config *c = blo_config_new(blo_method_find("rhg"), &e);
+        EXPECT(blo_config_set(c, "dynamics", "adam", &e) == BLO_EARG && strstr(e.msg, "adam"), "%s", e.msg);
+        EXPECT(blo_config_set(c, "ll_iters", "0", &e) == BLO_EARG && strstr(e.msg, "ll_iters: bad value '0'"), "%s", e.msg);
+        EXPECT(blo_config_set(c, "s_l", "-0.1", &e) == BLO_EARG && strstr(e.msg, "s_l"), "negative step: %s", e.msg);
+        EXPECT(blo_config_set(c, "ul_iters", "2000000000000", &e) == BLO_EARG, "a count past int: %s", e.msg);
+        blo_config_free(c);
     }
     quad_free(&q);
 }
 
 void test_bilevel_methods(void) {
     budget_cases();
-    runner_cases();
+    registry_cases();
     implicit_cases();
     bome_cases();
     galet_cases();
     bvfim_cases();
-    solve_cases();
 }

@@ -62,7 +62,7 @@ void test_cli(void) {
         {"run nonconvex --method rhg --optimizer sgd", "--optimizer: bad value 'sgd'"},
         {"run nonconvex --method rhg --dynamics nope", "--dynamics: bad value 'nope'"},
         {"run nonconvex --method rhg --set b=1", "unknown setting 'b'"},
-        {"run nonconvex --method rhg --set n=abc", "n=abc"},
+        {"run nonconvex --method rhg --set n=abc", "n: bad value 'abc'"},
         {"run nonconvex --method rhg --start=1,2,3", "--start"},
         {"run nonconvex --method rhg --ll-iters", "--ll-iters needs a value"},
         {"compare nonconvex --methods rhg,foo", "unknown method 'foo'"},
@@ -110,7 +110,7 @@ void test_cli(void) {
         EXPECT(r.status == 0 && strstr(r.out, "hyperclean") && strstr(r.out, "galet") && strstr(r.out, "accel"),
                "list: %d", r.status);
         r = run("list nonconvex");
-        EXPECT(r.status == 0 && strstr(r.out, "ait ") && strstr(r.out, "ptt"), "list nonconvex: %s", r.out);
+        EXPECT(r.status == 0 && strstr(r.out, "method ait: ") && strstr(r.out, "ptt=1"), "list nonconvex: %s", r.out);
         const char *cmds[] = {"run --help", "compare --help", "gradcheck --help", "bench --help", "list --help", "--help"};
         for (int k = 0; k < 6; k++) {
             r = run(cmds[k]);

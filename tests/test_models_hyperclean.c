@@ -1,6 +1,6 @@
 // The hyper-cleaning model: gradients of F and f and Hessian-vector products of f by finite
-// differences (a tiny synthetic MNIST-format folder with 4x4 images keeps the checks fast; one
-// check on the installed FashionMNIST), evaluate() against an independent computation, bad
+// differences (tiny synthetic MNIST-format folders with 4x4 and 1x1 images keep the checks fast;
+// one check on the installed FashionMNIST), evaluate() against an independent computation, bad
 // settings and data, and a short sanity run (GD on f lowers the validation loss).
 #include "harness.h"
 #include "tests.h"
@@ -10,17 +10,18 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 void test_models_hyperclean(void); // declared here too until tests.h lists it
 
-static char hc_dir[256];
-static char hc_data_set[300]; // "data=<hc_dir>"
+static char hc_dir[256], hc_dir1[300];
+static char hc_data_set[300], hc_data1_set[340]; // "data=<hc_dir>", "data=<hc_dir1>" (1x1 images)
 
-// Writes an IDX file of unsigned bytes: dims then the data.
-static int write_idx(const char *name, int ndim, const int *dims, const uint8_t *data, size_t n) {
+// Writes an IDX file of unsigned bytes into dir: dims then the data.
+static int write_idx(const char *dir, const char *name, int ndim, const int *dims, const uint8_t *data, size_t n) {
     char path[512];
-    snprintf(path, sizeof path, "%s/%s", hc_dir, name);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
     FILE *f = fopen(path, "wb");
     if (!f) return -1;
     uint8_t h[4] = {0, 0, 0x08, (uint8_t)ndim};
@@ -33,28 +34,34 @@ static int write_idx(const char *name, int ndim, const int *dims, const uint8_t 
     return fclose(f) || w != n ? -1 : 0;
 }
 
-// A synthetic MNIST-format folder: 60 training and 20 test images of 4x4 seeded random pixels,
-// labels 0..9. The first pixel carries the label a little, so there is something to learn.
-static int make_synthetic(void) {
+// A synthetic MNIST-format folder: 60 training and 20 test images of side x side seeded random
+// pixels, labels 0..9. The first pixel carries the label a little, so there is something to learn.
+static int make_synthetic(const char *dir, int side) {
     ad_rng g;
     ad_rng_seed(&g, 7);
     const char *pre[2] = {"train", "t10k"};
-    int counts[2] = {60, 20};
+    int counts[2] = {60, 20}, d = side * side;
     for (int s = 0; s < 2; s++) {
-        int n = counts[s], dims[3] = {n, 4, 4};
+        int n = counts[s], dims[3] = {n, side, side};
         uint8_t im[60 * 16], lb[60];
         for (int i = 0; i < n; i++) {
             lb[i] = (uint8_t)(ad_rng_next(&g) % 10);
-            for (int j = 0; j < 16; j++) im[i * 16 + j] = (uint8_t)(ad_rng_next(&g) % 256);
-            im[i * 16] = (uint8_t)(25 * lb[i]);
+            for (int j = 0; j < d; j++) im[i * d + j] = (uint8_t)(ad_rng_next(&g) % 256);
+            im[i * d] = (uint8_t)(25 * lb[i]);
         }
         char name[64];
         snprintf(name, sizeof name, "%s-images-idx3-ubyte", pre[s]);
-        if (write_idx(name, 3, dims, im, (size_t)n * 16)) return -1;
+        if (write_idx(dir, name, 3, dims, im, (size_t)n * d)) return -1;
         snprintf(name, sizeof name, "%s-labels-idx1-ubyte", pre[s]);
-        if (write_idx(name, 1, dims, lb, (size_t)n)) return -1;
+        if (write_idx(dir, name, 1, dims, lb, (size_t)n)) return -1;
     }
     return 0;
+}
+
+// The hyperclean model with these settings (NAME=VALUE each).
+static int make_hc(int n_set, const char *const *set, mdl_model *m, char *err, size_t errlen) {
+    char sets[1024];
+    return mdl_make_named("hyperclean", th_join(sets, sizeof sets, n_set, set), m, err, errlen);
 }
 
 static bool has(const char *s, const char *sub) { return strstr(s, sub) != NULL; }
@@ -95,7 +102,7 @@ static void check_model(const char *label, int n_set, const char *const *set, in
     snprintf(name, sizeof name, "hyperclean %s: gradients of F and f%s by finite differences", label,
              hvp ? ", and H v of f" : "");
     TEST_CASE(name) {
-        int rc = mdl_make("hyperclean", n_set, set, &m, err, sizeof err);
+        int rc = make_hc(n_set, set, &m, err, sizeof err);
         EXPECT(rc == 0, "%s", err);
         if (rc) continue;
         int nx = m.prob.n_x, ny = m.prob.n_y;
@@ -139,6 +146,11 @@ static void gradient_cases(void) {
         mlp[6] = acts[a];
         check_model(label, 7, mlp, 1);
     }
+    // images of one pixel: the weights are [1, k] matrices, not vectors (an error before)
+    const char *one[] = {hc_data1_set, "n_train=20", "n_val=10", "n_test=10", "model=linear", "hidden=4"};
+    check_model("linear on 1x1 images (synthetic)", 5, one, 1);
+    one[4] = "model=mlp";
+    check_model("mlp on 1x1 images (synthetic)", 6, one, 1);
     // FashionMNIST itself (784 pixels): a tiny MLP keeps the 2400-entry check quick
     const char *fm[] = {"n_train=20", "n_val=10", "n_test=10", "model=mlp", "hidden=3", "act=tanh"};
     check_model("mlp hidden=3 (FashionMNIST)", 6, fm, 0);
@@ -167,7 +179,7 @@ static void evaluate_cases(void) {
         const char *set[] = {hc_data_set, "n_train=40", "n_val=10", "n_test=20", "seed=3"};
         char err[512];
         mdl_model m;
-        int rc = mdl_make("hyperclean", 5, set, &m, err, sizeof err);
+        int rc = make_hc(5, set, &m, err, sizeof err);
         EXPECT(rc == 0, "%s", err);
         if (rc) continue;
         // the same split, loaded by hand, tells which labels are clean
@@ -212,7 +224,7 @@ static void evaluate_cases(void) {
         const char *set[] = {hc_data_set, "n_train=40", "n_val=10", "n_test=20", "model=mlp", "hidden=4"};
         char err[512];
         mdl_model a, b;
-        int rc = mdl_make("hyperclean", 6, set, &a, err, sizeof err);
+        int rc = make_hc(6, set, &a, err, sizeof err);
         EXPECT(rc == 0, "%s", err);
         if (rc) continue;
         EXPECT(a.prob.n_x == 40 && a.prob.n_y == 16 * 4 + 4 + 4 * 10 + 10, "sizes %d %d", a.prob.n_x, a.prob.n_y);
@@ -220,7 +232,7 @@ static void evaluate_cases(void) {
         double s = 0;
         for (int i = 0; i < a.prob.n_y; i++) s += a.y0[0][i] * a.y0[0][i];
         EXPECT(s > 0, "mlp start is not zero");
-        EXPECT(mdl_make("hyperclean", 6, set, &b, err, sizeof err) == 0 &&
+        EXPECT(make_hc(6, set, &b, err, sizeof err) == 0 &&
                    !memcmp(a.y0[0], b.y0[0], sizeof(double) * a.prob.n_y),
                "same seed, same start");
         mdl_free(&b);
@@ -240,18 +252,18 @@ static void error_cases(void) {
         snprintf(missing, sizeof missing, "data=%s/none", hc_dir);
         struct { const char *set[4]; const char *msg; } bad[] = {
             {{"colour=red"}, "unknown setting 'colour'"},
-            {{"model=cnn"}, "model=cnn"},
-            {{"model=mlp", "act=sigmoid"}, "act=sigmoid"},
+            {{"model=cnn"}, "model: bad value 'cnn'"},
+            {{"model=mlp", "act=sigmoid"}, "act: bad value 'sigmoid'"},
             {{"act=tanh"}, "only for model=mlp"},
-            {{"model=mlp", "hidden=0"}, "hidden=0"},
-            {{"corrupt=1.5"}, "corrupt=1.5"},
-            {{"n_train=0"}, "n_train=0"},
-            {{"n_train=abc"}, "n_train=abc"},
-            {{"l2=-1"}, "l2=-1"},
-            {{"prior=2"}, "prior=2"},
-            {{"pretrain_lr=0"}, "pretrain_lr=0"},
-            {{"seed=-1"}, "seed=-1"},
-            {{"pixels=floats"}, "pixels=floats"},
+            {{"model=mlp", "hidden=0"}, "hidden: bad value '0'"},
+            {{"corrupt=1.5"}, "corrupt: bad value '1.5'"},
+            {{"n_train=0"}, "n_train: bad value '0'"},
+            {{"n_train=abc"}, "n_train: bad value 'abc'"},
+            {{"l2=-1"}, "l2: bad value '-1'"},
+            {{"prior=2"}, "prior: bad value '2'"},
+            {{"pretrain_lr=0"}, "pretrain_lr: bad value '0'"},
+            {{"seed=-1"}, "seed: bad value '-1'"},
+            {{"pixels=floats"}, "pixels: bad value 'floats'"},
             {{missing}, "/none"},
             {{hc_data_set, "n_train=50", "n_val=20"}, "fewer than 50 + 20"},
             {{hc_data_set, "n_train=5", "n_val=5", "n_test=30"}, "fewer than 30"},
@@ -261,7 +273,7 @@ static void error_cases(void) {
             while (n < 4 && bad[i].set[n]) n++;
             mdl_model m;
             err[0] = 0;
-            int rc = mdl_make("hyperclean", n, bad[i].set, &m, err, sizeof err);
+            int rc = make_hc(n, bad[i].set, &m, err, sizeof err);
             EXPECT(rc == -1 && has(err, bad[i].msg) && !strchr(err, '\n'), "case %zu: '%s' lacks '%s'", i, err,
                    bad[i].msg);
             if (!rc) mdl_free(&m);
@@ -276,7 +288,7 @@ static void sanity_cases(void) {
         const char *set[] = {hc_data_set, "n_train=40", "n_val=10", "n_test=20", "prior=1", "pretrain=20"};
         char err[512];
         mdl_model m;
-        int rc = mdl_make("hyperclean", 6, set, &m, err, sizeof err);
+        int rc = make_hc(6, set, &m, err, sizeof err);
         EXPECT(rc == 0 && m.z_prior, "%s", err);
         if (rc) continue;
         double f0, f1;
@@ -289,16 +301,16 @@ static void sanity_cases(void) {
     TEST_CASE("hyperclean (FashionMNIST, linear): GD on f from y0 lowers F; defaults are sane") {
         char err[512];
         mdl_model m;
-        int rc = mdl_make("hyperclean", 0, NULL, &m, err, sizeof err);
+        int rc = make_hc(0, NULL, &m, err, sizeof err);
         EXPECT(rc == 0, "%s (the README's first command installs dataset-fashion-mnist)", err);
         if (rc) continue;
         EXPECT(m.prob.n_x == 5000 && m.prob.n_y == 7850 && m.evaluate, "sizes %d %d", m.prob.n_x, m.prob.n_y);
-        blo_method_config c;
-        blo_solve_params sp = blo_solve_default_params();
         blo_error e;
-        EXPECT(blo_method_default_config("rhg", &c, &e) == BLO_OK, "%s", e.msg);
-        mdl_hyperclean_entry.defaults("rhg", &c, &sp);
-        EXPECT(c.K >= 1 && c.gd.s_l > 0 && sp.T >= 1 && sp.lr_x > 0, "defaults");
+        blo_config *c = mdl_paper_config(&mdl_hyperclean_entry, blo_method_find("rhg"), NULL, err, sizeof err);
+        char v[64];
+        double s_l = c ? atof(blo_config_get(c, "s_l", v, sizeof v)) : 0;
+        EXPECT(c && s_l > 0 && blo_config_solve_params(c)->T >= 1, "paper settings: %s", err);
+        blo_config_free(c);
         int ny = m.prob.n_y;
         double *y = malloc(sizeof(double) * ny), *g = malloc(sizeof(double) * ny), F0, F1, f;
         memcpy(y, m.y0[0], sizeof(double) * ny);
@@ -307,10 +319,10 @@ static void sanity_cases(void) {
         EXPECT(fabs(F0 - log(10.0)) < 1e-12, "F(y0 = 0) = log 10, got %.15g", F0);
         for (int k = 0; k < 10; k++) {
             EXPECT(blo_eval(&m.prob, 0, m.x0[0], y, &f, NULL, g, t, &e) == BLO_OK, "%s", e.msg);
-            for (int i = 0; i < ny; i++) y[i] -= c.gd.s_l * g[i];
+            for (int i = 0; i < ny; i++) y[i] -= s_l * g[i];
         }
         EXPECT(blo_eval(&m.prob, 1, m.x0[0], y, &F1, NULL, NULL, t, &e) == BLO_OK, "%s", e.msg);
-        EXPECT(F1 < F0 - 0.1, "10 GD steps with s_l = %g: F %g -> %g", c.gd.s_l, F0, F1);
+        EXPECT(F1 < F0 - 0.1, "10 GD steps with s_l = %g: F %g -> %g", s_l, F0, F1);
         mdl_eval ev;
         EXPECT(m.evaluate(&m, m.x0[0], y, &ev, err, sizeof err) == 0 && ev.test_acc > 40,
                "test accuracy after 10 steps %g", ev.test_acc);
@@ -322,11 +334,13 @@ static void sanity_cases(void) {
 
 void test_models_hyperclean(void) {
     snprintf(hc_dir, sizeof hc_dir, "/tmp/hypertape-hc-XXXXXX");
-    if (!mkdtemp(hc_dir) || make_synthetic()) {
+    if (!mkdtemp(hc_dir) || make_synthetic(hc_dir, 4) || snprintf(hc_dir1, sizeof hc_dir1, "%s/one", hc_dir) < 0 ||
+        mkdir(hc_dir1, 0700) || make_synthetic(hc_dir1, 1)) {
         TEST_CASE("hyperclean: a synthetic data folder") EXPECT(0, "cannot write %s", hc_dir);
         return;
     }
     snprintf(hc_data_set, sizeof hc_data_set, "data=%s", hc_dir);
+    snprintf(hc_data1_set, sizeof hc_data1_set, "data=%s", hc_dir1);
     gradient_cases();
     evaluate_cases();
     error_cases();

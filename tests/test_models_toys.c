@@ -26,8 +26,8 @@ static int verbose(void) {
 }
 
 static int make(const char *name, int n_set, const char *const *set, mdl_model *m) {
-    char err[256] = "";
-    int rc = mdl_make(name, n_set, set, m, err, sizeof err);
+    char err[256] = "", sets[512];
+    int rc = mdl_make_named(name, th_join(sets, sizeof sets, n_set, set), m, err, sizeof err);
     EXPECT(rc == 0, "%s: %s", name, err);
     return rc;
 }
@@ -470,17 +470,6 @@ static void settings_cases(void) {
             }
             EXPECT(m.x_star || m.optimal_gap, "%s: neither x* nor a gap", toy_names[k]);
             if (m.x_star) EXPECT(mdl_x_error(&m, m.x_star) == 0, "%s: x_error(x*)", toy_names[k]);
-            // defaults() keeps a valid configuration for each method
-            const mdl_entry *en = mdl_find(toy_names[k]);
-            const char *const *meth = blo_method_names();
-            for (int j = 0; en && en->defaults && meth[j]; j++) {
-                blo_method_config c;
-                blo_solve_params sp = blo_solve_default_params();
-                if (blo_method_default_config(meth[j], &c, NULL) != BLO_OK) continue;
-                en->defaults(meth[j], &c, &sp);
-                EXPECT(c.K >= 1 && sp.T >= 1 && sp.lr_x > 0 && sp.lr_z > 0 && c.truncate < c.K,
-                       "%s / %s: K %d T %d", toy_names[k], meth[j], c.K, sp.T);
-            }
             mdl_free(&m);
         }
     }
@@ -488,18 +477,18 @@ static void settings_cases(void) {
         struct {
             const char *model, *set, *want;
         } bad[] = {
-            {"llc", "bogus=1", "bogus"},         {"counterexample", "n=3", "'n'"},
-            {"pl", "a=2", "'a'"},                {"llc", "n=0", "n=0"},
-            {"lls", "n=abc", "n=abc"},           {"nonconvex", "n=-3", "n=-3"},
-            {"sin", "a=xyz", "a=xyz"},           {"sin", "a=inf", "a=inf"},
-            {"quadratic", "cond=0.5", "cond"},   {"quadratic", "rho=0", "rho"},
-            {"quadratic", "n=0", "n=0"},         {"quadratic", "m=20000", "m=20000"},
-            {"quadratic", "seed=-1", "seed"},    {"coreset", "noequals", "NAME=VALUE"},
+            {"llc", "bogus=1", "unknown setting 'bogus'"},  {"counterexample", "n=3", "unknown setting 'n'"},
+            {"pl", "a=2", "unknown setting 'a'"},           {"llc", "n=0", "n: bad value '0'"},
+            {"lls", "n=abc", "n: bad value 'abc'"},         {"nonconvex", "n=-3", "n: bad value '-3'"},
+            {"sin", "a=xyz", "a: bad value 'xyz'"},         {"sin", "a=inf", "a: bad value 'inf'"},
+            {"quadratic", "cond=0.5", "cond: bad value"},   {"quadratic", "rho=0", "rho: bad value"},
+            {"quadratic", "n=0", "n: bad value '0'"},       {"quadratic", "m=20000", "m: bad value '20000'"},
+            {"quadratic", "seed=-1", "seed: bad value"},    {"coreset", "noequals", "not NAME=VALUE"},
         };
         for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
             mdl_model m;
             char err[256] = "";
-            int rc = mdl_make(bad[k].model, 1, &bad[k].set, &m, err, sizeof err);
+            int rc = mdl_make_named(bad[k].model, bad[k].set, &m, err, sizeof err);
             EXPECT(rc == -1 && strstr(err, bad[k].want), "%s %s: rc %d, '%s'", bad[k].model, bad[k].set, rc, err);
             if (rc == 0) mdl_free(&m);
         }
@@ -520,9 +509,64 @@ static void settings_cases(void) {
     }
 }
 
+// Every problem's paper rows name methods of the registry and settings some table has, and make a
+// configuration that resolves for every method (a typo in the data is caught here, not skipped).
+static void paper_rows_cases(void) {
+    TEST_CASE("models: every paper row names a registered method and known settings, and resolves") {
+        for (const mdl_entry *const *e = mdl_registry(); *e; e++) {
+            for (const mdl_paper_row *row = (*e)->papers; row && row->method; row++) {
+                EXPECT(!strcmp(row->method, "*") || blo_method_find(row->method), "%s: method '%s'", (*e)->name, row->method);
+                // each name is some method's, dynamics' or the solver's
+                char words[512], *save = NULL;
+                snprintf(words, sizeof words, "%s", row->settings);
+                for (char *w = strtok_r(words, " ", &save); w; w = strtok_r(NULL, " ", &save)) {
+                    char *eq = strchr(w, '=');
+                    if (eq) *eq = 0;
+                    int known = !strcmp(w, "dynamics") || blo_setting_find(blo_solve_settings, w);
+                    for (const blo_method_type *const *m = blo_method_registry(); !known && *m; m++)
+                        known = blo_setting_find((*m)->settings, w) != NULL;
+                    for (const blo_dynamics_type *const *d = blo_dynamics_registry(); !known && *d; d++)
+                        known = blo_setting_find((*d)->settings, w) != NULL;
+                    EXPECT(eq && known, "%s row %s: '%s'", (*e)->name, row->method, w);
+                }
+            }
+            for (const blo_method_type *const *m = blo_method_registry(); *m; m++) {
+                char err[300];
+                blo_error be;
+                blo_config *c = mdl_paper_config(*e, *m, NULL, err, sizeof err);
+                EXPECT(c && blo_config_resolve(c, 4, &be) == BLO_OK, "%s / %s: %s", (*e)->name, (*m)->name,
+                       c ? be.msg : err);
+                blo_config_free(c);
+            }
+        }
+    }
+    TEST_CASE("models: paper settings apply in order, to the dynamics chosen first") {
+        char err[300], v[64];
+        // counterexample: ait runs BDA dynamics with AIT's weights and the row's s_l / s_u
+        blo_config *c = mdl_paper_config(&mdl_counterexample_entry, blo_method_find("ait"), NULL, err, sizeof err);
+        EXPECT(c && !strcmp(blo_config_get(c, "dynamics", v, sizeof v), "bda") &&
+                   !strcmp(blo_config_get(c, "bda_weights", v, sizeof v), "ait") &&
+                   !strcmp(blo_config_get(c, "s_l", v, sizeof v), "0.2") &&
+                   !strcmp(blo_config_get(c, "ptt", v, sizeof v), "0") &&
+                   !strcmp(blo_config_get(c, "ll_iters", v, sizeof v), "16"), "%s", err);
+        blo_config_free(c);
+        // a dynamics named by the caller gets the rows' settings too
+        c = mdl_paper_config(&mdl_nonconvex_entry, blo_method_find("rhg"), "nesterov", err, sizeof err);
+        EXPECT(c && !strcmp(blo_config_get(c, "s_l", v, sizeof v), "0.3"), "nesterov s_l %s", v);
+        blo_config_free(c);
+        // T-RHG's K' is half of the paper's K, resolved once (no second copy of the rule)
+        c = mdl_paper_config(&mdl_counterexample_entry, blo_method_find("trhg"), NULL, err, sizeof err);
+        blo_error be;
+        EXPECT(c && blo_config_resolve(c, 2, &be) == BLO_OK && !strcmp(blo_config_get(c, "truncate", v, sizeof v), "8"),
+               "truncate %s", v);
+        blo_config_free(c);
+    }
+}
+
 void test_models_toys(void); // also in tests.h once it lists this file
 void test_models_toys(void) {
     paper_toys();
     quadratic_cases();
     settings_cases();
+    paper_rows_cases();
 }

@@ -12,7 +12,9 @@
 #include "../autodiff/ad.h"
 #include "../autodiff/thin.h"
 #include "../bilevel/blo.h"
+#include "../bilevel/blo_extra.h"
 #include "../models/models.h"
+#include "cli.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -437,82 +439,97 @@ static void bench_ptt(const bench_opts *o) {
 
 // ---- (d) data hyper-cleaning, linear model: one UL iteration of RHG (K = 100) and CG (J = 10) ----
 
-// Seconds of one UL iteration (the runner's direction at the start point), median over reps,
-// and the median time inside products, for V variants: the model m[v] with its products on the
-// thin kernel (thin[v]) or on cblas. One runner each, iterations alternated so all see the same
-// machine load. Also the products over the data computed per iteration (variant 0).
+// One UL iteration's work (the solver's direction at the start point): median seconds over
+// reps, and the median time inside products, for V variants: the plan's model built with
+// pixels[v] and its products on the thin kernel (thin[v]) or on cblas. The variants' iterations
+// alternate so all see the same machine load. Also the products over the data per iteration.
 enum { HC_VARIANTS = 3 };
-static void hc_iteration(const mdl_model *const m[HC_VARIANTS], const int thin[HC_VARIANTS],
-                         const char *method, int reps, double sec[HC_VARIANTS],
-                         double prod[HC_VARIANTS], double *n_products, char kernel[64]) {
-    blo_method_config c;
-    blo_method_default_config(method, &c, NULL);
-    blo_solve_params sp = blo_solve_default_params();
-    if (mdl_find("hyperclean")->defaults) mdl_find("hyperclean")->defaults(method, &c, &sp);
-    blo_runner *r[HC_VARIANTS] = {NULL};
+typedef struct {
+    cli_plan plan;
+    mdl_model m;
+    double *x0;
+    blo_solver *s;
+} hc_variant;
+
+static void hc_variant_free(hc_variant *v) {
+    blo_solver_free(v->s);
+    free(v->x0);
+    mdl_free(&v->m);
+    if (v->plan.config) cli_plan_free(&v->plan);
+}
+
+static int hc_variant_make(hc_variant *v, const char *method, const char *pixels, char *err, size_t n) {
+    const char *sets[1] = {pixels};
+    cli_args a = {.problem = "hyperclean", .sets = sets, .n_sets = 1};
+    double *y0;
     blo_error e;
-    for (int v = 0; v < HC_VARIANTS; v++) sec[v] = prod[v] = NAN;
-    for (int v = 0; v < HC_VARIANTS; v++)
-        if (blo_runner_new(&r[v], &m[v]->prob, &c, m[v]->y0[0], &e)) {
-            printf("    %s: %s\n", method, e.msg);
-            for (int w = 0; w < v; w++) blo_runner_free(r[w]);
-            return;
+    memset(v, 0, sizeof *v);
+    if (cli_plan_make(&a, method, NULL, 0, &v->plan, err, n) || cli_plan_model(&v->plan, &v->m, &v->x0, &y0, err, n))
+        return -1;
+    if (!(v->s = blo_solver_new(&v->m.prob, v->plan.config, v->x0, y0, v->m.z_prior, &e)))
+        return snprintf(err, n, "%s", e.msg), -1;
+    return 0;
+}
+
+static void hc_iteration(const char *method, int reps, double sec[HC_VARIANTS], double prod[HC_VARIANTS],
+                         double *n_products, char kernel[64]) {
+    static const char *const pixels[HC_VARIANTS] = {"pixels=bytes", "pixels=doubles", "pixels=doubles"};
+    static const int thin[HC_VARIANTS] = {1, 1, 0};
+    hc_variant v[HC_VARIANTS];
+    char err[400];
+    int ok = 1;
+    for (int k = 0; k < HC_VARIANTS; k++) sec[k] = prod[k] = NAN;
+    memset(v, 0, sizeof v);
+    for (int k = 0; k < HC_VARIANTS && ok; k++)
+        if (hc_variant_make(&v[k], method, pixels[k], err, sizeof err)) printf("    %s: %s\n", method, err), ok = 0;
+    double *s = ok ? malloc(sizeof(double) * (size_t)reps * 2 * HC_VARIANTS) : NULL;
+    if (ok && s) {
+        for (int k = 0; k < HC_VARIANTS; k++) ad_tape_thin_products(blo_solver_tape(v[k].s), thin[k]);
+        ad_tape *t0 = blo_solver_tape(v[0].s);
+        ad_tape_product_kernel(t0, kernel);
+        const int ops[2] = {ad_op_find("matmul"), ad_op_find("matmul_coded")};
+        int64_t u0 = 0, u1 = 0;
+        for (int q = 0; q < 2; q++) u0 += ad_tape_op_evals(t0, ops[q]);
+        for (int r = 0; r < reps; r++)
+            for (int k0 = 0; k0 < HC_VARIANTS; k0++) {
+                int k = (k0 + r) % HC_VARIANTS; // rotate which goes first
+                blo_record rec;
+                blo_error e;
+                ad_tape *t = blo_solver_tape(v[k].s);
+                double b0 = ad_tape_blas_seconds(t), start = bench_now();
+                blo_solver_direction(v[k].s, &rec, &e);
+                s[(2 * k) * reps + r] = bench_now() - start;
+                s[(2 * k + 1) * reps + r] = ad_tape_blas_seconds(t) - b0;
+            }
+        for (int q = 0; q < 2; q++) u1 += ad_tape_op_evals(t0, ops[q]);
+        *n_products = (double)(u1 - u0) / reps;
+        for (int k = 0; k < HC_VARIANTS; k++) {
+            sec[k] = bench_median(s + 2 * k * reps, reps);
+            prod[k] = bench_median(s + (2 * k + 1) * reps, reps);
         }
-    for (int v = 0; v < HC_VARIANTS; v++) ad_tape_thin_products(blo_runner_tape(r[v]), thin[v]);
-    ad_tape_product_kernel(blo_runner_tape(r[0]), kernel);
-    const int ops[2] = {ad_op_find("matmul"), ad_op_find("matmul_coded")};
-    int64_t u0 = 0, u1 = 0;
-    for (int q = 0; q < 2; q++) u0 += ad_tape_op_evals(blo_runner_tape(r[0]), ops[q]);
-    int nx = m[0]->prob.n_x;
-    double *g = malloc(sizeof(double) * (size_t)nx), *s = malloc(sizeof(double) * (size_t)reps * 2 * HC_VARIANTS);
-    for (int k = 0; k < reps; k++)
-        for (int v0 = 0; v0 < HC_VARIANTS; v0++) {
-            int v = (v0 + k) % HC_VARIANTS; // rotate which goes first
-            blo_record rec;
-            double b0 = blo_runner_blas_seconds(r[v]), t0 = bench_now();
-            blo_runner_direction()(r[v], &m[v]->prob, 0, m[v]->x0[0], NULL, g, NULL, &rec, &e);
-            s[(2 * v) * reps + k] = bench_now() - t0;
-            s[(2 * v + 1) * reps + k] = blo_runner_blas_seconds(r[v]) - b0;
-        }
-    for (int q = 0; q < 2; q++) u1 += ad_tape_op_evals(blo_runner_tape(r[0]), ops[q]);
-    *n_products = (double)(u1 - u0) / reps;
-    for (int v = 0; v < HC_VARIANTS; v++) {
-        sec[v] = bench_median(s + 2 * v * reps, reps);
-        prod[v] = bench_median(s + (2 * v + 1) * reps, reps);
-        blo_runner_free(r[v]);
     }
-    free(g), free(s);
+    for (int k = 0; k < HC_VARIANTS; k++) hc_variant_free(&v[k]);
+    free(s);
 }
 
 static void bench_hyperclean(const bench_opts *o) {
-    mdl_model mb, md;
-    char err[256];
-    const char *doubles[1] = {"pixels=doubles"};
-    if (mdl_make("hyperclean", 0, NULL, &mb, err, sizeof err)) {
-        printf("(d) hyper-cleaning: skipped: %s\n", err);
-        return;
-    }
-    if (mdl_make("hyperclean", 1, doubles, &md, err, sizeof err)) {
-        printf("(d) hyper-cleaning: skipped: %s\n", err);
-        mdl_free(&mb);
-        return;
-    }
     // the model as shipped (pixels read as bytes, thin kernel); its doubles on the thin kernel;
     // its doubles on cblas (what a framework's matmul does)
-    const mdl_model *m[HC_VARIANTS] = {&mb, &md, &md};
-    const int thin[HC_VARIANTS] = {1, 1, 0};
     int reps = o->quick ? 1 : 3;
     const char *methods[2] = {"rhg", "cg"};
     const double torch[2] = {o->torch[TORCH_HC_RHG], o->torch[TORCH_HC_CG]};
     for (int k = 0; k < 2; k++) {
-        double t[HC_VARIANTS], prod[HC_VARIANTS], n_prod;
+        double t[HC_VARIANTS], prod[HC_VARIANTS], n_prod = NAN;
         char kernel[64] = "?";
-        hc_iteration(m, thin, methods[k], reps, t, prod, &n_prod, kernel);
+        hc_iteration(methods[k], reps, t, prod, &n_prod, kernel);
+        if (isnan(t[0])) {
+            printf("(d) hyper-cleaning: skipped\n");
+            return;
+        }
         printf("(d) hyper-cleaning 5000 x 784 x 10, linear, %s (%s): %.3f s per UL iteration (median of %d), "
                "%.0f%% in products; PyTorch 1.13 %s %.2f s: %.2fx faster (target >= 2x%s)\n",
                methods[k], k ? "K = 100, J = 10" : "K = 100", t[0], reps, 100 * prod[0] / t[0],
-               torch_where(o), torch[k],
-               torch[k] / t[0], verdict(o, torch[k] / t[0], 2));
+               torch_where(o), torch[k], torch[k] / t[0], verdict(o, torch[k] / t[0], 2));
         printf("    pixels read as bytes (3.9 MB), products with <= %d columns on the %s: %.3f s; "
                "as doubles (31 MB): %.3f s (%.2fx); doubles, all on cblas: %.3f s (%.0f%% in products), "
                "%.2fx\n", AD_THIN_MAX_N, kernel, t[0], t[1], t[1] / t[0], t[2], 100 * prod[2] / t[2],
@@ -521,8 +538,6 @@ static void bench_hyperclean(const bench_opts *o) {
                " each on average (doubles on the kernel: %.2f ms)\n", n_prod, n_prod / 100,
                1e3 * prod[0] / n_prod, 1e3 * prod[1] / n_prod);
     }
-    mdl_free(&md);
-    mdl_free(&mb);
 }
 
 void bench_bilevel(const bench_opts *o) {

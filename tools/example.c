@@ -47,22 +47,23 @@ int main(void) {
     }
     blo_problem p = {.n_x = 1, .n_y = D, .F = upper, .f = lower, .user = &r};
 
-    blo_method_config c; // RHG through 50 gradient steps on y
+    // RHG through 50 gradient steps on y, 200 UL steps: settings by name, as on the command line
     blo_error e;
-    blo_method_default_config("rhg", &c, &e);
-    c.K = 50, c.gd.s_l = 0.3;
-    blo_solve_params s = blo_solve_default_params();
-    s.T = 200, s.lr_x = 1.0;
-    blo_runner *run;
-    double x = 0, y0[D] = {0};
-    if (blo_runner_new(&run, &p, &c, y0, &e) ||
-        blo_solve(&p, blo_runner_direction(), run, 0, &s, &x, NULL, NULL, &e)) {
+    blo_config *c = blo_config_new(blo_method_find("rhg"), &e);
+    if (!c || blo_config_apply(c, "ll_iters=50 s_l=0.3 ul_iters=200 lr_x=1", &e)) {
         fprintf(stderr, "example: %s\n", e.msg);
         return 1;
     }
-    double F;
-    blo_eval(&p, 1, &x, blo_runner_y(run), &F, NULL, NULL, NULL, &e);
-    printf("ridge penalty e^x = %.4f, validation error %.4f\n", exp(x), F);
-    blo_runner_free(run);
+    double x = 0;
+    blo_solver *s = blo_solver_new(&p, c, &x, NULL, NULL, &e);
+    if (!s || blo_solver_run(s)) {
+        fprintf(stderr, "example: %s\n", s ? blo_solver_error(s) : e.msg);
+        return 1;
+    }
+    blo_record last;
+    blo_solver_report(s, &last); // the returned x, with its LL solution
+    printf("ridge penalty e^x = %.4f, validation error %.4f\n", exp(blo_solver_x(s)[0]), last.F);
+    blo_solver_free(s);
+    blo_config_free(c);
     return 0;
 }

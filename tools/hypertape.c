@@ -11,8 +11,10 @@ static const char *usage_text =
     "usage: hypertape COMMAND [options]\n"
     "  list [PROBLEM]        problems, methods and dynamics; with PROBLEM, its settings per method\n"
     "  run PROBLEM --method M [options]       solve the problem with one method\n"
+    "  run --resume FILE [--ul-iters T]       continue a run saved with --checkpoint FILE\n"
     "  compare PROBLEM --methods a,b,c [options] [--plot FILE.png]   convergence of several methods\n"
-    "  gradcheck PROBLEM --method M [--json]  hypergradient vs central differences at the start\n"
+    "  gradcheck PROBLEM --method M [--rtol r] [--atol a] [--json]\n"
+    "                                         hypergradient vs central differences: PASS or FAIL\n"
     "  bench [autodiff|bilevel|reference|all] [--quick] [--torch FILE]   timing benchmarks\n"
     "Each command takes --help.\n";
 
@@ -23,61 +25,6 @@ static const char *bench_usage =
     "  --quick               fewer repeats\n"
     "  --torch FILE          compare with PyTorch's times measured on this machine, as written by\n"
     "                        tools/bench_torch.py --out FILE (default: the issue's reference machine)\n";
-
-static void run_help(const char *cmd) {
-    printf("usage: hypertape %s PROBLEM %s [options]\n", cmd,
-           !strcmp(cmd, "compare") ? "--methods a,b,c" : "--method M");
-    printf("  --dynamics D           LL dynamics: gd, bda, nesterov, accel, momentum\n"
-           "  --set NAME=VALUE       a problem setting (hypertape list PROBLEM shows them)\n"
-           "  --start=X0,Y0...       start point: x then y, comma-separated\n"
-           "  --start-index i        which of the problem's start points (default 0)\n"
-           "  --seed S               seed of the problem's random draws\n"
-           "  --trace FILE.csv       (run) one line per UL iteration\n"
-           "  --plot FILE.png        (compare) the convergence figure, drawn with gnuplot\n"
-           "  --json                 (run, gradcheck) one JSON object on stdout\n");
-    cli_print_options(stdout);
-    printf("Settings apply in order: the method's defaults, the problem's paper settings for it, "
-           "then these options.\n");
-}
-
-static int cmd_list(int argc, char **argv) {
-    if (argc > 0 && !strcmp(argv[0], "--help")) {
-        printf("usage: hypertape list [PROBLEM]\n");
-        return 0;
-    }
-    if (argc > 1) {
-        fprintf(stderr, "hypertape list: unexpected argument '%s'\n", argv[1]);
-        return 2;
-    }
-    if (argc == 1) {
-        const mdl_entry *e = mdl_find(argv[0]);
-        if (!e) {
-            fprintf(stderr, "hypertape list: unknown problem '%s'\n", argv[0]);
-            return 2;
-        }
-        printf("%s: %s\n  source: %s\n  settings: %s\n  defaults per method:\n", e->name, e->summary,
-               e->source, e->params && *e->params ? e->params : "none");
-        cli_args a = {.problem = e->name};
-        for (const char *const *m = blo_method_names(); *m; m++) {
-            cli_settings st;
-            char err[256];
-            if (cli_settings_for(&a, e, *m, &st, err, sizeof err)) continue;
-            printf("    %-8s ", *m);
-            cli_describe(stdout, &st);
-        }
-        return 0;
-    }
-    printf("problems:\n");
-    for (const mdl_entry *const *e = mdl_registry(); *e; e++)
-        printf("  %-15s %s (%s)\n", (*e)->name, (*e)->summary, (*e)->source);
-    printf("methods:\n");
-    const char *const *n = blo_method_names(), *const *s = blo_method_summaries();
-    for (int i = 0; n[i]; i++) printf("  %-15s %s\n", n[i], s[i]);
-    printf("dynamics:\n");
-    n = blo_dynamics_names(), s = blo_dynamics_summaries();
-    for (int i = 0; n[i]; i++) printf("  %-15s %s\n", n[i], s[i]);
-    return 0;
-}
 
 static int cmd_bench(int argc, char **argv) {
     bench_opts o = bench_default_opts();
@@ -122,21 +69,24 @@ int main(int argc, char **argv) {
         fputs(usage_text, stdout);
         return 0;
     }
-    if (!strcmp(cmd, "list")) return cmd_list(argc - 2, argv + 2);
+    if (!strcmp(cmd, "list")) return cli_list(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(cmd, "run") || !strcmp(cmd, "compare") || !strcmp(cmd, "gradcheck")) {
         for (int i = 2; i < argc; i++)
             if (!strcmp(argv[i], "--help")) {
-                run_help(cmd);
-                return 0;
+                cli_print_help(stdout, cmd);
+                return fflush(stdout) ? 1 : 0;
             }
         cli_args a;
         char err[512];
         if (cli_parse(cmd, argc - 2, argv + 2, &a, err, sizeof err)) {
             fprintf(stderr, "hypertape %s: %s\n", cmd, err);
+            cli_args_free(&a);
             return 2;
         }
-        return !strcmp(cmd, "run") ? cli_run(&a) : !strcmp(cmd, "compare") ? cli_compare(&a) : cli_gradcheck(&a);
+        int rc = !strcmp(cmd, "run") ? cli_run(&a) : !strcmp(cmd, "compare") ? cli_compare(&a) : cli_gradcheck(&a);
+        cli_args_free(&a);
+        return rc;
     }
     fprintf(stderr, "hypertape: unknown command '%s' (try hypertape --help)\n", cmd);
     return 2;

@@ -1,0 +1,33 @@
+// The built-in methods, one line each: a method is its own file defining blo_method_NAME and
+// its line here. The order is the one programs list them in.
+#include "internal.h"
+
+#include <string.h>
+
+#define BLO_METHODS(X) \
+    X(rhg)             \
+    X(trhg)            \
+    X(bda)             \
+    X(cg)              \
+    X(neumann)         \
+    X(ait)             \
+    X(aitp)            \
+    X(bvfim)           \
+    X(bome)            \
+    X(galet)
+
+#define DECLARE(name) extern const blo_method_type blo_method_##name;
+BLO_METHODS(DECLARE)
+#undef DECLARE
+
+#define ENTRY(name) &blo_method_##name,
+static const blo_method_type *const registry[] = {BLO_METHODS(ENTRY) NULL};
+#undef ENTRY
+
+const blo_method_type *const *blo_method_registry(void) { return registry; }
+
+const blo_method_type *blo_method_find(const char *name) {
+    for (int i = 0; name && registry[i]; i++)
+        if (!strcmp(registry[i]->name, name)) return registry[i];
+    return NULL;
+}

@@ -1,0 +1,50 @@
+// What `run` and `compare` share: a run's log (the trace and the figure's data, written as the
+// records come so nothing is held per iteration), the record callback that writes it, and the
+// end-of-run summary.
+#ifndef HYPERTAPE_CLI_RECORD_H
+#define HYPERTAPE_CLI_RECORD_H
+
+#include "cli.h"
+
+#include <signal.h>
+
+typedef struct {
+    const mdl_model *m;
+    blo_solver *s;
+    const char *label;
+    int T;
+    FILE *trace, *dat;         // a CSV row per record; a figure data row per record
+    const char *trace_path, *dat_path;
+    int progress;              // stderr is a terminal
+    double last_progress;
+    const char *checkpoint;    // save every `every` iterations (with meta) when set
+    int every;
+    const char *meta;
+    volatile sig_atomic_t *signal; // set by SIGINT / SIGTERM: stop after this iteration
+    char failure[400];         // an output that could not be written (the run stops)
+    blo_record final;          // the run's final record (its y stays the solver's)
+} run_log;
+
+// The record callback (user = run_log).
+int cli_on_record(const blo_record *r, void *user);
+// The trace's header line.
+void cli_trace_header(FILE *f);
+
+// What a run ends with: the final iterate's values (its last record's) and the learning task's
+// evaluation there.
+typedef struct {
+    blo_status status;
+    char error[440];
+    const double *x;     // the solver's
+    double F, f, ll_residual, x_err, gap, F_gap, seconds, kbar_mean;
+    int done;            // UL iterations done in all (a resumed run counts the earlier ones)
+    int has_eval;
+    mdl_eval eval;
+} run_result;
+
+// Runs s (its record callback set to log) and fills res from the final record.
+void cli_run_solver(blo_solver *s, run_log *log, run_result *res);
+// |F - F*| / (|F*| + 1): the papers' ||Phi - Phi*|| / (||Phi*|| + 1)
+double cli_F_gap(const mdl_model *m, double F);
+
+#endif
