@@ -7,6 +7,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -59,7 +61,7 @@ static void idx_cases(void) {
     }
     struct { const char *what, *name, *msg; size_t cut; int gz; int damage; } bad[] = {
         {"missing file", "none", "cannot open", 0, 0, -1},
-        {"truncated data", "trunc", "truncated: 24 bytes of data expected, 20 found", 4, 0, 0},
+        {"truncated data", "trunc", "truncated: 24 bytes of data expected, 20 in the file", 4, 0, 0},
         {"truncated data (gzip)", "trunc.gz", "truncated", 4, 1, 0},
         {"truncated header", "head", "truncated in the dimension list", 30, 0, 0},
         {"bad magic", "magic", "not an IDX file", 0, 0, 1},
@@ -125,6 +127,63 @@ static void idx_cases(void) {
     }
 }
 
+// Reads path in a child whose address space may grow by at most `room` bytes beyond what it holds
+// at the fork (RLIMIT_AS; the ASan runtime's reservations are already in the count). Returns the
+// child's exit status (0: the read failed with a message containing want; 1: another message; 2:
+// the read succeeded; 128 + signal: it crashed) and the message in msg.
+static int read_bounded(const char *path, size_t room, const char *want, char *msg, size_t n) {
+    int fds[2];
+    if (pipe(fds)) return snprintf(msg, n, "pipe failed"), -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        unsigned long pages = 0;
+        FILE *f = fopen("/proc/self/statm", "r");
+        if (!f || fscanf(f, "%lu", &pages) != 1) _exit(3);
+        fclose(f);
+        rlim_t cap = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + room;
+        if (setrlimit(RLIMIT_AS, &(struct rlimit){cap, cap})) _exit(3);
+        char err[512] = "";
+        mdl_idx m;
+        int rc = mdl_idx_read(path, &m, err, sizeof err);
+        if (write(fds[1], err, strlen(err)) < 0) _exit(3);
+        mdl_idx_free(&m);
+        _exit(rc == 0 ? 2 : has(err, want) ? 0 : 1);
+    }
+    close(fds[1]);
+    ssize_t got = pid < 0 ? 0 : read(fds[0], msg, n - 1);
+    msg[got > 0 ? got : 0] = 0;
+    close(fds[0]);
+    int st = 0;
+    if (pid < 0 || waitpid(pid, &st, 0) != pid) return snprintf(msg, n, "fork failed"), -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+// Files whose header claims far more than they hold: the reader must find the truncation
+// without first allocating the claimed size. Each read runs with 64 MiB of address space to
+// spare, against a claim of 16 GiB.
+static void idx_bounded(void) {
+    struct { const char *what, *name, *msg; int gz; size_t data; } cases[] = {
+        {"a 16-byte raw file claiming 16 GiB", "claim16g", "truncated: 17179869184 bytes of data expected, 0 in the file", 0, 0},
+        {"a gzip header claiming 16 GiB", "claim16g.gz", "truncated: 17179869184 bytes of data expected, 0 found", 1, 0},
+        {"a gzip file of 4 MiB claiming 16 GiB", "claim16g4m.gz", "truncated: 17179869184 bytes of data expected, 4194304 found", 1, 4 << 20},
+    };
+    int dims[3] = {65536, 65536, 4};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char name[128];
+        snprintf(name, sizeof name, "idx: %s is truncated, found within 64 MiB", cases[i].what);
+        TEST_CASE(name) {
+            uint8_t *buf = calloc(16 + cases[i].data, 1);
+            size_t n = make_idx(buf, 3, dims, 0) + cases[i].data;
+            const char *p = put(cases[i].name, buf, n, cases[i].gz);
+            free(buf);
+            char msg[512];
+            int st = read_bounded(p, (size_t)64 << 20, cases[i].msg, msg, sizeof msg);
+            EXPECT(st == 0, "child status %d, message: %s", st, msg);
+        }
+    }
+}
+
 static void fashion(void) {
     TEST_CASE("hyper-cleaning split of FashionMNIST: sizes, exact corruption, reproducible") {
         char err[512];
@@ -170,6 +229,7 @@ void test_models_data(void) {
         return;
     }
     idx_cases();
+    idx_bounded();
     fashion();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
