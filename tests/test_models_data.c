@@ -1,10 +1,12 @@
-// The IDX reader on good and damaged files (raw and gzip), the MNIST pair checks, and the
-// hyper-cleaning split on the installed FashionMNIST.
+// The IDX reader on good and damaged files (raw and gzip), on files claiming far more than they
+// hold, and on the fuzz seed corpus; the MNIST pair checks; and the hyper-cleaning split on the
+// installed FashionMNIST.
 #include "harness.h"
 #include "tests.h"
 
 #include "../models/data.h"
 
+#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -184,6 +186,54 @@ static void idx_bounded(void) {
     }
 }
 
+// One seed of the fuzz corpus, read as its name says: ok-AxBxC[.gz] loads with those dims and
+// data bytes i % 251 (tests/fuzz/make_seeds.py), err-WORD-... fails with a message containing
+// WORD and the path. Returns 1 for an ok- seed.
+static int check_seed(const char *name) {
+    char path[1024], err[512] = "", word[64] = "";
+    snprintf(path, sizeof path, "%s/%s", HYPERTAPE_FUZZ_SEEDS, name);
+    mdl_idx m;
+    int rc = mdl_idx_read(path, &m, err, sizeof err);
+    if (strncmp(name, "ok-", 3)) {
+        sscanf(name, "err-%63[^-.]", word);
+        EXPECT(rc == -1 && word[0] && has(err, word) && has(err, path) && !m.data,
+               "%s: rc %d, message: %s", name, rc, err);
+        mdl_idx_free(&m);
+        return 0;
+    }
+    EXPECT(rc == 0, "%s: %s", name, err);
+    const char *c = name + 3;
+    int ndim = 0;
+    size_t size = 1;
+    for (char *end; ndim < 4 && *c >= '0' && *c <= '9'; c = end + (*end == 'x'), ndim++) {
+        long d = strtol(c, &end, 10);
+        EXPECT(rc || m.dims[ndim] == d, "%s: dimension %d is %d", name, ndim, rc ? 0 : m.dims[ndim]);
+        size *= (size_t)d;
+    }
+    EXPECT(rc || (m.ndim == ndim && m.size == size), "%s: %d dims, %zu bytes", name, m.ndim, m.size);
+    for (size_t i = 0; !rc && i < m.size; i++)
+        if (m.data[i] != i % 251) {
+            EXPECT(0, "%s: byte %zu is %d", name, i, m.data[i]);
+            break;
+        }
+    mdl_idx_free(&m);
+    return 1;
+}
+
+// The fuzz target's seed corpus (tests/fuzz/seeds), replayed on every build: never a crash, and
+// each file loads or fails as its name says.
+static void idx_seeds(void) {
+    TEST_CASE("idx: the fuzz seed corpus loads or fails as the file names say") {
+        DIR *dir = opendir(HYPERTAPE_FUZZ_SEEDS);
+        EXPECT(dir, "cannot open %s", HYPERTAPE_FUZZ_SEEDS);
+        int files = 0, ok = 0;
+        for (struct dirent *e; dir && (e = readdir(dir));)
+            if (e->d_name[0] != '.') files++, ok += check_seed(e->d_name);
+        if (dir) closedir(dir);
+        EXPECT(files >= 12 && ok >= 4 && files - ok >= 8, "%d seeds, %d of them ok-", files, ok);
+    }
+}
+
 static void fashion(void) {
     TEST_CASE("hyper-cleaning split of FashionMNIST: sizes, exact corruption, reproducible") {
         char err[512];
@@ -230,6 +280,7 @@ void test_models_data(void) {
     }
     idx_cases();
     idx_bounded();
+    idx_seeds();
     fashion();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
