@@ -1,14 +1,18 @@
 // The IDX reader and the hyper-cleaning data split. zlib's gzread reads gzip and raw files
 // alike; every short read, bad header or inconsistent pair of files is an error naming the path.
+// A header's claimed size is never allocated on trust: see read_data.
 #include "data.h"
 
 #include "ad.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 int mdl_fail(char *err, size_t n, const char *fmt, ...) {
@@ -38,49 +42,94 @@ static long read_full(gzFile f, void *buf, size_t len, const char **zmsg) {
     return (long)got;
 }
 
+// Reads the magic and the dimension list into out; *size is the product of the dims. Returns 0
+// or -1 with the message.
+static int read_header(gzFile f, const char *path, mdl_idx *out, size_t *size, char *err, size_t errlen) {
+    const char *zmsg = "";
+    uint8_t head[4], dims[16];
+    long r = read_full(f, head, 4, &zmsg);
+    if (r < 0) return mdl_fail(err, errlen, "%s: corrupt compressed data: %s", path, zmsg);
+    if (r < 4) return mdl_fail(err, errlen, "%s: truncated: the 4-byte IDX header is missing", path);
+    if (head[0] || head[1])
+        return mdl_fail(err, errlen, "%s: not an IDX file (magic %02x %02x %02x %02x)", path, head[0], head[1], head[2], head[3]);
+    if (head[2] != 0x08) return mdl_fail(err, errlen, "%s: IDX data type 0x%02x is not unsigned bytes (0x08)", path, head[2]);
+    if (head[3] < 1 || head[3] > 4) return mdl_fail(err, errlen, "%s: IDX with %d dimensions (1 to 4 supported)", path, head[3]);
+    out->ndim = head[3];
+    r = read_full(f, dims, (size_t)4 * out->ndim, &zmsg);
+    if (r < 0) return mdl_fail(err, errlen, "%s: corrupt compressed data: %s", path, zmsg);
+    if (r < 4 * out->ndim) return mdl_fail(err, errlen, "%s: truncated in the dimension list", path);
+    *size = 1;
+    for (int i = 0; i < out->ndim; i++) {
+        uint32_t d = (uint32_t)dims[4 * i] << 24 | (uint32_t)dims[4 * i + 1] << 16 |
+                     (uint32_t)dims[4 * i + 2] << 8 | dims[4 * i + 3];
+        if (d == 0 || d > (1u << 28) || *size > ((size_t)1 << 34) / d)
+            return mdl_fail(err, errlen, "%s: implausible dimension %d = %u", path, i, d);
+        out->dims[i] = (int32_t)d;
+        *size *= d;
+    }
+    return 0;
+}
+
+// Reads up to size bytes into *data, a buffer of first bytes grown by doubling (at most to size)
+// as the data arrives: a file claiming more than it holds costs at most twice what it holds.
+// Returns the bytes read, -1 on a zlib error (message in zmsg), -2 when out of memory; *data is
+// the caller's to free in every case.
+static long read_growing(gzFile f, size_t size, size_t first, uint8_t **data, const char **zmsg) {
+    size_t cap = first < size ? first : size, got = 0;
+    *data = malloc(cap);
+    if (!*data) return -2;
+    for (;;) {
+        long r = read_full(f, *data + got, cap - got, zmsg);
+        if (r < 0) return -1;
+        got += (size_t)r;
+        if (got < cap || cap == size) return (long)got;
+        cap = cap > size / 2 ? size : 2 * cap;
+        uint8_t *grown = realloc(*data, cap);
+        if (!grown) return -2;
+        *data = grown;
+    }
+}
+
+// The data after the header: size bytes and nothing more. A raw regular file (gzdirect) is
+// checked against its length before anything is allocated; gzip and pipes grow their buffer
+// from 1 MiB as the data arrives (their length is only known by reading them).
+static int read_data(gzFile f, const struct stat *st, const char *path, mdl_idx *out, size_t size,
+                     char *err, size_t errlen) {
+    size_t first = (size_t)1 << 20;
+    if (gzdirect(f) && S_ISREG(st->st_mode)) {
+        long long left = (long long)st->st_size - 4 - 4 * out->ndim;
+        if (left < (long long)size)
+            return mdl_fail(err, errlen, "%s: truncated: %zu bytes of data expected, %lld in the file", path, size, left);
+        first = size;
+    }
+    const char *zmsg = "";
+    long r = read_growing(f, size, first, &out->data, &zmsg);
+    if (r == -2) return mdl_fail(err, errlen, "%s: out of memory for %zu bytes", path, size);
+    if (r < 0) return mdl_fail(err, errlen, "%s: corrupt compressed data: %s", path, zmsg);
+    if ((size_t)r < size)
+        return mdl_fail(err, errlen, "%s: truncated: %zu bytes of data expected, %ld found", path, size, r);
+    uint8_t extra;
+    if ((r = read_full(f, &extra, 1, &zmsg)) != 0)
+        return mdl_fail(err, errlen, "%s: %s after the %zu data bytes", path,
+                        r < 0 ? "corrupt compressed data" : "unexpected extra bytes", size);
+    return 0;
+}
+
 int mdl_idx_read(const char *path, mdl_idx *out, char *err, size_t errlen) {
     memset(out, 0, sizeof *out);
-    gzFile f = gzopen(path, "rb");
-    if (!f) return mdl_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno ? errno : ENOENT));
-    const char *zmsg = "";
-    uint8_t head[4];
-    long r = read_full(f, head, 4, &zmsg);
-    int rc = 0;
-    if (r < 0) rc = mdl_fail(err, errlen, "%s: corrupt compressed data: %s", path, zmsg);
-    else if (r < 4) rc = mdl_fail(err, errlen, "%s: truncated: the 4-byte IDX header is missing", path);
-    else if (head[0] || head[1]) rc = mdl_fail(err, errlen, "%s: not an IDX file (magic %02x %02x %02x %02x)", path, head[0], head[1], head[2], head[3]);
-    else if (head[2] != 0x08) rc = mdl_fail(err, errlen, "%s: IDX data type 0x%02x is not unsigned bytes (0x08)", path, head[2]);
-    else if (head[3] < 1 || head[3] > 4) rc = mdl_fail(err, errlen, "%s: IDX with %d dimensions (1 to 4 supported)", path, head[3]);
-    size_t size = 1;
-    if (!rc) {
-        out->ndim = head[3];
-        uint8_t dims[16];
-        r = read_full(f, dims, (size_t)4 * out->ndim, &zmsg);
-        if (r < 0) rc = mdl_fail(err, errlen, "%s: corrupt compressed data: %s", path, zmsg);
-        else if (r < 4 * out->ndim) rc = mdl_fail(err, errlen, "%s: truncated in the dimension list", path);
-        for (int i = 0; !rc && i < out->ndim; i++) {
-            uint32_t d = (uint32_t)dims[4 * i] << 24 | (uint32_t)dims[4 * i + 1] << 16 |
-                         (uint32_t)dims[4 * i + 2] << 8 | dims[4 * i + 3];
-            if (d == 0 || d > (1u << 28) || size > ((size_t)1 << 34) / d)
-                rc = mdl_fail(err, errlen, "%s: implausible dimension %d = %u", path, i, d);
-            out->dims[i] = (int32_t)d;
-            size *= d;
-        }
+    // opened here rather than by gzopen, for the raw file's length (fstat)
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    gzFile f = NULL;
+    if (fd >= 0 && !fstat(fd, &st)) f = gzdopen(fd, "rb");
+    if (!f) {
+        int e = errno ? errno : ENOMEM;
+        if (fd >= 0) close(fd);
+        return mdl_fail(err, errlen, "%s: cannot open: %s", path, strerror(e));
     }
-    if (!rc) {
-        out->data = malloc(size);
-        if (!out->data) rc = mdl_fail(err, errlen, "%s: out of memory for %zu bytes", path, size);
-    }
-    if (!rc) {
-        r = read_full(f, out->data, size, &zmsg);
-        uint8_t extra;
-        if (r < 0) rc = mdl_fail(err, errlen, "%s: corrupt compressed data: %s", path, zmsg);
-        else if ((size_t)r < size)
-            rc = mdl_fail(err, errlen, "%s: truncated: %zu bytes of data expected, %ld found", path, size, r);
-        else if ((r = read_full(f, &extra, 1, &zmsg)) != 0)
-            rc = mdl_fail(err, errlen, "%s: %s after the %zu data bytes", path,
-                      r < 0 ? "corrupt compressed data" : "unexpected extra bytes", size);
-    }
+    size_t size = 0;
+    int rc = read_header(f, path, out, &size, err, errlen);
+    if (!rc) rc = read_data(f, &st, path, out, size, err, errlen);
     gzclose(f);
     if (rc) mdl_idx_free(out);
     else out->size = size;

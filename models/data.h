@@ -25,7 +25,9 @@ typedef struct {
 } mdl_idx;
 
 // Reads path (gzip or raw: zlib tells them apart). Returns 0, or -1 with a one-line message in
-// err ("PATH: truncated: 47040016 bytes of data expected, 1000 found").
+// err ("PATH: truncated: 47040016 bytes of data expected, 1000 in the file"; "..., 1000 found"
+// for gzip). The size the header claims is not allocated on trust: a raw file is checked against
+// its length first, a gzip file's buffer grows as its data arrives (at most twice what it holds).
 int mdl_idx_read(const char *path, mdl_idx *out, char *err, size_t errlen);
 void mdl_idx_free(mdl_idx *m);
 

@@ -1,12 +1,16 @@
-// The IDX reader on good and damaged files (raw and gzip), the MNIST pair checks, and the
-// hyper-cleaning split on the installed FashionMNIST.
+// The IDX reader on good and damaged files (raw and gzip), on files claiming far more than they
+// hold, and on the fuzz seed corpus; the MNIST pair checks; and the hyper-cleaning split on the
+// installed FashionMNIST.
 #include "harness.h"
 #include "tests.h"
 
 #include "../models/data.h"
 
+#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -59,7 +63,7 @@ static void idx_cases(void) {
     }
     struct { const char *what, *name, *msg; size_t cut; int gz; int damage; } bad[] = {
         {"missing file", "none", "cannot open", 0, 0, -1},
-        {"truncated data", "trunc", "truncated: 24 bytes of data expected, 20 found", 4, 0, 0},
+        {"truncated data", "trunc", "truncated: 24 bytes of data expected, 20 in the file", 4, 0, 0},
         {"truncated data (gzip)", "trunc.gz", "truncated", 4, 1, 0},
         {"truncated header", "head", "truncated in the dimension list", 30, 0, 0},
         {"bad magic", "magic", "not an IDX file", 0, 0, 1},
@@ -125,6 +129,111 @@ static void idx_cases(void) {
     }
 }
 
+// Reads path in a child whose address space may grow by at most `room` bytes beyond what it holds
+// at the fork (RLIMIT_AS; the ASan runtime's reservations are already in the count). Returns the
+// child's exit status (0: the read failed with a message containing want; 1: another message; 2:
+// the read succeeded; 128 + signal: it crashed) and the message in msg.
+static int read_bounded(const char *path, size_t room, const char *want, char *msg, size_t n) {
+    int fds[2];
+    if (pipe(fds)) return snprintf(msg, n, "pipe failed"), -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        unsigned long pages = 0;
+        FILE *f = fopen("/proc/self/statm", "r");
+        if (!f || fscanf(f, "%lu", &pages) != 1) _exit(3);
+        fclose(f);
+        rlim_t cap = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + room;
+        if (setrlimit(RLIMIT_AS, &(struct rlimit){cap, cap})) _exit(3);
+        char err[512] = "";
+        mdl_idx m;
+        int rc = mdl_idx_read(path, &m, err, sizeof err);
+        if (write(fds[1], err, strlen(err)) < 0) _exit(3);
+        mdl_idx_free(&m);
+        _exit(rc == 0 ? 2 : has(err, want) ? 0 : 1);
+    }
+    close(fds[1]);
+    ssize_t got = pid < 0 ? 0 : read(fds[0], msg, n - 1);
+    msg[got > 0 ? got : 0] = 0;
+    close(fds[0]);
+    int st = 0;
+    if (pid < 0 || waitpid(pid, &st, 0) != pid) return snprintf(msg, n, "fork failed"), -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+// Files whose header claims far more than they hold: the reader must find the truncation
+// without first allocating the claimed size. Each read runs with 64 MiB of address space to
+// spare, against a claim of 16 GiB.
+static void idx_bounded(void) {
+    struct { const char *what, *name, *msg; int gz; size_t data; } cases[] = {
+        {"a 16-byte raw file claiming 16 GiB", "claim16g", "truncated: 17179869184 bytes of data expected, 0 in the file", 0, 0},
+        {"a gzip header claiming 16 GiB", "claim16g.gz", "truncated: 17179869184 bytes of data expected, 0 found", 1, 0},
+        {"a gzip file of 4 MiB claiming 16 GiB", "claim16g4m.gz", "truncated: 17179869184 bytes of data expected, 4194304 found", 1, 4 << 20},
+    };
+    int dims[3] = {65536, 65536, 4};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char name[128];
+        snprintf(name, sizeof name, "idx: %s is truncated, found within 64 MiB", cases[i].what);
+        TEST_CASE(name) {
+            uint8_t *buf = calloc(16 + cases[i].data, 1);
+            size_t n = make_idx(buf, 3, dims, 0) + cases[i].data;
+            const char *p = put(cases[i].name, buf, n, cases[i].gz);
+            free(buf);
+            char msg[512];
+            int st = read_bounded(p, (size_t)64 << 20, cases[i].msg, msg, sizeof msg);
+            EXPECT(st == 0, "child status %d, message: %s", st, msg);
+        }
+    }
+}
+
+// One seed of the fuzz corpus, read as its name says: ok-AxBxC[.gz] loads with those dims and
+// data bytes i % 251 (tests/fuzz/make_seeds.py), err-WORD-... fails with a message containing
+// WORD and the path. Returns 1 for an ok- seed.
+static int check_seed(const char *name) {
+    char path[1024], err[512] = "", word[64] = "";
+    snprintf(path, sizeof path, "%s/%s", HYPERTAPE_FUZZ_SEEDS, name);
+    mdl_idx m;
+    int rc = mdl_idx_read(path, &m, err, sizeof err);
+    if (strncmp(name, "ok-", 3)) {
+        sscanf(name, "err-%63[^-.]", word);
+        EXPECT(rc == -1 && word[0] && has(err, word) && has(err, path) && !m.data,
+               "%s: rc %d, message: %s", name, rc, err);
+        mdl_idx_free(&m);
+        return 0;
+    }
+    EXPECT(rc == 0, "%s: %s", name, err);
+    const char *c = name + 3;
+    int ndim = 0;
+    size_t size = 1;
+    for (char *end; ndim < 4 && *c >= '0' && *c <= '9'; c = end + (*end == 'x'), ndim++) {
+        long d = strtol(c, &end, 10);
+        EXPECT(rc || m.dims[ndim] == d, "%s: dimension %d is %d", name, ndim, rc ? 0 : m.dims[ndim]);
+        size *= (size_t)d;
+    }
+    EXPECT(rc || (m.ndim == ndim && m.size == size), "%s: %d dims, %zu bytes", name, m.ndim, m.size);
+    for (size_t i = 0; !rc && i < m.size; i++)
+        if (m.data[i] != i % 251) {
+            EXPECT(0, "%s: byte %zu is %d", name, i, m.data[i]);
+            break;
+        }
+    mdl_idx_free(&m);
+    return 1;
+}
+
+// The fuzz target's seed corpus (tests/fuzz/seeds), replayed on every build: never a crash, and
+// each file loads or fails as its name says.
+static void idx_seeds(void) {
+    TEST_CASE("idx: the fuzz seed corpus loads or fails as the file names say") {
+        DIR *dir = opendir(HYPERTAPE_FUZZ_SEEDS);
+        EXPECT(dir, "cannot open %s", HYPERTAPE_FUZZ_SEEDS);
+        int files = 0, ok = 0;
+        for (struct dirent *e; dir && (e = readdir(dir));)
+            if (e->d_name[0] != '.') files++, ok += check_seed(e->d_name);
+        if (dir) closedir(dir);
+        EXPECT(files >= 12 && ok >= 4 && files - ok >= 8, "%d seeds, %d of them ok-", files, ok);
+    }
+}
+
 static void fashion(void) {
     TEST_CASE("hyper-cleaning split of FashionMNIST: sizes, exact corruption, reproducible") {
         char err[512];
@@ -170,6 +279,8 @@ void test_models_data(void) {
         return;
     }
     idx_cases();
+    idx_bounded();
+    idx_seeds();
     fashion();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
