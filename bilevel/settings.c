@@ -111,10 +111,12 @@ const char *blo_setting_format(const blo_setting *r, const void *params, char *b
         break;
     case BLO_SET_DOUBLE: { // the shortest text that reads back to the same bits
         double v = *(const double *)(const void *)field;
+        char text[32];
         for (int digits = 15; digits <= 17; digits++) {
-            snprintf(buf, n, "%.*g", digits, v);
-            if (strtod(buf, NULL) == v) break;
+            snprintf(text, sizeof text, "%.*g", digits, v);
+            if (strtod(text, NULL) == v) break;
         }
+        snprintf(buf, n, "%s", text);
         break;
     }
     case BLO_SET_CHOICE: {

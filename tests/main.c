@@ -11,9 +11,11 @@ int main(int argc, char **argv) {
     test_ad_thin();
     test_bilevel();
     test_bilevel_methods();
+    test_bilevel_solver();
     test_models_data();
     test_models_toys();
     test_models_hyperclean();
     test_cli();
+    test_cli_runs();
     return th_summary();
 }

@@ -376,6 +376,16 @@ static void check_fd(const char *label, qp *q, const blo_problem *p, const blo_d
     }
     EXPECT(fabs(phi_eval(&c, x0, z0) - info.value) <= 1e-13 * fmax(1, fabs(info.value)),
            "%s %s: value %.17g vs phi %.17g", label, m->name, info.value, phi_eval(&c, x0, z0));
+    // the library's phi is this test's, at the reference point and away from it
+    for (int moved = 0; moved < 2; moved++) {
+        double x1[MAXN], z1[MAXN], v = NAN;
+        for (int i = 0; i < q->nx; i++) x1[i] = x0[i] + 0.01 * moved * (i + 1);
+        for (int i = 0; i < q->ny; i++) z1[i] = z0[i] - 0.02 * moved * (i + 1);
+        EXPECT(blo_hypergrad_phi(p, d, &hp, &info, x0, z0, x1, m->ia ? z1 : z0, &v, &e) == BLO_OK, "%s", e.msg);
+        double ref = phi_eval(&c, x1, m->ia ? z1 : z0);
+        EXPECT(fabs(v - ref) <= 1e-14 * fmax(1, fabs(ref)), "%s %s: blo_hypergrad_phi %.17g vs %.17g (moved %d)",
+               label, m->name, v, ref, moved);
+    }
     fd_grad(&c, x0, z0, 0, ngx);
     double ex = rel_err(q->nx, gx, ngx);
     EXPECT(!c.failed, "%s %s: an unroll failed", label, m->name);

@@ -1,6 +1,7 @@
 // The `hypertape` command as a user meets it: bad usage exits with status 2 and one line on
 // stderr naming what was wrong; runs report JSON; gradcheck agrees with finite differences; a run
 // stopped by an error exits with 1 and reports its last good iterate.
+#include "cli_util.h"
 #include "harness.h"
 #include "tests.h"
 
@@ -9,45 +10,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifndef HYPERTAPE_BIN
-#error "HYPERTAPE_BIN: the path of the hypertape binary (set by tests/meson.build)"
-#endif
-
-typedef struct {
-    int status;
-    char out[8192], err[2048];
-} result;
-
-// Runs `hypertape ARGS` (args must not need quoting) capturing stdout and stderr.
-static result run(const char *args) {
-    result r = {.status = -1};
-    char cmd[1024], errpath[] = "/tmp/hypertape-cli-XXXXXX";
-    int fd = mkstemp(errpath);
-    if (fd < 0) return r;
-    close(fd);
-    snprintf(cmd, sizeof cmd, "%s %s 2>%s", HYPERTAPE_BIN, args, errpath);
-    FILE *p = popen(cmd, "r");
-    if (p) {
-        size_t n = fread(r.out, 1, sizeof r.out - 1, p);
-        r.out[n] = 0;
-        int st = pclose(p);
-        r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    }
-    FILE *e = fopen(errpath, "r");
-    if (e) {
-        size_t n = fread(r.err, 1, sizeof r.err - 1, e);
-        r.err[n] = 0;
-        fclose(e);
-    }
-    remove(errpath);
-    return r;
-}
-
-static int lines(const char *s) {
-    int n = 0;
-    for (; *s; s++) n += *s == '\n';
-    return n;
-}
 
 void test_cli(void) {
     struct { const char *args, *says; } bad[] = {
@@ -68,6 +30,23 @@ void test_cli(void) {
         {"compare nonconvex --methods rhg,foo", "unknown method 'foo'"},
         {"compare nonconvex --methods rhg+xyz", "unknown variant '+xyz'"},
         {"gradcheck nonconvex --method bome", "not the gradient of an objective"},
+        {"gradcheck quadratic --method rhg --rtol -1", "--rtol: bad value '-1'"},
+        {"run nonconvex --method bome --ll-iters 5", "--ll-iters: not a setting of method bome"},
+        {"run nonconvex --method rhg --ul-iters 2000000000000", "--ul-iters: bad value '2000000000000'"},
+        {"run nonconvex --method rhg --ll-iters 2000000000", "--ll-iters: bad value '2000000000'"},
+        {"run quadratic --set n=1000 --method rhg --ll-iters 100000000", "this machine has"},
+        {"run nonconvex --method rhg --ia=2", "--ia: bad value '2'"},
+        {"run nonconvex --method rhg --no-ia=1", "--no-ia takes no value"},
+        {"run nonconvex --method bome --dynamics gd", "unrolls no LL dynamics"},
+        {"compare nonconvex --methods rhg,,cg", "an empty method name"},
+        {"compare nonconvex --methods rhg,cg --galet-N 3", "unknown option '--galet-N'"},
+        {"compare nonconvex --methods rhg,cg --N 3", "--N: not a setting of any method compared"},
+        {"compare nonconvex --methods rhg --plot ''", "--plot needs a non-empty value"},
+        {"run nonconvex --method rhg --trace ''", "--trace needs a non-empty value"},
+        {"run nonconvex --method rhg --checkpoint-every 5", "--checkpoint-every needs --checkpoint"},
+        {"run --resume /nonexistent/state", "/nonexistent/state: cannot open"},
+        {"run --settings /nonexistent/s.json", "/nonexistent/s.json: cannot open"},
+        {"gradcheck nonconvex --method ait --trace t.csv", "--trace is not an option of gradcheck"},
         {"run hyperclean --method rhg --set data=/nonexistent", "/nonexistent"},
         {"bench --frob", "unknown argument '--frob'"},
         {"bench reference --torch", "--torch needs a file"},
@@ -78,10 +57,10 @@ void test_cli(void) {
         char name[160];
         snprintf(name, sizeof name, "cli: 'hypertape %s' exits 2 with one line", bad[i].args);
         TEST_CASE(name) {
-            result r = run(bad[i].args);
+            cli_result r = cli_exec(bad[i].args);
             EXPECT(r.status == 2, "status %d", r.status);
             EXPECT(strstr(r.err, bad[i].says) != NULL, "stderr lacks '%s': %s", bad[i].says, r.err);
-            EXPECT(lines(r.err) == 1 || i == 0, "%d lines on stderr: %s", lines(r.err), r.err);
+            EXPECT(cli_lines(r.err) == 1 || i == 0, "%d lines on stderr: %s", cli_lines(r.err), r.err);
         }
     }
     TEST_CASE("cli: bench --torch refuses a times file with a bad line or a missing case") {
@@ -99,26 +78,26 @@ void test_cli(void) {
             fputs(bodies[k], f);
             fclose(f);
             snprintf(args, sizeof args, "bench reference --torch %s", path);
-            result r = run(args);
+            cli_result r = cli_exec(args);
             remove(path);
-            EXPECT(r.status == 2 && strstr(r.err, says[k]) && lines(r.err) == 1,
+            EXPECT(r.status == 2 && strstr(r.err, says[k]) && cli_lines(r.err) == 1,
                    "case %d: status %d: %s", k, r.status, r.err);
         }
     }
     TEST_CASE("cli: list and --help work") {
-        result r = run("list");
+        cli_result r = cli_exec("list");
         EXPECT(r.status == 0 && strstr(r.out, "hyperclean") && strstr(r.out, "galet") && strstr(r.out, "accel"),
                "list: %d", r.status);
-        r = run("list nonconvex");
+        r = cli_exec("list nonconvex");
         EXPECT(r.status == 0 && strstr(r.out, "method ait: ") && strstr(r.out, "ptt=1"), "list nonconvex: %s", r.out);
         const char *cmds[] = {"run --help", "compare --help", "gradcheck --help", "bench --help", "list --help", "--help"};
         for (int k = 0; k < 6; k++) {
-            r = run(cmds[k]);
+            r = cli_exec(cmds[k]);
             EXPECT(r.status == 0 && strstr(r.out, "usage"), "%s: %d", cmds[k], r.status);
         }
     }
     TEST_CASE("cli: run --json reports the result; AIT_NC reaches x* on the nonconvex toy") {
-        result r = run("run nonconvex --method ait --json");
+        cli_result r = cli_exec("run nonconvex --method ait --json");
         EXPECT(r.status == 0, "status %d: %s", r.status, r.err);
         const char *keys[] = {"\"problem\"", "\"method\"", "\"x\"", "\"F\"", "\"f\"", "\"x_err\"",
                               "\"ul_iters\": 2000", "\"seconds\"", "\"sec_per_ul_iter\"", "\"kbar_mean\"", "\"error\": null"};
@@ -128,8 +107,8 @@ void test_cli(void) {
         EXPECT(e < 1e-3, "x_err %g", e);
     }
     TEST_CASE("cli: the same command gives the same numbers") {
-        result a = run("run quadratic --method rhg --ul-iters 20 --seed 3 --json");
-        result b = run("run quadratic --method rhg --ul-iters 20 --seed 3 --json");
+        cli_result a = cli_exec("run quadratic --method rhg --ul-iters 20 --seed 3 --json");
+        cli_result b = cli_exec("run quadratic --method rhg --ul-iters 20 --seed 3 --json");
         // everything but the timings
         char *ta = strstr(a.out, "\"seconds\""), *tb = strstr(b.out, "\"seconds\"");
         EXPECT(ta && tb && ta - a.out == tb - b.out && !strncmp(a.out, b.out, (size_t)(ta - a.out)),
@@ -139,7 +118,7 @@ void test_cli(void) {
         const char *cases[] = {"gradcheck nonconvex --method ait --json", "gradcheck llc --method trhg --json",
                                "gradcheck counterexample --method bda --json", "gradcheck lls --method rhg:nesterov+ia --json"};
         for (int k = 0; k < 4; k++) {
-            result r = run(cases[k]);
+            cli_result r = cli_exec(cases[k]);
             const char *w = strstr(r.out, "\"worst_rel_err\": ");
             double e = w ? atof(w + 17) : 1;
             EXPECT(r.status == 0 && e < 1e-6, "%s: status %d, worst %g: %s", cases[k], r.status, e, r.err);
@@ -148,12 +127,12 @@ void test_cli(void) {
     TEST_CASE("cli: a run stopped by an error exits 1 and keeps its last good iterate") {
         // an LL step far too large for the quadratic (eigenvalues up to 10) from x = 1: the LL
         // overflows during the first iteration, so x stays at the start
-        result r = run("run quadratic --method rhg --s-l 30 --ul-iters 5 --json "
+        cli_result r = cli_exec("run quadratic --method rhg --s-l 30 --ul-iters 5 --json "
                        "--start=1,1,1,1,1,1,1,1,1,1,0,0,0,0,0,0,0,0,0,0");
         EXPECT(r.status == 1, "status %d", r.status);
         EXPECT(strstr(r.out, "\"ul_iters\": 0") && strstr(r.out, "\"x\": [1, 1, 1") &&
                    strstr(r.out, "\"error\": \"iteration 0:"),
                "%s", r.out);
-        EXPECT(strstr(r.err, "stopped") && lines(r.err) == 1, "%s", r.err);
+        EXPECT(strstr(r.err, "stopped") && cli_lines(r.err) == 1, "%s", r.err);
     }
 }

@@ -7,8 +7,10 @@ void test_ad_products(void);
 void test_ad_thin(void);
 void test_bilevel(void);
 void test_bilevel_methods(void);
+void test_bilevel_solver(void);
 void test_models_data(void);
 void test_models_toys(void);
 void test_models_hyperclean(void);
 void test_cli(void);
+void test_cli_runs(void);
 #endif

@@ -43,7 +43,9 @@ static int plan_all(const cli_args *a, method_set *ms, char *err, size_t n) {
     for (int i = 0; i < a->n_opts; i++) {
         int known = 0;
         for (int k = 0; k < ms->n && !known; k++) known = cli_plan_has(&ms->plans[k], a->opts[i].name);
-        if (!known) return snprintf(err, n, "%s: not a setting of any method compared", a->opts[i].option), -1;
+        if (!known)
+            return snprintf(err, n, "%.*s: not a setting of any method compared", (int)strcspn(a->opts[i].option, "="),
+                            a->opts[i].option), -1;
     }
     return 0;
 }

@@ -259,8 +259,9 @@ static int push_spec(assign_list *l, const char *spec, char *err, size_t n) {
 static int setting_error(const assign *a, const char *msg, const assign_list *l, char *err, size_t n) {
     size_t k = strlen(a->name);
     const char *rest = !strncmp(msg, a->name, k) && msg[k] == ':' ? msg + k + 1 : NULL;
-    if (a->from == FROM_COMMAND && rest) return fail(err, n, "%s:%s", a->option, rest);
-    if (a->from == FROM_COMMAND) return fail(err, n, "%s: %s", a->option, msg);
+    int opt = a->option ? (int)strcspn(a->option, "=") : 0; // --ia, of --ia=2
+    if (a->from == FROM_COMMAND && rest) return fail(err, n, "%.*s:%s", opt, a->option, rest);
+    if (a->from == FROM_COMMAND) return fail(err, n, "%.*s: %s", opt, a->option, msg);
     return fail(err, n, "%s: %s", l->spec, msg);
 }
 
@@ -287,8 +288,9 @@ static int apply_list(blo_config *c, const assign_list *l, int lenient, char *er
             const blo_dynamics_type *d = blo_config_dynamics(c);
             if (a->from == FROM_SPEC)
                 return fail(err, n, "%s: '+%s' is not a flag of method %s", l->spec, a->name, m->name);
-            return fail(err, n, "%s: not a setting of method %s%s%s (hypertape run --help lists each "
-                        "method's)", a->option, m->name, d ? " or dynamics " : "", d ? d->name : "");
+            return fail(err, n, "%.*s: not a setting of method %s%s%s (hypertape run --help lists each "
+                        "method's)", (int)strcspn(a->option, "="), a->option, m->name, d ? " or dynamics " : "",
+                        d ? d->name : "");
         }
         if (blo_config_set(c, a->name, a->value, &be)) return setting_error(a, be.msg, l, err, n);
     }

@@ -4,6 +4,7 @@
 #include "bench.h"
 #include "cli.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -69,7 +70,14 @@ int main(int argc, char **argv) {
         fputs(usage_text, stdout);
         return 0;
     }
-    if (!strcmp(cmd, "list")) return cli_list(argc - 2, argv + 2);
+    if (!strcmp(cmd, "list")) {
+        int rc = cli_list(argc - 2, argv + 2);
+        if (!rc && (fflush(stdout) || ferror(stdout))) {
+            fprintf(stderr, "hypertape list: cannot write the list: %s\n", strerror(errno ? errno : EIO));
+            return 1;
+        }
+        return rc;
+    }
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(cmd, "run") || !strcmp(cmd, "compare") || !strcmp(cmd, "gradcheck")) {
         for (int i = 2; i < argc; i++)
