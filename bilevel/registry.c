@@ -1,20 +1,9 @@
-// The built-in methods, one line each: a method is its own file defining blo_method_NAME and
-// its line here. The order is the one programs list them in.
+// The built-in methods' registry: a method is its own file defining blo_method_NAME and its line
+// in bilevel/meson.build's `methods`, from which method_list.h is generated.
 #include "internal.h"
+#include "method_list.h"
 
 #include <string.h>
-
-#define BLO_METHODS(X) \
-    X(rhg)             \
-    X(trhg)            \
-    X(bda)             \
-    X(cg)              \
-    X(neumann)         \
-    X(ait)             \
-    X(aitp)            \
-    X(bvfim)           \
-    X(bome)            \
-    X(galet)
 
 #define DECLARE(name) extern const blo_method_type blo_method_##name;
 BLO_METHODS(DECLARE)

@@ -25,6 +25,7 @@ void blo_solver_free(blo_solver *s) {
     ad_tape_free(s->tape);
     blo_config_free(s->c);
     free(s->mem);
+    free(s->zmem);
     free(s);
 }
 
