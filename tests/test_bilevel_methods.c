@@ -424,6 +424,63 @@ static void registry_cases(void) {
     quad_free(&q);
 }
 
+// ---- DARTS's finite-difference hypergradient tends to its limit at rate eps^2 ----
+// F = 1/2 ||y - b||^2, f = 1/2 ||y||^2 + sum sin(y * (C x)) - <y, x_1>: grad_x f is not linear in y,
+// so the central difference has an eps^2 error term to see.
+
+static const double dC[6] = {0.7, -0.4, 0.3, 0.9, -0.5, 0.2}, db[3] = {1, -0.5, 0.25};
+
+static ad_var da_F(ad_tape *t, ad_var x, ad_var y, void *u) {
+    (void)u, (void)x;
+    return ad_scale(t, ad_sqnorm(t, ad_sub(t, y, ad_const_view(t, ad_vec_shape(3), db))), 0.5);
+}
+static ad_var da_f(ad_tape *t, ad_var x, ad_var y, void *u) {
+    (void)u;
+    ad_var Cx = ad_matvec(t, ad_const_view(t, ad_mat_shape(3, 2), dC), x, 0);
+    ad_var v = ad_add(t, ad_scale(t, ad_sqnorm(t, y), 0.5), ad_sum(t, ad_sin(t, ad_mul(t, y, Cx))));
+    return ad_sub(t, v, ad_mul(t, ad_sum(t, y), ad_slice(t, x, 0, 1)));
+}
+
+static void darts_cases(void) {
+    TEST_CASE("darts: the finite-difference direction tends to grad_x F - eta (d2f/dxdy) grad_y F at rate eps^2") {
+        blo_problem p = {.n_x = 2, .n_y = 3, .F = da_F, .f = da_f};
+        double x[2] = {0.4, -0.3}, y0[3] = {0.2, 0.1, -0.3}, y[3], gx[2], v[3], lim[2], err[4];
+        const char *r[4] = {"r=0.4", "r=0.2", "r=0.1", "r=0.05"};
+        blo_error e;
+        // the limit at y_K, with the mixed product from the tape
+        blo_config *c = blo_config_new(blo_method_find("darts"), &e);
+        EXPECT(c && blo_config_apply(c, "ll_iters=10 s_l=0.3", &e) == BLO_OK, "%s", c ? e.msg : "no darts");
+        if (!c) continue;
+        blo_solver *s = blo_solver_new(&p, c, x, y0, NULL, &e);
+        EXPECT(s && blo_solver_solution(s, y, &e) == BLO_OK && blo_eval(&p, 1, x, y, NULL, gx, v, NULL, &e) == BLO_OK,
+               "%s", e.msg);
+        blo_solver_free(s);
+        ad_tape *t = ad_tape_new(NULL);
+        ad_var xv = ad_param(t, ad_vec_shape(2), x), yv = ad_param(t, ad_vec_shape(3), y), h;
+        ad_hvp_mixed(t, da_f(t, xv, yv, NULL), xv, yv, ad_const(t, ad_vec_shape(3), v), &h, 0);
+        for (int i = 0; i < 2; i++) lim[i] = gx[i] - 0.3 * ad_value(t, h)[i]; // eta = the LL step
+        ad_tape_free(t);
+        for (int k = 0; k < 4; k++) {
+            blo_config_apply(c, r[k], &e);
+            s = blo_solver_new(&p, c, x, y0, NULL, &e);
+            blo_record rec;
+            EXPECT(s && blo_solver_direction(s, &rec, &e) == BLO_OK, "%s", e.msg);
+            const double *d = s ? blo_solver_gradient(s) : lim;
+            err[k] = hypot(d[0] - lim[0], d[1] - lim[1]);
+            blo_solver_free(s);
+        }
+        if (getenv("HYPERTAPE_TEST_VERBOSE"))
+            printf("  darts: distance to the eps -> 0 limit at r = 0.4, 0.2, 0.1, 0.05: %.3g %.3g %.3g %.3g\n", err[0],
+                   err[1], err[2], err[3]);
+        for (int k = 0; k + 1 < 4; k++)
+            EXPECT(err[k] > 1e-12 && err[k] / err[k + 1] > 3.6 && err[k] / err[k + 1] < 4.4,
+                   "errors %.3g %.3g %.3g %.3g: halving r must quarter them", err[0], err[1], err[2], err[3]);
+        blo_check_report cr = blo_check_hypergrad(&p, c, x, y0, NULL, NULL);
+        EXPECT(cr.status == BLO_EARG && cr.claim == BLO_GRAD_NONE, "darts claims no gradient: %s", cr.msg);
+        blo_config_free(c);
+    }
+}
+
 void test_bilevel_methods(void) {
     budget_cases();
     registry_cases();
@@ -431,4 +488,5 @@ void test_bilevel_methods(void) {
     bome_cases();
     galet_cases();
     bvfim_cases();
+    darts_cases();
 }
