@@ -374,7 +374,7 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
     if (s) goto done;
 
     int kbar = K;
-    if (hp.ptt) // first maximizer over k = 1..K (y_0 = z excluded; spec reading 7)
+    if (hp.ptt) // first maximizer over k = 1..K (y_0 = z excluded: the README's reading of PTT)
         for (int k = 1; k <= K; k++)
             if (Fv[k] > Fv[kbar] || (Fv[k] == Fv[kbar] && k < kbar)) kbar = k;
     int k_end = kbar;

@@ -325,7 +325,7 @@ static void bench_memory(const bench_opts *o) {
 
 // ---- (c) PTT on the nonconvex sin toy (AIT Eq. 20), AIT_NC vs RHG as K and n grow ---------------
 // F = (x - a)^2 + ||y - a - c||^2,  f = sum_i sin(x + y_i - c_i),  x scalar, y in [-10, 10]^n,
-// a = 2, c_i = 2 (spec section 6.4).
+// a = 2, c_i = 2 (AIT Eq. 20).
 
 typedef struct {
     int n;
@@ -340,7 +340,7 @@ static ad_var sin_F(ad_tape *t, ad_var x, ad_var y, void *user) {
 }
 static ad_var sin_f(ad_tape *t, ad_var x, ad_var y, void *user) {
     const sin_toy *q = user;
-    // x [1] broadcasts over y [n] (a scalar x shared by every coordinate, spec reading)
+    // x [1] broadcasts over y [n] (a scalar x shared by every coordinate, our reading of AIT Eq. 20)
     ad_var w = ad_sub(t, ad_add(t, y, x), ad_const_view(t, ad_vec_shape(q->n), q->c));
     return ad_sum(t, ad_sin(t, w));
 }
@@ -352,7 +352,7 @@ typedef struct {
     char msg[320];
 } ptt_row;
 
-// T warm-up UL iterations of AIT_NC (projected steps on x and z, alpha 0.1, spec 6.4's setting)
+// T warm-up UL iterations of AIT_NC (projected steps on x and z, alpha 0.1, the nonconvex problem's setting)
 // from (x, y_0) = (-6, 0), so Kbar is the one the run settles at (the paper averages the
 // stabilized Kbar); then AIT_NC and RHG hypergradients are timed at the reached (x, z).
 static ptt_row ptt_case(const blo_dynamics *d, int n, int K, int T, int reps) {
@@ -421,7 +421,7 @@ static void bench_ptt(const bench_opts *o) {
         for (int ni = 0; ni < 3; ni++)
             for (int ki = 0; ki < 3; ki++) {
                 int n = ns[ni], K = Ks[ki];
-                // PGD with s = 0.3 (spec 6.4's verified AIT_NC setting), and the Eq. 10 scheme
+                // PGD with s = 0.3 (the nonconvex problem's AIT_NC setting), and the Eq. 10 scheme
                 // with L_f = 1 (sin's curvature bound)
                 blo_dynamics d = di == 0 ? blo_dynamics_gd(n, (blo_gd_params){.s_l = 0.3})
                                          : blo_dynamics_accel(n, blo_accel_default_params());

@@ -54,13 +54,13 @@ typedef struct {
     char label[96];           // the method as given (METHOD[:DYNAMICS][+FLAG])
 } cli_plan;
 
-// The plan for one method spec: the problem's defaults and --set; the method's defaults, the
-// problem's paper settings for it, the spec's dynamics and flags, then the command line's
+// The plan for one method as given: the problem's defaults and --set; the method's defaults, the
+// problem's paper settings for it, the dynamics and flags given with the method, then the command line's
 // options (the dynamics chosen first, wherever it is named). With settings (an earlier run's
 // "settings" object) the plan is that run's instead, with the command line's options on top.
 // lenient: options the method does not have are skipped (compare checks them across methods).
 // 0, or -1 with a one-line message.
-int cli_plan_make(const cli_args *a, const char *spec, const json_value *settings, int lenient,
+int cli_plan_make(const cli_args *a, const char *given, const json_value *settings, int lenient,
                   cli_plan *p, char *err, size_t n);
 void cli_plan_free(cli_plan *p);
 // The settings an earlier run was made with: --resume's state file's or --settings's JSON (NULL

@@ -2,7 +2,7 @@
 // command's own options are one table below; every other option is a setting of a method, a
 // dynamics or the solver, found in their tables (--ll-iters is ll_iters, --no-ia sets ia=0).
 // Settings apply in order: the method's defaults, the problem's paper settings for it, the
-// method spec's dynamics and flags (rhg:nesterov+ia), then the command line; the dynamics is
+// method given's dynamics and flags (rhg:nesterov+ia), then the command line; the dynamics is
 // chosen first, wherever it is named, so its settings apply to it.
 #include "cli.h"
 
@@ -197,9 +197,9 @@ int cli_parse(const char *cmd, int argc, char **argv, cli_args *a, char *err, si
 
 // ---- the plan ---------------------------------------------------------------------------------------
 
-typedef enum { FROM_SPEC, FROM_COMMAND } source;
+typedef enum { FROM_GIVEN, FROM_COMMAND } source;
 
-// One NAME=VALUE of the method spec or the command line on its way to the configuration (made
+// One NAME=VALUE of the method as given or of the command line on its way to the configuration (made
 // with the problem's paper settings), with where it came from, for how an error is worded.
 typedef struct {
     char *name, *value; // owned
@@ -210,7 +210,7 @@ typedef struct {
 typedef struct {
     assign *v;
     int n, cap;
-    const char *spec;          // the method spec (messages)
+    const char *given;         // the method as given (messages)
 } assign_list;
 
 static void list_free(assign_list *l) {
@@ -234,21 +234,21 @@ static blo_status push(assign_list *l, const char *name, const char *value, cons
     return BLO_OK;
 }
 
-// A spec's tail: ":DYNAMICS" and "+FLAG" / "+noFLAG" words.
-static int push_spec(assign_list *l, const char *spec, char *err, size_t n) {
-    const char *p = spec + strcspn(spec, ":+");
+// The tail of the method as given: ":DYNAMICS" and "+FLAG" / "+noFLAG" words.
+static int push_spec(assign_list *l, const char *given, char *err, size_t n) {
+    const char *p = given + strcspn(given, ":+");
     while (*p) {
         char word[64];
         size_t len = strcspn(p + 1, ":+");
-        if (len >= sizeof word || len == 0) return fail(err, n, "%s: a bad word after '%c'", spec, *p);
+        if (len >= sizeof word || len == 0) return fail(err, n, "%s: a bad word after '%c'", given, *p);
         memcpy(word, p + 1, len);
         word[len] = 0;
         const blo_setting *r = any_setting(word), *neg = strncmp(word, "no", 2) ? NULL : any_setting(word + 2);
         blo_status st;
-        if (*p == ':') st = push(l, "dynamics", word, NULL, FROM_SPEC);
-        else if (r && r->type == BLO_SET_BOOL) st = push(l, word, "1", NULL, FROM_SPEC);
-        else if (neg && neg->type == BLO_SET_BOOL) st = push(l, word + 2, "0", NULL, FROM_SPEC);
-        else return fail(err, n, "%s: unknown variant '+%s' (a flag of the method: +ia, +ptt, +noptt, ...)", spec, word);
+        if (*p == ':') st = push(l, "dynamics", word, NULL, FROM_GIVEN);
+        else if (r && r->type == BLO_SET_BOOL) st = push(l, word, "1", NULL, FROM_GIVEN);
+        else if (neg && neg->type == BLO_SET_BOOL) st = push(l, word + 2, "0", NULL, FROM_GIVEN);
+        else return fail(err, n, "%s: unknown variant '+%s' (a flag of the method: +ia, +ptt, +noptt, ...)", given, word);
         if (st) return fail(err, n, "out of memory");
         p += 1 + len;
     }
@@ -262,7 +262,7 @@ static int setting_error(const assign *a, const char *msg, const assign_list *l,
     int opt = a->option ? (int)strcspn(a->option, "=") : 0; // --ia, of --ia=2
     if (a->from == FROM_COMMAND && rest) return fail(err, n, "%.*s:%s", opt, a->option, rest);
     if (a->from == FROM_COMMAND) return fail(err, n, "%.*s: %s", opt, a->option, msg);
-    return fail(err, n, "%s: %s", l->spec, msg);
+    return fail(err, n, "%s: %s", l->given, msg);
 }
 
 // The dynamics named last (NULL if none).
@@ -279,15 +279,15 @@ static int apply_list(blo_config *c, const assign_list *l, int lenient, char *er
     const blo_method_type *m = blo_config_method(c);
     const assign *dyn = last_dynamics(l);
     if (dyn && !blo_config_has(c, "dynamics") && !lenient)
-        return fail(err, n, "%s: method %s unrolls no LL dynamics", dyn->option ? dyn->option : l->spec, m->name);
+        return fail(err, n, "%s: method %s unrolls no LL dynamics", dyn->option ? dyn->option : l->given, m->name);
     for (int i = 0; i < l->n; i++) {
         const assign *a = &l->v[i];
         if (!strcmp(a->name, "dynamics")) continue;
         if (!blo_config_has(c, a->name)) {
             if (a->from == FROM_COMMAND && lenient) continue;
             const blo_dynamics_type *d = blo_config_dynamics(c);
-            if (a->from == FROM_SPEC)
-                return fail(err, n, "%s: '+%s' is not a flag of method %s", l->spec, a->name, m->name);
+            if (a->from == FROM_GIVEN)
+                return fail(err, n, "%s: '+%s' is not a flag of method %s", l->given, a->name, m->name);
             return fail(err, n, "%.*s: not a setting of method %s%s%s (hypertape run --help lists each "
                         "method's)", (int)strcspn(a->option, "="), a->option, m->name, d ? " or dynamics " : "",
                         d ? d->name : "");
@@ -388,12 +388,12 @@ static int push_command(assign_list *l, const cli_args *a) {
     return 0;
 }
 
-static int plan_from_args(const cli_args *a, const char *spec, int lenient, cli_plan *p, char *err,
+static int plan_from_args(const cli_args *a, const char *given, int lenient, cli_plan *p, char *err,
                           size_t n) {
     char method[64];
-    snprintf(method, sizeof method, "%.*s", (int)strcspn(spec, ":+"), spec);
-    assign_list l = {.spec = spec};
-    int rc = new_problem(p, mdl_find(a->problem), err, n) || push_spec(&l, spec, err, n) ? -1 : 0;
+    snprintf(method, sizeof method, "%.*s", (int)strcspn(given, ":+"), given);
+    assign_list l = {.given = given};
+    int rc = new_problem(p, mdl_find(a->problem), err, n) || push_spec(&l, given, err, n) ? -1 : 0;
     if (!rc && push_command(&l, a)) rc = fail(err, n, "out of memory");
     if (!rc) rc = new_config(p, method, &l, err, n);
     if (!rc) rc = apply_list(p->config, &l, lenient, err, n);
@@ -454,7 +454,7 @@ static int plan_from_json(const cli_args *a, const json_value *js, cli_plan *p, 
     }
     snprintf(p->label, sizeof p->label, "%s", mname);
     // the command line on top: its dynamics first (which resets the dynamics' settings)
-    assign_list l = {.spec = mname};
+    assign_list l = {.given = mname};
     int rc = push_command(&l, a) ? fail(err, n, "out of memory") : 0;
     const assign *dyn = rc ? NULL : last_dynamics(&l);
     if (!rc && dyn && blo_config_set(p->config, "dynamics", dyn->value, &be)) rc = setting_error(dyn, be.msg, &l, err, n);
@@ -463,11 +463,11 @@ static int plan_from_json(const cli_args *a, const json_value *js, cli_plan *p, 
     return rc;
 }
 
-int cli_plan_make(const cli_args *a, const char *spec, const json_value *settings, int lenient,
+int cli_plan_make(const cli_args *a, const char *given, const json_value *settings, int lenient,
                   cli_plan *p, char *err, size_t n) {
     memset(p, 0, sizeof *p);
-    int rc = settings ? plan_from_json(a, settings, p, err, n) : plan_from_args(a, spec, lenient, p, err, n);
-    if (!rc && !settings) snprintf(p->label, sizeof p->label, "%s", spec);
+    int rc = settings ? plan_from_json(a, settings, p, err, n) : plan_from_args(a, given, lenient, p, err, n);
+    if (!rc && !settings) snprintf(p->label, sizeof p->label, "%s", given);
     if (!rc) rc = problem_params(a, p, err, n);
     if (!rc && a->start) {
         free(p->start);
