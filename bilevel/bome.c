@@ -3,7 +3,7 @@
 // qhat(x, y) = f(x, y) - f(x, theta^T) with theta^T from T projected GD steps on f(x, .) from y
 // (held fixed), and lambda = max((phi - <grad F, grad qhat>) / (||grad qhat||^2 + eps), 0) with
 // phi = eta ||grad qhat||^2 (the paper's default) or eta qhat (its hyper-cleaning code).
-#include "internal.h"
+#include "family.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -28,56 +28,45 @@ static const blo_setting settings[] = {
     BLO_ROW_END,
 };
 
+// mem: z's start y0 [n_y] (nothing carried: z is the solver's), then theta [n_y], g [n_y], grad
+// qhat (qx [n_x], qy [n_y]) and grad_x f(x, theta) [n_x].
 typedef struct {
+    blo_fo_state fo;
     bome_params par;
-    const blo_problem *p;
-    ad_tape *tape;
-    double *y0;  // z's start [n_y]
-    double *buf; // theta [n_y], g [n_y], grad qhat (qx [n_x], qy [n_y]), grad_x f(x, theta) [n_x]
 } bome;
-
-static void bome_free(void *state) {
-    bome *b = state;
-    if (b) free(b->y0), free(b->buf), free(b);
-}
 
 static blo_status bome_init(void **state, const blo_method_env *env, int *n_z, double **z0,
                             blo_error *err) {
-    int nx = env->p->n_x, ny = env->p->n_y;
-    bome *b = calloc(1, sizeof *b);
-    if (b) b->y0 = malloc(sizeof(double) * (size_t)ny), b->buf = malloc(sizeof(double) * (3 * (size_t)ny + 2 * (size_t)nx));
-    if (!b || !b->y0 || !b->buf) {
-        bome_free(b);
-        return blo_fail(err, BLO_ENOMEM, "bome: out of memory");
-    }
+    size_t nx = (size_t)env->p->n_x, ny = (size_t)env->p->n_y;
+    blo_status st = blo_fo_new(state, sizeof(bome), env, 4 * ny + 2 * nx, 0, err);
+    if (st) return st;
+    bome *b = *state;
     b->par = *(const bome_params *)env->params;
-    b->p = env->p, b->tape = env->tape;
-    memcpy(b->y0, env->y0, sizeof(double) * (size_t)ny);
-    *state = b, *n_z = ny, *z0 = b->y0;
-    return blo_ok(err);
+    *n_z = (int)ny, *z0 = b->fo.mem;
+    return BLO_OK;
 }
 
 static blo_status bome_direction(void *state, int t, const double *x, const double *y, double *dx,
                                  double *dy, double *y_out, blo_record *rec, blo_error *err) {
     bome *b = state;
-    const blo_problem *p = b->p;
+    const blo_problem *p = b->fo.p;
     const bome_params *q = &b->par;
     int nx = p->n_x, ny = p->n_y;
-    double *th = b->buf, *g = th + ny, *qx = g + ny, *qy = qx + nx, *fx = qy + ny;
+    double *th = b->fo.mem + ny, *g = th + ny, *qx = g + ny, *qy = qx + nx, *fx = qy + ny;
     (void)t;
     // theta^(T): T projected GD steps on f(x, .) from y (Eq. 8)
     memcpy(th, y, (size_t)ny * sizeof *th);
     blo_status st = BLO_OK;
     for (int k = 0; k < q->T && st == BLO_OK; k++) {
-        st = blo_eval(p, 0, x, th, NULL, NULL, g, b->tape, err);
+        st = blo_eval(p, 0, x, th, NULL, NULL, g, b->fo.tape, err);
         for (int i = 0; i < ny; i++) th[i] -= q->alpha * g[i];
         blo_clamp_y(p, th);
     }
     // qhat = f(x, y) - f(x, theta^T), with theta^T held fixed
     double f_y = 0, f_th = 0;
-    if (st == BLO_OK) st = blo_eval(p, 0, x, y, &f_y, qx, qy, b->tape, err);
-    if (st == BLO_OK) st = blo_eval(p, 0, x, th, &f_th, fx, NULL, b->tape, err);
-    if (st == BLO_OK) st = blo_eval(p, 1, x, y, NULL, dx, dy, b->tape, err); // grad F into (dx, dy)
+    if (st == BLO_OK) st = blo_eval(p, 0, x, y, &f_y, qx, qy, b->fo.tape, err);
+    if (st == BLO_OK) st = blo_eval(p, 0, x, th, &f_th, fx, NULL, b->fo.tape, err);
+    if (st == BLO_OK) st = blo_eval(p, 1, x, y, NULL, dx, dy, b->fo.tape, err); // grad F into (dx, dy)
     if (st != BLO_OK) return st;
     for (int i = 0; i < nx; i++) qx[i] -= fx[i];
     double qhat = f_y - f_th, qq = blo_dot(qx, qx, nx) + blo_dot(qy, qy, ny);
@@ -96,11 +85,11 @@ static blo_status bome_solution(void *state, const double *x, const double *z, d
                                 blo_error *err) {
     bome *b = state;
     (void)x;
-    memcpy(y, z, sizeof(double) * (size_t)b->p->n_y);
+    memcpy(y, z, sizeof(double) * (size_t)b->fo.p->n_y);
     return blo_ok(err);
 }
 
 const blo_method_type blo_method_bome = {
     "bome", "BOME: value-function barrier step on (x, y), first order (Alg. 1)", 0, BLO_GRAD_NONE,
     NULL, sizeof(bome_params), &defaults, settings, NULL, NULL, bome_init, bome_direction,
-    bome_solution, NULL, NULL, NULL, bome_free};
+    bome_solution, NULL, NULL, NULL, blo_fo_free};

@@ -3,7 +3,7 @@
 // z-loop (Eq. 18), a y-loop on the log-barrier objective (Eq. 19), and d_x (Eqs. 20-21). At UL
 // iteration l the schedule is mu_1 = mu_2 = mu0 / (l+1)^p, theta = theta0 / (l+1)^p,
 // tau = tau0 / (l+1)^p (the paper's defaults are in a supplement we do not have; README, readings).
-#include "internal.h"
+#include "family.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -28,56 +28,45 @@ static const blo_setting settings[] = {
     BLO_ROW_END,
 };
 
+// mem: y, z [n_y] each, then l, resets, halvings and gap (carried: 2 n_y + 4), then scratch.
 typedef struct {
+    blo_fo_state fo;
     bvfim_params par;
-    const blo_problem *p;
-    ad_tape *tape;
-    double *z, *y;         // [n_y] each, warm starts
-    int32_t l;             // iterations done (the schedule index)
-    int32_t resets, halvings; // safeguard activity so far
-    double gap;            // f*_mu(x) - f(x, y) at the last direction
+    double *y, *z;         // warm starts
+    double *count;         // [4]: l (the schedule index), resets and halvings of the safeguard, the
+                           // barrier gap f*_mu(x) - f(x, y) at the last direction
     double *g, *gF, *cand, *gxz, *gxy; // scratch: [n_y] x 3, [n_x] x 2
 } bvfim;
 
-static void bvfim_free(void *state) {
-    bvfim *s = state;
-    if (s) free(s->z), free(s->g), free(s);
-}
+enum { L, RESETS, HALVINGS, GAP };
 
 static blo_status bvfim_init(void **state, const blo_method_env *env, int *n_z, double **z0,
                              blo_error *err) {
-    int nx = env->p->n_x, ny = env->p->n_y;
+    size_t nx = (size_t)env->p->n_x, ny = (size_t)env->p->n_y;
     (void)z0;
-    bvfim *s = calloc(1, sizeof *s);
-    if (s) {
-        s->z = malloc(sizeof(double) * 2 * (size_t)ny);
-        s->g = malloc(sizeof(double) * (3 * (size_t)ny + 2 * (size_t)nx));
-    }
-    if (!s || !s->z || !s->g) {
-        bvfim_free(s);
-        return blo_fail(err, BLO_ENOMEM, "bvfim: out of memory");
-    }
+    blo_status st = blo_fo_new(state, sizeof(bvfim), env, 5 * ny + 4 + 2 * nx, 2 * ny + 4, err);
+    if (st) return st;
+    bvfim *s = *state;
     s->par = *(const bvfim_params *)env->params;
-    s->p = env->p, s->tape = env->tape;
-    s->y = s->z + ny, s->gF = s->g + ny, s->cand = s->gF + ny, s->gxz = s->cand + ny, s->gxy = s->gxz + nx;
-    memcpy(s->z, env->y0, sizeof(double) * (size_t)ny);
-    memcpy(s->y, env->y0, sizeof(double) * (size_t)ny);
-    *state = s, *n_z = 0;
-    return blo_ok(err);
+    s->y = s->fo.mem, s->z = s->y + ny, s->count = s->z + ny;
+    s->g = s->count + 4, s->gF = s->g + ny, s->cand = s->gF + ny, s->gxz = s->cand + ny, s->gxy = s->gxz + nx;
+    memcpy(s->z, s->y, ny * sizeof(double));
+    *n_z = 0;
+    return BLO_OK;
 }
 
 // z-loop (Eq. 18): GD on f(x, .) + mu/2 ||.||^2, projected onto the Y box; then f*_mu(x).
 static blo_status z_loop(bvfim *s, const double *x, double mu, double *fstar, blo_error *err) {
-    const blo_problem *p = s->p;
+    const blo_problem *p = s->fo.p;
     int ny = p->n_y;
     blo_status st = BLO_OK;
     for (int k = 0; k < s->par.Tz && st == BLO_OK; k++) {
-        st = blo_eval(p, 0, x, s->z, NULL, NULL, s->g, s->tape, err);
+        st = blo_eval(p, 0, x, s->z, NULL, NULL, s->g, s->fo.tape, err);
         for (int i = 0; i < ny; i++) s->z[i] -= s->par.s1 * (s->g[i] + mu * s->z[i]);
         blo_clamp_y(p, s->z);
     }
     double fz = 0;
-    if (st == BLO_OK) st = blo_eval(p, 0, x, s->z, &fz, s->gxz, NULL, s->tape, err);
+    if (st == BLO_OK) st = blo_eval(p, 0, x, s->z, &fz, s->gxz, NULL, s->fo.tape, err);
     *fstar = fz + 0.5 * mu * blo_dot(s->z, s->z, ny) + mu; // f*_mu(x) with mu_1 = mu_2 = mu
     return st;
 }
@@ -87,17 +76,17 @@ static blo_status z_loop(bvfim *s, const double *x, double mu, double *fstar, bl
 // on phi, which keeps y feasible and out of far basins of a periodic f.
 static blo_status y_loop(bvfim *s, const double *x, double fstar, double theta, double tau,
                          blo_error *err) {
-    const blo_problem *p = s->p;
+    const blo_problem *p = s->fo.p;
     int ny = p->n_y;
     double fy = 0, Fy = 0;
-    blo_status st = blo_eval(p, 0, x, s->y, &fy, NULL, NULL, s->tape, err);
+    blo_status st = blo_eval(p, 0, x, s->y, &fy, NULL, NULL, s->fo.tape, err);
     if (st == BLO_OK && !(fstar - fy > 0)) {
         memcpy(s->y, s->z, (size_t)ny * sizeof(double));
-        s->resets++;
+        s->count[RESETS]++;
     }
     for (int k = 0; k < s->par.Ty && st == BLO_OK; k++) {
-        st = blo_eval(p, 0, x, s->y, &fy, NULL, s->g, s->tape, err);
-        if (st == BLO_OK) st = blo_eval(p, 1, x, s->y, &Fy, NULL, s->gF, s->tape, err);
+        st = blo_eval(p, 0, x, s->y, &fy, NULL, s->g, s->fo.tape, err);
+        if (st == BLO_OK) st = blo_eval(p, 1, x, s->y, &Fy, NULL, s->gF, s->fo.tape, err);
         double phi = Fy + 0.5 * theta * blo_dot(s->y, s->y, ny) - tau * log(fstar - fy), gg = 0;
         for (int i = 0; i < ny; i++) {
             s->gF[i] += theta * s->y[i] + tau * s->g[i] / (fstar - fy); // phi's gradient
@@ -108,11 +97,11 @@ static blo_status y_loop(bvfim *s, const double *x, double fstar, double theta, 
         for (int tries = 0; st == BLO_OK && tries < 40 && !accepted; tries++) {
             for (int i = 0; i < ny; i++) s->cand[i] = s->y[i] - step * s->gF[i];
             blo_clamp_y(p, s->cand);
-            st = blo_eval(p, 0, x, s->cand, &fc, NULL, NULL, s->tape, err);
-            if (st == BLO_OK && fstar - fc > 0) st = blo_eval(p, 1, x, s->cand, &Fc, NULL, NULL, s->tape, err);
+            st = blo_eval(p, 0, x, s->cand, &fc, NULL, NULL, s->fo.tape, err);
+            if (st == BLO_OK && fstar - fc > 0) st = blo_eval(p, 1, x, s->cand, &Fc, NULL, NULL, s->fo.tape, err);
             accepted = st == BLO_OK && fstar - fc > 0 &&
                        Fc + 0.5 * theta * blo_dot(s->cand, s->cand, ny) - tau * log(fstar - fc) <= phi - 1e-4 * step * gg;
-            if (!accepted) step *= 0.5, s->halvings++;
+            if (!accepted) step *= 0.5, s->count[HALVINGS]++;
         }
         if (!accepted) break; // no decrease found: y is (numerically) stationary; keep it
         memcpy(s->y, s->cand, (size_t)ny * sizeof(double));
@@ -123,57 +112,30 @@ static blo_status y_loop(bvfim *s, const double *x, double fstar, double theta, 
 static blo_status bvfim_direction(void *state, int t, const double *x, const double *zv, double *dx,
                                   double *dz, double *y_out, blo_record *rec, blo_error *err) {
     bvfim *s = state;
-    const blo_problem *p = s->p;
+    const blo_problem *p = s->fo.p;
     int nx = p->n_x;
     (void)t, (void)zv, (void)dz;
-    double decay = pow(s->l + 1, -s->par.power);
+    double decay = pow(s->count[L] + 1, -s->par.power);
     double mu = s->par.mu0 * decay, theta = s->par.theta0 * decay, tau = s->par.tau0 * decay, fstar = 0;
     blo_status st = z_loop(s, x, mu, &fstar, err);
     if (st == BLO_OK) st = y_loop(s, x, fstar, theta, tau, err);
     // Eqs. 20-21: d_x = grad_x F(x, y) + tau (grad_x f(x, y) - grad_x f(x, z)) / (f*_mu - f(x, y))
     double fy = 0;
-    if (st == BLO_OK) st = blo_eval(p, 0, x, s->y, &fy, s->gxy, NULL, s->tape, err);
-    if (st == BLO_OK) st = blo_eval(p, 1, x, s->y, NULL, dx, NULL, s->tape, err);
-    s->gap = fstar - fy;
-    if (st == BLO_OK && !(s->gap > 0))
+    if (st == BLO_OK) st = blo_eval(p, 0, x, s->y, &fy, s->gxy, NULL, s->fo.tape, err);
+    if (st == BLO_OK) st = blo_eval(p, 1, x, s->y, NULL, dx, NULL, s->fo.tape, err);
+    double gap = s->count[GAP] = fstar - fy;
+    if (st == BLO_OK && !(gap > 0))
         st = blo_fail(err, BLO_EARG, "bvfim: the barrier argument f*_mu(x) - f(x, y) = %g is not "
-                      "positive at iteration %d", s->gap, (int)s->l);
+                      "positive at iteration %.0f", gap, s->count[L]);
     if (st != BLO_OK) return st;
-    for (int i = 0; i < nx; i++) dx[i] += tau * (s->gxy[i] - s->gxz[i]) / s->gap;
-    s->l++;
+    for (int i = 0; i < nx; i++) dx[i] += tau * (s->gxy[i] - s->gxz[i]) / gap;
+    s->count[L]++;
     memcpy(y_out, s->y, sizeof(double) * (size_t)p->n_y);
-    rec->extra = s->gap;
+    rec->extra = gap;
     return BLO_OK;
-}
-
-// The y BVFIM carries (from the last direction; not advanced at x).
-static blo_status bvfim_solution(void *state, const double *x, const double *z, double *y,
-                                 blo_error *err) {
-    bvfim *s = state;
-    (void)x, (void)z;
-    memcpy(y, s->y, sizeof(double) * (size_t)s->p->n_y);
-    return blo_ok(err);
-}
-
-static blo_status bvfim_save(const void *state, blo_writer *w) {
-    const bvfim *s = state;
-    int32_t counts[3] = {s->l, s->resets, s->halvings};
-    blo_status st = blo_write_doubles(w, s->z, 2 * (size_t)s->p->n_y); // z, y
-    if (!st) st = blo_write(w, counts, sizeof counts);
-    return st ? st : blo_write_doubles(w, &s->gap, 1);
-}
-
-static blo_status bvfim_load(void *state, blo_reader *r, blo_error *err) {
-    bvfim *s = state;
-    int32_t counts[3];
-    if (blo_read_doubles(r, s->z, 2 * (size_t)s->p->n_y) || blo_read(r, counts, sizeof counts) ||
-        blo_read_doubles(r, &s->gap, 1))
-        return blo_fail(err, BLO_EIO, "bvfim: the state is truncated");
-    s->l = counts[0], s->resets = counts[1], s->halvings = counts[2];
-    return blo_ok(err);
 }
 
 const blo_method_type blo_method_bvfim = {
     "bvfim", "BVFIM: regularized value function with a log barrier, first order (Alg. 1)", 0,
     BLO_GRAD_NONE, NULL, sizeof(bvfim_params), &defaults, settings, NULL, NULL, bvfim_init,
-    bvfim_direction, bvfim_solution, NULL, bvfim_save, bvfim_load, bvfim_free};
+    bvfim_direction, blo_fo_solution, NULL, blo_fo_save, blo_fo_load, blo_fo_free};

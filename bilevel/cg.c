@@ -3,17 +3,9 @@
 // CG row). K steps of the dynamics give y_K; warm starts carry it to the next UL iteration.
 #include "family.h"
 
-static const blo_implicit_method_params defaults = {.K = 20, .kind = BLO_IMPLICIT_CG, .J = 20,
-                                                    .tol = 1e-10};
+static const blo_implicit_method_params defaults = {.K = 20, .kind = BLO_IMPLICIT_CG, .J = 20, .tol = 1e-10};
 
-static const blo_setting settings[] = {
-    BLO_ROW_LL_ITERS(blo_implicit_method_params),
-    BLO_ROW_INT(blo_implicit_method_params, J, "J", 0, BLO_MAX_ITERS, "J", "CG iterations (at most)"),
-    BLO_ROW_DBL(blo_implicit_method_params, tol, "tol", 0, INFINITY, 0, "t",
-                "CG stops at this relative residual (0 = run all J)"),
-    BLO_ROW_WARM_START(blo_implicit_method_params),
-    BLO_ROW_END,
-};
-
-const blo_method_type blo_method_cg = BLO_IMPLICIT_TYPE(
-    "cg", "implicit differentiation at y_K, conjugate gradients on H q = grad_y F", defaults, settings);
+BLO_IMPLICIT_METHOD(cg, "implicit differentiation at y_K, conjugate gradients on H q = grad_y F",
+                    "CG iterations (at most)",
+                    BLO_ROW_DBL(blo_implicit_method_params, tol, "tol", 0, INFINITY, 0, "t",
+                                "CG stops at this relative residual (0 = run all J)"));

@@ -32,14 +32,7 @@ static const blo_setting settings[] = {
 };
 
 static blo_status darts_resolve(void *params, const blo_dynamics *d, blo_error *err) {
-    darts_params *q = params;
-    if (!(q->eta > 0)) {
-        if (!d || !(d->ll_step > 0))
-            return blo_fail(err, BLO_EARG, "darts: eta = 0 takes the LL step, which dynamics %s does not "
-                            "give; set eta", d ? d->name : "(none)");
-        q->eta = d->ll_step;
-    }
-    return blo_ok(err);
+    return blo_step_or_ll(&((darts_params *)params)->eta, d, "darts", err);
 }
 
 typedef struct {

@@ -2,7 +2,9 @@
 // methods rhg, trhg, bda, ait and aitp are one driver with different defaults, as the papers
 // compose them (a dynamics, truncation, PTT, the initialization auxiliary and its prior); cg and
 // neumann are one driver (unroll K steps, then differentiate implicitly at y_K) with two solvers.
-// Each method's own file holds its type: its name, summary and defaults. Private to bilevel/.
+// Each method's own file holds its type: its name, summary and defaults. The heads of the
+// states (an LL start and y_K as the solution; or the vectors a first-order method carries) are
+// in family.c. Private to bilevel/.
 #ifndef HYPERTAPE_BLO_FAMILY_H
 #define HYPERTAPE_BLO_FAMILY_H
 
@@ -63,11 +65,18 @@ blo_status blo_implicit_method_direction(void *state, int t, const double *x, co
 blo_status blo_implicit_method_phi(void *state, const double *x, const double *z, double *value,
                                    blo_error *err);
 
-#define BLO_IMPLICIT_TYPE(NAME, SUMMARY, DEFAULTS, SETTINGS)                                        \
-    {NAME, SUMMARY, BLO_NEEDS_DYNAMICS | BLO_NEEDS_HVP, BLO_GRAD_APPROX, "gd",                     \
-     sizeof(blo_implicit_method_params), &DEFAULTS, SETTINGS, blo_implicit_method_resolve, NULL,   \
-     blo_implicit_method_init, blo_implicit_method_direction, blo_ll_solution,                    \
-     blo_implicit_method_phi, blo_ll_save, blo_ll_load, blo_ll_free}
+// An implicit method blo_method_NAME from its file's `defaults`, with its table: K, J (its help),
+// the solver's own setting, warm starts.
+#define BLO_IMPLICIT_METHOD(NAME, SUMMARY, J_HELP, OWN_ROW)                                         \
+    static const blo_setting settings[] = {                                                         \
+        BLO_ROW_LL_ITERS(blo_implicit_method_params),                                              \
+        BLO_ROW_INT(blo_implicit_method_params, J, "J", 0, BLO_MAX_ITERS, "J", J_HELP), OWN_ROW,    \
+        BLO_ROW_WARM_START(blo_implicit_method_params), BLO_ROW_END};                              \
+    const blo_method_type blo_method_##NAME = {                                                     \
+        #NAME, SUMMARY, BLO_NEEDS_DYNAMICS | BLO_NEEDS_HVP, BLO_GRAD_APPROX, "gd",                  \
+        sizeof(blo_implicit_method_params), &defaults, settings, blo_implicit_method_resolve, NULL, \
+        blo_implicit_method_init, blo_implicit_method_direction, blo_ll_solution,                  \
+        blo_implicit_method_phi, blo_ll_save, blo_ll_load, blo_ll_free}
 
 // ---- what both families share: an LL start y0 that warm starts move, and y_K as the solution ------
 
@@ -90,5 +99,26 @@ blo_status blo_ll_solution(void *state, const double *x, const double *z, double
 blo_status blo_ll_save(const void *state, blo_writer *w);
 blo_status blo_ll_load(void *state, blo_reader *r, blo_error *err);
 void blo_ll_free(void *state);
+// *step as given, or the dynamics' LL step when it is 0 (Neumann's and DARTS's default).
+blo_status blo_step_or_ll(double *step, const blo_dynamics *d, const char *method, blo_error *err);
+
+// ---- first-order methods' head: the vectors they carry between iterations ---------------------------
+
+typedef struct {
+    const blo_problem *p;
+    ad_tape *tape;
+    double *mem;  // [n]: what is carried first ([saved] doubles, the y they report first), then scratch
+    size_t saved;
+} blo_fo_state;
+
+// Allocates the head (size bytes, the method's state struct that begins with it) with mem of n
+// doubles (zeros) and its first n_y the LL start.
+blo_status blo_fo_new(void **state, size_t size, const blo_method_env *env, size_t n, size_t saved,
+                      blo_error *err);
+// The y carried (mem[0 : n_y]; from the last direction, not advanced at x).
+blo_status blo_fo_solution(void *state, const double *x, const double *z, double *y, blo_error *err);
+blo_status blo_fo_save(const void *state, blo_writer *w);
+blo_status blo_fo_load(void *state, blo_reader *r, blo_error *err);
+void blo_fo_free(void *state);
 
 #endif

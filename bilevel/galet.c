@@ -3,6 +3,7 @@
 // w (Eq. 12) with Hessian-vector products from the tape, and the x direction of Eq. 13. w is
 // warm-started from the previous iteration by default (the README's reading).
 #include "curvature.h"
+#include "family.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -26,97 +27,72 @@ static const blo_setting settings[] = {
 };
 
 typedef struct {
+    blo_fo_state fo;   // first: mem = y, w [n_y] each (carried), then scratch 3 n_y, n_x
     galet_params par;
-    const blo_problem *p;
-    ad_tape *tape;
-    double *y, *w;     // [n_y] each, carried between iterations
-    double *g, *mixed; // scratch: 3 n_y, n_x
+    double *y, *w, *g, *mixed;
 } galet;
-
-static void galet_free(void *state) {
-    galet *s = state;
-    if (s) free(s->y), free(s->g), free(s);
-}
 
 static blo_status galet_init(void **state, const blo_method_env *env, int *n_z, double **z0,
                              blo_error *err) {
-    int nx = env->p->n_x, ny = env->p->n_y;
+    size_t nx = (size_t)env->p->n_x, ny = (size_t)env->p->n_y;
     (void)z0;
-    galet *s = calloc(1, sizeof *s);
-    if (s) {
-        s->y = calloc(2 * (size_t)ny, sizeof(double));
-        s->g = malloc(sizeof(double) * (3 * (size_t)ny + (size_t)nx));
-    }
-    if (!s || !s->y || !s->g) {
-        galet_free(s);
-        return blo_fail(err, BLO_ENOMEM, "galet: out of memory");
-    }
+    blo_status st = blo_fo_new(state, sizeof(galet), env, 5 * ny + nx, 2 * ny, err);
+    if (st) return st;
+    galet *s = *state;
     s->par = *(const galet_params *)env->params;
-    s->p = env->p, s->tape = env->tape;
-    s->w = s->y + ny, s->mixed = s->g + 3 * ny;
-    memcpy(s->y, env->y0, sizeof(double) * (size_t)ny);
-    *state = s, *n_z = 0;
-    return blo_ok(err);
+    s->y = s->fo.mem, s->w = s->y + ny, s->g = s->w + ny, s->mixed = s->g + 3 * ny;
+    *n_z = 0;
+    return BLO_OK;
+}
+
+// Eq. 10: N projected GD steps on f(x, .) from the carried y.
+static blo_status ll_steps(galet *s, const double *x, blo_error *err) {
+    blo_status st = BLO_OK;
+    for (int n = 0; n < s->par.N && st == BLO_OK; n++) {
+        st = blo_eval(s->fo.p, 0, x, s->y, NULL, NULL, s->g, s->fo.tape, err);
+        for (int i = 0; i < s->fo.p->n_y; i++) s->y[i] -= s->par.beta * s->g[i];
+        blo_clamp_y(s->fo.p, s->y);
+    }
+    return st;
+}
+
+// Eq. 12, T times: w <- w - rho H (grad_y F + H w), grad_y F in s->g; then dx += (d²f/dx dy) w
+// (Eq. 13). false if the tape failed.
+static bool shadow_steps(galet *s, blo_curv *c, double *dx) {
+    int ny = s->fo.p->n_y;
+    double *Hw = s->g + ny, *HHw = Hw + ny;
+    bool ok = true;
+    if (!s->par.w_warm) memset(s->w, 0, (size_t)ny * sizeof(double));
+    for (int k = 0; ok && k < s->par.T; k++) {
+        ok = blo_curv_hvp(c, s->w, Hw);
+        for (int i = 0; ok && i < ny; i++) Hw[i] += s->g[i];
+        ok = ok && blo_curv_hvp(c, Hw, HHw);
+        for (int i = 0; ok && i < ny; i++) s->w[i] -= s->par.rho * HHw[i];
+    }
+    ok = ok && blo_curv_mixed(c, s->w, s->mixed);
+    for (int i = 0; ok && i < s->fo.p->n_x; i++) dx[i] += s->mixed[i];
+    return ok;
 }
 
 static blo_status galet_direction(void *state, int t, const double *x, const double *z, double *dx,
                                   double *dz, double *y_out, blo_record *rec, blo_error *err) {
     galet *s = state;
-    const blo_problem *p = s->p;
-    int ny = p->n_y;
-    double *g = s->g, *Hw = g + ny, *HHw = Hw + ny;
     (void)t, (void)z, (void)dz, (void)rec;
-    blo_status st = BLO_OK;
-    for (int n = 0; n < s->par.N && st == BLO_OK; n++) { // Eq. 10
-        st = blo_eval(p, 0, x, s->y, NULL, NULL, g, s->tape, err);
-        for (int i = 0; i < ny; i++) s->y[i] -= s->par.beta * g[i];
-        blo_clamp_y(p, s->y);
-    }
+    blo_status st = ll_steps(s, x, err);
     // grad F at (x, y^{k+1}): d_x starts as grad_x F, g = grad_y F
-    if (st == BLO_OK) st = blo_eval(p, 1, x, s->y, NULL, dx, g, s->tape, err);
+    if (st == BLO_OK) st = blo_eval(s->fo.p, 1, x, s->y, NULL, dx, s->g, s->fo.tape, err);
     blo_tape_use u = {0};
-    if (st == BLO_OK) st = blo_tape_acquire(&u, s->tape, err);
+    if (st == BLO_OK) st = blo_tape_acquire(&u, s->fo.tape, err);
     if (st != BLO_OK) return st;
     blo_curv c;
-    bool ok = blo_curv_record(&c, u.t, p, x, s->y);
-    if (!s->par.w_warm) memset(s->w, 0, (size_t)ny * sizeof(double));
-    // Eq. 12: w <- w - rho H (grad_y F + H w)
-    for (int k = 0; ok && k < s->par.T; k++) {
-        ok = blo_curv_hvp(&c, s->w, Hw);
-        for (int i = 0; ok && i < ny; i++) Hw[i] += g[i];
-        ok = ok && blo_curv_hvp(&c, Hw, HHw);
-        for (int i = 0; ok && i < ny; i++) s->w[i] -= s->par.rho * HHw[i];
-    }
-    // Eq. 13: d_x = grad_x F + (d²f/dx dy) w
-    ok = ok && blo_curv_mixed(&c, s->w, s->mixed);
-    for (int i = 0; ok && i < p->n_x; i++) dx[i] += s->mixed[i];
+    if (blo_curv_record(&c, u.t, s->fo.p, x, s->y)) shadow_steps(s, &c, dx);
     st = blo_tape_check(u.t, err, "galet");
     blo_tape_release(&u);
-    if (st == BLO_OK) memcpy(y_out, s->y, sizeof(double) * (size_t)ny);
+    if (st == BLO_OK) memcpy(y_out, s->y, sizeof(double) * (size_t)s->fo.p->n_y);
     return st;
-}
-
-// The y GALET carries (from the last direction; not advanced at x).
-static blo_status galet_solution(void *state, const double *x, const double *z, double *y,
-                                 blo_error *err) {
-    galet *s = state;
-    (void)x, (void)z;
-    memcpy(y, s->y, sizeof(double) * (size_t)s->p->n_y);
-    return blo_ok(err);
-}
-
-static blo_status galet_save(const void *state, blo_writer *w) {
-    const galet *s = state;
-    return blo_write_doubles(w, s->y, 2 * (size_t)s->p->n_y); // y, w
-}
-
-static blo_status galet_load(void *state, blo_reader *r, blo_error *err) {
-    galet *s = state;
-    if (blo_read_doubles(r, s->y, 2 * (size_t)s->p->n_y)) return blo_fail(err, BLO_EIO, "galet: the state is truncated");
-    return blo_ok(err);
 }
 
 const blo_method_type blo_method_galet = {
     "galet", "GALET: N LL steps, T shadow implicit steps on w with Hessian-vector products (Alg. 1)",
     BLO_NEEDS_HVP, BLO_GRAD_NONE, NULL, sizeof(galet_params), &defaults, settings, NULL, NULL,
-    galet_init, galet_direction, galet_solution, NULL, galet_save, galet_load, galet_free};
+    galet_init, galet_direction, blo_fo_solution, NULL, blo_fo_save, blo_fo_load, blo_fo_free};

@@ -122,14 +122,8 @@ blo_status blo_implicit_hypergrad(const blo_problem *p, const blo_implicit_param
 // ---- the cg and neumann methods ----------------------------------------------------------------------
 
 blo_status blo_implicit_method_resolve(void *params, const blo_dynamics *d, blo_error *err) {
-    blo_implicit_method_params *q = params;
-    if (q->kind == BLO_IMPLICIT_NEUMANN && !(q->eta > 0)) { // the LL step (README, readings: Neumann)
-        if (!d || !(d->ll_step > 0))
-            return blo_fail(err, BLO_EARG, "neumann: eta = 0 takes the LL step, which dynamics %s "
-                            "does not give; set eta", d ? d->name : "(none)");
-        q->eta = d->ll_step;
-    }
-    return blo_ok(err);
+    blo_implicit_method_params *q = params; // Neumann's eta: the LL step (README, readings)
+    return q->kind == BLO_IMPLICIT_NEUMANN ? blo_step_or_ll(&q->eta, d, "neumann", err) : blo_ok(err);
 }
 
 typedef struct {

@@ -6,14 +6,8 @@
 
 static const blo_implicit_method_params defaults = {.K = 20, .kind = BLO_IMPLICIT_NEUMANN, .J = 20};
 
-static const blo_setting settings[] = {
-    BLO_ROW_LL_ITERS(blo_implicit_method_params),
-    BLO_ROW_INT(blo_implicit_method_params, J, "J", 0, BLO_MAX_ITERS, "J", "Neumann terms after the first"),
-    BLO_ROW_DBL(blo_implicit_method_params, eta, "eta", 0, INFINITY, 0, "e",
-                "Neumann step (0 = the dynamics' LL step; needs eta ||H|| < 2)"),
-    BLO_ROW_WARM_START(blo_implicit_method_params),
-    BLO_ROW_END,
-};
-
-const blo_method_type blo_method_neumann = BLO_IMPLICIT_TYPE(
-    "neumann", "implicit differentiation at y_K, Neumann series for H^-1 grad_y F", defaults, settings);
+// eta ||H|| < 2 keeps the series convergent
+BLO_IMPLICIT_METHOD(neumann, "implicit differentiation at y_K, Neumann series for H^-1 grad_y F",
+                    "Neumann terms after the first",
+                    BLO_ROW_DBL(blo_implicit_method_params, eta, "eta", 0, INFINITY, 0, "e",
+                                "Neumann step (0 = the dynamics' LL step; needs eta ||H|| < 2)"));

@@ -1,13 +1,9 @@
 // The unrolled family's driver (rhg, trhg, bda, ait, aitp): each UL iteration's direction is the
 // reverse-mode hypergradient through K steps of the dynamics (blo_hypergrad), with the choices
 // the papers compose: truncation (T-RHG), pessimistic trajectory truncation (PTT, AIT Alg. 3),
-// the initialization auxiliary z (IA, AIT Eq. 5) and its prior (AIT Eq. 6). Also what both LL
-// families share: the LL start that warm starts move, and y_K as the method's solution.
+// the initialization auxiliary z (IA, AIT Eq. 5) and its prior (AIT Eq. 6).
 #include "family.h"
 
-#include <limits.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 const blo_setting blo_unrolled_settings[] = {
@@ -97,66 +93,4 @@ blo_status blo_unrolled_phi(void *state, const double *x, const double *z, doubl
     unrolled *u = state;
     return blo_hypergrad_phi(u->ll.p, &u->ll.dyn, &u->hp, &u->info, u->ll.x_ref, u->ll.y0_ref, x,
                              u->par.ia ? z : u->ll.y0_ref, value, err);
-}
-
-// ---- the LL families' shared head ------------------------------------------------------------------------
-
-blo_status blo_ll_new(void **state, size_t size, const blo_method_env *env, int K, int ia,
-                      int keep_states, blo_error *err) {
-    *state = NULL;
-    if (!env->dyn) return blo_fail(err, BLO_EARG, "this method needs LL dynamics");
-    const blo_problem *p = env->p;
-    int S = env->dyn->state_size, nx = p->n_x, ny = p->n_y;
-    char what[96];
-    snprintf(what, sizeof what, "K + 1 = %d LL states of %d doubles", K + 1, S);
-    blo_status st = blo_check_memory((double)K + 1, 8.0 * S, what, err);
-    if (st) return st;
-    blo_ll_state *h = calloc(1, size);
-    double *buf = malloc(sizeof(double) * (2 * (size_t)ny + (size_t)nx));
-    double *states = keep_states ? malloc(sizeof(double) * ((size_t)K + 1) * (size_t)S) : NULL;
-    if (!h || !buf || (keep_states && !states)) {
-        free(h), free(buf), free(states);
-        return blo_fail(err, BLO_ENOMEM, "out of memory for %s", what);
-    }
-    *h = (blo_ll_state){.p = p, .dyn = *env->dyn, .tape = env->tape, .K = K, .ia = ia, .y0 = buf,
-                        .y0_ref = buf + ny, .x_ref = buf + 2 * ny, .states = states};
-    memcpy(h->y0, env->y0, sizeof(double) * (size_t)ny);
-    memcpy(h->y0_ref, env->y0, sizeof(double) * (size_t)ny);
-    memset(h->x_ref, 0, sizeof(double) * (size_t)nx);
-    *state = h;
-    return blo_ok(err);
-}
-
-// y_K of the dynamics from y0 (or z under IA): all K steps even under PTT (the LL model the
-// papers evaluate is the one after K steps).
-blo_status blo_ll_solution(void *state, const double *x, const double *z, double *y, blo_error *err) {
-    blo_ll_state *h = state;
-    int S = h->dyn.state_size;
-    double *st = h->states ? h->states : malloc(sizeof(double) * ((size_t)h->K + 1) * (size_t)S);
-    if (!st) return blo_fail(err, BLO_ENOMEM, "out of memory for %d LL states", h->K + 1);
-    blo_status s = blo_state_init(h->p, &h->dyn, h->ia ? z : h->y0, st, h->tape, err);
-    if (!s) s = blo_unroll(h->p, &h->dyn, x, 0, st, h->K, st, NULL, h->tape, err);
-    if (!s) s = blo_state_read_y(h->p, &h->dyn, st + (size_t)h->K * S, y, h->tape, err);
-    if (st != h->states) free(st);
-    return s;
-}
-
-blo_status blo_ll_save(const void *state, blo_writer *w) {
-    const blo_ll_state *h = state;
-    return blo_write_doubles(w, h->y0, (size_t)h->p->n_y);
-}
-
-blo_status blo_ll_load(void *state, blo_reader *r, blo_error *err) {
-    blo_ll_state *h = state;
-    if (blo_read_doubles(r, h->y0, (size_t)h->p->n_y))
-        return blo_fail(err, BLO_EIO, "the LL start in the state is truncated");
-    return blo_ok(err);
-}
-
-void blo_ll_free(void *state) {
-    blo_ll_state *h = state;
-    if (!h) return;
-    free(h->y0);
-    free(h->states);
-    free(h);
 }

@@ -70,6 +70,8 @@ json_value *cli_earlier_settings(const cli_args *a, char *err, size_t n);
 int cli_plan_model(const cli_plan *p, mdl_model *m, double **x0, double **y0, char *err, size_t n);
 // The plan as the "settings" object of the JSON report: every setting that affected the run.
 void cli_plan_write_settings(const cli_plan *p, json_writer *w);
+// A JSON report's beginning: {"problem": ..., "method": ..., "settings": {...}
+void cli_json_begin(json_writer *w, FILE *f, const cli_plan *p);
 // Whether some table the plan's method, dynamics or solver has knows this option's name.
 int cli_plan_has(const cli_plan *p, const char *name);
 

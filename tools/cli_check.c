@@ -14,13 +14,7 @@ static const char *claim_word(blo_grad_claim c) {
 
 static void report_json(const cli_plan *p, const blo_check_report *r, const blo_check_params *cp) {
     json_writer w;
-    json_begin(&w, stdout);
-    json_key(&w, "problem");
-    json_string(&w, p->entry->name);
-    json_key(&w, "method");
-    json_string(&w, p->label);
-    json_key(&w, "settings");
-    cli_plan_write_settings(p, &w);
+    cli_json_begin(&w, stdout, p);
     json_key(&w, "verdict");
     json_string(&w, r->pass ? "PASS" : "FAIL");
     json_key(&w, "claim");

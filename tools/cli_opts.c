@@ -516,6 +516,16 @@ static void write_group(json_writer *w, const blo_setting *table, const void *pa
     }
 }
 
+void cli_json_begin(json_writer *w, FILE *f, const cli_plan *p) {
+    json_begin(w, f);
+    json_key(w, "problem");
+    json_string(w, p->entry->name);
+    json_key(w, "method");
+    json_string(w, p->label);
+    json_key(w, "settings");
+    cli_plan_write_settings(p, w);
+}
+
 void cli_plan_write_settings(const cli_plan *p, json_writer *w) {
     json_object(w);
     json_key(w, "problem");

@@ -136,13 +136,7 @@ static char *settings_text(const cli_plan *p) {
 
 static void report_json(FILE *o, const cli_plan *p, const mdl_model *m, const run_result *r) {
     json_writer w;
-    json_begin(&w, o);
-    json_key(&w, "problem");
-    json_string(&w, p->entry->name);
-    json_key(&w, "method");
-    json_string(&w, p->label);
-    json_key(&w, "settings");
-    cli_plan_write_settings(p, &w);
+    cli_json_begin(&w, o, p);
     json_key(&w, "x");
     json_numbers(&w, r->x, m->prob.n_x);
     const char *keys[] = {"F", "f", "ll_residual", "x_err", "gap"};
