@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -200,6 +201,18 @@ static void output_cases(void) {
         EXPECT(r.status == 1 && strstr(r.err, "cannot write"), "%d: %s", r.status, r.err);
         r = cli_exec("list > /dev/full");
         EXPECT(r.status == 1, "list: %d", r.status);
+        // a figure that cannot be drawn there: the path is a directory
+        char dir[256], args[400];
+        temp_path(dir, sizeof dir, "plotdir");
+        snprintf(args, sizeof args, "compare nonconvex --methods rhg --ul-iters 5 --plot %s", dir);
+        if (mkdir(dir, 0700) == 0) {
+            r = cli_exec(args);
+            EXPECT(r.status == 1 && strstr(r.err, "gnuplot failed") && cli_lines(r.err) == 1, "%d: %s", r.status, r.err);
+            char dat[300];
+            snprintf(dat, sizeof dat, "%s.dat", dir);
+            remove(dat);
+            rmdir(dir);
+        }
     }
     TEST_CASE("cli: a run stopped by an error reports valid JSON (NaN as null) and its last good iterate") {
         // an LL step far too large for the quadratic (eigenvalues up to 10) from x = 1: the LL

@@ -91,11 +91,31 @@ static int compare_one(const cli_plan *p, FILE *dat, const char *dat_path,
     return rc;
 }
 
+// The last line gnuplot wrote to its error file that says what went wrong, in why [n].
+static void gnuplot_reason(const char *path, char *why, size_t n) {
+    FILE *f = fopen(path, "r");
+    char line[512];
+    why[0] = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        const char *p = line + strspn(line, " \t^");
+        if (*p && strncmp(p, "gnuplot>", 8)) snprintf(why, n, "%s", p);
+    }
+    if (f) fclose(f);
+}
+
 // The figure: |F - F*| (or F when F* is unknown), then ||x - x*|| (or the optimal-set gap);
-// learning tasks: F, test accuracy and F1 per iteration.
-static int draw(const cli_args *a, const method_set *ms, const char *dat, int has_x, int has_F, int learning) {
-    FILE *g = popen("gnuplot", "w");
-    if (!g) return -1;
+// learning tasks: F, test accuracy and F1 per iteration. gnuplot's complaints go to a file, so a
+// failure is one line; -1 with it in why.
+static int draw(const cli_args *a, const method_set *ms, const char *dat, int has_x, int has_F, int learning,
+                char *why, size_t n) {
+    char errpath[] = "/tmp/hypertape-gnuplot-XXXXXX", cmd[64];
+    int fd = mkstemp(errpath);
+    if (fd < 0) return snprintf(why, n, "no temporary file"), -1;
+    close(fd);
+    snprintf(cmd, sizeof cmd, "gnuplot 2>%s", errpath);
+    FILE *g = popen(cmd, "w");
+    if (!g) return remove(errpath), snprintf(why, n, "cannot run gnuplot"), -1;
     typedef struct {
         int col;
         const char *title;
@@ -129,7 +149,11 @@ static int draw(const cli_args *a, const method_set *ms, const char *dat, int ha
         fputc('\n', g);
     }
     fprintf(g, "unset multiplot\n");
-    return pclose(g) == 0 ? 0 : -1;
+    int rc = pclose(g) == 0 ? 0 : -1;
+    gnuplot_reason(errpath, why, n);
+    remove(errpath);
+    if (rc && !why[0]) snprintf(why, n, "is gnuplot installed? (apt-get install gnuplot-nox)");
+    return rc;
 }
 
 int cli_compare(const cli_args *a) {
@@ -154,9 +178,10 @@ int cli_compare(const cli_args *a) {
         rc = compare_one(&ms.plans[k], dat, dat_path, &has_x, &has_F, &learning, err, sizeof err);
     if (dat && fclose(dat) && !rc) rc = 1, snprintf(err, sizeof err, "cannot write %s", dat_path);
     if (!rc && a->plot) {
-        if (draw(a, &ms, dat_path, has_x, has_F, learning)) {
+        char why[300];
+        if (draw(a, &ms, dat_path, has_x, has_F, learning, why, sizeof why)) {
             rc = 1;
-            snprintf(err, sizeof err, "gnuplot failed drawing %s (apt-get install gnuplot-nox)", a->plot);
+            snprintf(err, sizeof err, "gnuplot failed drawing %s: %s", a->plot, why);
         } else {
             printf("figure: %s (data %s)\n", a->plot, dat_path);
         }
