@@ -23,8 +23,13 @@
 typedef struct ad_tape ad_tape;
 
 // A handle to a node on a tape. AD_NONE (0) is what ops return after an error; reading its value
-// gives NaN, using it in an op is a no-op.
-typedef int32_t ad_var;
+// gives NaN, using it in an op is a no-op. A handle names one recording of a node: when a rewind
+// or a reset drops the node, its handles go stale, and an op given one records AD_EARG instead
+// of reading what was recorded at that place since (ad_value gives NaN, like any invalid handle).
+// Bits 0-31 are the node's index, bits 32-62 the tape's epoch when it was recorded, which moves
+// at every rewind that drops nodes and every reset, and wraps after 2^31 - 1 of them: a handle is
+// told stale until exactly that many such rewinds later.
+typedef int64_t ad_var;
 #define AD_NONE ((ad_var)0)
 
 typedef enum {
@@ -63,17 +68,25 @@ ad_tape_params ad_tape_default_params(void);
 ad_tape *ad_tape_new(const ad_tape_params *p);
 void ad_tape_free(ad_tape *t);
 
+// A point in a tape's recording.
 typedef struct {
-    int32_t nodes;
+    const ad_tape *tape;  // the tape it was taken on
+    int32_t nodes;        // nodes recorded then
+    uint32_t epoch;       // the epoch of the last of them (a later rewind below it changes it)
     size_t chunk, offset; // arena position
     size_t used;          // doubles handed out from the arena so far
 } ad_mark;
 
 ad_mark ad_tape_mark(const ad_tape *t);
-// Drops every node recorded after m (handles >= m's are invalid afterwards). Memory is kept for reuse.
+// Drops every node recorded after m: their handles go stale. Memory is kept for reuse. A mark of
+// another tape, one past the end of the recording, or one a rewind or reset has dropped since
+// (its last node was dropped, whatever was recorded at its place after) is an AD_EARG recorded on
+// the tape, and nothing is dropped.
 void ad_tape_rewind(ad_tape *t, ad_mark m);
-// Drops everything and clears the error.
+// Drops everything and clears the error; every handle and mark of the tape goes stale.
 void ad_tape_reset(ad_tape *t);
+// 1 if v is a live handle of t (a node on it now, not one a rewind or reset dropped), else 0.
+int ad_tape_holds(const ad_tape *t, ad_var v);
 // Deferred recording: while on, ops record their node (shape checks and errors as usual) but
 // compute values only when something needs them: ad_value, an op recorded with deferral off, or
 // a reverse sweep. A step re-recorded only to be differentiated then costs just the products its
@@ -140,7 +153,8 @@ ad_var ad_fill(ad_tape *t, ad_shape s, double v); // constant filled with v
 // none, or they would take more than max_bytes (then nothing is kept). ad_reuse, on the
 // recording made again since m, gives each uncomputed such product whose constant is the same
 // and whose operand equals a kept one entry by entry the kept value; it returns how many. The
-// constants are known by their address: their contents must not change between the two.
+// constants are known by their address: their contents must not change between the two. A mark
+// ad_tape_rewind would refuse is an AD_EARG on the tape for both (NULL, 0).
 typedef struct ad_kept ad_kept;
 ad_kept *ad_keep(ad_tape *t, ad_mark m, size_t max_bytes);
 int ad_reuse(ad_tape *t, ad_mark m, const ad_kept *k);
