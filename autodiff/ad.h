@@ -285,7 +285,8 @@ enum {
 };
 
 // Vector-Jacobian product: out[i] = (dy/dwrt[i])^T ybar, ybar of y's shape. Any non-constant
-// node can be in wrt; a wrt that y does not depend on gets zeros. Returns the tape's status.
+// node can be in wrt; a wrt that y does not depend on gets zeros. Returns the tape's status;
+// n < 0, or a NULL wrt or out with n > 0, is an AD_EARG.
 ad_status ad_vjp(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var *wrt, ad_var *out,
                  unsigned flags);
 // Gradient of a scalar y.
@@ -319,7 +320,10 @@ typedef struct {
 } ad_check_report;
 
 ad_check_params ad_check_default_params(void);
-// Compare ad_grad of fn at the given point with central differences of fn.
+// Compare ad_grad of fn at the given point with central differences of fn. Nothing runs, and the
+// report has AD_EARG and a message, for bad arguments: no fn, other than 1 to 16 inputs, a shape
+// a tensor cannot have, a NULL point[k] for an input with entries, h not finite and > 0, rtol or
+// atol not finite and >= 0.
 ad_check_report ad_check_grad(ad_fn fn, void *ctx, int n_in, const ad_shape *shapes,
                               const double *const *point, const ad_check_params *p);
 // Compare the Hessian-vector products H v for a seeded random v (one per input, the joint

@@ -140,15 +140,23 @@ __attribute__((always_inline)) static inline void sweep(ad_tape *t, int32_t y, i
 // The sweep. lazy: record adjoints without computing them (their values are computed when
 // something needs them); used for the inner gradient of a Hessian-vector product, whose value
 // is never read, only differentiated.
+// The lists of a gradient entry point: n >= 0 inputs in wrt and as many outputs in out, which is
+// cleared. Otherwise records an AD_EARG naming op (nothing is written).
+static bool check_lists(ad_tape *t, const char *op, int n, const ad_var *wrt, ad_var *out) {
+    const char *why = n < 0 ? "a negative number of inputs" : n > 0 && !wrt ? "wrt is NULL"
+                    : n > 0 && !out ? "out is NULL" : NULL;
+    if (why) {
+        ad_fail(t, AD_EARG, "%s: %s (%d inputs)", op, why, n);
+        return false;
+    }
+    for (int k = 0; k < n; k++) out[k] = AD_NONE;
+    return true;
+}
+
 static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var *wrt,
                           ad_var *out, unsigned flags, int lazy) {
-    for (int k = 0; k < n; k++) out[k] = AD_NONE;
     ad_var ys[2] = {y, ybar};
     if (!ad_check_args(t, "vjp", 2, ys)) return t->status;
-    if (n < 0 || (n > 0 && (!wrt || !out))) {
-        ad_fail(t, AD_EARG, "vjp: bad list of %d inputs", n);
-        return t->status;
-    }
     if (!ad_check_args(t, "vjp (inputs)", n, wrt)) return t->status;
     ad_shape sy = ad_shape_fast(t, y), sb = ad_shape_fast(t, ybar);
     if (sy.rows != sb.rows || sy.cols != sb.cols) {
@@ -205,6 +213,7 @@ static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var
 
 ad_status ad_vjp(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var *wrt, ad_var *out,
                  unsigned flags) {
+    if (!check_lists(t, "vjp", n, wrt, out)) return t->status;
     return vjp_impl(t, y, ybar, n, wrt, out, flags, 0);
 }
 
@@ -220,7 +229,7 @@ static bool check_scalar(ad_tape *t, const char *op, ad_var f) {
 }
 
 ad_status ad_grad(ad_tape *t, ad_var y, int n, const ad_var *wrt, ad_var *out, unsigned flags) {
-    for (int k = 0; k < n && out; k++) out[k] = AD_NONE;
+    if (!check_lists(t, "grad", n, wrt, out)) return t->status;
     if (!check_scalar(t, "grad", y)) return t->status;
     ad_shape sy = ad_shape_fast(t, y);
     ad_var one = sy.rank == 0 ? ad_unit(t) : ad_fill(t, sy, 1.0);

@@ -287,6 +287,9 @@ void ad_fail(ad_tape *t, ad_status s, const char *fmt, ...) __attribute__((forma
 // "[m, n]" for messages.
 const char *ad_shape_str(ad_shape s, char buf[32]);
 void *ad_scratch(ad_tape *t, size_t bytes);
+// A shape a tensor can have: rank 0 (1 x 1), 1 (1 x n) or 2, no negative dimension, at most
+// INT32_MAX entries.
+bool ad_shape_valid(ad_shape s);
 // Broadcast result of two shapes; false if they do not combine.
 bool ad_broadcast_shape(ad_shape a, ad_shape b, ad_shape *out);
 static inline bool ad_shape_eq(ad_shape a, ad_shape b) {

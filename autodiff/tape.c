@@ -469,20 +469,23 @@ bool ad_eval(ad_tape *t, int32_t v) {
 
 // ---- leaves ----
 
+static bool dims_valid(ad_shape s) {
+    return (s.rank == 0 && s.rows == 1 && s.cols == 1) ||
+           (s.rank == 1 && s.rows == 1 && s.cols >= 0) ||
+           (s.rank == 2 && s.rows >= 0 && s.cols >= 0);
+}
+bool ad_shape_valid(ad_shape s) {
+    return dims_valid(s) && (size_t)s.rows * (size_t)s.cols <= (size_t)INT32_MAX;
+}
+
 static bool check_shape(ad_tape *t, const char *op, ad_shape s) {
     if (t->status != AD_OK) return false;
-    bool ok = (s.rank == 0 && s.rows == 1 && s.cols == 1) ||
-              (s.rank == 1 && s.rows == 1 && s.cols >= 0) ||
-              (s.rank == 2 && s.rows >= 0 && s.cols >= 0);
-    if (!ok) {
-        ad_fail(t, AD_ESHAPE, "%s: invalid shape (rank %d, %d x %d)", op, s.rank, s.rows, s.cols);
-        return false;
-    }
-    if ((size_t)s.rows * (size_t)s.cols > (size_t)INT32_MAX) {
+    if (ad_shape_valid(s)) return true;
+    if (dims_valid(s))
         ad_fail(t, AD_ESHAPE, "%s: shape %d x %d is too large", op, s.rows, s.cols);
-        return false;
-    }
-    return true;
+    else
+        ad_fail(t, AD_ESHAPE, "%s: invalid shape (rank %d, %d x %d)", op, s.rank, s.rows, s.cols);
+    return false;
 }
 
 static ad_var leaf(ad_tape *t, const char *what, ad_shape s, const double *data, bool grad,
