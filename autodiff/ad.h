@@ -12,8 +12,9 @@
 // [1, n] added to each row of [m, n], as a bias; a matrix [m, 1] to each column).
 //
 // Errors never abort. The first error (shape mismatch, domain error, memory cap, NaN/Inf when
-// checking is on, a bad argument) is kept on the tape with a message naming the op and shapes;
-// every later op returns AD_NONE and does nothing; entry points return the status.
+// checking is on, a bad argument) is kept on the tape with a message naming the op and shapes
+// (inside a gradient, also the op whose reverse rule failed: "reverse of sqrt: div: division by
+// zero ..."); every later op returns AD_NONE and does nothing; entry points return the status.
 #ifndef HYPERTAPE_AD_H
 #define HYPERTAPE_AD_H
 

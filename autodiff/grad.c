@@ -127,7 +127,14 @@ __attribute__((always_inline)) static inline void sweep(ad_tape *t, int32_t y, i
         bool need[2] = {(bits & NEED_A) != 0, (bits & NEED_B) != 0};
         ad_var gin[2] = {AD_NONE, AD_NONE};
         int32_t fresh = t->n_nodes; // nodes from here on are the rule's
-        ad_ops[nd->op]->rev(t, ad_ref(t, i), node_of(g), need, gin);
+        uint8_t op = nd->op; // nd moves if the rule's nodes grow the array
+        ad_ops[op]->rev(t, ad_ref(t, i), node_of(g), need, gin);
+        // What fails in the rule is reported as the reverse of op; so is what fails later in a
+        // node it recorded deferred (computed when read). A sweep that does not defer (one that
+        // sums in place never does) computes its nodes as the rule records them.
+        if (t->status != AD_OK) ad_fail_in_rule(t, op);
+        if (!in_place && t->lazy)
+            for (int32_t j = fresh; j < t->n_nodes; j++) t->nodes[j].rule = op;
         for (int k = 0; k < 2; k++) {
             if (!need[k] || !gin[k]) continue;
             ad_var c = g < 0 ? -gin[k] : gin[k];

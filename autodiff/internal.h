@@ -42,7 +42,9 @@ enum {
 
 // One node: 64 bytes, one cache line (the node array is 64-byte aligned).
 typedef struct {
-    uint8_t op, flags, rank, pad_;
+    uint8_t op, flags, rank;
+    uint8_t rule;      // the op whose reverse rule recorded this node deferred (0: none): its
+                       // errors, when it is computed later, name that rule
     int32_t rows, cols;
     int32_t a, b;      // inputs by index (0 when unused); ad_input makes their handles
     int32_t i0, i1;    // integer parameters (transpose flags, offsets, sizes)
@@ -284,6 +286,9 @@ static inline bool ad_force(ad_tape *t, ad_var v) {
     return (ad_node_at(t, v)->flags & NF_VALUE) || ad_force_slow(t, v);
 }
 void ad_fail(ad_tape *t, ad_status s, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+// After a failure inside the reverse rule of op (rule != 0), or while computing a node that rule
+// recorded: puts "reverse of OP: " before the tape's message, once (the innermost rule is named).
+void ad_fail_in_rule(ad_tape *t, int rule);
 // "[m, n]" for messages.
 const char *ad_shape_str(ad_shape s, char buf[32]);
 void *ad_scratch(ad_tape *t, size_t bytes);

@@ -55,6 +55,18 @@ void ad_fail(ad_tape *t, ad_status s, const char *fmt, ...) {
     va_end(ap);
 }
 
+void ad_fail_in_rule(ad_tape *t, int rule) {
+    static const char tag[] = "reverse of ";
+    if (!rule || t->status == AD_OK || !strncmp(t->err, tag, sizeof tag - 1)) return;
+    char msg[sizeof t->err];
+    int n = snprintf(msg, sizeof msg, "%s%s: ", tag, ad_ops[rule]->name);
+    if (n < 0 || (size_t)n >= sizeof msg) return;
+    size_t len = strnlen(t->err, sizeof msg - (size_t)n - 1); // the inner message, cut to fit
+    memcpy(msg + n, t->err, len);
+    msg[(size_t)n + len] = 0;
+    memcpy(t->err, msg, sizeof msg);
+}
+
 void ad_tape_fail(ad_tape *t, ad_status s, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -372,6 +384,7 @@ static bool check_finite(ad_tape *t, const ad_node *n) {
             char b[32];
             ad_fail(t, AD_ENAN, "%s: produced %g at entry %d of %s", ad_ops[n->op]->name, n->val[i],
                     i, ad_shape_str(ad_node_shape(n), b));
+            ad_fail_in_rule(t, n->rule);
             return false;
         }
     }
@@ -382,6 +395,7 @@ bool ad_eval_failed(ad_tape *t, int32_t v, ad_status st) {
     char b[32];
     const ad_node *n = &t->nodes[v];
     ad_fail(t, st, "%s: failed on %s", ad_ops[n->op]->name, ad_shape_str(ad_node_shape(n), b));
+    ad_fail_in_rule(t, n->rule); // a node a reverse rule recorded, maybe computed long after
     return false;
 }
 

@@ -114,7 +114,55 @@ static void checker_args(void) {
     }
 }
 
+// ---- failures inside reverse rules ----
+
+static ad_var f_sqrt(ad_tape *t, ad_var x) { return ad_sum(t, ad_sqrt(t, x)); }
+static ad_var f_pow(ad_tape *t, ad_var x) { return ad_sum(t, ad_pow(t, x, 1.5)); }
+static ad_var f_exp(ad_tape *t, ad_var x) { return ad_sum(t, ad_exp(t, x)); }
+
+enum { GRAD, GRAD_GRAPH, GRAD_DEFERRED, HVP, VJP_BIG };
+
+static void rule_errors(void) {
+    TEST_CASE("errors: a failure in a reverse rule names the op whose rule failed and what failed") {
+        struct {
+            const char *what;
+            ad_var (*f)(ad_tape *t, ad_var x);
+            double x1;  // x = [1, x1, 4]
+            int how;
+            const char *says; // the message starts with it
+        } c[] = {
+            {"sqrt at 0", f_sqrt, 0, GRAD, "reverse of sqrt: div: division by zero (entry 1 of [3] is 0)"},
+            {"sqrt at 0, graph", f_sqrt, 0, GRAD_GRAPH, "reverse of sqrt: div: division by zero"},
+            {"sqrt at 0, deferred", f_sqrt, 0, GRAD_DEFERRED, "reverse of sqrt: div: division by zero"},
+            {"sqrt at 0, hvp", f_sqrt, 0, HVP, "reverse of sqrt: div: division by zero"},
+            {"x^1.5 at 0", f_pow, 0, GRAD, "reverse of pow: pow: non-integer power"},
+            {"exp, adjoint 1e10, checked", f_exp, 700, VJP_BIG, "reverse of exp: mul: produced inf"},
+            {"sqrt at -1, forward", f_sqrt, -1, GRAD, "sqrt: square root of a negative number"},
+        };
+        for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+            ad_tape_params par = ad_tape_default_params();
+            par.check_finite = c[i].how == VJP_BIG;
+            ad_tape *t = ad_tape_new(&par);
+            double x0[3] = {1, c[i].x1, 4};
+            ad_var x = ad_param(t, ad_vec_shape(3), x0), g = AD_NONE;
+            if (c[i].how == GRAD_DEFERRED) ad_tape_defer(t, 1);
+            ad_var f = c[i].f(t, x);
+            if (c[i].how == GRAD || c[i].how == GRAD_GRAPH || c[i].how == GRAD_DEFERRED)
+                ad_grad(t, f, 1, &x, &g, c[i].how == GRAD_GRAPH ? AD_CREATE_GRAPH : 0);
+            else if (c[i].how == HVP)
+                ad_hvp(t, f, x, ad_fill(t, ad_vec_shape(3), 1), &g, 0);
+            else
+                ad_vjp(t, f, ad_scalar(t, 1e10), 1, &x, &g, 0);
+            EXPECT(isnan(ad_value(t, g)[0]), "%s: no gradient", c[i].what); // a deferred one fails here
+            EXPECT(ad_tape_status(t) != AD_OK && strncmp(ad_tape_error(t), c[i].says, strlen(c[i].says)) == 0,
+                   "%s: %s", c[i].what, ad_tape_error(t));
+            ad_tape_free(t);
+        }
+    }
+}
+
 void test_ad_errors(void) {
     gradient_lists();
     checker_args();
+    rule_errors();
 }
