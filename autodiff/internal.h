@@ -1,9 +1,9 @@
 // Internals of the tape shared by the autodiff sources: the node layout, the op table and the
-// helpers ops use to record themselves. Not installed; users include ad.h only.
+// helpers ops use to record themselves. Not installed; users include ad.h (and ad_extra.h).
 #ifndef HYPERTAPE_AD_INTERNAL_H
 #define HYPERTAPE_AD_INTERNAL_H
 
-#include "ad.h"
+#include "ad_extra.h" // and ad.h
 
 #include <stdbool.h>
 

@@ -4,6 +4,7 @@
 // or a first-order loop).
 #include "internal.h"
 #include "methods.h"
+#include "ad_extra.h" // ad_tape_blas_seconds
 
 #include <math.h>
 #include <stdlib.h>

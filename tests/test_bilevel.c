@@ -4,6 +4,7 @@
 // differentiated for every dynamics and truncation mode, and the error paths.
 #include "harness.h"
 
+#include "../autodiff/ad_extra.h" // ad_op_find, ad_tape_op_evals
 #include "../bilevel/blo.h"
 
 #include <math.h>
