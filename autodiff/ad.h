@@ -97,7 +97,9 @@ ad_mark ad_tape_mark(const ad_tape *t);
 // (its last node was dropped, whatever was recorded at its place after) is an AD_EARG recorded on
 // the tape, and nothing is dropped.
 void ad_tape_rewind(ad_tape *t, ad_mark m);
-// Drops everything and clears the error; every handle and mark of the tape goes stale.
+// Drops everything and clears the error; every handle and mark of the tape goes stale. What is
+// recorded next is what a new tape would record, node for node and bit for bit (memory, the
+// counters of ad_extra.h and the settings stay).
 void ad_tape_reset(ad_tape *t);
 // 1 if v is a live handle of t (a node on it now, not one a rewind or reset dropped), else 0.
 int ad_tape_holds(const ad_tape *t, ad_var v);

@@ -254,7 +254,11 @@ void ad_tape_free(ad_tape *t) {
 }
 
 // Node 0 (the NaN every invalid handle reads) is recorded in the new epoch too, so marks taken
-// before the reset (all of them end at node 0 or later) are stale after it.
+// before the reset (all of them end at node 0 or later) are stale after it. What decides which
+// nodes are found again (the view cache and its clock, the unit, the memo) is cleared as on a
+// new tape: a recording after the reset is the one a new tape makes, node for node, so its sums
+// run in the same order and give the same bits (a run resumed on a new tape ends as one that
+// went through). Memory, counters and settings (deferral aside) stay.
 void ad_tape_reset(ad_tape *t) {
     ad_tape_clear_error(t);
     t->epoch = ad_next_epoch(t->epoch);
@@ -263,6 +267,11 @@ void ad_tape_reset(ad_tape *t) {
     t->arena_used = 0;
     t->lazy = t->nograd = 0;
     memset(t->memo, 0, sizeof t->memo);
+    memset(t->view_cache, 0, sizeof t->view_cache);
+    memset(t->view_data, 0, sizeof t->view_data);
+    memset(t->view_used, 0, sizeof t->view_used);
+    t->view_clock = 0;
+    t->unit = 0;
     t->nodes[0] = (ad_node){.op = OP_ERROR, .flags = NF_VALUE | NF_NOGRAD | NF_VIEW | NF_STABLE, .rows = 1,
                             .cols = 1, .epoch = t->epoch, .val = &t->nan_};
     t->n_nodes = 1;
