@@ -165,8 +165,8 @@ static inline uint32_t ad_next_epoch(uint32_t e) { return e >= 0x7fffffffu ? 1u 
 // hand-made value fails one of them (its epoch bits are 0 or at least 2^31). The index is
 // clamped to node 0 before the load, so a bad handle reads nothing outside the array.
 static inline bool ad_live(const ad_tape *t, ad_var v) {
-    uint32_t i = (uint32_t)v;
-    return i - 1u < (uint32_t)t->n_nodes - 1u && t->nodes[i].epoch == ad_epoch_of(v);
+    int32_t i = ad_index(v); // as ad_node_at takes it, so that the two share the address
+    return (uint32_t)i - 1u < (uint32_t)t->n_nodes - 1u && t->nodes[i].epoch == ad_epoch_of(v);
 }
 static inline int ad_size(const ad_node *n) { return n->rows * n->cols; }
 static inline ad_shape ad_node_shape(const ad_node *n) {
