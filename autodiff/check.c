@@ -116,15 +116,18 @@ static bool check_args(ad_check_report *r, ad_fn fn, int n_in, const ad_shape *s
     else if (n_in < 1 || n_in > 16) snprintf(b, sizeof b, "%d inputs (1 to 16)", n_in);
     else if (!shapes) snprintf(b, sizeof b, "shapes is NULL");
     else if (!point) snprintf(b, sizeof b, "point is NULL");
-    else if (!(p->h > 0) || !isfinite(p->h)) snprintf(b, sizeof b, "step h = %g must be finite and > 0", p->h);
-    else if (!(p->rtol >= 0) || !isfinite(p->rtol)) snprintf(b, sizeof b, "rtol = %g must be finite and >= 0", p->rtol);
-    else if (!(p->atol >= 0) || !isfinite(p->atol)) snprintf(b, sizeof b, "atol = %g must be finite and >= 0", p->atol);
+    else if (!(p->h > 0) || !isfinite(p->h))
+        snprintf(b, sizeof b, "step h = %g must be finite and > 0", p->h);
+    else if (!(p->rtol >= 0) || !isfinite(p->rtol))
+        snprintf(b, sizeof b, "rtol = %g must be finite and >= 0", p->rtol);
+    else if (!(p->atol >= 0) || !isfinite(p->atol))
+        snprintf(b, sizeof b, "atol = %g must be finite and >= 0", p->atol);
     int64_t total = 0;
     for (int k = 0; !b[0] && k < n_in; k++) {
         ad_shape s = shapes[k];
         if (!ad_shape_valid(s))
-            snprintf(b, sizeof b, "input %d has an invalid shape (rank %d, %d x %d, at most %d entries)",
-                     k, s.rank, s.rows, s.cols, (int)INT32_MAX);
+            snprintf(b, sizeof b, "input %d has an invalid shape (rank %d, %d x %d; at most %d "
+                     "entries)", k, s.rank, s.rows, s.cols, (int)INT32_MAX);
         else if ((total += (int64_t)s.rows * s.cols) > INT32_MAX)
             snprintf(b, sizeof b, "the inputs have more than %d entries together", (int)INT32_MAX);
         else if (!point[k] && s.rows * s.cols > 0)

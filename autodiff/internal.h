@@ -59,9 +59,9 @@ typedef struct {
 _Static_assert(sizeof(ad_node) == 64, "a node is one cache line");
 
 // Forward: compute n->val from its inputs' values. Returns AD_OK or a domain error (the caller
-// writes the message). Reverse: given the node y and its adjoint gy (handles; ad_input gives
-// the inputs' handles), set gin[k] to the adjoint
-// contribution for input k when need[k] (recorded with tape ops); leave AD_NONE for no gradient.
+// writes the message). Reverse: given the node y and its adjoint gy (handles; ad_input gives the
+// inputs' handles), set gin[k] to the adjoint contribution for input k when need[k] (recorded
+// with tape ops); leave AD_NONE for no gradient.
 // A contribution may be given negated, as -handle (ad_negated): the sweep folds the sign into
 // its sums instead of recording a negation.
 typedef ad_status (*ad_fwd_fn)(ad_tape *t, ad_node *n);
@@ -162,8 +162,8 @@ static inline uint32_t ad_next_epoch(uint32_t e) { return e >= 0x7fffffffu ? 1u 
 // v names a node of the tape now: its index is on the tape (not node 0) and the node there was
 // recorded in v's epoch. A handle from before a rewind or reset that dropped its node fails the
 // second test (epochs differ), whatever was recorded at that index since; a negative or
-// hand-made value fails one of them (its epoch bits are 0 or at least 2^31). The index is
-// clamped to node 0 before the load, so a bad handle reads nothing outside the array.
+// hand-made value fails one of them (its epoch bits are 0 or at least 2^31). The range test
+// comes first, so a bad handle reads nothing outside the array.
 static inline bool ad_live(const ad_tape *t, ad_var v) {
     int32_t i = ad_index(v); // as ad_node_at takes it, so that the two share the address
     return (uint32_t)i - 1u < (uint32_t)t->n_nodes - 1u && t->nodes[i].epoch == ad_epoch_of(v);
