@@ -12,19 +12,31 @@
 // [1, n] added to each row of [m, n], as a bias; a matrix [m, 1] to each column).
 //
 // Errors never abort. The first error (shape mismatch, domain error, memory cap, NaN/Inf when
-// checking is on, a bad argument) is kept on the tape with a message naming the op and shapes;
-// every later op returns AD_NONE and does nothing; entry points return the status.
+// checking is on, a bad argument) is kept on the tape with a message naming the op and shapes
+// (inside a gradient, also the op whose reverse rule failed: "reverse of sqrt: div: division by
+// zero ..."); every later op returns AD_NONE and does nothing; entry points return the status.
+//
+// Counters, benchmark hooks and products kept across a rewind are in ad_extra.h.
 #ifndef HYPERTAPE_AD_H
 #define HYPERTAPE_AD_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct ad_tape ad_tape;
 
 // A handle to a node on a tape. AD_NONE (0) is what ops return after an error; reading its value
-// gives NaN, using it in an op is a no-op.
-typedef int32_t ad_var;
+// gives NaN, using it in an op is a no-op. A handle names one recording of a node: once a rewind
+// or a reset drops the node, the handle is stale, and an op given it records AD_EARG instead of
+// reading whatever was recorded at that place since (ad_value gives NaN, as for any invalid
+// handle). Handles are the node's index (bits 0-31) and the tape's epoch when it was recorded
+// (bits 32-62), which moves at every rewind that drops nodes and at every reset, and wraps after
+// 2^31 - 1 of them: a stale handle is told apart until exactly that many such rewinds later.
+typedef int64_t ad_var;
 #define AD_NONE ((ad_var)0)
 
 typedef enum {
@@ -52,7 +64,7 @@ typedef struct {
     size_t max_bytes;  // cap on nodes + values + scratch; 0 = no cap
     int check_finite;  // 1: an op producing NaN/Inf is an error (AD_ENAN)
     size_t chunk_bytes; // arena growth step for values (0 = 1 MiB)
-    int time_blas;     // 1: add up the wall time of matrix products (ad_tape_blas_seconds)
+    int time_blas;     // 1: add up the wall time of matrix products (ad_extra.h)
     int threads;       // threads for large products with few output columns (ad_matmul with at
                        // most 16); 0 = the online CPUs, at most 4, and no more than
                        // OPENBLAS_NUM_THREADS or OMP_NUM_THREADS when set
@@ -63,57 +75,49 @@ ad_tape_params ad_tape_default_params(void);
 ad_tape *ad_tape_new(const ad_tape_params *p);
 void ad_tape_free(ad_tape *t);
 
+ad_status ad_tape_status(const ad_tape *t);
+const char *ad_tape_error(const ad_tape *t); // "" when no error
+void ad_tape_clear_error(ad_tape *t);
+// Records a failure of the caller's own (e.g. a callback's bad output) as the tape's error.
+void ad_tape_fail(ad_tape *t, ad_status s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+// A point in a tape's recording (its fields are the tape's business).
 typedef struct {
-    int32_t nodes;
+    const ad_tape *tape;  // the tape it was taken on
+    int32_t nodes;        // nodes recorded then
+    uint32_t epoch;       // the epoch of the last of them (a later rewind below it changes it)
     size_t chunk, offset; // arena position
     size_t used;          // doubles handed out from the arena so far
 } ad_mark;
 
 ad_mark ad_tape_mark(const ad_tape *t);
-// Drops every node recorded after m (handles >= m's are invalid afterwards). Memory is kept for reuse.
+// Drops every node recorded after m: their handles go stale. Memory is kept for reuse. A mark of
+// another tape, one past the end of the recording, or one a rewind or reset has dropped since
+// (its last node was dropped, whatever was recorded at its place after) is an AD_EARG recorded on
+// the tape, and nothing is dropped.
 void ad_tape_rewind(ad_tape *t, ad_mark m);
-// Drops everything and clears the error.
+// Drops everything and clears the error; every handle and mark of the tape goes stale. What is
+// recorded next is what a new tape would record, node for node and bit for bit (memory, the
+// counters of ad_extra.h and the settings stay).
 void ad_tape_reset(ad_tape *t);
+// 1 if v is a live handle of t (a node on it now, not one a rewind or reset dropped), else 0.
+int ad_tape_holds(const ad_tape *t, ad_var v);
+int32_t ad_tape_nodes(const ad_tape *t); // nodes recorded now (node 0 is the tape's own)
+
 // Deferred recording: while on, ops record their node (shape checks and errors as usual) but
 // compute values only when something needs them: ad_value, an op recorded with deferral off, or
 // a reverse sweep. A step re-recorded only to be differentiated then costs just the products its
 // reverse rules read. Returns the previous setting.
 int ad_tape_defer(ad_tape *t, int on);
-// Node values computed since the tape was made (what deferral saves shows here).
-int64_t ad_tape_evals(const ad_tape *t);
 
-ad_status ad_tape_status(const ad_tape *t);
-const char *ad_tape_error(const ad_tape *t); // "" when no error
-void ad_tape_clear_error(ad_tape *t);
 // Bytes the tape holds now and at most so far (nodes, values, scratch).
 size_t ad_tape_bytes(const ad_tape *t);
+size_t ad_tape_peak_bytes(const ad_tape *t);
 // Bytes in use now: the recorded nodes and the values handed out (what a mark-to-now difference of
 // it measures is what that stretch of recording costs, unlike the allocated bytes, which grow by
 // chunks, or the arena position, which skips a chunk's unused end).
 size_t ad_tape_used_bytes(const ad_tape *t);
-size_t ad_tape_peak_bytes(const ad_tape *t);
-int32_t ad_tape_nodes(const ad_tape *t);
-// Seconds spent in matrix products (matvec, matmul: cblas and the thin kernel) since the tape
-// was made, when params.time_blas is set; benchmarks compare it with the total to show the
-// overhead outside the products.
-double ad_tape_blas_seconds(const ad_tape *t);
-// Large products whose output has few columns (X W with W [784, 10], and X^T G) run on the
-// tape's own streaming kernel where the CPU has one (AVX2 + FMA); off sends them to cblas, for
-// comparisons. Returns the previous setting.
-int ad_tape_thin_products(ad_tape *t, int on);
-// What those products run on: "AVX2+FMA kernel, 2 threads", or "cblas" when off or unavailable.
-const char *ad_tape_product_kernel(const ad_tape *t, char buf[64]);
-// How many nodes of each op were recorded since the tape was made (for coverage tests).
-const char *ad_op_name(int op);
-int ad_op_find(const char *name); // the op's number for the counters below, -1 if none
-int ad_op_count(void);
-int64_t ad_tape_op_uses(const ad_tape *t, int op);
-// How many values of each op were computed (a deferred node that nothing read is recorded, not
-// computed): what a benchmark counts as passes over its data.
-int64_t ad_tape_op_evals(const ad_tape *t, int op);
-// Records a failure of the caller's own (e.g. a callback's bad output) as the tape's error.
-void ad_tape_fail(ad_tape *t, ad_status s, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 
 // ---- leaves --------------------------------------------------------------------------------------
 
@@ -130,22 +134,7 @@ ad_var ad_const_view(ad_tape *t, ad_shape s, const double *data);
 ad_var ad_scalar(ad_tape *t, double v); // constant scalar
 ad_var ad_fill(ad_tape *t, ad_shape s, double v); // constant filled with v
 
-// ---- keeping products across a rewind (keep.c) ------------------------------------------------------
-
-// A recording that is rewound and made again (a reverse sweep re-recording an unrolled step)
-// computes its products over large constants twice. ad_keep copies the computed products
-// recorded since m whose one operand is a constant (ad_matmul_coded, or ad_matmul with an
-// ad_const_view) and the other a leaf seen through reshapes and slices (W_k, a slice of the
-// state y_k), of at least 2^20 multiply-adds, each with that operand's value. NULL when there is
-// none, or they would take more than max_bytes (then nothing is kept). ad_reuse, on the
-// recording made again since m, gives each uncomputed such product whose constant is the same
-// and whose operand equals a kept one entry by entry the kept value; it returns how many. The
-// constants are known by their address: their contents must not change between the two.
-typedef struct ad_kept ad_kept;
-ad_kept *ad_keep(ad_tape *t, ad_mark m, size_t max_bytes);
-int ad_reuse(ad_tape *t, ad_mark m, const ad_kept *k);
-size_t ad_kept_bytes(const ad_kept *k);
-void ad_kept_free(ad_kept *k); // NULL is fine
+// ---- values ---------------------------------------------------------------------------------------
 
 ad_shape ad_shape_of(const ad_tape *t, ad_var v);
 // The value (forced if it was recorded lazily). Never NULL: a value that could not be computed
@@ -271,7 +260,8 @@ enum {
 };
 
 // Vector-Jacobian product: out[i] = (dy/dwrt[i])^T ybar, ybar of y's shape. Any non-constant
-// node can be in wrt; a wrt that y does not depend on gets zeros. Returns the tape's status.
+// node can be in wrt; a wrt that y does not depend on gets zeros. Returns the tape's status;
+// n < 0, or a NULL wrt or out with n > 0, is an AD_EARG.
 ad_status ad_vjp(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var *wrt, ad_var *out,
                  unsigned flags);
 // Gradient of a scalar y.
@@ -305,11 +295,15 @@ typedef struct {
 } ad_check_report;
 
 ad_check_params ad_check_default_params(void);
-// Compare ad_grad of fn at the given point with central differences of fn.
+// Compare ad_grad of fn at the given point with central differences of fn. Nothing runs, and the
+// report has AD_EARG and a message, for bad arguments: no fn, other than 1 to 16 inputs, a shape
+// a tensor cannot have, a NULL point[k] for an input with entries, h not finite and > 0, rtol or
+// atol not finite and >= 0.
 ad_check_report ad_check_grad(ad_fn fn, void *ctx, int n_in, const ad_shape *shapes,
                               const double *const *point, const ad_check_params *p);
 // Compare the Hessian-vector products H v for a seeded random v (one per input, the joint
-// Hessian of all inputs) with central differences of the gradient along v.
+// Hessian of all inputs) with central differences of the gradient along v. Arguments are
+// checked as for ad_check_grad.
 ad_check_report ad_check_hvp(ad_fn fn, void *ctx, int n_in, const ad_shape *shapes,
                              const double *const *point, const ad_check_params *p);
 
@@ -320,5 +314,9 @@ void ad_rng_seed(ad_rng *r, uint64_t seed);
 uint64_t ad_rng_next(ad_rng *r);
 double ad_rng_uniform(ad_rng *r);                 // [0, 1)
 double ad_rng_normal(ad_rng *r);                  // N(0, 1)
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -28,8 +28,12 @@ static ad_var record(evaluator *e) {
     if (ad_tape_status(e->t) != AD_OK) return AD_NONE;
     ad_var f = e->fn(e->t, e->in, e->ctx);
     if (ad_tape_status(e->t) != AD_OK) return AD_NONE;
+    if (!ad_tape_holds(e->t, f)) {
+        ad_tape_fail(e->t, AD_EARG, "check: the function returned no node of the tape");
+        return AD_NONE;
+    }
     ad_shape s = ad_shape_of(e->t, f);
-    if (!f || s.rows * s.cols != 1) {
+    if (s.rows * s.cols != 1) {
         ad_tape_fail(e->t, AD_ESHAPE, "check: the function did not return a scalar");
         return AD_NONE;
     }
@@ -102,15 +106,44 @@ static void compare(ad_check_report *r, const ad_check_params *p, const evaluato
              r->abs_err, r->rel_err);
 }
 
+// What is wrong with the arguments, in r->msg (false), before anything is allocated: shapes as
+// the tape takes them (ad_shape_valid), a point for every input with entries, a positive
+// finite step and finite tolerances >= 0.
+static bool check_args(ad_check_report *r, ad_fn fn, int n_in, const ad_shape *shapes,
+                       const double *const *point, const ad_check_params *p) {
+    char b[96] = "";
+    if (!fn) snprintf(b, sizeof b, "no function (fn is NULL)");
+    else if (n_in < 1 || n_in > 16) snprintf(b, sizeof b, "%d inputs (1 to 16)", n_in);
+    else if (!shapes) snprintf(b, sizeof b, "shapes is NULL");
+    else if (!point) snprintf(b, sizeof b, "point is NULL");
+    else if (!(p->h > 0) || !isfinite(p->h))
+        snprintf(b, sizeof b, "step h = %g must be finite and > 0", p->h);
+    else if (!(p->rtol >= 0) || !isfinite(p->rtol))
+        snprintf(b, sizeof b, "rtol = %g must be finite and >= 0", p->rtol);
+    else if (!(p->atol >= 0) || !isfinite(p->atol))
+        snprintf(b, sizeof b, "atol = %g must be finite and >= 0", p->atol);
+    int64_t total = 0;
+    for (int k = 0; !b[0] && k < n_in; k++) {
+        ad_shape s = shapes[k];
+        if (!ad_shape_valid(s))
+            snprintf(b, sizeof b, "input %d has an invalid shape (rank %d, %d x %d; at most %d "
+                     "entries)", k, s.rank, s.rows, s.cols, (int)INT32_MAX);
+        else if ((total += (int64_t)s.rows * s.cols) > INT32_MAX)
+            snprintf(b, sizeof b, "the inputs have more than %d entries together", (int)INT32_MAX);
+        else if (!point[k] && s.rows * s.cols > 0)
+            snprintf(b, sizeof b, "input %d has no point (point[%d] is NULL)", k, k);
+    }
+    if (!b[0]) return true;
+    r->status = AD_EARG;
+    snprintf(r->msg, sizeof r->msg, "check: %s", b);
+    return false;
+}
+
 static bool setup(evaluator *e, ad_check_report *r, ad_fn fn, void *ctx, int n_in,
-                  const ad_shape *shapes, const double *const *point) {
+                  const ad_shape *shapes, const double *const *point, const ad_check_params *p) {
     memset(r, 0, sizeof *r);
     memset(e, 0, sizeof *e);
-    if (!fn || n_in < 1 || n_in > 16 || !shapes || !point) {
-        r->status = AD_EARG;
-        snprintf(r->msg, sizeof r->msg, "check: bad arguments (1 to 16 inputs)");
-        return false;
-    }
+    if (!check_args(r, fn, n_in, shapes, point, p)) return false;
     *e = (evaluator){.fn = fn, .ctx = ctx, .n_in = n_in, .shapes = shapes};
     e->t = ad_tape_new(NULL);
     e->x = calloc((size_t)n_in, sizeof *e->x);
@@ -118,12 +151,12 @@ static bool setup(evaluator *e, ad_check_report *r, ad_fn fn, void *ctx, int n_i
     for (int k = 0; ok && k < n_in; k++) {
         int n = ad_shape_size(shapes[k]);
         e->x[k] = malloc((size_t)(n ? n : 1) * sizeof(double));
-        ok = e->x[k] && (n == 0 || point[k]);
+        ok = e->x[k] != NULL;
         if (ok && n) memcpy(e->x[k], point[k], (size_t)n * sizeof(double));
     }
     if (!ok) {
         r->status = AD_ENOMEM;
-        snprintf(r->msg, sizeof r->msg, "check: out of memory or NULL point");
+        snprintf(r->msg, sizeof r->msg, "check: out of memory");
     }
     return ok;
 }
@@ -146,7 +179,7 @@ ad_check_report ad_check_grad(ad_fn fn, void *ctx, int n_in, const ad_shape *sha
     ad_check_params p = par ? *par : ad_check_default_params();
     ad_check_report r;
     evaluator e;
-    if (setup(&e, &r, fn, ctx, n_in, shapes, point)) {
+    if (setup(&e, &r, fn, ctx, n_in, shapes, point, &p)) {
         int n = total_size(&e);
         double *a = malloc((size_t)(n ? n : 1) * sizeof *a), *num = malloc((size_t)(n ? n : 1) * sizeof *num);
         bool ok = a && num && gradient(&e, a, NULL, NULL);
@@ -178,7 +211,7 @@ ad_check_report ad_check_hvp(ad_fn fn, void *ctx, int n_in, const ad_shape *shap
     ad_check_params p = par ? *par : ad_check_default_params();
     ad_check_report r;
     evaluator e;
-    if (setup(&e, &r, fn, ctx, n_in, shapes, point)) {
+    if (setup(&e, &r, fn, ctx, n_in, shapes, point, &p)) {
         int n = total_size(&e);
         size_t sz = (size_t)(n ? n : 1) * sizeof(double);
         double *v = malloc(sz), *hv = malloc(sz), *gp = malloc(sz), *gm = malloc(sz), *g = malloc(sz);

@@ -16,7 +16,7 @@ enum { DEP = 1, OWNED = 2, NEED_A = 4, NEED_B = 8, FRESH = 16 };
 // One forward pass over [lo, hi]: the wrt nodes are marked DEP already. It runs over every node,
 // so the bits are combined without branching on them (measured: the dependent / constant pattern
 // of a long recording mispredicts); an input below lo (node 0 for an unused one) reads as 0.
-static void mark_dependents(const ad_tape *t, ad_var lo, ad_var hi, uint8_t *restrict dep) {
+static void mark_dependents(const ad_tape *t, int32_t lo, int32_t hi, uint8_t *restrict dep) {
     _Static_assert(NEED_A == DEP << 2 && NEED_B == DEP << 3, "need bits are shifted dep bits");
     const ad_node *restrict n = t->nodes + lo; // restrict: the byte stores to dep alias nothing
     for (unsigned k = 0, len = (unsigned)(hi - lo + 1); k < len; k++, n++) {
@@ -30,8 +30,10 @@ static void mark_dependents(const ad_tape *t, ad_var lo, ad_var hi, uint8_t *res
 // Adjoints carry a sign: a negative handle -v stands for -(node v). Negation commutes exactly
 // with every reverse rule (they are linear in the adjoint, and rounding to nearest is symmetric),
 // so a sweep moves signs through rules and sums and records ad_neg only for a negative result:
-// sub, neg and the step y - s g of a gradient method cost no node of their own.
+// sub, neg and the step y - s g of a gradient method cost no node of their own. (A handle is
+// positive, its epoch below 2^31, so its negation is too.)
 static inline ad_var node_of(ad_var g) { return g < 0 ? -g : g; }
+static inline int32_t index_of(ad_var g) { return ad_index(node_of(g)); }
 
 // True if the contribution c (a handle, maybe negated) is a node the reverse rule just recorded
 // (at or after fresh) that nothing else can read later: not the rule's other contribution, not
@@ -43,16 +45,16 @@ static inline ad_var node_of(ad_var g) { return g < 0 ? -g : g; }
 // summed into c has the shape ad_add would record.
 __attribute__((noinline)) static bool exclusive_slow(const ad_tape *t, ad_var c, ad_var other,
                                                      ad_var like) {
-    ad_var C = node_of(c);
+    int32_t C = index_of(c);
     const ad_node *n = &t->nodes[C];
-    if (like && !ad_shape_eq(ad_node_shape(&t->nodes[like]), ad_node_shape(n))) return false;
+    if (like && !ad_shape_eq(ad_shape_fast(t, like), ad_node_shape(n))) return false;
     if (n->op == OP_LEAF || (n->flags & (NF_VIEW | NF_STABLE)) ||
         !(n->flags & NF_VALUE) || (t->nodes[n->a].flags & t->nodes[n->b].flags & NF_STABLE))
         return false;
-    return !other || (node_of(other) != C && !(t->nodes[node_of(other)].flags & NF_VIEW));
+    return !other || (index_of(other) != C && !(t->nodes[index_of(other)].flags & NF_VIEW));
 }
-static inline bool exclusive(const ad_tape *t, ad_var c, ad_var other, ad_var fresh, ad_var like) {
-    return node_of(c) >= fresh && exclusive_slow(t, c, other, like);
+static inline bool exclusive(const ad_tape *t, ad_var c, ad_var other, int32_t fresh, ad_var like) {
+    return index_of(c) >= fresh && exclusive_slow(t, c, other, like);
 }
 
 // y[i] += x[i] (sub: -=) for n entries.
@@ -73,15 +75,15 @@ static void add_into(double *restrict y, const double *restrict x, int n, bool s
 // Inline in each copy of the loop below, where in_place is a constant.
 __attribute__((always_inline)) static inline ad_var accumulate(ad_tape *t, ad_var acc, ad_var g,
                                                                uint8_t *dep, bool in_place,
-                                                               ad_var other, ad_var fresh) {
+                                                               ad_var other, int32_t fresh) {
     if (!acc) {
-        ad_var O = node_of(other);
-        if (in_place && node_of(g) >= fresh &&
-            (!other || (O != node_of(g) && !(t->nodes[O].flags & NF_VIEW))))
+        int32_t O = index_of(other);
+        if (in_place && index_of(g) >= fresh &&
+            (!other || (O != index_of(g) && !(t->nodes[O].flags & NF_VIEW))))
             *dep |= FRESH;
         return g;
     }
-    ad_var A = node_of(acc), G = node_of(g);
+    ad_var A = node_of(acc), G = node_of(g); // handles
     bool same = (acc < 0) == (g < 0);
     if (in_place) {
         if ((*dep & (OWNED | FRESH)) == FRESH) { // the first contribution, judged now
@@ -90,13 +92,13 @@ __attribute__((always_inline)) static inline ad_var accumulate(ad_tape *t, ad_va
         }
         if ((*dep & OWNED) && ad_force(t, G)) { // g may be an input passed through: computed first
             // acc's sign stays; g adds or subtracts
-            add_into(t->nodes[A].val, t->nodes[G].val, ad_size(&t->nodes[A]), !same);
+            add_into(ad_val(t, A), ad_val(t, G), ad_size(ad_node_at(t, A)), !same);
             return acc;
         }
         // acc + g summed into g's node, g's sign kept: the sums ad_add / ad_sub below would
         // record (a + b is b + a, and a - b is -(b - a), exactly)
         if (exclusive(t, g, other, fresh, A) && ad_force(t, A)) {
-            add_into(t->nodes[G].val, t->nodes[A].val, ad_size(&t->nodes[G]), !same);
+            add_into(ad_val(t, G), ad_val(t, A), ad_size(ad_node_at(t, G)), !same);
             *dep |= OWNED;
             return g;
         }
@@ -108,23 +110,31 @@ __attribute__((always_inline)) static inline ad_var accumulate(ad_tape *t, ad_va
     return same && acc < 0 ? -r : r;
 }
 
-// The reverse loop over [lo, y], made twice: summing in place (in_place, a constant in each
-// copy) asks more of each contribution, which a gradient recorded to be differentiated again
-// (the inner gradient of every step of an unrolled loop) should not pay for.
-__attribute__((always_inline)) static inline void sweep(ad_tape *t, ad_var y, ad_var lo,
+// The reverse loop over the indices [lo, y], made twice: summing in place (in_place, a constant
+// in each copy) asks more of each contribution, which a gradient recorded to be differentiated
+// again (the inner gradient of every step of an unrolled loop) should not pay for. adj[] holds
+// handles (maybe negated), dep[] the bits above, both by index - lo.
+__attribute__((always_inline)) static inline void sweep(ad_tape *t, int32_t y, int32_t lo,
                                                         ad_var *adj, uint8_t *dep, bool in_place) {
-    for (ad_var i = y; i >= lo && t->status == AD_OK; i--) {
+    for (int32_t i = y; i >= lo && t->status == AD_OK; i--) {
         ad_var g = adj[i - lo];
         uint8_t bits = dep[i - lo];
         // leaves and nodes with no dependent input have no need bits (and a node with need bits
         // is not NOGRAD, so it has a reverse rule)
         if (!g || !(bits & (NEED_A | NEED_B))) continue;
         const ad_node *nd = &t->nodes[i];
-        ad_var in[2] = {nd->a, nd->b};
+        int32_t in[2] = {nd->a, nd->b};
         bool need[2] = {(bits & NEED_A) != 0, (bits & NEED_B) != 0};
         ad_var gin[2] = {AD_NONE, AD_NONE};
-        ad_var fresh = t->n_nodes; // nodes from here on are the rule's
-        ad_ops[nd->op]->rev(t, i, node_of(g), need, gin);
+        int32_t fresh = t->n_nodes; // nodes from here on are the rule's
+        uint8_t op = nd->op; // nd moves if the rule's nodes grow the array
+        ad_ops[op]->rev(t, ad_ref(t, i), node_of(g), need, gin);
+        // What fails in the rule is reported as the reverse of op; so is what fails later in a
+        // node it recorded deferred (computed when read). A sweep that does not defer (one that
+        // sums in place never does) computes its nodes as the rule records them.
+        if (t->status != AD_OK) ad_fail_in_rule(t, op);
+        if (!in_place && t->lazy)
+            for (int32_t j = fresh; j < t->n_nodes; j++) t->nodes[j].rule = op;
         for (int k = 0; k < 2; k++) {
             if (!need[k] || !gin[k]) continue;
             ad_var c = g < 0 ? -gin[k] : gin[k];
@@ -137,15 +147,23 @@ __attribute__((always_inline)) static inline void sweep(ad_tape *t, ad_var y, ad
 // The sweep. lazy: record adjoints without computing them (their values are computed when
 // something needs them); used for the inner gradient of a Hessian-vector product, whose value
 // is never read, only differentiated.
+// The lists of a gradient entry point: n >= 0 inputs in wrt and as many outputs in out, which is
+// cleared. Otherwise records an AD_EARG naming op (nothing is written).
+static bool check_lists(ad_tape *t, const char *op, int n, const ad_var *wrt, ad_var *out) {
+    const char *why = n < 0 ? "a negative number of inputs" : n > 0 && !wrt ? "wrt is NULL"
+                    : n > 0 && !out ? "out is NULL" : NULL;
+    if (why) {
+        ad_fail(t, AD_EARG, "%s: %s (%d inputs)", op, why, n);
+        return false;
+    }
+    for (int k = 0; k < n; k++) out[k] = AD_NONE;
+    return true;
+}
+
 static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var *wrt,
                           ad_var *out, unsigned flags, int lazy) {
-    for (int k = 0; k < n; k++) out[k] = AD_NONE;
     ad_var ys[2] = {y, ybar};
     if (!ad_check_args(t, "vjp", 2, ys)) return t->status;
-    if (n < 0 || (n > 0 && (!wrt || !out))) {
-        ad_fail(t, AD_EARG, "vjp: bad list of %d inputs", n);
-        return t->status;
-    }
     if (!ad_check_args(t, "vjp (inputs)", n, wrt)) return t->status;
     ad_shape sy = ad_shape_fast(t, y), sb = ad_shape_fast(t, ybar);
     if (sy.rows != sb.rows || sy.cols != sb.cols) {
@@ -154,35 +172,37 @@ static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var
                 ad_shape_str(sy, z));
         return t->status;
     }
-    ad_var lo = y;
+    int32_t yi = ad_index(y), lo = yi;
     for (int k = 0; k < n; k++) {
-        if (t->nodes[wrt[k]].flags & NF_NOGRAD) {
+        const ad_node *w = ad_node_at(t, wrt[k]);
+        if (w->flags & NF_NOGRAD) {
             ad_fail(t, AD_EARG, "vjp: input %d (node %d, %s) is a constant; use ad_param", k,
-                    (int)wrt[k], ad_ops[t->nodes[wrt[k]].op]->name);
+                    (int)ad_index(wrt[k]), ad_ops[w->op]->name);
             return t->status;
         }
-        if (wrt[k] < lo) lo = wrt[k];
+        if (ad_index(wrt[k]) < lo) lo = ad_index(wrt[k]);
     }
-    size_t len = (size_t)(y - lo + 1);
+    size_t len = (size_t)(yi - lo + 1);
     uint8_t *dep = ad_scratch(t, len * (sizeof(ad_var) + 1));
     if (!dep) return t->status;
     ad_var *adj = (ad_var *)(void *)dep;
     dep = (uint8_t *)(adj + len);
     memset(adj, 0, len * (sizeof *adj + 1)); // adj and dep together
     for (int k = 0; k < n; k++)
-        if (wrt[k] <= y) dep[wrt[k] - lo] = DEP;
-    mark_dependents(t, lo, y, dep);
+        if (ad_index(wrt[k]) <= yi) dep[ad_index(wrt[k]) - lo] = DEP;
+    mark_dependents(t, lo, yi, dep);
 
     int saved_lazy = t->lazy, saved_nograd = t->nograd;
     lazy = lazy || saved_lazy; // a deferring tape records the adjoints deferred too
     t->lazy = lazy;
     t->nograd = !(flags & AD_CREATE_GRAPH);
     bool in_place = t->nograd && !lazy;
-    if (dep[y - lo]) adj[y - lo] = ad_shape_eq(sy, sb) ? ybar : ad_reshape(t, ybar, sy);
-    if (in_place) sweep(t, y, lo, adj, dep, true);
-    else sweep(t, y, lo, adj, dep, false);
+    if (dep[yi - lo]) adj[yi - lo] = ad_shape_eq(sy, sb) ? ybar : ad_reshape(t, ybar, sy);
+    if (in_place) sweep(t, yi, lo, adj, dep, true);
+    else sweep(t, yi, lo, adj, dep, false);
     for (int k = 0; k < n && t->status == AD_OK; k++) {
-        ad_var g = wrt[k] <= y ? adj[wrt[k] - lo] : AD_NONE;
+        int32_t w = ad_index(wrt[k]);
+        ad_var g = w <= yi ? adj[w - lo] : AD_NONE;
         ad_shape s = ad_shape_fast(t, wrt[k]);
         if (!g) g = ad_fill(t, s, 0.0);
         if (g < 0) g = ad_neg(t, -g);
@@ -200,6 +220,7 @@ static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var
 
 ad_status ad_vjp(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var *wrt, ad_var *out,
                  unsigned flags) {
+    if (!check_lists(t, "vjp", n, wrt, out)) return t->status;
     return vjp_impl(t, y, ybar, n, wrt, out, flags, 0);
 }
 
@@ -215,7 +236,7 @@ static bool check_scalar(ad_tape *t, const char *op, ad_var f) {
 }
 
 ad_status ad_grad(ad_tape *t, ad_var y, int n, const ad_var *wrt, ad_var *out, unsigned flags) {
-    for (int k = 0; k < n && out; k++) out[k] = AD_NONE;
+    if (!check_lists(t, "grad", n, wrt, out)) return t->status;
     if (!check_scalar(t, "grad", y)) return t->status;
     ad_shape sy = ad_shape_fast(t, y);
     ad_var one = sy.rank == 0 ? ad_unit(t) : ad_fill(t, sy, 1.0);

@@ -1,9 +1,9 @@
 // Internals of the tape shared by the autodiff sources: the node layout, the op table and the
-// helpers ops use to record themselves. Not installed; users include ad.h only.
+// helpers ops use to record themselves. Not installed; users include ad.h (and ad_extra.h).
 #ifndef HYPERTAPE_AD_INTERNAL_H
 #define HYPERTAPE_AD_INTERNAL_H
 
-#include "ad.h"
+#include "ad_extra.h" // and ad.h
 
 #include <stdbool.h>
 
@@ -40,11 +40,15 @@ enum {
     NF_STABLE = 8,   // a leaf, or a node the memo found again: ops on it are looked up (ad_memo)
 };
 
+// One node: 64 bytes, one cache line (the node array is 64-byte aligned).
 typedef struct {
-    uint8_t op, flags, rank, pad_;
+    uint8_t op, flags, rank;
+    uint8_t rule;      // the op whose reverse rule recorded this node deferred (0: none): its
+                       // errors, when it is computed later, name that rule
     int32_t rows, cols;
-    ad_var a, b;       // inputs (0 when unused)
+    int32_t a, b;      // inputs by index (0 when unused); ad_input makes their handles
     int32_t i0, i1;    // integer parameters (transpose flags, offsets, sizes)
+    uint32_t epoch;    // the tape's epoch when the node was recorded: its handles carry it
     double p0, p1;     // real parameters (scale, exponent, box)
     double *val;       // rows * cols doubles, row-major
     union {
@@ -52,10 +56,12 @@ typedef struct {
         const void *ext;    // the caller's constant an op reads (matmul_coded: an ad_coded)
     };
 } ad_node;
+_Static_assert(sizeof(ad_node) == 64, "a node is one cache line");
 
 // Forward: compute n->val from its inputs' values. Returns AD_OK or a domain error (the caller
-// writes the message). Reverse: given the node y and its adjoint gy, set gin[k] to the adjoint
-// contribution for input k when need[k] (recorded with tape ops); leave AD_NONE for no gradient.
+// writes the message). Reverse: given the node y and its adjoint gy (handles; ad_input gives the
+// inputs' handles), set gin[k] to the adjoint contribution for input k when need[k] (recorded
+// with tape ops); leave AD_NONE for no gradient.
 // A contribution may be given negated, as -handle (ad_negated): the sweep folds the sign into
 // its sums instead of recording a negation.
 typedef ad_status (*ad_fwd_fn)(ad_tape *t, ad_node *n);
@@ -83,8 +89,13 @@ typedef struct chunk {
 } chunk;
 
 struct ad_tape {
-    ad_node *nodes;
+    ad_node *nodes; // 64-byte aligned
     int32_t n_nodes, cap_nodes;
+    // Handles are (epoch << 32) | index. The epoch changes at every rewind that drops nodes and
+    // at every reset, so a handle to a dropped node never names what is recorded at its index
+    // later (ad_live). It runs 1, 2, ..., 2^31 - 1, then 1 again (ad_next_epoch): 0 is never an
+    // epoch, so a bare index, or a handle cut to 32 bits, names no node.
+    uint32_t epoch;
     chunk *chunks;
     size_t n_chunks, cur_chunk, cur_off; // allocation position in chunks[cur_chunk]
     size_t arena_used; // doubles handed out since the last reset (a mark keeps it too)
@@ -108,13 +119,13 @@ struct ad_tape {
     // view_data[i] is the memory of the view view_cache[i] names whenever that node is a view
     // leaf (set for every entry naming a view when it is made), so only entries made for the
     // same memory are looked at further.
-    ad_var view_cache[16];
+    int32_t view_cache[16]; // node indices, like the unit and the memo's entries
     const double *view_data[16];
     int64_t view_used[16], view_clock;
-    ad_var unit;
+    int32_t unit;
     // Nodes of stable inputs recorded lately (ad_memo): 16 sets of two by a hash of op and inputs.
     struct ad_memo {
-        ad_var v;
+        int32_t v;
         int hit;
     } memo[32];
     int no_share; // record fresh nodes only (an accumulator about to be summed into in place)
@@ -129,15 +140,45 @@ struct ad_tape {
 
 // ---- helpers for op definitions (tape.c) ----
 
-static inline ad_node *ad_node_at(ad_tape *t, ad_var v) { return &t->nodes[v]; }
-static inline double *ad_val(ad_tape *t, ad_var v) { return t->nodes[v].val; }
+// Handles and indices. Inside the tape a node is named by its index (int32_t): a node's inputs,
+// the memo, the view cache, the unit, the reverse sweep's arrays. A handle is made from an index
+// with the node's own epoch (ad_ref) when it leaves the tape: returned by an op, or passed to one
+// by a reverse rule (ad_input). The accessors below take a live handle or a bare index (whose
+// epoch bits are 0), and look only at the index.
+static inline int32_t ad_index(ad_var v) { return (int32_t)(uint32_t)v; }
+static inline uint32_t ad_epoch_of(ad_var v) { return (uint32_t)((uint64_t)v >> 32); }
+static inline ad_var ad_ref(const ad_tape *t, int32_t i) {
+    return (ad_var)((uint64_t)t->nodes[i].epoch << 32 | (uint32_t)i);
+}
+static inline ad_node *ad_node_at(const ad_tape *t, ad_var v) { return &t->nodes[ad_index(v)]; }
+static inline double *ad_val(const ad_tape *t, ad_var v) { return ad_node_at(t, v)->val; }
+// The handle of node y's input k (0: a, 1: b), for a reverse rule to pass to ops.
+static inline ad_var ad_input(const ad_tape *t, ad_var y, int k) {
+    const ad_node *n = ad_node_at(t, y);
+    return ad_ref(t, k ? n->b : n->a);
+}
+// The epoch after e: 2^31 - 1 wraps to 1 (0 is never an epoch).
+static inline uint32_t ad_next_epoch(uint32_t e) { return e >= 0x7fffffffu ? 1u : e + 1u; }
+// v names a node of the tape now: its index is on the tape (not node 0) and the node there was
+// recorded in v's epoch. A handle from before a rewind or reset that dropped its node fails the
+// second test (epochs differ), whatever was recorded at that index since; a negative or
+// hand-made value fails one of them (its epoch bits are 0 or at least 2^31). The range test
+// comes first, so a bad handle reads nothing outside the array.
+static inline bool ad_live(const ad_tape *t, ad_var v) {
+    int32_t i = ad_index(v); // as ad_node_at takes it, so that the two share the address
+    return (uint32_t)i - 1u < (uint32_t)t->n_nodes - 1u && t->nodes[i].epoch == ad_epoch_of(v);
+}
 static inline int ad_size(const ad_node *n) { return n->rows * n->cols; }
 static inline ad_shape ad_node_shape(const ad_node *n) {
     return (ad_shape){n->rank, n->rows, n->cols};
 }
 
-// True if the tape is healthy and every handle is valid; otherwise records an AD_EARG naming op.
+// True if the tape is healthy and every handle is live; otherwise records an AD_EARG naming op
+// and saying what is wrong with the first bad one (AD_NONE, stale, not of this tape).
 bool ad_check_args_slow(ad_tape *t, const char *op, int n, const ad_var *v);
+// True if m is a point of t's recording now (ad_tape_rewind's test); otherwise records an AD_EARG
+// naming op.
+bool ad_mark_check(ad_tape *t, ad_mark m, const char *op);
 // Recording is two steps so parameters are set in place: ad_push appends a node of op with
 // shape s and inputs a, b (other fields zero) and returns it, or NULL after an error; the caller
 // sets parameters (and may record nothing else meanwhile); ad_commit allocates the value and
@@ -150,7 +191,7 @@ static inline ad_node *ad_push(ad_tape *t, ad_op op, ad_shape s, ad_var a, ad_va
     if (t->n_nodes == t->cap_nodes && !ad_grow_nodes(t)) return NULL;
     ad_node *n = &t->nodes[t->n_nodes++];
     *n = (ad_node){.op = (uint8_t)op, .rank = (uint8_t)s.rank, .rows = s.rows, .cols = s.cols,
-                   .a = a, .b = b};
+                   .a = ad_index(a), .b = ad_index(b), .epoch = t->epoch};
     return n;
 }
 
@@ -172,10 +213,10 @@ __attribute__((always_inline)) static inline double *ad_arena_alloc(ad_tape *t, 
     return ad_arena_alloc_slow(t, n, what);
 }
 
-// Computes node v, forcing its inputs first if they are lazy; false after an error.
-bool ad_eval(ad_tape *t, ad_var v);
+// Computes node v (an index), forcing its inputs first if they are lazy; false after an error.
+bool ad_eval(ad_tape *t, int32_t v);
 // Records that node v's forward returned st (false).
-bool ad_eval_failed(ad_tape *t, ad_var v, ad_status st);
+bool ad_eval_failed(ad_tape *t, int32_t v, ad_status st);
 // Shared subexpressions. A node recorded again with the same op, inputs and parameters is the
 // same value: B x at every unrolled step of a loop over y, with x and the view B unchanged, or
 // the scalar 1/2 a gradient of 1/2 y^T A y scales its seed by. Such repeats are built on stable
@@ -183,12 +224,12 @@ bool ad_eval_failed(ad_tape *t, ad_var v, ad_status st);
 // looked up: v (just pushed, its gradient flag set) is dropped for an equal node still on the
 // tape, which is returned (computed unless the tape defers) and marked stable; otherwise v is
 // remembered and returned. A shared node's adjoint collects every use, so its reverse rule runs
-// once too.
-ad_var ad_memo(ad_tape *t, ad_var v);
+// once too. Indices in and out.
+int32_t ad_memo(ad_tape *t, int32_t v);
 
 __attribute__((always_inline)) static inline ad_var ad_commit(ad_tape *t, ad_node *n) {
     if (!n) return AD_NONE;
-    ad_var v = t->n_nodes - 1; // n is the node ad_push appended last
+    int32_t v = t->n_nodes - 1; // n is the node ad_push appended last
     if (t->status != AD_OK) { // something between push and commit failed
         t->n_nodes = v;
         return AD_NONE;
@@ -201,8 +242,8 @@ __attribute__((always_inline)) static inline ad_var ad_commit(ad_tape *t, ad_nod
         fa = t->nodes[n->a].flags, fb = t->nodes[n->b].flags;
         if (t->nograd || !d->rev || (fa & fb & NF_NOGRAD)) n->flags |= NF_NOGRAD;
         if ((fa & fb & NF_STABLE) && !t->no_share) {
-            ad_var w = ad_memo(t, v);
-            if (w != v) return w;
+            int32_t w = ad_memo(t, v);
+            if (w != v) return w ? ad_ref(t, w) : AD_NONE;
         }
     }
     if (!n->val) { // leaves and reshapes set theirs
@@ -213,26 +254,26 @@ __attribute__((always_inline)) static inline ad_var ad_commit(ad_tape *t, ad_nod
         }
     }
     t->op_uses[n->op]++;
-    if (t->lazy || (n->flags & NF_VALUE)) return v;
-    if (!(fa & fb & NF_VALUE) || t->par.check_finite) return ad_eval(t, v) ? v : AD_NONE;
+    ad_var h = (ad_var)((uint64_t)t->epoch << 32 | (uint32_t)v); // n->epoch is the tape's
+    if (t->lazy || (n->flags & NF_VALUE)) return h;
+    if (!(fa & fb & NF_VALUE) || t->par.check_finite) return ad_eval(t, v) ? h : AD_NONE;
     t->op_evals[n->op]++; // the common case inline: computed inputs, no finiteness check
     ad_status st = d->fwd(t, n);
-    if (st != AD_OK) return ad_eval_failed(t, v, st) ? v : AD_NONE;
+    if (st != AD_OK) return ad_eval_failed(t, v, st) ? h : AD_NONE;
     n->flags |= NF_VALUE;
-    return v;
+    return h;
 }
-// A healthy tape and a handle of one of its nodes (the fast test; ad_check_args_slow reports).
-// 0 < v < n_nodes as one unsigned comparison (n_nodes >= 1: node 0 is always there).
+// A healthy tape and a live handle of it (the fast test; ad_check_args_slow reports).
 static inline bool ad_valid(const ad_tape *t, ad_var v) {
-    return t->status == AD_OK && (uint32_t)v - 1u < (uint32_t)t->n_nodes - 1u;
+    return t->status == AD_OK && ad_live(t, v);
 }
 static inline bool ad_check_args(ad_tape *t, const char *op, int n, const ad_var *v) {
     bool ok = t->status == AD_OK;
-    for (int i = 0; i < n; i++) ok &= (uint32_t)v[i] - 1u < (uint32_t)t->n_nodes - 1u;
+    for (int i = 0; i < n; i++) ok &= ad_live(t, v[i]);
     return ok || ad_check_args_slow(t, op, n, v);
 }
 static inline ad_shape ad_shape_fast(const ad_tape *t, ad_var v) {
-    return ad_node_shape(&t->nodes[v]);
+    return ad_node_shape(ad_node_at(t, v));
 }
 // The scalar constant 1 (the seed of a gradient), shared while it stays on the tape.
 ad_var ad_unit(ad_tape *t);
@@ -242,12 +283,18 @@ const int32_t *ad_copy_idx(ad_tape *t, int n, const int32_t *idx);
 // inline: most calls (a gradient passed through, an output read) find one.
 bool ad_force_slow(ad_tape *t, ad_var v);
 static inline bool ad_force(ad_tape *t, ad_var v) {
-    return (t->nodes[v].flags & NF_VALUE) || ad_force_slow(t, v);
+    return (ad_node_at(t, v)->flags & NF_VALUE) || ad_force_slow(t, v);
 }
 void ad_fail(ad_tape *t, ad_status s, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+// After a failure inside the reverse rule of op (rule != 0), or while computing a node that rule
+// recorded: puts "reverse of OP: " before the tape's message, once (the innermost rule is named).
+void ad_fail_in_rule(ad_tape *t, int rule);
 // "[m, n]" for messages.
 const char *ad_shape_str(ad_shape s, char buf[32]);
 void *ad_scratch(ad_tape *t, size_t bytes);
+// A shape a tensor can have: rank 0 (1 x 1), 1 (1 x n) or 2, no negative dimension, at most
+// INT32_MAX entries.
+bool ad_shape_valid(ad_shape s);
 // Broadcast result of two shapes; false if they do not combine.
 bool ad_broadcast_shape(ad_shape a, ad_shape b, ad_shape *out);
 static inline bool ad_shape_eq(ad_shape a, ad_shape b) {

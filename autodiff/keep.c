@@ -38,7 +38,7 @@ static bool is_view_leaf(const ad_node *n) {
 }
 
 // A leaf seen through reshapes and slices: what a re-recording makes again from the same values.
-static bool from_leaf(const ad_tape *t, ad_var v) {
+static bool from_leaf(const ad_tape *t, int32_t v) {
     for (;;) {
         const ad_node *n = &t->nodes[v];
         if (n->op == OP_LEAF) return !(n->flags & NF_VIEW);
@@ -48,8 +48,8 @@ static bool from_leaf(const ad_tape *t, ad_var v) {
 }
 
 // Whether node v is a product worth keeping; if so its variable operand and, for matmul, which
-// operand is the constant view.
-static bool keepable(const ad_tape *t, ad_var v, ad_var *operand, int *cside) {
+// operand is the constant view. Nodes by index.
+static bool keepable(const ad_tape *t, int32_t v, int32_t *operand, int *cside) {
     const ad_node *n = &t->nodes[v];
     if (n->op != OP_MATMUL_CODED && n->op != OP_MATMUL) return false;
     int k;
@@ -78,16 +78,16 @@ void ad_kept_free(ad_kept *k) {
 size_t ad_kept_bytes(const ad_kept *k) { return k ? k->bytes : 0; }
 
 ad_kept *ad_keep(ad_tape *t, ad_mark m, size_t max_bytes) {
-    if (t->status != AD_OK || m.nodes < 1 || m.nodes > t->n_nodes) return NULL;
+    if (t->status != AD_OK || !ad_mark_check(t, m, "keep")) return NULL;
     int count = 0;
-    ad_var operand;
+    int32_t operand;
     int cside;
-    for (ad_var v = m.nodes; v < t->n_nodes; v++)
+    for (int32_t v = m.nodes; v < t->n_nodes; v++)
         count += (t->nodes[v].flags & NF_VALUE) && keepable(t, v, &operand, &cside);
     if (!count) return NULL;
     ad_kept *k = calloc(1, sizeof *k + (size_t)count * sizeof(kept_entry));
     if (!k) return NULL;
-    for (ad_var v = m.nodes; v < t->n_nodes && k->n < count; v++) {
+    for (int32_t v = m.nodes; v < t->n_nodes && k->n < count; v++) {
         const ad_node *n = &t->nodes[v];
         if (!(n->flags & NF_VALUE) || !keepable(t, v, &operand, &cside)) continue;
         const ad_node *b = &t->nodes[operand];
@@ -116,7 +116,7 @@ ad_kept *ad_keep(ad_tape *t, ad_mark m, size_t max_bytes) {
 
 // The kept entry that is node v's value, or NULL: the same product of the same constant, and
 // an operand with the same entries (computed here if it was deferred).
-static const kept_entry *find(ad_tape *t, const ad_kept *k, ad_var v, ad_var operand, int cside) {
+static const kept_entry *find(ad_tape *t, const ad_kept *k, int32_t v, int32_t operand, int cside) {
     const ad_node *n = &t->nodes[v];
     for (int i = 0; i < k->n; i++) {
         const kept_entry *e = &k->e[i];
@@ -137,11 +137,11 @@ static const kept_entry *find(ad_tape *t, const ad_kept *k, ad_var v, ad_var ope
 }
 
 int ad_reuse(ad_tape *t, ad_mark m, const ad_kept *k) {
-    if (!k || t->status != AD_OK || m.nodes < 1 || m.nodes > t->n_nodes) return 0;
+    if (!k || t->status != AD_OK || !ad_mark_check(t, m, "reuse")) return 0;
     int reused = 0;
-    ad_var operand;
+    int32_t operand;
     int cside;
-    for (ad_var v = m.nodes; v < t->n_nodes && t->status == AD_OK; v++) {
+    for (int32_t v = m.nodes; v < t->n_nodes && t->status == AD_OK; v++) {
         if ((t->nodes[v].flags & NF_VALUE) || !keepable(t, v, &operand, &cside)) continue;
         const kept_entry *e = find(t, k, v, operand, cside);
         if (!e) continue;

@@ -94,7 +94,7 @@ static ad_status fwd_matmul_coded(ad_tape *t, ad_node *n) {
 }
 // C = op(X) B: dB = op(X)^T G, another product with the same codes. X is constant.
 static void rev_matmul_coded(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    const ad_node *n = &t->nodes[y];
+    const ad_node *n = ad_node_at(t, y);
     if (need[0]) gin[0] = ad_matmul_coded(t, n->ext, g, !n->i0);
 }
 AD_DEF(matmul_coded, 1, fwd_matmul_coded, rev_matmul_coded);

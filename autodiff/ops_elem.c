@@ -39,7 +39,7 @@ __attribute__((noinline, cold)) static ad_var binary_fail(ad_tape *t, ad_op op, 
 // A product with an operand of size 1 that need not be recorded as one: x, or a scale of x
 // (above); AD_NONE if neither applies.
 static ad_var mul_shortcut(ad_tape *t, ad_var a, ad_var b, ad_shape s) {
-    const ad_node *A = &t->nodes[a], *B = &t->nodes[b];
+    const ad_node *A = ad_node_at(t, a), *B = ad_node_at(t, b);
     if (is_unit(A) && can_pass(t, B, s)) return pass(t, b);
     if (is_unit(B) && can_pass(t, A, s)) return pass(t, a);
     if (ad_size(A) == 1 && ad_size(B) > 1 && is_const_scalar(A) && ad_shape_eq(ad_node_shape(B), s))
@@ -51,7 +51,7 @@ static ad_var mul_shortcut(ad_tape *t, ad_var a, ad_var b, ad_shape s) {
 
 static ad_var binary(ad_tape *t, ad_op op, ad_var a, ad_var b, double p0) {
     if (!ad_valid(t, a) || !ad_valid(t, b)) return binary_fail(t, op, a, b);
-    const ad_node *A = &t->nodes[a], *B = &t->nodes[b];
+    const ad_node *A = ad_node_at(t, a), *B = ad_node_at(t, b);
     ad_shape s;
     if (A->rows == B->rows && A->cols == B->cols)
         s = (ad_shape){A->rank > B->rank ? A->rank : B->rank, A->rows, A->cols};
@@ -72,7 +72,7 @@ static ad_var unary(ad_tape *t, ad_op op, ad_var x, double p0, double p1) {
         ad_check_args_slow(t, ad_ops[op]->name, 1, &x);
         return AD_NONE;
     }
-    const ad_node *X = &t->nodes[x];
+    const ad_node *X = ad_node_at(t, x);
     ad_shape s = {X->rank, X->rows, X->cols};
     if (op == OP_SCALE && p0 == 1.0 && can_pass(t, X, s)) return pass(t, x);
     ad_node *p = ad_push(t, op, s, x, 0);
@@ -85,7 +85,7 @@ static ad_var unary(ad_tape *t, ad_op op, ad_var x, double p0, double p1) {
 // The adjoint g of a broadcast result, summed down to the shape of operand x (a no-op when the
 // shapes agree, the usual case).
 static inline ad_var unbroadcast(ad_tape *t, ad_var g, ad_var x) {
-    const ad_node *G = &t->nodes[g], *X = &t->nodes[x];
+    const ad_node *G = ad_node_at(t, g), *X = ad_node_at(t, x);
     if (G->rows == X->rows && G->cols == X->cols && G->rank == X->rank) return g;
     return ad_sum_to(t, g, ad_node_shape(X));
 }
@@ -153,15 +153,15 @@ static inline ad_var unbroadcast(ad_tape *t, ad_var g, ad_var x) {
 ad_var ad_add(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_ADD, a, b, 0); }
 BINARY_FWD(add, u + v)
 static void rev_add(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    if (need[0]) gin[0] = unbroadcast(t, g, t->nodes[y].a);
-    if (need[1]) gin[1] = unbroadcast(t, g, t->nodes[y].b);
+    if (need[0]) gin[0] = unbroadcast(t, g, ad_input(t, y, 0));
+    if (need[1]) gin[1] = unbroadcast(t, g, ad_input(t, y, 1));
 }
 
 ad_var ad_sub(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_SUB, a, b, 0); }
 BINARY_FWD(sub, u - v)
 static void rev_sub(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    if (need[0]) gin[0] = unbroadcast(t, g, t->nodes[y].a);
-    if (need[1]) gin[1] = ad_negated(unbroadcast(t, g, t->nodes[y].b));
+    if (need[0]) gin[0] = unbroadcast(t, g, ad_input(t, y, 0));
+    if (need[1]) gin[1] = ad_negated(unbroadcast(t, g, ad_input(t, y, 1)));
 }
 
 // y + alpha x: the step of a gradient method in one node. Exactly y - (s g) for alpha = -s
@@ -175,16 +175,17 @@ ad_var ad_axpy(ad_tape *t, ad_var y, double alpha, ad_var x) {
 }
 BINARY_FWD(axpy, u + p0 * v)
 static void rev_axpy(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    if (need[0]) gin[0] = unbroadcast(t, g, t->nodes[y].a);
-    if (need[1]) gin[1] = unbroadcast(t, ad_scale(t, g, t->nodes[y].p0), t->nodes[y].b);
+    if (need[0]) gin[0] = unbroadcast(t, g, ad_input(t, y, 0));
+    if (need[1]) gin[1] = unbroadcast(t, ad_scale(t, g, ad_node_at(t, y)->p0), ad_input(t, y, 1));
 }
 
 // 1 x with the 1 first, as reverse rules scale a contribution by the seed of a gradient: x, as
 // binary's mul_shortcut finds (the broadcast shape is x's when x has at least 1's rank and no
 // empty dimension), without binary's checks and broadcast.
 ad_var ad_mul(ad_tape *t, ad_var a, ad_var b) {
-    if (a == t->unit && ad_valid(t, a) && ad_valid(t, b)) { // one compare for every other product
-        const ad_node *A = &t->nodes[a], *B = &t->nodes[b];
+    // one compare for every other product
+    if (ad_index(a) == t->unit && ad_valid(t, a) && ad_valid(t, b)) {
+        const ad_node *A = ad_node_at(t, a), *B = ad_node_at(t, b);
         if (is_unit(A) && A->rank <= B->rank && B->rows >= 1 && B->cols >= 1 &&
             (!t->nograd || (B->flags & NF_NOGRAD)))
             return pass(t, b);
@@ -193,9 +194,9 @@ ad_var ad_mul(ad_tape *t, ad_var a, ad_var b) {
 }
 BINARY_FWD(mul, u * v)
 static void rev_mul(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    ad_var a = t->nodes[y].a, b = t->nodes[y].b;
-    if (need[0]) gin[0] = unbroadcast(t, ad_mul(t, g, b), t->nodes[y].a);
-    if (need[1]) gin[1] = unbroadcast(t, ad_mul(t, g, a), t->nodes[y].b);
+    ad_var a = ad_input(t, y, 0), b = ad_input(t, y, 1);
+    if (need[0]) gin[0] = unbroadcast(t, ad_mul(t, g, b), a);
+    if (need[1]) gin[1] = unbroadcast(t, ad_mul(t, g, a), b);
 }
 
 ad_var ad_div(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_DIV, a, b, 0); }
@@ -205,26 +206,26 @@ static ad_status fwd_div(ad_tape *t, ad_node *n) {
     return fwd_div_(t, n);
 }
 static void rev_div(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    ad_var b = t->nodes[y].b;
-    if (need[0]) gin[0] = unbroadcast(t, ad_div(t, g, b), t->nodes[y].a);
+    ad_var a = ad_input(t, y, 0), b = ad_input(t, y, 1);
+    if (need[0]) gin[0] = unbroadcast(t, ad_div(t, g, b), a);
     // d(a/b)/db = -y / b
-    if (need[1]) gin[1] = ad_negated(unbroadcast(t, ad_div(t, ad_mul(t, g, y), b), t->nodes[y].b));
+    if (need[1]) gin[1] = ad_negated(unbroadcast(t, ad_div(t, ad_mul(t, g, y), b), b));
 }
 
 ad_var ad_min(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MIN, a, b, 0); }
 BINARY_FWD(min, u < v ? u : v)
 static void rev_min(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    ad_var a = t->nodes[y].a, b = t->nodes[y].b;
-    if (need[0]) gin[0] = unbroadcast(t, ad_mul(t, g, ad_cmp(t, b, a)), t->nodes[y].a);
-    if (need[1]) gin[1] = unbroadcast(t, ad_mul(t, g, ad_cmp(t, a, b)), t->nodes[y].b);
+    ad_var a = ad_input(t, y, 0), b = ad_input(t, y, 1);
+    if (need[0]) gin[0] = unbroadcast(t, ad_mul(t, g, ad_cmp(t, b, a)), a);
+    if (need[1]) gin[1] = unbroadcast(t, ad_mul(t, g, ad_cmp(t, a, b)), b);
 }
 
 ad_var ad_max(ad_tape *t, ad_var a, ad_var b) { return binary(t, OP_MAX, a, b, 0); }
 BINARY_FWD(max, u > v ? u : v)
 static void rev_max(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    ad_var a = t->nodes[y].a, b = t->nodes[y].b;
-    if (need[0]) gin[0] = unbroadcast(t, ad_mul(t, g, ad_cmp(t, a, b)), t->nodes[y].a);
-    if (need[1]) gin[1] = unbroadcast(t, ad_mul(t, g, ad_cmp(t, b, a)), t->nodes[y].b);
+    ad_var a = ad_input(t, y, 0), b = ad_input(t, y, 1);
+    if (need[0]) gin[0] = unbroadcast(t, ad_mul(t, g, ad_cmp(t, a, b)), a);
+    if (need[1]) gin[1] = unbroadcast(t, ad_mul(t, g, ad_cmp(t, b, a)), b);
 }
 
 // ---- unary ----
@@ -240,7 +241,7 @@ ad_var ad_scale(ad_tape *t, ad_var x, double c) { return unary(t, OP_SCALE, x, c
 UNARY_FWD(scale, p0 *u)
 static void rev_scale(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_scale(t, g, t->nodes[y].p0);
+    gin[0] = ad_scale(t, g, ad_node_at(t, y)->p0);
 }
 
 ad_var ad_shift(ad_tape *t, ad_var x, double c) { return unary(t, OP_SHIFT, x, c, 0); }
@@ -267,8 +268,8 @@ static ad_status fwd_pow(ad_tape *t, ad_node *n) {
 }
 static void rev_pow(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    double e = t->nodes[y].p0;
-    ad_var x = t->nodes[y].a;
+    double e = ad_node_at(t, y)->p0;
+    ad_var x = ad_input(t, y, 0);
     if (e == 0) return; // constant 1
     gin[0] = e == 1 ? g : ad_scale(t, ad_mul(t, g, ad_pow(t, x, e - 1)), e);
 }
@@ -277,7 +278,7 @@ ad_var ad_abs(ad_tape *t, ad_var x) { return unary(t, OP_ABS, x, 0, 0); }
 UNARY_FWD(abs, fabs(u))
 static void rev_abs(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_mul(t, g, ad_sign(t, t->nodes[y].a));
+    gin[0] = ad_mul(t, g, ad_sign(t, ad_input(t, y, 0)));
 }
 
 ad_var ad_sqrt(ad_tape *t, ad_var x) { return unary(t, OP_SQRT, x, 0, 0); }
@@ -295,7 +296,7 @@ ad_var ad_square(ad_tape *t, ad_var x) { return unary(t, OP_SQUARE, x, 0, 0); }
 UNARY_FWD(square, u *u)
 static void rev_square(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_scale(t, ad_mul(t, g, t->nodes[y].a), 2);
+    gin[0] = ad_scale(t, ad_mul(t, g, ad_input(t, y, 0)), 2);
 }
 
 ad_var ad_exp(ad_tape *t, ad_var x) { return unary(t, OP_EXP, x, 0, 0); }
@@ -313,21 +314,21 @@ static ad_status fwd_log(ad_tape *t, ad_node *n) {
 }
 static void rev_log(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_div(t, g, t->nodes[y].a);
+    gin[0] = ad_div(t, g, ad_input(t, y, 0));
 }
 
 ad_var ad_sin(ad_tape *t, ad_var x) { return unary(t, OP_SIN, x, 0, 0); }
 UNARY_FWD(sin, sin(u))
 static void rev_sin(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_mul(t, g, ad_cos(t, t->nodes[y].a));
+    gin[0] = ad_mul(t, g, ad_cos(t, ad_input(t, y, 0)));
 }
 
 ad_var ad_cos(ad_tape *t, ad_var x) { return unary(t, OP_COS, x, 0, 0); }
 UNARY_FWD(cos, cos(u))
 static void rev_cos(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_negated(ad_mul(t, g, ad_sin(t, t->nodes[y].a)));
+    gin[0] = ad_negated(ad_mul(t, g, ad_sin(t, ad_input(t, y, 0))));
 }
 
 ad_var ad_tanh(ad_tape *t, ad_var x) { return unary(t, OP_TANH, x, 0, 0); }
@@ -348,14 +349,14 @@ ad_var ad_softplus(ad_tape *t, ad_var x) { return unary(t, OP_SOFTPLUS, x, 0, 0)
 UNARY_FWD(softplus, (u > 0 ? u : 0) + log1p(exp(-fabs(u))))
 static void rev_softplus(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_mul(t, g, ad_sigmoid(t, t->nodes[y].a));
+    gin[0] = ad_mul(t, g, ad_sigmoid(t, ad_input(t, y, 0)));
 }
 
 ad_var ad_relu(ad_tape *t, ad_var x) { return unary(t, OP_RELU, x, 0, 0); }
 UNARY_FWD(relu, u > 0 ? u : 0)
 static void rev_relu(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_mul(t, g, ad_step(t, t->nodes[y].a));
+    gin[0] = ad_mul(t, g, ad_step(t, ad_input(t, y, 0)));
 }
 
 ad_var ad_clamp(ad_tape *t, ad_var x, double lo, double hi) {
@@ -368,8 +369,8 @@ ad_var ad_clamp(ad_tape *t, ad_var x, double lo, double hi) {
 UNARY_FWD(clamp, u < p0 ? p0 : u > p1 ? p1 : u)
 static void rev_clamp(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    const ad_node *n = &t->nodes[y];
-    ad_var x = n->a;
+    const ad_node *n = ad_node_at(t, y);
+    ad_var x = ad_input(t, y, 0);
     double lo = n->p0, hi = n->p1;
     gin[0] = ad_mul(t, g, ad_inbox(t, x, lo, hi));
 }

@@ -43,7 +43,7 @@ static ad_status fwd_dot(ad_tape *t, ad_node *n) {
     return AD_OK;
 }
 static void rev_dot(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    ad_var u = t->nodes[y].a, v = t->nodes[y].b;
+    ad_var u = ad_input(t, y, 0), v = ad_input(t, y, 1);
     if (need[0]) gin[0] = ad_mul(t, g, v);
     if (need[1]) gin[1] = ad_mul(t, g, u);
 }
@@ -134,8 +134,8 @@ static ad_status fwd_matvec(ad_tape *t, ad_node *n) {
     return AD_OK;
 }
 static void rev_matvec(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    ad_var A = t->nodes[y].a, x = t->nodes[y].b;
-    int tr = t->nodes[y].i0;
+    ad_var A = ad_input(t, y, 0), x = ad_input(t, y, 1);
+    int tr = ad_node_at(t, y)->i0;
     if (need[0]) gin[0] = tr ? ad_outer(t, x, g) : ad_outer(t, g, x);
     if (need[1]) gin[1] = ad_matvec(t, A, g, !tr);
 }
@@ -196,8 +196,8 @@ static ad_status fwd_matmul(ad_tape *t, ad_node *n) {
 }
 // C = op(A) op(B): dA and dB are products of G with the other operand, transposed to fit.
 static void rev_matmul(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    ad_var A = t->nodes[y].a, B = t->nodes[y].b;
-    int ta = t->nodes[y].i0, tb = t->nodes[y].i1;
+    ad_var A = ad_input(t, y, 0), B = ad_input(t, y, 1);
+    int ta = ad_node_at(t, y)->i0, tb = ad_node_at(t, y)->i1;
     if (need[0]) gin[0] = ta ? ad_matmul(t, B, g, tb, 1) : ad_matmul(t, g, B, 0, !tb);
     if (need[1]) gin[1] = tb ? ad_matmul(t, g, A, 1, ta) : ad_matmul(t, A, g, !ta, 0);
 }
@@ -222,7 +222,7 @@ static ad_status fwd_outer(ad_tape *t, ad_node *n) {
     return AD_OK;
 }
 static void rev_outer(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    ad_var u = t->nodes[y].a, v = t->nodes[y].b;
+    ad_var u = ad_input(t, y, 0), v = ad_input(t, y, 1);
     if (need[0]) gin[0] = ad_matvec(t, g, v, 0);
     if (need[1]) gin[1] = ad_matvec(t, g, u, 1);
 }
@@ -245,7 +245,7 @@ static bool check_sym(ad_tape *t, const char *op, ad_shape sa, ad_shape sx) {
 static ad_var upper_mask(ad_tape *t, int n) {
     ad_var m = ad_fill(t, ad_mat_shape(n, n), 0.0);
     if (!m) return AD_NONE;
-    double *v = t->nodes[m].val; // fresh and not read yet: filled in place
+    double *v = ad_val(t, m); // fresh and not read yet: filled in place
     for (int i = 0; i < n; i++) {
         v[(size_t)i * n + i] = 0.5;
         for (int j = i + 1; j < n; j++) v[(size_t)i * n + j] = 1.0;
@@ -324,10 +324,10 @@ static ad_status fwd_symv(ad_tape *t, ad_node *n) {
     return AD_OK;
 }
 static void rev_symv(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    ad_var A = t->nodes[y].a, x = t->nodes[y].b;
+    ad_var A = ad_input(t, y, 0), x = ad_input(t, y, 1);
     if (need[0])
         gin[0] = ad_mul(t, ad_add(t, ad_outer(t, g, x), ad_outer(t, x, g)),
-                        upper_mask(t, t->nodes[A].rows));
+                        upper_mask(t, ad_node_at(t, A)->rows));
     if (need[1]) gin[1] = ad_symv(t, A, g);
 }
 AD_DEF(symv, 2, fwd_symv, rev_symv);
@@ -360,9 +360,9 @@ static ad_status fwd_quadform(ad_tape *t, ad_node *n) {
     return AD_OK;
 }
 static void rev_quadform(ad_tape *t, ad_var q, ad_var g, const bool need[2], ad_var gin[2]) {
-    ad_var A = t->nodes[q].a, y = t->nodes[q].b;
+    ad_var A = ad_input(t, q, 0), y = ad_input(t, q, 1);
     if (need[0])
-        gin[0] = ad_mul(t, ad_mul(t, ad_outer(t, y, y), upper_mask(t, t->nodes[A].rows)), g);
+        gin[0] = ad_mul(t, ad_mul(t, ad_outer(t, y, y), upper_mask(t, ad_node_at(t, A)->rows)), g);
     if (need[1]) gin[1] = ad_mul(t, g, ad_symv(t, A, y));
 }
 AD_DEF(quadform, 2, fwd_quadform, rev_quadform);

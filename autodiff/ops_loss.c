@@ -29,7 +29,7 @@ static ad_status fwd_logsumexp(ad_tape *t, ad_node *n) {
 }
 static void rev_logsumexp(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need; // g softmax(x)
-    gin[0] = ad_mul(t, g, ad_exp(t, ad_sub(t, t->nodes[y].a, y)));
+    gin[0] = ad_mul(t, g, ad_exp(t, ad_sub(t, ad_input(t, y, 0), y)));
 }
 AD_DEF(logsumexp, 1, fwd_logsumexp, rev_logsumexp);
 
@@ -134,8 +134,8 @@ static ad_status fwd_xent(ad_tape *t, ad_node *n) {
 }
 static void rev_xent(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need; // (softmax(Z) - onehot(labels)) scaled per row by g
-    ad_var Z = t->nodes[y].a;
-    const int32_t *labels = t->nodes[y].idx;
+    ad_var Z = ad_input(t, y, 0);
+    const int32_t *labels = ad_node_at(t, y)->idx;
     ad_shape s = ad_shape_fast(t, Z);
     ad_var p = ad_softmax(t, Z);
     ad_var oh = ad_reshape(t, ad_onehot(t, s.rows, s.cols, labels), s);
@@ -180,7 +180,7 @@ static ad_status fwd_sqnorm(ad_tape *t, ad_node *n) {
 }
 static void rev_sqnorm(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_scale(t, ad_mul(t, g, t->nodes[y].a), 2);
+    gin[0] = ad_scale(t, ad_mul(t, g, ad_input(t, y, 0)), 2);
 }
 AD_DEF(sqnorm, 1, fwd_sqnorm, rev_sqnorm);
 
@@ -207,8 +207,8 @@ static ad_status fwd_normp(ad_tape *t, ad_node *n) {
 // g p ||v||^(p-2) v, with ||v||^(p-2) read as 0 at v = 0 (powz)
 static void rev_normp(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    ad_var v = t->nodes[y].a;
-    double p = t->nodes[y].p0;
+    ad_var v = ad_input(t, y, 0);
+    double p = ad_node_at(t, y)->p0;
     if (p == 2) {
         gin[0] = ad_scale(t, ad_mul(t, g, v), 2);
         return;
@@ -240,8 +240,8 @@ static ad_status fwd_powz(ad_tape *t, ad_node *n) {
 }
 static void rev_powz(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    ad_var s = t->nodes[y].a;
-    double e = t->nodes[y].p0;
+    ad_var s = ad_input(t, y, 0);
+    double e = ad_node_at(t, y)->p0;
     if (e == 0) return;
     gin[0] = ad_mul(t, g, ad_scale(t, ad_powz(t, s, e - 1), e));
 }

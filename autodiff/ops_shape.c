@@ -52,7 +52,7 @@ static ad_status fwd_sum_to(ad_tape *t, ad_node *n) {
 }
 static void rev_sum_to(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_expand(t, g, ad_shape_fast(t, t->nodes[y].a));
+    gin[0] = ad_expand(t, g, ad_shape_fast(t, ad_input(t, y, 0)));
 }
 AD_DEF(sum_to, 1, fwd_sum_to, rev_sum_to);
 
@@ -77,7 +77,7 @@ static ad_status fwd_expand(ad_tape *t, ad_node *n) {
 }
 static void rev_expand(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_sum_to(t, g, ad_shape_fast(t, t->nodes[y].a));
+    gin[0] = ad_sum_to(t, g, ad_shape_fast(t, ad_input(t, y, 0)));
 }
 AD_DEF(expand, 1, fwd_expand, rev_expand);
 
@@ -131,7 +131,7 @@ static ad_status fwd_argmax1h(ad_tape *t, ad_node *n) {
 }
 static void rev_max_all(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    ad_var x = t->nodes[y].a;
+    ad_var x = ad_input(t, y, 0);
     ad_shape xs = ad_shape_fast(t, x);
     ad_var onehot = ad_commit(t, ad_push(t, OP_ARGMAX1H, xs, x, 0));
     gin[0] = ad_mul(t, g, onehot);
@@ -152,7 +152,7 @@ ad_var ad_reshape(ad_tape *t, ad_var x, ad_shape s) {
     }
     ad_node *p = ad_push(t, OP_RESHAPE, s, x, 0);
     if (!p) return AD_NONE;
-    p->val = t->nodes[x].val; // shares its input's storage (allocated even when x is lazy)
+    p->val = ad_val(t, x); // shares its input's storage (allocated even when x is lazy)
     p->flags = NF_VIEW;
     return ad_commit(t, p);
 }
@@ -162,7 +162,7 @@ static ad_status fwd_reshape(ad_tape *t, ad_node *n) {
 }
 static void rev_reshape(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_reshape(t, g, ad_shape_fast(t, t->nodes[y].a));
+    gin[0] = ad_reshape(t, g, ad_shape_fast(t, ad_input(t, y, 0)));
 }
 AD_DEF(reshape, 1, fwd_reshape, rev_reshape);
 
@@ -190,7 +190,7 @@ static ad_status fwd_slice(ad_tape *t, ad_node *n) {
 }
 static void rev_slice(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    const ad_node *n = &t->nodes[y];
+    const ad_node *n = ad_node_at(t, y);
     int off = n->i0, full = t->nodes[n->a].cols;
     ad_shape xs = ad_shape_fast(t, n->a);
     gin[0] = same_dims(t, ad_pad(t, g, off, full), xs);
@@ -219,7 +219,7 @@ static ad_status fwd_pad(ad_tape *t, ad_node *n) {
 }
 static void rev_pad(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    const ad_node *n = &t->nodes[y];
+    const ad_node *n = ad_node_at(t, y);
     int off = n->i0;
     ad_shape xs = ad_shape_fast(t, n->a);
     gin[0] = same_dims(t, ad_slice(t, g, off, xs.cols), xs);
@@ -245,7 +245,7 @@ static ad_status fwd_concat(ad_tape *t, ad_node *n) {
     return AD_OK;
 }
 static void rev_concat(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
-    ad_shape sa = ad_shape_fast(t, t->nodes[y].a), sb = ad_shape_fast(t, t->nodes[y].b);
+    ad_shape sa = ad_shape_fast(t, ad_input(t, y, 0)), sb = ad_shape_fast(t, ad_input(t, y, 1));
     if (need[0]) gin[0] = same_dims(t, ad_slice(t, g, 0, sa.cols), sa);
     if (need[1]) gin[1] = same_dims(t, ad_slice(t, g, sa.cols, sb.cols), sb);
 }
@@ -305,7 +305,7 @@ static ad_status fwd_take_rows(ad_tape *t, ad_node *n) {
 }
 static void rev_take_rows(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    const ad_node *n = &t->nodes[y];
+    const ad_node *n = ad_node_at(t, y);
     int k = n->i1, m = nrows(ad_shape_fast(t, n->a));
     const int32_t *idx = n->idx;
     gin[0] = ad_put_rows(t, g, m, k, idx);
@@ -337,7 +337,7 @@ static ad_status fwd_put_rows(ad_tape *t, ad_node *n) {
 }
 static void rev_put_rows(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    const ad_node *n = &t->nodes[y];
+    const ad_node *n = ad_node_at(t, y);
     int k = n->i1;
     const int32_t *idx = n->idx;
     gin[0] = ad_take_rows(t, g, k, idx);

@@ -55,6 +55,18 @@ void ad_fail(ad_tape *t, ad_status s, const char *fmt, ...) {
     va_end(ap);
 }
 
+void ad_fail_in_rule(ad_tape *t, int rule) {
+    static const char tag[] = "reverse of ";
+    if (!rule || t->status == AD_OK || !strncmp(t->err, tag, sizeof tag - 1)) return;
+    char msg[sizeof t->err];
+    int n = snprintf(msg, sizeof msg, "%s%s: ", tag, ad_ops[rule]->name);
+    if (n < 0 || (size_t)n >= sizeof msg) return;
+    size_t len = strnlen(t->err, sizeof msg - (size_t)n - 1); // the inner message, cut to fit
+    memcpy(msg + n, t->err, len);
+    msg[(size_t)n + len] = 0;
+    memcpy(t->err, msg, sizeof msg);
+}
+
 void ad_tape_fail(ad_tape *t, ad_status s, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -69,12 +81,29 @@ void ad_tape_clear_error(ad_tape *t) {
     t->err[0] = 0;
 }
 
+// Why handle v is not live: stale (its index was on the tape in an earlier epoch, or still is,
+// with a node of another epoch), or not a handle of this tape at all.
+static void handle_fail(ad_tape *t, const char *op, int pos, ad_var v) {
+    uint32_t i = (uint32_t)v, e = ad_epoch_of(v);
+    if (v == AD_NONE)
+        ad_fail(t, AD_EARG, "%s: operand %d is AD_NONE (the result of a failed op)", op, pos);
+    else if (e == 0 || e > 0x7fffffffu || i == 0)
+        ad_fail(t, AD_EARG, "%s: operand %d is not a handle (value %lld)", op, pos, (long long)v);
+    else if (i < (uint32_t)t->n_nodes || e != t->epoch)
+        ad_fail(t, AD_EARG,
+                "%s: operand %d is a stale handle (node %u of epoch %u; a rewind or reset has "
+                "dropped it since, and the tape is at epoch %u)",
+                op, pos, i, e, t->epoch);
+    else
+        ad_fail(t, AD_EARG, "%s: operand %d is not a node of this tape (node %u of %d)", op, pos,
+                i, (int)t->n_nodes);
+}
+
 bool ad_check_args_slow(ad_tape *t, const char *op, int n, const ad_var *v) {
     if (t->status != AD_OK) return false;
     for (int i = 0; i < n; i++) {
-        if (v[i] <= 0 || v[i] >= t->n_nodes) {
-            ad_fail(t, AD_EARG, "%s: operand %d is not a node of this tape (handle %d)", op, i + 1,
-                    (int)v[i]);
+        if (!ad_live(t, v[i])) {
+            handle_fail(t, op, i + 1, v[i]);
             return false;
         }
     }
@@ -109,14 +138,22 @@ void *ad_scratch(ad_tape *t, size_t bytes) {
     return p;
 }
 
+// The node array, 64-byte aligned so that each node is one cache line.
 bool ad_grow_nodes(ad_tape *t) {
-    int32_t nc = t->cap_nodes ? t->cap_nodes * 2 : 1024;
+    if (t->cap_nodes > INT32_MAX / 2) {
+        ad_fail(t, AD_ENOMEM, "tape nodes: more than %d nodes", (int)t->cap_nodes);
+        return false;
+    }
+    int32_t nc = t->cap_nodes * 2;
     if (!account(t, (size_t)(nc - t->cap_nodes) * sizeof(ad_node), "tape nodes")) return false;
-    ad_node *p = realloc(t->nodes, (size_t)nc * sizeof(ad_node));
+    ad_node *p = aligned_alloc(64, (size_t)nc * sizeof(ad_node));
     if (!p) {
+        t->bytes -= (size_t)(nc - t->cap_nodes) * sizeof(ad_node);
         ad_fail(t, AD_ENOMEM, "tape nodes: out of memory growing to %d nodes", (int)nc);
         return false;
     }
+    if (t->n_nodes) memcpy(p, t->nodes, (size_t)t->n_nodes * sizeof(ad_node));
+    free(t->nodes);
     t->nodes = p;
     t->cap_nodes = nc;
     return true;
@@ -191,6 +228,17 @@ ad_tape *ad_tape_new(const ad_tape_params *p) {
     // without AVX2 + FMA, cblas: the portable kernel measured 14 ms on [5000, 784] x [784, 10]
     // against OpenBLAS's 5-10 ms
     t->thin_isa = ad_thin_best() == AD_THIN_AVX2 ? AD_THIN_AVX2 : 0;
+    // Node 0 and the first nodes come with the tape, under no cap: handles are checked against
+    // the array, which must be there.
+    enum { FIRST_NODES = 16 };
+    t->nodes = aligned_alloc(64, FIRST_NODES * sizeof(ad_node));
+    if (!t->nodes) {
+        free(t);
+        return NULL;
+    }
+    t->cap_nodes = FIRST_NODES;
+    t->bytes += FIRST_NODES * sizeof(ad_node);
+    t->peak_bytes = t->bytes;
     ad_tape_reset(t);
     return t;
 }
@@ -205,27 +253,55 @@ void ad_tape_free(ad_tape *t) {
     free(t);
 }
 
+// Node 0 (the NaN every invalid handle reads) is recorded in the new epoch too, so marks taken
+// before the reset (all of them end at node 0 or later) are stale after it. What decides which
+// nodes are found again (the view cache and its clock, the unit, the memo) is cleared as on a
+// new tape: a recording after the reset is the one a new tape makes, node for node, so its sums
+// run in the same order and give the same bits (a run resumed on a new tape ends as one that
+// went through). Memory, counters and settings (deferral aside) stay.
 void ad_tape_reset(ad_tape *t) {
     ad_tape_clear_error(t);
-    t->n_nodes = 0;
+    t->epoch = ad_next_epoch(t->epoch);
     t->cur_chunk = 0;
     t->cur_off = 0;
     t->arena_used = 0;
     t->lazy = t->nograd = 0;
     memset(t->memo, 0, sizeof t->memo);
-    if (!t->cap_nodes && !ad_grow_nodes(t)) return;
+    memset(t->view_cache, 0, sizeof t->view_cache);
+    memset(t->view_data, 0, sizeof t->view_data);
+    memset(t->view_used, 0, sizeof t->view_used);
+    t->view_clock = 0;
+    t->unit = 0;
     t->nodes[0] = (ad_node){.op = OP_ERROR, .flags = NF_VALUE | NF_NOGRAD | NF_VIEW | NF_STABLE, .rows = 1,
-                            .cols = 1, .val = &t->nan_};
+                            .cols = 1, .epoch = t->epoch, .val = &t->nan_};
     t->n_nodes = 1;
 }
 
+int ad_tape_holds(const ad_tape *t, ad_var v) { return t && ad_live(t, v); }
+
 ad_mark ad_tape_mark(const ad_tape *t) {
-    return (ad_mark){.nodes = t->n_nodes, .chunk = t->cur_chunk, .offset = t->cur_off,
-                     .used = t->arena_used};
+    return (ad_mark){.tape = t, .nodes = t->n_nodes, .epoch = t->nodes[t->n_nodes - 1].epoch,
+                     .chunk = t->cur_chunk, .offset = t->cur_off, .used = t->arena_used};
+}
+
+// m names a point of t's recording now: taken on t, at most the nodes recorded, and its last
+// node still the one recorded then (a rewind below it and a new recording would give that node
+// a later epoch). Otherwise records an AD_EARG naming op.
+bool ad_mark_check(ad_tape *t, ad_mark m, const char *op) {
+    const char *why = NULL;
+    if (m.tape != t) why = "is not a mark of this tape";
+    else if (m.nodes < 1 || m.nodes > t->n_nodes || m.used > t->arena_used)
+        why = "is past the end of the recording (a rewind or reset has dropped its point since)";
+    else if (t->nodes[m.nodes - 1].epoch != m.epoch)
+        why = "is stale (a rewind or reset has dropped its point since)";
+    if (!why) return true;
+    ad_fail(t, AD_EARG, "%s: the mark (at node %d) %s", op, (int)m.nodes, why);
+    return false;
 }
 
 void ad_tape_rewind(ad_tape *t, ad_mark m) {
-    if (m.nodes < 1 || m.nodes > t->n_nodes) return; // not a mark of the live tape: ignore
+    if (!ad_mark_check(t, m, "rewind")) return;
+    if (m.nodes < t->n_nodes) t->epoch = ad_next_epoch(t->epoch); // the dropped nodes' handles
     t->n_nodes = m.nodes;
     t->cur_chunk = m.chunk;
     t->cur_off = m.offset;
@@ -317,21 +393,23 @@ static bool check_finite(ad_tape *t, const ad_node *n) {
             char b[32];
             ad_fail(t, AD_ENAN, "%s: produced %g at entry %d of %s", ad_ops[n->op]->name, n->val[i],
                     i, ad_shape_str(ad_node_shape(n), b));
+            ad_fail_in_rule(t, n->rule);
             return false;
         }
     }
     return true;
 }
 
-bool ad_eval_failed(ad_tape *t, ad_var v, ad_status st) {
+bool ad_eval_failed(ad_tape *t, int32_t v, ad_status st) {
     char b[32];
     const ad_node *n = &t->nodes[v];
     ad_fail(t, st, "%s: failed on %s", ad_ops[n->op]->name, ad_shape_str(ad_node_shape(n), b));
+    ad_fail_in_rule(t, n->rule); // a node a reverse rule recorded, maybe computed long after
     return false;
 }
 
 // Computes node v from its (computed) inputs.
-static inline bool eval_node(ad_tape *t, ad_var v) {
+static inline bool eval_node(ad_tape *t, int32_t v) {
     ad_node *n = &t->nodes[v];
     t->op_evals[n->op]++;
     ad_status st = ad_ops[n->op]->fwd(t, n);
@@ -341,8 +419,8 @@ static inline bool eval_node(ad_tape *t, ad_var v) {
     return !t->par.check_finite || check_finite(t, n);
 }
 
-static int cmp_var(const void *a, const void *b) {
-    ad_var x = *(const ad_var *)a, y = *(const ad_var *)b;
+static int cmp_index(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
     return (x > y) - (x < y);
 }
 
@@ -350,28 +428,29 @@ static int cmp_var(const void *a, const void *b) {
 // them in recording order, which is a topological order. Usually they lie close together (a
 // deferred step read by the next op): then one pass over their index range finds them in order;
 // scattered ones are sorted instead. Small sets stay on the stack.
-bool ad_force_slow(ad_tape *t, ad_var v) {
+bool ad_force_slow(ad_tape *t, ad_var h) {
+    int32_t v = ad_index(h);
     if (t->nodes[v].flags & NF_VALUE) return true;
     if (t->status != AD_OK) return false;
     enum { MARK = 0x80, SMALL = 64 };
-    ad_var small_list[SMALL], small_stack[SMALL];
+    int32_t small_list[SMALL], small_stack[SMALL];
     size_t cap = SMALL, n = 0, top = 0;
-    ad_var *list = small_list, *stack = small_stack, lo = v;
+    int32_t *list = small_list, *stack = small_stack, lo = v;
     bool ok = true;
     stack[top++] = v;
     t->nodes[v].flags |= MARK;
     while (ok && top) {
-        ad_var u = stack[--top];
+        int32_t u = stack[--top];
         list[n++] = u;
         if (u < lo) lo = u;
-        ad_var in[2] = {t->nodes[u].a, t->nodes[u].b};
+        int32_t in[2] = {t->nodes[u].a, t->nodes[u].b};
         for (int k = 0; k < 2 && ok; k++) {
             ad_node *c = &t->nodes[in[k]];
             if (!in[k] || (c->flags & (NF_VALUE | MARK))) continue;
             c->flags |= MARK;
             if (n + top + 1 >= cap) { // grow both onto the heap
                 size_t nc = cap * 4;
-                ad_var *l2 = malloc(nc * sizeof *l2), *s2 = malloc(nc * sizeof *s2);
+                int32_t *l2 = malloc(nc * sizeof *l2), *s2 = malloc(nc * sizeof *s2);
                 if (!l2 || !s2) {
                     free(l2), free(s2);
                     ok = false;
@@ -386,16 +465,16 @@ bool ad_force_slow(ad_tape *t, ad_var v) {
         }
     }
     if (!ok) {
-        for (ad_var i = 1; i < t->n_nodes; i++) t->nodes[i].flags &= (uint8_t)~MARK;
+        for (int32_t i = 1; i < t->n_nodes; i++) t->nodes[i].flags &= (uint8_t)~MARK;
         ad_fail(t, AD_ENOMEM, "forcing a lazy value: out of memory");
     } else if ((size_t)(v - lo) < 4 * n + 64) {
-        for (ad_var i = lo; i <= v; i++) { // after a failure only the marks are cleared
+        for (int32_t i = lo; i <= v; i++) { // after a failure only the marks are cleared
             if (!(t->nodes[i].flags & MARK)) continue;
             t->nodes[i].flags &= (uint8_t)~MARK;
             if (ok) ok = eval_node(t, i);
         }
     } else {
-        qsort(list, n, sizeof *list, cmp_var);
+        qsort(list, n, sizeof *list, cmp_index);
         for (size_t i = 0; i < n; i++) t->nodes[list[i]].flags &= (uint8_t)~MARK;
         for (size_t i = 0; i < n && ok; i++) ok = eval_node(t, list[i]);
     }
@@ -403,9 +482,9 @@ bool ad_force_slow(ad_tape *t, ad_var v) {
     return ok;
 }
 
-bool ad_eval(ad_tape *t, ad_var v) {
+bool ad_eval(ad_tape *t, int32_t v) {
     const ad_node *n = &t->nodes[v];
-    ad_var a = n->a, b = n->b;
+    int32_t a = n->a, b = n->b;
     if (!(t->nodes[a].flags & NF_VALUE) && !ad_force(t, a)) return false;
     if (!(t->nodes[b].flags & NF_VALUE) && !ad_force(t, b)) return false;
     return eval_node(t, v);
@@ -413,20 +492,23 @@ bool ad_eval(ad_tape *t, ad_var v) {
 
 // ---- leaves ----
 
+static bool dims_valid(ad_shape s) {
+    return (s.rank == 0 && s.rows == 1 && s.cols == 1) ||
+           (s.rank == 1 && s.rows == 1 && s.cols >= 0) ||
+           (s.rank == 2 && s.rows >= 0 && s.cols >= 0);
+}
+bool ad_shape_valid(ad_shape s) {
+    return dims_valid(s) && (size_t)s.rows * (size_t)s.cols <= (size_t)INT32_MAX;
+}
+
 static bool check_shape(ad_tape *t, const char *op, ad_shape s) {
     if (t->status != AD_OK) return false;
-    bool ok = (s.rank == 0 && s.rows == 1 && s.cols == 1) ||
-              (s.rank == 1 && s.rows == 1 && s.cols >= 0) ||
-              (s.rank == 2 && s.rows >= 0 && s.cols >= 0);
-    if (!ok) {
-        ad_fail(t, AD_ESHAPE, "%s: invalid shape (rank %d, %d x %d)", op, s.rank, s.rows, s.cols);
-        return false;
-    }
-    if ((size_t)s.rows * (size_t)s.cols > (size_t)INT32_MAX) {
+    if (ad_shape_valid(s)) return true;
+    if (dims_valid(s))
         ad_fail(t, AD_ESHAPE, "%s: shape %d x %d is too large", op, s.rows, s.cols);
-        return false;
-    }
-    return true;
+    else
+        ad_fail(t, AD_ESHAPE, "%s: invalid shape (rank %d, %d x %d)", op, s.rank, s.rows, s.cols);
+    return false;
 }
 
 static ad_var leaf(ad_tape *t, const char *what, ad_shape s, const double *data, bool grad,
@@ -442,8 +524,8 @@ static ad_var leaf(ad_tape *t, const char *what, ad_shape s, const double *data,
     if (view) p->val = (double *)data; // never written: NF_VIEW nodes are read-only
     ad_var v = ad_commit(t, p);
     if (v && !view && ad_shape_size(s) > 0)
-        memcpy(t->nodes[v].val, data, (size_t)ad_shape_size(s) * sizeof(double));
-    if (v && t->par.check_finite && !check_finite(t, &t->nodes[v])) return AD_NONE;
+        memcpy(ad_val(t, v), data, (size_t)ad_shape_size(s) * sizeof(double));
+    if (v && t->par.check_finite && !check_finite(t, ad_node_at(t, v))) return AD_NONE;
     return v;
 }
 
@@ -456,19 +538,19 @@ ad_var ad_const_view(ad_tape *t, ad_shape s, const double *d) {
     // The first entry (in order) naming a view of d with shape s, as a search of every entry
     // would find it: an entry whose view_data is not d names no view of d.
     for (int i = 0; i < NV; i++) {
-        ad_var v = t->view_cache[i];
+        int32_t v = t->view_cache[i];
         if (t->view_data[i] != d || t->status != AD_OK || v <= 0 || v >= t->n_nodes) continue;
         const ad_node *n = &t->nodes[v];
         if (n->op == OP_LEAF && (n->flags & NF_VIEW) && n->val == d &&
             ad_shape_eq(ad_node_shape(n), s)) {
             t->view_used[i] = ++t->view_clock;
-            return v;
+            return ad_ref(t, v);
         }
     }
     int old = 0;
     int64_t oldest = INT64_MAX;
     for (int i = 0; i < NV; i++) {
-        ad_var v = t->view_cache[i];
+        int32_t v = t->view_cache[i];
         int64_t used = -1; // an entry whose node was rewound away is refilled first
         if (t->status == AD_OK && v > 0 && v < t->n_nodes) {
             const ad_node *n = &t->nodes[v];
@@ -478,9 +560,10 @@ ad_var ad_const_view(ad_tape *t, ad_shape s, const double *d) {
     }
     ad_var v = leaf(t, "const_view", s, d, false, true);
     if (v) {
-        for (int i = 0; i < NV; i++) // entries left naming this handle name this view now
-            if (t->view_cache[i] == v) t->view_data[i] = d;
-        t->view_cache[old] = v, t->view_data[old] = d, t->view_used[old] = ++t->view_clock;
+        int32_t i = ad_index(v);
+        for (int k = 0; k < NV; k++) // entries left naming this index name this view now
+            if (t->view_cache[k] == i) t->view_data[k] = d;
+        t->view_cache[old] = i, t->view_data[old] = d, t->view_used[old] = ++t->view_clock;
     }
     return v;
 }
@@ -492,7 +575,7 @@ ad_var ad_fill(ad_tape *t, ad_shape s, double v) {
     p->flags = NF_VALUE | NF_NOGRAD | NF_STABLE;
     ad_var r = ad_commit(t, p);
     if (r) {
-        double *x = t->nodes[r].val;
+        double *x = ad_val(t, r);
         for (int i = 0; i < ad_shape_size(s); i++) x[i] = v;
     }
     return r;
@@ -516,11 +599,11 @@ static bool same_node(const ad_node *x, const ad_node *y) {
            x->idx == y->idx && !((x->flags ^ y->flags) & NF_NOGRAD);
 }
 
-ad_var ad_memo(ad_tape *t, ad_var v) {
+int32_t ad_memo(ad_tape *t, int32_t v) {
     ad_node *n = &t->nodes[v];
     struct ad_memo *set = memo_set(t, n);
     for (int k = 0; k < 2; k++) {
-        ad_var w = set[k].v;
+        int32_t w = set[k].v;
         // w is a hint: it must still be on the tape and equal (a node recorded at w since a
         // rewind reads the inputs those handles name now, so equal fields mean the same value)
         if (w > 0 && w < v && same_node(&t->nodes[w], n)) {
@@ -544,26 +627,26 @@ ad_var ad_memo(ad_tape *t, ad_var v) {
 }
 
 ad_var ad_unit(ad_tape *t) {
-    ad_var v = t->unit;
-    if (t->status == AD_OK && v > 0 && v < t->n_nodes) {
-        const ad_node *n = &t->nodes[v];
+    int32_t u = t->unit;
+    if (t->status == AD_OK && u > 0 && u < t->n_nodes) {
+        const ad_node *n = &t->nodes[u];
         if (n->op == OP_LEAF && n->rank == 0 && (n->flags & NF_NOGRAD) && !(n->flags & NF_VIEW) &&
             n->val[0] == 1.0)
-            return v;
+            return ad_ref(t, u);
     }
-    v = ad_fill(t, ad_scalar_shape(), 1.0);
-    if (v) t->unit = v;
+    ad_var v = ad_fill(t, ad_scalar_shape(), 1.0);
+    if (v) t->unit = ad_index(v);
     return v;
 }
 
 ad_shape ad_shape_of(const ad_tape *t, ad_var v) {
-    if (v <= 0 || v >= t->n_nodes) return ad_scalar_shape();
-    return ad_node_shape(&t->nodes[v]);
+    if (!ad_live(t, v)) return ad_scalar_shape();
+    return ad_node_shape(ad_node_at(t, v));
 }
 
 const double *ad_value(ad_tape *t, ad_var v) {
-    if (v <= 0 || v >= t->n_nodes) return &t->nan_;
-    ad_node *n = &t->nodes[v];
+    if (!ad_live(t, v)) return &t->nan_;
+    ad_node *n = ad_node_at(t, v);
     if (!ad_force(t, v) && !(n->flags & (NF_VALUE | NF_VIEW)))
         for (int i = 0; i < ad_size(n); i++) n->val[i] = NAN;
     return n->val;

@@ -9,6 +9,7 @@
 // Graph mode (when it fits params.graph_budget): the K steps stay recorded on the tape and one
 // reverse sweep from F(x, y_end) gives both gradients; no step is recorded twice.
 #include "internal.h"
+#include "ad_extra.h" // ad_keep, ad_reuse
 
 #include <math.h>
 #include <stdint.h>

@@ -88,8 +88,9 @@ static ad_var call_obj(ad_tape *t, const blo_problem *p, int upper, ad_var x, ad
         ad_tape_fail(t, AD_EARG, CALLBACK_TAG "%s(x, y) returned AD_NONE", name);
         return AD_NONE;
     }
-    if (v < 0 || v >= ad_tape_nodes(t)) {
-        ad_tape_fail(t, AD_EARG, CALLBACK_TAG "%s(x, y) returned an invalid handle %d", name, (int)v);
+    if (!ad_tape_holds(t, v)) {
+        ad_tape_fail(t, AD_EARG, CALLBACK_TAG "%s(x, y) returned an invalid handle %lld", name,
+                     (long long)v);
         return AD_NONE;
     }
     ad_shape s = ad_shape_of(t, v);
@@ -216,7 +217,7 @@ blo_status blo_dynamics_validate(const blo_problem *p, const blo_dynamics *d, bl
 
 static ad_var expect_vec(ad_tape *t, const blo_dynamics *d, const char *what, ad_var v, int n) {
     if (ad_tape_status(t) != AD_OK) return AD_NONE;
-    if (v <= AD_NONE || v >= ad_tape_nodes(t)) {
+    if (!ad_tape_holds(t, v)) {
         ad_tape_fail(t, AD_EARG, CALLBACK_TAG "dynamics %s: %s returned no tensor", d->name, what);
         return AD_NONE;
     }

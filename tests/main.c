@@ -7,6 +7,8 @@ int main(int argc, char **argv) {
     if (argc > 1) th_set_filter(argv[1]);
     test_ad_ops();
     test_ad_engine();
+    test_ad_errors();
+    test_ad_handles();
     test_ad_products();
     test_ad_thin();
     test_bilevel();

@@ -4,6 +4,7 @@
 #include "tests.h"
 
 #include "../autodiff/ad.h"
+#include "../autodiff/ad_extra.h"
 
 #include <math.h>
 #include <string.h>
@@ -307,6 +308,90 @@ static void mark_rewind(void) {
     }
 }
 
+// ---- reset ----
+
+// What a reset must forget: which const views the tape finds again (16 are remembered, the least
+// recently used go first), the shared scalar 1 that seeds gradients, and the remembered
+// products. A computation that leans on all three: the view of B is evicted by the 18 views
+// after it and recorded again; a scalar 1 sits where an earlier recording's seed may have been;
+// products of views and x recorded three times are found again or not; a gradient, a
+// Hessian-vector product and a second gradient sum what is shared. f, g, h, g2 go to out [4 RN].
+enum { RN = 5, RVIEWS = 18 };
+typedef struct {
+    double B[RN * RN], V[RVIEWS][RN], x0[RN], y0[RN], M[RVIEWS][RN * RN];
+} reset_data;
+
+static reset_data reset_make(uint64_t seed) {
+    reset_data d;
+    ad_rng r;
+    ad_rng_seed(&r, seed);
+    for (int i = 0; i < RN * RN; i++) d.B[i] = ad_rng_normal(&r);
+    for (int k = 0; k < RVIEWS; k++)
+        for (int i = 0; i < RN; i++) d.V[k][i] = ad_rng_normal(&r);
+    for (int i = 0; i < RN; i++) d.x0[i] = ad_rng_normal(&r), d.y0[i] = ad_rng_normal(&r);
+    for (int k = 0; k < RVIEWS; k++)
+        for (int i = 0; i < RN * RN; i++) d.M[k][i] = ad_rng_normal(&r);
+    return d;
+}
+
+static int32_t reset_comp(ad_tape *t, const reset_data *d, int shift, double *out) {
+    int32_t n0 = ad_tape_nodes(t);
+    for (int i = 0; i < shift; i++) ad_scalar(t, 2.0);
+    ad_var x = ad_param(t, ad_vec_shape(RN), d->x0), y = ad_const(t, ad_vec_shape(RN), d->y0);
+    ad_shape sb = ad_mat_shape(RN, RN);
+    ad_var f = ad_dot(t, y, ad_matvec(t, ad_const_view(t, sb, d->B), x, 0));
+    for (int k = 0; k < RVIEWS; k++)
+        f = ad_add(t, f, ad_dot(t, x, ad_const_view(t, ad_vec_shape(RN), d->V[k])));
+    f = ad_add(t, f, ad_dot(t, y, ad_matvec(t, ad_const_view(t, sb, d->B), x, 0)));
+    f = ad_add(t, f, ad_mul(t, ad_scalar(t, 1.0), ad_sqnorm(t, x)));
+    ad_var g = AD_NONE, h = AD_NONE;
+    ad_grad(t, f, 1, &x, &g, 0);
+    ad_hvp(t, f, x, y, &h, 0);
+    // products of views and x recorded three times each, summed: which are found again
+    ad_var f2 = ad_scalar(t, 0), g2 = AD_NONE;
+    for (int r = 0; r < 3; r++)
+        for (int k = 0; k < RVIEWS; k++)
+            f2 = ad_add(t, f2, ad_dot(t, ad_const_view(t, ad_vec_shape(RN), d->V[(k + r) % RVIEWS]),
+                                      ad_matvec(t, ad_const_view(t, sb, d->M[k]), x, r & 1)));
+    ad_grad(t, f2, 1, &x, &g2, 0);
+    memset(out, 0, 4 * RN * sizeof(double));
+    memcpy(out, ad_value(t, f), sizeof(double));
+    memcpy(out + RN, ad_value(t, g), RN * sizeof(double));
+    memcpy(out + 2 * RN, ad_value(t, h), RN * sizeof(double));
+    memcpy(out + 3 * RN, ad_value(t, g2), RN * sizeof(double));
+    return ad_tape_nodes(t) - n0;
+}
+
+static void reset(void) {
+    TEST_CASE("reset: a computation after a reset gives the bits of a new tape, whatever came before") {
+        enum { SHIFT = 12 };
+        reset_data d = reset_make(7), other = reset_make(8);
+        double want[4 * RN], got[4 * RN], scratch[4 * RN];
+        ad_tape *fresh = ad_tape_new(NULL);
+        int32_t n_want = reset_comp(fresh, &d, SHIFT, want);
+        EXPECT(ad_tape_status(fresh) == AD_OK, "%s", ad_tape_error(fresh));
+        ad_tape_free(fresh);
+        // histories: the same computation on other data, shifted by 0 to 2 SHIFT nodes; or 1 to
+        // 8 nodes, then 64 views of distinct memory
+        static const double big[64 + RN];
+        for (int k = 0; k <= 2 * SHIFT + 8; k++) {
+            ad_tape *t = ad_tape_new(NULL);
+            if (k <= 2 * SHIFT) {
+                reset_comp(t, &other, k, scratch);
+            } else {
+                for (int i = 2 * SHIFT; i < k; i++) ad_scalar(t, 1.0);
+                for (int i = 0; i < 64; i++) ad_const_view(t, ad_vec_shape(RN), big + i);
+            }
+            ad_tape_reset(t);
+            int32_t n = reset_comp(t, &d, SHIFT, got);
+            EXPECT(ad_tape_status(t) == AD_OK && n == n_want && !memcmp(got, want, sizeof want),
+                   "history %d: %d nodes against %d, f %.17g against %.17g (%s)", k, (int)n,
+                   (int)n_want, got[0], want[0], ad_tape_error(t));
+            ad_tape_free(t);
+        }
+    }
+}
+
 static void errors(void) {
     TEST_CASE("errors: domain errors name the op and the entry") {
         struct { ad_var (*f)(ad_tape *, ad_var); double x; const char *op; } c[] = {
@@ -453,7 +538,7 @@ static void sharing(void) {
         EXPECT(ad_const_view(t, ad_mat_shape(3, 2), A) != a, "another shape, another node");
         EXPECT(ad_const_view(t, ad_mat_shape(2, 3), B) != a, "other memory, another node");
         ad_tape_rewind(t, m);
-        ad_var x = ad_param(t, ad_vec_shape(6), A); // takes a's old handle
+        ad_var x = ad_param(t, ad_vec_shape(6), A); // at a's old place
         ad_var a2 = ad_const_view(t, ad_mat_shape(2, 3), A);
         EXPECT(a2 != x && ad_value(t, a2) == A && ad_tape_status(t) == AD_OK, "re-recorded after rewind");
         ad_tape_free(t);
@@ -473,13 +558,16 @@ static void sharing(void) {
             double want = 3 * (B[j] * y0[0] + B[3 + j] * y0[1]);
             EXPECT(fabs(ad_value(t, gx)[j] - want) < 1e-14, "entry %d: %g vs %g", j, ad_value(t, gx)[j], want);
         }
-        // a rewind drops what it dropped: the same handles recorded again are computed again
+        // a rewind drops what it dropped: the same nodes recorded again at the same places are
+        // computed again (under new handles: the old ones went stale)
         ad_mark m = ad_tape_mark(t);
         ad_var c = ad_detach(t, x);
         ad_matvec(t, b, c, 0);
         ad_tape_rewind(t, m);
         EXPECT(ad_matvec(t, b, x, 0) == bx, "still remembered after a rewind that kept it");
-        EXPECT(ad_detach(t, x) == c, "the detached copy takes its old handle");
+        ad_var c2 = ad_detach(t, x);
+        EXPECT(c2 != c && ad_tape_holds(t, c2) && !ad_tape_holds(t, c), "the old handle is stale");
+        c = c2;
         int64_t e0 = ad_tape_evals(t);
         ad_var bc = ad_matvec(t, b, c, 0);
         EXPECT(ad_tape_evals(t) == e0 + 1 && ad_value(t, bc)[1] == ad_value(t, bx)[1], "recomputed");
@@ -616,6 +704,7 @@ void test_ad_engine(void) {
     kernels();
     deferral();
     mark_rewind();
+    reset();
     fused();
     sharing();
     errors();

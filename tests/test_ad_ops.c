@@ -5,6 +5,7 @@
 #include "tests.h"
 
 #include "../autodiff/ad.h"
+#include "../autodiff/ad_extra.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -11,6 +11,7 @@
 #include "tests.h"
 
 #include "../autodiff/ad.h"
+#include "../autodiff/ad_extra.h"
 #include "../autodiff/thin.h"
 
 #include <cblas.h>

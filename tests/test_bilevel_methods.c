@@ -4,6 +4,7 @@
 #include "harness.h"
 #include "tests.h"
 
+#include "../autodiff/ad_extra.h" // ad_op_find, ad_tape_op_evals
 #include "../bilevel/blo_extra.h"
 
 #include <math.h>

@@ -3,6 +3,8 @@
 #define HYPERTAPE_TESTS_H
 void test_ad_ops(void);
 void test_ad_engine(void);
+void test_ad_errors(void);
+void test_ad_handles(void);
 void test_ad_products(void);
 void test_ad_thin(void);
 void test_bilevel(void);

@@ -6,6 +6,7 @@
 #include "bench.h"
 
 #include "../autodiff/ad.h"
+#include "../autodiff/ad_extra.h"
 #include "../autodiff/thin.h"
 
 #include <cblas.h>

@@ -10,6 +10,7 @@
 #include "bench.h"
 
 #include "../autodiff/ad.h"
+#include "../autodiff/ad_extra.h"
 #include "../autodiff/thin.h"
 #include "../bilevel/blo.h"
 #include "../bilevel/blo_extra.h"

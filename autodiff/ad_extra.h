@@ -1,0 +1,62 @@
+// hypertape autodiff, beyond ad.h: what the tape counts (op uses and evaluations), the hooks
+// benchmarks use (time in products, the product kernel), and products kept across a rewind,
+// which the bilevel layer's reverse sweep uses. A user of the tape needs only ad.h.
+#ifndef HYPERTAPE_AD_EXTRA_H
+#define HYPERTAPE_AD_EXTRA_H
+
+#include "ad.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---- counters ------------------------------------------------------------------------------------
+
+// Node values computed since the tape was made (what deferral saves shows here).
+int64_t ad_tape_evals(const ad_tape *t);
+// The ops by number (0 to ad_op_count() - 1), for the counters below.
+const char *ad_op_name(int op);   // "?" outside the range
+int ad_op_find(const char *name); // the op's number, -1 if none
+int ad_op_count(void);
+// How many nodes of each op were recorded since the tape was made (for coverage tests).
+int64_t ad_tape_op_uses(const ad_tape *t, int op);
+// How many values of each op were computed (a deferred node that nothing read is recorded, not
+// computed): what a benchmark counts as passes over its data.
+int64_t ad_tape_op_evals(const ad_tape *t, int op);
+
+// ---- matrix products -----------------------------------------------------------------------------
+
+// Seconds spent in matrix products (matvec, matmul: cblas and the thin kernel) since the tape
+// was made, when params.time_blas is set; benchmarks compare it with the total to show the
+// overhead outside the products.
+double ad_tape_blas_seconds(const ad_tape *t);
+// Large products whose output has few columns (X W with W [784, 10], and X^T G) run on the
+// tape's own streaming kernel where the CPU has one (AVX2 + FMA); off sends them to cblas, for
+// comparisons. Returns the previous setting.
+int ad_tape_thin_products(ad_tape *t, int on);
+// What those products run on: "AVX2+FMA kernel, 2 threads", or "cblas" when off or unavailable.
+const char *ad_tape_product_kernel(const ad_tape *t, char buf[64]);
+
+// ---- keeping products across a rewind (keep.c) ---------------------------------------------------
+
+// A recording that is rewound and made again (a reverse sweep re-recording an unrolled step)
+// computes its products over large constants twice. ad_keep copies the computed products
+// recorded since m whose one operand is a constant (ad_matmul_coded, or ad_matmul with an
+// ad_const_view) and the other a leaf seen through reshapes and slices (W_k, a slice of the
+// state y_k), of at least 2^20 multiply-adds, each with that operand's value. NULL when there is
+// none, or they would take more than max_bytes (then nothing is kept). ad_reuse, on the
+// recording made again since m, gives each uncomputed such product whose constant is the same
+// and whose operand equals a kept one entry by entry the kept value; it returns how many. The
+// constants are known by their address: their contents must not change between the two. A mark
+// ad_tape_rewind would refuse is an AD_EARG on the tape for both (NULL, 0).
+typedef struct ad_kept ad_kept;
+ad_kept *ad_keep(ad_tape *t, ad_mark m, size_t max_bytes);
+int ad_reuse(ad_tape *t, ad_mark m, const ad_kept *k);
+size_t ad_kept_bytes(const ad_kept *k);
+void ad_kept_free(ad_kept *k); // NULL is fine
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
