@@ -18,6 +18,10 @@
 
 #include "ad.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum {
     BLO_OK = 0,
     BLO_EARG,      // a bad argument: a size, a step size, K, a missing pointer, a box with lo > hi
@@ -203,5 +207,9 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
                          blo_error *err);
 
 const char *blo_status_name(blo_status s);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -13,6 +13,10 @@
 
 #include "blo.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 // ---- implicit differentiation at a point ----------------------------------------------------------
 
 typedef enum { BLO_IMPLICIT_CG, BLO_IMPLICIT_NEUMANN } blo_implicit_kind;
@@ -223,5 +227,9 @@ const double *blo_runner_y(const blo_runner *r);
 // after K steps); the carried y of bome, galet, bvfim (not advanced).
 blo_status blo_runner_solution(blo_runner *r, const double *x, const double *z, double *y,
                                blo_error *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

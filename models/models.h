@@ -10,6 +10,10 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct mdl_model mdl_model;
 
 // Test-set evaluation of a learning task at (x, y): accuracy and F1 of the "clean" prediction
@@ -74,5 +78,9 @@ int mdl_set_string(int n_set, const char *const *set, const char *key, const cha
 // -1 with "unknown setting 'k' for model NAME (known: a, b)" if a setting's key is not in keys.
 int mdl_check_keys(const char *model, int n_set, const char *const *set, const char *const *keys,
                    char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
