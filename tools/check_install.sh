@@ -5,7 +5,10 @@
 # parent meson project that takes hypertape as a subproject. Prints "N passed, N failed" last and
 # exits non-zero if a check failed. tests/run calls it, so CI runs it.
 #
-# usage: tools/check_install.sh [BUILDDIR]   (default build-install; configured here on first use)
+# usage: tools/check_install.sh [BUILDDIR]
+# BUILDDIR (default build-install) is a release build, configured here if it is not one yet;
+# tests/run passes its own release build, so the library is not compiled twice. Its prefix is set
+# to the temporary one for the install and given back on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -13,6 +16,12 @@ build=${1:-build-install}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 prefix=$tmp/prefix
+if [ ! -f "$build/build.ninja" ]; then
+    meson setup "$build" --buildtype=release > "$tmp/setup.log" || { cat "$tmp/setup.log"; exit 1; }
+fi
+own_prefix=$(meson introspect "$build" --buildoptions |
+    python3 -c 'import json, sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"] == "prefix"))')
+trap 'meson configure "$build" -Dprefix="$own_prefix" > /dev/null; rm -rf "$tmp"' EXIT
 passed=0 failed=0
 
 # check NAME COMMAND...: runs COMMAND with its output in a log; on failure prints the log's end.
@@ -29,16 +38,11 @@ check() {
     fi
 }
 
-# A release build (LTO as the project sets it) installed into the temporary prefix. The build
-# folder stays between runs, as tests/run's do; only the prefix changes.
+# The release build (LTO as the project sets it) installed into the temporary prefix, with the
+# command it installs.
 install_release() {
-    if [ ! -f "$build/build.ninja" ]; then
-        meson setup "$build" --buildtype=release --prefix="$prefix" || return 1
-    else
-        meson configure "$build" -Dprefix="$prefix" || return 1
-    fi
-    meson install -C "$build" && [ -n "$(find "$prefix" -name hypertape.pc)" ] &&
-        "$prefix/bin/hypertape" --help
+    meson configure "$build" -Dprefix="$prefix" && meson install -C "$build" &&
+        [ -n "$(find "$prefix" -name hypertape.pc)" ] && "$prefix/bin/hypertape" --help
 }
 
 # Every installed header compiles on its own, as C11 and as C++.
@@ -51,14 +55,16 @@ headers_alone() {
     done
 }
 
-# libhypertape.a is an ordinary archive (not thin, not LTO IR only): ar lists and extracts it and
-# every object holds code or data the linker can use (a slim LTO object's are all empty).
+# libhypertape.a is an ordinary archive: ar lists and extracts it (a thin one it does not), every
+# object holds code or data the linker can use (a slim LTO object's are all empty) and none holds
+# gcc's LTO IR (which only the same gcc reads, and which gcc re-optimizes at every user's link).
 archive_ordinary() {
     local a=$libdir/libhypertape.a o
     mkdir "$tmp/objs" && (cd "$tmp/objs" && ar x "$a") && [ "$(ar t "$a" | wc -l)" -gt 0 ] || return 1
     for o in "$tmp"/objs/*.o; do
         size -A "$o" | awk '$1 ~ /^\.(text|data|rodata|bss)/ && $2 > 0 {n++} END {exit !n}' ||
             { echo "$o: no machine code or data"; return 1; }
+        ! size -A "$o" | grep -q '^\.gnu\.lto' || { echo "$o: holds LTO IR"; return 1; }
     done
 }
 
@@ -112,7 +118,7 @@ pc=$(find "$prefix" -name hypertape.pc 2>/dev/null || true)
 export PKG_CONFIG_PATH=${pc%/*}
 libdir=${PKG_CONFIG_PATH%/pkgconfig}
 check "installed headers compile alone (C11, C++)" installed headers_alone
-check "libhypertape.a is an ordinary archive with machine code" installed archive_ordinary
+check "libhypertape.a is an ordinary archive, machine code only" installed archive_ordinary
 for cc in gcc clang; do
     check "tools/example.c, $cc, shared library" installed example "$cc" shared
     check "tools/example.c, $cc, static library" installed example "$cc" static
