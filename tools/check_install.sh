@@ -19,8 +19,8 @@ prefix=$tmp/prefix
 if [ ! -f "$build/build.ninja" ]; then
     meson setup "$build" --buildtype=release > "$tmp/setup.log" || { cat "$tmp/setup.log"; exit 1; }
 fi
-own_prefix=$(meson introspect "$build" --buildoptions |
-    python3 -c 'import json, sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"] == "prefix"))')
+prefix_of='import json, sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"] == "prefix"))'
+own_prefix=$(meson introspect "$build" --buildoptions | python3 -c "$prefix_of")
 trap 'meson configure "$build" -Dprefix="$own_prefix" > /dev/null; rm -rf "$tmp"' EXIT
 passed=0 failed=0
 
@@ -77,7 +77,8 @@ example() {
         "$cc" "$root/tools/example.c" $(pkg-config --cflags --libs hypertape) -o "$exe" &&
             LD_LIBRARY_PATH=$libdir "$exe" > "$exe.out" || return 1
     else
-        libs=$(pkg-config --static --libs hypertape | sed -E 's/(^| )-lhypertape( |$)/\1-l:libhypertape.a\2/')
+        libs=$(pkg-config --static --libs hypertape |
+            sed -E 's/(^| )-lhypertape( |$)/\1-l:libhypertape.a\2/')
         "$cc" "$root/tools/example.c" $(pkg-config --cflags hypertape) $libs -o "$exe" || return 1
         ! readelf -d "$exe" | grep -q libhypertape || { echo "$exe needs libhypertape.so"; return 1; }
         "$exe" > "$exe.out" || return 1
@@ -89,8 +90,9 @@ example() {
 # the functions C linkage. (It names one function; rename it here if that function is renamed.)
 cxx_program() {
     local h
-    for h in "$prefix"/include/hypertape/*.h; do echo "#include \"$(basename "$h")\""; done > "$tmp/prog.cc"
-    printf '#include <cstdio>\nint main() { return std::puts(blo_status_name(BLO_OK)) < 0; }\n' >> "$tmp/prog.cc"
+    echo '#include <cstdio>' > "$tmp/prog.cc"
+    for h in "$prefix"/include/hypertape/*.h; do echo "#include \"${h##*/}\""; done >> "$tmp/prog.cc"
+    echo 'int main() { return std::puts(blo_status_name(BLO_OK)) < 0; }' >> "$tmp/prog.cc"
     clang++ "$tmp/prog.cc" $(pkg-config --cflags --libs hypertape) -o "$tmp/prog-cxx" &&
         LD_LIBRARY_PATH=$libdir "$tmp/prog-cxx"
 }
