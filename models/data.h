@@ -9,6 +9,10 @@
 
 #include "ad.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 // Where Debian's dataset-fashion-mnist package installs FashionMNIST.
 #define MDL_FASHION_MNIST_DIR "/usr/share/datasets/fashion-mnist"
 
@@ -64,5 +68,9 @@ typedef struct {
 mdl_hc_params mdl_hc_default_params(void); // 5000 / 5000 / 10000, 50%, seed 0
 int mdl_hc_load(const char *dir, const mdl_hc_params *p, mdl_hc_data *out, char *err, size_t errlen);
 void mdl_hc_free(mdl_hc_data *d);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -94,4 +94,8 @@ double mdl_x_error(const mdl_model *m, const double *x);
 }
 #endif
 
+#ifdef __cplusplus
+}
+#endif
+
 #endif
