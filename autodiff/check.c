@@ -146,13 +146,13 @@ static bool setup(evaluator *e, ad_check_report *r, ad_fn fn, void *ctx, int n_i
     if (!check_args(r, fn, n_in, shapes, point, p)) return false;
     *e = (evaluator){.fn = fn, .ctx = ctx, .n_in = n_in, .shapes = shapes};
     e->t = ad_tape_new(NULL);
-    e->x = calloc((size_t)n_in, sizeof *e->x);
+    e->x = calloc((uint32_t)n_in, sizeof *e->x); // checked: 1 <= n_in <= 16
     bool ok = e->t && e->x;
     for (int k = 0; ok && k < n_in; k++) {
-        int n = ad_shape_size(shapes[k]);
-        e->x[k] = malloc((size_t)(n ? n : 1) * sizeof(double));
+        size_t n = (uint32_t)ad_shape_size(shapes[k]); // checked: 0 <= n <= INT32_MAX
+        e->x[k] = malloc((n ? n : 1) * sizeof(double));
         ok = e->x[k] != NULL;
-        if (ok && n) memcpy(e->x[k], point[k], (size_t)n * sizeof(double));
+        if (ok && n) memcpy(e->x[k], point[k], n * sizeof(double));
     }
     if (!ok) {
         r->status = AD_ENOMEM;
