@@ -94,8 +94,4 @@ double mdl_x_error(const mdl_model *m, const double *x);
 }
 #endif
 
-#ifdef __cplusplus
-}
-#endif
-
 #endif
