@@ -45,6 +45,7 @@ void test_cli(void) {
         {"run nonconvex --method rhg --trace ''", "--trace needs a non-empty value"},
         {"run nonconvex --method rhg --checkpoint-every 5", "--checkpoint-every needs --checkpoint"},
         {"run --resume /nonexistent/state", "/nonexistent/state: cannot open"},
+        {"run nonconvex --resume /nonexistent/state", "holds the problem and the method; give neither"},
         {"run --settings /nonexistent/s.json", "/nonexistent/s.json: cannot open"},
         {"gradcheck nonconvex --method ait --trace t.csv", "--trace is not an option of gradcheck"},
         {"run hyperclean --method rhg --set data=/nonexistent", "/nonexistent"},

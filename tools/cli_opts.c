@@ -183,6 +183,9 @@ int cli_parse(const char *cmd, int argc, char **argv, cli_args *a, char *err, si
             a->opts[a->n_opts++] = (cli_assign){neg ? neg->name : r->name, neg ? "0" : val ? val : "1", s};
         }
     }
+    if ((a->resume || a->settings) && (a->problem || a->method))
+        return fail(err, n, "%s %s holds the problem and the method; give neither", a->resume ? "--resume" : "--settings",
+                    a->resume ? a->resume : a->settings);
     if (a->resume) {
         if (a->settings) return fail(err, n, "--resume and --settings: the state file holds its settings");
         return 0;
@@ -235,7 +238,7 @@ static blo_status push(assign_list *l, const char *name, const char *value, cons
 }
 
 // The tail of the method as given: ":DYNAMICS" and "+FLAG" / "+noFLAG" words.
-static int push_spec(assign_list *l, const char *given, char *err, size_t n) {
+static int push_given(assign_list *l, const char *given, char *err, size_t n) {
     const char *p = given + strcspn(given, ":+");
     while (*p) {
         char word[64];
@@ -393,7 +396,7 @@ static int plan_from_args(const cli_args *a, const char *given, int lenient, cli
     char method[64];
     snprintf(method, sizeof method, "%.*s", (int)strcspn(given, ":+"), given);
     assign_list l = {.given = given};
-    int rc = new_problem(p, mdl_find(a->problem), err, n) || push_spec(&l, given, err, n) ? -1 : 0;
+    int rc = new_problem(p, mdl_find(a->problem), err, n) || push_given(&l, given, err, n) ? -1 : 0;
     if (!rc && push_command(&l, a)) rc = fail(err, n, "out of memory");
     if (!rc) rc = new_config(p, method, &l, err, n);
     if (!rc) rc = apply_list(p->config, &l, lenient, err, n);
