@@ -103,7 +103,8 @@ blo_config *mdl_paper_config(const mdl_entry *e, const blo_method_type *m, const
     if (dynamics) snprintf(p.dynamics, sizeof p.dynamics, "%s", dynamics);
     for (const mdl_paper_row *row = e->papers; !dynamics && row && row->method; row++)
         if (mdl_paper_row_applies(row, m)) blo_assignments_each(row->settings, find_dynamics, &p, NULL);
-    blo_status st = p.dynamics[0] ? blo_config_set(c, "dynamics", p.dynamics, &be) : BLO_OK;
+    // a row for every method may name a dynamics that only the unrolling methods have
+    blo_status st = p.dynamics[0] && blo_config_has(c, "dynamics") ? blo_config_set(c, "dynamics", p.dynamics, &be) : BLO_OK;
     for (const mdl_paper_row *row = e->papers; !st && row && row->method; row++)
         if (mdl_paper_row_applies(row, m)) st = blo_assignments_each(row->settings, set_known, &p, &be);
     if (st) {
