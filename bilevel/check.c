@@ -29,9 +29,9 @@ static int pick(int n, const blo_check_params *cp, int *idx) {
 }
 
 static void verdict(blo_check_report *r, const blo_check_params *cp, int nx, int i, double a, double num) {
-    double err = fabs(a - num), mag = fmax(fabs(a), fabs(num));
-    double ratio = err / (cp->atol + cp->rtol * mag);
-    if (!(ratio <= 1)) r->pass = 0;
+    double err = fabs(a - num), mag = fmax(fabs(a), fabs(num)), tol = cp->atol + cp->rtol * mag;
+    if (!(err <= tol)) r->pass = 0; // a NaN fails
+    double ratio = tol > 0 ? err / tol : err > 0 ? INFINITY : 0;
     if (isnan(ratio)) ratio = INFINITY;
     if (r->checked == 0 || ratio > r->worst_ratio) {
         r->worst_ratio = ratio;

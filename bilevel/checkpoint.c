@@ -133,6 +133,7 @@ static blo_status write_file(const char *path, const blo_writer *w, blo_error *e
 
 blo_status blo_solver_save(const blo_solver *s, const char *path, const char *meta, blo_error *err) {
     if (!s || !path) return blo_fail(err, BLO_EARG, "save: NULL solver or path");
+    if (s->broken) return blo_fail(err, BLO_EARG, "save: the solver's state was partly loaded from a bad file");
     blo_writer w = {0}, set = {0}, b = {0};
     uint32_t head[2] = {VERSION, BYTE_ORDER_MARK};
     const char *name = s->m->name;
@@ -221,29 +222,58 @@ static blo_status compare_settings(const char *path, const blo_reader *saved, co
                     a + line, (int)(eb - line), b + line);
 }
 
-static blo_status load_body(blo_solver *s, blo_reader *r, const char *path, blo_error *err) {
+// The solver's vectors of a state [x | z | moments | moments | kbar sum | y], read and checked
+// before anything of the solver changes.
+typedef struct {
+    double *v;
+    int32_t t;
+    ad_rng rng;
+    int64_t kbar_n;
+    blo_reader method;
+} staged;
+
+static blo_status stage_body(const blo_solver *s, blo_reader *r, const char *path, staged *b, blo_error *err) {
     int32_t sizes[4];
     if (blo_read(r, sizes, sizeof sizes)) return blo_fail(err, BLO_EIO, "%s: the state is truncated", path);
     if (sizes[0] != s->nx || sizes[1] != s->ny || sizes[2] != s->nz)
         return blo_fail(err, BLO_EARG, "%s: saved for n_x = %d, n_y = %d, n_z = %d; this run has %d, %d, %d",
                         path, sizes[0], sizes[1], sizes[2], s->nx, s->ny, s->nz);
-    if (sizes[3] < 0) return blo_fail(err, BLO_EIO, "%s: a negative iteration count", path);
-    size_t n = (size_t)s->nx + (size_t)s->nz;
-    blo_reader sec;
-    if (blo_read_doubles(r, s->x, (size_t)s->nx) || (s->nz && blo_read_doubles(r, s->z, (size_t)s->nz)) ||
-        blo_read_doubles(r, s->mom, n) || blo_read_doubles(r, s->sec, n) ||
-        blo_read(r, s->rng.s, sizeof s->rng.s) || blo_read_doubles(r, &s->kbar_sum, 1) ||
-        blo_read(r, &s->kbar_n, sizeof s->kbar_n) || blo_read_doubles(r, s->y, (size_t)s->ny) ||
-        read_section(r, &sec) || r->pos != r->len)
+    if (sizes[3] < 0 || sizes[3] == INT32_MAX) // a step from it could not count itself
+        return blo_fail(err, BLO_EIO, "%s: an iteration count of %d", path, sizes[3]);
+    size_t nxz = (size_t)s->nx + (size_t)s->nz, total = 3 * nxz + 1 + (size_t)s->ny;
+    if (!(b->v = malloc(sizeof(double) * total))) return blo_fail(err, BLO_ENOMEM, "%s: out of memory", path);
+    double *kbar = b->v + 3 * nxz;
+    if (blo_read_doubles(r, b->v, nxz) || blo_read_doubles(r, b->v + nxz, 2 * nxz) ||
+        blo_read(r, b->rng.s, sizeof b->rng.s) || blo_read_doubles(r, kbar, 1) ||
+        blo_read(r, &b->kbar_n, sizeof b->kbar_n) || blo_read_doubles(r, kbar + 1, (size_t)s->ny) ||
+        read_section(r, &b->method) || r->pos != r->len)
         return blo_fail(err, BLO_EIO, "%s: the state is truncated", path);
-    s->t = sizes[3];
-    if (s->m->load) {
-        blo_status st = s->m->load(s->state, &sec, err);
-        if (st) return st;
-        if (sec.pos != sec.len) return blo_fail(err, BLO_EIO, "%s: the method's state has extra bytes", path);
-    } else if (sec.len) {
+    for (size_t i = 0; i < 3 * nxz; i++) // the iterate and its moments: what the next step reads
+        if (!isfinite(b->v[i])) return blo_fail(err, BLO_EIO, "%s: a non-finite iterate or moment", path);
+    if (!s->m->load && b->method.len)
         return blo_fail(err, BLO_EIO, "%s: method %s carries no state but the file has some", path, s->m->name);
+    b->t = sizes[3];
+    return BLO_OK;
+}
+
+// The method's state, then (it loaded whole) the staged vectors. A method that fails half way
+// leaves the solver marked broken: its state is not one to go on from or to save.
+static blo_status commit_body(blo_solver *s, staged *b, const char *path, blo_error *err) {
+    if (s->m->load) {
+        s->broken = true;
+        blo_status st = s->m->load(s->state, &b->method, err);
+        if (st) return st;
+        if (b->method.pos != b->method.len) return blo_fail(err, BLO_EIO, "%s: the method's state has extra bytes", path);
     }
+    size_t nx = (size_t)s->nx, nz = (size_t)s->nz, nxz = nx + nz;
+    memcpy(s->x, b->v, nx * sizeof(double));
+    if (nz) memcpy(s->z, b->v + nx, nz * sizeof(double));
+    memcpy(s->mom, b->v + nxz, nxz * sizeof(double));
+    memcpy(s->sec, b->v + 2 * nxz, nxz * sizeof(double));
+    s->kbar_sum = b->v[3 * nxz];
+    memcpy(s->y, b->v + 3 * nxz + 1, (size_t)s->ny * sizeof(double));
+    s->t = b->t, s->rng = b->rng, s->kbar_n = b->kbar_n;
+    s->broken = false;
     return BLO_OK;
 }
 
@@ -258,9 +288,10 @@ blo_status blo_solver_load(blo_solver *s, const char *path, blo_error *err) {
                       (const char *)sf.name.data, name);
     if (!st && settings_text(s->c, &ours)) st = blo_fail(err, BLO_ENOMEM, "load: out of memory");
     if (!st) st = compare_settings(path, &sf.settings, &ours, err);
-    // a partly loaded state is not a state to go on from: the solver is marked broken
-    if (!st && (st = load_body(s, &sf.body, path, err))) s->broken = true;
-    free(sf.data), free(ours.data);
+    staged b = {0};
+    if (!st) st = stage_body(s, &sf.body, path, &b, err);
+    if (!st) st = commit_body(s, &b, path, err);
+    free(b.v), free(sf.data), free(ours.data);
     if (st) snprintf(s->error, sizeof s->error, "%s", err ? err->msg : "load failed");
     return st ? st : blo_ok(err);
 }

@@ -1,38 +1,45 @@
 // darts: the finite-difference hypergradient of DARTS (Liu, Simonyan and Yang, "DARTS:
-// Differentiable Architecture Search", ICLR 2019, Eqs. 7-8; BOAT's "FD"). After K steps of the
-// dynamics, y_K stands for the LL solution and the mixed second derivative in
+// Differentiable Architecture Search", ICLR 2019, Eqs. 7-8) as BOAT's "FD" reads it: after K steps
+// of the dynamics, y_K stands for the LL solution and the mixed second derivative in
 //     d_x = grad_x F(x, y_K) - eta (d²f / dx dy)(x, y_K) v,   v = grad_y F(x, y_K)
 // is taken by central differences of grad_x f along v:
 //     d_x = grad_x F - eta [grad_x f(x, y+) - grad_x f(x, y-)] / (2 eps),
 //     y+- = y_K +- eps v,  eps = r / ||v||
-// (DARTS's r = 0.01; its xi, our eta, is the LL step by default). It needs no Hessian-vector
-// product, only two more gradients of f, and tends to the limit above at rate eps^2. It is a
-// direction, not the gradient of an objective.
+// (DARTS's r = 0.01; its xi, our eta, is the LL step by default, and eta = 0 is its first-order
+// variant). DARTS itself centres the difference on its weights before the one virtual step (our
+// y_{K-1}); with gd dynamics its Eq. 7 is what trhg with truncate = 1 differentiates exactly. It
+// needs no Hessian-vector product, only two more gradients of f, and tends to the limit above at
+// rate eps^2. It is a direction, not the gradient of an objective.
 #include "family.h"
 
+#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
 typedef struct {
     int K;           // ll_iters
     double r;        // eps = r / ||v||
-    double eta;      // the virtual step xi (0 = the dynamics' LL step, resolved)
+    double eta;      // the virtual step xi (-1 = the dynamics' LL step, resolved; 0 = first order)
     int warm_start;
 } darts_params;
 
-static const darts_params defaults = {.K = 20, .r = 0.01, .eta = 0};
+static const darts_params defaults = {.K = 20, .r = 0.01, .eta = -1};
 static const blo_setting settings[] = {
     BLO_ROW_LL_ITERS(darts_params),
     BLO_ROW_DBL(darts_params, r, "r", 0, INFINITY, BLO_SET_LO_OPEN, "r",
                 "finite-difference radius: eps = r / ||grad_y F|| (DARTS Eq. 8)"),
-    BLO_ROW_DBL(darts_params, eta, "eta", 0, INFINITY, 0, "e",
-                "the second-order term's step xi (0 = the dynamics' LL step)"),
+    BLO_ROW_DBL(darts_params, eta, "eta", -1, INFINITY, 0, "e",
+                "the second-order term's step xi (-1 = the dynamics' LL step; 0 = first order)"),
     BLO_ROW_WARM_START(darts_params),
     BLO_ROW_END,
 };
 
 static blo_status darts_resolve(void *params, const blo_dynamics *d, blo_error *err) {
-    return blo_step_or_ll(&((darts_params *)params)->eta, d, "darts", err);
+    darts_params *q = params;
+    if (q->eta >= 0) return blo_ok(err); // 0: DARTS's first order
+    if (q->eta != -1) return blo_fail(err, BLO_EARG, "darts: eta = %g (-1, or >= 0)", q->eta);
+    q->eta = 0;
+    return blo_step_or_ll(&q->eta, d, "darts", err);
 }
 
 typedef struct {
@@ -87,8 +94,8 @@ static blo_status darts_direction(void *state, int t, const double *x, const dou
     if (!st) st = blo_eval(p, 1, x, y, NULL, gx, s->v, h->tape, err); // grad_x F, v = grad_y F
     if (st) return st;
     rec->kbar = h->K;
-    double norm = sqrt(blo_dot(s->v, s->v, ny));
-    if (norm > 0) { // v = 0: the second-order term vanishes
+    double norm = cblas_dnrm2(ny, s->v, 1); // scaled: no overflow for large entries
+    if (norm > 0 && s->par.eta > 0) { // v = 0 or first order: no second-order term
         double eps = s->par.r / norm;
         st = grad_x_f_at(s, x, y, eps, 1, s->gp, err);
         if (!st) st = grad_x_f_at(s, x, y, eps, -1, s->gm, err);

@@ -156,8 +156,9 @@ blo_status blo_solver_step(blo_solver *s) {
     blo_error e;
     int nx = s->nx, nz = s->nz, t = s->t;
     double t0 = now();
-    if (s->broken) {
-        snprintf(s->error, sizeof s->error, "the solver's state was partly loaded from a bad file");
+    if (s->broken || t == INT32_MAX) {
+        snprintf(s->error, sizeof s->error, "%s", s->broken ? "the solver's state was partly loaded from a bad file"
+                                                            : "the iteration count is at its end");
         return BLO_EARG;
     }
     blo_record rec;

@@ -30,6 +30,8 @@ blo_status blo_unrolled_resolve(void *params, const blo_dynamics *d, blo_error *
     blo_unrolled_params *q = params;
     (void)d;
     if (q->truncate < 0) q->truncate = q->K / 2; // T-RHG's default K' (BDA Table 2 halves K)
+    if (q->truncate > q->K)
+        return blo_fail(err, BLO_EARG, "truncate = %d is more than ll_iters = %d LL steps", q->truncate, q->K);
     if (q->prior > 0 || q->prior_start) q->ia = 1; // a prior acts on z
     return blo_ok(err);
 }

@@ -10,9 +10,11 @@
 #include "../models/models.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
 // ---- a small problem with curvature in every term: x [2], y [3] ----
 // F = 1/2 ||y - b||^2 + 0.1 sum sin(x) + 0.2 <tanh(y), C x>, f = 1/2 y^T A y - <y, B x> + 0.3 sum sin(y + D x)
@@ -355,6 +357,43 @@ static void resume_cases(void) {
         blo_solver_free(t), blo_solver_free(s);
         blo_config_free(c);
     }
+    TEST_CASE("solver: a state whose count is at its end is refused; a refused load leaves the solver usable") {
+        blo_error e;
+        blo_config *c = config("rhg", "ul_iters=2 ll_iters=4");
+        blo_solver *s = blo_solver_new(&p, c, x0, y0, NULL, &e);
+        EXPECT(blo_solver_run(s) == BLO_OK && blo_solver_save(s, path, NULL, &e) == BLO_OK, "%s", e.msg);
+        // the body's iteration count, rewritten to INT32_MAX with the checksum made again
+        FILE *f = fopen(path, "rb");
+        unsigned char buf[1 << 16];
+        size_t n = f ? fread(buf, 1, sizeof buf, f) : 0;
+        if (f) fclose(f);
+        size_t at = 16; // magic, version, byte order; then three sections before the body's
+        for (int k = 0; k < 3 && at + 8 <= n; k++) {
+            uint64_t len;
+            memcpy(&len, buf + at, 8);
+            at += 8 + (size_t)len;
+        }
+        int32_t big = INT32_MAX;
+        EXPECT(at + 8 + 16 <= n, "layout");
+        if (at + 8 + 16 <= n) {
+            memcpy(buf + at + 8 + 12, &big, 4); // n_x, n_y, n_z, t
+            uint32_t crc = (uint32_t)crc32_z(0L, buf, n - 4);
+            memcpy(buf + n - 4, &crc, 4);
+            f = fopen(path, "wb");
+            if (f) fwrite(buf, 1, n, f), fclose(f);
+        }
+        blo_solver *t = blo_solver_new(&p, c, x0, y0, NULL, &e);
+        EXPECT(blo_solver_load(t, path, &e) == BLO_EIO && strstr(e.msg, "iteration count"), "%s", e.msg);
+        EXPECT(blo_solver_step(t) == BLO_OK && blo_solver_save(t, path, NULL, &e) == BLO_OK,
+               "a refused load left the solver unusable: %s %s", blo_solver_error(t), e.msg);
+        // a state of other sizes: refused before anything changes, and the solver goes on
+        blo_problem q = {.n_x = 3, .n_y = 1, .F = zero_obj, .f = zero_obj};
+        blo_solver *u = blo_solver_new(&q, c, NULL, NULL, NULL, &e);
+        EXPECT(u && blo_solver_load(u, path, &e) == BLO_EARG && strstr(e.msg, "n_x = 2"), "%s", e.msg);
+        EXPECT(u && blo_solver_step(u) == BLO_OK, "%s", u ? blo_solver_error(u) : e.msg);
+        blo_solver_free(s), blo_solver_free(t), blo_solver_free(u);
+        blo_config_free(c);
+    }
     remove(path);
 }
 
@@ -435,7 +474,50 @@ static void check_cases(void) {
     }
 }
 
+// F = <c, x> + 1e200 sum(y) / 1e200 ... : F linear in x, f = 1/2 ||y - x||^2.
+static ad_var lin_F(ad_tape *t, ad_var x, ad_var y, void *u) {
+    const double *scale = u;
+    ad_var c = ad_fill(t, ad_vec_shape(2), 3);
+    return ad_add(t, ad_dot(t, c, x), ad_scale(t, ad_sum(t, y), *scale));
+}
+static ad_var lin_f(ad_tape *t, ad_var x, ad_var y, void *u) {
+    (void)u;
+    return ad_scale(t, ad_sqnorm(t, ad_sub(t, y, x)), 0.5);
+}
+
+static void exact_cases(void) {
+    TEST_CASE("check_hypergrad: zero tolerances pass an exact match (a linear F, steps of 1/2)") {
+        double zero = 0, x[2] = {1, 2};
+        blo_problem p = {.n_x = 2, .n_y = 2, .F = lin_F, .f = lin_f, .user = &zero};
+        blo_config *c = config("rhg", "ll_iters=3 s_l=0.5");
+        blo_check_params cp = blo_check_default_params();
+        cp.rtol = cp.atol = 0, cp.h = 0.5;
+        blo_check_report r = blo_check_hypergrad(&p, c, x, NULL, NULL, &cp);
+        EXPECT(r.status == BLO_OK && r.pass && r.worst_ratio == 0, "%s", r.msg);
+        blo_config_free(c);
+    }
+    TEST_CASE("darts: eta = 0 is the first-order direction grad_x F; huge grad_y F gives no NaN") {
+        double scale = 1e200, x[2] = {1, 2}, y0[2] = {0, 0};
+        blo_problem p = {.n_x = 2, .n_y = 2, .F = lin_F, .f = lin_f, .user = &scale};
+        blo_error e;
+        for (int first = 0; first < 2; first++) {
+            blo_config *c = config("darts", first ? "eta=0 ll_iters=3" : "ll_iters=3");
+            blo_solver *s = blo_solver_new(&p, c, x, y0, NULL, &e);
+            blo_record rec;
+            EXPECT(s && blo_solver_direction(s, &rec, &e) == BLO_OK, "%s", e.msg);
+            const double *g = s ? blo_solver_gradient(s) : x;
+            // f's mixed derivative is -I: the second-order term is +eta v, v = 1e200 (1, 1)
+            double expect = first ? 3 : 3 + 0.1 * 1e200;
+            EXPECT(isfinite(g[0]) && fabs(g[0] - expect) <= 1e-12 * fabs(expect), "first order %d: %g, expected %g",
+                   first, g[0], expect);
+            blo_solver_free(s);
+            blo_config_free(c);
+        }
+    }
+}
+
 void test_bilevel_solver(void) {
+    exact_cases();
     settings_cases();
     user_method_cases();
     record_cases();

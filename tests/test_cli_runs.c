@@ -85,6 +85,39 @@ static void settings_cases(void) {
         EXPECT(b.status == 0 && strstr(b.out, "\"ul_iters\": 41"), "%s", b.err);
         remove(path);
     }
+    TEST_CASE("cli: settings are written as set, so options on top compose as on a fresh run") {
+        char path[256], args[400];
+        temp_path(path, sizeof path, "trhg.json");
+        snprintf(args, sizeof args, "run counterexample --method trhg --ul-iters 3 --json > %s", path);
+        cli_result a = cli_exec(args);
+        snprintf(args, sizeof args, "run --settings %s --ll-iters 10 --json", path);
+        cli_result b = cli_exec(args);
+        snprintf(args, sizeof args, "run counterexample --method trhg --ul-iters 3 --ll-iters 10 --json");
+        cli_result c = cli_exec(args);
+        char xb[512], xc[512];
+        x_of(b.out, xb, sizeof xb), x_of(c.out, xc, sizeof xc);
+        EXPECT(a.status == 0 && b.status == 0 && strstr(b.out, "\"truncate\": -1") && *xb && !strcmp(xb, xc),
+               "%s vs %s: %s", xb, xc, b.err);
+        cli_result d = cli_exec("run counterexample --method trhg --ll-iters 10 --truncate 20");
+        EXPECT(d.status == 2 && strstr(d.err, "truncate = 20 is more than ll_iters = 10"), "%s", d.err);
+        remove(path);
+    }
+    TEST_CASE("cli: a malformed settings file is one line, exit 2 (groups not objects, a cut \\u escape)") {
+        const char *bodies[] = {"{\"settings\": {\"problem\": {\"name\": \"sin\"}, \"method\": {\"name\": \"rhg\"}, "
+                                "\"solver\": [1]}}",
+                                "{\"settings\": {\"problem\": [1, 2], \"method\": {\"name\": \"rhg\"}, \"solver\": {}}}",
+                                "{\"settings\": \"\\u", "{\"settings\": \"\\u12", "[[[[[[[["};
+        for (int k = 0; k < 5; k++) {
+            char path[256], args[400];
+            temp_path(path, sizeof path, "bad.json");
+            FILE *f = fopen(path, "w");
+            if (f) fputs(bodies[k], f), fclose(f);
+            snprintf(args, sizeof args, "run --settings %s", path);
+            cli_result r = cli_exec(args);
+            EXPECT(r.status == 2 && cli_lines(r.err) == 1, "case %d: status %d: %s", k, r.status, r.err);
+            remove(path);
+        }
+    }
 }
 
 // `hypertape ARGS` started in the background, stdout and stderr into files; its pid.

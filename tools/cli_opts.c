@@ -408,6 +408,7 @@ static int plan_from_args(const cli_args *a, const char *given, int lenient, cli
 static int json_group(const json_value *g, const blo_setting *table, void *params, const char *owner,
                       char *err, size_t n) {
     blo_error be;
+    if (g && g->kind != JSON_OBJECT) return fail(err, n, "settings: %s's settings are not an object", owner);
     for (int i = 0; g && i < g->n_items; i++) {
         const json_value *v = &g->items[i];
         if (!strcmp(v->key, "name") || !strcmp(v->key, "start") || !strcmp(v->key, "start_index")) continue;
@@ -429,7 +430,8 @@ static int plan_from_json(const cli_args *a, const json_value *js, cli_plan *p, 
     const json_value *pg = json_get(s, "problem"), *mg = json_get(s, "method"), *dg = json_get(s, "dynamics");
     const json_value *sg = json_get(s, "solver");
     const char *pname = json_name(pg), *mname = json_name(mg);
-    if (!pname || !mname || !sg) return fail(err, n, "settings: expected problem, method and solver objects with names");
+    if (!pname || !mname || !sg || sg->kind != JSON_OBJECT || (dg && dg->kind != JSON_OBJECT))
+        return fail(err, n, "settings: expected problem, method, solver (and dynamics) objects, with names");
     const mdl_entry *e = mdl_find(pname);
     if (!e) return fail(err, n, "settings: unknown problem '%s'", pname);
     const blo_method_type *mt = blo_method_find(mname);
@@ -488,8 +490,6 @@ int cli_plan_model(const cli_plan *p, mdl_model *m, double **x0, double **y0, ch
     *x0 = *y0 = NULL;
     if (mdl_make(p->entry, p->problem_params, m, err, n)) return -1;
     int nx = m->prob.n_x, ny = m->prob.n_y;
-    blo_error be;
-    if (blo_config_resolve(p->config, ny, &be)) return fail(err, n, "%s", be.msg);
     if (p->start && p->n_start != nx + ny)
         return fail(err, n, "--start: %d values given, %d needed (x then y)", p->n_start, nx + ny);
     if (!p->start && p->start_index > 0 && p->start_index >= m->n_starts)

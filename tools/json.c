@@ -147,13 +147,14 @@ static char *parse_string(parser *p) {
             if (k) c = to[k - from];
             else if (e == 'u') {
                 unsigned v = 0;
-                for (int i = 0; i < 4; i++) {
-                    char h = p->s[p->pos++];
-                    v = v * 16 + (unsigned)(h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10
-                                           : h >= 'A' && h <= 'F' ? h - 'A' + 10 : 99);
-                    if (v >= 0x10000u) break;
+                for (int i = 0; i < 4 && !p->failed; i++) { // stops at the first non-hex digit (or the end)
+                    char h = p->s[p->pos];
+                    int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10
+                          : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+                    if (d < 0) fail(p, "a \\u escape needs four hex digits");
+                    else v = v * 16 + (unsigned)d, p->pos++;
                 }
-                if (v == 0 || v >= 0x80) fail(p, "only \\u escapes of ASCII characters are read");
+                if (!p->failed && (v == 0 || v >= 0x80)) fail(p, "only \\u escapes of ASCII characters are read");
                 c = (char)v;
             } else {
                 fail(p, "bad escape in a string");
