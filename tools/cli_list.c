@@ -4,18 +4,23 @@
 
 #include <string.h>
 
-// "--ll-iters K" for a row.
-static void option_head(const blo_setting *r, char *buf, size_t n) {
+// "--ll-iters K" for a row (as_set: "data=DIR", a problem's --set).
+static void option_head(const blo_setting *r, int as_set, char *buf, size_t n) {
+    const char *arg = r->type == BLO_SET_BOOL ? (as_set ? "1|0" : NULL) : r->arg ? r->arg : "V";
+    if (as_set) {
+        snprintf(buf, n, "%s=%s", r->name, arg);
+        return;
+    }
     size_t len = (size_t)snprintf(buf, n, "--");
     for (const char *p = r->name; *p && len + 1 < n; p++) buf[len++] = *p == '_' ? '-' : *p;
     buf[len] = 0;
-    if (r->type != BLO_SET_BOOL) snprintf(buf + len, n - len, " %s", r->arg ? r->arg : "V");
+    if (arg) snprintf(buf + len, n - len, " %s", arg);
 }
 
-static void print_table(FILE *f, const blo_setting *table, const void *defaults, const char *indent) {
+static void print_table(FILE *f, const blo_setting *table, const void *defaults, int as_set, const char *indent) {
     char head[64], val[300];
     for (const blo_setting *r = table; r && r->name; r++) {
-        option_head(r, head, sizeof head);
+        option_head(r, as_set, head, sizeof head);
         const char *v = blo_setting_format(r, defaults, val, sizeof val);
         if (r->type == BLO_SET_BOOL) v = *v == '1' ? "on" : "off";
         fprintf(f, "%s%-24s %s (default %s)\n", indent, head, r->help, v);
@@ -30,7 +35,7 @@ void cli_print_help(FILE *f, const char *cmd) {
     cli_print_command_options(f, cmd);
     blo_solve_params sp = blo_solve_default_params();
     fprintf(f, "the solver's settings:\n");
-    print_table(f, blo_solve_settings, &sp, "  ");
+    print_table(f, blo_solve_settings, &sp, 0, "  ");
     // the methods sharing a table are listed together
     const blo_method_type *const *reg = blo_method_registry();
     for (int i = 0; reg[i]; i++) {
@@ -41,11 +46,11 @@ void cli_print_help(FILE *f, const char *cmd) {
         for (int j = i, k = 0; reg[j]; j++)
             if (reg[j]->settings == reg[i]->settings) fprintf(f, "%s %s", k++ ? "," : "", reg[j]->name);
         fprintf(f, "'s settings (defaults of %s):\n", reg[i]->name);
-        print_table(f, reg[i]->settings, reg[i]->defaults, "  ");
+        print_table(f, reg[i]->settings, reg[i]->defaults, 0, "  ");
     }
     for (const blo_dynamics_type *const *d = blo_dynamics_registry(); *d; d++) {
         fprintf(f, "dynamics %s's settings:\n", (*d)->name);
-        print_table(f, (*d)->settings, (*d)->defaults, "  ");
+        print_table(f, (*d)->settings, (*d)->defaults, 0, "  ");
     }
     fprintf(f, "A flag (a setting that is 1 or 0) is set by --NAME and cleared by --no-NAME. Settings apply\n"
                "in order: the method's defaults, the problem's paper settings for it (hypertape list\n"
@@ -63,7 +68,7 @@ static void print_values(const blo_settings_group *g) {
 
 static int list_problem(const mdl_entry *e) {
     printf("%s: %s\n  source: %s\n  settings (--set NAME=VALUE):\n", e->name, e->summary, e->source);
-    if (e->settings && e->settings->name) print_table(stdout, e->settings, e->defaults, "    ");
+    if (e->settings && e->settings->name) print_table(stdout, e->settings, e->defaults, 1, "    ");
     else printf("    none\n");
     printf("  each method's settings here (its defaults, then the papers' for this problem):\n");
     cli_args a = {.problem = e->name};
