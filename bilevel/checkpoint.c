@@ -8,7 +8,8 @@
 //   ("name=value" lines of every group but the run's length), body |
 //   u32 CRC-32 (zlib) of everything before it.
 // Body: i32 n_x, n_y, n_z, t | x [n_x], z [n_z], optimizer moments [2 (n_x + n_z)] |
-//   generator [4 u64] | kbar sum (double), count (i64) | y [n_y] | the method's bytes (section).
+//   generator [4 u64] | kbar sum (double), count (i64) | the method's bytes (section). The LL
+// iterate of the last direction is not kept: the next direction writes it before anything reads it.
 // The file is written to PATH.tmp and renamed over PATH, so a crash while writing leaves the
 // previous state whole.
 #include "solver.h"
@@ -102,7 +103,6 @@ static blo_status body(const blo_solver *s, blo_writer *w) {
     if (!st) st = blo_write(w, s->rng.s, sizeof s->rng.s);
     if (!st) st = blo_write_doubles(w, &s->kbar_sum, 1);
     if (!st) st = blo_write(w, &s->kbar_n, sizeof s->kbar_n);
-    if (!st) st = blo_write_doubles(w, s->y, (size_t)s->ny);
     blo_writer mw = {0};
     if (!st && s->m->save) st = s->m->save(s->state, &mw);
     if (!st) st = write_section(w, mw.data, mw.len);
@@ -222,7 +222,7 @@ static blo_status compare_settings(const char *path, const blo_reader *saved, co
                     a + line, (int)(eb - line), b + line);
 }
 
-// The solver's vectors of a state [x | z | moments | moments | kbar sum | y], read and checked
+// The solver's vectors of a state [x | z | moments | moments | kbar sum], read and checked
 // before anything of the solver changes.
 typedef struct {
     double *v;
@@ -240,12 +240,12 @@ static blo_status stage_body(const blo_solver *s, blo_reader *r, const char *pat
                         path, sizes[0], sizes[1], sizes[2], s->nx, s->ny, s->nz);
     if (sizes[3] < 0 || sizes[3] == INT32_MAX) // a step from it could not count itself
         return blo_fail(err, BLO_EIO, "%s: an iteration count of %d", path, sizes[3]);
-    size_t nxz = (size_t)s->nx + (size_t)s->nz, total = 3 * nxz + 1 + (size_t)s->ny;
+    size_t nxz = (size_t)s->nx + (size_t)s->nz, total = 3 * nxz + 1;
     if (!(b->v = malloc(sizeof(double) * total))) return blo_fail(err, BLO_ENOMEM, "%s: out of memory", path);
     double *kbar = b->v + 3 * nxz;
     if (blo_read_doubles(r, b->v, nxz) || blo_read_doubles(r, b->v + nxz, 2 * nxz) ||
         blo_read(r, b->rng.s, sizeof b->rng.s) || blo_read_doubles(r, kbar, 1) ||
-        blo_read(r, &b->kbar_n, sizeof b->kbar_n) || blo_read_doubles(r, kbar + 1, (size_t)s->ny) ||
+        blo_read(r, &b->kbar_n, sizeof b->kbar_n) ||
         read_section(r, &b->method) || r->pos != r->len)
         return blo_fail(err, BLO_EIO, "%s: the state is truncated", path);
     for (size_t i = 0; i < 3 * nxz; i++) // the iterate and its moments: what the next step reads
@@ -271,7 +271,6 @@ static blo_status commit_body(blo_solver *s, staged *b, const char *path, blo_er
     memcpy(s->mom, b->v + nxz, nxz * sizeof(double));
     memcpy(s->sec, b->v + 2 * nxz, nxz * sizeof(double));
     s->kbar_sum = b->v[3 * nxz];
-    memcpy(s->y, b->v + 3 * nxz + 1, (size_t)s->ny * sizeof(double));
     s->t = b->t, s->rng = b->rng, s->kbar_n = b->kbar_n;
     s->broken = false;
     return BLO_OK;

@@ -1,9 +1,7 @@
 // The model registry, making and freeing models, and matching the papers' settings to a method.
 #include "models.h"
 
-#include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -15,7 +15,6 @@
 #include "../bilevel/blo.h"
 #include "../bilevel/blo_extra.h"
 #include "../models/models.h"
-#include "cli.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -441,52 +440,27 @@ static void bench_ptt(const bench_opts *o) {
 // ---- (d) data hyper-cleaning, linear model: one UL iteration of RHG (K = 100) and CG (J = 10) ----
 
 // One UL iteration's work (the solver's direction at the start point): median seconds over
-// reps, and the median time inside products, for V variants: the plan's model built with
-// pixels[v] and its products on the thin kernel (thin[v]) or on cblas. The variants' iterations
-// alternate so all see the same machine load. Also the products over the data per iteration.
+// reps, and the median time inside products, for V variants: the model m[v] (the pixels as
+// bytes, or as doubles) with its products on the thin kernel (thin[v]) or on cblas, with the
+// method's hyper-cleaning settings. The variants' iterations alternate so all see the same
+// machine load. Also the products over the data per iteration.
 enum { HC_VARIANTS = 3 };
-typedef struct {
-    cli_plan plan;
-    mdl_model m;
-    double *x0;
-    blo_solver *s;
-} hc_variant;
-
-static void hc_variant_free(hc_variant *v) {
-    blo_solver_free(v->s);
-    free(v->x0);
-    mdl_free(&v->m);
-    if (v->plan.config) cli_plan_free(&v->plan);
-}
-
-static int hc_variant_make(hc_variant *v, const char *method, const char *pixels, char *err, size_t n) {
-    const char *sets[1] = {pixels};
-    cli_args a = {.problem = "hyperclean", .sets = sets, .n_sets = 1};
-    double *y0;
-    blo_error e;
-    memset(v, 0, sizeof *v);
-    if (cli_plan_make(&a, method, NULL, 0, &v->plan, err, n) || cli_plan_model(&v->plan, &v->m, &v->x0, &y0, err, n))
-        return -1;
-    if (!(v->s = blo_solver_new(&v->m.prob, v->plan.config, v->x0, y0, v->m.z_prior, &e)))
-        return snprintf(err, n, "%s", e.msg), -1;
-    return 0;
-}
-
-static void hc_iteration(const char *method, int reps, double sec[HC_VARIANTS], double prod[HC_VARIANTS],
-                         double *n_products, char kernel[64]) {
-    static const char *const pixels[HC_VARIANTS] = {"pixels=bytes", "pixels=doubles", "pixels=doubles"};
+static void hc_iteration(const mdl_model *const m[HC_VARIANTS], const char *method, int reps,
+                         double sec[HC_VARIANTS], double prod[HC_VARIANTS], double *n_products, char kernel[64]) {
     static const int thin[HC_VARIANTS] = {1, 1, 0};
-    hc_variant v[HC_VARIANTS];
+    blo_solver *v[HC_VARIANTS] = {NULL};
     char err[400];
-    int ok = 1;
+    blo_error e;
     for (int k = 0; k < HC_VARIANTS; k++) sec[k] = prod[k] = NAN;
-    memset(v, 0, sizeof v);
+    blo_config *c = mdl_paper_config(&mdl_hyperclean_entry, blo_method_find(method), NULL, err, sizeof err);
+    int ok = c != NULL;
     for (int k = 0; k < HC_VARIANTS && ok; k++)
-        if (hc_variant_make(&v[k], method, pixels[k], err, sizeof err)) printf("    %s: %s\n", method, err), ok = 0;
+        ok = (v[k] = blo_solver_new(&m[k]->prob, c, m[k]->x0[0], m[k]->y0[0], m[k]->z_prior, &e)) != NULL;
+    if (!ok) printf("    %s: %s\n", method, c ? e.msg : err);
     double *s = ok ? malloc(sizeof(double) * (size_t)reps * 2 * HC_VARIANTS) : NULL;
-    if (ok && s) {
-        for (int k = 0; k < HC_VARIANTS; k++) ad_tape_thin_products(blo_solver_tape(v[k].s), thin[k]);
-        ad_tape *t0 = blo_solver_tape(v[0].s);
+    if (s) {
+        for (int k = 0; k < HC_VARIANTS; k++) ad_tape_thin_products(blo_solver_tape(v[k]), thin[k]);
+        ad_tape *t0 = blo_solver_tape(v[0]);
         ad_tape_product_kernel(t0, kernel);
         const int ops[2] = {ad_op_find("matmul"), ad_op_find("matmul_coded")};
         int64_t u0 = 0, u1 = 0;
@@ -495,10 +469,9 @@ static void hc_iteration(const char *method, int reps, double sec[HC_VARIANTS], 
             for (int k0 = 0; k0 < HC_VARIANTS; k0++) {
                 int k = (k0 + r) % HC_VARIANTS; // rotate which goes first
                 blo_record rec;
-                blo_error e;
-                ad_tape *t = blo_solver_tape(v[k].s);
+                ad_tape *t = blo_solver_tape(v[k]);
                 double b0 = ad_tape_blas_seconds(t), start = bench_now();
-                blo_solver_direction(v[k].s, &rec, &e);
+                blo_solver_direction(v[k], &rec, &e);
                 s[(2 * k) * reps + r] = bench_now() - start;
                 s[(2 * k + 1) * reps + r] = ad_tape_blas_seconds(t) - b0;
             }
@@ -509,24 +482,34 @@ static void hc_iteration(const char *method, int reps, double sec[HC_VARIANTS], 
             prod[k] = bench_median(s + (2 * k + 1) * reps, reps);
         }
     }
-    for (int k = 0; k < HC_VARIANTS; k++) hc_variant_free(&v[k]);
+    for (int k = 0; k < HC_VARIANTS; k++) blo_solver_free(v[k]);
+    blo_config_free(c);
     free(s);
 }
 
 static void bench_hyperclean(const bench_opts *o) {
     // the model as shipped (pixels read as bytes, thin kernel); its doubles on the thin kernel;
-    // its doubles on cblas (what a framework's matmul does)
+    // its doubles on cblas (what a framework's matmul does): the data loaded once for all
+    mdl_model mb, md;
+    char err[400];
+    if (mdl_make_named("hyperclean", "pixels=bytes", &mb, err, sizeof err)) {
+        printf("(d) hyper-cleaning: skipped: %s\n", err);
+        return;
+    }
+    if (mdl_make_named("hyperclean", "pixels=doubles", &md, err, sizeof err)) {
+        printf("(d) hyper-cleaning: skipped: %s\n", err);
+        mdl_free(&mb);
+        return;
+    }
+    const mdl_model *m[HC_VARIANTS] = {&mb, &md, &md};
     int reps = o->quick ? 1 : 3;
     const char *methods[2] = {"rhg", "cg"};
     const double torch[2] = {o->torch[TORCH_HC_RHG], o->torch[TORCH_HC_CG]};
     for (int k = 0; k < 2; k++) {
         double t[HC_VARIANTS], prod[HC_VARIANTS], n_prod = NAN;
         char kernel[64] = "?";
-        hc_iteration(methods[k], reps, t, prod, &n_prod, kernel);
-        if (isnan(t[0])) {
-            printf("(d) hyper-cleaning: skipped\n");
-            return;
-        }
+        hc_iteration(m, methods[k], reps, t, prod, &n_prod, kernel);
+        if (isnan(t[0])) continue; // said why
         printf("(d) hyper-cleaning 5000 x 784 x 10, linear, %s (%s): %.3f s per UL iteration (median of %d), "
                "%.0f%% in products; PyTorch 1.13 %s %.2f s: %.2fx faster (target >= 2x%s)\n",
                methods[k], k ? "K = 100, J = 10" : "K = 100", t[0], reps, 100 * prod[0] / t[0],
@@ -539,6 +522,8 @@ static void bench_hyperclean(const bench_opts *o) {
                " each on average (doubles on the kernel: %.2f ms)\n", n_prod, n_prod / 100,
                1e3 * prod[0] / n_prod, 1e3 * prod[1] / n_prod);
     }
+    mdl_free(&md);
+    mdl_free(&mb);
 }
 
 void bench_bilevel(const bench_opts *o) {

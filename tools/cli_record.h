@@ -1,6 +1,5 @@
 // What `run` and `compare` share: a run's log (the trace and the figure's data, written as the
-// records come so nothing is held per iteration), the record callback that writes it, and the
-// end-of-run summary.
+// records come so nothing is held per iteration) and the end-of-run summary.
 #ifndef HYPERTAPE_CLI_RECORD_H
 #define HYPERTAPE_CLI_RECORD_H
 
@@ -25,10 +24,6 @@ typedef struct {
     blo_record final;          // the run's final record (its y stays the solver's)
 } run_log;
 
-// The record callback (user = run_log).
-int cli_on_record(const blo_record *r, void *user);
-// The trace's header line.
-void cli_trace_header(FILE *f);
 
 // What a run ends with: the final iterate's values (its last record's) and the learning task's
 // evaluation there.
@@ -42,9 +37,7 @@ typedef struct {
     mdl_eval eval;
 } run_result;
 
-// Runs s (its record callback set to log) and fills res from the final record.
+// Runs s (its record callback writing log) and fills res from the final record.
 void cli_run_solver(blo_solver *s, run_log *log, run_result *res);
-// |F - F*| / (|F*| + 1): the papers' ||Phi - Phi*|| / (||Phi*|| + 1)
-double cli_F_gap(const mdl_model *m, double F);
 
 #endif

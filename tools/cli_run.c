@@ -17,7 +17,8 @@ static double now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-double cli_F_gap(const mdl_model *m, double F) {
+// |F - F*| / (|F*| + 1): the papers' ||Phi - Phi*|| / (||Phi*|| + 1)
+static double F_gap(const mdl_model *m, double F) {
     return isnan(m->F_star) ? NAN : fabs(F - m->F_star) / (fabs(m->F_star) + 1);
 }
 
@@ -27,7 +28,7 @@ static double x_error(const mdl_model *m, const double *x, const double *y) {
     return isnan(e) && m->optimal_gap && y ? m->optimal_gap(m, x, y) : e;
 }
 
-void cli_trace_header(FILE *f) {
+static void trace_header(FILE *f) {
     fputs("t,F,f,F_gap,x_err,grad_norm,ll_residual,kbar,seconds,extra,test_acc,f1,final\n", f);
 }
 
@@ -36,7 +37,9 @@ static int write_failed(run_log *l, const char *path) {
     return 1; // stop the run: its output is being lost
 }
 
-int cli_on_record(const blo_record *r, void *user) {
+// The record callback (user = run_log): the trace's row, the figure's, progress, periodic saves, and
+// the stop a signal asks for.
+static int on_record(const blo_record *r, void *user) {
     run_log *l = user;
     if (r->final) l->final = *r;
     double xe = x_error(l->m, r->x, r->y);
@@ -46,11 +49,11 @@ int cli_on_record(const blo_record *r, void *user) {
         if (l->m->evaluate(l->m, r->x, r->y, &ev, err, sizeof err)) ev = (mdl_eval){NAN, NAN};
     errno = 0;
     if (l->trace && (fprintf(l->trace, "%d,%.17g,%.17g,%.6g,%.6g,%.6g,%.6g,%d,%.6g,%.6g,%.4f,%.4f,%d\n", r->t,
-                             r->F, r->f, cli_F_gap(l->m, r->F), xe, r->grad_norm, r->ll_residual, r->kbar,
+                             r->F, r->f, F_gap(l->m, r->F), xe, r->grad_norm, r->ll_residual, r->kbar,
                              r->seconds, r->extra, ev.test_acc, ev.f1, r->final) < 0 ||
                      fflush(l->trace)))
         return write_failed(l, l->trace_path);
-    if (l->dat && fprintf(l->dat, "%d %.6g %.6g %.10g %.4f %.4f\n", r->t, cli_F_gap(l->m, r->F), xe, r->F,
+    if (l->dat && fprintf(l->dat, "%d %.6g %.6g %.10g %.4f %.4f\n", r->t, F_gap(l->m, r->F), xe, r->F,
                           ev.test_acc, ev.f1) < 0)
         return write_failed(l, l->dat_path);
     double t = now();
@@ -73,7 +76,7 @@ int cli_on_record(const blo_record *r, void *user) {
 void cli_run_solver(blo_solver *s, run_log *log, run_result *res) {
     memset(res, 0, sizeof *res);
     const mdl_model *m = log->m;
-    blo_solver_set_record(s, cli_on_record, log);
+    blo_solver_set_record(s, on_record, log);
     double t0 = now();
     log->final = (blo_record){.F = NAN, .f = NAN, .ll_residual = NAN};
     res->status = blo_solver_run(s);
@@ -87,7 +90,7 @@ void cli_run_solver(blo_solver *s, run_log *log, run_result *res) {
     res->done = blo_solver_iterations(s);
     res->F = rec.F, res->f = rec.f, res->ll_residual = rec.ll_residual;
     res->x_err = mdl_x_error(m, res->x);
-    res->F_gap = cli_F_gap(m, res->F);
+    res->F_gap = F_gap(m, res->F);
     res->gap = m->optimal_gap && !fs ? m->optimal_gap(m, res->x, rec.y) : NAN;
     res->kbar_mean = blo_solver_kbar_mean(s);
     if (m->evaluate && !fs) {
@@ -222,7 +225,7 @@ static int run_setup(const cli_args *a, run_parts *r, char *err, size_t n) {
             snprintf(err, n, "cannot write %s: %s", a->trace, strerror(errno));
             return 2;
         }
-        if (!append) cli_trace_header(r->trace);
+        if (!append) trace_header(r->trace);
     }
     return 0;
 }
