@@ -247,15 +247,19 @@ int cli_run(const cli_args *a) {
                    .every = a->checkpoint_every, .meta = r.meta, .signal = &stop_signal};
     run_result res;
     cli_run_solver(r.s, &log, &res);
+    // a signal that stopped a healthy run (after an error, the error is the report)
+    bool healthy = res.status == BLO_OK || res.status == BLO_STOPPED;
     int sig = stop_signal;
-    if (sig) snprintf(res.error, sizeof res.error, "interrupted by %s after %d UL iterations%s%s",
-                      sig == SIGINT ? "SIGINT" : "SIGTERM", res.done, a->checkpoint ? "; state saved to " : "",
-                      a->checkpoint ? a->checkpoint : "");
-    if (sig) res.status = BLO_STOPPED;
+    if (sig && healthy) {
+        snprintf(res.error, sizeof res.error, "interrupted by %s after %d UL iterations%s%s",
+                 sig == SIGINT ? "SIGINT" : "SIGTERM", res.done, a->checkpoint ? "; state saved to " : "",
+                 a->checkpoint ? a->checkpoint : "");
+        res.status = BLO_STOPPED;
+    }
     // the state at the end, or where a signal stopped it (not after an error: the last periodic
     // save stands)
     blo_error be;
-    if (a->checkpoint && (res.status == BLO_OK || sig) && blo_solver_save(r.s, a->checkpoint, r.meta, &be))
+    if (a->checkpoint && healthy && blo_solver_save(r.s, a->checkpoint, r.meta, &be))
         res.status = BLO_EIO, snprintf(res.error, sizeof res.error, "%s", be.msg);
     errno = 0;
     if (a->json) report_json(stdout, &r.plan, &r.m, &res);
