@@ -150,7 +150,12 @@ static int test_accuracy(const hc_model *d, const double *y, double *acc) {
     return 0;
 }
 
-static int hc_evaluate(const mdl_model *m, const double *x, const double *y, mdl_eval *out, char *err,
+// What hc_evaluate reports, in its order: test accuracy and the F1 of the predicted clean set.
+static const mdl_metric hc_metrics[] = {{"test_acc", "test accuracy (%)"},
+                                        {"f1", "F1 of the predicted clean set (%)"}};
+enum { HC_ACC, HC_F1 };
+
+static int hc_evaluate(const mdl_model *m, const double *x, const double *y, double *out, char *err,
                        size_t errlen) {
     const hc_model *d = m ? m->data : NULL;
     if (!d || !x || !y || !out) return mdl_fail(err, errlen, "hyperclean evaluate: NULL argument");
@@ -158,7 +163,7 @@ static int hc_evaluate(const mdl_model *m, const double *x, const double *y, mdl
         if (!isfinite(y[i])) return mdl_fail(err, errlen, "hyperclean evaluate: y[%d] = %g is not finite", i, y[i]);
     for (int i = 0; i < d->hc.train.n; i++)
         if (isnan(x[i])) return mdl_fail(err, errlen, "hyperclean evaluate: x[%d] is NaN", i);
-    if (test_accuracy(d, y, &out->test_acc)) return mdl_fail(err, errlen, "hyperclean evaluate: out of memory");
+    if (test_accuracy(d, y, &out[HC_ACC])) return mdl_fail(err, errlen, "hyperclean evaluate: out of memory");
     // F1 of the predicted clean set P = {i : sigma(x_i) >= 1/2} = {i : x_i >= 0} against C
     long tp = 0, np = 0, nc = 0;
     for (int i = 0; i < d->hc.train.n; i++) {
@@ -166,7 +171,7 @@ static int hc_evaluate(const mdl_model *m, const double *x, const double *y, mdl
         tp += p && c, np += p, nc += c;
     }
     double prec = np ? (double)tp / np : 0, rec = nc ? (double)tp / nc : 0;
-    out->f1 = prec + rec > 0 ? 100.0 * 2 * prec * rec / (prec + rec) : 0;
+    out[HC_F1] = prec + rec > 0 ? 100.0 * 2 * prec * rec / (prec + rec) : 0;
     return 0;
 }
 
@@ -258,7 +263,7 @@ static int hc_make(mdl_model *m, const void *params, char *err, size_t errlen) {
     }
     m->prob = (blo_problem){.n_x = nx, .n_y = ny, .F = hc_F, .f = hc_f, .user = d};
     m->n_starts = 1, m->x0[0] = x0, m->y0[0] = y0;
-    m->evaluate = hc_evaluate;
+    m->metrics = hc_metrics, m->n_metrics = 2, m->evaluate = hc_evaluate;
     if (prior) { // AIT_P's z_p: plain GD on f(0, y) from y0
         double *zp = y0 + ny;
         memcpy(zp, y0, sizeof(double) * (size_t)ny);

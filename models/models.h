@@ -17,11 +17,14 @@ extern "C" {
 
 typedef struct mdl_model mdl_model;
 
-// Test-set evaluation of a learning task at (x, y): accuracy and F1 of the "clean" prediction
-// sigma(x_i) >= 1/2 against the truth, both in percent.
+// A learning task's metric on held-out data: its name (the JSON key and the trace's column:
+// "test_acc", "f1", "modes") and a title for tables and figures ("test accuracy (%)").
 typedef struct {
-    double test_acc, f1;
-} mdl_eval;
+    const char *name;
+    const char *title;
+} mdl_metric;
+
+enum { MDL_METRICS_MAX = 8 }; // metrics a model reports, at most
 
 struct mdl_model {
     const char *name;
@@ -34,8 +37,11 @@ struct mdl_model {
     // Start points: n_starts pairs, x0 [n_x] then y0 [n_y] each; start 0 is the default.
     int n_starts;
     const double *x0[4], *y0[4];
-    // Learning tasks: evaluation on held-out data (NULL for the toys).
-    int (*evaluate)(const mdl_model *m, const double *x, const double *y, mdl_eval *out, char *err,
+    // Learning tasks: metrics [n_metrics] (at most MDL_METRICS_MAX) of (x, y) on held-out data,
+    // evaluate filling values [n_metrics] in their order; 0, or -1 with a message (NULL for the toys).
+    const mdl_metric *metrics;
+    int n_metrics;
+    int (*evaluate)(const mdl_model *m, const double *x, const double *y, double *values, char *err,
                     size_t errlen);
     // Prior for the initialization auxiliary (AIT_P): z_p [n_y] (NULL: none known).
     const double *z_prior;
@@ -86,6 +92,9 @@ int mdl_paper_row_applies(const mdl_paper_row *row, const blo_method_type *m);
 // skipped: a row for every method names some that only some have). NULL with a message.
 blo_config *mdl_paper_config(const mdl_entry *e, const blo_method_type *m, const char *dynamics,
                              char *err, size_t errlen);
+
+// The index of the metric named name among m's, or -1.
+int mdl_metric_find(const mdl_model *m, const char *name);
 
 // ||x - x*|| / ||x*||, or ||x - x*|| when x* = 0; NaN if x* is unknown.
 double mdl_x_error(const mdl_model *m, const double *x);

@@ -61,6 +61,12 @@ int mdl_paper_row_applies(const mdl_paper_row *row, const blo_method_type *m) {
     return row && row->method && (!strcmp(row->method, "*") || blo_method_find(row->method) == m);
 }
 
+int mdl_metric_find(const mdl_model *m, const char *name) {
+    for (int k = 0; m && name && k < m->n_metrics; k++)
+        if (!strcmp(m->metrics[k].name, name)) return k;
+    return -1;
+}
+
 double mdl_x_error(const mdl_model *m, const double *x) {
     if (!m->x_star) return NAN;
     double d = 0, s = 0;

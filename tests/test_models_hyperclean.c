@@ -156,6 +156,20 @@ static void gradient_cases(void) {
     check_model("mlp hidden=3 (FashionMNIST)", 6, fm, 0);
 }
 
+// The hyperclean metrics, found by name.
+typedef struct {
+    double test_acc, f1;
+} hc_metrics;
+
+static int eval_hc(const mdl_model *m, const double *x, const double *y, hc_metrics *out, char *err, size_t n) {
+    double v[MDL_METRICS_MAX];
+    int a = mdl_metric_find(m, "test_acc"), f = mdl_metric_find(m, "f1");
+    if (a < 0 || f < 0) return snprintf(err, n, "no test_acc or f1 metric"), -1;
+    int rc = m->evaluate(m, x, y, v, err, n);
+    if (!rc) out->test_acc = v[a], out->f1 = v[f];
+    return rc;
+}
+
 // ---- evaluate ----------------------------------------------------------------------------------------
 
 // Accuracy (%) of the linear model y = (W [d, 10], b [10]) on a dataset, by plain loops.
@@ -196,26 +210,26 @@ static void evaluate_cases(void) {
         double *x = malloc(sizeof(double) * nx), *y = malloc(sizeof(double) * ny);
         random_point(&m, 5, x, y);
         for (int i = 0; i < nx; i++) x[i] = hc.clean[i] ? 1 : -1;
-        mdl_eval ev = {-1, -1};
-        EXPECT(m.evaluate(&m, x, y, &ev, err, sizeof err) == 0, "%s", err);
+        hc_metrics ev = {-1, -1};
+        EXPECT(eval_hc(&m, x, y, &ev, err, sizeof err) == 0, "%s", err);
         EXPECT(fabs(ev.f1 - 100) < 1e-12, "x = +1 on clean, -1 on corrupted: F1 %g", ev.f1);
         double acc = naive_accuracy(&hc.test, y);
         EXPECT(fabs(ev.test_acc - acc) < 1e-9, "accuracy %g, by hand %g", ev.test_acc, acc);
         for (int i = 0; i < nx; i++) x[i] = 0; // all predicted clean (sigma = 1/2): p = 1/2, r = 1
-        EXPECT(m.evaluate(&m, x, y, &ev, err, sizeof err) == 0 && fabs(ev.f1 - 200.0 / 3) < 1e-9,
+        EXPECT(eval_hc(&m, x, y, &ev, err, sizeof err) == 0 && fabs(ev.f1 - 200.0 / 3) < 1e-9,
                "x = 0: F1 %g, expected 66.67", ev.f1);
         for (int i = 0; i < nx; i++) x[i] = -1; // nothing predicted clean
-        EXPECT(m.evaluate(&m, x, y, &ev, err, sizeof err) == 0 && ev.f1 == 0, "x = -1: F1 %g", ev.f1);
+        EXPECT(eval_hc(&m, x, y, &ev, err, sizeof err) == 0 && ev.f1 == 0, "x = -1: F1 %g", ev.f1);
         for (int i = 0; i < nx; i++) x[i] = hc.clean[i] ? -1 : 1; // exactly wrong
-        EXPECT(m.evaluate(&m, x, y, &ev, err, sizeof err) == 0 && ev.f1 == 0, "inverted: F1 %g", ev.f1);
+        EXPECT(eval_hc(&m, x, y, &ev, err, sizeof err) == 0 && ev.f1 == 0, "inverted: F1 %g", ev.f1);
         for (int i = 0; i < ny; i++) y[i] = 0; // all logits tie: class 0 everywhere
         int zeros = 0;
         for (int i = 0; i < hc.test.n; i++) zeros += hc.test.y[i] == 0;
-        EXPECT(m.evaluate(&m, x, y, &ev, err, sizeof err) == 0 && fabs(ev.test_acc - 100.0 * zeros / hc.test.n) < 1e-9,
+        EXPECT(eval_hc(&m, x, y, &ev, err, sizeof err) == 0 && fabs(ev.test_acc - 100.0 * zeros / hc.test.n) < 1e-9,
                "y = 0: accuracy %g", ev.test_acc);
         y[3] = NAN;
-        EXPECT(m.evaluate(&m, x, y, &ev, err, sizeof err) == -1 && has(err, "y[3]"), "NaN y: %s", err);
-        EXPECT(m.evaluate(&m, NULL, y, &ev, err, sizeof err) == -1 && has(err, "NULL"), "NULL x: %s", err);
+        EXPECT(eval_hc(&m, x, y, &ev, err, sizeof err) == -1 && has(err, "y[3]"), "NaN y: %s", err);
+        EXPECT(eval_hc(&m, NULL, y, &ev, err, sizeof err) == -1 && has(err, "NULL"), "NULL x: %s", err);
         free(x), free(y);
         mdl_hc_free(&hc);
         mdl_free(&m);
@@ -236,8 +250,8 @@ static void evaluate_cases(void) {
                    !memcmp(a.y0[0], b.y0[0], sizeof(double) * a.prob.n_y),
                "same seed, same start");
         mdl_free(&b);
-        mdl_eval ev;
-        EXPECT(a.evaluate(&a, a.x0[0], a.y0[0], &ev, err, sizeof err) == 0 && ev.test_acc >= 0 &&
+        hc_metrics ev;
+        EXPECT(eval_hc(&a, a.x0[0], a.y0[0], &ev, err, sizeof err) == 0 && ev.test_acc >= 0 &&
                    ev.test_acc <= 100 && fabs(ev.f1 - 200.0 / 3) < 1e-9,
                "%s: acc %g F1 %g", err, ev.test_acc, ev.f1);
         mdl_free(&a);
@@ -323,8 +337,8 @@ static void sanity_cases(void) {
         }
         EXPECT(blo_eval(&m.prob, 1, m.x0[0], y, &F1, NULL, NULL, t, &e) == BLO_OK, "%s", e.msg);
         EXPECT(F1 < F0 - 0.1, "10 GD steps with s_l = %g: F %g -> %g", s_l, F0, F1);
-        mdl_eval ev;
-        EXPECT(m.evaluate(&m, m.x0[0], y, &ev, err, sizeof err) == 0 && ev.test_acc > 40,
+        hc_metrics ev;
+        EXPECT(eval_hc(&m, m.x0[0], y, &ev, err, sizeof err) == 0 && ev.test_acc > 40,
                "test accuracy after 10 steps %g", ev.test_acc);
         ad_tape_free(t);
         free(y), free(g);

@@ -50,10 +50,24 @@ static int plan_all(const cli_args *a, method_set *ms, char *err, size_t n) {
     return 0;
 }
 
-// One method: its model, solver and run, the figure's data block, the table's row. 0, 1 (a
-// file could not be written), or 2 with a message.
-static int compare_one(const cli_plan *p, FILE *dat, const char *dat_path,
-                       int *has_x, int *has_F, int *learning, char *err, size_t n) {
+// What the figure needs to know of the problem, from its model.
+typedef struct {
+    int has_x, has_F;
+    int n_metrics;                   // a learning task's metrics: a panel each (the first two)
+    const char *titles[2];
+} problem_facts;
+
+// The table's header: the record's columns and the model's metrics (by name, cut to 8).
+static void table_header(const mdl_model *m) {
+    printf("%-16s %10s %10s %12s %10s %8s %10s %7s", "method", "x_err", "gap", "F", "F_gap", "iters", "s/iter", "Kbar");
+    for (int k = 0; k < m->n_metrics; k++) printf(" %8.8s", m->metrics[k].name);
+    putchar('\n');
+}
+
+// One method: its model, solver and run, the figure's data block, the table's row (the first
+// also prints the header). 0, 1 (a file could not be written), or 2 with a message.
+static int compare_one(const cli_plan *p, int first, FILE *dat, const char *dat_path, problem_facts *pf,
+                       char *err, size_t n) {
     mdl_model m;
     double *x0, *y0;
     blo_error be;
@@ -70,19 +84,21 @@ static int compare_one(const cli_plan *p, FILE *dat, const char *dat_path,
         mdl_free(&m);
         return 2;
     }
+    if (first) table_header(&m);
     if (dat) fprintf(dat, "# %s\n", p->label);
     run_log log = {.m = &m, .s = s, .label = p->label, .T = blo_config_solve_params(p->config)->T,
                    .dat = dat, .dat_path = dat_path, .progress = isatty(2)};
     run_result r;
     cli_run_solver(s, &log, &r);
     if (dat) fprintf(dat, "\n\n");
-    printf("%-16s %10.4g %10.4g %12.6g %10.4g %8d %10.4g %7.2f %7.2f %7.2f%s%s\n", p->label, r.x_err,
-           r.gap, r.F, r.F_gap, r.done, r.done ? r.seconds / r.done : NAN, r.kbar_mean,
-           r.has_eval ? r.eval.test_acc : NAN, r.has_eval ? r.eval.f1 : NAN,
-           r.status ? "  stopped: " : "", r.status ? r.error : ""); // a stopped method is a row
-    *has_x = m.x_star != NULL;
-    *has_F = !isnan(r.F_gap) || isnan(r.F);
-    *learning = r.has_eval;
+    printf("%-16s %10.4g %10.4g %12.6g %10.4g %8d %10.4g %7.2f", p->label, r.x_err, r.gap, r.F, r.F_gap, r.done,
+           r.done ? r.seconds / r.done : NAN, r.kbar_mean);
+    for (int k = 0; k < m.n_metrics; k++) printf(" %8.4g", r.has_eval ? r.eval[k] : NAN);
+    printf("%s%s\n", r.status ? "  stopped: " : "", r.status ? r.error : ""); // a stopped method is a row
+    pf->has_x = m.x_star != NULL;
+    pf->has_F = !isnan(r.F_gap) || isnan(r.F);
+    pf->n_metrics = m.n_metrics;
+    for (int k = 0; k < 2 && k < m.n_metrics; k++) pf->titles[k] = m.metrics[k].title; // static strings
     int rc = r.status == BLO_EIO ? 1 : 0;
     if (rc) snprintf(err, n, "%s", r.error);
     blo_solver_free(s);
@@ -105,10 +121,10 @@ static void gnuplot_reason(const char *path, char *why, size_t n) {
 }
 
 // The figure: |F - F*| (or F when F* is unknown), then ||x - x*|| (or the optimal-set gap);
-// learning tasks: F, test accuracy and F1 per iteration. gnuplot's complaints go to a file, so a
-// failure is one line; -1 with it in why.
-static int draw(const cli_args *a, const method_set *ms, const char *dat, int has_x, int has_F, int learning,
-                char *why, size_t n) {
+// learning tasks: F and their first two metrics per iteration. gnuplot's complaints go to a file,
+// so a failure is one line; -1 with it in why.
+static int draw(const cli_args *a, const method_set *ms, const char *dat, const problem_facts *pf, char *why,
+                size_t n) {
     char errpath[] = "/tmp/hypertape-gnuplot-XXXXXX", cmd[64];
     int fd = mkstemp(errpath);
     if (fd < 0) return snprintf(why, n, "no temporary file"), -1;
@@ -123,13 +139,10 @@ static int draw(const cli_args *a, const method_set *ms, const char *dat, int ha
     } panel;
     panel pan[3];
     int np = 0;
-    pan[np++] = has_F ? (panel){2, "|F - F*| / (|F*| + 1)", 1} : (panel){4, "F", 1};
-    if (learning) {
-        pan[np++] = (panel){5, "test accuracy (%)", 0};
-        pan[np++] = (panel){6, "F1 of the predicted clean set (%)", 0};
-    } else {
-        pan[np++] = (panel){3, has_x ? "||x - x*|| / ||x*||" : "distance to the optimal set", 1};
-    }
+    pan[np++] = pf->has_F ? (panel){2, "|F - F*| / (|F*| + 1)", 1} : (panel){4, "F", 1};
+    for (int k = 0; k < 2 && k < pf->n_metrics; k++) pan[np++] = (panel){5 + k, pf->titles[k], 0};
+    if (!pf->n_metrics)
+        pan[np++] = (panel){3, pf->has_x ? "||x - x*|| / ||x*||" : "distance to the optimal set", 1};
     // twelve distinguishable line types: gnuplot's default colours repeat after eight
     static const char *const colours[12] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
                                             "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#000000", "#aec7e8"};
@@ -171,15 +184,13 @@ int cli_compare(const cli_args *a) {
         set_free(&ms);
         return 2;
     }
-    printf("%-16s %10s %10s %12s %10s %8s %10s %7s %7s %7s\n", "method", "x_err", "gap", "F", "F_gap", "iters",
-           "s/iter", "Kbar", "acc%", "F1%");
-    int has_x = 1, has_F = 1, learning = 0, rc = 0;
-    for (int k = 0; k < ms.n && !rc; k++)
-        rc = compare_one(&ms.plans[k], dat, dat_path, &has_x, &has_F, &learning, err, sizeof err);
+    problem_facts pf = {.has_x = 1, .has_F = 1};
+    int rc = 0;
+    for (int k = 0; k < ms.n && !rc; k++) rc = compare_one(&ms.plans[k], k == 0, dat, dat_path, &pf, err, sizeof err);
     if (dat && fclose(dat) && !rc) rc = 1, snprintf(err, sizeof err, "cannot write %s", dat_path);
     if (!rc && a->plot) {
         char why[300];
-        if (draw(a, &ms, dat_path, has_x, has_F, learning, why, sizeof why)) {
+        if (draw(a, &ms, dat_path, &pf, why, sizeof why)) {
             rc = 1;
             snprintf(err, sizeof err, "gnuplot failed drawing %s: %s", a->plot, why);
         } else {

@@ -34,7 +34,7 @@ typedef struct {
     double F, f, ll_residual, x_err, gap, F_gap, seconds, kbar_mean;
     int done;            // UL iterations done in all (a resumed run counts the earlier ones)
     int has_eval;
-    mdl_eval eval;
+    double eval[MDL_METRICS_MAX]; // the model's metrics (m->metrics), when has_eval
 } run_result;
 
 // Runs s (its record callback writing log) and fills res from the final record.

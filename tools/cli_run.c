@@ -28,8 +28,19 @@ static double x_error(const mdl_model *m, const double *x, const double *y) {
     return isnan(e) && m->optimal_gap && y ? m->optimal_gap(m, x, y) : e;
 }
 
-static void trace_header(FILE *f) {
-    fputs("t,F,f,F_gap,x_err,grad_norm,ll_residual,kbar,seconds,extra,test_acc,f1,final\n", f);
+// The columns: the record's, the model's metrics (learning tasks), then whether it is the final one.
+static void trace_header(FILE *f, const mdl_model *m) {
+    fputs("t,F,f,F_gap,x_err,grad_norm,ll_residual,kbar,seconds,extra,", f);
+    for (int k = 0; k < m->n_metrics; k++) fprintf(f, "%s,", m->metrics[k].name);
+    fputs("final\n", f);
+}
+
+// The model's metrics at (x, y) into v [n_metrics]; NaN when it has none or they fail.
+static void metrics_at(const mdl_model *m, const double *x, const double *y, double *v) {
+    char err[256];
+    for (int k = 0; k < MDL_METRICS_MAX; k++) v[k] = NAN;
+    if (m->evaluate && m->evaluate(m, x, y, v, err, sizeof err))
+        for (int k = 0; k < MDL_METRICS_MAX; k++) v[k] = NAN;
 }
 
 static int write_failed(run_log *l, const char *path) {
@@ -43,19 +54,21 @@ static int on_record(const blo_record *r, void *user) {
     run_log *l = user;
     if (r->final) l->final = *r;
     double xe = x_error(l->m, r->x, r->y);
-    mdl_eval ev = {NAN, NAN};
-    char err[256];
-    if (l->m->evaluate && (l->trace || l->dat)) // learning tasks: one pass over the test set
-        if (l->m->evaluate(l->m, r->x, r->y, &ev, err, sizeof err)) ev = (mdl_eval){NAN, NAN};
+    double ev[MDL_METRICS_MAX];
+    int nm = l->m->n_metrics;
+    if (l->trace || l->dat) metrics_at(l->m, r->x, r->y, ev); // learning tasks: a pass over the test set
     errno = 0;
-    if (l->trace && (fprintf(l->trace, "%d,%.17g,%.17g,%.6g,%.6g,%.6g,%.6g,%d,%.6g,%.6g,%.4f,%.4f,%d\n", r->t,
-                             r->F, r->f, F_gap(l->m, r->F), xe, r->grad_norm, r->ll_residual, r->kbar,
-                             r->seconds, r->extra, ev.test_acc, ev.f1, r->final) < 0 ||
-                     fflush(l->trace)))
-        return write_failed(l, l->trace_path);
-    if (l->dat && fprintf(l->dat, "%d %.6g %.6g %.10g %.4f %.4f\n", r->t, F_gap(l->m, r->F), xe, r->F,
-                          ev.test_acc, ev.f1) < 0)
-        return write_failed(l, l->dat_path);
+    if (l->trace) {
+        int bad = fprintf(l->trace, "%d,%.17g,%.17g,%.6g,%.6g,%.6g,%.6g,%d,%.6g,%.6g,", r->t, r->F, r->f,
+                          F_gap(l->m, r->F), xe, r->grad_norm, r->ll_residual, r->kbar, r->seconds, r->extra) < 0;
+        for (int k = 0; k < nm; k++) bad |= fprintf(l->trace, "%.6g,", ev[k]) < 0;
+        if (bad || fprintf(l->trace, "%d\n", r->final) < 0 || fflush(l->trace)) return write_failed(l, l->trace_path);
+    }
+    if (l->dat) {
+        int bad = fprintf(l->dat, "%d %.6g %.6g %.10g", r->t, F_gap(l->m, r->F), xe, r->F) < 0;
+        for (int k = 0; k < nm; k++) bad |= fprintf(l->dat, " %.6g", ev[k]) < 0;
+        if (bad || fputc('\n', l->dat) == EOF) return write_failed(l, l->dat_path);
+    }
     double t = now();
     if (l->progress && (t - l->last_progress > 0.2 || r->final)) {
         fprintf(stderr, "\r%s %d/%d  F %.6g  x_err %.3g  ", l->label, r->t + !r->final, l->T, r->F, xe);
@@ -95,7 +108,7 @@ void cli_run_solver(blo_solver *s, run_log *log, run_result *res) {
     res->kbar_mean = blo_solver_kbar_mean(s);
     if (m->evaluate && !fs) {
         char e2[400];
-        res->has_eval = m->evaluate(m, res->x, rec.y, &res->eval, e2, sizeof e2) == 0;
+        res->has_eval = m->evaluate(m, res->x, rec.y, res->eval, e2, sizeof e2) == 0;
         if (!res->has_eval && !res->status) res->status = BLO_ETAPE, snprintf(res->error, sizeof res->error, "%s", e2);
     }
 }
@@ -153,12 +166,7 @@ static void report_json(FILE *o, const cli_plan *p, const mdl_model *m, const ru
     json_number(&w, r->done ? r->seconds / r->done : NAN);
     json_key(&w, "kbar_mean");
     json_number(&w, r->kbar_mean);
-    if (r->has_eval) {
-        json_key(&w, "test_acc");
-        json_number(&w, r->eval.test_acc);
-        json_key(&w, "f1");
-        json_number(&w, r->eval.f1);
-    }
+    for (int k = 0; r->has_eval && k < m->n_metrics; k++) json_key(&w, m->metrics[k].name), json_number(&w, r->eval[k]);
     json_key(&w, "error");
     if (r->status) json_string(&w, r->error);
     else json_null(&w);
@@ -174,7 +182,8 @@ static void report_text(FILE *o, const cli_plan *p, const mdl_model *m, const ru
     if (!isnan(r->gap)) fprintf(o, "  gap to the optimal set = %.3g", r->gap);
     fprintf(o, "  %d UL iterations in %.3f s", r->done, r->seconds);
     if (!isnan(r->kbar_mean)) fprintf(o, "  Kbar mean %.2f", r->kbar_mean);
-    if (r->has_eval) fprintf(o, "\n  test accuracy %.2f%%  F1 %.2f%%", r->eval.test_acc, r->eval.f1);
+    for (int k = 0; r->has_eval && k < m->n_metrics; k++)
+        fprintf(o, "%s%s %.6g", k ? "  " : "\n  ", m->metrics[k].title, r->eval[k]);
     fputc('\n', o);
 }
 
@@ -225,7 +234,7 @@ static int run_setup(const cli_args *a, run_parts *r, char *err, size_t n) {
             snprintf(err, n, "cannot write %s: %s", a->trace, strerror(errno));
             return 2;
         }
-        if (!append) trace_header(r->trace);
+        if (!append) trace_header(r->trace, &r->m);
     }
     return 0;
 }
