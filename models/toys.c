@@ -1,9 +1,10 @@
 // The papers' toy problems as models: BDA Example 1 (counterexample), AIT Eqs. 18-20 (llc, lls,
 // nonconvex), BVFIM Eq. 30 (sin), the BOME toys (coreset, minimax, degenerate) and GALET Example 1
 // (pl), each with its known optimum, start points, settings table and the settings that
-// reproduce its paper (data, per method); and a closed-form quadratic whose size and
-// conditioning are settable (tests and benchmarks). Where a paper gives no setting, ours are
-// chosen as each table's comment says ("measured" means by our own runs).
+// reproduce its paper (data, per method); a closed-form quadratic whose size and conditioning
+// are settable (tests and benchmarks); and a meta-learning toy with n_x = 0 (meta). Where a paper
+// gives no setting, ours are chosen as each table's comment says ("measured" means by our own
+// runs).
 //
 // Every objective is a tape expression; constants live in the model's own storage and enter the
 // tape by ad_const_view. For the BOME toys the paper's UL variable v is our x and its LL variable

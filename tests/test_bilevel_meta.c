@@ -188,6 +188,18 @@ static const struct {
     {"imaml", IMAML, "ll_iters=10 lambda=1 J=4 tol=0", 10, 0.1, 1},
 };
 
+typedef struct {
+    const blo_problem *p;
+    int upper;
+} obj_ctx;
+
+// F or f of the problem at in[0] = y (x is empty)
+static ad_var obj(ad_tape *t, const ad_var *in, void *ctx) {
+    const obj_ctx *c = ctx;
+    ad_var x = ad_const(t, ad_vec_shape(0), NULL);
+    return c->upper ? c->p->F(t, x, in[0], c->p->user) : c->p->f(t, x, in[0], c->p->user);
+}
+
 static void toy_cases_run(void) {
     mdl_model m;
     const double *x0, *y0;
@@ -195,6 +207,16 @@ static void toy_cases_run(void) {
     if (!p) return;
     toy_data d = toy_read(p);
     char err[256];
+    TEST_CASE("meta: the meta toy's F and f against central differences (gradient and Hessian)") {
+        const double y[4] = {0.3, -1.2, 2.0, 0.7};
+        const double *pt[1] = {y};
+        ad_shape sh = ad_vec_shape(4);
+        for (int upper = 0; upper < 2; upper++) {
+            obj_ctx c = {p, upper};
+            ad_check_report g = ad_check_grad(obj, &c, 1, &sh, pt, NULL), h = ad_check_hvp(obj, &c, 1, &sh, pt, NULL);
+            EXPECT(g.status == AD_OK && g.pass && h.status == AD_OK && h.pass, "%s: %s / %s", upper ? "F" : "f", g.msg, h.msg);
+        }
+    }
     TEST_CASE("meta: each direction on the meta toy is its closed form (maml exact, fomaml grad F(y_K), "
               "reptile z - y_K, imaml (I + A/lambda)^-1 grad F(y_K))") {
         double z[4] = {0.7, -0.2, 1.3, 0.4};
