@@ -78,6 +78,29 @@ blo_status blo_implicit_method_phi(void *state, const double *x, const double *z
         blo_implicit_method_init, blo_implicit_method_direction, blo_ll_solution,                  \
         blo_implicit_method_phi, blo_ll_save, blo_ll_load, blo_ll_free}
 
+// ---- first-order meta-learning: K steps of the dynamics from z, then a first-order direction ----------
+// fomaml: g_z = grad_y F(x, y_K) (the Jacobian of y_K in z taken as I); reptile: g_z = z - y_K,
+// so a plain step of lr_z = epsilon is Reptile's z + epsilon (y_K - z). Both: g_x = grad_x F(x, y_K).
+
+typedef struct {
+    int K;    // ll_iters
+    int kind; // the type's (not a setting): BLO_FO_META_*
+} blo_fo_meta_params;
+
+enum { BLO_FO_META_FOMAML, BLO_FO_META_REPTILE };
+
+extern const blo_setting blo_fo_meta_settings[];
+blo_status blo_fo_meta_init(void **state, const blo_method_env *env, int *n_z, double **z0,
+                            blo_error *err);
+blo_status blo_fo_meta_direction(void *state, int t, const double *x, const double *z, double *gx,
+                                 double *gz, double *y, blo_record *rec, blo_error *err);
+
+// A first-order meta-learning method: name, summary and defaults (the kind in them).
+#define BLO_FO_META_TYPE(NAME, SUMMARY, DEFAULTS)                                                  \
+    {NAME, SUMMARY, BLO_NEEDS_DYNAMICS, BLO_GRAD_NONE, "gd", sizeof(blo_fo_meta_params),           \
+     &DEFAULTS, blo_fo_meta_settings, NULL, NULL, blo_fo_meta_init, blo_fo_meta_direction,         \
+     blo_ll_solution, NULL, NULL, NULL, blo_ll_free}
+
 // ---- what both families share: an LL start y0 that warm starts move, and y_K as the solution ------
 
 // The head of both families' states: the solution, save, load and free below work on it.

@@ -73,8 +73,10 @@ enum {
 typedef enum {
     BLO_GRAD_EXACT,  // exactly the gradient of the value phi reports (unrolled methods)
     BLO_GRAD_APPROX, // an approximation of it that converges as the method's settings grow (CG,
-                     // Neumann: of F(x, y_K(x)) as y_K -> y* and J grows)
-    BLO_GRAD_NONE,   // a direction, not the gradient of an objective (BOME, BVFIM, GALET, DARTS)
+                     // Neumann: of F(x, y_K(x)) as y_K -> y* and J grows; iMAML: of
+                     // F(x, y_K(x, z)) as y_K -> y_lambda and CG converges)
+    BLO_GRAD_NONE,   // a direction, not the gradient of an objective (BOME, BVFIM, GALET, DARTS,
+                     // FOMAML, Reptile)
 } blo_grad_claim;
 
 // What a method's init gets: the problem, its params (settings applied, resolved), the dynamics

@@ -170,8 +170,9 @@ static blo_status check_box(const char *name, int n, const double *lo, const dou
 
 static blo_status check_sizes(const blo_problem *p, blo_error *err) {
     if (!p) return blo_fail(err, BLO_EARG, "problem is NULL");
-    if (p->n_x < 1 || p->n_y < 1)
-        return blo_fail(err, BLO_EARG, "sizes n_x = %d, n_y = %d: both must be >= 1", p->n_x, p->n_y);
+    // n_x = 0: nothing but the LL start is learned (meta-learning an initialization: maml, ...)
+    if (p->n_x < 0 || p->n_y < 1)
+        return blo_fail(err, BLO_EARG, "sizes n_x = %d, n_y = %d: n_x must be >= 0, n_y >= 1", p->n_x, p->n_y);
     if (!p->F || !p->f)
         return blo_fail(err, BLO_EARG, "callback %s is NULL", !p->F ? "F" : "f");
     blo_status s = check_box("X", p->n_x, p->x_lo, p->x_hi, err);

@@ -75,6 +75,9 @@ blo_solver *blo_solver_new(const blo_problem *p, const blo_config *c, const doub
     if (!st) st = s->m->init(&s->state, &env, &s->nz, &z0, err);
     if (!st && (s->nz < 0 || (s->nz > 0 && !z0)))
         st = blo_fail(err, BLO_EARG, "method %s: init gave n_z = %d without a start", s->m->name, s->nz);
+    if (!st && s->nx + s->nz == 0) // n_x = 0 is for methods that learn the LL start
+        st = blo_fail(err, BLO_EARG, "method %s: the problem has n_x = 0 and the method learns no LL start "
+                      "(z): nothing to optimize", s->m->name);
     if (!st) st = blo_solver_alloc_z(s, err);
     if (!st && s->nz) memcpy(s->z, z0, (size_t)s->nz * sizeof(double));
     if (st) {

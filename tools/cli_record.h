@@ -31,6 +31,8 @@ typedef struct {
     blo_status status;
     char error[440];
     const double *x;     // the solver's
+    const double *z;     // the solver's second variable (the learned LL start, BOME's y) [n_z]
+    int n_z;             // 0: none
     double F, f, ll_residual, x_err, gap, F_gap, seconds, kbar_mean;
     int done;            // UL iterations done in all (a resumed run counts the earlier ones)
     int has_eval;

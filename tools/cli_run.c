@@ -100,6 +100,7 @@ void cli_run_solver(blo_solver *s, run_log *log, run_result *res) {
     const blo_record rec = log->final;
     int fs = !rec.final || !isfinite(rec.F);
     res->x = blo_solver_x(s);
+    res->z = blo_solver_z(s), res->n_z = blo_solver_n_z(s);
     res->done = blo_solver_iterations(s);
     res->F = rec.F, res->f = rec.f, res->ll_residual = rec.ll_residual;
     res->x_err = mdl_x_error(m, res->x);
@@ -155,6 +156,10 @@ static void report_json(FILE *o, const cli_plan *p, const mdl_model *m, const ru
     cli_json_begin(&w, o, p);
     json_key(&w, "x");
     json_numbers(&w, r->x, m->prob.n_x);
+    if (r->n_z) { // what a meta-learning method learns (n_x may be 0)
+        json_key(&w, "z");
+        json_numbers(&w, r->z, r->n_z);
+    }
     const char *keys[] = {"F", "f", "ll_residual", "x_err", "gap"};
     const double vals[] = {r->F, r->f, r->ll_residual, r->x_err, r->gap};
     for (int k = 0; k < 5; k++) json_key(&w, keys[k]), json_number(&w, vals[k]);
@@ -174,9 +179,11 @@ static void report_json(FILE *o, const cli_plan *p, const mdl_model *m, const ru
 }
 
 static void report_text(FILE *o, const cli_plan *p, const mdl_model *m, const run_result *r) {
-    int nx = m->prob.n_x;
-    fprintf(o, "%s on %s\n  x =", p->label, p->entry->name);
-    for (int i = 0; i < nx && i < 8; i++) fprintf(o, " %.6g", r->x[i]);
+    // with n_x = 0 what the run learned is z, the LL start
+    int nx = m->prob.n_x ? m->prob.n_x : r->n_z;
+    const double *v = m->prob.n_x ? r->x : r->z;
+    fprintf(o, "%s on %s\n  %s =", p->label, p->entry->name, m->prob.n_x ? "x" : "z");
+    for (int i = 0; i < nx && i < 8; i++) fprintf(o, " %.6g", v[i]);
     fprintf(o, "%s\n  F = %.10g  f = %.10g  x_err = %.3g  LL residual %.3g", nx > 8 ? " ..." : "", r->F,
             r->f, r->x_err, r->ll_residual);
     if (!isnan(r->gap)) fprintf(o, "  gap to the optimal set = %.3g", r->gap);
