@@ -131,6 +131,15 @@ blo_status blo_fo_z_solution(void *state, const double *x, const double *z, doub
     return blo_ok(err);
 }
 
+blo_status blo_penalty_parts(const blo_problem *p, const double *x, const double *z, const double *yhat,
+                             double *val, double *fxh, double *fx, double *fy, double *gx, double *gz,
+                             ad_tape *t, blo_error *err) {
+    blo_status st = blo_eval(p, 0, x, yhat, val ? val + 2 : NULL, fxh, NULL, t, err);
+    if (!st) st = blo_eval(p, 0, x, z, val ? val + 1 : NULL, fx, fy, t, err);
+    if (!st) st = blo_eval(p, 1, x, z, val, gx, gz, t, err);
+    return st;
+}
+
 blo_status blo_fo_save(const void *state, blo_writer *w) {
     const blo_fo_state *h = state;
     return blo_write_doubles(w, h->mem, h->saved);

@@ -56,9 +56,7 @@ static blo_status meso_direction(void *state, int t, const double *x, const doub
     if (st) return st;
     for (int i = 0; i < ny; i++) th[i] -= q->eta * (g[i] + q->gamma_1 * (th[i] - z[i]));
     blo_clamp_y(p, th);
-    st = blo_eval(p, 0, x, th, NULL, fxt, NULL, s->fo.tape, err);
-    if (!st) st = blo_eval(p, 0, x, z, NULL, fx, fy, s->fo.tape, err);
-    if (!st) st = blo_eval(p, 1, x, z, NULL, gx, gz, s->fo.tape, err);
+    st = blo_penalty_parts(p, x, z, th, NULL, fxt, fx, fy, gx, gz, s->fo.tape, err);
     if (st) return st;
     s->c = q->c0 * pow(t + 1.0, q->p);
     for (int i = 0; i < nx; i++) gx[i] = gx[i] / s->c + fx[i] - fxt[i];
@@ -71,13 +69,11 @@ static blo_status meso_direction(void *state, int t, const double *x, const doub
 static blo_status meso_phi(void *state, const double *x, const double *z, double *value,
                            blo_error *err) {
     meso *s = state;
-    const blo_problem *p = s->fo.p;
-    double F = 0, fz = 0, ft = 0, *th = s->fo.mem, d2 = 0;
-    blo_status st = blo_eval(p, 1, x, z, &F, NULL, NULL, s->fo.tape, err);
-    if (!st) st = blo_eval(p, 0, x, z, &fz, NULL, NULL, s->fo.tape, err);
-    if (!st) st = blo_eval(p, 0, x, th, &ft, NULL, NULL, s->fo.tape, err);
-    for (int i = 0; i < p->n_y; i++) d2 += (th[i] - z[i]) * (th[i] - z[i]);
-    *value = F / s->c + fz - ft - 0.5 * s->par.gamma_1 * d2;
+    const double *th = s->fo.mem;
+    double v[3] = {0}, d2 = 0; // F(x, z), f(x, z), f(x, theta); ||theta - z||^2
+    blo_status st = blo_penalty_parts(s->fo.p, x, z, th, v, NULL, NULL, NULL, NULL, NULL, s->fo.tape, err);
+    for (int i = 0; i < s->fo.p->n_y; i++) d2 += (th[i] - z[i]) * (th[i] - z[i]);
+    *value = v[0] / s->c + v[1] - v[2] - 0.5 * s->par.gamma_1 * d2;
     return st;
 }
 

@@ -66,9 +66,7 @@ static blo_status pgdo_direction(void *state, int t, const double *x, const doub
         for (int i = 0; i < ny; i++) yh[i] -= s->par.y_hat_lr * g[i];
         blo_clamp_y(p, yh);
     }
-    if (!st) st = blo_eval(p, 0, x, yh, NULL, fxh, NULL, s->fo.tape, err);
-    if (!st) st = blo_eval(p, 0, x, z, NULL, fx, fy, s->fo.tape, err);
-    if (!st) st = blo_eval(p, 1, x, z, NULL, gx, gz, s->fo.tape, err);
+    if (!st) st = blo_penalty_parts(p, x, z, yh, NULL, fxh, fx, fy, gx, gz, s->fo.tape, err);
     if (st) return st;
     s->gamma = gamma_at(&s->par, t);
     s->scale = fmin(1 / (s->gamma + 1e-8), 1);
@@ -82,11 +80,9 @@ static blo_status pgdo_direction(void *state, int t, const double *x, const doub
 static blo_status pgdo_phi(void *state, const double *x, const double *z, double *value,
                            blo_error *err) {
     pgdo *s = state;
-    double F = 0, fz = 0, fh = 0;
-    blo_status st = blo_eval(s->fo.p, 1, x, z, &F, NULL, NULL, s->fo.tape, err);
-    if (!st) st = blo_eval(s->fo.p, 0, x, z, &fz, NULL, NULL, s->fo.tape, err);
-    if (!st) st = blo_eval(s->fo.p, 0, x, s->fo.mem, &fh, NULL, NULL, s->fo.tape, err);
-    *value = s->scale * (F + s->gamma * (fz - fh));
+    double v[3] = {0}; // F(x, z), f(x, z), f(x, yhat)
+    blo_status st = blo_penalty_parts(s->fo.p, x, z, s->fo.mem, v, NULL, NULL, NULL, NULL, NULL, s->fo.tape, err);
+    *value = s->scale * (v[0] + s->gamma * (v[1] - v[2]));
     return st;
 }
 
