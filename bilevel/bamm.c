@@ -24,8 +24,8 @@ typedef struct {
     double p;    // mu_t = mu0 / (t+1)^(1/p)
 } bamm_params;
 
-// BOAT's DM defaults (mu0 = 0: its DM without GDA; p as its configuration)
-static const bamm_params defaults = {.beta = 0.1, .eta = 0, .mu0 = 0, .p = 100};
+// BOAT's DM defaults (mu0 = 0: its DM without GDA); p = 10 as the authors' code (BOAT's: 100)
+static const bamm_params defaults = {.beta = 0.1, .eta = 0, .mu0 = 0, .p = 10};
 static const blo_setting settings[] = {
     BLO_ROW_DBL(bamm_params, beta, "beta", 0, INFINITY, BLO_SET_LO_OPEN, "b", "LL step"),
     BLO_ROW_DBL(bamm_params, eta, "eta", 0, INFINITY, 0, "e",
