@@ -131,13 +131,29 @@ blo_status blo_fo_z_solution(void *state, const double *x, const double *z, doub
     return blo_ok(err);
 }
 
-blo_status blo_penalty_parts(const blo_problem *p, const double *x, const double *z, const double *yhat,
-                             double *val, double *fxh, double *fx, double *fy, double *gx, double *gz,
-                             ad_tape *t, blo_error *err) {
-    blo_status st = blo_eval(p, 0, x, yhat, val ? val + 2 : NULL, fxh, NULL, t, err);
-    if (!st) st = blo_eval(p, 0, x, z, val ? val + 1 : NULL, fx, fy, t, err);
-    if (!st) st = blo_eval(p, 1, x, z, val, gx, gz, t, err);
+blo_status blo_penalty_value(const blo_problem *p, const blo_penalty *w, const double *x, const double *z,
+                             const double *yhat, double *value, ad_tape *t, blo_error *err) {
+    double F = 0, fz = 0, fh = 0, d2 = 0;
+    blo_status st = blo_eval(p, 1, x, z, &F, NULL, NULL, t, err);
+    if (!st) st = blo_eval(p, 0, x, z, &fz, NULL, NULL, t, err);
+    if (!st) st = blo_eval(p, 0, x, yhat, &fh, NULL, NULL, t, err);
+    for (int i = 0; i < p->n_y; i++) d2 += (yhat[i] - z[i]) * (yhat[i] - z[i]);
+    *value = w->a * F + w->b * (fz - fh) - 0.5 * w->e * d2;
     return st;
+}
+
+blo_status blo_penalty_grad(const blo_problem *p, const blo_penalty *w, const double *x, const double *z,
+                            const double *yhat, double *scratch, double *gx, double *gz, ad_tape *t,
+                            blo_error *err) {
+    int nx = p->n_x, ny = p->n_y;
+    double *fxh = scratch, *fx = fxh + nx, *fy = fx + nx;
+    blo_status st = blo_eval(p, 0, x, yhat, NULL, fxh, NULL, t, err);
+    if (!st) st = blo_eval(p, 0, x, z, NULL, fx, fy, t, err);
+    if (!st) st = blo_eval(p, 1, x, z, NULL, gx, gz, t, err);
+    if (st) return st;
+    for (int i = 0; i < nx; i++) gx[i] = w->a * gx[i] + w->b * (fx[i] - fxh[i]);
+    for (int i = 0; i < ny; i++) gz[i] = w->a * gz[i] + w->b * fy[i] + w->e * (yhat[i] - z[i]);
+    return BLO_OK;
 }
 
 blo_status blo_fo_save(const void *state, blo_writer *w) {

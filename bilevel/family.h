@@ -123,12 +123,18 @@ blo_status blo_fo_new(void **state, size_t size, const blo_method_env *env, size
 // at y0 (*n_z and *z0 are set), with its params (par_size bytes) copied to par_offset of its state.
 blo_status blo_fo_new_z(void **state, size_t size, const blo_method_env *env, size_t n, size_t saved,
                         size_t par_offset, size_t par_size, int *n_z, double **z0, blo_error *err);
-// The parts of a value-function penalty at (x, z) with yhat held: F(x, z), f(x, z), f(x, yhat) into
-// val [3] and grad_x f(x, yhat) [n_x], grad f(x, z) (fx [n_x], fy [n_y]), grad F(x, z) (gx, gz);
-// any may be NULL (pgdo, meso).
-blo_status blo_penalty_parts(const blo_problem *p, const double *x, const double *z, const double *yhat,
-                             double *val, double *fxh, double *fx, double *fy, double *gx, double *gz,
-                             ad_tape *t, blo_error *err);
+// A value-function penalty of (x, z) with yhat held fixed (pgdo, meso):
+//     phi = a F(x, z) + b [f(x, z) - f(x, yhat)] - e/2 ||yhat - z||^2.
+typedef struct {
+    double a, b, e;
+} blo_penalty;
+
+// phi's value, or its gradient gx [n_x], gz [n_y] (scratch: 2 n_x + n_y doubles).
+blo_status blo_penalty_value(const blo_problem *p, const blo_penalty *w, const double *x, const double *z,
+                             const double *yhat, double *value, ad_tape *t, blo_error *err);
+blo_status blo_penalty_grad(const blo_problem *p, const blo_penalty *w, const double *x, const double *z,
+                            const double *yhat, double *scratch, double *gx, double *gz, ad_tape *t,
+                            blo_error *err);
 // The y carried (mem[0 : n_y]; from the last direction, not advanced at x).
 blo_status blo_fo_solution(void *state, const double *x, const double *z, double *y, blo_error *err);
 // z itself, for methods that step y as the solver's second variable (bome, pgdo, meso).

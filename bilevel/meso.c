@@ -31,11 +31,11 @@ static const blo_setting settings[] = {
     BLO_ROW_END,
 };
 
-// mem: theta [n_y] (carried), then g [n_y], grad_x f(x, theta) [n_x], grad f(x, z) [n_x + n_y].
+// mem: theta [n_y] (carried), then scratch: g [n_y] and the penalty's [2 n_x + n_y] (from g on).
 typedef struct {
     blo_fo_state fo;
     meso_params par;
-    double c; // the last direction's c_t, for phi
+    blo_penalty w; // the last direction's weights (1/c_t, 1, gamma_1), for phi
 } meso;
 
 static blo_status meso_init(void **state, const blo_method_env *env, int *n_z, double **z0,
@@ -50,31 +50,25 @@ static blo_status meso_direction(void *state, int t, const double *x, const doub
     meso *s = state;
     const blo_problem *p = s->fo.p;
     const meso_params *q = &s->par;
-    int nx = p->n_x, ny = p->n_y;
-    double *th = s->fo.mem, *g = th + ny, *fxt = g + ny, *fx = fxt + nx, *fy = fx + nx;
+    int ny = p->n_y;
+    double *th = s->fo.mem, *g = th + ny;
     blo_status st = blo_eval(p, 0, x, th, NULL, NULL, g, s->fo.tape, err); // theta's step (its prox: Proj_Y)
     if (st) return st;
     for (int i = 0; i < ny; i++) th[i] -= q->eta * (g[i] + q->gamma_1 * (th[i] - z[i]));
     blo_clamp_y(p, th);
-    st = blo_penalty_parts(p, x, z, th, NULL, fxt, fx, fy, gx, gz, s->fo.tape, err);
+    double c = q->c0 * pow(t + 1.0, q->p);
+    s->w = (blo_penalty){1 / c, 1, q->gamma_1};
+    st = blo_penalty_grad(p, &s->w, x, z, th, g, gx, gz, s->fo.tape, err);
     if (st) return st;
-    s->c = q->c0 * pow(t + 1.0, q->p);
-    for (int i = 0; i < nx; i++) gx[i] = gx[i] / s->c + fx[i] - fxt[i];
-    for (int i = 0; i < ny; i++) gz[i] = gz[i] / s->c + fy[i] - q->gamma_1 * (z[i] - th[i]);
     memcpy(y_out, z, sizeof(double) * (size_t)ny);
-    rec->extra = s->c;
+    rec->extra = c;
     return BLO_OK;
 }
 
 static blo_status meso_phi(void *state, const double *x, const double *z, double *value,
                            blo_error *err) {
     meso *s = state;
-    const double *th = s->fo.mem;
-    double v[3] = {0}, d2 = 0; // F(x, z), f(x, z), f(x, theta); ||theta - z||^2
-    blo_status st = blo_penalty_parts(s->fo.p, x, z, th, v, NULL, NULL, NULL, NULL, NULL, s->fo.tape, err);
-    for (int i = 0; i < s->fo.p->n_y; i++) d2 += (th[i] - z[i]) * (th[i] - z[i]);
-    *value = v[0] / s->c + v[1] - v[2] - 0.5 * s->par.gamma_1 * d2;
-    return st;
+    return blo_penalty_value(s->fo.p, &s->w, x, z, s->fo.mem, value, s->fo.tape, err);
 }
 
 const blo_method_type blo_method_meso = {

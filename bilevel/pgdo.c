@@ -33,11 +33,11 @@ static const blo_setting settings[] = {
     BLO_ROW_END,
 };
 
-// mem: yhat [n_y] (carried), then g [n_y], grad_x f(x, yhat) [n_x], grad f(x, z) [n_x + n_y].
+// mem: yhat [n_y] (carried), then scratch: g [n_y] and the penalty's [2 n_x + n_y] (from g on).
 typedef struct {
     blo_fo_state fo;
     pgdo_params par;
-    double gamma, scale; // the last direction's, for phi
+    blo_penalty w; // the last direction's weights (s, s gamma, 0), for phi
 } pgdo;
 
 static blo_status pgdo_init(void **state, const blo_method_env *env, int *n_z, double **z0,
@@ -58,32 +58,27 @@ static blo_status pgdo_direction(void *state, int t, const double *x, const doub
                                  double *gz, double *y_out, blo_record *rec, blo_error *err) {
     pgdo *s = state;
     const blo_problem *p = s->fo.p;
-    int nx = p->n_x, ny = p->n_y;
-    double *yh = s->fo.mem, *g = yh + ny, *fxh = g + ny, *fx = fxh + nx, *fy = fx + nx;
+    int ny = p->n_y;
+    double *yh = s->fo.mem, *g = yh + ny;
     blo_status st = BLO_OK;
     for (int k = 0; k < s->par.K && st == BLO_OK; k++) { // yhat: K projected GD steps on f(x, .)
         st = blo_eval(p, 0, x, yh, NULL, NULL, g, s->fo.tape, err);
         for (int i = 0; i < ny; i++) yh[i] -= s->par.y_hat_lr * g[i];
         blo_clamp_y(p, yh);
     }
-    if (!st) st = blo_penalty_parts(p, x, z, yh, NULL, fxh, fx, fy, gx, gz, s->fo.tape, err);
+    double gamma = gamma_at(&s->par, t), scale = fmin(1 / (gamma + 1e-8), 1);
+    s->w = (blo_penalty){scale, scale * gamma, 0};
+    if (!st) st = blo_penalty_grad(p, &s->w, x, z, yh, g, gx, gz, s->fo.tape, err);
     if (st) return st;
-    s->gamma = gamma_at(&s->par, t);
-    s->scale = fmin(1 / (s->gamma + 1e-8), 1);
-    for (int i = 0; i < nx; i++) gx[i] = s->scale * (gx[i] + s->gamma * (fx[i] - fxh[i]));
-    for (int i = 0; i < ny; i++) gz[i] = s->scale * (gz[i] + s->gamma * fy[i]);
     memcpy(y_out, z, sizeof(double) * (size_t)ny);
-    rec->extra = s->gamma;
+    rec->extra = gamma;
     return BLO_OK;
 }
 
 static blo_status pgdo_phi(void *state, const double *x, const double *z, double *value,
                            blo_error *err) {
     pgdo *s = state;
-    double v[3] = {0}; // F(x, z), f(x, z), f(x, yhat)
-    blo_status st = blo_penalty_parts(s->fo.p, x, z, s->fo.mem, v, NULL, NULL, NULL, NULL, NULL, s->fo.tape, err);
-    *value = s->scale * (v[0] + s->gamma * (v[1] - v[2]));
-    return st;
+    return blo_penalty_value(s->fo.p, &s->w, x, z, s->fo.mem, value, s->fo.tape, err);
 }
 
 const blo_method_type blo_method_pgdo = {
