@@ -80,16 +80,7 @@ static blo_status bome_direction(void *state, int t, const double *x, const doub
     return BLO_OK;
 }
 
-// y is the variable BOME steps: the LL iterate at (x, z) is z itself.
-static blo_status bome_solution(void *state, const double *x, const double *z, double *y,
-                                blo_error *err) {
-    bome *b = state;
-    (void)x;
-    memcpy(y, z, sizeof(double) * (size_t)b->fo.p->n_y);
-    return blo_ok(err);
-}
-
 const blo_method_type blo_method_bome = {
     "bome", "BOME: value-function barrier step on (x, y), first order (Alg. 1)", 0, BLO_GRAD_NONE,
     NULL, sizeof(bome_params), &defaults, settings, NULL, NULL, bome_init, bome_direction,
-    bome_solution, NULL, NULL, NULL, blo_fo_free};
+    blo_fo_z_solution, NULL, NULL, NULL, blo_fo_free};

@@ -1,6 +1,6 @@
 // The heads of the methods' states, shared by the files of several methods: an LL start that
-// warm starts move with y_K as the solution (the unrolled and implicit families, darts), and the
-// vectors a first-order method carries (bome, galet, bvfim).
+// warm starts move with y_K as the solution (the unrolled and implicit families, darts, iga), and the
+// vectors a first-order method carries (bome, galet, bvfim, pgdo, bamm, meso).
 #include "family.h"
 
 #include <stdio.h>
@@ -30,6 +30,19 @@ blo_status blo_ll_new(void **state, size_t size, const blo_method_env *env, int 
     memcpy(h->y0_ref, env->y0, sizeof(double) * (size_t)ny);
     memset(h->x_ref, 0, sizeof(double) * (size_t)nx);
     *state = h;
+    return blo_ok(err);
+}
+
+blo_status blo_ll_new_scratch(void **state, size_t size, const blo_method_env *env, int K, size_t n,
+                              blo_error *err) {
+    blo_status st = blo_ll_new(state, size, env, K, 0, 1, err);
+    if (st) return st;
+    blo_ll_state *h = *state;
+    if (!(h->scratch = malloc(sizeof(double) * (n ? n : 1)))) {
+        blo_ll_free(h);
+        *state = NULL;
+        return blo_fail(err, BLO_ENOMEM, "out of memory for the method's %zu doubles", n);
+    }
     return blo_ok(err);
 }
 
@@ -64,6 +77,7 @@ void blo_ll_free(void *state) {
     if (!h) return;
     free(h->y0);
     free(h->states);
+    free(h->scratch);
     free(h);
 }
 
@@ -94,11 +108,52 @@ blo_status blo_fo_new(void **state, size_t size, const blo_method_env *env, size
     return blo_ok(err);
 }
 
+blo_status blo_fo_new_z(void **state, size_t size, const blo_method_env *env, size_t n, size_t saved,
+                        size_t par_offset, size_t par_size, int *n_z, double **z0, blo_error *err) {
+    blo_status st = blo_fo_new(state, size, env, n, saved, err);
+    if (st) return st;
+    memcpy((char *)*state + par_offset, env->params, par_size);
+    *n_z = env->p->n_y, *z0 = ((blo_fo_state *)*state)->mem;
+    return BLO_OK;
+}
+
 blo_status blo_fo_solution(void *state, const double *x, const double *z, double *y, blo_error *err) {
     const blo_fo_state *h = state;
     (void)x, (void)z;
     memcpy(y, h->mem, sizeof(double) * (size_t)h->p->n_y);
     return blo_ok(err);
+}
+
+blo_status blo_fo_z_solution(void *state, const double *x, const double *z, double *y, blo_error *err) {
+    const blo_fo_state *h = state;
+    (void)x;
+    memcpy(y, z, sizeof(double) * (size_t)h->p->n_y);
+    return blo_ok(err);
+}
+
+blo_status blo_penalty_value(const blo_problem *p, const blo_penalty *w, const double *x, const double *z,
+                             const double *yhat, double *value, ad_tape *t, blo_error *err) {
+    double F = 0, fz = 0, fh = 0, d2 = 0;
+    blo_status st = blo_eval(p, 1, x, z, &F, NULL, NULL, t, err);
+    if (!st) st = blo_eval(p, 0, x, z, &fz, NULL, NULL, t, err);
+    if (!st) st = blo_eval(p, 0, x, yhat, &fh, NULL, NULL, t, err);
+    for (int i = 0; i < p->n_y; i++) d2 += (yhat[i] - z[i]) * (yhat[i] - z[i]);
+    *value = w->a * F + w->b * (fz - fh) - 0.5 * w->e * d2;
+    return st;
+}
+
+blo_status blo_penalty_grad(const blo_problem *p, const blo_penalty *w, const double *x, const double *z,
+                            const double *yhat, double *scratch, double *gx, double *gz, ad_tape *t,
+                            blo_error *err) {
+    int nx = p->n_x, ny = p->n_y;
+    double *fxh = scratch, *fx = fxh + nx, *fy = fx + nx;
+    blo_status st = blo_eval(p, 0, x, yhat, NULL, fxh, NULL, t, err);
+    if (!st) st = blo_eval(p, 0, x, z, NULL, fx, fy, t, err);
+    if (!st) st = blo_eval(p, 1, x, z, NULL, gx, gz, t, err);
+    if (st) return st;
+    for (int i = 0; i < nx; i++) gx[i] = w->a * gx[i] + w->b * (fx[i] - fxh[i]);
+    for (int i = 0; i < ny; i++) gz[i] = w->a * gz[i] + w->b * fy[i] + w->e * (yhat[i] - z[i]);
+    return BLO_OK;
 }
 
 blo_status blo_fo_save(const void *state, blo_writer *w) {

@@ -113,11 +113,15 @@ typedef struct {
     double *y0_ref;  // the start the last direction used [n_y] (for phi)
     double *x_ref;   // the x the last direction was taken at [n_x]
     double *states;  // [(K+1) S] (the implicit family's unroll; NULL for the unrolled one)
+    double *scratch; // a method's own vectors (blo_ll_new_scratch; NULL otherwise), freed with it
 } blo_ll_state;
 
 // Allocates the head (size bytes, the family's state struct that begins with it) for env.
 blo_status blo_ll_new(void **state, size_t size, const blo_method_env *env, int K, int ia,
                       int keep_states, blo_error *err);
+// blo_ll_new with K's states kept and n more doubles of scratch (h->scratch), freed by blo_ll_free.
+blo_status blo_ll_new_scratch(void **state, size_t size, const blo_method_env *env, int K, size_t n,
+                              blo_error *err);
 blo_status blo_ll_solution(void *state, const double *x, const double *z, double *y, blo_error *err);
 blo_status blo_ll_save(const void *state, blo_writer *w);
 blo_status blo_ll_load(void *state, blo_reader *r, blo_error *err);
@@ -138,8 +142,26 @@ typedef struct {
 // doubles (zeros) and its first n_y the LL start.
 blo_status blo_fo_new(void **state, size_t size, const blo_method_env *env, size_t n, size_t saved,
                       blo_error *err);
+// The same for a method that steps y as the solver's second variable z (n_z = n_y), which starts
+// at y0 (*n_z and *z0 are set), with its params (par_size bytes) copied to par_offset of its state.
+blo_status blo_fo_new_z(void **state, size_t size, const blo_method_env *env, size_t n, size_t saved,
+                        size_t par_offset, size_t par_size, int *n_z, double **z0, blo_error *err);
+// A value-function penalty of (x, z) with yhat held fixed (pgdo, meso):
+//     phi = a F(x, z) + b [f(x, z) - f(x, yhat)] - e/2 ||yhat - z||^2.
+typedef struct {
+    double a, b, e;
+} blo_penalty;
+
+// phi's value, or its gradient gx [n_x], gz [n_y] (scratch: 2 n_x + n_y doubles).
+blo_status blo_penalty_value(const blo_problem *p, const blo_penalty *w, const double *x, const double *z,
+                             const double *yhat, double *value, ad_tape *t, blo_error *err);
+blo_status blo_penalty_grad(const blo_problem *p, const blo_penalty *w, const double *x, const double *z,
+                            const double *yhat, double *scratch, double *gx, double *gz, ad_tape *t,
+                            blo_error *err);
 // The y carried (mem[0 : n_y]; from the last direction, not advanced at x).
 blo_status blo_fo_solution(void *state, const double *x, const double *z, double *y, blo_error *err);
+// z itself, for methods that step y as the solver's second variable (bome, pgdo, meso).
+blo_status blo_fo_z_solution(void *state, const double *x, const double *z, double *y, blo_error *err);
 blo_status blo_fo_save(const void *state, blo_writer *w);
 blo_status blo_fo_load(void *state, blo_reader *r, blo_error *err);
 void blo_fo_free(void *state);

@@ -399,9 +399,10 @@ static void registry_cases(void) {
             EXPECT(st == BLO_OK && isfinite(last.F) && isfinite(last.f) && isfinite(last.ll_residual),
                    "%s: %s", (*m)->name, s ? blo_solver_error(s) : e.msg);
             int ia = blo_config_has(c, "ia") && *blo_config_get(c, "ia", (char[8]){0}, 8) == '1';
-            // z: IA's, BOME's y, and the LL start the meta-learning methods learn
+            // z: IA's, the y that BOME, PGDO and MESO step, and the LL start the meta-learning methods learn
             int has_z = ia;
-            for (const char *const *o = (const char *const[]){"bome", "fomaml", "reptile", "imaml", NULL}; *o; o++)
+            for (const char *const *o = (const char *const[]){"bome", "pgdo", "meso", "fomaml", "reptile", "imaml", NULL};
+                 *o; o++)
                 has_z |= !strcmp(*o, (*m)->name);
             EXPECT(!s || blo_solver_n_z(s) == (has_z ? 6 : 0), "%s: n_z = %d",
                    (*m)->name, s ? blo_solver_n_z(s) : -1);
