@@ -73,7 +73,7 @@ typedef struct {
 // The entries, one per model, each defined next to its model's code (toys.c, hyperclean.c).
 extern const mdl_entry mdl_counterexample_entry, mdl_llc_entry, mdl_lls_entry, mdl_nonconvex_entry,
     mdl_sin_entry, mdl_coreset_entry, mdl_minimax_entry, mdl_degenerate_entry, mdl_pl_entry,
-    mdl_quadratic_entry, mdl_hyperclean_entry, mdl_pentagram_entry;
+    mdl_quadratic_entry, mdl_hyperclean_entry, mdl_pentagram_entry, mdl_nas_entry;
 
 // All models, NULL-terminated, in `hypertape list` order.
 const mdl_entry *const *mdl_registry(void);
