@@ -71,19 +71,39 @@ static blo_status z_loop(bvfim *s, const double *x, double mu, double *fstar, bl
     return st;
 }
 
-// y-loop (Eq. 19) on phi(y) = F(x, y) + theta/2 ||y||^2 - tau ln(f*_mu - f(x, y)). An infeasible
-// warm start y is replaced by z (always feasible since mu_2 > 0); each step backtracks (Armijo)
-// on phi, which keeps y feasible and out of far basins of a periodic f.
+// An infeasible warm start y (f(x, y) >= f*_mu: x moved, or mu shrank) is first moved by up to Tz
+// projected GD steps on f(x, .), which keep it in its own basin, and only if that does not make it
+// feasible replaced by z (always feasible since mu_2 > 0). z is a local minimizer of the
+// regularized LL, possibly in a worse basin of a periodic f than y (on `sin` with a = 2 from
+// (0, 0), z stays in the branch it found at x = 0): replacing y by z at once made x jump there
+// after ~6500 iterations.
+static blo_status restore_feasible(bvfim *s, const double *x, double fstar, double fy, blo_error *err) {
+    const blo_problem *p = s->fo.p;
+    int ny = p->n_y;
+    blo_status st = BLO_OK;
+    for (int k = 0; k < s->par.Tz && st == BLO_OK && !(fstar - fy > 0); k++) {
+        st = blo_eval(p, 0, x, s->y, NULL, NULL, s->g, s->fo.tape, err);
+        for (int i = 0; i < ny; i++) s->y[i] -= s->par.s1 * s->g[i];
+        blo_clamp_y(p, s->y);
+        if (st == BLO_OK) st = blo_eval(p, 0, x, s->y, &fy, NULL, NULL, s->fo.tape, err);
+    }
+    if (st == BLO_OK && !(fstar - fy > 0)) {
+        memcpy(s->y, s->z, (size_t)ny * sizeof(double));
+        s->count[RESETS]++;
+    }
+    return st;
+}
+
+// y-loop (Eq. 19) on phi(y) = F(x, y) + theta/2 ||y||^2 - tau ln(f*_mu - f(x, y)) from a feasible
+// y; each step backtracks (Armijo) on phi, which keeps y feasible and out of far basins of a
+// periodic f.
 static blo_status y_loop(bvfim *s, const double *x, double fstar, double theta, double tau,
                          blo_error *err) {
     const blo_problem *p = s->fo.p;
     int ny = p->n_y;
     double fy = 0, Fy = 0;
     blo_status st = blo_eval(p, 0, x, s->y, &fy, NULL, NULL, s->fo.tape, err);
-    if (st == BLO_OK && !(fstar - fy > 0)) {
-        memcpy(s->y, s->z, (size_t)ny * sizeof(double));
-        s->count[RESETS]++;
-    }
+    if (st == BLO_OK && !(fstar - fy > 0)) st = restore_feasible(s, x, fstar, fy, err);
     for (int k = 0; k < s->par.Ty && st == BLO_OK; k++) {
         st = blo_eval(p, 0, x, s->y, &fy, NULL, s->g, s->fo.tape, err);
         if (st == BLO_OK) st = blo_eval(p, 1, x, s->y, &Fy, NULL, s->gF, s->fo.tape, err);

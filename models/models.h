@@ -70,10 +70,22 @@ typedef struct {
     const mdl_paper_row *papers; // ended by {NULL, NULL}
 } mdl_entry;
 
-// The entries, one per model, each defined next to its model's code (toys.c, hyperclean.c).
-extern const mdl_entry mdl_counterexample_entry, mdl_llc_entry, mdl_lls_entry, mdl_nonconvex_entry,
-    mdl_sin_entry, mdl_coreset_entry, mdl_minimax_entry, mdl_degenerate_entry, mdl_pl_entry,
-    mdl_quadratic_entry, mdl_hyperclean_entry, mdl_meta_entry;
+// The entries, one per model, each defined next to its model's code (toys.c, hyperclean.c, pentagram.c,
+// nas.c).
+extern const mdl_entry mdl_counterexample_entry;
+extern const mdl_entry mdl_llc_entry;
+extern const mdl_entry mdl_lls_entry;
+extern const mdl_entry mdl_nonconvex_entry;
+extern const mdl_entry mdl_sin_entry;
+extern const mdl_entry mdl_coreset_entry;
+extern const mdl_entry mdl_minimax_entry;
+extern const mdl_entry mdl_degenerate_entry;
+extern const mdl_entry mdl_pl_entry;
+extern const mdl_entry mdl_quadratic_entry;
+extern const mdl_entry mdl_hyperclean_entry;
+extern const mdl_entry mdl_meta_entry;
+extern const mdl_entry mdl_pentagram_entry;
+extern const mdl_entry mdl_nas_entry;
 
 // All models, NULL-terminated, in `hypertape list` order.
 const mdl_entry *const *mdl_registry(void);

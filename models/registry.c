@@ -8,9 +8,21 @@
 
 
 static const mdl_entry *const all_entries[] = {
-    &mdl_counterexample_entry, &mdl_llc_entry, &mdl_lls_entry, &mdl_nonconvex_entry, &mdl_sin_entry,
-    &mdl_coreset_entry, &mdl_minimax_entry, &mdl_degenerate_entry, &mdl_pl_entry,
-    &mdl_quadratic_entry, &mdl_hyperclean_entry, &mdl_meta_entry, NULL,
+    &mdl_counterexample_entry,
+    &mdl_llc_entry,
+    &mdl_lls_entry,
+    &mdl_nonconvex_entry,
+    &mdl_sin_entry,
+    &mdl_coreset_entry,
+    &mdl_minimax_entry,
+    &mdl_degenerate_entry,
+    &mdl_pl_entry,
+    &mdl_quadratic_entry,
+    &mdl_hyperclean_entry,
+    &mdl_meta_entry,
+    &mdl_pentagram_entry,
+    &mdl_nas_entry,
+    NULL,
 };
 
 const mdl_entry *const *mdl_registry(void) { return all_entries; }

@@ -19,6 +19,7 @@ int main(int argc, char **argv) {
     test_models_data();
     test_models_toys();
     test_models_hyperclean();
+    test_models_pentagram();
     test_cli();
     test_cli_runs();
     return th_summary();

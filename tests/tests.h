@@ -15,6 +15,7 @@ void test_bilevel_peers(void);
 void test_models_data(void);
 void test_models_toys(void);
 void test_models_hyperclean(void);
+void test_models_pentagram(void);
 void test_cli(void);
 void test_cli_runs(void);
 #endif
