@@ -57,6 +57,12 @@ bool blo_curv_mixed(blo_curv *c, const double *v, double *out) {
 
 // ---- the solvers: q [n] with A q ~ g from q = 0 ------------------------------------------------------
 
+// MINRES and GMRES stop (breakdown) at a pivot of their projected system below this times ||A||:
+// its condition would pass 1 / (100 eps) ~ 4.5e13, which no non-singular A of a condition a double
+// resolves gives (a pivot is at least sigma_min(A)); rounding alone leaves pivots of a few eps
+// ||A|| where the Krylov space holds a null direction of A.
+#define BLO_SINGULAR_PIVOT (100 * DBL_EPSILON)
+
 // A linear operator on [n]: out = A v; false when the tape failed (it holds why).
 typedef struct {
     int n;
@@ -151,7 +157,7 @@ static bool solve_minres(const linop *A, const blo_implicit_params *ip, const do
         double eps = s2 * boff, dl = c2 * boff;
         double delta = c1 * dl + s1 * alpha, gbar = -s1 * dl + c1 * alpha;
         double gamma = hypot(gbar, bnext);
-        if (!(gamma > DBL_EPSILON * anorm)) { // T_k singular: A is, on this Krylov space
+        if (!(gamma > BLO_SINGULAR_PIVOT * anorm)) { // T_k singular: A is, on this Krylov space
             info->breakdown = 1;
             break;
         }
@@ -183,7 +189,7 @@ static bool solve_gmres(const linop *A, const blo_implicit_params *ip, const dou
     int n = A->n, m = ip->restart;
     double *V = w, *H = V + (size_t)(m + 1) * n;     // H's column j at H + j (m + 1)
     double *cs = H + (size_t)(m + 1) * m, *sn = cs + m, *e = sn + m; // e [m + 1]
-    double gnorm = cblas_dnrm2(n, g, 1), beta = gnorm;
+    double gnorm = cblas_dnrm2(n, g, 1), beta = gnorm, anorm = 0;
     memset(q, 0, (size_t)n * sizeof *q);
     memcpy(V, g, (size_t)n * sizeof *V);
     info->iters = 0;
@@ -196,7 +202,7 @@ static bool solve_gmres(const linop *A, const blo_implicit_params *ip, const dou
             double *z = V + (size_t)(k + 1) * n, *h = H + (size_t)k * (m + 1);
             if (!A->apply(A->ctx, V + (size_t)k * n, z)) return false;
             info->iters++;
-            double znorm = cblas_dnrm2(n, z, 1);
+            anorm = fmax(anorm, cblas_dnrm2(n, z, 1)); // ||A v_k|| <= ||A||
             for (int i = 0; i <= k; i++) {
                 h[i] = cblas_ddot(n, V + (size_t)i * n, 1, z, 1);
                 cblas_daxpy(n, -h[i], V + (size_t)i * n, 1, z, 1);
@@ -207,7 +213,7 @@ static bool solve_gmres(const linop *A, const blo_implicit_params *ip, const dou
                 h[i] = cs[i] * a + sn[i] * b, h[i + 1] = -sn[i] * a + cs[i] * b;
             }
             double r = hypot(h[k], hnext);
-            if (!(r > DBL_EPSILON * znorm)) { // A v_k in the span of V: A is singular there
+            if (!(r > BLO_SINGULAR_PIVOT * anorm)) { // A is singular on this Krylov space
                 info->breakdown = 1;
                 break;
             }
