@@ -270,7 +270,7 @@ static blo_status check_params(const blo_implicit_params *ip, const char *where,
 }
 
 // One solve's memory: g, q [n] and w (the solver's work, at least nx for the last product), on a
-// tape the call may use; NULL (err set) when it does not fit.
+// tape the call may use; an error (err set) when it does not fit.
 typedef struct {
     blo_tape_use u;
     double *g, *q, *w;
