@@ -63,16 +63,8 @@ bool blo_curv_mixed(blo_curv *c, const double *v, double *out) {
 // ||A|| where the Krylov space holds a null direction of A.
 #define BLO_SINGULAR_PIVOT (100 * DBL_EPSILON)
 
-// A linear operator on [n]: out = A v; false when the tape failed (it holds why).
-typedef struct {
-    int n;
-    ad_tape *t; // where a solver's own error goes
-    bool (*apply)(void *ctx, const double *v, double *out);
-    void *ctx;
-} linop;
-
 // info->residual = ||A q - g|| / ||g||, one more product (r [n] gets g - A q).
-static bool residual(const linop *A, const double *g, const double *q, double *r,
+static bool residual(const blo_linop *A, const double *g, const double *q, double *r,
                      blo_implicit_info *info) {
     if (!A->apply(A->ctx, q, r)) return false;
     for (int i = 0; i < A->n; i++) r[i] = g[i] - r[i];
@@ -85,7 +77,7 @@ static bool residual(const linop *A, const double *g, const double *q, double *r
 // so small against ||d|| ||A d|| that the step would lose every digit (for an SPD A the cosine of
 // d and A d is at least 2 sqrt(cond) / (1 + cond), far above sqrt(eps) for any cond a double
 // resolves), CG stops with what it has: breakdown, and the residual says how far q is.
-static bool solve_cg(const linop *A, const blo_implicit_params *ip, const double *g, double *q,
+static bool solve_cg(const blo_linop *A, const blo_implicit_params *ip, const double *g, double *q,
                      double *w, blo_implicit_info *info) {
     int n = A->n;
     double *r = w, *d = w + n, *Ad = w + 2 * n;
@@ -113,7 +105,7 @@ static bool solve_cg(const linop *A, const blo_implicit_params *ip, const double
 }
 
 // q = eta sum_{j=0..J} (I - eta A)^j g, term by term: p_0 = g, p_{j+1} = p_j - eta A p_j.
-static bool solve_neumann(const linop *A, const blo_implicit_params *ip, const double *g, double *q,
+static bool solve_neumann(const blo_linop *A, const blo_implicit_params *ip, const double *g, double *q,
                           double *w, blo_implicit_info *info) {
     int n = A->n;
     double *pj = w, *Ap = w + n;
@@ -130,12 +122,12 @@ static bool solve_neumann(const linop *A, const blo_implicit_params *ip, const d
     return true;
 }
 
-// MINRES (Paige and Saunders 1975, Sec. 5-6) for a symmetric A, definite or not. Lanczos from
+// MINRES (Paige and Saunders 1975, its MINRES algorithm) for a symmetric A, definite or not. Lanczos from
 // v_1 = g / ||g|| gives the tridiagonal T [k + 1, k] one column (beta_k, alpha_k, beta_{k+1}) at a
 // time; Givens rotations reduce it to R as it grows, and q_k = V_k R^-1 (rotated ||g|| e_1) is the
 // least ||A q - g|| over the Krylov space, updated by the directions W = V R^-1 (three terms):
 // five vectors, whatever k. The rotated right-hand side's last entry is the residual's norm.
-static bool solve_minres(const linop *A, const blo_implicit_params *ip, const double *g, double *q,
+static bool solve_minres(const blo_linop *A, const blo_implicit_params *ip, const double *g, double *q,
                          double *w, blo_implicit_info *info) {
     int n = A->n;
     double *v = w, *vprev = w + n, *Av = w + 2 * n, *dir = w + 3 * n, *dirprev = w + 4 * n;
@@ -179,12 +171,12 @@ static bool solve_minres(const linop *A, const blo_implicit_params *ip, const do
     return residual(A, g, q, Av, info);
 }
 
-// GMRES(m) (Saad and Schultz 1986, Alg. 4, restarted as in its Sec. 3.4). Arnoldi with modified
+// GMRES(m) (Saad and Schultz 1986, the restarted algorithm). Arnoldi with modified
 // Gram-Schmidt builds V [m + 1, n] and the Hessenberg H [m + 1, m] from r = g - A q; Givens
 // rotations reduce H to R as it grows, so the rotated ||r|| e_1's last entry is the residual at
 // every step. After m steps (or at the tolerance) q += V R^-1 (rotated e_1); the residual of that q,
 // one more product, starts the next cycle and is the one reported.
-static bool solve_gmres(const linop *A, const blo_implicit_params *ip, const double *g, double *q,
+static bool solve_gmres(const blo_linop *A, const blo_implicit_params *ip, const double *g, double *q,
                         double *w, blo_implicit_info *info) {
     int n = A->n, m = ip->restart;
     double *V = w, *H = V + (size_t)(m + 1) * n;     // H's column j at H + j (m + 1)
@@ -235,8 +227,8 @@ static bool solve_gmres(const linop *A, const blo_implicit_params *ip, const dou
     return true;
 }
 
-static bool solve(const linop *A, const blo_implicit_params *ip, const double *g, double *q,
-                  double *w, blo_implicit_info *info) {
+bool blo_linop_solve(const blo_linop *A, const blo_implicit_params *ip, const double *g, double *q,
+                     double *w, blo_implicit_info *info) {
     switch (ip->kind) {
     case BLO_IMPLICIT_CG: return solve_cg(A, ip, g, q, w, info);
     case BLO_IMPLICIT_NEUMANN: return solve_neumann(A, ip, g, q, w, info);
@@ -246,8 +238,7 @@ static bool solve(const linop *A, const blo_implicit_params *ip, const double *g
     return false;
 }
 
-// The solver's work [doubles] for a system of size n.
-static double work_size(const blo_implicit_params *ip, int n) {
+double blo_linop_work(const blo_implicit_params *ip, int n) {
     double m = ip->restart;
     switch (ip->kind) {
     case BLO_IMPLICIT_CG: return 3.0 * n;
@@ -278,7 +269,7 @@ typedef struct {
 
 static blo_status mem_acquire(solve_mem *s, const blo_implicit_params *ip, int n, int nx,
                               ad_tape *tape, blo_error *err) {
-    double nw = fmax(work_size(ip, n), nx);
+    double nw = fmax(blo_linop_work(ip, n), nx);
     char what[80];
     snprintf(what, sizeof what, "the %s solver's %.0f doubles", solver_names[ip->kind], 2.0 * n + nw);
     blo_status st = blo_check_memory(1, 8 * (2.0 * n + nw), what, err);
@@ -316,8 +307,8 @@ blo_status blo_implicit_hypergrad(const blo_problem *p, const blo_implicit_param
     // grad_x F, grad_y F at (x, y); then grad_y f with its graph for the products
     st = blo_eval(p, 1, x, y, NULL, grad_x, s.g, s.u.t, err);
     blo_curv c;
-    linop H = {p->n_y, s.u.t, hvp_apply, &c};
-    bool ok = st == BLO_OK && blo_curv_record(&c, s.u.t, p, x, y) && solve(&H, ip, s.g, s.q, s.w, info) &&
+    blo_linop H = {p->n_y, s.u.t, hvp_apply, &c};
+    bool ok = st == BLO_OK && blo_curv_record(&c, s.u.t, p, x, y) && blo_linop_solve(&H, ip, s.g, s.q, s.w, info) &&
               blo_curv_mixed(&c, s.q, s.w); // grad_x F - d/dx <grad_y f, q>
     for (int i = 0; ok && i < p->n_x; i++) grad_x[i] -= s.w[i];
     return mem_release(&s, st, solver_names[ip->kind], err);
@@ -379,9 +370,9 @@ blo_status blo_fixed_point_hypergrad(const blo_problem *p, const blo_dynamics *d
     if ((st = blo_dynamics_validate(p, d, err)) || (st = mem_acquire(&s, ip, d->state_size, p->n_x, tape, err)))
         return st;
     fixed_point c;
-    linop A = {d->state_size, s.u.t, fixed_point_apply, &c};
+    blo_linop A = {d->state_size, s.u.t, fixed_point_apply, &c};
     bool ok = fixed_point_record(&c, s.u.t, p, d, k, x, state, grad_x, s.g) &&
-              solve(&A, ip, s.g, s.q, s.w, info) &&
+              blo_linop_solve(&A, ip, s.g, s.q, s.w, info) &&
               vjp_rewind(c.t, c.next, c.S, c.x, p->n_x, s.q, s.w, c.m); // (dPhi/dx)^T q
     for (int i = 0; ok && i < p->n_x; i++) grad_x[i] += s.w[i];
     char where[40];
