@@ -3,7 +3,7 @@
 // and says so; GMRES at the fixed point of a dynamics' step map (gd, heavy ball, Nesterov, the
 // accelerated scheme, a user's map that converges to a saddle) against the closed form; all of
 // them equal to CG where CG applies; singular systems, restarts and bad arguments; and the minres
-// and gmres methods through the solver.
+// and gmres methods through the solver (gmres also with an active Y box, which CG's H ignores).
 #include "harness.h"
 #include "tests.h"
 
@@ -444,6 +444,28 @@ static void method_cases(void) {
             double y0[N] = {0};
             blo_check_report r = blo_check_hypergrad(&p, c, x_at, y0, NULL, NULL);
             EXPECT(r.status == BLO_OK && r.pass && r.checked == M, "%s: %s", methods[i], r.msg);
+            blo_config_free(c);
+        }
+    }
+    TEST_CASE("methods: with an active Y box gmres differentiates the projected fixed point; cg ignores the box") {
+        sq q;
+        sq_init(&q, lam_definite, 0, 53);
+        blo_problem p = sq_problem(&q);
+        double ystar[N], hi[N], y0[N] = {0};
+        sq_ystar(&q, x_at, ystar);
+        for (int i = 0; i < N; i++) hi[i] = i % 2 ? INFINITY : ystar[i] - 0.3; // every other bound cuts y*
+        p.y_hi = hi;
+        struct {
+            const char *method;
+            int pass;
+        } m[3] = {{"gmres", 1}, {"minres", 0}, {"cg", 0}};
+        for (int i = 0; i < 3; i++) {
+            blo_error e;
+            blo_config *c = blo_config_new(blo_method_find(m[i].method), &e);
+            EXPECT(c && blo_config_apply(c, "ll_iters=400 J=60", &e) == BLO_OK, "%s", e.msg);
+            blo_check_report r = blo_check_hypergrad(&p, c, x_at, y0, NULL, NULL);
+            EXPECT(r.status == BLO_OK && r.pass == m[i].pass, "%s: %s", m[i].method, r.msg);
+            printf("  box: %s worst ratio %.3g\n", m[i].method, r.worst_ratio);
             blo_config_free(c);
         }
     }
