@@ -7,5 +7,4 @@ static const blo_implicit_method_params defaults = {.K = 20, .kind = BLO_IMPLICI
 
 BLO_IMPLICIT_METHOD(cg, "implicit differentiation at y_K, conjugate gradients on H q = grad_y F",
                     "CG iterations (at most)",
-                    BLO_ROW_DBL(blo_implicit_method_params, tol, "tol", 0, INFINITY, 0, "t",
-                                "CG stops at this relative residual (0 = run all J)"));
+                    BLO_ROW_IMPLICIT_TOL("CG"));

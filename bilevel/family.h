@@ -1,7 +1,8 @@
 // Method families: what several method types share. The unrolled (iterative differentiation)
 // methods rhg, trhg, bda, ait and aitp are one driver with different defaults, as the papers
-// compose them (a dynamics, truncation, PTT, the initialization auxiliary and its prior); cg and
-// neumann are one driver (unroll K steps, then differentiate implicitly at y_K) with two solvers.
+// compose them (a dynamics, truncation, PTT, the initialization auxiliary and its prior); cg,
+// neumann, minres and gmres are one driver (unroll K steps, then differentiate implicitly at the
+// state reached) with four solvers, gmres at the fixed point of the dynamics' step.
 // Each method's own file holds its type: its name, summary and defaults. The heads of the
 // states (an LL start and y_K as the solution; or the vectors a first-order method carries) are
 // in family.c. Private to bilevel/.
@@ -45,7 +46,7 @@ blo_status blo_unrolled_phi(void *state, const double *x, const double *z, doubl
      blo_unrolled_needs, blo_unrolled_init, blo_unrolled_direction, blo_ll_solution,             \
      blo_unrolled_phi, blo_ll_save, blo_ll_load, blo_ll_free}
 
-// ---- implicit: K steps of the dynamics, then CG or Neumann at y_K ------------------------------------
+// ---- implicit: K steps of the dynamics, then a linear solve at the state reached ---------------------
 
 typedef struct {
     int K;           // ll_iters
@@ -54,6 +55,8 @@ typedef struct {
     double tol;      // CG: relative residual
     double eta;      // Neumann: step (0 = the dynamics' LL step, resolved)
     int warm_start;
+    int restart;     // GMRES(m)
+    int fixed_point; // 1: solve at the fixed point of the dynamics' step (the type's, not a setting)
 } blo_implicit_method_params;
 
 blo_status blo_implicit_method_resolve(void *params, const blo_dynamics *d, blo_error *err);
@@ -66,17 +69,24 @@ blo_status blo_implicit_method_phi(void *state, const double *x, const double *z
                                    blo_error *err);
 
 // An implicit method blo_method_NAME from its file's `defaults`, with its table: K, J (its help),
-// the solver's own setting, warm starts.
-#define BLO_IMPLICIT_METHOD(NAME, SUMMARY, J_HELP, OWN_ROW)                                         \
+// the solver's own settings (one row or more), warm starts; its default dynamics DYN.
+#define BLO_IMPLICIT_METHOD_DYN(NAME, DYN, SUMMARY, J_HELP, ...)                                    \
     static const blo_setting settings[] = {                                                         \
         BLO_ROW_LL_ITERS(blo_implicit_method_params),                                              \
-        BLO_ROW_INT(blo_implicit_method_params, J, "J", 0, BLO_MAX_ITERS, "J", J_HELP), OWN_ROW,    \
+        BLO_ROW_INT(blo_implicit_method_params, J, "J", 0, BLO_MAX_ITERS, "J", J_HELP), __VA_ARGS__, \
         BLO_ROW_WARM_START(blo_implicit_method_params), BLO_ROW_END};                              \
     const blo_method_type blo_method_##NAME = {                                                     \
-        #NAME, SUMMARY, BLO_NEEDS_DYNAMICS | BLO_NEEDS_HVP, BLO_GRAD_APPROX, "gd",                  \
+        #NAME, SUMMARY, BLO_NEEDS_DYNAMICS | BLO_NEEDS_HVP, BLO_GRAD_APPROX, DYN,                   \
         sizeof(blo_implicit_method_params), &defaults, settings, blo_implicit_method_resolve, NULL, \
         blo_implicit_method_init, blo_implicit_method_direction, blo_ll_solution,                  \
         blo_implicit_method_phi, blo_ll_save, blo_ll_load, blo_ll_free}
+// The same on gd dynamics.
+#define BLO_IMPLICIT_METHOD(NAME, SUMMARY, J_HELP, ...) \
+    BLO_IMPLICIT_METHOD_DYN(NAME, "gd", SUMMARY, J_HELP, __VA_ARGS__)
+// The Krylov solvers' stopping row, WHO naming the solver.
+#define BLO_ROW_IMPLICIT_TOL(WHO)                                         \
+    BLO_ROW_DBL(blo_implicit_method_params, tol, "tol", 0, INFINITY, 0, "t", \
+                WHO " stops at this relative residual (0 = run all J)")
 
 // ---- first-order meta-learning: K steps of the dynamics from z, then a first-order direction ----------
 // fomaml: g_z = grad_y F(x, y_K) (the Jacobian of y_K in z taken as I); reptile: g_z = z - y_K,

@@ -12,7 +12,8 @@
 //   resumed from its file ends with the same bits as one that ran through.
 // - blo_check_hypergrad compares a method's hypergradient with central differences of the value
 //   it differentiates, on any problem.
-// - Implicit differentiation at a point (CG, Neumann), on which the cg and neumann methods stand.
+// - Implicit differentiation at a point (CG, Neumann, MINRES, GMRES; at the LL's stationary point or at
+//   a fixed point of the dynamics), on which the cg, neumann, minres and gmres methods stand.
 #ifndef HYPERTAPE_BLO_METHODS_H
 #define HYPERTAPE_BLO_METHODS_H
 
@@ -27,28 +28,56 @@ blo_status blo_eval(const blo_problem *p, int upper, const double *x, const doub
                     double *value, double *gx, double *gy, ad_tape *t, blo_error *err);
 
 // ---- implicit differentiation at a point ----------------------------------------------------------
+// Two linear systems, each solved from its products (no matrix is formed):
+// - the LL's stationarity grad_y f(x, y*) = 0: H q = grad_y F with H = d²f/dy² [n_y, n_y]
+//   (blo_implicit_hypergrad), then grad = grad_x F - (d²f/dx dy) q;
+// - the fixed point s* = Phi_k(x, s*) of a dynamics' step map on its state [S]:
+//   (I - dPhi/ds)^T q = dF/ds, then grad = grad_x F + (dPhi/dx)^T q (blo_fixed_point_hypergrad).
+// The solvers: CG (H symmetric positive definite), MINRES (H symmetric, indefinite allowed), GMRES
+// (any non-singular operator), Neumann (spectral radius of I - eta A below 1).
 
-typedef enum { BLO_IMPLICIT_CG, BLO_IMPLICIT_NEUMANN } blo_implicit_kind;
+typedef enum {
+    BLO_IMPLICIT_CG,      // conjugate gradients; stops at non-positive curvature (breakdown = 1)
+    BLO_IMPLICIT_NEUMANN, // q = eta sum_{j=0..J} (I - eta A)^j g
+    BLO_IMPLICIT_MINRES,  // Paige and Saunders (1975): least ||A q - g|| over the Krylov space
+    BLO_IMPLICIT_GMRES,   // Saad and Schultz (1986), restarted every `restart` iterations
+} blo_implicit_kind;
 
 typedef struct {
     blo_implicit_kind kind;
-    int iters;   // J: CG iterations (at most), or Neumann terms after the first
-    double tol;  // CG stops when ||H q - g|| <= tol ||g||; 0 = run all J
-    double eta;  // Neumann step: q = eta sum_{j=0..J} (I - eta H)^j g (needs eta ||H|| < 2); a
+    int iters;   // J: CG / MINRES / GMRES iterations (at most; products of A), or Neumann terms
+                 // after the first
+    double tol;  // CG, MINRES, GMRES stop when ||A q - g|| <= tol ||g||; 0 = run all J
+    double eta;  // Neumann step: q = eta sum_{j=0..J} (I - eta A)^j g (needs eta ||A|| < 2); a
                  // series that diverges (residual > 1) is an error
+    int restart; // GMRES(m): the Krylov vectors [m + 1, n] kept before a restart (>= 1)
 } blo_implicit_params;
 
 typedef struct {
     int iters;       // iterations used
-    double residual; // ||H q - grad_y F|| / ||grad_y F|| (CG: from its recursion; Neumann: one more HVP)
+    double residual; // ||A q - g|| / ||g||: CG from its recursion; Neumann, MINRES and GMRES from
+                     // one more product with the q returned
+    int breakdown;   // 1: the solver stopped before its tolerance because it could not go on: CG
+                     // met non-positive curvature (d^T H d <= sqrt(eps) ||d|| ||H d||), MINRES or
+                     // GMRES a singular projected system; q is the last iterate, residual says how good
 } blo_implicit_info;
 
-blo_implicit_params blo_implicit_default_params(blo_implicit_kind kind); // J = 20, tol 1e-10, eta 0.1
+// J = 20, tol 1e-10, eta 0.1, restart 20
+blo_implicit_params blo_implicit_default_params(blo_implicit_kind kind);
 
 // grad_x [n_x] of F(x, y*(x)) by the implicit function theorem at (x, y). t may be NULL.
 blo_status blo_implicit_hypergrad(const blo_problem *p, const blo_implicit_params *ip,
                                   const double *x, const double *y, double *grad_x,
                                   blo_implicit_info *info, ad_tape *t, blo_error *err);
+
+// grad_x [n_x] of F(x, read_y(s*(x))) for the fixed point s* = Phi_k(x, s*) of d's step k, taken
+// at state [S] (a fixed point, or the state a run of the dynamics reached): one step recorded,
+// each product of (I - dPhi/ds)^T one vector-Jacobian product through it. The operator is not
+// symmetric: ip->kind is GMRES or Neumann (CG and MINRES are refused). t may be NULL.
+blo_status blo_fixed_point_hypergrad(const blo_problem *p, const blo_dynamics *d, int k,
+                                     const blo_implicit_params *ip, const double *x,
+                                     const double *state, double *grad_x, blo_implicit_info *info,
+                                     ad_tape *t, blo_error *err);
 
 // ---- a method's state in a file ---------------------------------------------------------------------
 // A method saves what it carries between UL iterations as bytes and loads them back. The file is
