@@ -37,21 +37,18 @@ static const blo_setting settings[] = {
 typedef struct {
     blo_fo_state fo; // first: mem = z, y [n_y] (carried), then g, gF [n_y], fy, fz [n_x]
     f2sa_params par;
-    ad_rng *rng;
 } f2sa;
 
 static blo_status f2sa_init(void **state, const blo_method_env *env, int *n_z, double **z0,
                             blo_error *err) {
-    size_t nx = (size_t)env->p->n_x, ny = (size_t)env->p->n_y;
-    (void)z0;
-    *n_z = 0;
-    blo_status st = blo_fo_new(state, sizeof(f2sa), env, 4 * ny + 2 * nx, 2 * ny, err);
-    if (st) return st;
+    int nx = env->p->n_x, ny = env->p->n_y;
+    *n_z = 0, (void)z0;
+    blo_status st = blo_fo_new(state, sizeof(f2sa), env, 4 * (size_t)ny + 2 * (size_t)nx, 2 * (size_t)ny, err);
+    if (st != BLO_OK) return st;
     f2sa *s = *state;
     s->par = *(const f2sa_params *)env->params;
-    memcpy(s->fo.mem + ny, env->y0, ny * sizeof(double)); // y starts where z does
-    s->rng = env->rng;
-    return BLO_OK;
+    memcpy(s->fo.mem + ny, env->y0, (size_t)ny * sizeof(double)); // y starts where z does
+    return blo_ok(err);
 }
 
 // One inner step on z and y (Alg. 1's inner loop), each gradient on new minibatches.
@@ -59,14 +56,14 @@ static blo_status inner_step(f2sa *s, const double *x, double lambda, blo_error 
     const blo_problem *p = s->fo.p;
     int ny = p->n_y;
     double *z = s->fo.mem, *y = z + ny, *g = y + ny, *gF = g + ny;
-    blo_status st = blo_sample(p, BLO_SAMPLE_LL, s->rng, err);
+    blo_status st = blo_sample(p, BLO_SAMPLE_LL, s->fo.rng, err);
     if (!st) st = blo_eval(p, 0, x, z, NULL, NULL, g, s->fo.tape, err);
     if (st) return st;
     for (int i = 0; i < ny; i++) z[i] -= s->par.gamma * g[i];
     blo_clamp_y(p, z);
-    st = blo_sample(p, BLO_SAMPLE_LL, s->rng, err);
+    st = blo_sample(p, BLO_SAMPLE_LL, s->fo.rng, err);
     if (!st) st = blo_eval(p, 0, x, y, NULL, NULL, g, s->fo.tape, err);
-    if (!st) st = blo_sample(p, BLO_SAMPLE_UL, s->rng, err);
+    if (!st) st = blo_sample(p, BLO_SAMPLE_UL, s->fo.rng, err);
     if (!st) st = blo_eval(p, 1, x, y, NULL, NULL, gF, s->fo.tape, err);
     if (st) return st;
     double alpha = s->par.gamma / lambda;
@@ -86,16 +83,16 @@ static blo_status f2sa_direction(void *state, int t, const double *x, const doub
     blo_status st = BLO_OK;
     for (int k = 0; k < s->par.T && !st; k++) st = inner_step(s, x, lambda, err);
     // d_x = grad_x F(x, y) + lambda (grad_x f(x, y) - grad_x f(x, z))
-    if (!st) st = blo_sample(p, BLO_SAMPLE_UL, s->rng, err);
+    if (!st) st = blo_sample(p, BLO_SAMPLE_UL, s->fo.rng, err);
     if (!st) st = blo_eval(p, 1, x, y, NULL, gx, NULL, s->fo.tape, err);
-    if (!st) st = blo_sample(p, BLO_SAMPLE_LL, s->rng, err);
+    if (!st) st = blo_sample(p, BLO_SAMPLE_LL, s->fo.rng, err);
     if (!st) st = blo_eval(p, 0, x, y, NULL, fy, NULL, s->fo.tape, err);
     if (!st) st = blo_eval(p, 0, x, z, NULL, fz, NULL, s->fo.tape, err);
     if (st) return st;
     for (int i = 0; i < nx; i++) gx[i] += lambda * (fy[i] - fz[i]);
-    memcpy(y_out, z, sizeof(double) * (size_t)ny);
     rec->extra = lambda;
-    return BLO_OK;
+    memcpy(y_out, z, sizeof(double) * (size_t)ny);
+    return blo_ok(err);
 }
 
 const blo_method_type blo_method_f2sa = {

@@ -32,21 +32,24 @@ static const blo_setting settings[] = {
 typedef struct {
     blo_fo_state fo; // first: mem = y, v [n_y] (carried), then Fy, Hv [n_y], mixed [n_x]
     soba_params par;
-    ad_rng *rng;
 } soba;
 
+// rho_v = 0 takes rho.
+static blo_status soba_resolve(void *params, const blo_dynamics *d, blo_error *err) {
+    soba_params *q = params;
+    (void)d;
+    if (!(q->rho_v > 0)) q->rho_v = q->rho;
+    return blo_ok(err);
+}
+
+// mem: y, v [n_y] carried (v starts at 0), then the scratch.
 static blo_status soba_init(void **state, const blo_method_env *env, int *n_z, double **z0,
                             blo_error *err) {
-    size_t nx = (size_t)env->p->n_x, ny = (size_t)env->p->n_y;
-    (void)z0;
-    *n_z = 0;
-    blo_status st = blo_fo_new(state, sizeof(soba), env, 4 * ny + nx, 2 * ny, err);
-    if (st) return st;
-    soba *s = *state;
-    s->par = *(const soba_params *)env->params;
-    if (!(s->par.rho_v > 0)) s->par.rho_v = s->par.rho;
-    s->rng = env->rng;
-    return BLO_OK;
+    size_t ny = (size_t)env->p->n_y, scratch = 2 * ny + (size_t)env->p->n_x;
+    *n_z = 0, (void)z0;
+    blo_status st = blo_fo_new(state, sizeof(soba), env, 2 * ny + scratch, 2 * ny, err);
+    if (st == BLO_OK) ((soba *)*state)->par = *(const soba_params *)env->params;
+    return st;
 }
 
 // grad_y f_i (into gy), H v and (d²f/dx dy) v at (x, y) on the current LL minibatch, by one
@@ -76,14 +79,14 @@ static blo_status products(soba *s, const double *x, double *gy, double *Hv, dou
 static blo_status soba_direction(void *state, int t, const double *x, const double *z, double *gx,
                                  double *gz, double *y_out, blo_record *rec, blo_error *err) {
     soba *s = state;
+    int ny = s->fo.p->n_y;
     const blo_problem *p = s->fo.p;
-    int ny = p->n_y;
     double *y = s->fo.mem, *v = y + ny, *Fy = v + ny, *Hv = Fy + ny, *mixed = Hv + ny;
     (void)t, (void)z, (void)gz, (void)rec;
     // grad F_j: D_x starts as grad_x F, Fy = grad_y F
-    blo_status st = blo_sample(p, BLO_SAMPLE_UL, s->rng, err);
+    blo_status st = blo_sample(p, BLO_SAMPLE_UL, s->fo.rng, err);
     if (!st) st = blo_eval(p, 1, x, y, NULL, gx, Fy, s->fo.tape, err);
-    if (!st) st = blo_sample(p, BLO_SAMPLE_LL, s->rng, err);
+    if (!st) st = blo_sample(p, BLO_SAMPLE_LL, s->fo.rng, err);
     // y_out holds D_y = grad_y f_i until y is reported
     if (!st) st = products(s, x, y_out, Hv, mixed, err);
     if (st) return st;
@@ -100,5 +103,5 @@ static blo_status soba_direction(void *state, int t, const double *x, const doub
 
 const blo_method_type blo_method_soba = {
     "soba", "SOBA: single loop, y, v and x stepped together, v by minibatch Hessian-vector products",
-    BLO_NEEDS_HVP, BLO_GRAD_NONE, NULL, sizeof(soba_params), &defaults, settings, NULL, NULL,
+    BLO_NEEDS_HVP, BLO_GRAD_NONE, NULL, sizeof(soba_params), &defaults, settings, soba_resolve, NULL,
     soba_init, soba_direction, blo_fo_solution, NULL, blo_fo_save, blo_fo_load, blo_fo_free};

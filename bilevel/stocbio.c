@@ -2,7 +2,7 @@
 // ICML 2021), Alg. 2 (stocBiO). Each UL iteration k:
 //   - D minibatch SGD steps on f from the last iteration's y (warm start, as Alg. 2's y_k^0 =
 //     y_{k-1}^D): y <- Proj_Y(y - alpha grad_y f(x, y; S_t)), a new LL minibatch S_t per step;
-//   - the hypergradient estimate of Eq. 9 at y = y_k^D: with v_0 = grad_y F(x, y; D_F),
+//   - its Neumann-series hypergradient estimate at y = y_k^D: with v_0 = grad_y F(x, y; D_F),
 //       v_Q = eta sum_{q=-1}^{Q-1} prod_{j=Q-q}^{Q} (I - eta H(x, y; B_j)) v_0,
 //     built term by term as p_0 = v_0, p_{j+1} = (I - eta H_{B_j}) p_j (a new LL minibatch per
 //     Hessian-vector product), v_Q = eta sum_{j=0..Q} p_j; then
@@ -27,7 +27,7 @@ static const stocbio_params defaults = {.D = 10, .alpha = 0.1, .Q = 10, .eta = 0
 static const blo_setting settings[] = {
     BLO_ROW_INT(stocbio_params, D, "D", 0, BLO_MAX_ITERS, "D", "LL minibatch SGD steps per UL iteration"),
     BLO_ROW_DBL(stocbio_params, alpha, "alpha", 0, INFINITY, BLO_SET_LO_OPEN, "a", "LL step"),
-    BLO_ROW_INT(stocbio_params, Q, "Q", 0, BLO_MAX_ITERS, "Q", "Neumann terms after the first (Eq. 9)"),
+    BLO_ROW_INT(stocbio_params, Q, "Q", 0, BLO_MAX_ITERS, "Q", "Neumann terms after the first (Hessian-vector products)"),
     BLO_ROW_DBL(stocbio_params, eta, "eta", 0, INFINITY, 0, "e",
                 "Neumann step (0 = alpha; needs eta ||H|| < 2)"),
     BLO_ROW_END,
@@ -44,7 +44,6 @@ static blo_status stocbio_resolve(void *params, const blo_dynamics *d, blo_error
 typedef struct {
     blo_fo_state fo; // first: mem = y [n_y] (carried), then g, v, p, Hp [n_y], mixed [n_x]
     stocbio_params par;
-    ad_rng *rng;
 } stocbio;
 
 static blo_status stocbio_init(void **state, const blo_method_env *env, int *n_z, double **z0,
@@ -53,11 +52,8 @@ static blo_status stocbio_init(void **state, const blo_method_env *env, int *n_z
     (void)z0;
     *n_z = 0;
     blo_status st = blo_fo_new(state, sizeof(stocbio), env, 5 * ny + nx, ny, err);
-    if (st) return st;
-    stocbio *s = *state;
-    s->par = *(const stocbio_params *)env->params;
-    s->rng = env->rng;
-    return BLO_OK;
+    if (!st) ((stocbio *)*state)->par = *(const stocbio_params *)env->params;
+    return st;
 }
 
 // D projected SGD steps on f(x, .), a new LL minibatch each.
@@ -66,7 +62,7 @@ static blo_status sgd_steps(stocbio *s, const double *x, double *g, blo_error *e
     double *y = s->fo.mem;
     blo_status st = BLO_OK;
     for (int k = 0; k < s->par.D && st == BLO_OK; k++) {
-        st = blo_sample(p, BLO_SAMPLE_LL, s->rng, err);
+        st = blo_sample(p, BLO_SAMPLE_LL, s->fo.rng, err);
         if (!st) st = blo_eval(p, 0, x, y, NULL, NULL, g, s->fo.tape, err);
         for (int i = 0; !st && i < p->n_y; i++) y[i] -= s->par.alpha * g[i];
         if (!st) blo_clamp_y(p, y);
@@ -79,11 +75,11 @@ static blo_status sgd_steps(stocbio *s, const double *x, double *g, blo_error *e
 static bool record_at(stocbio *s, blo_curv *c, ad_tape *t, ad_mark base, const double *x,
                       blo_status *st, blo_error *err) {
     ad_tape_rewind(t, base);
-    if ((*st = blo_sample(s->fo.p, BLO_SAMPLE_LL, s->rng, err))) return false;
+    if ((*st = blo_sample(s->fo.p, BLO_SAMPLE_LL, s->fo.rng, err))) return false;
     return blo_curv_record(c, t, s->fo.p, x, s->fo.mem);
 }
 
-// v_Q of Eq. 9 into v from v_0 = grad_y F in g, then mixed [n_x] = (d²f/dx dy) v_Q. Each product
+// v_Q into v from v_0 = grad_y F in g, then mixed [n_x] = (d²f/dx dy) v_Q. Each product
 // on a new minibatch B_j, the mixed one on D_G; on the full data (no sample callback) grad_y f
 // is recorded once, as the neumann method does.
 static bool neumann_terms(stocbio *s, ad_tape *t, ad_mark base, const double *x, blo_status *st,
@@ -114,7 +110,7 @@ static blo_status stocbio_direction(void *state, int t, const double *x, const d
     (void)t, (void)z, (void)gz;
     blo_status st = sgd_steps(s, x, g, err);
     // D_F: grad_x F into gx, v_0 = grad_y F into g
-    if (!st) st = blo_sample(p, BLO_SAMPLE_UL, s->rng, err);
+    if (!st) st = blo_sample(p, BLO_SAMPLE_UL, s->fo.rng, err);
     if (!st) st = blo_eval(p, 1, x, s->fo.mem, NULL, gx, g, s->fo.tape, err);
     blo_tape_use u = {0};
     if (!st) st = blo_tape_acquire(&u, s->fo.tape, err);
