@@ -7,6 +7,7 @@
 #include "tests.h"
 
 #include "../bilevel/methods.h"
+#include "../models/models.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -312,7 +313,60 @@ static void limit_cases(void) {
     }
 }
 
+// Hyper-cleaning's minibatches at y = 0, where every sample's loss is log 10: after an LL draw f
+// is log(10) / B sum_k sigma(x_{r_k}) over the rows r_k the seed draws (uniform, with
+// replacement), and grad_x f is sigma'(x_r) log(10) / B times how often r was drawn, zero
+// elsewhere; a full draw gives the full objectives' bits.
+static void hyperclean_cases(void) {
+    TEST_CASE("stochastic: hyperclean's batch draws the seed's rows; the full draw is the full problem") {
+        enum { N = 200, B = 16 };
+        mdl_model m, full;
+        char err[400];
+        int ok = !mdl_make_named("hyperclean", "n_train=200 n_val=50 n_test=50 batch=16", &m, err, sizeof err);
+        EXPECT(ok, "%s", err);
+        int ok_full = ok && !mdl_make_named("hyperclean", "n_train=200 n_val=50 n_test=50", &full, err, sizeof err);
+        EXPECT(!ok || ok_full, "%s", err);
+        if (ok && ok_full) {
+            const blo_problem *p = &m.prob;
+            double x[N], *y = calloc((size_t)p->n_y, sizeof(double)), gx[N], f, F, f0, F0;
+            double *y1 = malloc(sizeof(double) * (size_t)p->n_y);
+            ad_rng g, h;
+            ad_rng_seed(&g, 9);
+            for (int i = 0; i < N; i++) x[i] = ad_rng_normal(&g);
+            for (int i = 0; i < p->n_y; i++) y1[i] = 0.01 * ad_rng_normal(&g);
+            blo_error e;
+            EXPECT(p->sample && !full.prob.sample, "the batch setting gives a sample callback");
+            // full: the same bits as the model without batches, at a y with distinct losses
+            blo_eval(p, 0, x, y1, &f, NULL, NULL, NULL, &e), blo_eval(&full.prob, 0, x, y1, &f0, NULL, NULL, NULL, &e);
+            blo_eval(p, 1, x, y1, &F, NULL, NULL, NULL, &e), blo_eval(&full.prob, 1, x, y1, &F0, NULL, NULL, NULL, &e);
+            EXPECT(f == f0 && F == F0, "full data: f %.17g vs %.17g, F %.17g vs %.17g", f, f0, F, F0);
+            // an LL draw from seed 4, replayed here
+            ad_rng_seed(&g, 4), h = g;
+            EXPECT(blo_sample(p, BLO_SAMPLE_LL, &g, &e) == BLO_OK, "%s", e.msg);
+            EXPECT(blo_eval(p, 0, x, y, &f, gx, NULL, NULL, &e) == BLO_OK, "%s", e.msg);
+            double want = 0, wg[N] = {0}, L = log(10.0);
+            for (int k = 0; k < B; k++) {
+                int r = (int)(ad_rng_uniform(&h) * N);
+                double sg = 1 / (1 + exp(-x[r]));
+                want += sg * L / B, wg[r] += sg * (1 - sg) * L / B;
+            }
+            EXPECT(fabs(f - want) <= 1e-14 * want, "f on the draw %.17g, expected %.17g", f, want);
+            double worst = 0;
+            for (int i = 0; i < N; i++) worst = fmax(worst, fabs(gx[i] - wg[i]));
+            EXPECT(worst <= 1e-15, "grad_x f on the draw: worst entry off by %.3g", worst);
+            EXPECT(blo_sample(p, BLO_SAMPLE_UL, NULL, &e) == BLO_ECALLBACK, "a draw without a generator fails");
+            blo_sample(p, BLO_SAMPLE_FULL, NULL, &e);
+            blo_eval(p, 0, x, y1, &f, NULL, NULL, NULL, &e);
+            EXPECT(f == f0, "full again: f %.17g vs %.17g", f, f0);
+            free(y), free(y1);
+        }
+        if (ok) mdl_free(&m);
+        if (ok_full) mdl_free(&full);
+    }
+}
+
 void test_bilevel_stochastic(void) {
+    hyperclean_cases();
     determinism_cases();
     convergence_cases();
     limit_cases();
