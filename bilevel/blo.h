@@ -124,7 +124,20 @@ typedef struct {
     const double *x_lo, *x_hi; // [n_x]
     const double *y_lo, *y_hi; // [n_y]
     void *user;
+    // Minibatches (stochastic methods: stocbio, soba, f2sa). NULL = F and f always see the full
+    // data. Otherwise sample(user, which, rng) selects what F and f see next: BLO_SAMPLE_LL draws
+    // a new minibatch for f, BLO_SAMPLE_UL one for F (each drawn only from rng, the solver's
+    // seeded generator, which its state file keeps: a resumed run draws the same ones), and
+    // BLO_SAMPLE_FULL (rng NULL) selects the full data for both, as it is before any draw.
+    // Returns 0, or nonzero on failure. The selection lives in user; methods that never sample
+    // see the full data.
+    int (*sample)(void *user, int which, ad_rng *rng);
 } blo_problem;
+
+typedef enum { BLO_SAMPLE_FULL, BLO_SAMPLE_LL, BLO_SAMPLE_UL } blo_sample_which;
+
+// Calls p->sample (nothing when it is NULL); a failure is BLO_ECALLBACK naming which draw.
+blo_status blo_sample(const blo_problem *p, blo_sample_which which, ad_rng *rng, blo_error *err);
 
 // Checks sizes, callbacks and boxes, and records F and f once at (x, y) (NULL = zeros) to check
 // that both return scalars. t may be NULL (a private tape is used).

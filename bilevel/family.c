@@ -102,7 +102,7 @@ blo_status blo_fo_new(void **state, size_t size, const blo_method_env *env, size
         *state = NULL;
         return blo_fail(err, BLO_ENOMEM, "out of memory for the method's state");
     }
-    *h = (blo_fo_state){.p = env->p, .tape = env->tape, .mem = mem, .saved = saved};
+    *h = (blo_fo_state){.p = env->p, .tape = env->tape, .mem = mem, .saved = saved, .rng = env->rng};
     memcpy(mem, env->y0, ny * sizeof(double));
     *state = h;
     return blo_ok(err);

@@ -146,6 +146,7 @@ typedef struct {
     ad_tape *tape;
     double *mem;  // [n]: what is carried first ([saved] doubles, the y they report first), then scratch
     size_t saved;
+    ad_rng *rng;  // the solver's generator (stochastic methods draw their minibatches from it)
 } blo_fo_state;
 
 // Allocates the head (size bytes, the method's state struct that begins with it) with mem of n

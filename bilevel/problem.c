@@ -134,6 +134,12 @@ ad_var blo_y_project(ad_tape *t, const blo_problem *p, ad_var y) {
     return y;
 }
 
+blo_status blo_sample(const blo_problem *p, blo_sample_which which, ad_rng *rng, blo_error *err) {
+    static const char *const what[] = {"the full data", "an LL minibatch", "a UL minibatch"};
+    if (!p->sample || p->sample(p->user, (int)which, rng) == 0) return BLO_OK;
+    return blo_fail(err, BLO_ECALLBACK, "the problem's sample callback failed to select %s", what[which]);
+}
+
 // ---- evaluating the objectives ----------------------------------------------------------------
 
 blo_status blo_eval(const blo_problem *p, int upper, const double *x, const double *y,

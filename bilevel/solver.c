@@ -218,7 +218,9 @@ blo_status blo_solver_report(blo_solver *s, blo_record *rec) {
     *rec = (blo_record){.t = s->t, .x = s->x, .z = s->z, .y = s->y, .F = NAN, .f = NAN,
                         .ll_residual = NAN, .grad_norm = NAN, .final = 1};
     ad_tape_reset(s->tape);
-    blo_status st = s->m->solution(s->state, s->x, s->z, s->y, &e);
+    // the final record on the full data, not on the last minibatch a stochastic method drew
+    blo_status st = blo_sample(s->p, BLO_SAMPLE_FULL, NULL, &e);
+    if (!st) st = s->m->solution(s->state, s->x, s->z, s->y, &e);
     if (!st) st = objectives(s, s->x, s->y, rec, &e);
     if (st) set_error(s, &e);
     rec->seconds = now() - t0;
@@ -228,7 +230,8 @@ blo_status blo_solver_report(blo_solver *s, blo_record *rec) {
 
 blo_status blo_solver_solution(blo_solver *s, double *y, blo_error *err) {
     ad_tape_reset(s->tape);
-    return s->m->solution(s->state, s->x, s->z, y, err);
+    blo_status st = blo_sample(s->p, BLO_SAMPLE_FULL, NULL, err);
+    return st ? st : s->m->solution(s->state, s->x, s->z, y, err);
 }
 
 int blo_solver_iterations(const blo_solver *s) { return s->t; }

@@ -45,13 +45,17 @@ typedef struct {
     int n_y;
     double l2;        // LL weight decay
     double *mem;      // x0 [n_tr], y0 [n_y], prior [n_y] (if made)
+    struct hc_batch *batch; // minibatches (batch > 0; see "minibatches" below), else NULL
 } hc_model;
+
+static void hc_batch_free(struct hc_batch *b);
 
 
 static void hc_free(mdl_model *m) {
     hc_model *d = m->data;
     if (d) {
         mdl_hc_free(&d->hc);
+        hc_batch_free(d->batch);
         free(d->mem);
         free(d);
     }
@@ -175,6 +179,105 @@ static int hc_evaluate(const mdl_model *m, const double *x, const double *y, dou
     return 0;
 }
 
+// ---- minibatches -------------------------------------------------------------------------------------
+//
+// With batch = B > 0 (BOME's protocol: n_train=50000 n_val=10000 batch=500, README) the problem
+// gets a sample callback (blo.h): an LL draw picks B training rows uniformly with replacement, a
+// UL draw B validation rows, each from the solver's generator; the rows are copied into small
+// datasets that f and F then read:
+//   f_B(x, y) = 1/B sum_{i in B} sigma(x_i) CE_i + l2/2 ||y||^2,   F_B(x, y) = 1/B sum_{j in B} CE_j.
+// A full draw (and the start) selects the whole sets: f_B and F_B are then f and F. Methods that
+// never draw (rhg, ...) see the full data.
+
+typedef struct hc_batch {
+    int B;
+    mdl_dataset tr, va;             // the drawn rows [B, d] (table shared with the full sets)
+    int32_t *idx;                   // training rows drawn [B]: which x_i weigh them
+    const mdl_dataset *cur_tr, *cur_va; // what f_B and F_B read: the draws or the full sets
+    const int32_t *cur_idx;         // idx, or NULL for the full training set
+} hc_batch;
+
+static void hc_batch_free(hc_batch *b) {
+    if (!b) return;
+    free(b->tr.X), free(b->tr.y), free((void *)b->tr.Xc.codes);
+    free(b->va.X), free(b->va.y), free((void *)b->va.Xc.codes);
+    free(b->idx);
+    free(b);
+}
+
+static int batch_alloc(mdl_dataset *out, const mdl_dataset *full, int B) {
+    uint8_t *codes = malloc((size_t)B * full->d);
+    *out = (mdl_dataset){.n = B, .d = full->d, .classes = full->classes,
+                         .X = malloc(sizeof(double) * (size_t)B * full->d),
+                         .y = malloc(sizeof(int32_t) * (size_t)B)};
+    out->Xc = (ad_coded){B, full->d, codes, full->Xc.table, out->X};
+    return out->X && out->y && codes ? 0 : -1;
+}
+
+// B rows of full drawn uniformly (with replacement) into out; their indices into idx if given.
+static void batch_draw(mdl_dataset *out, const mdl_dataset *full, int32_t *idx, ad_rng *rng) {
+    size_t d = (size_t)full->d;
+    for (int i = 0; i < out->n; i++) {
+        int r = (int)(ad_rng_uniform(rng) * full->n);
+        if (r >= full->n) r = full->n - 1;
+        if (idx) idx[i] = r;
+        memcpy((uint8_t *)out->Xc.codes + i * d, full->Xc.codes + (size_t)r * d, d);
+        memcpy(out->X + i * d, full->X + (size_t)r * d, d * sizeof(double));
+        out->y[i] = full->y[r];
+    }
+}
+
+static int hc_sample(void *user, int which, ad_rng *rng) {
+    hc_model *d = user;
+    hc_batch *b = d->batch;
+    if (which == BLO_SAMPLE_FULL) {
+        b->cur_tr = &d->hc.train, b->cur_va = &d->hc.val, b->cur_idx = NULL;
+    } else if (!rng) {
+        return -1;
+    } else if (which == BLO_SAMPLE_LL) {
+        batch_draw(&b->tr, &d->hc.train, b->idx, rng);
+        b->cur_tr = &b->tr, b->cur_idx = b->idx;
+    } else {
+        batch_draw(&b->va, &d->hc.val, NULL, rng);
+        b->cur_va = &b->va;
+    }
+    return 0;
+}
+
+static ad_var hc_f_batch(ad_tape *t, ad_var x, ad_var y, void *u) {
+    const hc_model *d = u;
+    const hc_batch *b = d->batch;
+    const mdl_dataset *set = b->cur_tr;
+    if (b->cur_idx) // x_i of the drawn rows: x [n_tr] as a column, its rows taken
+        x = ad_reshape(t, ad_take_rows(t, ad_reshape(t, x, ad_mat_shape(d->hc.train.n, 1)), set->n, b->cur_idx),
+                       ad_vec_shape(set->n));
+    ad_var weighted = ad_dot(t, ad_sigmoid(t, x), ad_xent(t, logits(t, d, y, set), set->y));
+    ad_var f = ad_scale(t, weighted, 1.0 / set->n);
+    return d->l2 > 0 ? ad_add(t, f, ad_scale(t, ad_sqnorm(t, y), 0.5 * d->l2)) : f;
+}
+
+static ad_var hc_F_batch(ad_tape *t, ad_var x, ad_var y, void *u) {
+    const hc_model *d = u;
+    (void)x;
+    const mdl_dataset *set = d->batch->cur_va;
+    return ad_mean(t, ad_xent(t, logits(t, d, y, set), set->y));
+}
+
+// Gives m's problem the sample callback and the batch objectives.
+static int hc_batch_setup(mdl_model *m, int B, char *err, size_t errlen) {
+    hc_model *d = m->data;
+    hc_batch *b = calloc(1, sizeof *b);
+    if (!b) return mdl_fail(err, errlen, "problem hyperclean: out of memory");
+    d->batch = b;
+    b->B = B;
+    if (batch_alloc(&b->tr, &d->hc.train, B) || batch_alloc(&b->va, &d->hc.val, B) ||
+        !(b->idx = malloc(sizeof(int32_t) * (size_t)B)))
+        return mdl_fail(err, errlen, "problem hyperclean: out of memory for minibatches of %d", B);
+    hc_sample(d, BLO_SAMPLE_FULL, NULL);
+    m->prob.F = hc_F_batch, m->prob.f = hc_f_batch, m->prob.sample = hc_sample;
+    return 0;
+}
+
 // ---- making the model ---------------------------------------------------------------------------
 
 // Plain GD on f(0, y) from y (in place): the AIT_P prior, "the LL model pretrained on D_tr".
@@ -204,6 +307,7 @@ typedef struct {
     int prior, pretrain;
     double pretrain_lr;
     int pixels;           // 0: bytes, 1: doubles
+    int batch;            // minibatch size for stochastic methods (0: full batch)
 } hc_params;
 
 static const char *const model_words[] = {"linear", "mlp", NULL};
@@ -228,6 +332,8 @@ static const blo_setting hc_settings[] = {
     BLO_ROW_DBL(hc_params, pretrain_lr, "pretrain_lr", 0, INFINITY, BLO_SET_LO_OPEN, "s", "prior: GD step"),
     BLO_ROW_CHOICE(hc_params, pixels, "pixels", pixel_words, "p",
                    "what the products read: bytes or doubles (the same values and bits)"),
+    BLO_ROW_INT(hc_params, batch, "batch", 0, 1000000000, "B",
+                "minibatch size of stochastic methods (stocbio, soba, f2sa), drawn from the solver's seed; 0 = full"),
     BLO_ROW_END,
 };
 
@@ -264,6 +370,7 @@ static int hc_make(mdl_model *m, const void *params, char *err, size_t errlen) {
     m->prob = (blo_problem){.n_x = nx, .n_y = ny, .F = hc_F, .f = hc_f, .user = d};
     m->n_starts = 1, m->x0[0] = x0, m->y0[0] = y0;
     m->metrics = hc_metrics, m->n_metrics = 2, m->evaluate = hc_evaluate;
+    if (q->batch > 0 && hc_batch_setup(m, q->batch, err, errlen)) return -1;
     if (prior) { // AIT_P's z_p: plain GD on f(0, y) from y0
         double *zp = y0 + ny;
         memcpy(zp, y0, sizeof(double) * (size_t)ny);

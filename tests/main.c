@@ -13,6 +13,7 @@ int main(int argc, char **argv) {
     test_ad_thin();
     test_bilevel();
     test_bilevel_methods();
+    test_bilevel_stochastic();
     test_bilevel_solver();
     test_bilevel_meta();
     test_bilevel_peers();
