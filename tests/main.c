@@ -14,6 +14,7 @@ int main(int argc, char **argv) {
     test_bilevel();
     test_bilevel_methods();
     test_bilevel_solver();
+    test_bilevel_checkpoint();
     test_models_data();
     test_models_toys();
     test_models_hyperclean();
