@@ -188,9 +188,15 @@ typedef struct {
 
 // Heavy-ball momentum, state (y_k, y_{k-1}) [2 n_y]:
 //   y_{k+1} = Proj_Y(y_k - s_l grad_y f(x, y_k) + beta (y_k - y_{k-1})).
+// reversible: the hypergradient reconstructs the iterates from the last one instead of storing
+// them (Maclaurin, Duvenaud and Adams, "Gradient-based Hyperparameter Optimization through
+// Reversible Learning", ICML 2015, Sec. 3, Alg. 2): the trajectory is taken in fixed point with
+// v_k = y_k - y_{k-1}, and the bits that multiplying v by beta drops are kept, p per entry per
+// step for beta = j / 2^p. Needs such a beta (> 0) and no Y box.
 typedef struct {
     double s_l;
     double beta; // in [0, 1)
+    int reversible;
 } blo_momentum_params;
 
 // The accelerated scheme for non-convex LL (AIT Eq. 10 with Ghadimi and Lan's indexing j = k + 1),
@@ -297,6 +303,7 @@ typedef struct {
     int kbar;      // Kbar under PTT, K otherwise
     double F_end;  // F(x, y_end)
     int graph;     // 1 if the trajectory's graph was kept (graph mode), 0 for the lean sweep
+    size_t reversible_bytes; // reversible momentum: the dropped bits kept (0 otherwise)
     int slots;     // checkpointed sweep: the states it kept at a time (c); 0 = every state stored
     long long fwd_steps;  // LL steps taken forward (the sweep's re-recorded steps not counted)
     long long recomputed; // fwd_steps - K: the steps taken again to recompute states

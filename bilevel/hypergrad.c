@@ -330,16 +330,8 @@ static blo_status check_hp(const blo_problem *p, const blo_hypergrad_params *hp,
     return BLO_OK;
 }
 
-// What the lean sweeps (stored or checkpointed) leave for blo_hypergrad to finish: gx, lam (the
-// adjoint of state_{k_start}) and Fv [K+1] are the caller's buffers.
-typedef struct {
-    double F_end;
-    int kbar, k_start, k_end, slots;
-    long long fwd_steps;
-} lean_result;
-
 // The first maximizer of F over k = 1..K (y_0 = z excluded: the README's reading of PTT).
-static int ptt_kbar(const double *Fv, int K) {
+int blo_ptt_kbar(const double *Fv, int K) {
     int kbar = K;
     for (int k = 1; k <= K; k++)
         if (Fv[k] > Fv[kbar] || (Fv[k] == Fv[kbar] && k < kbar)) kbar = k;
@@ -383,7 +375,7 @@ static blo_status stored_sweep(ad_tape *t, const blo_problem *p, const blo_dynam
     if ((s = forward(t, p, d, x, k_keep, K - k_keep, states, Fv ? Fv + k_keep : NULL, kept,
                      &keep_left, err)))
         goto done;
-    int k_end = hp->ptt ? ptt_kbar(Fv, K) : K;
+    int k_end = hp->ptt ? blo_ptt_kbar(Fv, K) : K;
     int k_start = hp->truncate > 0 && hp->truncate < k_end ? k_end - hp->truncate : 0;
     *r = (lean_result){.kbar = k_end, .k_start = k_start, .k_end = k_end, .fwd_steps = K};
     const double *kept_state = states + (size_t)(k_start - k_keep) * S; // the state at k_start
@@ -415,7 +407,7 @@ static blo_status checkpointed_sweep(ad_tape *t, const blo_problem *p, const blo
         s = run_through(t, p, d, x, 0, K, buf, Fv, err);
         if (!s) s = forward(t, p, d, x, K, 0, buf, Fv + K, NULL, NULL, err);
         if (!s) s = init_state(t, p, d, y0, buf, err);
-        k_end = ptt_kbar(Fv, K);
+        k_end = blo_ptt_kbar(Fv, K);
         fwd += K;
     }
     int k_start = hp->truncate > 0 && hp->truncate < k_end ? k_end - hp->truncate : 0;
@@ -464,7 +456,7 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
     if (s) return s;
     int S = d->state_size, K = hp.K, nx = p->n_x, ny = p->n_y, slots = 0;
     int need_F = hp.ptt || F_traj;
-    if ((s = choose_slots(p, d, &hp, need_F, &slots, err))) return s;
+    if (!blo_dynamics_reversible(d) && (s = choose_slots(p, d, &hp, need_F, &slots, err))) return s;
     if (!slots && (size_t)K + 1 > SIZE_MAX / sizeof(double) / (size_t)S)
         return blo_fail(err, BLO_ENOMEM, "K = %d states of %d doubles do not fit in memory", K, S);
     if (hp.memory_budget && hp.graph_budget > hp.memory_budget) hp.graph_budget = hp.memory_budget;
@@ -474,7 +466,8 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
         blo_tape_release(&u);
         return s;
     }
-    if (hp.graph_budget > 0 && !(hp.ptt && hp.truncate > 0)) {
+    int rev = blo_dynamics_reversible(d);
+    if (hp.graph_budget > 0 && !(hp.ptt && hp.truncate > 0) && !rev) {
         double *Fg = need_F ? malloc(sizeof(double) * (size_t)(K + 1)) : NULL;
         double *gzg = hp.ia ? malloc(sizeof(double) * (size_t)ny) : NULL;
         graph_result gr;
@@ -508,8 +501,9 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
         s = blo_fail(err, BLO_ENOMEM, "out of memory for the sweep's adjoint of %d doubles", S);
         goto done;
     }
-    s = slots ? checkpointed_sweep(u.t, p, d, &hp, slots, x, y0, Fv, gx, lam, &r, err)
-              : stored_sweep(u.t, p, d, &hp, x, y0, Fv, gx, lam, &r, err);
+    s = rev     ? blo_reversible_sweep(u.t, p, d, &hp, x, y0, Fv, gx, lam, &r, err)
+        : slots ? checkpointed_sweep(u.t, p, d, &hp, slots, x, y0, Fv, gx, lam, &r, err)
+                : stored_sweep(u.t, p, d, &hp, x, y0, Fv, gx, lam, &r, err);
     if (s) goto done;
     double value = r.F_end;
     if (hp.ia) {
@@ -527,6 +521,7 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
     if (info)
         *info = (blo_hypergrad_info){.value = value, .k_end = r.k_end, .k_start = r.k_start,
                                      .kbar = r.kbar, .F_end = r.F_end, .slots = r.slots,
+                                     .reversible_bytes = r.reversible_bytes,
                                      .fwd_steps = r.fwd_steps, .recomputed = r.fwd_steps - K};
     blo_ok(err);
 done:

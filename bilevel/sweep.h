@@ -40,6 +40,25 @@ blo_status blo_sweep_start(ad_tape *t, const blo_problem *p, const blo_dynamics 
                            const double *state, double *F_end, double *gx, double *lam,
                            double *y_out, blo_error *err);
 
+// What the lean sweeps (stored, checkpointed, reversible) leave for blo_hypergrad to finish:
+// gx, lam (the adjoint of state_{k_start}) and F [K+1] are the caller's buffers.
+typedef struct {
+    double F_end;
+    int kbar, k_start, k_end, slots;
+    long long fwd_steps;
+    size_t reversible_bytes;
+} lean_result;
+
+// The first maximizer of F [K+1] over k = 1..K (y_0 = z excluded: the README's reading of PTT).
+int blo_ptt_kbar(const double *Fv, int K);
+
+// Momentum with the reversible option (reversible.c): a fixed-point forward pass keeping only
+// the bits it drops, then the sweep from k_end to k_start undoing the steps one at a time.
+// Fv [K+1] (or NULL without PTT) gets F along the trajectory.
+blo_status blo_reversible_sweep(ad_tape *t, const blo_problem *p, const blo_dynamics *d,
+                                const blo_hypergrad_params *hp, const double *x, const double *y0,
+                                double *Fv, double *gx, double *lam, lean_result *r, blo_error *err);
+
 // ---- binomial checkpointing (revolve.c) ---------------------------------------------------------
 
 // The split of a reversal of L >= 2 steps with c >= 2 slots: advance l steps and keep that state.

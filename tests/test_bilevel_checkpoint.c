@@ -99,6 +99,12 @@ static result run(const blo_problem *p, const blo_dynamics *d, const mode *m, in
     return r;
 }
 
+static double rel_err(int n, const double *a, const double *ref) {
+    double d = 0, m = 0;
+    for (int i = 0; i < n; i++) d = fmax(d, fabs(a[i] - ref[i])), m = fmax(m, fabs(ref[i]));
+    return d / fmax(m, 1e-300);
+}
+
 // The budget that gives the sweep c slots with F along the trajectory (choose_slots' count).
 static size_t budget_for(int c, int S, int K) { return 8 * ((size_t)NX + (size_t)S + (size_t)K + 1 + (5 + (size_t)c) * (size_t)S); }
 
@@ -210,6 +216,41 @@ void test_bilevel_checkpoint(void) {
                    in.fwd_steps == expected_steps(rhg, &in, K) && !memcmp(gx, gr, sizeof gx),
                    "K = %d, c = %d: status %d, slots %d, steps %lld", K, c, (int)s, in.slots, in.fwd_steps);
         }
+    }
+
+    TEST_CASE("reversible momentum: the stored sweep's hypergradient to 1e-12, in a fraction of its memory") {
+        const double betas[] = {0.5, 0.75, 0.8984375};
+        const mode *ms[] = {&modes[0], &modes[1], &modes[2], &modes[3], &modes[4], &modes[5], &modes[6]};
+        int K = 40;
+        double worst = 0;
+        for (size_t b = 0; b < sizeof betas / sizeof *betas; b++)
+            for (size_t m = 0; m < sizeof ms / sizeof *ms; m++) {
+                blo_momentum_params mp = {.s_l = 0.1, .beta = betas[b]};
+                blo_dynamics fl = blo_dynamics_momentum(NY, mp);
+                mp.reversible = 1;
+                blo_dynamics rv = blo_dynamics_momentum(NY, mp);
+                result ref = run(&p, &fl, ms[m], K, 0, x, y0, zp), r = run(&p, &rv, ms[m], K, 0, x, y0, zp);
+                double e = fmax(rel_err(NX, r.gx, ref.gx), ms[m]->ia ? rel_err(NY, r.gz, ref.gz) : 0);
+                worst = fmax(worst, e);
+                EXPECT(!ref.s && !r.s && e <= 1e-12 && r.info.kbar == ref.info.kbar &&
+                           r.info.k_start == ref.info.k_start && r.info.reversible_bytes > 0 && !r.info.graph,
+                       "beta %g %s: status %d, relative error %.2e, kbar %d / %d", betas[b], ms[m]->name,
+                       (int)r.s, e, r.info.kbar, ref.info.kbar);
+                if (b == 0 && m == 0)
+                    printf("  K = %d, n = %d, beta = 1/2: kept bits %zu bytes; stored states (K+1) 2n 8 = %d bytes\n",
+                           K, NY, r.info.reversible_bytes, (K + 1) * 2 * NY * 8);
+            }
+        printf("  worst relative error against the stored sweep: %.2e\n", worst);
+        // refused: beta not j / 2^p, and a Y box (the projection cannot be undone)
+        blo_dynamics bad = blo_dynamics_momentum(NY, (blo_momentum_params){.s_l = 0.1, .beta = 0.9, .reversible = 1});
+        result r = run(&p, &bad, &modes[0], K, 0, x, y0, zp);
+        EXPECT(r.s == BLO_EARG, "beta = 0.9 refused (status %d)", (int)r.s);
+        double lo[NY] = {-5, -5, -5, -5}, hi[NY] = {5, 5, 5, 5};
+        blo_problem boxed = p;
+        boxed.y_lo = lo, boxed.y_hi = hi;
+        blo_dynamics ok = blo_dynamics_momentum(NY, (blo_momentum_params){.s_l = 0.1, .beta = 0.5, .reversible = 1});
+        r = run(&boxed, &ok, &modes[0], K, 0, x, y0, zp);
+        EXPECT(r.s == BLO_EARG, "a Y box refused (status %d)", (int)r.s);
     }
 
     TEST_CASE("checkpoint: budget errors and the stored sweep when it fits") {

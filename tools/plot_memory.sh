@@ -24,7 +24,7 @@ if [ -z "$FROM" ]; then
     FROM=${OUT%.png}.txt
     "$H" bench memory $QUICK | tee "$FROM"
 fi
-# rows: curve budget_MiB slots fwd_steps recomp/K seconds x_stored peak_RSS_MB (budget 0: stored)
+# rows: curve budget_MiB slots fwd_steps recomp/K cpu_s x_stored peak_RSS_MB wall_s (budget 0: stored)
 awk '$1 == "curve" && $3 ~ /^[0-9]+$/' "$FROM" > "$DATA"
 SIZE=$(grep -o '^(a) n = [0-9]*, K = [0-9]*' "$FROM" | sed 's/^(a) //')
 STORED=$(awk '$2 == "0.00" { print $6 }' "$DATA")
@@ -34,7 +34,7 @@ set terminal pngcairo size 800,520
 set output "$OUT"
 set title "RHG, tridiagonal quadratic, $SIZE: binomial checkpointing"
 set xlabel "memory budget for the sweep's states (MiB, log scale)"
-set ylabel "time of one hypergradient (s)"
+set ylabel "CPU time of one hypergradient (s)"
 set logscale x
 set key top right
 set grid
