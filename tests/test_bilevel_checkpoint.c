@@ -5,6 +5,7 @@
 #include "harness.h"
 
 #include "../bilevel/blo.h"
+#include "../models/models.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -251,6 +252,37 @@ void test_bilevel_checkpoint(void) {
         blo_dynamics ok = blo_dynamics_momentum(NY, (blo_momentum_params){.s_l = 0.1, .beta = 0.5, .reversible = 1});
         r = run(&boxed, &ok, &modes[0], K, 0, x, y0, zp);
         EXPECT(r.s == BLO_EARG, "a Y box refused (status %d)", (int)r.s);
+    }
+
+    TEST_CASE("quadratic structure=tridiagonal: its optimum through the tape's own gradient of f") {
+        // grad_y f(x, y) = A y - x: with x = 0 it applies A. The optimum must satisfy x* = A y*
+        // and (rho A^2 + I) y* = b (the reduced gradient's zero times A), F* = F(x*, y*).
+        mdl_model m;
+        char err[200];
+        const int n = 257;
+        const double rho = 0.05;
+        int made = !mdl_make_named("quadratic", "structure=tridiagonal n=257 cond=30 rho=0.05", &m, err, sizeof err);
+        EXPECT(made, "%s", err);
+        if (made) {
+            double zero[257] = {0}, Ay[257], AAy[257], F = 0, b[257];
+            blo_status s = blo_eval(&m.prob, 0, zero, m.y_star, NULL, NULL, Ay, NULL, NULL);
+            if (!s) s = blo_eval(&m.prob, 0, zero, Ay, NULL, NULL, AAy, NULL, NULL);
+            if (!s) s = blo_eval(&m.prob, 1, m.x_star, m.y_star, &F, NULL, b, NULL, NULL); // b = y* - grad_y F
+            double e1 = 0, e2 = 0;
+            for (int i = 0; i < n; i++) {
+                b[i] = m.y_star[i] - b[i];
+                e1 = fmax(e1, fabs(Ay[i] - m.x_star[i]));
+                e2 = fmax(e2, fabs(rho * AAy[i] + m.y_star[i] - b[i]));
+            }
+            EXPECT(!s && e1 < 1e-12 && e2 < 1e-12 && fabs(F - m.F_star) <= 1e-12 * fabs(m.F_star),
+                   "status %d: |A y* - x*| %.2e, |(rho A^2 + I) y* - b| %.2e, F %.17g vs %.17g", (int)s, e1, e2,
+                   F, m.F_star);
+            mdl_free(&m);
+        }
+        EXPECT(mdl_make_named("quadratic", "structure=tridiagonal n=10 m=3", &m, err, sizeof err) && strstr(err, "B = I"),
+               "tridiagonal with m != n refused: %s", err);
+        EXPECT(mdl_make_named("quadratic", "n=20000", &m, err, sizeof err) && strstr(err, "tridiagonal"),
+               "a dense n = 20000 refused, naming the way out: %s", err);
     }
 
     TEST_CASE("checkpoint: budget errors and the stored sweep when it fits") {
