@@ -104,6 +104,8 @@ blo_status blo_reversible_sweep(ad_tape *t, const blo_problem *p, const blo_dyna
     rev r = {.n = n, .p = blo_momentum_bits(d->par.momentum.beta), .s = d->par.momentum.s_l};
     r.j = (int64_t)ldexp(d->par.momentum.beta, r.p);
     size_t words = ((size_t)K * (size_t)n * (size_t)r.p + 63) / 64;
+    blo_status s = blo_check_memory((double)words, 8, "reversible momentum's kept bits", err);
+    if (s) return s;
     r.Y = malloc(sizeof(int64_t) * 2 * (size_t)n);
     r.state = malloc(sizeof(double) * 3 * (size_t)n);
     r.bits = calloc(words ? words : 1, sizeof(uint64_t));
@@ -112,11 +114,11 @@ blo_status blo_reversible_sweep(ad_tape *t, const blo_problem *p, const blo_dyna
         return blo_fail(err, BLO_ENOMEM, "reversible momentum: out of memory for %zu bytes of kept bits", 8 * words);
     }
     r.V = r.Y + n, r.g = r.state + 2 * (size_t)n;
-    blo_status s = BLO_OK;
     for (int i = 0; i < n && !s; i++) { // y_{-1} = y_0: V_0 = 0
-        double Y = nearbyint(ldexp(y0 ? y0[i] : 0, RADIX));
+        double y = y0 ? y0[i] : 0, Y = nearbyint(ldexp(y, RADIX));
         if (!(fabs(Y) < LIMIT))
-            s = blo_fail(err, BLO_EARG, "reversible momentum: y0 entry %d = %g leaves the fixed-point range", i, y0[i]);
+            s = blo_fail(err, BLO_EARG, "reversible momentum: y0 entry %d = %g leaves the fixed-point range "
+                         "(|y| < 2^%d)", i, y, 61 - RADIX);
         r.Y[i] = (int64_t)Y, r.V[i] = 0;
     }
     blo_stepper_begin(&r.st, t, p, d, x, 0);
