@@ -658,7 +658,7 @@ static const char *const quad_structures[] = {"dense", "tridiagonal", NULL};
 static const quad_params quad_defaults = {.n = 10, .m = 0, .cond = 10, .rho = 0.1, .seed = 0};
 static const blo_setting quad_settings[] = {
     BLO_ROW_INT(quad_params, n, "n", 1, 1000000, "n", "LL size n_y (dense: at most 10000)"),
-    BLO_ROW_INT(quad_params, m, "m", 0, 1000000, "m", "UL size n_x (0 = n; tridiagonal: n)"),
+    BLO_ROW_INT(quad_params, m, "m", 0, 10000, "m", "UL size n_x (0 = n; tridiagonal: 0 or n)"),
     BLO_ROW_CHOICE(quad_params, structure, "structure", quad_structures, "s",
                    "A: dense with log-spaced eigenvalues, or tridiagonal with B = I (O(n), large n)"),
     BLO_ROW_DBL(quad_params, cond, "cond", 1, 1e12, 0, "c", "condition number of A"),

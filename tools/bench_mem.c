@@ -26,7 +26,7 @@ typedef struct {
     long long fwd_steps;
     size_t kept; // reversible: the bits kept, bytes
     double seconds, cpu, rss0_mb, peak_mb; // wall and CPU (user + system) seconds
-    char msg[200];
+    char msg[320]; // as blo_error.msg
 } mem_case;
 
 // This process's CPU time: the shared machine's load stretches wall time, not this.
