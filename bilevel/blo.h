@@ -9,7 +9,8 @@
 //
 // Memory. The reverse sweep never holds the trajectory's graph: the forward pass keeps the K+1
 // states as doubles [(K+1) * S] and rewinds the tape after each step; the sweep re-records one
-// step at a time at the stored state. Peak memory is O(K S) doubles plus one step's graph.
+// step at a time at the stored state. Peak memory is O(K S) doubles plus one step's graph, or
+// within a budget by checkpointing (blo_hypergrad_params.memory_budget).
 //
 // Settings are data: every built-in dynamics (and every method, methods.h) describes its
 // parameters in a table of blo_setting rows, from which programs build their options and reports.
@@ -200,9 +201,15 @@ typedef struct {
 
 // Heavy-ball momentum, state (y_k, y_{k-1}) [2 n_y]:
 //   y_{k+1} = Proj_Y(y_k - s_l grad_y f(x, y_k) + beta (y_k - y_{k-1})).
+// reversible: the hypergradient reconstructs the iterates from the last one instead of storing
+// them (Maclaurin, Duvenaud and Adams, "Gradient-based Hyperparameter Optimization through
+// Reversible Learning", ICML 2015, Sec. 3, Alg. 2): the trajectory is taken in fixed point with
+// v_k = y_k - y_{k-1}, and the bits that multiplying v by beta drops are kept, p per entry per
+// step for beta = j / 2^p. Needs such a beta (> 0) and no Y box.
 typedef struct {
     double s_l;
     double beta; // in [0, 1)
+    int reversible;
 } blo_momentum_params;
 
 // The accelerated scheme for non-convex LL (AIT Eq. 10 with Ghadimi and Lan's indexing j = k + 1),
@@ -294,6 +301,12 @@ typedef struct {
     // pass's products over large constants (ad_keep: the logits X W_k of a model on data X), so
     // it does not compute them again: one pass over X per step fewer.
     size_t graph_budget;
+    // Bounded memory: when the K+1 states the lean sweep stores (with its adjoint and F along
+    // the trajectory) would take more than this many bytes, it keeps at most c states at a time
+    // within them and recomputes the others forward by binomial checkpointing (Griewank and
+    // Walther's revolve), with the same result bit for bit; graph mode and kept products are
+    // then limited to it too. One step's tape comes on top. 0 = no bound (store every state).
+    size_t memory_budget;
 } blo_hypergrad_params;
 
 typedef struct {
@@ -303,6 +316,10 @@ typedef struct {
     int kbar;      // Kbar under PTT, K otherwise
     double F_end;  // F(x, y_end)
     int graph;     // 1 if the trajectory's graph was kept (graph mode), 0 for the lean sweep
+    size_t reversible_bytes; // reversible momentum: the dropped bits kept (0 otherwise)
+    int slots;     // checkpointed sweep: the states it kept at a time (c); 0 = every state stored
+    long long fwd_steps;  // LL steps taken forward (the sweep's re-recorded steps not counted)
+    long long recomputed; // fwd_steps - K: the steps taken again to recompute states
 } blo_hypergrad_info;
 
 blo_hypergrad_params blo_hypergrad_default_params(void); // K = 10, RHG, no IA, graph budget 64 MiB
@@ -315,6 +332,12 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
                          const blo_hypergrad_params *hp, const double *x, const double *y0,
                          double *grad_x, double *grad_z, double *F_traj, blo_hypergrad_info *info,
                          blo_error *err);
+
+// The fewest forward steps that reverse L steps with c slots for states (the start's included),
+// Griewank and Walther's t(L, c) = r L - beta(c + 1, r - 1), beta(c, r) = C(c + r, c), for
+// beta(c, r - 1) < L <= beta(c, r); c = 1 gives L (L - 1) / 2. The checkpointed sweep over L
+// steps takes t(L, c) + 1 (the last step, to the state F is taken at). -1 if c < 1.
+long long blo_revolve_steps(long long L, int c);
 
 // phi at (x, y0): the value blo_hypergrad differentiated when it was called at (x_ref, y0_ref)
 // and reported info, with what it held fixed still held: the end k_end (Kbar under PTT is not

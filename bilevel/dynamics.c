@@ -145,12 +145,26 @@ static ad_var momentum_step(ad_tape *t, const blo_problem *p, const blo_dynamics
     return ad_concat(t, blo_y_project(t, p, ad_add(t, y, v)), y);
 }
 static blo_status momentum_check(const blo_problem *p, const blo_dynamics *d, blo_error *err) {
-    (void)p;
     const blo_momentum_params *q = &d->par.momentum;
     blo_status s = positive(err, d->name, "s_l", q->s_l);
     if (!s && !(q->beta >= 0 && q->beta < 1))
         return blo_fail(err, BLO_EARG, "dynamics momentum: beta = %g must be in [0, 1)", q->beta);
+    if (!s && q->reversible && blo_momentum_bits(q->beta) < 0)
+        return blo_fail(err, BLO_EARG, "dynamics momentum: reversible needs ll_momentum = j / 2^p > 0 "
+                        "with p <= %d (0.5, 0.75, 0.875, 0.8984375 ...); %.17g is not", BLO_REV_MAX_BITS, q->beta);
+    if (!s && q->reversible && (p->y_lo || p->y_hi))
+        return blo_fail(err, BLO_EARG, "dynamics momentum: reversible steps cannot be undone through a Y box");
     return s;
+}
+
+int blo_momentum_bits(double beta) {
+    for (int p = 1; p <= BLO_REV_MAX_BITS; p++)
+        if (beta > 0 && ldexp(beta, p) == floor(ldexp(beta, p))) return p;
+    return -1;
+}
+
+bool blo_dynamics_reversible(const blo_dynamics *d) {
+    return d->step == momentum_step && d->par.momentum.reversible;
 }
 blo_dynamics blo_dynamics_momentum(int n_y, blo_momentum_params par) {
     return (blo_dynamics){.name = "momentum", .state_size = 2 * n_y, .init = init_pair,
@@ -238,6 +252,9 @@ static const blo_momentum_params momentum_defaults = {.s_l = 0.1, .beta = 0.5};
 static const blo_setting momentum_settings[] = {
     BLO_ROW_DBL(blo_momentum_params, s_l, "s_l", 0, INFINITY, BLO_SET_LO_OPEN, "s", "LL step size"),
     BLO_ROW_DBL(blo_momentum_params, beta, "ll_momentum", 0, 1, BLO_SET_HI_OPEN, "b", "heavy-ball weight"),
+    BLO_ROW_BOOL(blo_momentum_params, reversible, "reversible",
+                 "reconstruct the iterates exactly in the sweep instead of storing them (fixed point, "
+                 "Maclaurin et al. 2015 Alg. 2; ll_momentum = j / 2^p)"),
     BLO_ROW_END,
 };
 static blo_dynamics momentum_make(int n_y, const void *q) {

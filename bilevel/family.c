@@ -7,22 +7,26 @@
 #include <stdlib.h>
 #include <string.h>
 
+blo_status blo_ll_check_states(const blo_method_env *env, int K, blo_error *err) {
+    char what[96];
+    snprintf(what, sizeof what, "K + 1 = %d LL states of %d doubles", K + 1, env->dyn->state_size);
+    return blo_check_memory((double)K + 1, 8.0 * env->dyn->state_size, what, err);
+}
+
 blo_status blo_ll_new(void **state, size_t size, const blo_method_env *env, int K, int ia,
                       int keep_states, blo_error *err) {
     *state = NULL;
     if (!env->dyn) return blo_fail(err, BLO_EARG, "this method needs LL dynamics");
     const blo_problem *p = env->p;
     int S = env->dyn->state_size, nx = p->n_x, ny = p->n_y;
-    char what[96];
-    snprintf(what, sizeof what, "K + 1 = %d LL states of %d doubles", K + 1, S);
-    blo_status st = blo_check_memory((double)K + 1, 8.0 * S, what, err);
+    blo_status st = keep_states ? blo_ll_check_states(env, K, err) : BLO_OK;
     if (st) return st;
     blo_ll_state *h = calloc(1, size);
     double *buf = malloc(sizeof(double) * (2 * (size_t)ny + (size_t)nx));
     double *states = keep_states ? malloc(sizeof(double) * ((size_t)K + 1) * (size_t)S) : NULL;
     if (!h || !buf || (keep_states && !states)) {
         free(h), free(buf), free(states);
-        return blo_fail(err, BLO_ENOMEM, "out of memory for %s", what);
+        return blo_fail(err, BLO_ENOMEM, "out of memory for K + 1 = %d LL states of %d doubles", K + 1, S);
     }
     *h = (blo_ll_state){.p = p, .dyn = *env->dyn, .tape = env->tape, .K = K, .ia = ia, .y0 = buf,
                         .y0_ref = buf + ny, .x_ref = buf + 2 * ny, .states = states};
@@ -47,16 +51,25 @@ blo_status blo_ll_new_scratch(void **state, size_t size, const blo_method_env *e
 }
 
 // y_K of the dynamics from y0 (or z under IA): all K steps even under PTT (the LL model the
-// papers evaluate is the one after K steps).
+// papers evaluate is the one after K steps). Without the family's stored states, two states at a
+// time: memory O(S), not O(K S).
 blo_status blo_ll_solution(void *state, const double *x, const double *z, double *y, blo_error *err) {
     blo_ll_state *h = state;
-    int S = h->dyn.state_size;
-    double *st = h->states ? h->states : malloc(sizeof(double) * ((size_t)h->K + 1) * (size_t)S);
-    if (!st) return blo_fail(err, BLO_ENOMEM, "out of memory for %d LL states", h->K + 1);
+    size_t S = (size_t)h->dyn.state_size;
+    double *st = h->states ? h->states : malloc(sizeof(double) * 2 * S);
+    if (!st) return blo_fail(err, BLO_ENOMEM, "out of memory for 2 LL states of %zu doubles", S);
     blo_status s = blo_state_init(h->p, &h->dyn, h->ia ? z : h->y0, st, h->tape, err);
-    if (!s) s = blo_unroll(h->p, &h->dyn, x, 0, st, h->K, st, NULL, h->tape, err);
-    if (!s) s = blo_state_read_y(h->p, &h->dyn, st + (size_t)h->K * S, y, h->tape, err);
-    if (st != h->states) free(st);
+    if (h->states) {
+        if (!s) s = blo_unroll(h->p, &h->dyn, x, 0, st, h->K, st, NULL, h->tape, err);
+        st += (size_t)h->K * S;
+    } else {
+        for (int k = 0; k < h->K && !s; k++) {
+            s = blo_unroll(h->p, &h->dyn, x, k, st, 1, st, NULL, h->tape, err);
+            memcpy(st, st + S, sizeof(double) * S);
+        }
+    }
+    if (!s) s = blo_state_read_y(h->p, &h->dyn, st, y, h->tape, err);
+    if (!h->states) free(st);
     return s;
 }
 

@@ -27,6 +27,7 @@ typedef struct {
     int prior_start; // z starts at the problem's z_p (implies ia)
     int warm_start;  // each UL iteration starts the LL from the last y (without IA)
     double graph_mb; // graph mode's budget (blo_hypergrad_params.graph_budget) in MiB
+    double memory_mb; // the sweep's memory budget (blo_hypergrad_params.memory_budget) in MiB; 0 = none
 } blo_unrolled_params;
 
 extern const blo_setting blo_unrolled_settings[];
@@ -126,7 +127,10 @@ typedef struct {
     double *scratch; // a method's own vectors (blo_ll_new_scratch; NULL otherwise), freed with it
 } blo_ll_state;
 
-// Allocates the head (size bytes, the family's state struct that begins with it) for env.
+// Refuses K + 1 states of the dynamics that would not fit in this machine's memory.
+blo_status blo_ll_check_states(const blo_method_env *env, int K, blo_error *err);
+// Allocates the head (size bytes, the family's state struct that begins with it) for env, with
+// K + 1 states when keep_states (checked first).
 blo_status blo_ll_new(void **state, size_t size, const blo_method_env *env, int K, int ia,
                       int keep_states, blo_error *err);
 // blo_ll_new with K's states kept and n more doubles of scratch (h->scratch), freed by blo_ll_free.

@@ -8,8 +8,7 @@
 //
 // Graph mode (when it fits params.graph_budget): the K steps stay recorded on the tape and one
 // reverse sweep from F(x, y_end) gives both gradients; no step is recorded twice.
-#include "internal.h"
-#include "ad_extra.h" // ad_keep, ad_reuse
+#include "sweep.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -35,37 +34,80 @@ static blo_status copy_finite(ad_tape *t, ad_var v, int n, double *out, blo_erro
     return BLO_OK;
 }
 
+// ---- one step forward, one step back ---------------------------------------------------------------
+
+void blo_stepper_begin(blo_stepper *s, ad_tape *t, const blo_problem *p, const blo_dynamics *d,
+                       const double *x, int grad) {
+    *s = (blo_stepper){.t = t, .p = p, .d = d, .m0 = ad_tape_mark(t)};
+    ad_shape sh = ad_vec_shape(p->n_x);
+    s->xv = grad ? ad_param(t, sh, x) : ad_const(t, sh, x); // no gradient needed forward
+    s->m1 = ad_tape_mark(t);
+}
+
+void blo_stepper_end(blo_stepper *s) { ad_tape_rewind(s->t, s->m0); }
+
+blo_status blo_stepper_visit(blo_stepper *s, int k, const double *state, double *F, double *next,
+                             ad_kept **keep, size_t *keep_left, blo_error *err) {
+    ad_tape *t = s->t;
+    ad_mark m = ad_tape_mark(t); // not m1: another stepper may have begun since
+    ad_var sv = ad_param(t, ad_vec_shape(s->d->state_size), state);
+    blo_status st = BLO_OK;
+    if (F) st = copy_finite(t, blo_call_F(t, s->p, s->xv, blo_rec_read_y(t, s->p, s->d, sv)), 1, F, err,
+                            "F(x, y_k)", k);
+    if (!st && next) {
+        // deferred: only what the next state needs is computed (not f's own value, say)
+        int was = ad_tape_defer(t, 1);
+        ad_mark ms = ad_tape_mark(t);
+        ad_var nv = blo_rec_step(t, s->p, s->d, k, s->xv, sv);
+        ad_tape_defer(t, was);
+        st = copy_finite(t, nv, s->d->state_size, next, err, "LL step", k);
+        if (!st && keep && (*keep = ad_keep(t, ms, *keep_left))) *keep_left -= ad_kept_bytes(*keep);
+    }
+    ad_tape_rewind(t, m);
+    return st;
+}
+
+blo_status blo_stepper_vjp(blo_stepper *s, int k, const double *state, ad_kept *kept, double *gx,
+                           double *lam, blo_error *err) {
+    ad_tape *t = s->t;
+    int S = s->d->state_size, nx = s->p->n_x;
+    ad_mark m = ad_tape_mark(t);
+    ad_var sv = ad_param(t, ad_vec_shape(S), state);
+    // The step is re-recorded deferred: its vjp computes only the values its reverse rules
+    // read (for a quadratic f, none of the step's own products).
+    int was = ad_tape_defer(t, 1);
+    ad_mark ms = ad_tape_mark(t);
+    ad_var next = blo_rec_step(t, s->p, s->d, k, s->xv, sv);
+    ad_tape_defer(t, was);
+    // the logits X W_k of a linear model, say: the forward pass's values, not a pass over X
+    if (kept) ad_reuse(t, ms, kept);
+    ad_var bar = ad_const(t, ad_vec_shape(S), lam);
+    ad_var wrt[2] = {s->xv, sv}, out[2] = {AD_NONE, AD_NONE};
+    ad_vjp(t, next, bar, 2, wrt, out, 0);
+    blo_status st = blo_tape_check(t, err, "reverse sweep");
+    if (!st) {
+        const double *g = ad_value(t, out[0]), *l = ad_value(t, out[1]);
+        for (int i = 0; i < nx; i++) gx[i] += g[i];
+        memcpy(lam, l, sizeof(double) * (size_t)S);
+    }
+    ad_tape_rewind(t, m);
+    return st;
+}
+
 // Steps k0 .. k0+n-1 from states[0] (the state at step k0) into states[1..n]; F_vals[0..n] if
 // given. With keep, keep[j] gets step k0+j's products over large constants (ad_keep) while
 // *keep_left bytes last, for the sweep to reuse.
 static blo_status forward(ad_tape *t, const blo_problem *p, const blo_dynamics *d, const double *x,
                           int k0, int n, double *states, double *F_vals, ad_kept **keep,
                           size_t *keep_left, blo_error *err) {
-    int S = d->state_size;
-    ad_mark m0 = ad_tape_mark(t);
-    ad_var xv = ad_const(t, ad_vec_shape(p->n_x), x); // no gradient needed forward
-    ad_mark m1 = ad_tape_mark(t);
+    size_t S = (size_t)d->state_size;
+    blo_stepper st;
+    blo_stepper_begin(&st, t, p, d, x, 0);
     blo_status s = BLO_OK;
-    for (int j = 0; j <= n && !s; j++) {
-        int k = k0 + j;
-        ad_var sv = ad_param(t, ad_vec_shape(S), states + (size_t)j * S);
-        if (F_vals) {
-            ad_var Fv = blo_call_F(t, p, xv, blo_rec_read_y(t, p, d, sv));
-            s = copy_finite(t, Fv, 1, F_vals + j, err, "F(x, y_k)", k);
-        }
-        if (!s && j < n) {
-            // deferred: only what the next state needs is computed (not f's own value, say)
-            int was = ad_tape_defer(t, 1);
-            ad_mark ms = ad_tape_mark(t);
-            ad_var next = blo_rec_step(t, p, d, k, xv, sv);
-            ad_tape_defer(t, was);
-            s = copy_finite(t, next, S, states + (size_t)(j + 1) * S, err, "LL step", k);
-            if (!s && keep && (keep[j] = ad_keep(t, ms, *keep_left)))
-                *keep_left -= ad_kept_bytes(keep[j]);
-        }
-        ad_tape_rewind(t, m1);
-    }
-    ad_tape_rewind(t, m0);
+    for (int j = 0; j <= n && !s; j++)
+        s = blo_stepper_visit(&st, k0 + j, states + j * S, F_vals ? F_vals + j : NULL,
+                              j < n ? states + (j + 1) * S : NULL, keep ? keep + j : NULL, keep_left, err);
+    blo_stepper_end(&st);
     return s;
 }
 
@@ -127,44 +169,25 @@ blo_status blo_unroll(const blo_problem *p, const blo_dynamics *d, const double 
 static blo_status sweep(ad_tape *t, const blo_problem *p, const blo_dynamics *d, const double *x,
                         const double *states, ad_kept *const *kept, int k_start, int k_end,
                         double *gx, double *lam, blo_error *err) {
-    int S = d->state_size, nx = p->n_x;
-    ad_mark m0 = ad_tape_mark(t);
-    ad_var xv = ad_param(t, ad_vec_shape(nx), x);
-    ad_mark m1 = ad_tape_mark(t);
+    blo_stepper st;
+    blo_stepper_begin(&st, t, p, d, x, 1);
     blo_status s = BLO_OK;
-    for (int k = k_end - 1; k >= k_start && !s; k--) {
-        ad_var sv = ad_param(t, ad_vec_shape(S), states + (size_t)(k - k_start) * S);
-        // The step is re-recorded deferred: its vjp computes only the values its reverse rules
-        // read (for a quadratic f, none of the step's own products).
-        int was = ad_tape_defer(t, 1);
-        ad_mark ms = ad_tape_mark(t);
-        ad_var next = blo_rec_step(t, p, d, k, xv, sv);
-        ad_tape_defer(t, was);
-        // the logits X W_k of a linear model, say: the forward pass's values, not a pass over X
-        if (kept[k - k_start]) ad_reuse(t, ms, kept[k - k_start]);
-        ad_var bar = ad_const(t, ad_vec_shape(S), lam);
-        ad_var wrt[2] = {xv, sv}, out[2] = {AD_NONE, AD_NONE};
-        ad_vjp(t, next, bar, 2, wrt, out, 0);
-        s = blo_tape_check(t, err, "reverse sweep");
-        if (!s) {
-            const double *g = ad_value(t, out[0]), *l = ad_value(t, out[1]);
-            for (int i = 0; i < nx; i++) gx[i] += g[i];
-            memcpy(lam, l, sizeof(double) * (size_t)S);
-        }
-        ad_tape_rewind(t, m1);
-    }
-    ad_tape_rewind(t, m0);
+    for (int k = k_end - 1; k >= k_start && !s; k--)
+        s = blo_stepper_vjp(&st, k, states + (size_t)(k - k_start) * d->state_size, kept[k - k_start],
+                            gx, lam, err);
+    blo_stepper_end(&st);
     return s;
 }
 
-// F(x, y_end) with dF/dx into gx and dF/dstate_end into lam.
-static blo_status sweep_start(ad_tape *t, const blo_problem *p, const blo_dynamics *d,
-                              const double *x, const double *state, double *F_end, double *gx,
-                              double *lam, blo_error *err) {
+// F(x, y_end) with dF/dx into gx and dF/dstate_end into lam; y_end into y_out if given.
+blo_status blo_sweep_start(ad_tape *t, const blo_problem *p, const blo_dynamics *d, const double *x,
+                           const double *state, double *F_end, double *gx, double *lam,
+                           double *y_out, blo_error *err) {
     ad_mark m = ad_tape_mark(t);
     ad_var xv = ad_param(t, ad_vec_shape(p->n_x), x);
     ad_var sv = ad_param(t, ad_vec_shape(d->state_size), state);
-    ad_var Fv = blo_call_F(t, p, xv, blo_rec_read_y(t, p, d, sv));
+    ad_var yv = blo_rec_read_y(t, p, d, sv);
+    ad_var Fv = blo_call_F(t, p, xv, yv);
     ad_var wrt[2] = {xv, sv}, out[2] = {AD_NONE, AD_NONE};
     ad_grad(t, Fv, 2, wrt, out, 0);
     blo_status s = blo_tape_check(t, err, "F(x, y_end)");
@@ -172,6 +195,8 @@ static blo_status sweep_start(ad_tape *t, const blo_problem *p, const blo_dynami
         *F_end = ad_item(t, Fv);
         memcpy(gx, ad_value(t, out[0]), sizeof(double) * (size_t)p->n_x);
         memcpy(lam, ad_value(t, out[1]), sizeof(double) * (size_t)d->state_size);
+        if (y_out) memcpy(y_out, ad_value(t, yv), sizeof(double) * (size_t)p->n_y);
+        s = blo_tape_check(t, err, "y_end");
     }
     ad_tape_rewind(t, m);
     return s;
@@ -305,6 +330,122 @@ static blo_status check_hp(const blo_problem *p, const blo_hypergrad_params *hp,
     return BLO_OK;
 }
 
+// The first maximizer of F over k = 1..K (y_0 = z excluded: the README's reading of PTT).
+int blo_ptt_kbar(const double *Fv, int K) {
+    int kbar = K;
+    for (int k = 1; k <= K; k++)
+        if (Fv[k] > Fv[kbar] || (Fv[k] == Fv[kbar] && k < kbar)) kbar = k;
+    return kbar;
+}
+
+// n steps from buf[0] (the state at k0) through the two states of buf [2 S], ending in buf[0];
+// F at k0 .. k0+n-1 into Fv[k0..] if given.
+static blo_status run_through(ad_tape *t, const blo_problem *p, const blo_dynamics *d,
+                              const double *x, int k0, int n, double *buf, double *Fv, blo_error *err) {
+    blo_status s = BLO_OK;
+    for (int k = k0; k < k0 + n && !s; k++) {
+        s = forward(t, p, d, x, k, 1, buf, Fv ? Fv + k : NULL, NULL, NULL, err);
+        memcpy(buf, buf + d->state_size, sizeof(double) * (size_t)d->state_size);
+    }
+    return s;
+}
+
+// Every state the sweep revisits stored as doubles.
+static blo_status stored_sweep(ad_tape *t, const blo_problem *p, const blo_dynamics *d,
+                               const blo_hypergrad_params *hp, const double *x, const double *y0,
+                               double *Fv, double *gx, double *lam, lean_result *r, blo_error *err) {
+    int S = d->state_size, K = hp->K;
+    // Without PTT the sweep's range is known before the forward pass, so T-RHG keeps only the
+    // states it will revisit, k_keep..K; PTT must keep them all (Kbar is known only at the end).
+    int k_keep = !hp->ptt && hp->truncate > 0 && hp->truncate < K ? K - hp->truncate : 0;
+    int n_kept = K + 1 - k_keep;
+    double *states = malloc(sizeof(double) * (size_t)n_kept * (size_t)S);
+    ad_kept **kept = calloc((size_t)n_kept, sizeof *kept); // [K - k_keep] and one spare
+    blo_status s = BLO_OK;
+    if (!states || !kept) {
+        s = blo_fail(err, BLO_ENOMEM, "cannot allocate %d states of %d doubles", n_kept, S);
+        goto done;
+    }
+    if ((s = init_state(t, p, d, y0, states, err))) goto done;
+    // Steps before k_keep run one at a time through the first two slots (n_kept >= 2 here).
+    if ((s = run_through(t, p, d, x, 0, k_keep, states, Fv, err))) goto done;
+    // The steps the sweep revisits keep their products over large constants within the budget
+    // graph mode had (ad_keep), so the sweep does not compute them again.
+    size_t keep_left = hp->graph_budget;
+    if ((s = forward(t, p, d, x, k_keep, K - k_keep, states, Fv ? Fv + k_keep : NULL, kept,
+                     &keep_left, err)))
+        goto done;
+    int k_end = hp->ptt ? blo_ptt_kbar(Fv, K) : K;
+    int k_start = hp->truncate > 0 && hp->truncate < k_end ? k_end - hp->truncate : 0;
+    *r = (lean_result){.kbar = k_end, .k_start = k_start, .k_end = k_end, .fwd_steps = K};
+    const double *kept_state = states + (size_t)(k_start - k_keep) * S; // the state at k_start
+    if ((s = blo_sweep_start(t, p, d, x, kept_state + (size_t)(k_end - k_start) * S, &r->F_end, gx, lam,
+                             hp->y_end_out, err)))
+        goto done;
+    s = sweep(t, p, d, x, kept_state, kept + (k_start - k_keep), k_start, k_end, gx, lam, err);
+done:
+    for (int k = 0; kept && k < n_kept; k++) ad_kept_free(kept[k]);
+    free(kept);
+    free(states);
+    return s;
+}
+
+// At most `slots` states at a time (binomial checkpointing, revolve.c). Under PTT a first pass
+// finds Kbar; then the state at k_start is reached again and the schedule runs over
+// k_start..k_end.
+static blo_status checkpointed_sweep(ad_tape *t, const blo_problem *p, const blo_dynamics *d,
+                                     const blo_hypergrad_params *hp, int slots, const double *x,
+                                     const double *y0, double *Fv, double *gx, double *lam,
+                                     lean_result *r, blo_error *err) {
+    int S = d->state_size, K = hp->K;
+    double *buf = malloc(sizeof(double) * 2 * (size_t)S);
+    if (!buf) return blo_fail(err, BLO_ENOMEM, "checkpointed sweep: out of memory for 2 states of %d doubles", S);
+    long long fwd = 0;
+    int k_end = K;
+    blo_status s = init_state(t, p, d, y0, buf, err);
+    if (!s && hp->ptt) {
+        s = run_through(t, p, d, x, 0, K, buf, Fv, err);
+        if (!s) s = forward(t, p, d, x, K, 0, buf, Fv + K, NULL, NULL, err);
+        if (!s) s = init_state(t, p, d, y0, buf, err);
+        k_end = blo_ptt_kbar(Fv, K);
+        fwd += K;
+    }
+    int k_start = hp->truncate > 0 && hp->truncate < k_end ? k_end - hp->truncate : 0;
+    double *Fr = hp->ptt ? NULL : Fv; // F along the way, once (PTT's first pass has it)
+    if (!s) s = run_through(t, p, d, x, 0, k_start, buf, Fr, err);
+    if (!s && Fr) s = forward(t, p, d, x, k_start, 0, buf, Fr + k_start, NULL, NULL, err);
+    fwd += k_start;
+    int L = k_end - k_start;
+    if (slots > L) slots = L; // more would stay empty
+    long long steps = 0;
+    blo_revolve_ctx c = {.t = t, .p = p, .d = d, .x = x, .F = Fr, .y_out = hp->y_end_out};
+    *r = (lean_result){.kbar = k_end, .k_start = k_start, .k_end = k_end, .slots = slots};
+    if (!s) s = blo_revolve_sweep(&c, k_start, L, buf, slots, &r->F_end, gx, lam, &steps, err);
+    r->fwd_steps = fwd + steps;
+    free(buf);
+    return s;
+}
+
+// The checkpoints a memory budget allows for the lean sweep: 0 when every state it stores fits
+// (or there is no budget), else c >= 1, or an error when not even one fits.
+static blo_status choose_slots(const blo_problem *p, const blo_dynamics *d,
+                               const blo_hypergrad_params *hp, int need_F, int *slots, blo_error *err) {
+    *slots = 0;
+    if (!hp->memory_budget) return BLO_OK;
+    double each = 8.0 * d->state_size, budget = (double)hp->memory_budget;
+    double fixed = 8.0 * p->n_x + each + (need_F ? 8.0 * (hp->K + 1) : 0); // gx, lam, F
+    double stored = (hp->K + 1.0) * (each + sizeof(void *));
+    if (fixed + stored <= budget) return BLO_OK;
+    double c = floor((budget - fixed - 5 * each) / each); // scratch: 2 states here, 3 in revolve.c
+    if (c < 1)
+        return blo_fail(err, BLO_EARG,
+                        "memory budget %.0f bytes holds no checkpoint: the sweep needs at least %.0f "
+                        "(6 states of %d doubles, x and F along %d steps)",
+                        budget, fixed + 6 * each, d->state_size, hp->K);
+    *slots = c < hp->K ? (int)c : hp->K;
+    return BLO_OK;
+}
+
 blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
                          const blo_hypergrad_params *hp_in, const double *x, const double *y0,
                          double *grad_x, double *grad_z, double *F_traj, blo_hypergrad_info *info,
@@ -313,17 +454,20 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
     blo_status s = blo_dynamics_validate(p, d, err);
     if (!s) s = check_hp(p, &hp, x, grad_x, grad_z, err);
     if (s) return s;
-    int S = d->state_size, K = hp.K, nx = p->n_x, ny = p->n_y;
-    if ((size_t)K + 1 > SIZE_MAX / sizeof(double) / (size_t)S)
+    int S = d->state_size, K = hp.K, nx = p->n_x, ny = p->n_y, slots = 0;
+    int need_F = hp.ptt || F_traj;
+    if (!blo_dynamics_reversible(d) && (s = choose_slots(p, d, &hp, need_F, &slots, err))) return s;
+    if (!slots && (size_t)K + 1 > SIZE_MAX / sizeof(double) / (size_t)S)
         return blo_fail(err, BLO_ENOMEM, "K = %d states of %d doubles do not fit in memory", K, S);
+    if (hp.memory_budget && hp.graph_budget > hp.memory_budget) hp.graph_budget = hp.memory_budget;
     blo_tape_use u;
     if ((s = blo_tape_acquire(&u, hp.tape, err))) return s;
     if ((s = blo_problem_check(p, x, y0, u.t, err))) {
         blo_tape_release(&u);
         return s;
     }
-    int need_F = hp.ptt || F_traj;
-    if (hp.graph_budget > 0 && !(hp.ptt && hp.truncate > 0)) {
+    int rev = blo_dynamics_reversible(d);
+    if (hp.graph_budget > 0 && !(hp.ptt && hp.truncate > 0) && !rev) {
         double *Fg = need_F ? malloc(sizeof(double) * (size_t)(K + 1)) : NULL;
         double *gzg = hp.ia ? malloc(sizeof(double) * (size_t)ny) : NULL;
         graph_result gr;
@@ -339,7 +483,8 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
             if (F_traj) memcpy(F_traj, Fg, sizeof(double) * (size_t)(K + 1));
             if (info)
                 *info = (blo_hypergrad_info){.value = value, .k_end = gr.kbar, .k_start = gr.k_start,
-                                             .kbar = gr.kbar, .F_end = gr.F_end, .graph = 1};
+                                             .kbar = gr.kbar, .F_end = gr.F_end, .graph = 1,
+                                             .fwd_steps = K};
             blo_ok(err);
         }
         free(Fg), free(gzg);
@@ -348,54 +493,23 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
             return s;
         }
     }
-    // Without PTT the sweep's range is known before the forward pass, so T-RHG keeps only the
-    // states it will revisit, k_keep..K; PTT must keep them all (Kbar is known only at the end).
-    int k_keep = !hp.ptt && hp.truncate > 0 && hp.truncate < K ? K - hp.truncate : 0;
-    int n_kept = K + 1 - k_keep;
-    double *states = malloc(sizeof(double) * (size_t)n_kept * (size_t)S);
     double *Fv = need_F ? malloc(sizeof(double) * (size_t)(K + 1)) : NULL;
     double *lam = malloc(sizeof(double) * (size_t)S);
     double *gx = malloc(sizeof(double) * (size_t)nx);
-    ad_kept **kept = calloc((size_t)n_kept, sizeof *kept); // [K - k_keep] and one spare
-    if (!states || !lam || !gx || !kept || (need_F && !Fv)) {
-        s = blo_fail(err, BLO_ENOMEM, "cannot allocate %d states of %d doubles", n_kept, S);
+    lean_result r = {0};
+    if (!lam || !gx || (need_F && !Fv)) {
+        s = blo_fail(err, BLO_ENOMEM, "out of memory for the sweep's adjoint of %d doubles", S);
         goto done;
     }
-    if ((s = init_state(u.t, p, d, y0, states, err))) goto done;
-    // Steps before k_keep run one at a time through the first two slots (n_kept >= 2 here).
-    for (int k = 0; k < k_keep && !s; k++) {
-        s = forward(u.t, p, d, x, k, 1, states, Fv ? Fv + k : NULL, NULL, NULL, err);
-        memcpy(states, states + S, sizeof(double) * (size_t)S);
-    }
-    // The steps the sweep revisits keep their products over large constants within the budget
-    // graph mode had (ad_keep), so the sweep does not compute them again.
-    size_t keep_left = hp.graph_budget;
-    if (!s) s = forward(u.t, p, d, x, k_keep, K - k_keep, states, Fv ? Fv + k_keep : NULL, kept,
-                        &keep_left, err);
+    s = rev     ? blo_reversible_sweep(u.t, p, d, &hp, x, y0, Fv, gx, lam, &r, err)
+        : slots ? checkpointed_sweep(u.t, p, d, &hp, slots, x, y0, Fv, gx, lam, &r, err)
+                : stored_sweep(u.t, p, d, &hp, x, y0, Fv, gx, lam, &r, err);
     if (s) goto done;
-
-    int kbar = K;
-    if (hp.ptt) // first maximizer over k = 1..K (y_0 = z excluded: the README's reading of PTT)
-        for (int k = 1; k <= K; k++)
-            if (Fv[k] > Fv[kbar] || (Fv[k] == Fv[kbar] && k < kbar)) kbar = k;
-    int k_end = kbar;
-    int k_start = hp.truncate > 0 && hp.truncate < k_end ? k_end - hp.truncate : 0;
-
-    double F_end = 0;
-    const double *kept_state = states + (size_t)(k_start - k_keep) * S; // the state at k_start
-    if ((s = sweep_start(u.t, p, d, x, kept_state + (size_t)(k_end - k_start) * S, &F_end, gx, lam,
-                         err)))
-        goto done;
-    if ((s = sweep(u.t, p, d, x, kept_state, kept + (k_start - k_keep), k_start, k_end, gx, lam, err)))
-        goto done;
-    if (hp.y_end_out &&
-        (s = blo_state_read_y(p, d, kept_state + (size_t)(k_end - k_start) * S, hp.y_end_out, u.t, err)))
-        goto done;
-    double value = F_end;
+    double value = r.F_end;
     if (hp.ia) {
         // The state at k_start is held fixed when the sweep stops short of 0: no z gradient
         // flows from phi then, only from the prior.
-        if (k_start == 0) {
+        if (r.k_start == 0) {
             if ((s = sweep_init(u.t, p, d, y0, lam, grad_z, err))) goto done;
         } else {
             for (int i = 0; i < ny; i++) grad_z[i] = 0;
@@ -405,13 +519,12 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
     memcpy(grad_x, gx, sizeof(double) * (size_t)nx);
     if (F_traj) memcpy(F_traj, Fv, sizeof(double) * (size_t)(K + 1));
     if (info)
-        *info = (blo_hypergrad_info){.value = value, .k_end = k_end, .k_start = k_start,
-                                     .kbar = kbar, .F_end = F_end};
+        *info = (blo_hypergrad_info){.value = value, .k_end = r.k_end, .k_start = r.k_start,
+                                     .kbar = r.kbar, .F_end = r.F_end, .slots = r.slots,
+                                     .reversible_bytes = r.reversible_bytes,
+                                     .fwd_steps = r.fwd_steps, .recomputed = r.fwd_steps - K};
     blo_ok(err);
 done:
-    for (int k = 0; kept && k < n_kept; k++) ad_kept_free(kept[k]);
-    free(kept);
-    free(states);
     free(Fv);
     free(lam);
     free(gx);

@@ -45,6 +45,13 @@ ad_var blo_rec_step(ad_tape *t, const blo_problem *p, const blo_dynamics *d, int
                     ad_var s);
 ad_var blo_rec_read_y(ad_tape *t, const blo_problem *p, const blo_dynamics *d, ad_var s);
 
+// Reversible momentum (reversible.c): the bits p per entry per step that multiplying by beta =
+// j / 2^p drops (-1 if beta is not such a number with p <= BLO_REV_MAX_BITS), and whether d is
+// momentum with the option on.
+#define BLO_REV_MAX_BITS 24
+int blo_momentum_bits(double beta);
+bool blo_dynamics_reversible(const blo_dynamics *d);
+
 // y [n] clamped to the problem's Y box.
 void blo_clamp_y(const blo_problem *p, double *y);
 double blo_dot(const double *a, const double *b, int n);

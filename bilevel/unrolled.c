@@ -23,6 +23,9 @@ const blo_setting blo_unrolled_settings[] = {
     BLO_ROW_DBL(blo_unrolled_params, graph_mb, "graph_mb", 0, 1e9, 0, "M",
                 "keep the unrolled graph when it fits M MiB (faster), else the forward pass's "
                 "products over the data; 0 = re-record each step"),
+    BLO_ROW_DBL(blo_unrolled_params, memory_mb, "memory_mb", 0, 1e9, 0, "M",
+                "keep the sweep's LL states within M MiB, recomputing the others (binomial "
+                "checkpointing, same result); 0 = store all K + 1"),
     BLO_ROW_END,
 };
 
@@ -55,7 +58,9 @@ blo_status blo_unrolled_init(void **state, const blo_method_env *env, int *n_z, 
     int ny = env->p->n_y;
     if ((q->prior > 0 || q->prior_start) && !env->z_prior)
         return blo_fail(err, BLO_EARG, "the IA prior needs the problem's z_p (this problem has none)");
-    blo_status st = blo_ll_new(state, sizeof(unrolled), env, q->K, q->ia, 0, err);
+    // the sweep stores K + 1 states unless a memory budget bounds them
+    blo_status st = q->memory_mb > 0 ? BLO_OK : blo_ll_check_states(env, q->K, err);
+    if (!st) st = blo_ll_new(state, sizeof(unrolled), env, q->K, q->ia, 0, err);
     if (st) return st;
     unrolled *u = *state;
     u->par = *q;
@@ -78,6 +83,7 @@ blo_status blo_unrolled_direction(void *state, int t, const double *x, const dou
     hp.tape = u->ll.tape;
     hp.y_end_out = y;
     hp.graph_budget = (size_t)(q->graph_mb * 1048576.0);
+    hp.memory_budget = (size_t)(q->memory_mb * 1048576.0);
     const double *start = q->ia ? z : u->ll.y0;
     memcpy(u->ll.y0_ref, start, sizeof(double) * (size_t)p->n_y);
     memcpy(u->ll.x_ref, x, sizeof(double) * (size_t)p->n_x);

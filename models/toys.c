@@ -31,6 +31,7 @@ typedef struct {
     const double *c;      // nonconvex: c [n]
     const double *X, *target;       // coreset: X [2, 4], x0 [2]
     const double *A, *B, *b;        // quadratic: A [n, n], B [n, m], b [n]
+    double diag, off;               // tridiagonal quadratic: A's constant diagonal and off-diagonal
     double *mem;
     size_t used, cap;
 } toy;
@@ -518,6 +519,84 @@ static ad_var quad_f(ad_tape *t, ad_var x, ad_var y, void *u) {
     return ad_sub(t, ad_quadform(t, A, y), ad_dot(t, y, ad_matvec(t, B, x, 0)));
 }
 
+// structure=tridiagonal: A = tridiag(off, diag, off), B = I (m = n), in O(n) time and memory:
+// f = diag/2 ||y||^2 + off <y[0:n-1], y[1:n]> - <y, x>.
+static ad_var quad_f_tri(ad_tape *t, ad_var x, ad_var y, void *u) {
+    const toy *d = u;
+    ad_var v = ad_sub(t, ad_scale(t, ad_sqnorm(t, y), 0.5 * d->diag), ad_dot(t, y, x));
+    if (d->n == 1) return v;
+    ad_var pairs = ad_dot(t, ad_slice(t, y, 0, d->n - 1), ad_slice(t, y, 1, d->n - 1));
+    return ad_add(t, v, ad_scale(t, pairs, d->off));
+}
+
+// Solves H u = r (r -> u) for H SPD banded of half-bandwidth w, stored by rows: H[i (w+1) + j]
+// = H(i, i - j), j = 0..w (entries before row 0 unused), by banded Cholesky (LAPACK's dpbsv; the
+// project links only cblas), O(n w^2). H is overwritten by its factor. -1 if not positive definite.
+static int band_cholesky_solve(double *H, int n, int w, double *r) {
+    size_t W = (size_t)w + 1;
+    for (int i = 0; i < n; i++)
+        for (int j = (i < w ? i : w); j >= 0; j--) { // L(i, k), k = i - j, from the left
+            int k = i - j;
+            double v = H[i * W + j];
+            for (int m = (i > w ? i - w : 0); m < k; m++) v -= H[i * W + (i - m)] * H[k * W + (k - m)];
+            if (j) H[i * W + j] = v / H[k * W];
+            else if (!(v > 0)) return -1;
+            else H[i * W] = sqrt(v);
+        }
+    for (int i = 0; i < n; i++) { // L z = r
+        for (int m = (i > w ? i - w : 0); m < i; m++) r[i] -= H[i * W + (i - m)] * r[m];
+        r[i] /= H[i * W];
+    }
+    for (int i = n - 1; i >= 0; i--) { // L^T u = z
+        for (int m = i + 1; m < n && m <= i + w; m++) r[i] -= H[m * W + (m - i)] * r[m];
+        r[i] /= H[i * W];
+    }
+    return 0;
+}
+
+// A = I + (cond - 1)/4 tridiag(-1, 2, -1): eigenvalues in (1, cond). With B = I, M = A^-1, so
+// y* = (rho A^2 + I)^-1 b (pentadiagonal) and x* = A y*.
+static int quadratic_tri_make(mdl_model *m, int n, double cond, double rho, int seed, char *err,
+                              size_t errlen) {
+    size_t N = (size_t)n;
+    toy *d = toy_new(m, 5 * N);
+    double *H = malloc(sizeof(double) * 3 * N);
+    int rc = 0;
+    if (!d || !H) {
+        rc = oom("quadratic", err, errlen);
+        goto done;
+    }
+    d->n = d->m = n, d->rho = rho, d->diag = 1 + (cond - 1) / 2, d->off = -(cond - 1) / 4;
+    double *b = toy_take(d, N), *xs = toy_take(d, N), *ys = toy_take(d, N);
+    d->b = b;
+    ad_rng g;
+    ad_rng_seed(&g, (uint64_t)seed);
+    for (size_t i = 0; i < N; i++) b[i] = ad_rng_normal(&g);
+    double a = d->diag, e = d->off;
+    for (int i = 0; i < n; i++) { // rho A^2 + I by rows: (A^2)(i, i - j) = sum_l A(i, l) A(l, i - j)
+        int ends = (i > 0) + (i < n - 1);
+        H[3 * i] = 1 + rho * (a * a + ends * e * e);
+        H[3 * i + 1] = rho * 2 * a * e;
+        H[3 * i + 2] = rho * e * e;
+    }
+    memcpy(ys, b, sizeof(double) * N);
+    if (band_cholesky_solve(H, n, 2, ys)) {
+        rc = mdl_fail(err, errlen, "problem quadratic: rho A^2 + I is not positive definite to rounding");
+        goto done;
+    }
+    double F = 0;
+    for (int i = 0; i < n; i++) {
+        xs[i] = a * ys[i] + (i > 0 ? e * ys[i - 1] : 0) + (i < n - 1 ? e * ys[i + 1] : 0); // x* = A y*
+        F += 0.5 * (ys[i] - b[i]) * (ys[i] - b[i]) + 0.5 * rho * xs[i] * xs[i];
+    }
+    m->prob = (blo_problem){.n_x = n, .n_y = n, .F = quad_F, .f = quad_f_tri, .user = d};
+    m->x_star = xs, m->y_star = m->z_prior = ys, m->F_star = F;
+    m->n_starts = 1, m->x0[0] = toy_take(d, N), m->y0[0] = toy_take(d, N); // x0 = 0, y0 = 0
+done:
+    free(H);
+    return rc;
+}
+
 // Orthonormalizes the rows of Q [n, n] in place: block classical Gram-Schmidt (BLAS-3 against
 // earlier blocks, then modified Gram-Schmidt inside the block), each block done twice so the
 // rows are orthonormal to rounding ("twice is enough").
@@ -573,11 +652,16 @@ typedef struct {
     double cond;  // A's condition number
     double rho;   // UL ridge weight
     int seed;
+    int structure; // 0 dense, 1 tridiagonal
 } quad_params;
+enum { QUAD_DENSE_MAX = 10000 }; // the dense A is n x n
+static const char *const quad_structures[] = {"dense", "tridiagonal", NULL};
 static const quad_params quad_defaults = {.n = 10, .m = 0, .cond = 10, .rho = 0.1, .seed = 0};
 static const blo_setting quad_settings[] = {
-    BLO_ROW_INT(quad_params, n, "n", 1, 10000, "n", "LL size n_y"),
-    BLO_ROW_INT(quad_params, m, "m", 0, 10000, "m", "UL size n_x (0 = n)"),
+    BLO_ROW_INT(quad_params, n, "n", 1, 1000000, "n", "LL size n_y (dense: at most 10000)"),
+    BLO_ROW_INT(quad_params, m, "m", 0, 10000, "m", "UL size n_x (0 = n; tridiagonal: 0 or n)"),
+    BLO_ROW_CHOICE(quad_params, structure, "structure", quad_structures, "s",
+                   "A: dense with log-spaced eigenvalues, or tridiagonal with B = I (O(n), large n)"),
     BLO_ROW_DBL(quad_params, cond, "cond", 1, 1e12, 0, "c", "condition number of A"),
     BLO_ROW_DBL(quad_params, rho, "rho", 0, INFINITY, BLO_SET_LO_OPEN, "r", "UL ridge weight rho"),
     BLO_ROW_INT(quad_params, seed, "seed", 0, INT32_MAX, "S", "seed of A, B, b"),
@@ -588,6 +672,14 @@ static int quadratic_make(mdl_model *m, const void *params, char *err, size_t er
     const quad_params *q = params;
     int n = q->n, mx = q->m ? q->m : n, seed = q->seed;
     double cond = q->cond, rho = q->rho;
+    if (q->structure == 1) {
+        if (mx != n)
+            return mdl_fail(err, errlen, "problem quadratic: tridiagonal has B = I, so m = %d must be 0 or n = %d", q->m, n);
+        return quadratic_tri_make(m, n, cond, rho, seed, err, errlen);
+    }
+    if (n > QUAD_DENSE_MAX || mx > QUAD_DENSE_MAX)
+        return mdl_fail(err, errlen, "problem quadratic: dense n = %d, m = %d must be at most %d (its n x n A); "
+                        "structure=tridiagonal scales", n, mx, QUAD_DENSE_MAX);
     size_t N = (size_t)n, Mx = (size_t)mx;
     toy *d = toy_new(m, N * N + N * Mx + 3 * N + 2 * Mx);
     double *Q = malloc(sizeof(double) * N * N), *Mm = malloc(sizeof(double) * N * Mx),

@@ -67,3 +67,25 @@ int bench_torch_read(const char *path, bench_opts *o, char *err, size_t errlen) 
     }
     return rc;
 }
+
+size_t bench_proc_bytes(const char *key) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    size_t kb = 0, len = strlen(key);
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, len)) {
+            kb = strtoul(line + len, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return kb * 1024;
+}
+
+// Linux resets VmHWM to the current RSS on "5" > /proc/self/clear_refs (since 4.0).
+int bench_reset_peak_rss(void) {
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f) return 0;
+    int ok = fputs("5", f) >= 0;
+    return fclose(f) == 0 && ok;
+}

@@ -28,5 +28,10 @@ double bench_now(void);                  // monotonic seconds
 double bench_median(double *x, int n);   // sorts x
 void bench_autodiff(const bench_opts *o);
 void bench_bilevel(const bench_opts *o);
+void bench_checkpoint(const bench_opts *o); // `bench memory`: bench_mem.c
+// "VmHWM:" or "VmRSS:" of this process in bytes (0 if /proc is not there).
+size_t bench_proc_bytes(const char *key);
+// Resets the peak RSS (VmHWM) to the current RSS; returns 1 if the kernel allows it.
+int bench_reset_peak_rss(void);
 
 #endif

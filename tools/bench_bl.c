@@ -238,29 +238,6 @@ static ad_var diag_f(ad_tape *t, ad_var x, ad_var y, void *user) {
     return ad_sub(t, ad_scale(t, ad_sum(t, ay2), 0.5), ad_dot(t, y, x));
 }
 
-// "VmHWM:" or "VmRSS:" of this process in bytes (0 if /proc is not there).
-static size_t proc_status_bytes(const char *key) {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f) return 0;
-    char line[256];
-    size_t kb = 0, len = strlen(key);
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, key, len)) {
-            kb = strtoul(line + len, NULL, 10);
-            break;
-        }
-    fclose(f);
-    return kb * 1024;
-}
-
-// Linux resets VmHWM to the current RSS on "5" > /proc/self/clear_refs (since 4.0); returns 1 if so.
-static int reset_peak_rss(void) {
-    FILE *f = fopen("/proc/self/clear_refs", "w");
-    if (!f) return 0;
-    int ok = fputs("5", f) >= 0;
-    return fclose(f) == 0 && ok;
-}
-
 static void memory_case(const bench_opts *o) {
     (void)o; // the case is cheap (about a second); quick mode runs it in full
     const int n = 10000, K = 1000;
@@ -276,12 +253,12 @@ static void memory_case(const bench_opts *o) {
     blo_hypergrad_params hp = blo_hypergrad_default_params();
     hp.K = K, hp.tape = t;
     blo_error e = {0};
-    int reset = reset_peak_rss();
-    size_t rss0 = proc_status_bytes("VmRSS:");
+    int reset = bench_reset_peak_rss();
+    size_t rss0 = bench_proc_bytes("VmRSS:");
     double t0 = bench_now();
     blo_status st = blo_hypergrad(&p, &d, &hp, x, NULL, g, NULL, NULL, NULL, &e);
     double sec = bench_now() - t0;
-    size_t hwm = proc_status_bytes("VmHWM:");
+    size_t hwm = bench_proc_bytes("VmHWM:");
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double iterates = (double)(K + 1) * n * sizeof(double);
