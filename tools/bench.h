@@ -26,6 +26,9 @@ int bench_torch_read(const char *path, bench_opts *o, char *err, size_t errlen);
 
 double bench_now(void);                  // monotonic seconds
 double bench_median(double *x, int n);   // sorts x
+// GFLOP/s of cblas_dgemm on [1024, 1024] x [1024, 1024], best of a few calls: the peak the
+// benchmarks' products are judged against.
+double bench_dgemm_peak(int quick);
 void bench_autodiff(const bench_opts *o);
 void bench_bilevel(const bench_opts *o);
 
