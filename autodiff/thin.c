@@ -241,7 +241,7 @@ AVX2_FN void tn_avx2(const thin_task *t) {
 #define ROW5(r)                                                                              \
     if (R > r) {                                                                             \
         size_t at = TA ? (size_t)p * lda + (size_t)(i + r) : (size_t)(i + r) * lda + p;      \
-        __m512d x = _mm512_set1_pd(U8 ? tab[au[at]] : A[at]);                                \
+        __m512d x = _mm512_set1_pd(!U8 ? A[at] : W8 ? tab[(cw >> 8 * r) & 0xff] : tab[au[at]]); \
         c##r##0 = _mm512_fmadd_pd(x, b0, c##r##0);                                           \
         if (NV > 1) c##r##1 = _mm512_fmadd_pd(x, b1, c##r##1);                               \
     }
@@ -266,6 +266,7 @@ X512_INLINE void rows_x512(const int R, const int NV, const int U8, const int TA
     const int lda = t->lda, np = t->np;
     const double *A = t->A, *tab = t->tab, *bp = t->bp;
     const uint8_t *au = t->au;
+    const bool W8 = U8 && TA && R == 8 && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
     __m512d z = _mm512_setzero_pd(), b0 = z, b1 = z;
     __m512d c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z;
     __m512d c40 = z, c41 = z, c50 = z, c51 = z, c60 = z, c61 = z, c70 = z, c71 = z;
@@ -274,6 +275,9 @@ X512_INLINE void rows_x512(const int R, const int NV, const int U8, const int TA
         const double *b = bp + (size_t)p * np;
         b0 = _mm512_load_pd(b);
         if (NV > 1) b1 = _mm512_load_pd(b + 8);
+        // codes of a strip: the 8 in one load, not 8 (the loads, not the FMAs, bound this loop)
+        uint64_t cw = 0;
+        if (W8) memcpy(&cw, au + (size_t)p * lda + (size_t)i, sizeof cw);
         ROW5(0) ROW5(1) ROW5(2) ROW5(3) ROW5(4) ROW5(5) ROW5(6) ROW5(7)
     }
     int n = t->n;
