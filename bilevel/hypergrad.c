@@ -16,6 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+// Kept products are plain arrays, each saving a pass over the data in the sweep, so they get
+// more room than a graph: an MLP's first layer X W_1 [5000, 300] is 12 MB a step (and its
+// operand W_1 1.9 MB), so 20 steps need 280 MB; 16 x 64 MiB = 1 GiB keeps 76 of them.
+enum { KEEP_PER_GRAPH = 16 };
+
 blo_hypergrad_params blo_hypergrad_default_params(void) {
     return (blo_hypergrad_params){.K = 10, .graph_budget = (size_t)64 << 20};
 }
@@ -367,9 +372,9 @@ blo_status blo_hypergrad(const blo_problem *p, const blo_dynamics *d,
         s = forward(u.t, p, d, x, k, 1, states, Fv ? Fv + k : NULL, NULL, NULL, err);
         memcpy(states, states + S, sizeof(double) * (size_t)S);
     }
-    // The steps the sweep revisits keep their products over large constants within the budget
-    // graph mode had (ad_keep), so the sweep does not compute them again.
-    size_t keep_left = hp.graph_budget;
+    // The steps the sweep revisits keep their products over large constants (ad_keep) within
+    // KEEP_PER_GRAPH times the budget graph mode had, so the sweep does not compute them again.
+    size_t keep_left = hp.graph_budget > SIZE_MAX / KEEP_PER_GRAPH ? SIZE_MAX : hp.graph_budget * KEEP_PER_GRAPH;
     if (!s) s = forward(u.t, p, d, x, k_keep, K - k_keep, states, Fv ? Fv + k_keep : NULL, kept,
                         &keep_left, err);
     if (s) goto done;
