@@ -6,7 +6,8 @@
 
 // The PyTorch reference cases: (a) RHG on the quadratic with n = 10 and n = 1000 (ms),
 // (d) one UL iteration of hyper-cleaning with RHG and with CG (s).
-enum { TORCH_QUAD10, TORCH_QUAD1000, TORCH_HC_RHG, TORCH_HC_CG, TORCH_CASES };
+// and one UL iteration of RHG (K = 20) on the 2-layer model, hidden 300 (s).
+enum { TORCH_QUAD10, TORCH_QUAD1000, TORCH_HC_RHG, TORCH_HC_CG, TORCH_HC_MLP, TORCH_CASES };
 extern const char *const bench_torch_keys[TORCH_CASES];
 
 typedef struct {
