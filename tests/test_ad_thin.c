@@ -1,7 +1,8 @@
 // The thin-product kernel (autodiff/thin.c) against the reference loop and cblas: every
-// variant this CPU runs, all four transposes, n = 1..16, odd and zero sizes, strides, thread
-// counts (bitwise the same results for any), and through the tape: ad_matmul's forward and the
-// gradients of a linear model (X W and X^T G) with the kernel on and off.
+// variant this CPU runs (portable, AVX2, AVX-512), all four transposes, n = 1..16, odd and zero
+// sizes, strides, thread counts (bitwise the same results for any; AVX-512 bitwise AVX2's), and
+// through the tape: ad_matmul's forward and the gradients of a linear model (X W and X^T G) with
+// the kernel on and off.
 //
 // Tolerance. The kernel and the reference add the same terms, in the same order p or (A^T, long
 // k) in blocks of p; they differ by fused multiply-adds (one rounding instead of two) and the
