@@ -235,49 +235,31 @@ AVX2_FN void tn_avx2(const thin_task *t) {
 #define X512_FN static __attribute__((target("avx512f,avx2,fma")))
 #define X512_INLINE static inline __attribute__((always_inline, target("avx512f,avx2,fma")))
 
-// R rows of the output from row i, NV 8-lane registers a row (np = 8 NV), as rows_avx2: without
-// TA rows of C = A B; with TA (A^T B on codes) the strip of A's columns i .. i+R-1 over A's rows
-// [p0, p1), into the block's partial cb [m, np] by rows, starting from it unless first.
+// R rows of C = A B from row i, NV 8-lane registers a row (np = 8 NV), as rows_avx2 without TA.
 #define ROW5(r)                                                                              \
     if (R > r) {                                                                             \
-        size_t at = TA ? (size_t)p * lda + (size_t)(i + r) : (size_t)(i + r) * lda + p;      \
-        __m512d x = _mm512_set1_pd(!U8 ? A[at] : W8 ? tab[(cw >> 8 * r) & 0xff] : tab[au[at]]); \
+        size_t at = (size_t)(i + r) * lda + p;                                               \
+        __m512d x = _mm512_set1_pd(U8 ? tab[au[at]] : A[at]);                                \
         c##r##0 = _mm512_fmadd_pd(x, b0, c##r##0);                                           \
         if (NV > 1) c##r##1 = _mm512_fmadd_pd(x, b1, c##r##1);                               \
     }
 #define OUT5(r)                                                                              \
-    if (R > r && TA) {                                                                       \
-        double *o = t->cb + (size_t)(i + r) * np;                                            \
-        _mm512_store_pd(o, c##r##0);                                                         \
-        if (NV > 1) _mm512_store_pd(o + 8, c##r##1);                                         \
-    } else if (R > r) {                                                                      \
+    if (R > r) {                                                                             \
         double *o = t->C + (size_t)(i + r) * t->n;                                           \
         _mm512_mask_storeu_pd(o, m0, c##r##0);                                               \
         if (NV > 1) _mm512_mask_storeu_pd(o + 8, m1, c##r##1);                               \
     }
-#define IN5(r)                                                                               \
-    if (TA && R > r && !first) {                                                             \
-        const double *o = t->cb + (size_t)(i + r) * np;                                      \
-        c##r##0 = _mm512_load_pd(o);                                                         \
-        if (NV > 1) c##r##1 = _mm512_load_pd(o + 8);                                         \
-    }
-X512_INLINE void rows_x512(const int R, const int NV, const int U8, const int TA,
-                           const thin_task *t, int i, int p0, int p1, bool first) {
-    const int lda = t->lda, np = t->np;
+X512_INLINE void rows_x512(const int R, const int NV, const int U8, const thin_task *t, int i) {
+    const int lda = t->lda, np = t->np, k = t->k;
     const double *A = t->A, *tab = t->tab, *bp = t->bp;
     const uint8_t *au = t->au;
-    const bool W8 = U8 && TA && R == 8 && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
     __m512d z = _mm512_setzero_pd(), b0 = z, b1 = z;
     __m512d c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z;
     __m512d c40 = z, c41 = z, c50 = z, c51 = z, c60 = z, c61 = z, c70 = z, c71 = z;
-    IN5(0) IN5(1) IN5(2) IN5(3) IN5(4) IN5(5) IN5(6) IN5(7)
-    for (int p = p0; p < p1; p++) {
+    for (int p = 0; p < k; p++) {
         const double *b = bp + (size_t)p * np;
         b0 = _mm512_load_pd(b);
         if (NV > 1) b1 = _mm512_load_pd(b + 8);
-        // codes of a strip: the 8 in one load, not 8 (the loads, not the FMAs, bound this loop)
-        uint64_t cw = 0;
-        if (W8) memcpy(&cw, au + (size_t)p * lda + (size_t)i, sizeof cw);
         ROW5(0) ROW5(1) ROW5(2) ROW5(3) ROW5(4) ROW5(5) ROW5(6) ROW5(7)
     }
     int n = t->n;
@@ -287,22 +269,20 @@ X512_INLINE void rows_x512(const int R, const int NV, const int U8, const int TA
 }
 #undef ROW5
 #undef OUT5
-#undef IN5
-// Rows [lo, hi) in blocks of 8, the rest one at a time; with TA over A's rows [p0, p1) at once
-// (codes: the cache holds them).
-X512_INLINE void rows_any_x512(const int NV, const int U8, const int TA, const thin_task *t) {
-    const int p0 = TA ? t->p0 : 0, p1 = TA ? t->p1 : t->k;
+// Rows [lo, hi) in blocks of 8, the rest one at a time.
+X512_INLINE void nn_any_x512(const int NV, const int U8, const thin_task *t) {
     int i = t->lo;
-    for (; i + 8 <= t->hi; i += 8) rows_x512(8, NV, U8, TA, t, i, p0, p1, true);
-    for (; i < t->hi; i++) rows_x512(1, NV, U8, TA, t, i, p0, p1, true);
-}
-X512_INLINE void nn_any_x512(const int U8, const int TA, const thin_task *t) {
-    if (t->np == 8) rows_any_x512(1, U8, TA, t);
-    else rows_any_x512(2, U8, TA, t);
+    for (; i + 8 <= t->hi; i += 8) rows_x512(8, NV, U8, t, i);
+    for (; i < t->hi; i++) rows_x512(1, NV, U8, t, i);
 }
 X512_FN void nn_x512(const thin_task *t) {
-    if (t->au) nn_any_x512(1, 0, t);
-    else nn_any_x512(0, 0, t);
+    if (t->np == 8) {
+        if (t->au) nn_any_x512(1, 1, t);
+        else nn_any_x512(1, 0, t);
+    } else {
+        if (t->au) nn_any_x512(2, 1, t);
+        else nn_any_x512(2, 0, t);
+    }
 }
 
 // C^T's columns i .. i+8 NI (masked past hi) over A's rows [p0, p1): per row p, NI vectors of
@@ -371,13 +351,10 @@ X512_INLINE void tn_n_x512(const int N, const thin_task *t) {
 }
 #define TN_CASE(N)                                                                           \
     case N: tn_n_x512(N, t); break;
-// A^T B: doubles by strips of A's rows (partial [n, m] by columns); codes as rows_x512 (their
-// vectors of A would need a gather from the table, measured ~2x slower than broadcasts here).
+// A^T B on doubles by strips of A's rows (partial [n, m] by columns). (Codes go to tn_avx2:
+// vectors of A's codes need a gather from the table, ~2x slower here than broadcasts, and
+// broadcasts against 8-lane rows of B measured no faster than AVX2's, 0.94-1.03x.)
 X512_FN void tn_x512(const thin_task *t) {
-    if (t->au) {
-        nn_any_x512(1, 1, t);
-        return;
-    }
     switch (t->n) {
         TN_CASE(1) TN_CASE(2) TN_CASE(3) TN_CASE(4) TN_CASE(5) TN_CASE(6) TN_CASE(7) TN_CASE(8)
         TN_CASE(9) TN_CASE(10) TN_CASE(11) TN_CASE(12) TN_CASE(13) TN_CASE(14) TN_CASE(15)
@@ -452,13 +429,14 @@ static int tn_blocks(int m, int n, int k) {
     return b < 1 ? 1 : b;
 }
 
-// Packed op(B) [k, np]: np = n rounded up to 4, or to 8 for the AVX-512 kernel of A B.
-static int packed_width(ad_thin_isa isa, int n) {
-    return isa == AD_THIN_AVX512 ? (n + 7) & ~7 : padded(n);
+// Packed op(B) [k, np]: np = n rounded up to 4, or to 8 where AVX-512 runs (but A^T B on codes,
+// which runs AVX2's code).
+static int packed_width(ad_thin_isa isa, int ta, bool codes, int n) {
+    return isa == AD_THIN_AVX512 && !(ta && codes) ? (n + 7) & ~7 : padded(n);
 }
 
 size_t ad_thin_work_size(int ta, int m, int n, int k) {
-    size_t np = (size_t)packed_width(AD_THIN_AVX512, n); // the widest
+    size_t np = (size_t)packed_width(AD_THIN_AVX512, 0, false, n); // the widest
     return np * (size_t)k + (ta ? np * (size_t)m * (size_t)tn_blocks(m, n, k) : 0);
 }
 
@@ -474,11 +452,11 @@ static void run_task(const thin_task *t) {
         return;
     }
 #if THIN_X86
-    if (t->isa == AD_THIN_AVX512) { // writes its whole partial
+    if (t->isa == AD_THIN_AVX512 && !t->au) { // writes every column of its partial ([n, m])
         tn_x512(t);
         return;
     }
-    if (t->isa == AD_THIN_AVX2) { // writes every row of its partial
+    if (t->isa == AD_THIN_AVX2 || t->isa == AD_THIN_AVX512) { // writes every row of its partial
         tn_avx2(t);
         return;
     }
@@ -526,7 +504,7 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
     if (m <= 0 || n <= 0) return;
     if (isa == AD_THIN_AUTO) isa = ad_thin_best();
     if (!ad_thin_runs(isa)) isa = AD_THIN_PORTABLE;
-    int np = packed_width(isa, n), blocks = ta ? tn_blocks(m, n, k) : 1;
+    int np = packed_width(isa, ta, au != NULL, n), blocks = ta ? tn_blocks(m, n, k) : 1;
     pack_b(tb, n, k, B, ldb, np, work);
     thin_job job = {.all = {.isa = isa, .ta = ta, .m = m, .n = n, .k = k, .np = np, .lda = lda,
                             .lo = 0, .hi = m, .p0 = 0, .p1 = k, .A = A, .au = au, .tab = tab,
