@@ -502,7 +502,8 @@ static void hc_iteration(const hc_variant *var, int V, const char *method, int r
     free(s);
 }
 
-static void bench_hyperclean_linear(const bench_opts *o, const mdl_model *mb, const mdl_model *md) {
+static void bench_hyperclean_linear(const bench_opts *o, const mdl_model *mb, const mdl_model *md,
+                                    double peak) {
     // the model as shipped (pixels read as bytes, thin kernel); its doubles on the thin kernel;
     // its doubles on cblas (what a framework's matmul does)
     const hc_variant var[3] = {{mb, 1, 1, NULL}, {md, 0, 1, NULL}, {md, 0, 0, NULL}};
@@ -523,10 +524,11 @@ static void bench_hyperclean_linear(const bench_opts *o, const mdl_model *mb, co
                "as doubles (31 MB): %.3f s (%.2fx); doubles, all on cblas: %.3f s (%.0f%% in products), "
                "%.2fx\n", AD_THIN_MAX_N, kernel, t[0], t[1], t[1] / t[0], t[2], 100 * prod[2] / t[2],
                t[2] / t[0]);
+        double gfs = 2e-9 * 5000 * 784 * 10 * n_prod[0] / prod[0];
         printf("    %.0f products over the data computed per UL iteration (%.1f per LL step), %.2f ms"
-               " each on average, %.1f GFLOP/s (doubles on the kernel: %.2f ms)\n", n_prod[0],
-               n_prod[0] / 100, 1e3 * prod[0] / n_prod[0], 2e-9 * 5000 * 784 * 10 * n_prod[0] / prod[0],
-               1e3 * prod[1] / n_prod[1]);
+               " each on average, %.1f GFLOP/s, %.0f%% of the dgemm peak %.1f (doubles on the kernel:"
+               " %.2f ms)\n", n_prod[0], n_prod[0] / 100, 1e3 * prod[0] / n_prod[0], gfs,
+               100 * gfs / peak, peak, 1e3 * prod[1] / n_prod[1]);
     }
 }
 
@@ -593,7 +595,7 @@ static void bench_hyperclean(const bench_opts *o, double peak) {
         mdl_free(&mb);
         return;
     }
-    bench_hyperclean_linear(o, &mb, &md);
+    bench_hyperclean_linear(o, &mb, &md, peak);
     mdl_free(&md);
     mdl_free(&mb);
     if (mdl_make_named("hyperclean", "model=mlp hidden=300", &mm, err, sizeof err)) {
