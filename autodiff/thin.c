@@ -8,9 +8,10 @@
 // set, ad_matmul_coded): the same values read in the same order, so the same bits, from 1/8 of
 // the memory.
 //
-// Layout: the reference loop, then the portable kernels, the AVX2 + FMA kernels (compiled
-// with a function-level target so the library needs no -march flag; chosen at run time),
-// and the driver that packs B and hands pieces of the product to threads.
+// Layout: the reference loop, then the portable kernels, the AVX2 + FMA and the AVX-512
+// kernels (compiled with function-level targets so the library needs no -march flag; the
+// widest the CPU runs is chosen at run time; AVX-512's sums are AVX2's, so are its bits), and
+// the driver that packs B and hands pieces of the product to threads.
 #include "thin.h"
 
 #include <pthread.h>
