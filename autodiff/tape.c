@@ -227,7 +227,7 @@ ad_tape *ad_tape_new(const ad_tape_params *p) {
     t->threads = t->par.threads > 0 ? t->par.threads : ad_thin_default_threads();
     // without AVX2 + FMA, cblas: the portable kernel measured 14 ms on [5000, 784] x [784, 10]
     // against OpenBLAS's 5-10 ms
-    t->thin_isa = ad_thin_best() == AD_THIN_AVX2 ? AD_THIN_AVX2 : 0;
+    t->thin_isa = ad_thin_best() != AD_THIN_PORTABLE ? ad_thin_best() : 0;
     // Node 0 and the first nodes come with the tape, under no cap: handles are checked against
     // the array, which must be there.
     enum { FIRST_NODES = 16 };
@@ -331,7 +331,7 @@ double ad_tape_blas_seconds(const ad_tape *t) { return t->blas_seconds; }
 
 int ad_tape_thin_products(ad_tape *t, int on) {
     int was = t->thin_isa != 0;
-    t->thin_isa = on && ad_thin_best() == AD_THIN_AVX2 ? AD_THIN_AVX2 : 0;
+    t->thin_isa = on && ad_thin_best() != AD_THIN_PORTABLE ? ad_thin_best() : 0;
     return was;
 }
 

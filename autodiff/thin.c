@@ -8,9 +8,10 @@
 // set, ad_matmul_coded): the same values read in the same order, so the same bits, from 1/8 of
 // the memory.
 //
-// Layout: the reference loop, then the portable kernels, the AVX2 + FMA kernels (compiled
-// with a function-level target so the library needs no -march flag; chosen at run time),
-// and the driver that packs B and hands pieces of the product to threads.
+// Layout: the reference loop, then the portable kernels, the AVX2 + FMA and the AVX-512
+// kernels (compiled with function-level targets so the library needs no -march flag; the
+// widest the CPU runs is chosen at run time; AVX-512's sums are AVX2's, so are its bits), and
+// the driver that packs B and hands pieces of the product to threads.
 #include "thin.h"
 
 #include <pthread.h>
@@ -221,16 +222,173 @@ AVX2_FN void tn_avx2(const thin_task *t) {
 }
 #undef AVX2_FN
 #undef AVX2_INLINE
+
+// ---- AVX-512 kernels ----
+//
+// The same sums as the AVX2 kernels, fused multiply-add by fused multiply-add in order p (and,
+// with A transposed, the same blocks of rows of A), so the same bits: only which lanes hold
+// which entries changes. C = A B: as above with 8-lane registers, op(B)'s rows packed to 8 or
+// 16 columns (2 FMAs per entry of A for n = 10 where AVX2 needs 3). C = A^T B: the lanes run
+// along a row of A instead, 8 consecutive entries A[p, i..i+7] (for codes: gathered from the
+// table) times a broadcast B[p, j], one accumulator per column j of C: no padded lanes (n = 10
+// wastes 6 of 16 lanes the other way), and A's entries are loaded as vectors, not one by one.
+// Its partials are stored by columns of C ([n, m]: lane i of column j at j m + i).
+#define X512_FN static __attribute__((target("avx512f,avx2,fma")))
+#define X512_INLINE static inline __attribute__((always_inline, target("avx512f,avx2,fma")))
+
+// R rows of C = A B from row i, NV 8-lane registers a row (np = 8 NV), as rows_avx2 without TA.
+#define ROW5(r)                                                                              \
+    if (R > r) {                                                                             \
+        size_t at = (size_t)(i + r) * lda + p;                                               \
+        __m512d x = _mm512_set1_pd(U8 ? tab[au[at]] : A[at]);                                \
+        c##r##0 = _mm512_fmadd_pd(x, b0, c##r##0);                                           \
+        if (NV > 1) c##r##1 = _mm512_fmadd_pd(x, b1, c##r##1);                               \
+    }
+#define OUT5(r)                                                                              \
+    if (R > r) {                                                                             \
+        double *o = t->C + (size_t)(i + r) * t->n;                                           \
+        _mm512_mask_storeu_pd(o, m0, c##r##0);                                               \
+        if (NV > 1) _mm512_mask_storeu_pd(o + 8, m1, c##r##1);                               \
+    }
+X512_INLINE void rows_x512(const int R, const int NV, const int U8, const thin_task *t, int i) {
+    const int lda = t->lda, np = t->np, k = t->k;
+    const double *A = t->A, *tab = t->tab, *bp = t->bp;
+    const uint8_t *au = t->au;
+    __m512d z = _mm512_setzero_pd(), b0 = z, b1 = z;
+    __m512d c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z;
+    __m512d c40 = z, c41 = z, c50 = z, c51 = z, c60 = z, c61 = z, c70 = z, c71 = z;
+    for (int p = 0; p < k; p++) {
+        const double *b = bp + (size_t)p * np;
+        b0 = _mm512_load_pd(b);
+        if (NV > 1) b1 = _mm512_load_pd(b + 8);
+        ROW5(0) ROW5(1) ROW5(2) ROW5(3) ROW5(4) ROW5(5) ROW5(6) ROW5(7)
+    }
+    int n = t->n;
+    __mmask8 m0 = (__mmask8)(n >= 8 ? 0xff : (1u << n) - 1);
+    __mmask8 m1 = (__mmask8)(n >= 16 ? 0xff : n > 8 ? (1u << (n - 8)) - 1 : 0);
+    OUT5(0) OUT5(1) OUT5(2) OUT5(3) OUT5(4) OUT5(5) OUT5(6) OUT5(7)
+}
+#undef ROW5
+#undef OUT5
+// Rows [lo, hi) in blocks of 8, the rest one at a time.
+X512_INLINE void nn_any_x512(const int NV, const int U8, const thin_task *t) {
+    int i = t->lo;
+    for (; i + 8 <= t->hi; i += 8) rows_x512(8, NV, U8, t, i);
+    for (; i < t->hi; i++) rows_x512(1, NV, U8, t, i);
+}
+X512_FN void nn_x512(const thin_task *t) {
+    if (t->np == 8) {
+        if (t->au) nn_any_x512(1, 1, t);
+        else nn_any_x512(1, 0, t);
+    } else {
+        if (t->au) nn_any_x512(2, 1, t);
+        else nn_any_x512(2, 0, t);
+    }
+}
+
+// C^T's columns i .. i+8 NI (masked past hi) over A's rows [p0, p1): per row p, NI vectors of
+// A[p, i..] and per column j < N one broadcast B[p, j] and NI FMAs into s<strip>_<j>. The
+// accumulators start from the partial (cb, [N, m] by columns) unless first, and end there.
+#define STRIP_DECL(j) __m512d s0_##j = z, s1_##j = z;
+#define STRIP_IN(j)                                                                          \
+    if (N > j && !first) {                                                                   \
+        s0_##j = _mm512_maskz_loadu_pd(k0, cb + (size_t)j * m + i);                          \
+        if (NI > 1) s1_##j = _mm512_maskz_loadu_pd(k1, cb + (size_t)j * m + i + 8);          \
+    }
+#define STRIP_FMA(j)                                                                         \
+    if (N > j) {                                                                             \
+        __m512d g = _mm512_set1_pd(b[j]);                                                    \
+        s0_##j = _mm512_fmadd_pd(a0, g, s0_##j);                                             \
+        if (NI > 1) s1_##j = _mm512_fmadd_pd(a1, g, s1_##j);                                 \
+    }
+#define STRIP_OUT(j)                                                                         \
+    if (N > j) {                                                                             \
+        _mm512_mask_storeu_pd(cb + (size_t)j * m + i, k0, s0_##j);                           \
+        if (NI > 1) _mm512_mask_storeu_pd(cb + (size_t)j * m + i + 8, k1, s1_##j);           \
+    }
+#define STRIP_ALL(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
+
+// FULL: all 8 NI columns from i are in [lo, hi) (no masks in the loop).
+X512_INLINE void strip_x512(const int N, const int NI, const int FULL, const thin_task *t, int i,
+                            int p0, int p1, bool first) {
+    const int lda = t->lda, np = t->np, m = t->m, left = t->hi - i;
+    const double *A = t->A, *bp = t->bp;
+    double *cb = t->cb;
+    __mmask8 k0 = (__mmask8)(left >= 8 ? 0xff : (1u << left) - 1);
+    __mmask8 k1 = (__mmask8)(left >= 16 ? 0xff : left > 8 ? (1u << (left - 8)) - 1 : 0);
+    __m512d z = _mm512_setzero_pd(), a1 = z;
+    STRIP_ALL(STRIP_DECL)
+    STRIP_ALL(STRIP_IN)
+    for (int p = p0; p < p1; p++) {
+        const double *b = bp + (size_t)p * np;
+        size_t at = (size_t)p * lda + (size_t)i;
+        __m512d a0 = FULL ? _mm512_loadu_pd(A + at) : _mm512_maskz_loadu_pd(k0, A + at);
+        if (NI > 1) a1 = FULL ? _mm512_loadu_pd(A + at + 8) : _mm512_maskz_loadu_pd(k1, A + at + 8);
+        STRIP_ALL(STRIP_FMA)
+    }
+    STRIP_ALL(STRIP_OUT)
+}
+#undef STRIP_DECL
+#undef STRIP_IN
+#undef STRIP_FMA
+#undef STRIP_OUT
+#undef STRIP_ALL
+
+// The task's columns [lo, hi) of A (doubles) in strips of 8 NI, A's rows [p0, p1) TN_SUB5 at a
+// time across all strips (A streams by rows, as in any_avx2): no bit changes with TN_SUB5.
+#ifndef TN_SUB5
+#define TN_SUB5 8
+#endif
+X512_INLINE void tn_n_x512(const int N, const thin_task *t) {
+    const int NI = N <= 13 ? 2 : 1, w = 8 * NI;
+    int s = t->p0;
+    do { // at least once: an empty range writes zeros
+        int s1 = t->p1 - s > TN_SUB5 ? s + TN_SUB5 : t->p1;
+        int i = t->lo;
+        for (; i + w <= t->hi; i += w) strip_x512(N, NI, 1, t, i, s, s1, s == t->p0);
+        if (i < t->hi) strip_x512(N, NI, 0, t, i, s, s1, s == t->p0);
+        s = s1;
+    } while (s < t->p1);
+}
+#define TN_CASE(N)                                                                           \
+    case N: tn_n_x512(N, t); break;
+// A^T B on doubles by strips of A's rows (partial [n, m] by columns). (Codes go to tn_avx2:
+// vectors of A's codes need a gather from the table, ~2x slower here than broadcasts, and
+// broadcasts against 8-lane rows of B measured no faster than AVX2's, 0.94-1.03x.)
+X512_FN void tn_x512(const thin_task *t) {
+    switch (t->n) {
+        TN_CASE(1) TN_CASE(2) TN_CASE(3) TN_CASE(4) TN_CASE(5) TN_CASE(6) TN_CASE(7) TN_CASE(8)
+        TN_CASE(9) TN_CASE(10) TN_CASE(11) TN_CASE(12) TN_CASE(13) TN_CASE(14) TN_CASE(15)
+        TN_CASE(16)
+    }
+}
+#undef TN_CASE
+#undef X512_FN
+#undef X512_INLINE
 #endif
 
 // ---- the driver ----
 
-ad_thin_isa ad_thin_best(void) {
+bool ad_thin_runs(ad_thin_isa isa) {
+    switch (isa) {
+    case AD_THIN_AUTO:
+    case AD_THIN_PORTABLE: return true;
+    case AD_THIN_AVX2:
+    case AD_THIN_AVX512:
 #if THIN_X86
-    __builtin_cpu_init(); // idempotent; needed if this runs before the library's constructors
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return AD_THIN_AVX2;
+        __builtin_cpu_init(); // idempotent; needed if this runs before the library's constructors
+        if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return false;
+        return isa == AD_THIN_AVX2 || __builtin_cpu_supports("avx512f");
+#else
+        return false;
 #endif
-    return AD_THIN_PORTABLE;
+    }
+    return false;
+}
+
+ad_thin_isa ad_thin_best(void) {
+    if (ad_thin_runs(AD_THIN_AVX512)) return AD_THIN_AVX512;
+    return ad_thin_runs(AD_THIN_AVX2) ? AD_THIN_AVX2 : AD_THIN_PORTABLE;
 }
 
 const char *ad_thin_name(ad_thin_isa isa) {
@@ -238,6 +396,7 @@ const char *ad_thin_name(ad_thin_isa isa) {
     case AD_THIN_AUTO: return ad_thin_name(ad_thin_best());
     case AD_THIN_PORTABLE: return "portable C";
     case AD_THIN_AVX2: return "AVX2+FMA";
+    case AD_THIN_AVX512: return "AVX-512";
     }
     return "?";
 }
@@ -271,8 +430,14 @@ static int tn_blocks(int m, int n, int k) {
     return b < 1 ? 1 : b;
 }
 
+// Packed op(B) [k, np]: np = n rounded up to 4, or to 8 where AVX-512 runs (but A^T B on codes,
+// which runs AVX2's code).
+static int packed_width(ad_thin_isa isa, int ta, bool codes, int n) {
+    return isa == AD_THIN_AVX512 && !(ta && codes) ? (n + 7) & ~7 : padded(n);
+}
+
 size_t ad_thin_work_size(int ta, int m, int n, int k) {
-    size_t np = (size_t)padded(n);
+    size_t np = (size_t)packed_width(AD_THIN_AVX512, 0, false, n); // the widest
     return np * (size_t)k + (ta ? np * (size_t)m * (size_t)tn_blocks(m, n, k) : 0);
 }
 
@@ -280,14 +445,19 @@ static void run_task(const thin_task *t) {
     if (t->lo >= t->hi) return;
     if (!t->ta) {
 #if THIN_X86
-        if (t->isa == AD_THIN_AVX2) nn_avx2(t);
+        if (t->isa == AD_THIN_AVX512) nn_x512(t);
+        else if (t->isa == AD_THIN_AVX2) nn_avx2(t);
         else
 #endif
             nn_portable(t);
         return;
     }
 #if THIN_X86
-    if (t->isa == AD_THIN_AVX2) { // writes every row of its partial
+    if (t->isa == AD_THIN_AVX512 && !t->au) { // writes every column of its partial ([n, m])
+        tn_x512(t);
+        return;
+    }
+    if (t->isa == AD_THIN_AVX2 || t->isa == AD_THIN_AVX512) { // writes every row of its partial
         tn_avx2(t);
         return;
     }
@@ -333,9 +503,9 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
                      const double *A, const uint8_t *au, const double *tab, int lda,
                      const double *B, int ldb, double *C, double *work) {
     if (m <= 0 || n <= 0) return;
-    if (isa == AD_THIN_AUTO || (isa == AD_THIN_AVX2 && ad_thin_best() != AD_THIN_AVX2))
-        isa = ad_thin_best();
-    int np = padded(n), blocks = ta ? tn_blocks(m, n, k) : 1;
+    if (isa == AD_THIN_AUTO) isa = ad_thin_best();
+    if (!ad_thin_runs(isa)) isa = AD_THIN_PORTABLE;
+    int np = packed_width(isa, ta, au != NULL, n), blocks = ta ? tn_blocks(m, n, k) : 1;
     pack_b(tb, n, k, B, ldb, np, work);
     thin_job job = {.all = {.isa = isa, .ta = ta, .m = m, .n = n, .k = k, .np = np, .lda = lda,
                             .lo = 0, .hi = m, .p0 = 0, .p1 = k, .A = A, .au = au, .tab = tab,
@@ -361,12 +531,13 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
     for (int w = 1; w < nt; w++)
         if (started[w]) pthread_join(tid[w], NULL);
     if (!ta) return;
-    // C = the partials added in block order (one block: copied)
+    // C = the partials added in block order (one block: copied); AVX-512's by columns of C
     const double *part = job.all.cb;
     size_t stride = (size_t)m * np;
+    bool by_cols = isa == AD_THIN_AVX512 && !au;
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
-            size_t at = (size_t)i * np + j;
+            size_t at = by_cols ? (size_t)j * m + i : (size_t)i * np + j;
             double s = part[at];
             for (int b = 1; b < job.n_chunks * job.by_rows_of_a; b++) s += part[b * stride + at];
             C[(size_t)i * n + j] = s;

@@ -4,6 +4,7 @@
 #ifndef HYPERTAPE_AD_THIN_H
 #define HYPERTAPE_AD_THIN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -13,9 +14,12 @@ typedef enum {
     AD_THIN_AUTO = 0,  // the best variant this CPU runs
     AD_THIN_PORTABLE,  // plain C, any compiler and CPU
     AD_THIN_AVX2,      // AVX2 + FMA (x86-64 with GCC or Clang, chosen at run time)
+    AD_THIN_AVX512,    // AVX-512F (+ AVX2, FMA): the same bits as AVX2, wider registers
 } ad_thin_isa;
 
-// The variant AD_THIN_AUTO runs on this CPU, and a variant's name for benchmark output.
+// Whether this CPU (and build) runs a variant; the one AD_THIN_AUTO runs (the widest that
+// runs); and a variant's name for benchmark output.
+bool ad_thin_runs(ad_thin_isa isa);
 ad_thin_isa ad_thin_best(void);
 const char *ad_thin_name(ad_thin_isa isa);
 // Threads for the kernel when the tape is not told: the online CPUs, at most 4, and no more
@@ -29,8 +33,9 @@ size_t ad_thin_work_size(int ta, int m, int n, int k);
 // 32-byte aligned. Runs on up to `threads` threads (the caller judges whether the work pays
 // for them: creating and joining one costs ~30 us). Each sum is fixed by the shape alone: in
 // order p, or with A transposed and k >= 512, in order p within fixed blocks of rows of A whose
-// sums are added in block order; so the result is bitwise the same for any `threads`. An
-// unavailable isa runs the portable code.
+// sums are added in block order; so the result is bitwise the same for any `threads`, and the
+// same for AVX2 and AVX-512 (both fuse each multiply-add; the portable code rounds the product
+// first). An isa this CPU does not run runs the portable code.
 void ad_thin_matmul(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, int k,
                     const double *A, int lda, const double *B, int ldb, double *C, double *work);
 

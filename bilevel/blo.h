@@ -297,9 +297,9 @@ typedef struct {
     // Graph mode: when the whole trajectory's graph and its reverse sweep fit in this many bytes
     // of tape, keep it and take one reverse sweep through it instead of re-recording each step
     // (about 1.5x faster on small problems); otherwise, or with PTT and truncation together, the
-    // lean sweep. 0 = never. The lean sweep spends up to as many bytes keeping the forward
-    // pass's products over large constants (ad_keep: the logits X W_k of a model on data X), so
-    // it does not compute them again: one pass over X per step fewer.
+    // lean sweep. 0 = never. The lean sweep spends up to 16 times as many bytes keeping the
+    // forward pass's products over large constants (ad_keep: the logits X W_k of a model on data
+    // X), so it does not compute them again: one pass over X per step fewer.
     size_t graph_budget;
     // Bounded memory: when the K+1 states the lean sweep stores (with its adjoint and F along
     // the trajectory) would take more than this many bytes, it keeps at most c states at a time

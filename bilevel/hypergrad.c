@@ -15,6 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+// Kept products are plain arrays, each saving a pass over the data in the sweep, so they get
+// more room than a graph: an MLP's first layer X W_1 [5000, 300] is 12 MB a step (and its
+// operand W_1 1.9 MB), so 20 steps need 280 MB; 16 x 64 MiB = 1 GiB keeps 76 of them.
+enum { KEEP_PER_GRAPH = 16 };
+
 blo_hypergrad_params blo_hypergrad_default_params(void) {
     return (blo_hypergrad_params){.K = 10, .graph_budget = (size_t)64 << 20};
 }
@@ -369,9 +374,12 @@ static blo_status stored_sweep(ad_tape *t, const blo_problem *p, const blo_dynam
     if ((s = init_state(t, p, d, y0, states, err))) goto done;
     // Steps before k_keep run one at a time through the first two slots (n_kept >= 2 here).
     if ((s = run_through(t, p, d, x, 0, k_keep, states, Fv, err))) goto done;
-    // The steps the sweep revisits keep their products over large constants within the budget
-    // graph mode had (ad_keep), so the sweep does not compute them again.
-    size_t keep_left = hp->graph_budget;
+    // The steps the sweep revisits keep their products over large constants (ad_keep) within
+    // KEEP_PER_GRAPH times the budget graph mode had, so the sweep does not compute them again;
+    // under a memory budget, within that budget (graph_budget is capped by it).
+    size_t keep_left = hp->memory_budget ? hp->graph_budget
+                       : hp->graph_budget > SIZE_MAX / KEEP_PER_GRAPH ? SIZE_MAX
+                                                                       : hp->graph_budget * KEEP_PER_GRAPH;
     if ((s = forward(t, p, d, x, k_keep, K - k_keep, states, Fv ? Fv + k_keep : NULL, kept,
                      &keep_left, err)))
         goto done;

@@ -1,7 +1,8 @@
 // The thin-product kernel (autodiff/thin.c) against the reference loop and cblas: every
-// variant this CPU runs, all four transposes, n = 1..16, odd and zero sizes, strides, thread
-// counts (bitwise the same results for any), and through the tape: ad_matmul's forward and the
-// gradients of a linear model (X W and X^T G) with the kernel on and off.
+// variant this CPU runs (portable, AVX2, AVX-512), all four transposes, n = 1..16, odd and zero
+// sizes, strides, thread counts (bitwise the same results for any; AVX-512 bitwise AVX2's), and
+// through the tape: ad_matmul's forward and the gradients of a linear model (X W and X^T G) with
+// the kernel on and off.
 //
 // Tolerance. The kernel and the reference add the same terms, in the same order p or (A^T, long
 // k) in blocks of p; they differ by fused multiply-adds (one rounding instead of two) and the
@@ -48,20 +49,31 @@ static double rel_err(int ta, int tb, int m, int n, int k, const double *A, int 
     return worst;
 }
 
+// The variants this CPU runs, portable first, into isas [3]; returns how many.
+static int running_isas(ad_thin_isa isas[3]) {
+    const ad_thin_isa all[3] = {AD_THIN_PORTABLE, AD_THIN_AVX2, AD_THIN_AVX512};
+    int n = 0;
+    for (int v = 0; v < 3; v++)
+        if (ad_thin_runs(all[v])) isas[n++] = all[v];
+    return n;
+}
+
 // One product with every variant and 1, 3 (all: 1, 2, 3, 7) threads against the reference; the
-// thread counts must agree bitwise. Returns false (after reporting) on the first mismatch.
+// thread counts must agree bitwise, and AVX-512 with AVX2 (both fuse every multiply-add in the
+// same order). Returns false (after reporting) on the first mismatch.
 static bool check_shape(ad_rng *g, int ta, int tb, int m, int n, int k, int pad, bool all) {
     int lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad;
     size_t sa = (size_t)(ta ? k : m) * lda, sb = (size_t)(tb ? n : k) * ldb;
     double *A = rand_mat(g, sa), *B = rand_mat(g, sb), *work = work_for(ta, m, n, k);
     size_t sc = (size_t)m * n + 1;
     double *R = malloc(sc * sizeof *R), *C = malloc(sc * sizeof *C), *C1 = malloc(sc * sizeof *C1);
+    double *C2 = malloc(sc * sizeof *C2); // AVX2's
     ad_thin_matmul_naive(ta, tb, m, n, k, A, lda, B, ldb, R);
     R[sc - 1] = 12345; // the entry past C must stay untouched
     bool ok = true;
-    ad_thin_isa isas[2] = {AD_THIN_PORTABLE, ad_thin_best()};
-    for (int v = 0; v < 2 && ok; v++) {
-        if (v == 1 && isas[1] == AD_THIN_PORTABLE) break;
+    ad_thin_isa isas[3];
+    int n_isas = running_isas(isas);
+    for (int v = 0; v < n_isas && ok; v++) {
         const int threads[4] = {1, 3, 2, 7};
         for (int h = 0; h < (all ? 4 : 2) && ok; h++) {
             for (size_t i = 0; i < sc; i++) C[i] = NAN;
@@ -75,14 +87,21 @@ static bool check_shape(ad_rng *g, int ta, int tb, int m, int n, int k, int pad,
                 ok = false;
             }
             if (h == 0) memcpy(C1, C, sc * sizeof *C);
-            else if (ok && memcmp(C1, C, (size_t)m * n * sizeof *C) != 0) {
+            if (h == 0 && isas[v] == AD_THIN_AVX2) memcpy(C2, C, sc * sizeof *C);
+            if (h == 0 && ok && isas[v] == AD_THIN_AVX512 && ad_thin_runs(AD_THIN_AVX2) &&
+                memcmp(C2, C, (size_t)m * n * sizeof *C) != 0) {
+                EXPECT(false, "A%s B%s m %d n %d k %d: AVX-512 differs from AVX2", ta ? "^T" : "",
+                       tb ? "^T" : "", m, n, k);
+                ok = false;
+            }
+            if (h > 0 && ok && memcmp(C1, C, (size_t)m * n * sizeof *C) != 0) {
                 EXPECT(false, "%s, A%s B%s m %d n %d k %d: %d threads differ from 1 thread",
                        ad_thin_name(isas[v]), ta ? "^T" : "", tb ? "^T" : "", m, n, k, threads[h]);
                 ok = false;
             }
         }
     }
-    free(A), free(B), free(R), free(C), free(C1), free(work);
+    free(A), free(B), free(R), free(C), free(C1), free(C2), free(work);
     return ok;
 }
 
@@ -284,10 +303,11 @@ static void through_tape(void) {
         p.threads = 3;
         ad_tape *t = ad_tape_new(&p);
         char buf[64];
-        bool avx2 = ad_thin_best() == AD_THIN_AVX2;
-        EXPECT(!avx2 || strcmp(ad_tape_product_kernel(t, buf), "AVX2+FMA kernel, 3 threads") == 0,
-               "%s", buf);
-        EXPECT(ad_tape_thin_products(t, 0) == avx2, "previous setting");
+        bool kern = ad_thin_best() != AD_THIN_PORTABLE;
+        char want[64];
+        snprintf(want, sizeof want, "%s kernel, 3 threads", ad_thin_name(ad_thin_best()));
+        EXPECT(!kern || strcmp(ad_tape_product_kernel(t, buf), want) == 0, "%s", buf);
+        EXPECT(ad_tape_thin_products(t, 0) == kern, "previous setting");
         EXPECT(strcmp(ad_tape_product_kernel(t, buf), "cblas") == 0, "%s", buf);
         ad_tape_free(t);
     }
@@ -314,14 +334,15 @@ static void coded_products(void) {
         ad_rng_seed(&g, 47);
         const int shapes[][3] = {{1, 1, 1}, {5, 3, 7}, {37, 10, 29}, {301, 10, 517}, {263, 16, 401},
                                  {40, 7, 4999}, {1000, 12, 211}, {8, 4, 0}};
-        ad_thin_isa isas[2] = {AD_THIN_PORTABLE, ad_thin_best()};
+        ad_thin_isa isas[3];
+        int n_isas = running_isas(isas);
         for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
             for (int ta = 0; ta < 2; ta++) {
                 int m = shapes[s][0], n = shapes[s][1], k = shapes[s][2], lda = ta ? m : k;
                 coded_mat c = coded_rand(&g, (size_t)m * k);
                 double *B = rand_mat(&g, (size_t)k * n), *work = work_for(ta, m, n, k);
                 double *C = malloc(sizeof(double) * m * n), *R = malloc(sizeof(double) * m * n);
-                for (int v = 0; v < 2; v++)
+                for (int v = 0; v < n_isas; v++)
                     for (int th = 1; th <= 3; th += 2) {
                         ad_thin_matmul(isas[v], th, ta, 0, m, n, k, c.A, lda, B, n, R, work);
                         ad_thin_matmul_coded(isas[v], th, ta, m, n, k, c.codes, c.table, lda, B, n, C, work);
@@ -354,7 +375,7 @@ static void coded_products(void) {
                         const double *want = ad_value(t, ad_matmul(t, A, b, ta, 0));
                         const double *got = ad_value(t, ad_matmul_coded(t, &X, b, ta));
                         double e = rel_err(ta, 0, rows, n, kk, c.A, k, B, n, got, want);
-                        bool kern = on && n <= MAXN && ad_thin_best() == AD_THIN_AVX2;
+                        bool kern = on && n <= MAXN && ad_thin_best() != AD_THIN_PORTABLE;
                         bool bits = kern || vals;
                         EXPECT(ad_tape_status(t) == AD_OK &&
                                    (bits ? !memcmp(got, want, sizeof(double) * rows * n) : e <= 1e-13),
@@ -375,7 +396,7 @@ static void coded_products(void) {
         double out[2][2][LIN_D * LIN_C];
         linear_derivs(&lc, NULL, 1, out[0]);
         linear_derivs(&lc, &X, 1, out[1]);
-        bool bits = ad_thin_best() == AD_THIN_AVX2;
+        bool bits = ad_thin_best() != AD_THIN_PORTABLE;
         for (int q = 0; q < 2; q++) {
             double scale, worst = max_diff(out[1][q], out[0][q], LIN_D * LIN_C, &scale);
             EXPECT(bits ? worst == 0 : worst <= 1e-13 * scale, "%s: max difference %g (largest %g)",

@@ -345,18 +345,19 @@ static void kept_products(void) {
         ad_rng_seed(&g, 12);
         uint8_t *codes = malloc(N * D);
         int32_t *labels = malloc(sizeof(int32_t) * N);
-        double table[256], *x = malloc(sizeof(double) * N), grad[3][N];
+        double table[256], *x = malloc(sizeof(double) * N), grad[4][N];
         for (int i = 0; i < 256; i++) table[i] = i / 255.0;
         for (int i = 0; i < N * D; i++) codes[i] = (uint8_t)(ad_rng_next(&g) >> 56);
         for (int i = 0; i < N; i++) labels[i] = (int32_t)(ad_rng_next(&g) % C), x[i] = ad_rng_normal(&g);
         lin_model L = {{N, D, codes, table, NULL}, labels, D, C};
         blo_problem p = {.n_x = N, .n_y = D * C, .F = lin_F, .f = lin_f, .user = &L};
         blo_dynamics d = blo_dynamics_gd(D * C, (blo_gd_params){.s_l = 0.5});
-        // budgets: nothing kept (lean), the products kept but not the graph, the graph
-        const size_t budget[3] = {1, (size_t)2 << 20, (size_t)1 << 30};
-        int64_t products[3];
-        int graph[3];
-        for (int b = 0; b < 3; b++) {
+        // budgets: nothing kept (lean), the products kept but not the graph, the graph; and one
+        // the K steps' kept products (96 KB each) overrun but their own 16x room holds
+        const size_t budget[4] = {1, (size_t)2 << 20, (size_t)1 << 30, (size_t)200 << 10};
+        int64_t products[4];
+        int graph[4];
+        for (int b = 0; b < 4; b++) {
             ad_tape *t = ad_tape_new(NULL);
             blo_hypergrad_params hp = blo_hypergrad_default_params();
             hp.K = K, hp.tape = t, hp.graph_budget = budget[b];
@@ -369,7 +370,10 @@ static void kept_products(void) {
             ad_tape_free(t);
         }
         // the lean sweep computes X W_k again at every step (with X V and X^T G'); kept, it does not
-        EXPECT(graph[0] == 0 && graph[1] == 0 && graph[2] == 1, "graph modes %d %d %d", graph[0], graph[1], graph[2]);
+        EXPECT(graph[0] == 0 && graph[1] == 0 && graph[2] == 1 && graph[3] == 0, "graph modes %d %d %d %d",
+               graph[0], graph[1], graph[2], graph[3]);
+        EXPECT(products[3] == products[1] && !memcmp(grad[3], grad[1], sizeof grad[0]),
+               "200 KB: %lld products over X, not %lld", (long long)products[3], (long long)products[1]);
         EXPECT(products[1] == products[0] - K && products[2] <= products[1],
                "products over X: %lld lean, %lld with kept logits, %lld in graph mode",
                (long long)products[0], (long long)products[1], (long long)products[2]);

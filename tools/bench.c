@@ -1,6 +1,8 @@
 // Timing helpers for the benchmarks, and the PyTorch reference times they compare against.
 #include "bench.h"
 
+#include <cblas.h>
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -24,11 +26,13 @@ double bench_median(double *x, int n) {
     return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
 }
 
-const char *const bench_torch_keys[TORCH_CASES] = {"quad10_ms", "quad1000_ms", "hc_rhg_s", "hc_cg_s"};
+const char *const bench_torch_keys[TORCH_CASES] = {"quad10_ms", "quad1000_ms", "hc_rhg_s", "hc_cg_s",
+                                                   "hc_mlp_rhg_s"};
 
 bench_opts bench_default_opts(void) {
     // PyTorch 1.13, float64, on the 2-core machine (AVX-512, torch 1 thread, OpenBLAS 2)
-    return (bench_opts){.torch = {5.7, 36.7, 1.2, 0.64}};
+    // (the 2-layer case: measured on this machine by tools/bench_torch.py, OpenBLAS SkylakeX)
+    return (bench_opts){.torch = {5.7, 36.7, 1.2, 0.64, 2.17}};
 }
 
 int bench_torch_read(const char *path, bench_opts *o, char *err, size_t errlen) {
@@ -88,4 +92,25 @@ int bench_reset_peak_rss(void) {
     if (!f) return 0;
     int ok = fputs("5", f) >= 0;
     return fclose(f) == 0 && ok;
+}
+
+// The machine's dgemm rate: C [n, n] = A B with n = 1024 by cblas on OpenBLAS's threads, the
+// best of a few calls (the host is shared: the best is the nearest to what it can do).
+double bench_dgemm_peak(int quick) {
+    enum { N = 1024 };
+    double *A = malloc(sizeof(double) * N * N), *B = malloc(sizeof(double) * N * N);
+    double *C = malloc(sizeof(double) * N * N), best = 0;
+    if (!A || !B || !C) {
+        free(A), free(B), free(C);
+        return NAN;
+    }
+    for (size_t i = 0; i < (size_t)N * N; i++) A[i] = 1.0 / (double)(1 + i % 7), B[i] = 0.5 - (double)(i % 3);
+    for (int r = 0; r < (quick ? 3 : 7); r++) {
+        double t0 = bench_now();
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, N, N, 1.0, A, N, B, N, 0.0, C, N);
+        double g = 2e-9 * N * N * (double)N / (bench_now() - t0);
+        if (r > 0 && g > best) best = g; // the first call touches the buffers
+    }
+    free(A), free(B), free(C);
+    return best;
 }

@@ -6,7 +6,8 @@
 
 // The PyTorch reference cases: (a) RHG on the quadratic with n = 10 and n = 1000 (ms),
 // (d) one UL iteration of hyper-cleaning with RHG and with CG (s).
-enum { TORCH_QUAD10, TORCH_QUAD1000, TORCH_HC_RHG, TORCH_HC_CG, TORCH_CASES };
+// and one UL iteration of RHG (K = 20) on the 2-layer model, hidden 300 (s).
+enum { TORCH_QUAD10, TORCH_QUAD1000, TORCH_HC_RHG, TORCH_HC_CG, TORCH_HC_MLP, TORCH_CASES };
 extern const char *const bench_torch_keys[TORCH_CASES];
 
 typedef struct {
@@ -26,6 +27,9 @@ int bench_torch_read(const char *path, bench_opts *o, char *err, size_t errlen);
 
 double bench_now(void);                  // monotonic seconds
 double bench_median(double *x, int n);   // sorts x
+// GFLOP/s of cblas_dgemm on [1024, 1024] x [1024, 1024], best of a few calls: the peak the
+// benchmarks' products are judged against.
+double bench_dgemm_peak(int quick);
 void bench_autodiff(const bench_opts *o);
 void bench_bilevel(const bench_opts *o);
 void bench_checkpoint(const bench_opts *o); // `bench memory`: bench_mem.c

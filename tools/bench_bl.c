@@ -414,60 +414,154 @@ static void bench_ptt(const bench_opts *o) {
             }
 }
 
-// ---- (d) data hyper-cleaning, linear model: one UL iteration of RHG (K = 100) and CG (J = 10) ----
+// ---- (d) data hyper-cleaning: one UL iteration of RHG (K = 100) and CG (J = 10) on the linear
+// model, and of RHG (K = 20) on the 2-layer model with hidden 300 ----
 
-// One UL iteration's work (the solver's direction at the start point): median seconds over
-// reps, and the median time inside products, for V variants: the model m[v] (the pixels as
-// bytes, or as doubles) with its products on the thin kernel (thin[v]) or on cblas, with the
-// method's hyper-cleaning settings. The variants' iterations alternate so all see the same
-// machine load. Also the products over the data per iteration.
-enum { HC_VARIANTS = 3 };
-static void hc_iteration(const mdl_model *const m[HC_VARIANTS], const char *method, int reps,
-                         double sec[HC_VARIANTS], double prod[HC_VARIANTS], double *n_products, char kernel[64]) {
-    static const int thin[HC_VARIANTS] = {1, 1, 0};
-    blo_solver *v[HC_VARIANTS] = {NULL};
-    char err[400];
-    blo_error e;
-    for (int k = 0; k < HC_VARIANTS; k++) sec[k] = prod[k] = NAN;
-    blo_config *c = mdl_paper_config(&mdl_hyperclean_entry, blo_method_find(method), NULL, err, sizeof err);
-    int ok = c != NULL;
-    for (int k = 0; k < HC_VARIANTS && ok; k++)
-        ok = (v[k] = blo_solver_new(&m[k]->prob, c, m[k]->x0[0], m[k]->y0[0], m[k]->z_prior, &e)) != NULL;
-    if (!ok) printf("    %s: %s\n", method, c ? e.msg : err);
-    double *s = ok ? malloc(sizeof(double) * (size_t)reps * 2 * HC_VARIANTS) : NULL;
+// A variant of one UL iteration: the model (its pixels as bytes, or as doubles), its products
+// with <= 16 columns on the thin kernel or on cblas, and settings over the method's paper ones.
+typedef struct {
+    const mdl_model *m;
+    int coded, thin; // coded: the model reads its pixels as bytes (pixels=bytes)
+    const char *set; // NULL: none
+} hc_variant;
+enum { HC_MAX_VARIANTS = 3 };
+
+// One UL iteration's work (the solver's direction at the start point) for each of V variants:
+// median seconds over reps and median time inside products; and the products over the data per
+// iteration (matmul_coded values, or with the pixels as doubles matmul's: the linear model has
+// no other). The variants' iterations alternate (which goes first rotates) so all see the same
+// machine load; between(ctx, r), if given, runs after each round of them (a bare timing that
+// should see that load too).
+typedef void (*hc_between)(void *ctx, int r);
+static void hc_iteration(const hc_variant *var, int V, const char *method, int reps, double *sec,
+                         double *prod, double *n_products, char kernel[64], hc_between between,
+                         void *ctx) {
+    blo_solver *v[HC_MAX_VARIANTS] = {NULL};
+    blo_config *c[HC_MAX_VARIANTS] = {NULL};
+    char err[400] = "";
+    blo_error e = {0};
+    int ok = 1;
+    for (int k = 0; k < V; k++) sec[k] = prod[k] = n_products[k] = NAN;
+    for (int k = 0; k < V && ok; k++) {
+        c[k] = mdl_paper_config(&mdl_hyperclean_entry, blo_method_find(method), NULL, err, sizeof err);
+        ok = c[k] && (!var[k].set || !blo_config_apply(c[k], var[k].set, &e)) &&
+             (v[k] = blo_solver_new(&var[k].m->prob, c[k], var[k].m->x0[0], var[k].m->y0[0],
+                                    var[k].m->z_prior, &e)) != NULL;
+    }
+    if (!ok) printf("    %s: %s\n", method, *err ? err : e.msg);
+    double *s = ok ? malloc(sizeof(double) * (size_t)reps * 3 * V) : NULL;
     if (s) {
-        for (int k = 0; k < HC_VARIANTS; k++) ad_tape_thin_products(blo_solver_tape(v[k]), thin[k]);
-        ad_tape *t0 = blo_solver_tape(v[0]);
-        ad_tape_product_kernel(t0, kernel);
+        for (int k = 0; k < V; k++) ad_tape_thin_products(blo_solver_tape(v[k]), var[k].thin);
+        ad_tape_product_kernel(blo_solver_tape(v[0]), kernel);
         const int ops[2] = {ad_op_find("matmul"), ad_op_find("matmul_coded")};
-        int64_t u0 = 0, u1 = 0;
-        for (int q = 0; q < 2; q++) u0 += ad_tape_op_evals(t0, ops[q]);
+        int over_data[HC_MAX_VARIANTS];
+        for (int k = 0; k < V; k++) over_data[k] = ops[var[k].coded];
         for (int r = 0; r < reps; r++)
-            for (int k0 = 0; k0 < HC_VARIANTS; k0++) {
-                int k = (k0 + r) % HC_VARIANTS; // rotate which goes first
+            for (int k0 = 0; k0 < V; k0++) {
+                int k = (k0 + r) % V; // rotate which goes first
                 blo_record rec;
                 ad_tape *t = blo_solver_tape(v[k]);
+                int64_t u0 = ad_tape_op_evals(t, over_data[k]);
                 double b0 = ad_tape_blas_seconds(t), start = bench_now();
                 blo_solver_direction(v[k], &rec, &e);
-                s[(2 * k) * reps + r] = bench_now() - start;
-                s[(2 * k + 1) * reps + r] = ad_tape_blas_seconds(t) - b0;
+                s[(3 * k) * reps + r] = bench_now() - start;
+                s[(3 * k + 1) * reps + r] = ad_tape_blas_seconds(t) - b0;
+                s[(3 * k + 2) * reps + r] = (double)(ad_tape_op_evals(t, over_data[k]) - u0);
+                if (k0 == V - 1 && between) between(ctx, r);
             }
-        for (int q = 0; q < 2; q++) u1 += ad_tape_op_evals(t0, ops[q]);
-        *n_products = (double)(u1 - u0) / reps;
-        for (int k = 0; k < HC_VARIANTS; k++) {
-            sec[k] = bench_median(s + 2 * k * reps, reps);
-            prod[k] = bench_median(s + (2 * k + 1) * reps, reps);
+        for (int k = 0; k < V; k++) {
+            sec[k] = bench_median(s + 3 * k * reps, reps);
+            prod[k] = bench_median(s + (3 * k + 1) * reps, reps);
+            n_products[k] = bench_median(s + (3 * k + 2) * reps, reps);
         }
     }
-    for (int k = 0; k < HC_VARIANTS; k++) blo_solver_free(v[k]);
-    blo_config_free(c);
+    for (int k = 0; k < V; k++) blo_solver_free(v[k]), blo_config_free(c[k]);
     free(s);
 }
 
-static void bench_hyperclean(const bench_opts *o) {
+static void bench_hyperclean_linear(const bench_opts *o, const mdl_model *mb, const mdl_model *md,
+                                    double peak) {
     // the model as shipped (pixels read as bytes, thin kernel); its doubles on the thin kernel;
-    // its doubles on cblas (what a framework's matmul does): the data loaded once for all
-    mdl_model mb, md;
+    // its doubles on cblas (what a framework's matmul does)
+    const hc_variant var[3] = {{mb, 1, 1, NULL}, {md, 0, 1, NULL}, {md, 0, 0, NULL}};
+    int reps = o->quick ? 1 : 3;
+    const char *methods[2] = {"rhg", "cg"};
+    const double torch[2] = {o->torch[TORCH_HC_RHG], o->torch[TORCH_HC_CG]};
+    for (int k = 0; k < 2; k++) {
+        double t[3], prod[3], n_prod[3];
+        char kernel[64] = "?";
+        hc_iteration(var, 3, methods[k], reps, t, prod, n_prod, kernel, NULL, NULL);
+        if (isnan(t[0])) continue; // said why
+        printf("(d) hyper-cleaning 5000 x 784 x 10, linear, %s (%s): %.3f s per UL iteration (median of %d), "
+               "%.0f%% in products; PyTorch 1.13 %s %.2f s: %.2fx faster (target >= %.0fx%s)\n",
+               methods[k], k ? "K = 100, J = 10" : "K = 100", t[0], reps, 100 * prod[0] / t[0],
+               torch_where(o), torch[k], torch[k] / t[0], k ? 2.0 : 5.0,
+               verdict(o, torch[k] / t[0], k ? 2 : 5));
+        printf("    pixels read as bytes (3.9 MB), products with <= %d columns on the %s: %.3f s; "
+               "as doubles (31 MB): %.3f s (%.2fx); doubles, all on cblas: %.3f s (%.0f%% in products), "
+               "%.2fx\n", AD_THIN_MAX_N, kernel, t[0], t[1], t[1] / t[0], t[2], 100 * prod[2] / t[2],
+               t[2] / t[0]);
+        double gfs = 2e-9 * 5000 * 784 * 10 * n_prod[0] / prod[0];
+        printf("    %.0f products over the data computed per UL iteration (%.1f per LL step), %.2f ms"
+               " each on average, %.1f GFLOP/s, %.0f%% of the dgemm peak %.1f (doubles on the kernel:"
+               " %.2f ms)\n", n_prod[0], n_prod[0] / 100, 1e3 * prod[0] / n_prod[0], gfs,
+               100 * gfs / peak, peak, 1e3 * prod[1] / n_prod[1]);
+    }
+}
+
+// The first layer's two products over the data, X W_1 [5000, 784] x [784, 300] and X^T G
+// [784, 5000] x [5000, 300], by cblas_dgemm on doubles: seconds of the pair at each repeat.
+typedef struct {
+    double *X, *W, *H, *G, *pair; // pair [reps]
+} bare_layer;
+static void bare_layer_time(void *ctx, int r) {
+    bare_layer *b = ctx;
+    double t0 = bench_now();
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 5000, 300, 784, 1.0, b->X, 784, b->W, 300,
+                0.0, b->H, 300);
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, 784, 300, 5000, 1.0, b->X, 784, b->H, 300,
+                0.0, b->G, 300);
+    b->pair[r] = bench_now() - t0;
+}
+
+// The 2-layer model (hidden 300, ReLU), RHG with K = 20: its first layer's products go to cblas.
+// The floor is 4 of them per LL step (X W_1 and X^T G forward, X V and X^T G' in the sweep),
+// timed bare by cblas after each round (the same load); with the keep budget of before (64 MiB,
+// here graph_mb=4) the sweep computes X W_1 again, a 5th.
+static void bench_hyperclean_mlp(const bench_opts *o, const mdl_model *mm, double peak) {
+    const int K = 20;
+    const hc_variant var[2] = {{mm, 1, 1, "ll_iters=20"}, {mm, 1, 1, "ll_iters=20 graph_mb=4"}};
+    int reps = o->quick ? 1 : 3;
+    double t[2] = {NAN, NAN}, prod[2], n_prod[2];
+    char kernel[64] = "?";
+    bare_layer b = {calloc(5000 * 784, sizeof(double)), calloc(784 * 300, sizeof(double)),
+                    calloc(5000 * 300, sizeof(double)), calloc(784 * 300, sizeof(double)),
+                    calloc((size_t)reps, sizeof(double))};
+    if (b.X && b.W && b.H && b.G && b.pair) {
+        for (int i = 0; i < 5000 * 784; i++) b.X[i] = (i % 256) / 255.0;
+        for (int i = 0; i < 784 * 300; i++) b.W[i] = 0.01 * (i % 7 - 3);
+        hc_iteration(var, 2, "rhg", reps, t, prod, n_prod, kernel, bare_layer_time, &b);
+    } else {
+        printf("(d) hyper-cleaning, 2 layers: out of memory\n");
+    }
+    if (!isnan(t[0])) {
+        double torch = o->torch[TORCH_HC_MLP], pair = bench_median(b.pair, reps), floor_s = 2.0 * K * pair;
+        double gflop = 2e-9 * 5000 * 784 * 300;
+        printf("(d) hyper-cleaning 5000 x 784 x 300 x 10, 2 layers (ReLU), rhg (K = %d): %.3f s per UL iteration"
+               " (median of %d), %.0f%% in products; PyTorch 1.13 %s %.2f s: %.2fx faster (target >= 1.5x%s)\n",
+               K, t[0], reps, 100 * prod[0] / t[0], torch_where(o), torch, torch / t[0],
+               verdict(o, torch / t[0], 1.5));
+        printf("    floor: 4 first-layer products per LL step, timed bare by cblas after each round (%.1f"
+               " GFLOP/s; dgemm peak %.1f) = %.3f s: %.2fx the floor (target <= 1.3x); %.1f products over"
+               " the data per LL step\n", 2 * gflop / pair, peak, floor_s, t[0] / floor_s, n_prod[0] / K);
+        printf("    with the keep budget of before (64 MiB): %.3f s (%.2fx), %.1f products per LL step\n",
+               t[1], t[1] / t[0], n_prod[1] / K);
+    }
+    free(b.X), free(b.W), free(b.H), free(b.G), free(b.pair);
+}
+
+static void bench_hyperclean(const bench_opts *o, double peak) {
+    mdl_model mb, md, mm;
     char err[400];
     if (mdl_make_named("hyperclean", "pixels=bytes", &mb, err, sizeof err)) {
         printf("(d) hyper-cleaning: skipped: %s\n", err);
@@ -478,29 +572,15 @@ static void bench_hyperclean(const bench_opts *o) {
         mdl_free(&mb);
         return;
     }
-    const mdl_model *m[HC_VARIANTS] = {&mb, &md, &md};
-    int reps = o->quick ? 1 : 3;
-    const char *methods[2] = {"rhg", "cg"};
-    const double torch[2] = {o->torch[TORCH_HC_RHG], o->torch[TORCH_HC_CG]};
-    for (int k = 0; k < 2; k++) {
-        double t[HC_VARIANTS], prod[HC_VARIANTS], n_prod = NAN;
-        char kernel[64] = "?";
-        hc_iteration(m, methods[k], reps, t, prod, &n_prod, kernel);
-        if (isnan(t[0])) continue; // said why
-        printf("(d) hyper-cleaning 5000 x 784 x 10, linear, %s (%s): %.3f s per UL iteration (median of %d), "
-               "%.0f%% in products; PyTorch 1.13 %s %.2f s: %.2fx faster (target >= 2x%s)\n",
-               methods[k], k ? "K = 100, J = 10" : "K = 100", t[0], reps, 100 * prod[0] / t[0],
-               torch_where(o), torch[k], torch[k] / t[0], verdict(o, torch[k] / t[0], 2));
-        printf("    pixels read as bytes (3.9 MB), products with <= %d columns on the %s: %.3f s; "
-               "as doubles (31 MB): %.3f s (%.2fx); doubles, all on cblas: %.3f s (%.0f%% in products), "
-               "%.2fx\n", AD_THIN_MAX_N, kernel, t[0], t[1], t[1] / t[0], t[2], 100 * prod[2] / t[2],
-               t[2] / t[0]);
-        printf("    %.0f products over the data computed per UL iteration (%.1f per LL step), %.2f ms"
-               " each on average (doubles on the kernel: %.2f ms)\n", n_prod, n_prod / 100,
-               1e3 * prod[0] / n_prod, 1e3 * prod[1] / n_prod);
-    }
+    bench_hyperclean_linear(o, &mb, &md, peak);
     mdl_free(&md);
     mdl_free(&mb);
+    if (mdl_make_named("hyperclean", "model=mlp hidden=300", &mm, err, sizeof err)) {
+        printf("(d) hyper-cleaning, 2 layers: skipped: %s\n", err);
+        return;
+    }
+    bench_hyperclean_mlp(o, &mm, peak);
+    mdl_free(&mm);
 }
 
 void bench_bilevel(const bench_opts *o) {
@@ -509,5 +589,7 @@ void bench_bilevel(const bench_opts *o) {
     if (!o->reference_only) bench_memory(o); // first, and in a child: max-RSS is process-wide
     bench_quadratic(o);
     if (!o->reference_only) bench_ptt(o);
-    bench_hyperclean(o);
+    double peak = bench_dgemm_peak(o->quick);
+    printf("dgemm peak (cblas, [1024, 1024]^2, best of a few): %.1f GFLOP/s\n", peak);
+    bench_hyperclean(o, peak);
 }
