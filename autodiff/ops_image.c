@@ -1,0 +1,402 @@
+// Ops for image backbones: 3x3 convolution (stride 1, zero padding 1), its weight gradient and
+// the kernel flip that makes its transpose a convolution again, and 2x2 max-pooling (stride 2)
+// as a gather at the windows' argmax with its adjoint, the scatter. A batch of n images of c
+// channels of h x w pixels is a matrix [n, c*h*w]: each row one image, channel after channel,
+// each channel row after row (PyTorch's NCHW, flattened). Weights are [c_out, c_in*9], entry
+// (o, i*9 + 3*(dy+1) + (dx+1)) weighing input channel i at offset (dy, dx) for output channel o.
+//
+// Every reverse rule is these ops again, so gradients differentiate to any order (MAML through
+// the backbone): with Y = conv(X, W) and adjoint G,
+//   dX = conv(G, flip(W))    (the transposed convolution: stride 1, padding 1 keep the size)
+//   dW = conv_wgrad(X, G)    (sum over images and pixels of G times the shifted X)
+// and conv_wgrad's own adjoints are convolutions of X and G with the incoming [c_out, c_in*9].
+// maxpool(X) is gather(X, X): A = X's entries at the argmax of X's windows; gather's adjoint in A
+// is scatter (the window's gradient to its argmax) and scatter's is gather; both are constant in
+// the X that picks the positions (a piecewise-constant choice), as max is.
+//
+// The products run as im2col + cblas_dgemm over blocks of images; ad_conv3x3_direct is the
+// plain loop a test compares them with.
+#include "internal.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+// ---- geometry checks ----
+
+// c, h, w >= 1 and c*h*w an int: the columns of a batch of such images (0 if not).
+static int image_cols(int c, int h, int w) {
+    if (c < 1 || h < 1 || w < 1) return 0;
+    int64_t m = (int64_t)c * h * w;
+    return m <= INT32_MAX ? (int)m : 0;
+}
+
+// X is a batch [n, c*h*w]; fails with a message naming op and what if not.
+static bool check_images(ad_tape *t, const char *op, const char *what, ad_var X, int c, int h, int w) {
+    ad_shape s = ad_shape_fast(t, X);
+    int cols = image_cols(c, h, w);
+    if (!cols) {
+        ad_fail(t, AD_EARG, "%s: bad image geometry c = %d, h = %d, w = %d (each >= 1, c*h*w an int)",
+                op, c, h, w);
+        return false;
+    }
+    if (s.rank != 2 || s.cols != cols) {
+        char b[32];
+        ad_fail(t, AD_ESHAPE, "%s: %s %s is not a batch [n, %d] of %d x %d x %d images", op, what,
+                ad_shape_str(s, b), cols, c, h, w);
+        return false;
+    }
+    return true;
+}
+
+// W is [c_out, c_in*9].
+static bool check_weights(ad_tape *t, const char *op, ad_var W, int c_in, int c_out) {
+    ad_shape s = ad_shape_fast(t, W);
+    if (c_in < 1 || c_out < 1 || c_in > INT32_MAX / 9 || c_out > INT32_MAX / 9) {
+        ad_fail(t, AD_EARG, "%s: bad channel counts c_in = %d, c_out = %d", op, c_in, c_out);
+        return false;
+    }
+    if (s.rank != 2 || s.rows != c_out || s.cols != c_in * 9) {
+        char b[32];
+        ad_fail(t, AD_ESHAPE, "%s: weights %s are not [c_out, c_in*9] = [%d, %d]", op,
+                ad_shape_str(s, b), c_out, c_in * 9);
+        return false;
+    }
+    return true;
+}
+
+// ---- im2col ----
+
+// One image x [c, h, w] into columns b*hw .. (b+1)*hw - 1 of cols [c*9, ld]: row i*9 + k holds
+// channel i shifted by k's offset (dy, dx), zero outside the image.
+static void im2col(const double *x, int c, int h, int w, double *cols, size_t ld, size_t off) {
+    size_t hw = (size_t)h * w;
+    for (int i = 0; i < c; i++)
+        for (int k = 0; k < 9; k++) {
+            int dy = k / 3 - 1, dx = k % 3 - 1;
+            const double *src = x + i * hw;
+            double *dst = cols + (size_t)(i * 9 + k) * ld + off;
+            for (int y = 0; y < h; y++, dst += w) {
+                int sy = y + dy;
+                if (sy < 0 || sy >= h) {
+                    memset(dst, 0, (size_t)w * sizeof *dst);
+                    continue;
+                }
+                const double *s = src + (size_t)sy * w;
+                if (dx == 0) memcpy(dst, s, (size_t)w * sizeof *dst);
+                else if (dx < 0) dst[0] = 0, memcpy(dst + 1, s, (size_t)(w - 1) * sizeof *dst);
+                else memcpy(dst, s + 1, (size_t)(w - 1) * sizeof *dst), dst[w - 1] = 0;
+            }
+        }
+}
+
+// Images per block: the block's columns [c_in*9, B*hw] about 2 MB (in cache for the product).
+static int block_images(int n, int c_in, int hw) {
+    size_t per = (size_t)c_in * 9 * hw;
+    size_t b = ((size_t)1 << 18) / (per ? per : 1);
+    return b < 1 ? 1 : b > (size_t)n ? n : (int)b;
+}
+
+// Buffers for a block: the columns, and the block's output (or gradient) channel-major
+// [c_out, B*hw]. NULL after an error (recorded).
+static double *block_buffers(ad_tape *t, const char *op, int B, int c_in, int c_out, int hw,
+                             double **out) {
+    size_t nc = (size_t)c_in * 9 * B * hw, no = (size_t)c_out * B * hw;
+    double *cols = malloc((nc + no) * sizeof *cols);
+    if (!cols) ad_fail(t, AD_ENOMEM, "%s: no memory for %zu doubles of columns", op, nc + no);
+    *out = cols ? cols + nc : NULL;
+    return cols;
+}
+
+// ---- conv2d: X [n, c_in*h*w], W [c_out, c_in*9] -> [n, c_out*h*w] ----
+
+ad_var ad_conv2d(ad_tape *t, ad_var X, ad_var W, int c_in, int h, int w, int c_out) {
+    ad_var in[2] = {X, W};
+    if (!ad_check_args(t, "conv2d", 2, in) || !check_images(t, "conv2d", "input", X, c_in, h, w) ||
+        !check_weights(t, "conv2d", W, c_in, c_out))
+        return AD_NONE;
+    if (!image_cols(c_out, h, w)) {
+        ad_fail(t, AD_EARG, "conv2d: %d output channels of %d x %d do not fit an int", c_out, h, w);
+        return AD_NONE;
+    }
+    ad_node *p = ad_push(t, OP_CONV2D, ad_mat_shape(ad_shape_fast(t, X).rows, c_out * h * w), X, W);
+    if (!p) return AD_NONE;
+    p->i0 = h, p->i1 = w;
+    return ad_commit(t, p);
+}
+static ad_status fwd_conv2d(ad_tape *t, ad_node *nd) {
+    const ad_node *X = &t->nodes[nd->a], *W = &t->nodes[nd->b];
+    int n = X->rows, h = nd->i0, w = nd->i1, hw = h * w, c_in = W->cols / 9, c_out = W->rows;
+    if (n == 0) return AD_OK;
+    int B = block_images(n, c_in, hw);
+    double *ybuf, *cols = block_buffers(t, "conv2d", B, c_in, c_out, hw, &ybuf);
+    if (!cols) return AD_ENOMEM;
+    double t0 = t->par.time_blas ? ad_now() : 0;
+    for (int b0 = 0; b0 < n; b0 += B) {
+        int nb = n - b0 < B ? n - b0 : B;
+        size_t ld = (size_t)nb * hw;
+        for (int b = 0; b < nb; b++)
+            im2col(X->val + (size_t)(b0 + b) * X->cols, c_in, h, w, cols, ld, (size_t)b * hw);
+        // [c_out, nb*hw] = W [c_out, c_in*9] cols [c_in*9, nb*hw]; then each image's
+        // [c_out, hw] block into its row
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c_out, (int)ld, c_in * 9, 1.0, W->val,
+                    W->cols, cols, (int)ld, 0.0, ybuf, (int)ld);
+        for (int b = 0; b < nb; b++)
+            for (int o = 0; o < c_out; o++)
+                memcpy(nd->val + (size_t)(b0 + b) * nd->cols + (size_t)o * hw,
+                       ybuf + (size_t)o * ld + (size_t)b * hw, (size_t)hw * sizeof(double));
+    }
+    if (t->par.time_blas) t->blas_seconds += ad_now() - t0;
+    free(cols);
+    return AD_OK;
+}
+static void rev_conv2d(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    const ad_node *n = ad_node_at(t, y);
+    ad_var X = ad_input(t, y, 0), W = ad_input(t, y, 1);
+    int h = n->i0, w = n->i1, c_in = t->nodes[n->b].cols / 9, c_out = t->nodes[n->b].rows;
+    if (need[0]) gin[0] = ad_conv2d(t, g, ad_conv_flip(t, W, c_in, c_out), c_out, h, w, c_in);
+    if (need[1]) gin[1] = ad_conv2d_wgrad(t, X, g, c_in, h, w, c_out);
+}
+AD_DEF(conv2d, 2, fwd_conv2d, rev_conv2d);
+
+// ---- conv2d_wgrad: X [n, c_in*h*w], G [n, c_out*h*w] -> [c_out, c_in*9] ----
+// dW (o, i*9 + k) = sum over images and pixels p of G (o, p) X (i, p + offset k).
+
+ad_var ad_conv2d_wgrad(ad_tape *t, ad_var X, ad_var G, int c_in, int h, int w, int c_out) {
+    ad_var in[2] = {X, G};
+    if (!ad_check_args(t, "conv2d_wgrad", 2, in) ||
+        !check_images(t, "conv2d_wgrad", "input", X, c_in, h, w) ||
+        !check_images(t, "conv2d_wgrad", "output gradient", G, c_out, h, w))
+        return AD_NONE;
+    ad_shape sx = ad_shape_fast(t, X), sg = ad_shape_fast(t, G);
+    if (sx.rows != sg.rows || c_in > INT32_MAX / 9) {
+        char a[32], b[32];
+        ad_fail(t, AD_ESHAPE, "conv2d_wgrad: input %s and output gradient %s differ in images",
+                ad_shape_str(sx, a), ad_shape_str(sg, b));
+        return AD_NONE;
+    }
+    ad_node *p = ad_push(t, OP_CONV2D_WGRAD, ad_mat_shape(c_out, c_in * 9), X, G);
+    if (!p) return AD_NONE;
+    p->i0 = h, p->i1 = w;
+    return ad_commit(t, p);
+}
+static ad_status fwd_conv2d_wgrad(ad_tape *t, ad_node *nd) {
+    const ad_node *X = &t->nodes[nd->a], *G = &t->nodes[nd->b];
+    int n = X->rows, h = nd->i0, w = nd->i1, hw = h * w, c_in = nd->cols / 9, c_out = nd->rows;
+    if (n == 0) {
+        memset(nd->val, 0, (size_t)ad_size(nd) * sizeof(double));
+        return AD_OK;
+    }
+    int B = block_images(n, c_in, hw);
+    double *gbuf, *cols = block_buffers(t, "conv2d_wgrad", B, c_in, c_out, hw, &gbuf);
+    if (!cols) return AD_ENOMEM;
+    double t0 = t->par.time_blas ? ad_now() : 0;
+    for (int b0 = 0; b0 < n; b0 += B) {
+        int nb = n - b0 < B ? n - b0 : B;
+        size_t ld = (size_t)nb * hw;
+        for (int b = 0; b < nb; b++) {
+            im2col(X->val + (size_t)(b0 + b) * X->cols, c_in, h, w, cols, ld, (size_t)b * hw);
+            for (int o = 0; o < c_out; o++)
+                memcpy(gbuf + (size_t)o * ld + (size_t)b * hw,
+                       G->val + (size_t)(b0 + b) * G->cols + (size_t)o * hw, (size_t)hw * sizeof(double));
+        }
+        // dW [c_out, c_in*9] (+)= G block [c_out, nb*hw] cols^T [nb*hw, c_in*9]
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c_out, c_in * 9, (int)ld, 1.0, gbuf,
+                    (int)ld, cols, (int)ld, b0 ? 1.0 : 0.0, nd->val, nd->cols);
+    }
+    if (t->par.time_blas) t->blas_seconds += ad_now() - t0;
+    free(cols);
+    return AD_OK;
+}
+static void rev_conv2d_wgrad(ad_tape *t, ad_var y, ad_var hbar, const bool need[2], ad_var gin[2]) {
+    const ad_node *n = ad_node_at(t, y);
+    ad_var X = ad_input(t, y, 0), G = ad_input(t, y, 1);
+    int h = n->i0, w = n->i1, c_in = n->cols / 9, c_out = n->rows;
+    if (need[0]) gin[0] = ad_conv2d(t, G, ad_conv_flip(t, hbar, c_in, c_out), c_out, h, w, c_in);
+    if (need[1]) gin[1] = ad_conv2d(t, X, hbar, c_in, h, w, c_out);
+}
+AD_DEF(conv2d_wgrad, 2, fwd_conv2d_wgrad, rev_conv2d_wgrad);
+
+// ---- conv_flip: W [c_out, c_in*9] -> [c_in, c_out*9], (i, o*9 + k) = W (o, i*9 + 8 - k) ----
+// The kernel rotated by 180 degrees with the channel roles swapped: conv(G, flip(W)) is the
+// transposed convolution. A permutation, its own inverse up to the swap, so its adjoint is a flip.
+
+ad_var ad_conv_flip(ad_tape *t, ad_var W, int c_in, int c_out) {
+    if (!ad_check_args(t, "conv_flip", 1, &W) || !check_weights(t, "conv_flip", W, c_in, c_out))
+        return AD_NONE;
+    return ad_commit(t, ad_push(t, OP_CONV_FLIP, ad_mat_shape(c_in, c_out * 9), W, 0));
+}
+static ad_status fwd_conv_flip(ad_tape *t, ad_node *nd) {
+    const ad_node *W = &t->nodes[nd->a];
+    int c_out = W->rows, c_in = nd->rows;
+    for (int i = 0; i < c_in; i++)
+        for (int o = 0; o < c_out; o++)
+            for (int k = 0; k < 9; k++)
+                nd->val[(size_t)i * nd->cols + o * 9 + k] = W->val[(size_t)o * W->cols + i * 9 + 8 - k];
+    return AD_OK;
+}
+static void rev_conv_flip(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need;
+    const ad_node *n = ad_node_at(t, y);
+    gin[0] = ad_conv_flip(t, g, n->cols / 9, n->rows);
+}
+AD_DEF(conv_flip, 1, fwd_conv_flip, rev_conv_flip);
+
+// The plain loop: y [n, c_out*h*w] = conv(x [n, c_in*h*w], wt [c_out, c_in*9]), for tests.
+void ad_conv3x3_direct(const double *x, const double *wt, int n, int c_in, int h, int w, int c_out,
+                       double *y) {
+    size_t hw = (size_t)h * w;
+    for (int b = 0; b < n; b++)
+        for (int o = 0; o < c_out; o++)
+            for (int py = 0; py < h; py++)
+                for (int px = 0; px < w; px++) {
+                    double s = 0;
+                    for (int i = 0; i < c_in; i++)
+                        for (int k = 0; k < 9; k++) {
+                            int sy = py + k / 3 - 1, sx = px + k % 3 - 1;
+                            if (sy >= 0 && sy < h && sx >= 0 && sx < w)
+                                s += wt[(size_t)o * c_in * 9 + i * 9 + k] *
+                                     x[(b * (size_t)c_in + i) * hw + (size_t)sy * w + sx];
+                        }
+                    y[(b * (size_t)c_out + o) * hw + (size_t)py * w + px] = s;
+                }
+}
+
+// ---- 2x2 max-pooling: windows rows 2i, 2i+1 and columns 2j, 2j+1 (a last odd row or column
+// is left out, as PyTorch's floor) ----
+
+// The offset in an [h, w] channel of window (i, j)'s argmax in x: the first maximum in the order
+// (0, 0), (0, 1), (1, 0), (1, 1), as PyTorch picks on ties (all-zero windows after a ReLU).
+static inline size_t window_argmax(const double *x, int w, int i, int j) {
+    size_t p = (size_t)2 * i * w + 2 * j, best = p;
+    size_t cand[3] = {p + 1, p + w, p + w + 1};
+    for (int k = 0; k < 3; k++)
+        if (x[cand[k]] > x[best]) best = cand[k];
+    return best;
+}
+
+// Shared by gather and scatter: X [n, c*h*w] (positions) and the other operand's shape.
+static ad_var record_pool(ad_tape *t, ad_op op, const char *name, ad_var A, ad_var X, int c, int h,
+                          int w) {
+    ad_var in[2] = {A, X};
+    if (!ad_check_args(t, name, 2, in) || !check_images(t, name, "position input", X, c, h, w))
+        return AD_NONE;
+    int n = ad_shape_fast(t, X).rows, small = c * (h / 2) * (w / 2), big = c * h * w;
+    ad_shape sa = ad_shape_fast(t, A), want = ad_mat_shape(n, op == OP_POOL_GATHER ? big : small);
+    if (!ad_shape_eq(sa, want)) {
+        char a[32], b[32];
+        ad_fail(t, AD_ESHAPE, "%s: operand %s is not %s", name, ad_shape_str(sa, a), ad_shape_str(want, b));
+        return AD_NONE;
+    }
+    ad_node *p = ad_push(t, op, ad_mat_shape(n, op == OP_POOL_GATHER ? small : big), A, X);
+    if (!p) return AD_NONE;
+    p->i0 = h, p->i1 = w;
+    return ad_commit(t, p);
+}
+
+// ---- pool_gather: A, X [n, c*h*w] -> [n, c*(h/2)*(w/2)], A at the argmax of X's windows ----
+
+ad_var ad_maxpool2_gather(ad_tape *t, ad_var A, ad_var X, int c, int h, int w) {
+    return record_pool(t, OP_POOL_GATHER, "pool_gather", A, X, c, h, w);
+}
+ad_var ad_maxpool2(ad_tape *t, ad_var X, int c, int h, int w) {
+    return ad_maxpool2_gather(t, X, X, c, h, w);
+}
+static ad_status fwd_pool_gather(ad_tape *t, ad_node *nd) {
+    const ad_node *A = &t->nodes[nd->a], *X = &t->nodes[nd->b];
+    int h = nd->i0, w = nd->i1, ho = h / 2, wo = w / 2;
+    size_t planes = (size_t)X->rows * (X->cols / (h * w)), hw = (size_t)h * w;
+    double *y = nd->val;
+    for (size_t q = 0; q < planes; q++) {
+        const double *x = X->val + q * hw, *a = A->val + q * hw;
+        for (int i = 0; i < ho; i++)
+            for (int j = 0; j < wo; j++) *y++ = a[window_argmax(x, w, i, j)];
+    }
+    return AD_OK;
+}
+static void rev_pool_gather(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    const ad_node *n = ad_node_at(t, y);
+    ad_var X = ad_input(t, y, 1);
+    int c = t->nodes[n->b].cols / (n->i0 * n->i1);
+    if (need[0]) gin[0] = ad_maxpool2_scatter(t, g, X, c, n->i0, n->i1);
+}
+AD_DEF(pool_gather, 2, fwd_pool_gather, rev_pool_gather);
+
+// ---- pool_scatter: G [n, c*(h/2)*(w/2)], X [n, c*h*w] -> [n, c*h*w], G at the argmaxes ----
+
+ad_var ad_maxpool2_scatter(ad_tape *t, ad_var G, ad_var X, int c, int h, int w) {
+    return record_pool(t, OP_POOL_SCATTER, "pool_scatter", G, X, c, h, w);
+}
+static ad_status fwd_pool_scatter(ad_tape *t, ad_node *nd) {
+    const ad_node *G = &t->nodes[nd->a], *X = &t->nodes[nd->b];
+    int h = nd->i0, w = nd->i1, ho = h / 2, wo = w / 2;
+    size_t planes = (size_t)X->rows * (X->cols / (h * w)), hw = (size_t)h * w;
+    const double *g = G->val;
+    memset(nd->val, 0, (size_t)ad_size(nd) * sizeof(double));
+    for (size_t q = 0; q < planes; q++) {
+        const double *x = X->val + q * hw;
+        double *y = nd->val + q * hw;
+        for (int i = 0; i < ho; i++)
+            for (int j = 0; j < wo; j++) y[window_argmax(x, w, i, j)] = *g++;
+    }
+    return AD_OK;
+}
+static void rev_pool_scatter(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    const ad_node *n = ad_node_at(t, y);
+    ad_var X = ad_input(t, y, 1);
+    int c = n->cols / (n->i0 * n->i1);
+    if (need[0]) gin[0] = ad_maxpool2_gather(t, g, X, c, n->i0, n->i1);
+}
+AD_DEF(pool_scatter, 2, fwd_pool_scatter, rev_pool_scatter);
+
+// ---- per-channel compositions: bias and batch normalization ----
+
+// v [c] -> the row [c*hw] that holds v's entry c over channel c's pixels (broadcasts over images).
+static ad_var channel_row(ad_tape *t, ad_var v, int c, int hw) {
+    ad_var col = ad_reshape(t, v, ad_mat_shape(c, 1));
+    return ad_reshape(t, ad_expand(t, col, ad_mat_shape(c, hw)), ad_vec_shape(c * hw));
+}
+// X [n, c*hw] -> [c]: each channel's mean over images and pixels.
+static ad_var channel_mean(ad_tape *t, ad_var X, int c, int hw) {
+    int n = ad_shape_of(t, X).rows;
+    ad_var per_pixel = ad_reshape(t, ad_sum_rows(t, X), ad_mat_shape(c, hw));
+    return ad_scale(t, ad_sum_cols(t, per_pixel), 1.0 / ((double)n * hw));
+}
+
+static bool check_channel_vec(ad_tape *t, const char *op, const char *what, ad_var v, int c) {
+    ad_shape s = ad_shape_fast(t, v);
+    if (s.rank != 1 || s.cols != c) {
+        char b[32];
+        ad_fail(t, AD_ESHAPE, "%s: %s %s is not a vector [%d] (one per channel)", op, what,
+                ad_shape_str(s, b), c);
+        return false;
+    }
+    return true;
+}
+
+ad_var ad_channel_bias(ad_tape *t, ad_var X, ad_var b, int c, int h, int w) {
+    ad_var in[2] = {X, b};
+    if (!ad_check_args(t, "channel_bias", 2, in) ||
+        !check_images(t, "channel_bias", "input", X, c, h, w) ||
+        !check_channel_vec(t, "channel_bias", "bias", b, c))
+        return AD_NONE;
+    return ad_add(t, X, channel_row(t, b, c, h * w));
+}
+
+ad_var ad_batchnorm(ad_tape *t, ad_var X, ad_var gamma, ad_var beta, int c, int h, int w, double eps) {
+    ad_var in[3] = {X, gamma, beta};
+    if (!ad_check_args(t, "batchnorm", 3, in) || !check_images(t, "batchnorm", "input", X, c, h, w) ||
+        !check_channel_vec(t, "batchnorm", "scale", gamma, c) ||
+        !check_channel_vec(t, "batchnorm", "shift", beta, c))
+        return AD_NONE;
+    if (!(eps > 0) || eps > 1e300 || ad_shape_fast(t, X).rows == 0) {
+        ad_fail(t, AD_EARG, "batchnorm: %s", ad_shape_fast(t, X).rows ? "eps must be finite and > 0"
+                                                                       : "no images");
+        return AD_NONE;
+    }
+    int hw = h * w;
+    ad_var Xc = ad_sub(t, X, channel_row(t, channel_mean(t, X, c, hw), c, hw));
+    ad_var var = channel_mean(t, ad_square(t, Xc), c, hw); // biased, as PyTorch normalizes
+    ad_var s = ad_mul(t, gamma, ad_pow(t, ad_shift(t, var, eps), -0.5));
+    return ad_add(t, ad_mul(t, Xc, channel_row(t, s, c, hw)), channel_row(t, beta, c, hw));
+}
