@@ -280,9 +280,14 @@ ad_var ad_maxpool2_scatter(ad_tape *t, ad_var G, ad_var X, int c, int h, int w);
 ad_var ad_channel_bias(ad_tape *t, ad_var X, ad_var b, int c, int h, int w);
 // Batch normalization over the batch (training mode): each channel of X [n, c*h*w] less its
 // mean over the n*h*w entries, over sqrt(its biased variance + eps), times gamma [c], plus
-// beta [c]. Composed of the ops above (reshape, sum_to, expand, pow, ...): differentiable to any
-// order. n >= 1 and eps > 0.
+// beta [c]. n >= 1 and eps > 0. ad_channel_norm and ad_mul, ad_add: differentiable to any order.
 ad_var ad_batchnorm(ad_tape *t, ad_var X, ad_var gamma, ad_var beta, int c, int h, int w, double eps);
+// Its parts, for X [n, c*k] of c channels of k entries per image (n >= 1, eps > 0): the
+// normalized Z = (X - mean) r per channel, r [c] = 1/sqrt(biased variance + eps), and
+// G - mean(G) - Z mean(G Z) per channel (G, Z [n, c*k]), which times r is normalization's adjoint.
+ad_var ad_channel_norm(ad_tape *t, ad_var X, int c, double eps);
+ad_var ad_channel_rstd(ad_tape *t, ad_var X, int c, double eps);
+ad_var ad_channel_proj(ad_tape *t, ad_var G, ad_var Z, int c);
 
 // ---- derivatives --------------------------------------------------------------------------------
 

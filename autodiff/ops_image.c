@@ -19,6 +19,7 @@
 #include "internal.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -349,19 +350,168 @@ static void rev_pool_scatter(ad_tape *t, ad_var y, ad_var g, const bool need[2],
 }
 AD_DEF(pool_scatter, 2, fwd_pool_scatter, rev_pool_scatter);
 
-// ---- per-channel compositions: bias and batch normalization ----
+// ---- per-channel ops: X [n, c*k] holds c channels of k entries per image (k = h*w) ----
+// Batch normalization is Z = chan_norm(X) scaled and shifted per channel (existing ops). With N
+// = n*k entries per channel, mean m, r = 1/sqrt(biased variance + eps) and Z = (X - m) r, the
+// Jacobian of Z is r P_Z, where P_Z(G) = G - mean(G) - Z mean(G Z) per channel (symmetric), so
+//   adjoint of chan_norm:  r P_Z(G)                        (chan_proj, times chan_rstd)
+//   adjoint of chan_rstd:  -Z h r^2 / N                    (h [c] the incoming adjoint)
+//   adjoints of chan_proj(G, Z) with incoming H:  P_Z(H) for G, and
+//                          -(H mean(G Z) + G mean(H Z)) for Z
+// each per channel, the means and broadcasts by the compositions below: every rule is tape ops.
 
-// v [c] -> the row [c*hw] that holds v's entry c over channel c's pixels (broadcasts over images).
-static ad_var channel_row(ad_tape *t, ad_var v, int c, int hw) {
+// v [c] -> the row [c*k] that holds v's entry c over channel c's entries (broadcasts over images).
+static ad_var channel_row(ad_tape *t, ad_var v, int c, int k) {
     ad_var col = ad_reshape(t, v, ad_mat_shape(c, 1));
-    return ad_reshape(t, ad_expand(t, col, ad_mat_shape(c, hw)), ad_vec_shape(c * hw));
+    return ad_reshape(t, ad_expand(t, col, ad_mat_shape(c, k)), ad_vec_shape(c * k));
 }
-// X [n, c*hw] -> [c]: each channel's mean over images and pixels.
-static ad_var channel_mean(ad_tape *t, ad_var X, int c, int hw) {
+// X [n, c*k] -> [c]: each channel's mean over images and entries.
+static ad_var channel_mean(ad_tape *t, ad_var X, int c, int k) {
     int n = ad_shape_of(t, X).rows;
-    ad_var per_pixel = ad_reshape(t, ad_sum_rows(t, X), ad_mat_shape(c, hw));
-    return ad_scale(t, ad_sum_cols(t, per_pixel), 1.0 / ((double)n * hw));
+    ad_var per_entry = ad_reshape(t, ad_sum_rows(t, X), ad_mat_shape(c, k));
+    return ad_scale(t, ad_sum_cols(t, per_entry), 1.0 / ((double)n * k));
 }
+
+// X [n, c*k] with n >= 1, c >= 1 dividing the columns; eps (when asked) finite and > 0.
+static bool check_channels(ad_tape *t, const char *op, ad_var X, int c, const double *eps) {
+    ad_shape s = ad_shape_fast(t, X);
+    if (c < 1 || s.rank != 2 || s.rows < 1 || s.cols % c || s.cols == 0) {
+        char b[32];
+        ad_fail(t, c < 1 ? AD_EARG : AD_ESHAPE, "%s: %s is not [n >= 1, c*k] with c = %d channels",
+                op, ad_shape_str(s, b), c);
+        return false;
+    }
+    if (eps && !(*eps > 0 && *eps < 1e300)) {
+        ad_fail(t, AD_EARG, "%s: eps = %g is not finite and > 0", op, *eps);
+        return false;
+    }
+    return true;
+}
+
+// Channel ch's mean and r = 1/sqrt(biased variance + eps) over the n rows of x [n, c*k].
+static void channel_stats(const ad_node *X, int ch, int k, double eps, double *mean, double *r) {
+    double s = 0, q = 0;
+    for (int b = 0; b < X->rows; b++) {
+        const double *x = X->val + (size_t)b * X->cols + (size_t)ch * k;
+        for (int p = 0; p < k; p++) s += x[p];
+    }
+    double m = s / ((double)X->rows * k);
+    for (int b = 0; b < X->rows; b++) { // centred: no cancellation for a large mean
+        const double *x = X->val + (size_t)b * X->cols + (size_t)ch * k;
+        for (int p = 0; p < k; p++) q += (x[p] - m) * (x[p] - m);
+    }
+    *mean = m;
+    *r = 1 / sqrt(q / ((double)X->rows * k) + eps);
+}
+
+static ad_var record_channels(ad_tape *t, ad_op op, ad_shape s, ad_var a, ad_var b, int c, double eps) {
+    ad_node *p = ad_push(t, op, s, a, b);
+    if (!p) return AD_NONE;
+    p->i0 = c, p->p0 = eps;
+    return ad_commit(t, p);
+}
+
+// ---- chan_norm: X [n, c*k] -> Z, each channel less its mean, times r ----
+
+ad_var ad_channel_norm(ad_tape *t, ad_var X, int c, double eps) {
+    if (!ad_check_args(t, "chan_norm", 1, &X) || !check_channels(t, "chan_norm", X, c, &eps))
+        return AD_NONE;
+    return record_channels(t, OP_CHAN_NORM, ad_shape_fast(t, X), X, 0, c, eps);
+}
+static ad_status fwd_chan_norm(ad_tape *t, ad_node *nd) {
+    const ad_node *X = &t->nodes[nd->a];
+    int c = nd->i0, k = X->cols / c;
+    for (int ch = 0; ch < c; ch++) {
+        double m, r;
+        channel_stats(X, ch, k, nd->p0, &m, &r);
+        for (int b = 0; b < X->rows; b++) {
+            size_t o = (size_t)b * X->cols + (size_t)ch * k;
+            for (int p = 0; p < k; p++) nd->val[o + p] = (X->val[o + p] - m) * r;
+        }
+    }
+    return AD_OK;
+}
+static void rev_chan_norm(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    (void)need;
+    const ad_node *n = ad_node_at(t, y);
+    int c = n->i0, k = n->cols / c;
+    ad_var r = ad_channel_rstd(t, ad_input(t, y, 0), c, n->p0);
+    gin[0] = ad_mul(t, ad_channel_proj(t, g, y, c), channel_row(t, r, c, k));
+}
+AD_DEF(chan_norm, 1, fwd_chan_norm, rev_chan_norm);
+
+// ---- chan_rstd: X [n, c*k] -> r [c] ----
+
+ad_var ad_channel_rstd(ad_tape *t, ad_var X, int c, double eps) {
+    if (!ad_check_args(t, "chan_rstd", 1, &X) || !check_channels(t, "chan_rstd", X, c, &eps))
+        return AD_NONE;
+    return record_channels(t, OP_CHAN_RSTD, ad_vec_shape(c), X, 0, c, eps);
+}
+static ad_status fwd_chan_rstd(ad_tape *t, ad_node *nd) {
+    const ad_node *X = &t->nodes[nd->a];
+    int c = nd->i0, k = X->cols / c;
+    for (int ch = 0; ch < c; ch++) {
+        double m;
+        channel_stats(X, ch, k, nd->p0, &m, &nd->val[ch]);
+    }
+    return AD_OK;
+}
+static void rev_chan_rstd(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
+    (void)need;
+    const ad_node *n = ad_node_at(t, y), *X = &t->nodes[n->a];
+    int c = n->i0, k = X->cols / c;
+    ad_var X_ = ad_input(t, y, 0);
+    ad_var s = ad_scale(t, ad_mul(t, h, ad_square(t, y)), -1.0 / ((double)X->rows * k));
+    gin[0] = ad_mul(t, ad_channel_norm(t, X_, c, n->p0), channel_row(t, s, c, k));
+}
+AD_DEF(chan_rstd, 1, fwd_chan_rstd, rev_chan_rstd);
+
+// ---- chan_proj: G, Z [n, c*k] -> G - mean(G) - Z mean(G Z), per channel ----
+
+ad_var ad_channel_proj(ad_tape *t, ad_var G, ad_var Z, int c) {
+    ad_var in[2] = {G, Z};
+    if (!ad_check_args(t, "chan_proj", 2, in) || !check_channels(t, "chan_proj", Z, c, NULL))
+        return AD_NONE;
+    ad_shape sg = ad_shape_fast(t, G), sz = ad_shape_fast(t, Z);
+    if (!ad_shape_eq(sg, sz)) {
+        char a[32], b[32];
+        ad_fail(t, AD_ESHAPE, "chan_proj: shapes %s and %s differ", ad_shape_str(sg, a), ad_shape_str(sz, b));
+        return AD_NONE;
+    }
+    return record_channels(t, OP_CHAN_PROJ, sz, G, Z, c, 0);
+}
+static ad_status fwd_chan_proj(ad_tape *t, ad_node *nd) {
+    const ad_node *G = &t->nodes[nd->a], *Z = &t->nodes[nd->b];
+    int c = nd->i0, k = Z->cols / c;
+    double inv = 1 / ((double)Z->rows * k);
+    for (int ch = 0; ch < c; ch++) {
+        double sg = 0, sgz = 0;
+        for (int b = 0; b < Z->rows; b++) {
+            size_t o = (size_t)b * Z->cols + (size_t)ch * k;
+            for (int p = 0; p < k; p++) sg += G->val[o + p], sgz += G->val[o + p] * Z->val[o + p];
+        }
+        double mg = sg * inv, mgz = sgz * inv;
+        for (int b = 0; b < Z->rows; b++) {
+            size_t o = (size_t)b * Z->cols + (size_t)ch * k;
+            for (int p = 0; p < k; p++) nd->val[o + p] = G->val[o + p] - mg - Z->val[o + p] * mgz;
+        }
+    }
+    return AD_OK;
+}
+static void rev_chan_proj(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
+    const ad_node *n = ad_node_at(t, y);
+    int c = n->i0, k = n->cols / c;
+    ad_var G = ad_input(t, y, 0), Z = ad_input(t, y, 1);
+    if (need[0]) gin[0] = ad_channel_proj(t, h, Z, c);
+    if (need[1]) {
+        ad_var mgz = channel_row(t, channel_mean(t, ad_mul(t, G, Z), c, k), c, k);
+        ad_var mhz = channel_row(t, channel_mean(t, ad_mul(t, h, Z), c, k), c, k);
+        gin[1] = ad_negated(ad_add(t, ad_mul(t, h, mgz), ad_mul(t, G, mhz)));
+    }
+}
+AD_DEF(chan_proj, 2, fwd_chan_proj, rev_chan_proj);
+
+// ---- compositions: per-channel bias and batch normalization ----
 
 static bool check_channel_vec(ad_tape *t, const char *op, const char *what, ad_var v, int c) {
     ad_shape s = ad_shape_fast(t, v);
@@ -389,14 +539,6 @@ ad_var ad_batchnorm(ad_tape *t, ad_var X, ad_var gamma, ad_var beta, int c, int 
         !check_channel_vec(t, "batchnorm", "scale", gamma, c) ||
         !check_channel_vec(t, "batchnorm", "shift", beta, c))
         return AD_NONE;
-    if (!(eps > 0) || eps > 1e300 || ad_shape_fast(t, X).rows == 0) {
-        ad_fail(t, AD_EARG, "batchnorm: %s", ad_shape_fast(t, X).rows ? "eps must be finite and > 0"
-                                                                       : "no images");
-        return AD_NONE;
-    }
-    int hw = h * w;
-    ad_var Xc = ad_sub(t, X, channel_row(t, channel_mean(t, X, c, hw), c, hw));
-    ad_var var = channel_mean(t, ad_square(t, Xc), c, hw); // biased, as PyTorch normalizes
-    ad_var s = ad_mul(t, gamma, ad_pow(t, ad_shift(t, var, eps), -0.5));
-    return ad_add(t, ad_mul(t, Xc, channel_row(t, s, c, hw)), channel_row(t, beta, c, hw));
+    ad_var Z = ad_channel_norm(t, X, c, eps);
+    return ad_add(t, ad_mul(t, Z, channel_row(t, gamma, c, h * w)), channel_row(t, beta, c, h * w));
 }

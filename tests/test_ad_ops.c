@@ -125,6 +125,8 @@ static ad_var r_pool_scatter(ad_tape *t, const ad_var *x) { return ad_maxpool2_s
 static ad_var r_batchnorm(ad_tape *t, const ad_var *x) {
     return ad_batchnorm(t, x[0], ad_slice(t, x[1], 0, 2), ad_slice(t, x[1], 2, 2), 2, 2, 2, 1e-3);
 }
+static ad_var r_chan_rstd(ad_tape *t, const ad_var *x) { return ad_channel_rstd(t, x[0], 2, 0.3); }
+static ad_var r_chan_proj(ad_tape *t, const ad_var *x) { return ad_channel_proj(t, x[0], x[1], 2); }
 static ad_var r_channel_bias(ad_tape *t, const ad_var *x) { return ad_channel_bias(t, x[0], x[1], 2, 2, 2); }
 
 #define NK {NAN, NAN}
@@ -213,7 +215,9 @@ static const row rows[] = {
     {"pool_gather", r_maxpool2, 1, {M(2, 24)}, -2, 2, NK, 0},          // odd width: a column left out
     {"pool_gather", r_pool_gather, 2, {M(2, 24), M(2, 24)}, -2, 2, NK, 0},
     {"pool_scatter", r_pool_scatter, 2, {M(2, 4), M(2, 24)}, -2, 2, NK, 0},
-    {"pow", r_batchnorm, 2, {M(3, 8), V(4)}, -2, 2, NK, 0},           // batch norm, a composition
+    {"chan_norm", r_batchnorm, 2, {M(3, 8), V(4)}, -2, 2, NK, 0},     // batch norm
+    {"chan_rstd", r_chan_rstd, 1, {M(3, 8)}, -2, 2, NK, 0},
+    {"chan_proj", r_chan_proj, 2, {M(3, 8), M(3, 8)}, -2, 2, NK, 0},
     {"expand", r_channel_bias, 2, {M(3, 8), V(2)}, -2, 2, NK, 0},     // per-channel bias, likewise
 };
 // clang-format on

@@ -5,8 +5,9 @@
 #include <stddef.h>
 
 // The PyTorch reference cases: (a) RHG on the quadratic with n = 10 and n = 1000 (ms),
-// (d) one UL iteration of hyper-cleaning with RHG and with CG (s).
-enum { TORCH_QUAD10, TORCH_QUAD1000, TORCH_HC_RHG, TORCH_HC_CG, TORCH_CASES };
+// (d) one UL iteration of hyper-cleaning with RHG and with CG (s); autodiff (f) ConvNet-4
+// forward and backward (s).
+enum { TORCH_QUAD10, TORCH_QUAD1000, TORCH_HC_RHG, TORCH_HC_CG, TORCH_CONVNET4, TORCH_CASES };
 extern const char *const bench_torch_keys[TORCH_CASES];
 
 typedef struct {
@@ -28,5 +29,6 @@ double bench_now(void);                  // monotonic seconds
 double bench_median(double *x, int n);   // sorts x
 void bench_autodiff(const bench_opts *o);
 void bench_bilevel(const bench_opts *o);
+void bench_convnet(const bench_opts *o); // autodiff (f), bench_image.c
 
 #endif

@@ -268,4 +268,5 @@ void bench_autodiff(const bench_opts *o) {
     bench_chain(o);
     bench_second_order(o);
     bench_thin(o);
+    bench_convnet(o);
 }

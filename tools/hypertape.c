@@ -22,7 +22,8 @@ static const char *usage_text =
 static const char *bench_usage =
     "usage: hypertape bench [autodiff|bilevel|reference|all] [--quick] [--torch FILE]\n"
     "  autodiff, bilevel     the engine's and the hypergradients' benchmarks (all: both)\n"
-    "  reference             only the cases the issue gives PyTorch times for (bilevel (a), (d))\n"
+    "  reference             only the cases the issue gives PyTorch times for (bilevel (a), (d),\n"
+    "                        autodiff (f))\n"
     "  --quick               fewer repeats\n"
     "  --torch FILE          compare with PyTorch's times measured on this machine, as written by\n"
     "                        tools/bench_torch.py --out FILE (default: the issue's reference machine)\n";
@@ -57,6 +58,7 @@ static int cmd_bench(int argc, char **argv) {
     o.reference_only = !strcmp(what, "reference");
     if (!strcmp(what, "all") || !strcmp(what, "autodiff")) bench_autodiff(&o);
     if (strcmp(what, "autodiff")) bench_bilevel(&o);
+    if (o.reference_only) bench_convnet(&o);
     return 0;
 }
 
