@@ -91,9 +91,10 @@ static void im2col(const double *x, int c, int h, int w, double *cols, size_t ld
         }
 }
 
-// Images per block: the block's columns [c_in*9, B*hw] about 2 MB (in cache for the product).
-static int block_images(int n, int c_in, int hw) {
-    size_t per = (size_t)c_in * 9 * hw;
+// Images per block: the block's columns [c_in*9, B*hw] and output [c_out, B*hw] about 2 MB (in
+// cache for the product and the copy out).
+static int block_images(int n, int c_in, int c_out, int hw) {
+    size_t per = ((size_t)c_in * 9 + c_out) * hw;
     size_t b = ((size_t)1 << 18) / (per ? per : 1);
     return b < 1 ? 1 : b > (size_t)n ? n : (int)b;
 }
@@ -129,7 +130,7 @@ static ad_status fwd_conv2d(ad_tape *t, ad_node *nd) {
     const ad_node *X = &t->nodes[nd->a], *W = &t->nodes[nd->b];
     int n = X->rows, h = nd->i0, w = nd->i1, hw = h * w, c_in = W->cols / 9, c_out = W->rows;
     if (n == 0) return AD_OK;
-    int B = block_images(n, c_in, hw);
+    int B = block_images(n, c_in, c_out, hw);
     double *ybuf, *cols = block_buffers(t, "conv2d", B, c_in, c_out, hw, &ybuf);
     if (!cols) return AD_ENOMEM;
     double t0 = t->par.time_blas ? ad_now() : 0;
@@ -188,7 +189,7 @@ static ad_status fwd_conv2d_wgrad(ad_tape *t, ad_node *nd) {
         memset(nd->val, 0, (size_t)ad_size(nd) * sizeof(double));
         return AD_OK;
     }
-    int B = block_images(n, c_in, hw);
+    int B = block_images(n, c_in, c_out, hw);
     double *gbuf, *cols = block_buffers(t, "conv2d_wgrad", B, c_in, c_out, hw, &gbuf);
     if (!cols) return AD_ENOMEM;
     double t0 = t->par.time_blas ? ad_now() : 0;

@@ -29,7 +29,7 @@ typedef struct {
     int n, c_in, h, w, c_out;
 } geom;
 
-// n = 30 of 16 x 12 x 12 makes blocks of 12 images: three, the last one short.
+// n = 30 of 16 x 12 x 12 to 5 makes blocks of 12 images: three, the last one short.
 static const geom geoms[] = {{1, 1, 1, 1, 1}, {2, 1, 5, 3, 4}, {3, 3, 4, 7, 2}, {30, 16, 12, 12, 5},
                              {7, 2, 28, 28, 3}};
 

@@ -14,6 +14,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <time.h>
+
+// Seconds of CPU the process's threads (OpenBLAS's too) have used.
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 enum { CN_IMAGES = 320, CN_SIDE = 28, CN_FILTERS = 32, CN_BLOCKS = 4, CN_WAYS = 5 };
 
 typedef struct {
@@ -87,24 +96,31 @@ void bench_convnet(const bench_opts *o) {
     ad_tape *t = ad_tape_new(&tp);
     ad_mark m = ad_tape_mark(t);
     int reps = o->quick ? 3 : 11;
-    double *s = malloc(sizeof(double) * reps), *b = malloc(sizeof(double) * reps), sink = 0;
+    double *s = malloc(sizeof(double) * 3 * reps), *b = s + reps, *cpu = b + reps, sink = 0;
     for (int r = -1; r < reps; r++) { // r = -1: untimed, the arena's first touch
-        double b0 = ad_tape_blas_seconds(t), t0 = bench_now();
+        double b0 = ad_tape_blas_seconds(t), c0 = cpu_now(), t0 = bench_now();
         sink += convnet_grad(t, &c);
-        if (r >= 0) s[r] = bench_now() - t0, b[r] = ad_tape_blas_seconds(t) - b0;
+        if (r >= 0)
+            s[r] = bench_now() - t0, b[r] = ad_tape_blas_seconds(t) - b0, cpu[r] = cpu_now() - c0;
         if (r < 0) printf("(f) ConvNet-4 tape: %.0f MB at the peak, %d nodes\n",
                           ad_tape_peak_bytes(t) / 1e6, ad_tape_nodes(t));
         ad_tape_rewind(t, m);
     }
-    double sec = bench_median(s, reps), blas = bench_median(b, reps), torch = o->torch[TORCH_CONVNET4];
+    double sec = bench_median(s, reps), blas = bench_median(b, reps), cs = bench_median(cpu, reps);
+    double torch = o->torch[TORCH_CONVNET4], torch_cpu = o->torch[TORCH_CONVNET4_CPU];
     printf("(f) ConvNet-4 forward + backward, 320 images 28 x 28 x 1, 32 filters, float64: %.3f s "
            "(median of %d; %.1f GFLOP in convolutions, %.1f GFLOP/s; in products %.3f s); PyTorch %s "
            "%.3f s: %.2fx faster (target >= 4)%s\n",
            sec, reps, convnet_gflop(), convnet_gflop() / sec, blas,
            o->torch_here ? "on this machine" : "on the issue's machine", torch, torch / sec,
            isfinite(sink) ? "" : "  [FAILED]");
+    if (o->torch_here)
+        printf("    CPU seconds of all threads: %.3f s; PyTorch %.3f s: %.2fx less\n", cs, torch_cpu,
+               torch_cpu / cs);
+    else
+        printf("    CPU seconds of all threads: %.3f s\n", cs);
     if (ad_tape_status(t) != AD_OK) printf("  tape error: %s\n", ad_tape_error(t));
-    free(s), free(b);
+    free(s);
     ad_tape_free(t);
     convnet_free(&c);
 }

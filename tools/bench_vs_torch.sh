@@ -1,9 +1,8 @@
 #!/bin/sh
 # hypertape against PyTorch on this machine: the reference cases (RHG on the quadratic
 # with n = 10 and 1000, one UL iteration of hyper-cleaning with RHG and CG, ConvNet-4 forward and
-# backward), PyTorch's times
-# measured by tools/bench_torch.py right before each `hypertape bench reference` run, for
-# ROUNDS rounds, so both see the same load on a shared machine; each round prints the ratios,
+# backward), PyTorch's times measured by tools/bench_torch.py right before each `hypertape bench
+# reference` run, for ROUNDS rounds, so both see the same load on a shared machine; each round prints the ratios,
 # and with them the like-for-like lines: f from general products (4 passes per step, as PyTorch's
 # autograd makes) and hyper-cleaning on doubles with every product on cblas (as torch.matmul).
 # Needs PyTorch 1.13 from Debian's packages (apt-get install python3-torch) and a build in
@@ -24,6 +23,6 @@ while [ "$r" -le "$rounds" ]; do
     echo "== round $r of $rounds"
     /usr/bin/python3 tools/bench_torch.py $quick --out "$times"
     build/tools/hypertape bench reference $quick --torch "$times" |
-        grep -E '^\((a|d|f)\)|general products|all on cblas'
+        grep -E '^\((a|d|f)\)|general products|all on cblas|CPU seconds'
     r=$((r + 1))
 done
