@@ -126,31 +126,46 @@ ad_var ad_conv2d(ad_tape *t, ad_var X, ad_var W, int c_in, int h, int w, int c_o
     p->i0 = h, p->i1 = w;
     return ad_commit(t, p);
 }
-static ad_status fwd_conv2d(ad_tape *t, ad_node *nd) {
-    const ad_node *X = &t->nodes[nd->a], *W = &t->nodes[nd->b];
-    int n = X->rows, h = nd->i0, w = nd->i1, hw = h * w, c_in = W->cols / 9, c_out = W->rows;
-    if (n == 0) return AD_OK;
-    int B = block_images(n, c_in, c_out, hw);
-    double *ybuf, *cols = block_buffers(t, "conv2d", B, c_in, c_out, hw, &ybuf);
+// Both products over blocks of images, from each block's columns [c_in*9, nb*hw] and a buffer
+// [c_out, nb*hw] channel-major across the block: forward (wgrad false), y [n, c_out*hw] from
+// W [c_out, c_in*9] (the buffer is the block's output, copied into each image's row); weight
+// gradient, y [c_out, c_in*9] from G [n, c_out*hw] (the buffer is G's block, summed over blocks).
+static ad_status conv_blocks(ad_tape *t, const char *op, const ad_node *X, const double *other,
+                             int c_in, int c_out, int h, int w, bool wgrad, double *y) {
+    int n = X->rows, hw = h * w, B = block_images(n, c_in, c_out, hw);
+    size_t row = (size_t)c_out * hw; // an image's output (or G's) row
+    double *buf, *cols = block_buffers(t, op, B, c_in, c_out, hw, &buf);
     if (!cols) return AD_ENOMEM;
     double t0 = t->par.time_blas ? ad_now() : 0;
     for (int b0 = 0; b0 < n; b0 += B) {
         int nb = n - b0 < B ? n - b0 : B;
         size_t ld = (size_t)nb * hw;
-        for (int b = 0; b < nb; b++)
+        for (int b = 0; b < nb; b++) {
             im2col(X->val + (size_t)(b0 + b) * X->cols, c_in, h, w, cols, ld, (size_t)b * hw);
-        // [c_out, nb*hw] = W [c_out, c_in*9] cols [c_in*9, nb*hw]; then each image's
-        // [c_out, hw] block into its row
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c_out, (int)ld, c_in * 9, 1.0, W->val,
-                    W->cols, cols, (int)ld, 0.0, ybuf, (int)ld);
-        for (int b = 0; b < nb; b++)
+            for (int o = 0; wgrad && o < c_out; o++)
+                memcpy(buf + o * ld + (size_t)b * hw, other + (b0 + b) * row + (size_t)o * hw,
+                       (size_t)hw * sizeof(double));
+        }
+        if (wgrad) // dW [c_out, c_in*9] (+)= G block [c_out, nb*hw] cols^T [nb*hw, c_in*9]
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c_out, c_in * 9, (int)ld, 1.0, buf,
+                        (int)ld, cols, (int)ld, b0 ? 1.0 : 0.0, y, c_in * 9);
+        else // [c_out, nb*hw] = W [c_out, c_in*9] cols [c_in*9, nb*hw]
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c_out, (int)ld, c_in * 9, 1.0,
+                        other, c_in * 9, cols, (int)ld, 0.0, buf, (int)ld);
+        for (int b = 0; !wgrad && b < nb; b++)
             for (int o = 0; o < c_out; o++)
-                memcpy(nd->val + (size_t)(b0 + b) * nd->cols + (size_t)o * hw,
-                       ybuf + (size_t)o * ld + (size_t)b * hw, (size_t)hw * sizeof(double));
+                memcpy(y + (b0 + b) * row + (size_t)o * hw, buf + o * ld + (size_t)b * hw,
+                       (size_t)hw * sizeof(double));
     }
     if (t->par.time_blas) t->blas_seconds += ad_now() - t0;
     free(cols);
     return AD_OK;
+}
+
+static ad_status fwd_conv2d(ad_tape *t, ad_node *nd) {
+    const ad_node *X = &t->nodes[nd->a], *W = &t->nodes[nd->b];
+    if (X->rows == 0) return AD_OK;
+    return conv_blocks(t, "conv2d", X, W->val, W->cols / 9, W->rows, nd->i0, nd->i1, false, nd->val);
 }
 static void rev_conv2d(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     const ad_node *n = ad_node_at(t, y);
@@ -184,31 +199,12 @@ ad_var ad_conv2d_wgrad(ad_tape *t, ad_var X, ad_var G, int c_in, int h, int w, i
 }
 static ad_status fwd_conv2d_wgrad(ad_tape *t, ad_node *nd) {
     const ad_node *X = &t->nodes[nd->a], *G = &t->nodes[nd->b];
-    int n = X->rows, h = nd->i0, w = nd->i1, hw = h * w, c_in = nd->cols / 9, c_out = nd->rows;
-    if (n == 0) {
+    if (X->rows == 0) {
         memset(nd->val, 0, (size_t)ad_size(nd) * sizeof(double));
         return AD_OK;
     }
-    int B = block_images(n, c_in, c_out, hw);
-    double *gbuf, *cols = block_buffers(t, "conv2d_wgrad", B, c_in, c_out, hw, &gbuf);
-    if (!cols) return AD_ENOMEM;
-    double t0 = t->par.time_blas ? ad_now() : 0;
-    for (int b0 = 0; b0 < n; b0 += B) {
-        int nb = n - b0 < B ? n - b0 : B;
-        size_t ld = (size_t)nb * hw;
-        for (int b = 0; b < nb; b++) {
-            im2col(X->val + (size_t)(b0 + b) * X->cols, c_in, h, w, cols, ld, (size_t)b * hw);
-            for (int o = 0; o < c_out; o++)
-                memcpy(gbuf + (size_t)o * ld + (size_t)b * hw,
-                       G->val + (size_t)(b0 + b) * G->cols + (size_t)o * hw, (size_t)hw * sizeof(double));
-        }
-        // dW [c_out, c_in*9] (+)= G block [c_out, nb*hw] cols^T [nb*hw, c_in*9]
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c_out, c_in * 9, (int)ld, 1.0, gbuf,
-                    (int)ld, cols, (int)ld, b0 ? 1.0 : 0.0, nd->val, nd->cols);
-    }
-    if (t->par.time_blas) t->blas_seconds += ad_now() - t0;
-    free(cols);
-    return AD_OK;
+    return conv_blocks(t, "conv2d_wgrad", X, G->val, nd->cols / 9, nd->rows, nd->i0, nd->i1, true,
+                       nd->val);
 }
 static void rev_conv2d_wgrad(ad_tape *t, ad_var y, ad_var hbar, const bool need[2], ad_var gin[2]) {
     const ad_node *n = ad_node_at(t, y);
