@@ -455,11 +455,13 @@ static ad_status fwd_chan_rstd(ad_tape *t, ad_node *nd) {
 }
 static void rev_chan_rstd(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
     (void)need;
-    const ad_node *n = ad_node_at(t, y), *X = &t->nodes[n->a];
-    int c = n->i0, k = X->cols / c;
-    ad_var X_ = ad_input(t, y, 0);
-    ad_var s = ad_scale(t, ad_mul(t, h, ad_square(t, y)), -1.0 / ((double)X->rows * k));
-    gin[0] = ad_mul(t, ad_channel_norm(t, X_, c, n->p0), channel_row(t, s, c, k));
+    // the node's fields into locals first: recording may move the node array
+    const ad_node *n = ad_node_at(t, y), *Xn = &t->nodes[n->a];
+    int c = n->i0, k = Xn->cols / c;
+    double eps = n->p0, entries = (double)Xn->rows * k;
+    ad_var X = ad_input(t, y, 0);
+    ad_var s = ad_scale(t, ad_mul(t, h, ad_square(t, y)), -1.0 / entries);
+    gin[0] = ad_mul(t, ad_channel_norm(t, X, c, eps), channel_row(t, s, c, k));
 }
 AD_DEF(chan_rstd, 1, fwd_chan_rstd, rev_chan_rstd);
 
