@@ -186,7 +186,12 @@ ad_var ad_conv2d_wgrad(ad_tape *t, ad_var X, ad_var G, int c_in, int h, int w, i
         !check_images(t, "conv2d_wgrad", "output gradient", G, c_out, h, w))
         return AD_NONE;
     ad_shape sx = ad_shape_fast(t, X), sg = ad_shape_fast(t, G);
-    if (sx.rows != sg.rows || c_in > INT32_MAX / 9) {
+    if ((int64_t)c_out * c_in * 9 > INT32_MAX) {
+        ad_fail(t, AD_EARG, "conv2d_wgrad: a gradient [%d, %d * 9] has more entries than an int holds",
+                c_out, c_in);
+        return AD_NONE;
+    }
+    if (sx.rows != sg.rows) {
         char a[32], b[32];
         ad_fail(t, AD_ESHAPE, "conv2d_wgrad: input %s and output gradient %s differ in images",
                 ad_shape_str(sx, a), ad_shape_str(sg, b));
