@@ -280,7 +280,8 @@ ad_var ad_maxpool2_scatter(ad_tape *t, ad_var G, ad_var X, int c, int h, int w);
 ad_var ad_channel_bias(ad_tape *t, ad_var X, ad_var b, int c, int h, int w);
 // Batch normalization over the batch (training mode): each channel of X [n, c*h*w] less its
 // mean over the n*h*w entries, over sqrt(its biased variance + eps), times gamma [c], plus
-// beta [c]. n >= 1 and eps > 0. ad_channel_norm and ad_mul, ad_add: differentiable to any order.
+// beta [c]. n >= 1 and eps > 0. ad_channel_norm, then ad_channel_affine: differentiable to any
+// order.
 ad_var ad_batchnorm(ad_tape *t, ad_var X, ad_var gamma, ad_var beta, int c, int h, int w, double eps);
 // Its parts, for X [n, c*k] of c channels of k entries per image (n >= 1, eps > 0): the
 // normalized Z = (X - mean) r per channel, r [c] = 1/sqrt(biased variance + eps), and
@@ -288,6 +289,10 @@ ad_var ad_batchnorm(ad_tape *t, ad_var X, ad_var gamma, ad_var beta, int c, int 
 ad_var ad_channel_norm(ad_tape *t, ad_var X, int c, double eps);
 ad_var ad_channel_rstd(ad_tape *t, ad_var X, int c, double eps);
 ad_var ad_channel_proj(ad_tape *t, ad_var G, ad_var Z, int c);
+// Z [n, c*k] times P[ch] plus P[c + ch] on channel ch, P [2c] (scales, then shifts); and its
+// adjoint in P: [2c], per channel the sum of G Z, then the sum of G (G, Z [n, c*k]).
+ad_var ad_channel_affine(ad_tape *t, ad_var Z, ad_var P, int c);
+ad_var ad_channel_sums(ad_tape *t, ad_var G, ad_var Z, int c);
 
 // ---- derivatives --------------------------------------------------------------------------------
 

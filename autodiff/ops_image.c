@@ -515,6 +515,87 @@ static void rev_chan_proj(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad
 }
 AD_DEF(chan_proj, 2, fwd_chan_proj, rev_chan_proj);
 
+// ---- chan_affine: Z [n, c*k], P [2c] -> Z times P[ch] plus P[c + ch] on channel ch ----
+// Batch norm's scale and shift in one pass (mul and add with a per-channel row make two, and
+// their adjoints three more). Its adjoint in P is chan_sums, whose adjoint in G is chan_affine.
+
+static bool check_params(ad_tape *t, const char *op, ad_var P, int c) {
+    ad_shape s = ad_shape_fast(t, P);
+    if (s.rank != 1 || s.cols != 2 * c) {
+        char b[32];
+        ad_fail(t, AD_ESHAPE, "%s: %s is not [2c] = [%d] (scales, then shifts)", op, ad_shape_str(s, b), 2 * c);
+        return false;
+    }
+    return true;
+}
+
+ad_var ad_channel_affine(ad_tape *t, ad_var Z, ad_var P, int c) {
+    ad_var in[2] = {Z, P};
+    if (!ad_check_args(t, "chan_affine", 2, in) || !check_channels(t, "chan_affine", Z, c, NULL) ||
+        !check_params(t, "chan_affine", P, c))
+        return AD_NONE;
+    return record_channels(t, OP_CHAN_AFFINE, ad_shape_fast(t, Z), Z, P, c, 0);
+}
+static ad_status fwd_chan_affine(ad_tape *t, ad_node *nd) {
+    const ad_node *Z = &t->nodes[nd->a], *P = &t->nodes[nd->b];
+    int c = nd->i0, k = Z->cols / c;
+    for (int b = 0; b < Z->rows; b++)
+        for (int ch = 0; ch < c; ch++) {
+            size_t o = (size_t)b * Z->cols + (size_t)ch * k;
+            double a = P->val[ch], s = P->val[c + ch];
+            for (int p = 0; p < k; p++) nd->val[o + p] = Z->val[o + p] * a + s;
+        }
+    return AD_OK;
+}
+// G times the first c entries of v [2c] (the scales) on each channel.
+static ad_var scale_channels(ad_tape *t, ad_var G, ad_var v, int c, int k) {
+    return ad_mul(t, G, channel_row(t, ad_slice(t, v, 0, c), c, k));
+}
+static void rev_chan_affine(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    const ad_node *n = ad_node_at(t, y);
+    int c = n->i0, k = n->cols / c;
+    ad_var Z = ad_input(t, y, 0), P = ad_input(t, y, 1);
+    if (need[0]) gin[0] = scale_channels(t, g, P, c, k);
+    if (need[1]) gin[1] = ad_channel_sums(t, g, Z, c);
+}
+AD_DEF(chan_affine, 2, fwd_chan_affine, rev_chan_affine);
+
+// ---- chan_sums: G, Z [n, c*k] -> [2c]: per channel the sum of G Z, then the sum of G ----
+
+ad_var ad_channel_sums(ad_tape *t, ad_var G, ad_var Z, int c) {
+    ad_var in[2] = {G, Z};
+    if (!ad_check_args(t, "chan_sums", 2, in) || !check_channels(t, "chan_sums", Z, c, NULL))
+        return AD_NONE;
+    ad_shape sg = ad_shape_fast(t, G), sz = ad_shape_fast(t, Z);
+    if (!ad_shape_eq(sg, sz)) {
+        char a[32], b[32];
+        ad_fail(t, AD_ESHAPE, "chan_sums: shapes %s and %s differ", ad_shape_str(sg, a), ad_shape_str(sz, b));
+        return AD_NONE;
+    }
+    return record_channels(t, OP_CHAN_SUMS, ad_vec_shape(2 * c), G, Z, c, 0);
+}
+static ad_status fwd_chan_sums(ad_tape *t, ad_node *nd) {
+    const ad_node *G = &t->nodes[nd->a], *Z = &t->nodes[nd->b];
+    int c = nd->i0, k = Z->cols / c;
+    for (int ch = 0; ch < 2 * c; ch++) nd->val[ch] = 0;
+    for (int b = 0; b < Z->rows; b++)
+        for (int ch = 0; ch < c; ch++) {
+            size_t o = (size_t)b * Z->cols + (size_t)ch * k;
+            double sgz = 0, sg = 0;
+            for (int p = 0; p < k; p++) sgz += G->val[o + p] * Z->val[o + p], sg += G->val[o + p];
+            nd->val[ch] += sgz, nd->val[c + ch] += sg;
+        }
+    return AD_OK;
+}
+static void rev_chan_sums(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
+    const ad_node *n = ad_node_at(t, y);
+    int c = n->i0, k = t->nodes[n->b].cols / c;
+    ad_var G = ad_input(t, y, 0), Z = ad_input(t, y, 1);
+    if (need[0]) gin[0] = ad_channel_affine(t, Z, h, c);
+    if (need[1]) gin[1] = scale_channels(t, G, h, c, k);
+}
+AD_DEF(chan_sums, 2, fwd_chan_sums, rev_chan_sums);
+
 // ---- compositions: per-channel bias and batch normalization ----
 
 static bool check_channel_vec(ad_tape *t, const char *op, const char *what, ad_var v, int c) {
@@ -543,6 +624,5 @@ ad_var ad_batchnorm(ad_tape *t, ad_var X, ad_var gamma, ad_var beta, int c, int 
         !check_channel_vec(t, "batchnorm", "scale", gamma, c) ||
         !check_channel_vec(t, "batchnorm", "shift", beta, c))
         return AD_NONE;
-    ad_var Z = ad_channel_norm(t, X, c, eps);
-    return ad_add(t, ad_mul(t, Z, channel_row(t, gamma, c, h * w)), channel_row(t, beta, c, h * w));
+    return ad_channel_affine(t, ad_channel_norm(t, X, c, eps), ad_concat(t, gamma, beta), c);
 }

@@ -90,6 +90,8 @@ static ad_var e_channel_bias(ad_tape *t, ad_var a, ad_var b) { return ad_channel
 static ad_var e_channel_norm(ad_tape *t, ad_var a, ad_var b) { (void)b; return ad_channel_norm(t, a, 2, 1e-5); }
 static ad_var e_channel_rstd(ad_tape *t, ad_var a, ad_var b) { (void)b; return ad_channel_rstd(t, a, 2, 1e-5); }
 static ad_var e_channel_proj(ad_tape *t, ad_var a, ad_var b) { return ad_channel_proj(t, a, b, 2); }
+static ad_var e_channel_affine(ad_tape *t, ad_var a, ad_var b) { return ad_channel_affine(t, a, b, 2); }
+static ad_var e_channel_sums(ad_tape *t, ad_var a, ad_var b) { return ad_channel_sums(t, a, b, 2); }
 static ad_var e_batchnorm(ad_tape *t, ad_var a, ad_var b) { return ad_batchnorm(t, a, b, b, 4, 1, 1, 1e-5); }
 
 static const entry entries[] = {
@@ -125,7 +127,8 @@ static const entry entries[] = {
     {"maxpool2_gather", e_pool_gather, NULL, {I, I}}, {"maxpool2_scatter", e_pool_scatter, NULL, {M, I}},
     {"channel_bias", e_channel_bias, NULL, {M, V}}, {"batchnorm", e_batchnorm, NULL, {M, V}},
     {"channel_norm", e_channel_norm, NULL, {M, NONE}}, {"channel_rstd", e_channel_rstd, NULL, {M, NONE}},
-    {"channel_proj", e_channel_proj, NULL, {M, M}},
+    {"channel_proj", e_channel_proj, NULL, {M, M}}, {"channel_affine", e_channel_affine, NULL, {M, V}},
+    {"channel_sums", e_channel_sums, NULL, {M, M}},
     {"grad (output)", grad_of, NULL, {S, S}}, {"grad (input)", grad_of, NULL, {S, S}},
     {"vjp", vjp_of, NULL, {V, V}}, {"hvp", hvp_of, NULL, {V, V}},
     {"hvp_mixed", hvp_mixed_of, NULL, {S, S}},

@@ -127,6 +127,8 @@ static ad_var r_batchnorm(ad_tape *t, const ad_var *x) {
 }
 static ad_var r_chan_rstd(ad_tape *t, const ad_var *x) { return ad_channel_rstd(t, x[0], 2, 0.3); }
 static ad_var r_chan_proj(ad_tape *t, const ad_var *x) { return ad_channel_proj(t, x[0], x[1], 2); }
+static ad_var r_chan_affine(ad_tape *t, const ad_var *x) { return ad_channel_affine(t, x[0], x[1], 2); }
+static ad_var r_chan_sums(ad_tape *t, const ad_var *x) { return ad_channel_sums(t, x[0], x[1], 2); }
 static ad_var r_channel_bias(ad_tape *t, const ad_var *x) { return ad_channel_bias(t, x[0], x[1], 2, 2, 2); }
 
 #define NK {NAN, NAN}
@@ -218,6 +220,8 @@ static const row rows[] = {
     {"chan_norm", r_batchnorm, 2, {M(3, 8), V(4)}, -2, 2, NK, 0},     // batch norm
     {"chan_rstd", r_chan_rstd, 1, {M(3, 8)}, -2, 2, NK, 0},
     {"chan_proj", r_chan_proj, 2, {M(3, 8), M(3, 8)}, -2, 2, NK, 0},
+    {"chan_affine", r_chan_affine, 2, {M(3, 8), V(4)}, -2, 2, NK, 0},
+    {"chan_sums", r_chan_sums, 2, {M(3, 8), M(3, 8)}, -2, 2, NK, 0},
     {"expand", r_channel_bias, 2, {M(3, 8), V(2)}, -2, 2, NK, 0},     // per-channel bias, likewise
 };
 // clang-format on
