@@ -473,17 +473,22 @@ AD_DEF(chan_rstd, 1, fwd_chan_rstd, rev_chan_rstd);
 
 // ---- chan_proj: G, Z [n, c*k] -> G - mean(G) - Z mean(G Z), per channel ----
 
-ad_var ad_channel_proj(ad_tape *t, ad_var G, ad_var Z, int c) {
+// G and Z live, Z [n, c*k] (n >= 1) and G of Z's shape: the operands of chan_proj and chan_sums.
+static bool check_pair(ad_tape *t, const char *op, ad_var G, ad_var Z, int c) {
     ad_var in[2] = {G, Z};
-    if (!ad_check_args(t, "chan_proj", 2, in) || !check_channels(t, "chan_proj", Z, c, NULL))
-        return AD_NONE;
+    if (!ad_check_args(t, op, 2, in) || !check_channels(t, op, Z, c, NULL)) return false;
     ad_shape sg = ad_shape_fast(t, G), sz = ad_shape_fast(t, Z);
     if (!ad_shape_eq(sg, sz)) {
         char a[32], b[32];
-        ad_fail(t, AD_ESHAPE, "chan_proj: shapes %s and %s differ", ad_shape_str(sg, a), ad_shape_str(sz, b));
-        return AD_NONE;
+        ad_fail(t, AD_ESHAPE, "%s: shapes %s and %s differ", op, ad_shape_str(sg, a), ad_shape_str(sz, b));
+        return false;
     }
-    return record_channels(t, OP_CHAN_PROJ, sz, G, Z, c, 0);
+    return true;
+}
+
+ad_var ad_channel_proj(ad_tape *t, ad_var G, ad_var Z, int c) {
+    if (!check_pair(t, "chan_proj", G, Z, c)) return AD_NONE;
+    return record_channels(t, OP_CHAN_PROJ, ad_shape_fast(t, Z), G, Z, c, 0);
 }
 static ad_status fwd_chan_proj(ad_tape *t, ad_node *nd) {
     const ad_node *G = &t->nodes[nd->a], *Z = &t->nodes[nd->b];
@@ -564,15 +569,7 @@ AD_DEF(chan_affine, 2, fwd_chan_affine, rev_chan_affine);
 // ---- chan_sums: G, Z [n, c*k] -> [2c]: per channel the sum of G Z, then the sum of G ----
 
 ad_var ad_channel_sums(ad_tape *t, ad_var G, ad_var Z, int c) {
-    ad_var in[2] = {G, Z};
-    if (!ad_check_args(t, "chan_sums", 2, in) || !check_channels(t, "chan_sums", Z, c, NULL))
-        return AD_NONE;
-    ad_shape sg = ad_shape_fast(t, G), sz = ad_shape_fast(t, Z);
-    if (!ad_shape_eq(sg, sz)) {
-        char a[32], b[32];
-        ad_fail(t, AD_ESHAPE, "chan_sums: shapes %s and %s differ", ad_shape_str(sg, a), ad_shape_str(sz, b));
-        return AD_NONE;
-    }
+    if (!check_pair(t, "chan_sums", G, Z, c)) return AD_NONE;
     return record_channels(t, OP_CHAN_SUMS, ad_vec_shape(2 * c), G, Z, c, 0);
 }
 static ad_status fwd_chan_sums(ad_tape *t, ad_node *nd) {

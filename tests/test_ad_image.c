@@ -140,7 +140,8 @@ static void errors(void) {
                  {4, "batchnorm: scale [3] is not a vector [2]"},
                  {5, "chan_norm: eps = 0 is not finite and > 0"},
                  {6, "conv2d_wgrad: input [2, 12] and output gradient [3, 12] differ in images"},
-                 {7, "conv2d_wgrad: a gradient [20000, 20000 * 9] has more entries than an int holds"}};
+                 {7, "conv2d_wgrad: a gradient [20000, 20000 * 9] has more entries than an int holds"},
+                 {8, "chan_sums: shapes [2, 6] and [2, 12] differ"}};
         for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
             ad_tape *t = ad_tape_new(NULL);
             ad_var X = ad_fill(t, ad_mat_shape(2, 12), 1), W = ad_fill(t, ad_mat_shape(2, 18), 1), r = AD_NONE;
@@ -152,6 +153,7 @@ static void errors(void) {
             case 4: r = ad_batchnorm(t, X, ad_fill(t, ad_vec_shape(3), 1), ad_fill(t, ad_vec_shape(2), 0), 2, 3, 2, 1e-5); break;
             case 5: r = ad_channel_norm(t, X, 2, 0); break;
             case 6: r = ad_conv2d_wgrad(t, X, ad_fill(t, ad_mat_shape(3, 12), 1), 2, 3, 2, 2); break;
+            case 8: r = ad_channel_sums(t, ad_fill(t, ad_mat_shape(2, 6), 1), X, 2); break;
             default: {
                 ad_var big = ad_fill(t, ad_mat_shape(1, 20000), 1);
                 r = ad_conv2d_wgrad(t, big, big, 20000, 1, 1, 20000);
