@@ -253,6 +253,47 @@ ad_var ad_normp(ad_tape *t, ad_var v, double p);
 // Smoothed ||v||_q^q = sum_i (v_i^2 + eps)^(q/2), 0 < q < 1, eps > 0.
 ad_var ad_lq_smooth(ad_tape *t, ad_var v, double q, double eps);
 
+// ---- images (ops_image.c) ----------------------------------------------------------------------
+// A batch of n images of c channels of h x w pixels is a matrix [n, c*h*w]: a row per image,
+// channel after channel, each channel row after row (NCHW flattened). Geometry that does not
+// match the operands' shapes is an AD_ESHAPE; a count below 1 an AD_EARG.
+
+// 3x3 convolution, stride 1, zero padding 1: X [n, c_in*h*w], W [c_out, c_in*9] (entry
+// (o, i*9 + 3*(dy+1) + (dx+1)) weighs channel i at offset (dy, dx)) -> [n, c_out*h*w].
+// im2col + cblas_dgemm; its reverse rules are the two ops below and conv2d again.
+ad_var ad_conv2d(ad_tape *t, ad_var X, ad_var W, int c_in, int h, int w, int c_out);
+// The weight gradient: sum over images and pixels of G (o, p) X (i, p + offset k) -> [c_out, c_in*9]
+// for X [n, c_in*h*w] and G [n, c_out*h*w].
+ad_var ad_conv2d_wgrad(ad_tape *t, ad_var X, ad_var G, int c_in, int h, int w, int c_out);
+// W [c_out, c_in*9] -> [c_in, c_out*9], each kernel rotated 180 degrees with the channel roles
+// swapped: ad_conv2d(G, ad_conv_flip(W), c_out, h, w, c_in) is the transposed convolution.
+ad_var ad_conv_flip(ad_tape *t, ad_var W, int c_in, int c_out);
+// 2x2 max-pooling, stride 2: X [n, c*h*w] -> [n, c*(h/2)*(w/2)] (an odd last row or column is
+// left out). On a tie the first maximum of the window (row-major) is taken, and gets the gradient.
+ad_var ad_maxpool2(ad_tape *t, ad_var X, int c, int h, int w);
+// Its parts: A [n, c*h*w] at the argmax positions of X's windows -> [n, c*(h/2)*(w/2)]
+// (ad_maxpool2 is A = X); and the adjoint, G [n, c*(h/2)*(w/2)] put at those positions of a zero
+// [n, c*h*w]. Both are constant in X.
+ad_var ad_maxpool2_gather(ad_tape *t, ad_var A, ad_var X, int c, int h, int w);
+ad_var ad_maxpool2_scatter(ad_tape *t, ad_var G, ad_var X, int c, int h, int w);
+// X [n, c*h*w] plus b [c] on every pixel of channel c.
+ad_var ad_channel_bias(ad_tape *t, ad_var X, ad_var b, int c, int h, int w);
+// Batch normalization over the batch (training mode): each channel of X [n, c*h*w] less its
+// mean over the n*h*w entries, over sqrt(its biased variance + eps), times gamma [c], plus
+// beta [c]. n >= 1 and eps > 0. ad_channel_norm, then ad_channel_affine: differentiable to any
+// order.
+ad_var ad_batchnorm(ad_tape *t, ad_var X, ad_var gamma, ad_var beta, int c, int h, int w, double eps);
+// Its parts, for X [n, c*k] of c channels of k entries per image (n >= 1, eps > 0): the
+// normalized Z = (X - mean) r per channel, r [c] = 1/sqrt(biased variance + eps), and
+// G - mean(G) - Z mean(G Z) per channel (G, Z [n, c*k]), which times r is normalization's adjoint.
+ad_var ad_channel_norm(ad_tape *t, ad_var X, int c, double eps);
+ad_var ad_channel_rstd(ad_tape *t, ad_var X, int c, double eps);
+ad_var ad_channel_proj(ad_tape *t, ad_var G, ad_var Z, int c);
+// Z [n, c*k] times P[ch] plus P[c + ch] on channel ch, P [2c] (scales, then shifts); and its
+// adjoint in P: [2c], per channel the sum of G Z, then the sum of G (G, Z [n, c*k]).
+ad_var ad_channel_affine(ad_tape *t, ad_var Z, ad_var P, int c);
+ad_var ad_channel_sums(ad_tape *t, ad_var G, ad_var Z, int c);
+
 // ---- derivatives --------------------------------------------------------------------------------
 
 enum {

@@ -28,6 +28,9 @@
     X(RESHAPE, reshape) X(SLICE, slice) X(PAD, pad) X(CONCAT, concat) X(TAKE_ROWS, take_rows) X(PUT_ROWS, put_rows) \
     /* losses and norms */ \
     X(LOGSUMEXP, logsumexp) X(LOG_SOFTMAX, log_softmax) X(SOFTMAX, softmax) X(XENT, xent) X(SQNORM, sqnorm) X(NORMP, normp) X(POWZ, powz) \
+    /* images (ops_image.c) */ \
+    X(CONV2D, conv2d) X(CONV2D_WGRAD, conv2d_wgrad) X(CONV_FLIP, conv_flip) X(POOL_GATHER, pool_gather) X(POOL_SCATTER, pool_scatter) \
+    X(CHAN_NORM, chan_norm) X(CHAN_RSTD, chan_rstd) X(CHAN_PROJ, chan_proj) X(CHAN_AFFINE, chan_affine) X(CHAN_SUMS, chan_sums) \
 
 #define AD_OP_ENUM(E, name) OP_##E,
 typedef enum { AD_OP_LIST(AD_OP_ENUM) OP_COUNT } ad_op;
@@ -306,5 +309,10 @@ double ad_now(void); // monotonic seconds
 // (kernel off, more than AD_THIN_MAX_N columns, few rows, or no room under the memory cap: no
 // error recorded), and the caller uses cblas.
 double *ad_thin_plan(ad_tape *t, int ta, int m, int n, int k, int *threads);
+// The plain loop beside conv2d's im2col + dgemm (ops_image.c), which a test compares them with:
+// y [n, c_out*h*w] = the 3x3 convolution (stride 1, padding 1) of x [n, c_in*h*w] by
+// wt [c_out, c_in*9].
+void ad_conv3x3_direct(const double *x, const double *wt, int n, int c_in, int h, int w, int c_out,
+                       double *y);
 
 #endif

@@ -15,7 +15,8 @@ static bool has(const char *s, const char *sub) { return strstr(s, sub) != NULL;
 
 // ---- every entry point, with one operand stale ----
 
-enum { S, V, M, NONE }; // operand kinds: scalar, vector [4], matrix [4, 4]
+// operand kinds: scalar, vector [4], matrix [4, 4], images [4, 16] (1 x 4 x 4), conv weights [4, 9]
+enum { S, V, M, I, K, NONE };
 
 static const int32_t rows2[2] = {3, 1}, labels4[4] = {0, 3, 1, 2};
 static const uint8_t codes16[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
@@ -79,6 +80,19 @@ static ad_var e_put_rows(ad_tape *t, ad_var a, ad_var b) { (void)b; return ad_pu
 static ad_var e_xent(ad_tape *t, ad_var a, ad_var b) { (void)b; return ad_xent(t, a, labels4); }
 static ad_var e_normp(ad_tape *t, ad_var a, ad_var b) { (void)b; return ad_normp(t, a, 3); }
 static ad_var e_lq_smooth(ad_tape *t, ad_var a, ad_var b) { (void)b; return ad_lq_smooth(t, a, 0.5, 1e-3); }
+static ad_var e_conv2d(ad_tape *t, ad_var a, ad_var b) { return ad_conv2d(t, a, b, 1, 4, 4, 4); }
+static ad_var e_conv2d_wgrad(ad_tape *t, ad_var a, ad_var b) { return ad_conv2d_wgrad(t, a, b, 1, 4, 4, 1); }
+static ad_var e_conv_flip(ad_tape *t, ad_var a, ad_var b) { (void)b; return ad_conv_flip(t, a, 1, 4); }
+static ad_var e_maxpool2(ad_tape *t, ad_var a, ad_var b) { (void)b; return ad_maxpool2(t, a, 1, 4, 4); }
+static ad_var e_pool_gather(ad_tape *t, ad_var a, ad_var b) { return ad_maxpool2_gather(t, a, b, 1, 4, 4); }
+static ad_var e_pool_scatter(ad_tape *t, ad_var a, ad_var b) { return ad_maxpool2_scatter(t, a, b, 1, 4, 4); }
+static ad_var e_channel_bias(ad_tape *t, ad_var a, ad_var b) { return ad_channel_bias(t, a, b, 4, 1, 1); }
+static ad_var e_channel_norm(ad_tape *t, ad_var a, ad_var b) { (void)b; return ad_channel_norm(t, a, 2, 1e-5); }
+static ad_var e_channel_rstd(ad_tape *t, ad_var a, ad_var b) { (void)b; return ad_channel_rstd(t, a, 2, 1e-5); }
+static ad_var e_channel_proj(ad_tape *t, ad_var a, ad_var b) { return ad_channel_proj(t, a, b, 2); }
+static ad_var e_channel_affine(ad_tape *t, ad_var a, ad_var b) { return ad_channel_affine(t, a, b, 2); }
+static ad_var e_channel_sums(ad_tape *t, ad_var a, ad_var b) { return ad_channel_sums(t, a, b, 2); }
+static ad_var e_batchnorm(ad_tape *t, ad_var a, ad_var b) { return ad_batchnorm(t, a, b, b, 4, 1, 1, 1e-5); }
 
 static const entry entries[] = {
     {"add", ad_add, NULL, {M, V}}, {"sub", ad_sub, NULL, {M, V}}, {"axpy", e_axpy, NULL, {V, V}},
@@ -108,6 +122,13 @@ static const entry entries[] = {
     {"log_softmax", NULL, ad_log_softmax, {M, NONE}}, {"softmax", NULL, ad_softmax, {M, NONE}},
     {"xent", e_xent, NULL, {M, NONE}}, {"sqnorm", NULL, ad_sqnorm, {V, NONE}},
     {"normp", e_normp, NULL, {V, NONE}}, {"lq_smooth", e_lq_smooth, NULL, {V, NONE}},
+    {"conv2d", e_conv2d, NULL, {I, K}}, {"conv2d_wgrad", e_conv2d_wgrad, NULL, {I, I}},
+    {"conv_flip", e_conv_flip, NULL, {K, NONE}}, {"maxpool2", e_maxpool2, NULL, {I, NONE}},
+    {"maxpool2_gather", e_pool_gather, NULL, {I, I}}, {"maxpool2_scatter", e_pool_scatter, NULL, {M, I}},
+    {"channel_bias", e_channel_bias, NULL, {M, V}}, {"batchnorm", e_batchnorm, NULL, {M, V}},
+    {"channel_norm", e_channel_norm, NULL, {M, NONE}}, {"channel_rstd", e_channel_rstd, NULL, {M, NONE}},
+    {"channel_proj", e_channel_proj, NULL, {M, M}}, {"channel_affine", e_channel_affine, NULL, {M, V}},
+    {"channel_sums", e_channel_sums, NULL, {M, M}},
     {"grad (output)", grad_of, NULL, {S, S}}, {"grad (input)", grad_of, NULL, {S, S}},
     {"vjp", vjp_of, NULL, {V, V}}, {"hvp", hvp_of, NULL, {V, V}},
     {"hvp_mixed", hvp_mixed_of, NULL, {S, S}},
@@ -117,8 +138,14 @@ static const entry entries[] = {
 // A parameter of the kind, entries in (0.1, 0.9): inside every domain above.
 static ad_var make(ad_tape *t, int kind) {
     static const double v[16] = {.5, .2, .7, .4, .3, .8, .6, .1, .45, .55, .25, .35, .65, .75, .15, .85};
-    ad_shape s = kind == S ? ad_scalar_shape() : kind == V ? ad_vec_shape(4) : ad_mat_shape(4, 4);
-    return ad_param(t, s, v);
+    double big[64]; // the larger kinds: v, then distinct entries in (0.1, 0.9)
+    for (int i = 0; i < 64; i++) big[i] = i < 16 ? v[i] : 0.1 + 0.8 * ((i * 37) % 64 + 0.5) / 64;
+    ad_shape s = kind == S   ? ad_scalar_shape()
+                 : kind == V ? ad_vec_shape(4)
+                 : kind == I ? ad_mat_shape(4, 16)
+                 : kind == K ? ad_mat_shape(4, 9)
+                             : ad_mat_shape(4, 4);
+    return ad_param(t, s, big);
 }
 
 static void every_entry(void) {

@@ -114,6 +114,22 @@ static ad_var r_normp15(ad_tape *t, const ad_var *x) { return ad_normp(t, x[0], 
 static ad_var r_normp2(ad_tape *t, const ad_var *x) { return ad_normp(t, x[0], 2); }
 static ad_var r_powz(ad_tape *t, const ad_var *x) { return ad_powz(t, x[0], 0.7); }
 static ad_var r_lq(ad_tape *t, const ad_var *x) { return ad_lq_smooth(t, x[0], 0.5, 0.1); }
+// images: 2 images of 2 channels of 3 x 2 pixels, 2 output channels
+static ad_var r_conv2d(ad_tape *t, const ad_var *x) { return ad_conv2d(t, x[0], x[1], 2, 3, 2, 2); }
+static ad_var r_conv2d_wgrad(ad_tape *t, const ad_var *x) { return ad_conv2d_wgrad(t, x[0], x[1], 2, 3, 2, 2); }
+static ad_var r_conv_flip(ad_tape *t, const ad_var *x) { return ad_conv_flip(t, x[0], 3, 2); }
+static ad_var r_maxpool2(ad_tape *t, const ad_var *x) { return ad_maxpool2(t, x[0], 2, 4, 3); }
+static ad_var r_pool_gather(ad_tape *t, const ad_var *x) { return ad_maxpool2_gather(t, x[0], x[1], 2, 4, 3); }
+static ad_var r_pool_scatter(ad_tape *t, const ad_var *x) { return ad_maxpool2_scatter(t, x[0], x[1], 2, 4, 3); }
+// batch norm of 3 images of 2 channels of 2 x 2 pixels; x[1] is gamma and beta
+static ad_var r_batchnorm(ad_tape *t, const ad_var *x) {
+    return ad_batchnorm(t, x[0], ad_slice(t, x[1], 0, 2), ad_slice(t, x[1], 2, 2), 2, 2, 2, 1e-3);
+}
+static ad_var r_chan_rstd(ad_tape *t, const ad_var *x) { return ad_channel_rstd(t, x[0], 2, 0.3); }
+static ad_var r_chan_proj(ad_tape *t, const ad_var *x) { return ad_channel_proj(t, x[0], x[1], 2); }
+static ad_var r_chan_affine(ad_tape *t, const ad_var *x) { return ad_channel_affine(t, x[0], x[1], 2); }
+static ad_var r_chan_sums(ad_tape *t, const ad_var *x) { return ad_channel_sums(t, x[0], x[1], 2); }
+static ad_var r_channel_bias(ad_tape *t, const ad_var *x) { return ad_channel_bias(t, x[0], x[1], 2, 2, 2); }
 
 #define NK {NAN, NAN}
 static const row rows[] = {
@@ -195,6 +211,18 @@ static const row rows[] = {
     {"normp", r_normp2, 1, {V(5)}, -2, 2, NK, 0},
     {"powz", r_powz, 1, {V(5)}, 0.3, 2, NK, 0},
     {"pow", r_lq, 1, {V(5)}, -2, 2, NK, 0}, // smoothed ||v||_q^q, a composition
+    {"conv2d", r_conv2d, 2, {M(2, 12), M(2, 18)}, -2, 2, NK, 0},
+    {"conv2d_wgrad", r_conv2d_wgrad, 2, {M(2, 12), M(2, 12)}, -2, 2, NK, 0},
+    {"conv_flip", r_conv_flip, 1, {M(2, 27)}, -2, 2, NK, 0},
+    {"pool_gather", r_maxpool2, 1, {M(2, 24)}, -2, 2, NK, 0},          // odd width: a column left out
+    {"pool_gather", r_pool_gather, 2, {M(2, 24), M(2, 24)}, -2, 2, NK, 0},
+    {"pool_scatter", r_pool_scatter, 2, {M(2, 4), M(2, 24)}, -2, 2, NK, 0},
+    {"chan_norm", r_batchnorm, 2, {M(3, 8), V(4)}, -2, 2, NK, 0},     // batch norm
+    {"chan_rstd", r_chan_rstd, 1, {M(3, 8)}, -2, 2, NK, 0},
+    {"chan_proj", r_chan_proj, 2, {M(3, 8), M(3, 8)}, -2, 2, NK, 0},
+    {"chan_affine", r_chan_affine, 2, {M(3, 8), V(4)}, -2, 2, NK, 0},
+    {"chan_sums", r_chan_sums, 2, {M(3, 8), M(3, 8)}, -2, 2, NK, 0},
+    {"expand", r_channel_bias, 2, {M(3, 8), V(2)}, -2, 2, NK, 0},     // per-channel bias, likewise
 };
 // clang-format on
 enum { N_ROWS = sizeof rows / sizeof rows[0] };

@@ -27,12 +27,12 @@ double bench_median(double *x, int n) {
 }
 
 const char *const bench_torch_keys[TORCH_CASES] = {"quad10_ms", "quad1000_ms", "hc_rhg_s", "hc_cg_s",
-                                                   "hc_mlp_rhg_s"};
+                                                   "hc_mlp_rhg_s", "convnet4_s", "convnet4_cpu_s"};
 
 bench_opts bench_default_opts(void) {
     // PyTorch 1.13, float64, on the 2-core machine (AVX-512, torch 1 thread, OpenBLAS 2)
     // (the 2-layer case: measured on this machine by tools/bench_torch.py, OpenBLAS SkylakeX)
-    return (bench_opts){.torch = {5.7, 36.7, 1.2, 0.64, 2.17}};
+    return (bench_opts){.torch = {5.7, 36.7, 1.2, 0.64, 2.17, 0.59, 0.59}};
 }
 
 int bench_torch_read(const char *path, bench_opts *o, char *err, size_t errlen) {

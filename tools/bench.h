@@ -5,9 +5,11 @@
 #include <stddef.h>
 
 // The PyTorch reference cases: (a) RHG on the quadratic with n = 10 and n = 1000 (ms),
-// (d) one UL iteration of hyper-cleaning with RHG and with CG (s).
-// and one UL iteration of RHG (K = 20) on the 2-layer model, hidden 300 (s).
-enum { TORCH_QUAD10, TORCH_QUAD1000, TORCH_HC_RHG, TORCH_HC_CG, TORCH_HC_MLP, TORCH_CASES };
+// (d) one UL iteration of hyper-cleaning with RHG and with CG (s), and one UL iteration of RHG
+// (K = 20) on the 2-layer model, hidden 300 (s); autodiff (f) ConvNet-4 forward and backward (s),
+// and the CPU seconds of its threads (less sensitive to a loaded host).
+enum { TORCH_QUAD10, TORCH_QUAD1000, TORCH_HC_RHG, TORCH_HC_CG, TORCH_HC_MLP, TORCH_CONVNET4,
+       TORCH_CONVNET4_CPU, TORCH_CASES };
 extern const char *const bench_torch_keys[TORCH_CASES];
 
 typedef struct {
@@ -37,5 +39,6 @@ void bench_checkpoint(const bench_opts *o); // `bench memory`: bench_mem.c
 size_t bench_proc_bytes(const char *key);
 // Resets the peak RSS (VmHWM) to the current RSS; returns 1 if the kernel allows it.
 int bench_reset_peak_rss(void);
+void bench_convnet(const bench_opts *o); // autodiff (f), bench_image.c
 
 #endif

@@ -301,4 +301,5 @@ void bench_autodiff(const bench_opts *o) {
     bench_chain(o);
     bench_second_order(o);
     bench_thin(o, peak);
+    bench_convnet(o);
 }

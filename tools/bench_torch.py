@@ -11,7 +11,8 @@ Cases (the same problems, sizes, steps and starts as `hypertape bench bilevel`):
   (a) one RHG hypergradient, GD K = 100, dense quadratic n = 10 and n = 1000;
   (d) one UL iteration of data hyper-cleaning, linear model on 5000 FashionMNIST images:
       RHG with K = 100, and CG with K = 100 LL steps and J = 10 CG iterations; and the 2-layer
-      model (784 -> 300 ReLU -> 10) with RHG, K = 20.
+      model (784 -> 300 ReLU -> 10) with RHG, K = 20;
+  (f) ConvNet-4 forward and backward on one task batch (as `hypertape bench autodiff` (f)).
 Prints medians; with --out FILE also writes them as "case value" lines, which
 `hypertape bench reference --torch FILE` compares with (tools/bench_vs_torch.sh alternates the
 two so both see the same load on a shared machine).
@@ -32,13 +33,13 @@ QUICK = "--quick" in sys.argv
 OUT = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv[:-1] else None
 
 
-def median_seconds(fn, reps):
+def median_seconds(fn, reps, clock=time.perf_counter):
     fn()  # untimed: first-touch of buffers
     s = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        s.append(time.perf_counter() - t0)
+        s.append(clock() - t0)
     return statistics.median(s)
 
 
@@ -162,6 +163,34 @@ def hc_cg(data, K=100, J=10, eta=0.3):
     return -mixed  # F does not depend on x
 
 
+# ---- (f) ConvNet-4: 4 x (conv 3x3, 32 filters, no bias; batch norm; ReLU; 2x2 max-pool), a linear
+# head to 5 classes, mean cross-entropy; the gradient with respect to every parameter ----
+
+def convnet_make(seed=21, n=320, ways=5):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 28, 28, generator=g)
+    y = torch.randint(0, ways, (n,), generator=g)
+    params = []
+    for c_in in (1, 32, 32, 32):
+        params.append((torch.randn(32, c_in, 3, 3, generator=g) * (2 / (9 * c_in)) ** 0.5).requires_grad_())
+        params.append(torch.ones(32, requires_grad=True))
+        params.append(torch.zeros(32, requires_grad=True))
+    params.append((torch.randn(32, ways, generator=g) / 32 ** 0.5).requires_grad_())
+    return x, y, params
+
+
+def convnet_grad(x, y, params):
+    F = torch.nn.functional
+    h = x
+    for b in range(4):
+        w, gamma, beta = params[3 * b:3 * b + 3]
+        h = F.conv2d(h, w, padding=1)
+        h = F.relu(F.batch_norm(h, None, None, gamma, beta, training=True, eps=1e-5))
+        h = F.max_pool2d(h, 2)
+    loss = F.cross_entropy(h.flatten(1) @ params[-1], y)
+    return torch.autograd.grad(loss, params)
+
+
 def blas_name():
     """The BLAS torch's products run in: OpenBLAS's core and threads, if it is the one loaded."""
     with open("/proc/self/maps") as f:
@@ -201,6 +230,13 @@ def main():
     print(f"(d) hyper-cleaning 5000 x 784 x 300 x 10, 2 layers (ReLU), rhg (K = 20): {s:.3f} s per UL "
           f"iteration (median of {reps}; measured before on this machine: 2.17 s)")
     times.append(("hc_mlp_rhg_s", s))
+    x, y, params = convnet_make()
+    reps = 3 if QUICK else 11
+    s = median_seconds(lambda: convnet_grad(x, y, params), reps)
+    cpu = median_seconds(lambda: convnet_grad(x, y, params), reps, time.process_time)
+    print(f"(f) ConvNet-4 forward + backward, 320 images 28 x 28 x 1, 32 filters: {s:.3f} s, "
+          f"CPU {cpu:.3f} s (medians of {reps}; the issue's reference machine: 0.59 s)")
+    times += [("convnet4_s", s), ("convnet4_cpu_s", cpu)]
     if OUT:
         with open(OUT, "w") as f:
             f.writelines(f"{k} {v:.6g}\n" for k, v in times)

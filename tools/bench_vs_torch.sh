@@ -1,7 +1,7 @@
 #!/bin/sh
 # hypertape against PyTorch on this machine: the reference cases (RHG on the quadratic
 # with n = 10 and 1000, one UL iteration of hyper-cleaning with RHG and CG on the linear model
-# and with RHG on the 2-layer one, hidden 300), PyTorch's times
+# and with RHG on the 2-layer one, hidden 300, ConvNet-4 forward and backward), PyTorch's times
 # measured by tools/bench_torch.py right before each `hypertape bench reference` run, for
 # ROUNDS rounds, so both see the same load on a shared machine; each round prints the ratios,
 # and with them the like-for-like lines: f from general products (4 passes per step, as PyTorch's
@@ -24,6 +24,6 @@ while [ "$r" -le "$rounds" ]; do
     echo "== round $r of $rounds"
     /usr/bin/python3 tools/bench_torch.py $quick --out "$times"
     build/tools/hypertape bench reference $quick --torch "$times" |
-        grep -E '^\((a|d)\)|general products|all on cblas|floor|budget of before|dgemm peak'
+        grep -E '^\((a|d|f)\)|general products|all on cblas|floor|budget of before|dgemm peak|CPU seconds'
     r=$((r + 1))
 done

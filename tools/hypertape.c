@@ -22,7 +22,8 @@ static const char *usage_text =
 static const char *bench_usage =
     "usage: hypertape bench [autodiff|bilevel|reference|memory|all] [--quick] [--torch FILE]\n"
     "  autodiff, bilevel     the engine's and the hypergradients' benchmarks (all: both)\n"
-    "  reference             only the cases the issue gives PyTorch times for (bilevel (a), (d))\n"
+    "  reference             only the cases the issue gives PyTorch times for (bilevel (a), (d),\n"
+    "                        autodiff (f))\n"
     "  memory                RHG in bounded memory (checkpointing) against stored iterates\n"
     "  --quick               fewer repeats\n"
     "  --torch FILE          compare with PyTorch's times measured on this machine, as written by\n"
@@ -59,6 +60,7 @@ static int cmd_bench(int argc, char **argv) {
     if (!strcmp(what, "all") || !strcmp(what, "autodiff")) bench_autodiff(&o);
     if (!strcmp(what, "memory")) bench_checkpoint(&o);
     else if (strcmp(what, "autodiff")) bench_bilevel(&o);
+    if (o.reference_only) bench_convnet(&o);
     return 0;
 }
 

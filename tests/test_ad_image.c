@@ -1,0 +1,223 @@
+// The image ops beyond their finite-difference rows (test_ad_ops.c): conv2d's im2col + dgemm
+// against the plain loop over geometries that cross its blocks of images, the weight gradient
+// and the transposed convolution against the same loop through the adjoint identities, max-pool
+// against a plain loop (ties to the first maximum, as PyTorch), batch norm's closed form,
+// bad geometry as one-line errors, and second order through a small ConvNet (a MAML step).
+#include "harness.h"
+#include "tests.h"
+
+#include "../autodiff/ad.h"
+#include "../autodiff/internal.h" // ad_conv3x3_direct
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static double *randn(ad_rng *g, size_t n) {
+    double *v = malloc(n * sizeof *v);
+    for (size_t i = 0; i < n; i++) v[i] = ad_rng_normal(g);
+    return v;
+}
+
+static double dot(const double *a, const double *b, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+typedef struct {
+    int n, c_in, h, w, c_out;
+} geom;
+
+// n = 30 of 16 x 12 x 12 to 5 makes blocks of 12 images: three, the last one short.
+static const geom geoms[] = {{1, 1, 1, 1, 1}, {2, 1, 5, 3, 4}, {3, 3, 4, 7, 2}, {30, 16, 12, 12, 5},
+                             {7, 2, 28, 28, 3}};
+
+static void conv_against_direct(void) {
+    for (size_t gi = 0; gi < sizeof geoms / sizeof geoms[0]; gi++) {
+        geom q = geoms[gi];
+        char name[128];
+        snprintf(name, sizeof name, "image: conv2d, its weight gradient and transpose against the plain loop, "
+                 "%d x %d x %d x %d -> %d", q.n, q.c_in, q.h, q.w, q.c_out);
+        TEST_CASE(name) {
+            ad_rng g;
+            ad_rng_seed(&g, 40 + gi);
+            size_t hw = (size_t)q.h * q.w, nx = q.n * q.c_in * hw, ny = q.n * q.c_out * hw,
+                   nw = (size_t)q.c_out * q.c_in * 9;
+            double *x = randn(&g, nx), *wt = randn(&g, nw), *gy = randn(&g, ny), *ref = malloc(ny * sizeof *ref);
+            ad_conv3x3_direct(x, wt, q.n, q.c_in, q.h, q.w, q.c_out, ref);
+            ad_tape *t = ad_tape_new(NULL);
+            ad_var X = ad_const(t, ad_mat_shape(q.n, (int)(q.c_in * hw)), x);
+            ad_var W = ad_const(t, ad_mat_shape(q.c_out, q.c_in * 9), wt);
+            ad_var G = ad_const(t, ad_mat_shape(q.n, (int)(q.c_out * hw)), gy);
+            const double *y = ad_value(t, ad_conv2d(t, X, W, q.c_in, q.h, q.w, q.c_out));
+            double worst = 0, scale = 0;
+            for (size_t i = 0; i < ny; i++) worst = fmax(worst, fabs(y[i] - ref[i])), scale = fmax(scale, fabs(ref[i]));
+            EXPECT(ad_tape_status(t) == AD_OK && worst <= 1e-13 * (1 + scale), "max difference %g (scale %g): %s",
+                   worst, scale, ad_tape_error(t));
+            // <conv(X, W), G> = <W, wgrad(X, G)> = <X, conv(G, flip(W))>, the left side the loop's
+            const double *dw = ad_value(t, ad_conv2d_wgrad(t, X, G, q.c_in, q.h, q.w, q.c_out));
+            const double *dx = ad_value(t, ad_conv2d(t, G, ad_conv_flip(t, W, q.c_in, q.c_out), q.c_out, q.h, q.w, q.c_in));
+            double lhs = dot(ref, gy, ny), a = dot(wt, dw, nw), b = dot(x, dx, nx), tol = 1e-12 * (1 + fabs(lhs)) * sqrt((double)ny);
+            EXPECT(fabs(a - lhs) <= tol && fabs(b - lhs) <= tol, "<Y, G> = %.15g, <W, dW> = %.15g, <X, dX> = %.15g",
+                   lhs, a, b);
+            ad_tape_free(t);
+            free(x), free(wt), free(gy), free(ref);
+        }
+    }
+}
+
+static void pool_cases(void) {
+    TEST_CASE("image: max-pool against the plain loop; ties go to the first maximum, odd edges are left out") {
+        enum { N = 3, C = 2, H = 5, W = 7 };
+        double x[N * C * H * W];
+        ad_rng g;
+        ad_rng_seed(&g, 5);
+        for (int i = 0; i < N * C * H * W; i++) x[i] = (double)(ad_rng_next(&g) % 4) - 1; // many ties
+        ad_tape *t = ad_tape_new(NULL);
+        ad_var X = ad_param(t, ad_mat_shape(N, C * H * W), x);
+        ad_var Y = ad_maxpool2(t, X, C, H, W), dX;
+        EXPECT(ad_shape_eq(ad_shape_of(t, Y), ad_mat_shape(N, C * 2 * 3)), "shape");
+        ad_grad(t, ad_sum(t, Y), 1, &X, &dX, 0);
+        const double *y = ad_value(t, Y), *dx = ad_value(t, dX);
+        double want_dx[N * C * H * W] = {0};
+        for (int q = 0; q < N * C; q++)
+            for (int i = 0; i < H / 2; i++)
+                for (int j = 0; j < W / 2; j++) {
+                    int best = -1;
+                    for (int di = 0; di < 2; di++)
+                        for (int dj = 0; dj < 2; dj++) {
+                            int p = q * H * W + (2 * i + di) * W + 2 * j + dj;
+                            if (best < 0 || x[p] > x[best]) best = p;
+                        }
+                    EXPECT(y[q * 6 + i * 3 + j] == x[best], "window %d %d %d", q, i, j);
+                    want_dx[best] = 1;
+                }
+        EXPECT(!memcmp(dx, want_dx, sizeof want_dx), "the gradient is not the argmax routing");
+        ad_tape_free(t);
+    }
+}
+
+static void batchnorm_cases(void) {
+    TEST_CASE("image: batch norm gives each channel mean beta and variance gamma^2 var / (var + eps)") {
+        enum { N = 4, C = 3, H = 3, W = 2, K = H * W };
+        ad_rng g;
+        ad_rng_seed(&g, 8);
+        double *x = randn(&g, N * C * K), gamma[C] = {1.5, -0.5, 2}, beta[C] = {0.25, -1, 3}, eps = 1e-3;
+        for (int i = 0; i < N * C * K; i++) x[i] = 10 + 3 * x[i]; // away from 0, to see the centring
+        ad_tape *t = ad_tape_new(NULL);
+        ad_var Y = ad_batchnorm(t, ad_const(t, ad_mat_shape(N, C * K), x), ad_const(t, ad_vec_shape(C), gamma),
+                                ad_const(t, ad_vec_shape(C), beta), C, H, W, eps);
+        const double *y = ad_value(t, Y);
+        for (int c = 0; c < C; c++) {
+            double mx = 0, vx = 0, my = 0, vy = 0;
+            for (int b = 0; b < N; b++)
+                for (int p = 0; p < K; p++) mx += x[(b * C + c) * K + p], my += y[(b * C + c) * K + p];
+            mx /= N * K, my /= N * K;
+            for (int b = 0; b < N; b++)
+                for (int p = 0; p < K; p++) {
+                    vx += pow(x[(b * C + c) * K + p] - mx, 2);
+                    vy += pow(y[(b * C + c) * K + p] - my, 2);
+                }
+            vx /= N * K, vy /= N * K;
+            EXPECT(fabs(my - beta[c]) < 1e-12 && fabs(vy - gamma[c] * gamma[c] * vx / (vx + eps)) < 1e-12,
+                   "channel %d: mean %.15g, variance %.15g", c, my, vy);
+        }
+        ad_tape_free(t);
+        free(x);
+    }
+}
+
+static void errors(void) {
+    TEST_CASE("image: bad geometry is a one-line error naming the op") {
+        struct {
+            int which;
+            const char *says;
+        } c[] = {{0, "conv2d: input [2, 12] is not a batch [n, 18] of 2 x 3 x 3 images"},
+                 {1, "conv2d: weights [2, 18] are not [c_out, c_in*9] = [3, 18]"},
+                 {2, "conv2d: bad image geometry c = 2, h = 0"},
+                 {3, "pool_scatter: operand [2, 12] is not [2, 2]"},
+                 {4, "batchnorm: scale [3] is not a vector [2]"},
+                 {5, "chan_norm: eps = 0 is not finite and > 0"},
+                 {6, "conv2d_wgrad: input [2, 12] and output gradient [3, 12] differ in images"},
+                 {7, "conv2d_wgrad: a gradient [20000, 20000 * 9] has more entries than an int holds"},
+                 {8, "chan_sums: shapes [2, 6] and [2, 12] differ"}};
+        for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+            ad_tape *t = ad_tape_new(NULL);
+            ad_var X = ad_fill(t, ad_mat_shape(2, 12), 1), W = ad_fill(t, ad_mat_shape(2, 18), 1), r = AD_NONE;
+            switch (c[i].which) {
+            case 0: r = ad_conv2d(t, X, W, 2, 3, 3, 2); break;
+            case 1: r = ad_conv2d(t, X, W, 2, 3, 2, 3); break;
+            case 2: r = ad_conv2d(t, X, W, 2, 0, 6, 2); break;
+            case 3: r = ad_maxpool2_scatter(t, X, X, 2, 3, 2); break;
+            case 4: r = ad_batchnorm(t, X, ad_fill(t, ad_vec_shape(3), 1), ad_fill(t, ad_vec_shape(2), 0), 2, 3, 2, 1e-5); break;
+            case 5: r = ad_channel_norm(t, X, 2, 0); break;
+            case 6: r = ad_conv2d_wgrad(t, X, ad_fill(t, ad_mat_shape(3, 12), 1), 2, 3, 2, 2); break;
+            case 8: r = ad_channel_sums(t, ad_fill(t, ad_mat_shape(2, 6), 1), X, 2); break;
+            default: {
+                ad_var big = ad_fill(t, ad_mat_shape(1, 20000), 1);
+                r = ad_conv2d_wgrad(t, big, big, 20000, 1, 1, 20000);
+            }
+            }
+            EXPECT(r == AD_NONE && ad_tape_status(t) != AD_OK && strstr(ad_tape_error(t), c[i].says) &&
+                       !strchr(ad_tape_error(t), '\n'),
+                   "case %zu: %s", i, ad_tape_error(t));
+            ad_tape_free(t);
+        }
+    }
+}
+
+// ---- second order: the loss after one inner gradient step (MAML) through conv, batch norm,
+// ReLU and max-pool, differentiated in the initial weights by ad_grad and by differences ----
+
+enum { MN = 4, MS = 4, MC = 2, MWAYS = 3 }; // 4 images of 1 x 4 x 4, 2 filters, 3 classes
+static const int32_t maml_labels[MN] = {0, 2, 1, 2};
+
+static ad_var maml_net(ad_tape *t, const double *x, ad_var w1, ad_var w2, ad_var gamma, ad_var beta, ad_var head) {
+    ad_var X = ad_const(t, ad_mat_shape(MN, MS * MS), x);
+    ad_var h = ad_batchnorm(t, ad_conv2d(t, X, w1, 1, MS, MS, MC), gamma, beta, MC, MS, MS, 1e-3);
+    h = ad_maxpool2(t, ad_relu(t, h), MC, MS, MS);                      // [4, 2 * 2 * 2]
+    h = ad_maxpool2(t, ad_conv2d(t, h, w2, MC, MS / 2, MS / 2, MC), MC, MS / 2, MS / 2); // [4, 2]
+    return ad_mean(t, ad_xent(t, ad_matmul(t, h, head, 0, 0), maml_labels));
+}
+
+typedef struct {
+    double x[MN * MS * MS];
+} maml_ctx;
+
+// in: w1 [2, 9], w2 [2, 18], gamma and beta [2] as one [4], head [2, 3]. One inner step on all.
+static ad_var maml(ad_tape *t, const ad_var *in, void *c) {
+    const maml_ctx *m = c;
+    ad_var gamma = ad_slice(t, in[2], 0, MC), beta = ad_slice(t, in[2], MC, MC);
+    ad_var p[5] = {in[0], in[1], gamma, beta, in[3]}, g[5];
+    ad_var inner = maml_net(t, m->x, p[0], p[1], p[2], p[3], p[4]);
+    if (ad_grad(t, inner, 5, p, g, AD_CREATE_GRAPH) != AD_OK) return AD_NONE;
+    for (int k = 0; k < 5; k++) p[k] = ad_axpy(t, p[k], -0.4, g[k]);
+    return maml_net(t, m->x, p[0], p[1], p[2], p[3], p[4]);
+}
+
+static void maml_case(void) {
+    TEST_CASE("image: a MAML step through conv, batch norm, ReLU and max-pool matches finite differences") {
+        maml_ctx m;
+        ad_rng g;
+        ad_rng_seed(&g, 77);
+        for (int i = 0; i < MN * MS * MS; i++) m.x[i] = ad_rng_normal(&g);
+        double w1[18], w2[36], gb[4] = {1.2, 0.8, 0.1, -0.2}, head[6];
+        for (int i = 0; i < 18; i++) w1[i] = ad_rng_normal(&g) / 3;
+        for (int i = 0; i < 36; i++) w2[i] = ad_rng_normal(&g) / 4;
+        for (int i = 0; i < 6; i++) head[i] = ad_rng_normal(&g);
+        ad_shape s[4] = {ad_mat_shape(MC, 9), ad_mat_shape(MC, MC * 9), ad_vec_shape(4), ad_mat_shape(MC, MWAYS)};
+        const double *pt[4] = {w1, w2, gb, head};
+        ad_check_params p = ad_check_default_params();
+        ad_check_report rep = ad_check_grad(maml, &m, 4, s, pt, &p);
+        EXPECT(rep.status == AD_OK && rep.pass, "%s", rep.msg);
+    }
+}
+
+void test_ad_image(void) {
+    conv_against_direct();
+    pool_cases();
+    batchnorm_cases();
+    errors();
+    maml_case();
+}
