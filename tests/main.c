@@ -11,6 +11,7 @@ int main(int argc, char **argv) {
     test_ad_handles();
     test_ad_products();
     test_ad_thin();
+    test_ad_jvp();
     test_bilevel();
     test_bilevel_methods();
     test_bilevel_solver();

@@ -7,6 +7,7 @@ void test_ad_errors(void);
 void test_ad_handles(void);
 void test_ad_products(void);
 void test_ad_thin(void);
+void test_ad_jvp(void);
 void test_bilevel(void);
 void test_bilevel_methods(void);
 void test_bilevel_solver(void);
