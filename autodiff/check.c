@@ -209,6 +209,20 @@ ad_check_report ad_check_grad(ad_fn fn, void *ctx, int n_in, const ad_shape *sha
     return r;
 }
 
+// A seeded random direction v over all inputs (flattened) and the central-difference step along
+// it, h scaled by the point's largest entry.
+static double direction(const evaluator *e, const ad_check_params *p, double *v) {
+    ad_rng rng;
+    ad_rng_seed(&rng, p->seed);
+    double xmax = 0;
+    for (int k = 0, off = 0; k < e->n_in; k++)
+        for (int i = 0, nk = ad_shape_size(e->shapes[k]); i < nk; i++, off++) {
+            v[off] = ad_rng_normal(&rng);
+            xmax = fmax(xmax, fabs(e->x[k][i]));
+        }
+    return p->h * fmax(1.0, xmax);
+}
+
 ad_check_report ad_check_hvp(ad_fn fn, void *ctx, int n_in, const ad_shape *shapes,
                              const double *const *point, const ad_check_params *par) {
     ad_check_params p = par ? *par : ad_check_default_params();
@@ -219,16 +233,8 @@ ad_check_report ad_check_hvp(ad_fn fn, void *ctx, int n_in, const ad_shape *shap
         size_t sz = (size_t)(n ? n : 1) * sizeof(double);
         double *v = malloc(sz), *hv = malloc(sz), *gp = malloc(sz), *gm = malloc(sz), *g = malloc(sz);
         bool ok = v && hv && gp && gm && g;
-        ad_rng rng;
-        ad_rng_seed(&rng, p.seed);
-        double xmax = 0;
-        for (int k = 0, off = 0; ok && k < n_in; k++)
-            for (int i = 0, nk = ad_shape_size(shapes[k]); i < nk; i++, off++) {
-                v[off] = ad_rng_normal(&rng);
-                xmax = fmax(xmax, fabs(e.x[k][i]));
-            }
+        double h = ok ? direction(&e, &p, v) : 0;
         ok = ok && gradient(&e, g, v, hv);
-        double h = p.h * fmax(1.0, xmax);
         for (int sgn = 1; ok && sgn >= -1; sgn -= 2) {
             for (int k = 0, off = 0; k < n_in; k++)
                 for (int i = 0, nk = ad_shape_size(shapes[k]); i < nk; i++, off++)
@@ -293,21 +299,13 @@ ad_check_report ad_check_jvp(ad_fn fn, void *ctx, int n_in, const ad_shape *shap
         int n = total_size(&e), m = 0;
         double *v = malloc((size_t)(n ? n : 1) * sizeof *v), *jv = NULL, *fp = NULL, *fm = NULL;
         bool ok = v != NULL;
-        ad_rng rng;
-        ad_rng_seed(&rng, p.seed);
-        double xmax = 0;
-        for (int k = 0, off = 0; ok && k < n_in; k++)
-            for (int i = 0, nk = ad_shape_size(shapes[k]); i < nk; i++, off++) {
-                v[off] = ad_rng_normal(&rng);
-                xmax = fmax(xmax, fabs(e.x[k][i]));
-            }
+        double h = ok ? direction(&e, &p, v) : 0;
         ok = ok && jvp_at(&e, v, &jv, &m);
         if (ok) {
             fp = malloc((size_t)(m ? m : 1) * sizeof *fp), fm = malloc((size_t)(m ? m : 1) * sizeof *fm);
             ok = fp && fm;
             if (!ok) r.status = AD_ENOMEM;
         }
-        double h = p.h * fmax(1.0, xmax);
         ad_shape os = ad_vec_shape(m);
         ok = ok && value_along(&e, point, v, h, 1, fp, m, &os) && value_along(&e, point, v, h, -1, fm, m, &os);
         if (ok) {
