@@ -14,6 +14,7 @@ int main(int argc, char **argv) {
     test_ad_jvp();
     test_bilevel();
     test_bilevel_methods();
+    test_bilevel_fhg();
     test_bilevel_solver();
     test_models_data();
     test_models_toys();

@@ -10,6 +10,7 @@ void test_ad_thin(void);
 void test_ad_jvp(void);
 void test_bilevel(void);
 void test_bilevel_methods(void);
+void test_bilevel_fhg(void);
 void test_bilevel_solver(void);
 void test_models_data(void);
 void test_models_toys(void);
