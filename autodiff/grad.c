@@ -323,30 +323,32 @@ static bool check_jvp(ad_tape *t, ad_var y, int n, const ad_var *wrt, int m, con
 // Reverse of a reverse: g(u) = J^T u for a parameter u (its value is never read: g is linear in
 // u), recorded deferred like the inner gradient of a Hessian-vector product, then for each
 // tangent set d/du sum_i <g_i(u), v_i> = J v. The outer sweeps share g's graph and what they
-// compute of it.
+// compute of it. The m sums are recorded before any sweep, so a sweep's range (from its sum down
+// to u) holds g and the sums, not the nodes of the sweeps before it.
 ad_status ad_jvp(ad_tape *t, ad_var y, int n, const ad_var *wrt, int m, const ad_var *v,
                  ad_var *out, unsigned flags) {
     for (int j = 0; m > 0 && out && j < m; j++) out[j] = AD_NONE;
     if (!check_jvp(t, y, n, wrt, m, v, out) || m == 0) return t->status;
-    ad_var *g = malloc(sizeof(ad_var) * (size_t)(n > 0 ? n : 1));
+    ad_var *g = malloc(sizeof(ad_var) * ((size_t)n + (size_t)m)), *sums = g + n;
     if (!g) {
-        ad_fail(t, AD_ENOMEM, "jvp: out of memory for %d inputs", n);
+        ad_fail(t, AD_ENOMEM, "jvp: out of memory for %d inputs and %d tangent sets", n, m);
         return t->status;
     }
     ad_shape sy = ad_shape_fast(t, y);
     ad_var u = ad_param(t, sy, ad_value(t, ad_fill(t, sy, 0.0)));
     if (u && vjp_impl(t, y, u, n, wrt, g, AD_CREATE_GRAPH, 1) == AD_OK) {
-        for (int j = 0; j < m && t->status == AD_OK; j++) {
-            int saved = t->lazy;
-            t->lazy = 1; // the sum is only differentiated
-            ad_var s = n > 0 ? AD_NONE : ad_fill(t, ad_scalar_shape(), 0.0);
+        int saved = t->lazy;
+        t->lazy = 1; // the sums are only differentiated
+        for (int j = 0; j < m; j++) {
+            sums[j] = n > 0 ? AD_NONE : ad_fill(t, ad_scalar_shape(), 0.0);
             for (int i = 0; i < n; i++) {
                 ad_var d = ad_dot(t, g[i], v[(size_t)j * n + i]);
-                s = s ? ad_add(t, s, d) : d;
+                sums[j] = sums[j] ? ad_add(t, sums[j], d) : d;
             }
-            t->lazy = saved;
-            vjp_impl(t, s, ad_unit(t), 1, &u, &out[j], flags, 0);
         }
+        t->lazy = saved;
+        for (int j = 0; j < m && t->status == AD_OK; j++)
+            vjp_impl(t, sums[j], ad_unit(t), 1, &u, &out[j], flags, 0);
     }
     free(g);
     if (t->status != AD_OK)

@@ -28,5 +28,6 @@ double bench_now(void);                  // monotonic seconds
 double bench_median(double *x, int n);   // sorts x
 void bench_autodiff(const bench_opts *o);
 void bench_bilevel(const bench_opts *o);
+void bench_fhg(const bench_opts *o); // bench_fhg.c: forward against reverse mode
 
 #endif

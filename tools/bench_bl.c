@@ -533,4 +533,5 @@ void bench_bilevel(const bench_opts *o) {
     bench_quadratic(o);
     if (!o->reference_only) bench_ptt(o);
     bench_hyperclean(o);
+    if (!o->reference_only) bench_fhg(o);
 }
