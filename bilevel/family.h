@@ -62,8 +62,6 @@ blo_status blo_implicit_method_init(void **state, const blo_method_env *env, int
 blo_status blo_implicit_method_direction(void *state, int t, const double *x, const double *z,
                                          double *gx, double *gz, double *y, blo_record *rec,
                                          blo_error *err);
-blo_status blo_implicit_method_phi(void *state, const double *x, const double *z, double *value,
-                                   blo_error *err);
 
 // An implicit method blo_method_NAME from its file's `defaults`, with its table: K, J (its help),
 // the solver's own setting, warm starts.
@@ -76,7 +74,7 @@ blo_status blo_implicit_method_phi(void *state, const double *x, const double *z
         #NAME, SUMMARY, BLO_NEEDS_DYNAMICS | BLO_NEEDS_HVP, BLO_GRAD_APPROX, "gd",                  \
         sizeof(blo_implicit_method_params), &defaults, settings, blo_implicit_method_resolve, NULL, \
         blo_implicit_method_init, blo_implicit_method_direction, blo_ll_solution,                  \
-        blo_implicit_method_phi, blo_ll_save, blo_ll_load, blo_ll_free}
+        blo_ll_phi, blo_ll_save, blo_ll_load, blo_ll_free}
 
 // ---- what both families share: an LL start y0 that warm starts move, and y_K as the solution ------
 
@@ -96,6 +94,9 @@ typedef struct {
 blo_status blo_ll_new(void **state, size_t size, const blo_method_env *env, int K, int ia,
                       int keep_states, blo_error *err);
 blo_status blo_ll_solution(void *state, const double *x, const double *z, double *y, blo_error *err);
+// F(x, y_K(x)) from the start the last direction used (y0_ref): the value fhg differentiates and
+// cg and neumann approximate the gradient of.
+blo_status blo_ll_phi(void *state, const double *x, const double *z, double *value, blo_error *err);
 blo_status blo_ll_save(const void *state, blo_writer *w);
 blo_status blo_ll_load(void *state, blo_reader *r, blo_error *err);
 void blo_ll_free(void *state);

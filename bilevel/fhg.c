@@ -178,20 +178,27 @@ static blo_status fhg_direction(void *state, int t, const double *x, const doubl
     return blo_ok(err);
 }
 
-// F(x, y_K(x)) from the start the last direction used: rhg's value, through its phi.
-static blo_status fhg_phi(void *state, const double *x, const double *z, double *value,
-                          blo_error *err) {
-    fhg *s = state;
+// y_K from the LL start, one step at a time through two states [2 S]: the solution a run reports
+// keeps no trajectory either.
+static blo_status fhg_solution(void *state, const double *x, const double *z, double *y,
+                               blo_error *err) {
+    blo_ll_state *h = state;
+    int S = h->dyn.state_size;
     (void)z;
-    blo_hypergrad_params hp = blo_hypergrad_default_params();
-    hp.K = s->ll.K, hp.tape = s->ll.tape;
-    blo_hypergrad_info info = {.k_start = 0, .k_end = s->ll.K, .kbar = s->ll.K};
-    return blo_hypergrad_phi(s->ll.p, &s->ll.dyn, &hp, &info, s->ll.x_ref, s->ll.y0_ref, x,
-                             s->ll.y0_ref, value, err);
+    double *two = malloc(sizeof(double) * 2 * (size_t)S);
+    if (!two) return blo_fail(err, BLO_ENOMEM, "fhg: out of memory for 2 LL states of %d doubles", S);
+    blo_status st = blo_state_init(h->p, &h->dyn, h->y0, two, h->tape, err);
+    for (int k = 0; k < h->K && !st; k++) {
+        st = blo_unroll(h->p, &h->dyn, x, k, two, 1, two, NULL, h->tape, err);
+        memcpy(two, two + S, sizeof(double) * (size_t)S);
+    }
+    if (!st) st = blo_state_read_y(h->p, &h->dyn, two, y, h->tape, err);
+    free(two);
+    return st;
 }
 
 const blo_method_type blo_method_fhg = {
     "fhg", "forward-mode hypergradient: tangents dstate/dx carried through all K LL steps (FHG)",
     BLO_NEEDS_DYNAMICS | BLO_NEEDS_HVP, BLO_GRAD_EXACT, "gd", sizeof(fhg_params), &defaults,
-    settings, NULL, NULL, fhg_init, fhg_direction, blo_ll_solution, fhg_phi, blo_ll_save,
+    settings, NULL, NULL, fhg_init, fhg_direction, fhg_solution, blo_ll_phi, blo_ll_save,
     blo_ll_load, fhg_free};
