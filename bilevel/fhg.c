@@ -1,19 +1,20 @@
 // fhg: the forward-mode hypergradient through all K steps of the LL dynamics (Franceschi et al.,
-// "Forward and Reverse Gradient-Based Hyperparameter Optimization", ICML 2017, Sec. 2.1, the
-// forward-mode recursion Z_t = A_t Z_{t-1} + B_t; BVFIM Table 2's FHG row). It carries the
+// "Forward and Reverse Gradient-Based Hyperparameter Optimization", ICML 2017, the forward-mode
+// procedure: the recursion Z_t = A_t Z_{t-1} + B_t; BVFIM Table 2's FHG row). It carries the
 // tangents of the dynamics' state, Z_k = d state_k / dx [S, n_x], forward with the steps:
 //     Z_0 = 0 (y_0 does not depend on x),  Z_{k+1} = A_k Z_k + B_k,
 //     A_k = d Phi_k / d state [S, S],  B_k = d Phi_k / dx [S, n_x],
 // column j of Z_{k+1} being the Jacobian-vector product of the recorded step along (e_j, Z_k e_j)
 // (ad_jvp, `block` columns per call sharing one inner reverse), and ends with
 //     grad = dF/dx (x, y_K) + Z_K^T dF/dstate_K.
-// Memory O(S n_x) and no stored trajectory; time n_x JVPs per step, against RHG's one VJP per
-// step and K + 1 stored states: forward mode pays when n_x is small (the README's bench). It
-// differentiates what rhg does, F(x, y_K(x)) from a fixed y_0, so its phi is rhg's and
-// blo_check_hypergrad checks it. IA, PTT and truncation are not settings of fhg (a run that asks
-// for them is refused as for any setting a method lacks): they change where a reverse sweep
-// starts and stops, and a forward pass would need Z at K-bar or a held state instead (rhg,
-// trhg and ait have them).
+// Memory O(S n_x) and no stored trajectory (its solution steps through two states too); time
+// n_x JVPs per step against RHG's one VJP per step and K + 1 stored states: on the quadratic it
+// meets RHG's time at n_x = 1 when products dominate and is slower beyond (the README's bench).
+// It differentiates what rhg does, F(x, y_K(x)) from a fixed y_0, so its phi is rhg's value
+// (blo_ll_phi) and blo_check_hypergrad checks it. IA, PTT and truncation are not settings of fhg
+// (a run that asks for them is refused as for any setting a method lacks): they change where a
+// reverse sweep starts and stops, and a forward pass would need Z at K-bar or a held state
+// instead (rhg, trhg and ait have them).
 #include "family.h"
 
 #include <math.h>
@@ -37,7 +38,7 @@ static const blo_setting settings[] = {
 };
 
 typedef struct {
-    blo_ll_state ll; // first: the shared solution, save, load and free use it
+    blo_ll_state ll; // first: the shared phi, save, load and free use it
     fhg_params par;
     double *mem;          // what the buffers below are carved from (they swap every step)
     double *state, *next; // state_k, state_{k+1} [S]
