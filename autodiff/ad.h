@@ -305,6 +305,17 @@ enum {
 // n < 0, or a NULL wrt or out with n > 0, is an AD_EARG.
 ad_status ad_vjp(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var *wrt, ad_var *out,
                  unsigned flags);
+// Jacobian-vector products (forward mode), m of them at once: out[j] = sum_i (dy/dwrt[i]) v[j n + i]
+// for j = 0..m-1, each of y's shape, where v[j n + i] (a tangent of wrt[i]) has wrt[i]'s shape.
+// Built as a reverse of a reverse: g(u) = J^T u is recorded once, deferred (its values are never
+// needed), for a parameter u of y's shape, and J v = d<g(u), v>/du is one reverse sweep through
+// it per tangent set; so every op has a forward derivative without a rule of its own, and a
+// product costs what forward mode would (for y = A s: A v, never A^T u). With AD_CREATE_GRAPH
+// out is recorded so it can be differentiated again. Constant wrt (no gradient flows into
+// them) and tangents of another shape are errors, as are n < 0, m < 0 and NULL lists when
+// n > 0 or m > 0 (AD_EARG, AD_ESHAPE); out is cleared first.
+ad_status ad_jvp(ad_tape *t, ad_var y, int n, const ad_var *wrt, int m, const ad_var *v,
+                 ad_var *out, unsigned flags);
 // Gradient of a scalar y.
 ad_status ad_grad(ad_tape *t, ad_var y, int n, const ad_var *wrt, ad_var *out, unsigned flags);
 // Hessian-vector product at the current point: out = (d^2 f / d x^2) v, f scalar, v of x's shape.
@@ -315,7 +326,8 @@ ad_status ad_hvp_mixed(ad_tape *t, ad_var f, ad_var x, ad_var y, ad_var v, ad_va
 
 // ---- finite-difference checks (for users' own expressions) ---------------------------------------
 
-// Builds a scalar from the inputs (leaves made by the checker). Return AD_NONE on failure.
+// Builds a scalar from the inputs (leaves made by the checker; ad_check_jvp takes any shape).
+// Return AD_NONE on failure.
 typedef ad_var (*ad_fn)(ad_tape *t, const ad_var *in, void *ctx);
 
 typedef struct {
@@ -346,6 +358,12 @@ ad_check_report ad_check_grad(ad_fn fn, void *ctx, int n_in, const ad_shape *sha
 // Hessian of all inputs) with central differences of the gradient along v. Arguments are
 // checked as for ad_check_grad.
 ad_check_report ad_check_hvp(ad_fn fn, void *ctx, int n_in, const ad_shape *shapes,
+                             const double *const *point, const ad_check_params *p);
+
+// Compare ad_jvp along a seeded random tangent (one per input) with central differences of fn
+// along it; fn may return a tensor of any shape here, and the report's entries are the output's
+// (worst_input 0). Arguments are checked as for ad_check_grad.
+ad_check_report ad_check_jvp(ad_fn fn, void *ctx, int n_in, const ad_shape *shapes,
                              const double *const *point, const ad_check_params *p);
 
 // ---- a small seeded generator (splitmix64 / xoshiro256**) ---------------------------------------

@@ -1,5 +1,5 @@
-// Public finite-difference checkers: a user's gradient or Hessian-vector product against central
-// differences, reporting the worst entry. Each evaluation records on a fresh tape.
+// Public finite-difference checkers: a user's gradient, Hessian-vector product or Jacobian-vector
+// product against central differences, reporting the worst entry. Each evaluation records on a fresh tape.
 #include "internal.h"
 
 #include <math.h>
@@ -22,7 +22,8 @@ typedef struct {
 } evaluator;
 
 // Records the inputs at the current point and calls fn; returns f or AD_NONE (error on tape).
-static ad_var record(evaluator *e) {
+// any_shape: f may be a tensor of any shape (the forward-mode check), else a scalar.
+static ad_var record_fn(evaluator *e, bool any_shape) {
     ad_tape_reset(e->t);
     for (int k = 0; k < e->n_in; k++) e->in[k] = ad_param(e->t, e->shapes[k], e->x[k]);
     if (ad_tape_status(e->t) != AD_OK) return AD_NONE;
@@ -33,12 +34,14 @@ static ad_var record(evaluator *e) {
         return AD_NONE;
     }
     ad_shape s = ad_shape_of(e->t, f);
-    if (s.rows * s.cols != 1) {
+    if (!any_shape && s.rows * s.cols != 1) {
         ad_tape_fail(e->t, AD_ESHAPE, "check: the function did not return a scalar");
         return AD_NONE;
     }
     return f;
 }
+
+static ad_var record(evaluator *e) { return record_fn(e, false); }
 
 static int total_size(const evaluator *e) {
     int n = 0;
@@ -206,6 +209,20 @@ ad_check_report ad_check_grad(ad_fn fn, void *ctx, int n_in, const ad_shape *sha
     return r;
 }
 
+// A seeded random direction v over all inputs (flattened) and the central-difference step along
+// it, h scaled by the point's largest entry.
+static double direction(const evaluator *e, const ad_check_params *p, double *v) {
+    ad_rng rng;
+    ad_rng_seed(&rng, p->seed);
+    double xmax = 0;
+    for (int k = 0, off = 0; k < e->n_in; k++)
+        for (int i = 0, nk = ad_shape_size(e->shapes[k]); i < nk; i++, off++) {
+            v[off] = ad_rng_normal(&rng);
+            xmax = fmax(xmax, fabs(e->x[k][i]));
+        }
+    return p->h * fmax(1.0, xmax);
+}
+
 ad_check_report ad_check_hvp(ad_fn fn, void *ctx, int n_in, const ad_shape *shapes,
                              const double *const *point, const ad_check_params *par) {
     ad_check_params p = par ? *par : ad_check_default_params();
@@ -216,16 +233,8 @@ ad_check_report ad_check_hvp(ad_fn fn, void *ctx, int n_in, const ad_shape *shap
         size_t sz = (size_t)(n ? n : 1) * sizeof(double);
         double *v = malloc(sz), *hv = malloc(sz), *gp = malloc(sz), *gm = malloc(sz), *g = malloc(sz);
         bool ok = v && hv && gp && gm && g;
-        ad_rng rng;
-        ad_rng_seed(&rng, p.seed);
-        double xmax = 0;
-        for (int k = 0, off = 0; ok && k < n_in; k++)
-            for (int i = 0, nk = ad_shape_size(shapes[k]); i < nk; i++, off++) {
-                v[off] = ad_rng_normal(&rng);
-                xmax = fmax(xmax, fabs(e.x[k][i]));
-            }
+        double h = ok ? direction(&e, &p, v) : 0;
         ok = ok && gradient(&e, g, v, hv);
-        double h = p.h * fmax(1.0, xmax);
         for (int sgn = 1; ok && sgn >= -1; sgn -= 2) {
             for (int k = 0, off = 0; k < n_in; k++)
                 for (int i = 0, nk = ad_shape_size(shapes[k]); i < nk; i++, off++)
@@ -239,6 +248,75 @@ ad_check_report ad_check_hvp(ad_fn fn, void *ctx, int n_in, const ad_shape *shap
             r.status = AD_ENOMEM;
         }
         free(v), free(hv), free(gp), free(gm), free(g);
+    }
+    teardown(&e, &r);
+    return r;
+}
+
+// fn at the point x + sgn h v (v flattened over the inputs) into out [size], its shape in *os.
+static bool value_along(evaluator *e, const double *const *point, const double *v, double h,
+                        int sgn, double *out, int size, ad_shape *os) {
+    for (int k = 0, off = 0; k < e->n_in; k++)
+        for (int i = 0, nk = ad_shape_size(e->shapes[k]); i < nk; i++, off++)
+            e->x[k][i] = point[k][i] + sgn * h * v[off];
+    ad_var f = record_fn(e, true);
+    if (!f) return false;
+    *os = ad_shape_of(e->t, f);
+    if (ad_shape_size(*os) != size) {
+        ad_tape_fail(e->t, AD_ESHAPE, "check: the function's output changed size along the tangent");
+        return false;
+    }
+    memcpy(out, ad_value(e->t, f), (size_t)size * sizeof(double));
+    return true;
+}
+
+// J v (ad_jvp, one tangent set) at the point for the flattened tangent v, into jv [size of f];
+// the output's size in *size (jv is allocated here).
+static bool jvp_at(evaluator *e, const double *v, double **jv, int *size) {
+    ad_var f = record_fn(e, true), tan[16], out = AD_NONE;
+    if (!f) return false;
+    for (int k = 0, off = 0; k < e->n_in; k++) {
+        tan[k] = ad_const(e->t, e->shapes[k], v + off);
+        off += ad_shape_size(e->shapes[k]);
+    }
+    if (ad_jvp(e->t, f, e->n_in, e->in, 1, tan, &out, 0) != AD_OK) return false;
+    *size = ad_shape_size(ad_shape_of(e->t, f));
+    *jv = malloc((size_t)(*size ? *size : 1) * sizeof(double));
+    if (!*jv) {
+        ad_tape_fail(e->t, AD_ENOMEM, "check: out of memory");
+        return false;
+    }
+    memcpy(*jv, ad_value(e->t, out), (size_t)*size * sizeof(double));
+    return true;
+}
+
+ad_check_report ad_check_jvp(ad_fn fn, void *ctx, int n_in, const ad_shape *shapes,
+                             const double *const *point, const ad_check_params *par) {
+    ad_check_params p = par ? *par : ad_check_default_params();
+    ad_check_report r;
+    evaluator e;
+    if (setup(&e, &r, fn, ctx, n_in, shapes, point, &p)) {
+        int n = total_size(&e), m = 0;
+        double *v = malloc((size_t)(n ? n : 1) * sizeof *v), *jv = NULL, *fp = NULL, *fm = NULL;
+        bool ok = v != NULL;
+        double h = ok ? direction(&e, &p, v) : 0;
+        ok = ok && jvp_at(&e, v, &jv, &m);
+        if (ok) {
+            fp = malloc((size_t)(m ? m : 1) * sizeof *fp), fm = malloc((size_t)(m ? m : 1) * sizeof *fm);
+            ok = fp && fm;
+            if (!ok) r.status = AD_ENOMEM;
+        }
+        ad_shape os = ad_vec_shape(m);
+        ok = ok && value_along(&e, point, v, h, 1, fp, m, &os) && value_along(&e, point, v, h, -1, fm, m, &os);
+        if (ok) {
+            for (int i = 0; i < m; i++) fp[i] = (fp[i] - fm[i]) / (2 * h);
+            // the entries compared are the output's: one "input" of its shape
+            evaluator out = {.n_in = 1, .shapes = &os};
+            compare(&r, &p, &out, jv, fp);
+        } else if (!v) {
+            r.status = AD_ENOMEM;
+        }
+        free(v), free(jv), free(fp), free(fm);
     }
     teardown(&e, &r);
     return r;

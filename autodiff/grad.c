@@ -3,6 +3,7 @@
 // AD_CREATE_GRAPH they can be differentiated again.
 #include "internal.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 // dep[] bits of a node in the sweep's range: it depends on a wrt node through differentiable ops
@@ -160,6 +161,19 @@ static bool check_lists(ad_tape *t, const char *op, int n, const ad_var *wrt, ad
     return true;
 }
 
+// No gradient flows into a constant: as an input of a derivative it is an AD_EARG naming op.
+static bool check_not_constant(ad_tape *t, const char *op, int n, const ad_var *wrt) {
+    for (int k = 0; k < n; k++) {
+        const ad_node *w = ad_node_at(t, wrt[k]);
+        if (w->flags & NF_NOGRAD) {
+            ad_fail(t, AD_EARG, "%s: input %d (node %d, %s) is a constant; use ad_param", op, k,
+                    (int)ad_index(wrt[k]), ad_ops[w->op]->name);
+            return false;
+        }
+    }
+    return true;
+}
+
 static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var *wrt,
                           ad_var *out, unsigned flags, int lazy) {
     ad_var ys[2] = {y, ybar};
@@ -172,16 +186,10 @@ static ad_status vjp_impl(ad_tape *t, ad_var y, ad_var ybar, int n, const ad_var
                 ad_shape_str(sy, z));
         return t->status;
     }
+    if (!check_not_constant(t, "vjp", n, wrt)) return t->status;
     int32_t yi = ad_index(y), lo = yi;
-    for (int k = 0; k < n; k++) {
-        const ad_node *w = ad_node_at(t, wrt[k]);
-        if (w->flags & NF_NOGRAD) {
-            ad_fail(t, AD_EARG, "vjp: input %d (node %d, %s) is a constant; use ad_param", k,
-                    (int)ad_index(wrt[k]), ad_ops[w->op]->name);
-            return t->status;
-        }
+    for (int k = 0; k < n; k++)
         if (ad_index(wrt[k]) < lo) lo = ad_index(wrt[k]);
-    }
     size_t len = (size_t)(yi - lo + 1);
     uint8_t *dep = ad_scratch(t, len * (sizeof(ad_var) + 1));
     if (!dep) return t->status;
@@ -279,4 +287,71 @@ ad_status ad_hvp(ad_tape *t, ad_var f, ad_var x, ad_var v, ad_var *out, unsigned
 ad_status ad_hvp_mixed(ad_tape *t, ad_var f, ad_var x, ad_var y, ad_var v, ad_var *out,
                        unsigned flags) {
     return second_order(t, "hvp_mixed", f, x, y, v, out, flags);
+}
+
+// ---- forward mode -----------------------------------------------------------------------------------
+
+// The arguments of ad_jvp: lists present where they have entries, live handles, inputs that are
+// not constants, each tangent of its input's shape. Records the first problem (false).
+static bool check_jvp(ad_tape *t, ad_var y, int n, const ad_var *wrt, int m, const ad_var *v,
+                      const ad_var *out) {
+    const char *why = n < 0 ? "a negative number of inputs" : m < 0 ? "a negative number of tangent sets"
+                    : n > 0 && !wrt ? "wrt is NULL" : n > 0 && m > 0 && !v ? "v is NULL"
+                    : m > 0 && !out ? "out is NULL" : NULL;
+    if (why) {
+        ad_fail(t, AD_EARG, "jvp: %s (%d inputs, %d tangent sets)", why, n, m);
+        return false;
+    }
+    if (!ad_check_args(t, "jvp", 1, &y) || !ad_check_args(t, "jvp (inputs)", n, wrt) ||
+        !check_not_constant(t, "jvp", n, wrt))
+        return false;
+    for (int j = 0; j < m; j++) {
+        if (!ad_check_args(t, "jvp (tangents)", n, v + (size_t)j * n)) return false;
+        for (int i = 0; i < n; i++) {
+            ad_shape sw = ad_shape_fast(t, wrt[i]), sv = ad_shape_fast(t, v[(size_t)j * n + i]);
+            if (sw.rows != sv.rows || sw.cols != sv.cols) {
+                char a[32], b[32];
+                ad_fail(t, AD_ESHAPE, "jvp: tangent %d of set %d is %s, its input is %s", i, j,
+                        ad_shape_str(sv, a), ad_shape_str(sw, b));
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+// Reverse of a reverse: g(u) = J^T u for a parameter u (its value is never read: g is linear in
+// u), recorded deferred like the inner gradient of a Hessian-vector product, then for each
+// tangent set d/du sum_i <g_i(u), v_i> = J v. The outer sweeps share g's graph and what they
+// compute of it. The m sums are recorded before any sweep, so a sweep's range (from its sum down
+// to u) holds g and the sums, not the nodes of the sweeps before it.
+ad_status ad_jvp(ad_tape *t, ad_var y, int n, const ad_var *wrt, int m, const ad_var *v,
+                 ad_var *out, unsigned flags) {
+    for (int j = 0; m > 0 && out && j < m; j++) out[j] = AD_NONE;
+    if (!check_jvp(t, y, n, wrt, m, v, out) || m == 0) return t->status;
+    ad_var *g = malloc(sizeof(ad_var) * ((size_t)n + (size_t)m)), *sums = g + n;
+    if (!g) {
+        ad_fail(t, AD_ENOMEM, "jvp: out of memory for %d inputs and %d tangent sets", n, m);
+        return t->status;
+    }
+    ad_shape sy = ad_shape_fast(t, y);
+    ad_var u = ad_param(t, sy, ad_value(t, ad_fill(t, sy, 0.0)));
+    if (u && vjp_impl(t, y, u, n, wrt, g, AD_CREATE_GRAPH, 1) == AD_OK) {
+        int saved = t->lazy;
+        t->lazy = 1; // the sums are only differentiated
+        for (int j = 0; j < m; j++) {
+            sums[j] = n > 0 ? AD_NONE : ad_fill(t, ad_scalar_shape(), 0.0);
+            for (int i = 0; i < n; i++) {
+                ad_var d = ad_dot(t, g[i], v[(size_t)j * n + i]);
+                sums[j] = sums[j] ? ad_add(t, sums[j], d) : d;
+            }
+        }
+        t->lazy = saved;
+        for (int j = 0; j < m && t->status == AD_OK; j++)
+            vjp_impl(t, sums[j], ad_unit(t), 1, &u, &out[j], flags, 0);
+    }
+    free(g);
+    if (t->status != AD_OK)
+        for (int j = 0; j < m; j++) out[j] = AD_NONE;
+    return t->status;
 }

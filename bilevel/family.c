@@ -73,6 +73,15 @@ blo_status blo_ll_solution(void *state, const double *x, const double *z, double
     return s;
 }
 
+blo_status blo_ll_phi(void *state, const double *x, const double *z, double *value, blo_error *err) {
+    const blo_ll_state *h = state;
+    (void)z;
+    blo_hypergrad_params hp = blo_hypergrad_default_params();
+    hp.K = h->K, hp.tape = h->tape;
+    blo_hypergrad_info info = {.k_start = 0, .k_end = h->K, .kbar = h->K};
+    return blo_hypergrad_phi(h->p, &h->dyn, &hp, &info, h->x_ref, h->y0_ref, x, h->y0_ref, value, err);
+}
+
 blo_status blo_ll_save(const void *state, blo_writer *w) {
     const blo_ll_state *h = state;
     return blo_write_doubles(w, h->y0, (size_t)h->p->n_y);

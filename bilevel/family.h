@@ -66,8 +66,6 @@ blo_status blo_implicit_method_init(void **state, const blo_method_env *env, int
 blo_status blo_implicit_method_direction(void *state, int t, const double *x, const double *z,
                                          double *gx, double *gz, double *y, blo_record *rec,
                                          blo_error *err);
-blo_status blo_implicit_method_phi(void *state, const double *x, const double *z, double *value,
-                                   blo_error *err);
 
 // An implicit method blo_method_NAME from its file's `defaults`, with its table: K, J (its help),
 // the solver's own settings (one row or more), warm starts; its default dynamics DYN.
@@ -80,7 +78,7 @@ blo_status blo_implicit_method_phi(void *state, const double *x, const double *z
         #NAME, SUMMARY, BLO_NEEDS_DYNAMICS | BLO_NEEDS_HVP, BLO_GRAD_APPROX, DYN,                   \
         sizeof(blo_implicit_method_params), &defaults, settings, blo_implicit_method_resolve, NULL, \
         blo_implicit_method_init, blo_implicit_method_direction, blo_ll_solution,                  \
-        blo_implicit_method_phi, blo_ll_save, blo_ll_load, blo_ll_free}
+        blo_ll_phi, blo_ll_save, blo_ll_load, blo_ll_free}
 // The same on gd dynamics.
 #define BLO_IMPLICIT_METHOD(NAME, SUMMARY, J_HELP, ...) \
     BLO_IMPLICIT_METHOD_DYN(NAME, "gd", SUMMARY, J_HELP, __VA_ARGS__)
@@ -137,6 +135,9 @@ blo_status blo_ll_new(void **state, size_t size, const blo_method_env *env, int 
 blo_status blo_ll_new_scratch(void **state, size_t size, const blo_method_env *env, int K, size_t n,
                               blo_error *err);
 blo_status blo_ll_solution(void *state, const double *x, const double *z, double *y, blo_error *err);
+// F(x, y_K(x)) from the start the last direction used (y0_ref): the value fhg differentiates and
+// cg and neumann approximate the gradient of.
+blo_status blo_ll_phi(void *state, const double *x, const double *z, double *value, blo_error *err);
 blo_status blo_ll_save(const void *state, blo_writer *w);
 blo_status blo_ll_load(void *state, blo_reader *r, blo_error *err);
 void blo_ll_free(void *state);

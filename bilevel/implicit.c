@@ -429,15 +429,3 @@ blo_status blo_implicit_method_direction(void *state, int t, const double *x, co
     if (!st && m->par.warm_start) memcpy(h->y0, y, sizeof(double) * (size_t)p->n_y);
     return st;
 }
-
-// What the implicit methods approximate the gradient of: F(x, y_K(x)) from the start they used.
-blo_status blo_implicit_method_phi(void *state, const double *x, const double *z, double *value,
-                                   blo_error *err) {
-    implicit_method *m = state;
-    (void)z;
-    blo_hypergrad_params hp = blo_hypergrad_default_params();
-    hp.K = m->ll.K, hp.tape = m->ll.tape;
-    blo_hypergrad_info info = {.k_start = 0, .k_end = m->ll.K, .kbar = m->ll.K};
-    return blo_hypergrad_phi(m->ll.p, &m->ll.dyn, &hp, &info, m->ll.x_ref, m->ll.y0_ref, x,
-                             m->ll.y0_ref, value, err);
-}

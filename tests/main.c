@@ -15,6 +15,10 @@ int main(int argc, char **argv) {
     test_bilevel();
     test_bilevel_methods();
     test_bilevel_stochastic();
+    test_ad_jvp();
+    test_bilevel();
+    test_bilevel_methods();
+    test_bilevel_fhg();
     test_bilevel_solver();
     test_bilevel_meta();
     test_bilevel_peers();

@@ -46,6 +46,12 @@ static ad_var vjp_of(ad_tape *t, ad_var y, ad_var ybar) {
     ad_vjp(t, ad_mul(t, y, x), ybar, 1, &x, &g, 0);
     return g;
 }
+// J v of y = a along the tangent b, a the output and the input (J = I): each operand is jvp's own
+static ad_var jvp_of(ad_tape *t, ad_var a, ad_var b) {
+    ad_var out = AD_NONE;
+    ad_jvp(t, a, 1, &a, 1, &b, &out, 0);
+    return out;
+}
 static ad_var hvp_of(ad_tape *t, ad_var x, ad_var v) {
     ad_var h = AD_NONE;
     ad_hvp(t, ad_sqnorm(t, x), x, v, &h, 0);
@@ -130,7 +136,7 @@ static const entry entries[] = {
     {"channel_proj", e_channel_proj, NULL, {M, M}}, {"channel_affine", e_channel_affine, NULL, {M, V}},
     {"channel_sums", e_channel_sums, NULL, {M, M}},
     {"grad (output)", grad_of, NULL, {S, S}}, {"grad (input)", grad_of, NULL, {S, S}},
-    {"vjp", vjp_of, NULL, {V, V}}, {"hvp", hvp_of, NULL, {V, V}},
+    {"vjp", vjp_of, NULL, {V, V}}, {"jvp", jvp_of, NULL, {V, V}}, {"hvp", hvp_of, NULL, {V, V}},
     {"hvp_mixed", hvp_mixed_of, NULL, {S, S}},
 };
 // clang-format on

@@ -1,6 +1,6 @@
 // Every op against finite differences: one row per op (and per interesting shape), first
-// derivatives through ad_check_grad and second derivatives through ad_check_hvp, with incoming
-// adjoints that are not all ones. A case fails if an op has no row. Third order spot checks.
+// derivatives through ad_check_grad, second derivatives through ad_check_hvp, with incoming
+// adjoints that are not all ones, and forward derivatives (the op's own J v) through ad_check_jvp. A case fails if an op has no row. Third order spot checks.
 #include "harness.h"
 #include "tests.h"
 
@@ -243,6 +243,9 @@ static ad_var wrapped(ad_tape *t, const ad_var *in, void *c) {
     return ad_add(t, ad_dot(t, w1, y), ad_scale(t, ad_dot(t, w2, ad_square(t, y)), 0.5));
 }
 
+// The op's output itself, for the forward-mode check (J v of a tensor, not of f).
+static ad_var raw(ad_tape *t, const ad_var *in, void *c) { return ((const ctx_t *)c)->r->fn(t, in); }
+
 static double draw(ad_rng *g, const row *r) {
     for (;;) {
         double u = r->lo + (r->hi - r->lo) * ad_rng_uniform(g);
@@ -307,6 +310,12 @@ static void check_rows(void) {
         TEST_CASE(name) {
             p.seed = 5 + (uint64_t)i;
             ad_check_report rep = ad_check_hvp(wrapped, &c, r->n_in, r->shape, pt, &p);
+            EXPECT(rep.status == AD_OK && rep.pass, "%s", rep.msg);
+        }
+        snprintf(name, sizeof name, "op %s row %d: forward derivatives (jvp)", r->op, i);
+        TEST_CASE(name) {
+            p.seed = 9 + (uint64_t)i;
+            ad_check_report rep = ad_check_jvp(raw, &c, r->n_in, r->shape, pt, &p);
             EXPECT(rep.status == AD_OK && rep.pass, "%s", rep.msg);
         }
     }

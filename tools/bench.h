@@ -40,5 +40,6 @@ size_t bench_proc_bytes(const char *key);
 // Resets the peak RSS (VmHWM) to the current RSS; returns 1 if the kernel allows it.
 int bench_reset_peak_rss(void);
 void bench_convnet(const bench_opts *o); // autodiff (f), bench_image.c
+void bench_fhg(const bench_opts *o); // bench_fhg.c: forward against reverse mode
 
 #endif

@@ -5,8 +5,9 @@
 // (b) peak memory of RHG with n = 10^4, K = 1000, which must be of the order of the stored
 // iterates, not K steps' graphs; (c) AIT_NC (IA + PTT) against RHG on the nonconvex sin toy as K
 // and n grow, with the measured Kbar (AIT Figs. 6-7); (d) one UL iteration of data hyper-cleaning
-// (RHG and CG), against PyTorch too. Medians over repeats; the machine is shared, so read the
-// ratios. `hypertape bench reference` runs (a) and (d) only.
+// (RHG and CG), against PyTorch too; (e) fhg against rhg as n_x grows (bench_fhg.c). Medians over
+// repeats; the machine is shared, so read the ratios. `hypertape bench reference` runs (a) and (d)
+// only.
 #include "bench.h"
 
 #include "../autodiff/ad.h"
@@ -592,4 +593,5 @@ void bench_bilevel(const bench_opts *o) {
     double peak = bench_dgemm_peak(o->quick);
     printf("dgemm peak (cblas, [1024, 1024]^2, best of a few): %.1f GFLOP/s\n", peak);
     bench_hyperclean(o, peak);
+    if (!o->reference_only) bench_fhg(o);
 }

@@ -16,15 +16,16 @@ static const char *usage_text =
     "  compare PROBLEM --methods a,b,c [options] [--plot FILE.png]   convergence of several methods\n"
     "  gradcheck PROBLEM --method M [--rtol r] [--atol a] [--json]\n"
     "                                         hypergradient vs central differences: PASS or FAIL\n"
-    "  bench [autodiff|bilevel|reference|memory|all] [--quick] [--torch FILE]   timing benchmarks\n"
+    "  bench [autodiff|bilevel|reference|memory|fhg|all] [--quick] [--torch FILE]   timing benchmarks\n"
     "Each command takes --help.\n";
 
 static const char *bench_usage =
-    "usage: hypertape bench [autodiff|bilevel|reference|memory|all] [--quick] [--torch FILE]\n"
+    "usage: hypertape bench [autodiff|bilevel|reference|memory|fhg|all] [--quick] [--torch FILE]\n"
     "  autodiff, bilevel     the engine's and the hypergradients' benchmarks (all: both)\n"
     "  reference             only the cases the issue gives PyTorch times for (bilevel (a), (d),\n"
     "                        autodiff (f))\n"
     "  memory                RHG in bounded memory (checkpointing) against stored iterates\n"
+    "  fhg                   only bilevel (e): forward (fhg) against reverse mode (rhg) as n_x grows\n"
     "  --quick               fewer repeats\n"
     "  --torch FILE          compare with PyTorch's times measured on this machine, as written by\n"
     "                        tools/bench_torch.py --out FILE (default: the issue's reference machine)\n";
@@ -44,7 +45,8 @@ static int cmd_bench(int argc, char **argv) {
                 return 2;
             }
         } else if (!strcmp(argv[i], "autodiff") || !strcmp(argv[i], "bilevel") ||
-                   !strcmp(argv[i], "reference") || !strcmp(argv[i], "memory") || !strcmp(argv[i], "all")) {
+                   !strcmp(argv[i], "reference") || !strcmp(argv[i], "memory") || !strcmp(argv[i], "fhg") ||
+                   !strcmp(argv[i], "all")) {
             what = argv[i];
         } else {
             fprintf(stderr, "hypertape bench: unknown argument '%s'\n", argv[i]);
@@ -59,6 +61,7 @@ static int cmd_bench(int argc, char **argv) {
     o.reference_only = !strcmp(what, "reference");
     if (!strcmp(what, "all") || !strcmp(what, "autodiff")) bench_autodiff(&o);
     if (!strcmp(what, "memory")) bench_checkpoint(&o);
+    else if (!strcmp(what, "fhg")) bench_fhg(&o);
     else if (strcmp(what, "autodiff")) bench_bilevel(&o);
     if (o.reference_only) bench_convnet(&o);
     return 0;
