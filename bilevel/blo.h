@@ -124,6 +124,9 @@ typedef struct {
     const double *x_lo, *x_hi; // [n_x]
     const double *y_lo, *y_hi; // [n_y]
     void *user;
+    // NULL: one problem. Else the problem is one task of a family and this draws the others (a
+    // batch per UL step, tasks.h); user points at the task.
+    const struct blo_task_set *tasks;
 } blo_problem;
 
 // Checks sizes, callbacks and boxes, and records F and f once at (x, y) (NULL = zeros) to check

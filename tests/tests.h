@@ -13,6 +13,7 @@ void test_bilevel_solver(void);
 void test_bilevel_meta(void);
 void test_bilevel_peers(void);
 void test_bilevel_solvers(void);
+void test_bilevel_tasks(void);
 void test_models_data(void);
 void test_models_toys(void);
 void test_models_hyperclean(void);
