@@ -8,6 +8,7 @@
 
 #include "../bilevel/blo_extra.h"
 #include "../bilevel/tasks.h"
+#include "models.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -207,7 +208,64 @@ static void bad_sets(void) {
     blo_config_free(c);
 }
 
+// The sinusoid model (MAML 5.1) on a small network: maml's batch hypergradient through the MLP
+// against central differences, the same bits on 1 and 3 threads, and its metrics: finite, the
+// pretrained baseline's start is the network's start (mse_0 equal at z = y0), and a method that
+// learns no z is told so.
+static void sinusoid_small(void) {
+    mdl_model m1, m3;
+    char err[256];
+    const char *set = "hidden=5 batch=3 shots=5 query=5 test_tasks=4 test_query=7 pretrain_iters=0";
+    char set3[200];
+    snprintf(set3, sizeof set3, "%s threads=3", set);
+    if (mdl_make_named("sinusoid", set, &m1, err, sizeof err) || mdl_make_named("sinusoid", set3, &m3, err, sizeof err)) {
+        EXPECT(0, "sinusoid: %s", err);
+        return;
+    }
+    EXPECT(m1.prob.n_y == 5 * 5 + 4 * 5 + 1 && m1.prob.n_x == 0 && m1.prob.tasks, "n_y = %d", m1.prob.n_y);
+    blo_config *c = config("maml", "ll_iters=2 s_l=0.05");
+    blo_check_params cp = blo_check_default_params();
+    cp.max_coords = 0;
+    // at a generic start: at the network's own (biases 0) an input where every first-layer unit is
+    // off puts a second-layer unit at its kink, where the GD step (through relu') jumps
+    double start[46];
+    ad_rng g;
+    ad_rng_seed(&g, 3);
+    for (int i = 0; i < 46; i++) start[i] = 0.5 * ad_rng_normal(&g);
+    blo_check_report r = blo_check_hypergrad(&m1.prob, c, m1.x0[0], start, NULL, &cp);
+    EXPECT(r.status == BLO_OK && r.pass && r.checked == m1.prob.n_y, "%s", r.msg);
+    blo_config_apply(c, "ul_iters=4 optimizer=adam lr_z=0.01", NULL);
+    blo_error e;
+    const double *z[2] = {NULL, NULL};
+    blo_solver *s[2] = {blo_solver_new(&m1.prob, c, m1.x0[0], m1.y0[0], NULL, &e),
+                        blo_solver_new(&m3.prob, c, m3.x0[0], m3.y0[0], NULL, &e)};
+    for (int k = 0; k < 2; k++) {
+        EXPECT(s[k] && blo_solver_run(s[k]) == BLO_OK, "run: %s", s[k] ? blo_solver_error(s[k]) : e.msg);
+        z[k] = s[k] ? blo_solver_z(s[k]) : NULL;
+    }
+    EXPECT(z[0] && z[1] && !memcmp(z[0], z[1], sizeof(double) * (size_t)m1.prob.n_y), "1 and 3 threads differ");
+    double v[MDL_METRICS_MAX], w[MDL_METRICS_MAX];
+    EXPECT(m1.evaluate_z && m1.n_metrics == 6 && !strcmp(m1.metrics[2].name, "mse_10"), "metrics");
+    EXPECT(z[0] && m1.evaluate_z(&m1, NULL, z[0], m1.prob.n_y, v, err, sizeof err) == 0, "%s", err);
+    for (int k = 0; k < 3; k++) EXPECT(isfinite(v[k]) && v[k] > 0, "metric %d = %g", k, v[k]);
+    EXPECT(isnan(v[3]), "no baseline without pretraining: %g", v[3]);
+    EXPECT(m1.evaluate_z(&m1, NULL, NULL, 0, w, err, sizeof err) == -1 && strstr(err, "learned no LL start"), "%s", err);
+    blo_solver_free(s[0]), blo_solver_free(s[1]);
+    blo_config_free(c);
+    mdl_free(&m3);
+    // the baseline starts at y0: its mse_0 is z = y0's
+    if (mdl_make_named("sinusoid", "hidden=5 batch=3 shots=5 test_tasks=4 pretrain_iters=1", &m3, err, sizeof err)) {
+        EXPECT(0, "%s", err);
+    } else {
+        EXPECT(m3.evaluate_z(&m3, NULL, m3.y0[0], m3.prob.n_y, w, err, sizeof err) == 0, "%s", err);
+        EXPECT(w[0] != w[3] && fabs(w[0] - w[3]) < 0.1 * w[0], "one Adam step of 1e-3 moves mse_0 a little: %g -> %g", w[0], w[3]);
+        mdl_free(&m3);
+    }
+    mdl_free(&m1);
+}
+
 void test_bilevel_tasks(void) {
+    TEST_CASE("tasks: sinusoid (MAML 5.1) on a small network") sinusoid_small();
     TEST_CASE("tasks: 1, 2 and 4 threads give the same bits") threads_same_bits();
     TEST_CASE("tasks: a batch of identical tasks is the single task") identical_tasks();
     TEST_CASE("tasks: the batch's hypergradient against central differences") batch_hypergrad();
