@@ -91,6 +91,7 @@ extern const mdl_entry mdl_meta_entry;
 extern const mdl_entry mdl_pentagram_entry;
 extern const mdl_entry mdl_nas_entry;
 extern const mdl_entry mdl_sinusoid_entry;
+extern const mdl_entry mdl_fewshot_entry;
 
 // All models, NULL-terminated, in `hypertape list` order.
 const mdl_entry *const *mdl_registry(void);

@@ -23,6 +23,7 @@ static const mdl_entry *const all_entries[] = {
     &mdl_pentagram_entry,
     &mdl_nas_entry,
     &mdl_sinusoid_entry,
+    &mdl_fewshot_entry,
     NULL,
 };
 

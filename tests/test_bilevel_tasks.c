@@ -264,7 +264,53 @@ static void sinusoid_small(void) {
     mdl_free(&m1);
 }
 
+// fewshot (FashionMNIST, unseen classes) on a tiny representation: rhg's and cg's batch
+// hypergradients in x against central differences, the same bits on 1 and 2 threads, metrics.
+static void fewshot_small(void) {
+    mdl_model m1, m2;
+    char err[256];
+    const char *set = "ways=2 shots=2 query=3 hidden=3 batch=3 test_tasks=5 test_steps=5";
+    char set2[200];
+    snprintf(set2, sizeof set2, "%s threads=2", set);
+    if (mdl_make_named("fewshot", set, &m1, err, sizeof err)) {
+        EXPECT(0, "fewshot: %s", err);
+        return;
+    }
+    if (mdl_make_named("fewshot", set2, &m2, err, sizeof err)) {
+        EXPECT(0, "fewshot: %s", err);
+        mdl_free(&m1);
+        return;
+    }
+    EXPECT(m1.prob.n_x == 784 * 3 + 3 && m1.prob.n_y == 3 * 2 + 2, "n_x = %d, n_y = %d", m1.prob.n_x, m1.prob.n_y);
+    blo_config *c = config("rhg", "ll_iters=4 s_l=0.5");
+    blo_check_params cp = blo_check_default_params();
+    blo_check_report r = blo_check_hypergrad(&m1.prob, c, m1.x0[0], m1.y0[0], NULL, &cp);
+    EXPECT(r.status == BLO_OK && r.pass && r.checked == 40, "%s", r.msg);
+    blo_config_apply(c, "ul_iters=3 optimizer=adam lr_x=0.01", NULL);
+    size_t nx = (size_t)m1.prob.n_x;
+    double *o[2] = {calloc(nx, sizeof(double)), calloc(nx, sizeof(double))};
+    for (int k = 0; k < 2 && o[0] && o[1]; k++) {
+        const mdl_model *m = k ? &m2 : &m1;
+        blo_error e;
+        blo_solver *s = blo_solver_new(&m->prob, c, m->x0[0], m->y0[0], NULL, &e);
+        EXPECT(s && blo_solver_run(s) == BLO_OK, "run: %s", s ? blo_solver_error(s) : e.msg);
+        if (s) memcpy(o[k], blo_solver_x(s), sizeof(double) * nx);
+        if (s && k == 0) {
+            double v[MDL_METRICS_MAX];
+            EXPECT(m1.evaluate_z(&m1, blo_solver_x(s), NULL, 0, v, err, sizeof err) == 0, "%s", err);
+            EXPECT(v[0] >= 0 && v[0] <= 100 && v[1] >= 0 && isfinite(v[1]), "acc %g +- %g", v[0], v[1]);
+        }
+        blo_solver_free(s);
+    }
+    EXPECT(o[0] && o[1] && !memcmp(o[0], o[1], sizeof(double) * nx) && o[0][0] != m1.x0[0][0],
+           "1 and 2 threads differ, or x did not move");
+    free(o[0]), free(o[1]);
+    blo_config_free(c);
+    mdl_free(&m1), mdl_free(&m2);
+}
+
 void test_bilevel_tasks(void) {
+    TEST_CASE("tasks: fewshot (FashionMNIST) on a tiny representation") fewshot_small();
     TEST_CASE("tasks: sinusoid (MAML 5.1) on a small network") sinusoid_small();
     TEST_CASE("tasks: 1, 2 and 4 threads give the same bits") threads_same_bits();
     TEST_CASE("tasks: a batch of identical tasks is the single task") identical_tasks();
