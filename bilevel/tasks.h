@@ -30,6 +30,15 @@ typedef struct blo_task_set {
     uint64_t seed; // the batch at UL step t is drawn from (seed, t)
 } blo_task_set;
 
+// The settings rows every task-set model has (in its params struct T: int batch, threads, seed,
+// test_tasks, test_seed), written once.
+#define BLO_ROWS_TASK_SET(T)                                                                       \
+    BLO_ROW_INT(T, batch, "batch", 1, 100000, "B", "tasks per UL step"),                           \
+    BLO_ROW_INT(T, threads, "threads", 1, 64, "n", "threads a batch runs on (the bits do not change)"), \
+    BLO_ROW_INT(T, seed, "seed", 0, INT32_MAX, "S", "the training tasks' stream: step t's batch is (S, t)"), \
+    BLO_ROW_INT(T, test_tasks, "test_tasks", 1, 1000000, "n", "held-out tasks of the metrics"),   \
+    BLO_ROW_INT(T, test_seed, "test_seed", 0, INT32_MAX, "S", "the held-out tasks' stream")
+
 // The generator of stream (seed, t): the batch of UL step t, or a program's own streams (held-out
 // tasks). Distinct (seed, t) give unrelated streams.
 void blo_tasks_rng(ad_rng *r, uint64_t seed, uint64_t t);

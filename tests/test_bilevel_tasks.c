@@ -208,6 +208,23 @@ static void bad_sets(void) {
     blo_config_free(c);
 }
 
+// The model name with settings set on 1 thread (a) and on `threads` (b): 0, or -1 (reported) with
+// neither made.
+static int make_pair(const char *name, const char *set, int threads, mdl_model *a, mdl_model *b) {
+    char err[256], setb[400];
+    snprintf(setb, sizeof setb, "%s threads=%d", set, threads);
+    if (mdl_make_named(name, set, a, err, sizeof err)) {
+        EXPECT(0, "%s: %s", name, err);
+        return -1;
+    }
+    if (mdl_make_named(name, setb, b, err, sizeof err)) {
+        EXPECT(0, "%s: %s", name, err);
+        mdl_free(a);
+        return -1;
+    }
+    return 0;
+}
+
 // The sinusoid model (MAML 5.1) on a small network: maml's batch hypergradient through the MLP
 // against central differences, the same bits on 1 and 3 threads, and its metrics: finite, the
 // pretrained baseline's start is the network's start (mse_0 equal at z = y0), and a method that
@@ -215,13 +232,9 @@ static void bad_sets(void) {
 static void sinusoid_small(void) {
     mdl_model m1, m3;
     char err[256];
-    const char *set = "hidden=5 batch=3 shots=5 query=5 test_tasks=4 test_query=7 pretrain_iters=0";
-    char set3[200];
-    snprintf(set3, sizeof set3, "%s threads=3", set);
-    if (mdl_make_named("sinusoid", set, &m1, err, sizeof err) || mdl_make_named("sinusoid", set3, &m3, err, sizeof err)) {
-        EXPECT(0, "sinusoid: %s", err);
+    if (make_pair("sinusoid", "hidden=5 batch=3 shots=5 query=5 test_tasks=4 test_query=7 pretrain_iters=0",
+                  3, &m1, &m3))
         return;
-    }
     EXPECT(m1.prob.n_y == 5 * 5 + 4 * 5 + 1 && m1.prob.n_x == 0 && m1.prob.tasks, "n_y = %d", m1.prob.n_y);
     blo_config *c = config("maml", "ll_iters=2 s_l=0.05");
     blo_check_params cp = blo_check_default_params();
@@ -264,23 +277,13 @@ static void sinusoid_small(void) {
     mdl_free(&m1);
 }
 
-// fewshot (FashionMNIST, unseen classes) on a tiny representation: rhg's and cg's batch
-// hypergradients in x against central differences, the same bits on 1 and 2 threads, metrics.
+// fewshot (FashionMNIST, unseen classes) on a tiny representation: rhg's batch hypergradient in x
+// against central differences, the same bits on 1 and 2 threads, metrics.
 static void fewshot_small(void) {
     mdl_model m1, m2;
     char err[256];
-    const char *set = "ways=2 shots=2 query=3 hidden=3 batch=3 test_tasks=5 test_steps=5";
-    char set2[200];
-    snprintf(set2, sizeof set2, "%s threads=2", set);
-    if (mdl_make_named("fewshot", set, &m1, err, sizeof err)) {
-        EXPECT(0, "fewshot: %s", err);
+    if (make_pair("fewshot", "ways=2 shots=2 query=3 hidden=3 batch=3 test_tasks=5 test_steps=5", 2, &m1, &m2))
         return;
-    }
-    if (mdl_make_named("fewshot", set2, &m2, err, sizeof err)) {
-        EXPECT(0, "fewshot: %s", err);
-        mdl_free(&m1);
-        return;
-    }
     EXPECT(m1.prob.n_x == 784 * 3 + 3 && m1.prob.n_y == 3 * 2 + 2, "n_x = %d, n_y = %d", m1.prob.n_x, m1.prob.n_y);
     blo_config *c = config("rhg", "ll_iters=4 s_l=0.5");
     blo_check_params cp = blo_check_default_params();
