@@ -133,6 +133,9 @@ typedef struct {
     // Returns 0, or nonzero on failure. The selection lives in user; methods that never sample
     // see the full data.
     int (*sample)(void *user, int which, ad_rng *rng);
+    // NULL: one problem. Else the problem is one task of a family and this draws the others (a
+    // batch per UL step, tasks.h); user points at the task.
+    const struct blo_task_set *tasks;
 } blo_problem;
 
 typedef enum { BLO_SAMPLE_FULL, BLO_SAMPLE_LL, BLO_SAMPLE_UL } blo_sample_which;

@@ -108,6 +108,8 @@ typedef enum {
                      // FOMAML, Reptile)
 } blo_grad_claim;
 
+typedef struct blo_method_type blo_method_type; // below
+
 // What a method's init gets: the problem, its params (settings applied, resolved), the dynamics
 // (for methods that need one), the LL start, the problem's prior point z_p (NULL if none), the
 // solver's tape (rewound to empty at each UL iteration) and its seeded generator.
@@ -119,6 +121,7 @@ typedef struct {
     const double *z_prior; // [n_y] or NULL
     ad_tape *tape;
     ad_rng *rng;
+    const blo_method_type *method; // the method being made (a wrapper: the one it wraps, tasks.h)
 } blo_method_env;
 
 // What one UL iteration did, for its record. The direction fills kbar and extra.

@@ -64,13 +64,13 @@ blo_solver *blo_solver_new(const blo_problem *p, const blo_config *c, const doub
     if (x0) memcpy(s->x, x0, nx * sizeof(double));
     if (y0) memcpy(s->y0, y0, ny * sizeof(double));
     if (z_prior) memcpy(s->z_prior, z_prior, ny * sizeof(double));
-    s->m = s->c->method;
+    s->m = p->tasks ? blo_tasks_wrap(&s->tasks_type, s->c->method) : s->c->method;
     if (s->c->dyn) s->dyn = s->c->dyn->make(p->n_y, s->c->dyn_params), s->has_dyn = true;
     if (s->has_dyn) st = blo_dynamics_validate(p, &s->dyn, err);
     ad_rng_seed(&s->rng, (uint64_t)s->c->solve.seed);
     blo_method_env env = {.p = p, .params = s->c->method_params, .dyn = s->has_dyn ? &s->dyn : NULL,
                           .y0 = s->y0, .z_prior = z_prior ? s->z_prior : NULL, .tape = s->tape,
-                          .rng = &s->rng};
+                          .rng = &s->rng, .method = s->c->method};
     double *z0 = NULL;
     if (!st) st = s->m->init(&s->state, &env, &s->nz, &z0, err);
     if (!st && (s->nz < 0 || (s->nz > 0 && !z0)))
@@ -144,7 +144,8 @@ blo_status blo_solver_direction(blo_solver *s, blo_record *rec, blo_error *err) 
     // every iteration on a tape with no history: a run resumed on a new tape gives the same bits
     ad_tape_reset(s->tape);
     blo_status st = s->m->direction(s->state, s->t, s->x, s->z, s->g, nz ? s->g + nx : NULL, s->y, rec, err);
-    if (!st) st = objectives(s, s->x, s->y, rec, err);
+    // on a batch of tasks the method gives the tasks' mean F, f and residual itself
+    if (!st && !(s->m->needs & BLO_NEEDS_TASKS)) st = objectives(s, s->x, s->y, rec, err);
     if (st) return st;
     int bad = nonfinite(s->g, nx + nz);
     if (bad >= 0)

@@ -9,7 +9,8 @@
 struct blo_solver {
     const blo_problem *p;
     blo_config *c;            // resolved copy
-    const blo_method_type *m;
+    const blo_method_type *m; // the configuration's, or it wrapped to run on batches (tasks_type)
+    blo_method_type tasks_type;
     void *state;              // the method's
     blo_dynamics dyn;
     bool has_dyn;
@@ -34,6 +35,9 @@ struct blo_solver {
     int64_t kbar_n;
     char error[400];
 };
+
+// Fills out with base run on batches of tasks (tasks.c), for a problem with a task set. Returns out.
+const blo_method_type *blo_tasks_wrap(blo_method_type *out, const blo_method_type *base);
 
 // Allocates z and the optimizer's vectors once nz is known.
 blo_status blo_solver_alloc_z(blo_solver *s, blo_error *err);

@@ -43,6 +43,10 @@ struct mdl_model {
     int n_metrics;
     int (*evaluate)(const mdl_model *m, const double *x, const double *y, double *values, char *err,
                     size_t errlen);
+    // Meta-learning tasks: the metrics of x and the learned LL start z [n_z] (NULL, 0 when the
+    // method learns none), used instead of evaluate when set.
+    int (*evaluate_z)(const mdl_model *m, const double *x, const double *z, int n_z, double *values,
+                      char *err, size_t errlen);
     // Prior for the initialization auxiliary (AIT_P): z_p [n_y] (NULL: none known).
     const double *z_prior;
     void *data;             // owned storage
@@ -86,6 +90,8 @@ extern const mdl_entry mdl_hyperclean_entry;
 extern const mdl_entry mdl_meta_entry;
 extern const mdl_entry mdl_pentagram_entry;
 extern const mdl_entry mdl_nas_entry;
+extern const mdl_entry mdl_sinusoid_entry;
+extern const mdl_entry mdl_fewshot_entry;
 
 // All models, NULL-terminated, in `hypertape list` order.
 const mdl_entry *const *mdl_registry(void);

@@ -22,6 +22,8 @@ static const mdl_entry *const all_entries[] = {
     &mdl_meta_entry,
     &mdl_pentagram_entry,
     &mdl_nas_entry,
+    &mdl_sinusoid_entry,
+    &mdl_fewshot_entry,
     NULL,
 };
 

@@ -24,6 +24,7 @@ int main(int argc, char **argv) {
     test_bilevel_peers();
     test_bilevel_solvers();
     test_bilevel_checkpoint();
+    test_bilevel_tasks();
     test_models_data();
     test_models_toys();
     test_models_hyperclean();

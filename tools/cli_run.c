@@ -35,11 +35,19 @@ static void trace_header(FILE *f, const mdl_model *m) {
     fputs("final\n", f);
 }
 
-// The model's metrics at (x, y) into v [n_metrics]; NaN when it has none or they fail.
-static void metrics_at(const mdl_model *m, const double *x, const double *y, double *v) {
+// The model's metrics at (x, y), or of (x, z) for a meta-learning model, into v [n_metrics]: 0, or
+// -1 with a message; 1 when it has none.
+static int model_metrics(const mdl_model *m, const double *x, const double *y, const double *z, int n_z,
+                         double *v, char *err, size_t errlen) {
+    if (m->evaluate_z) return m->evaluate_z(m, x, z, n_z, v, err, errlen);
+    return m->evaluate ? m->evaluate(m, x, y, v, err, errlen) : 1;
+}
+
+// The model's metrics into v [n_metrics]; NaN when it has none or they fail.
+static void metrics_at(const mdl_model *m, const blo_record *r, int n_z, double *v) {
     char err[256];
     for (int k = 0; k < MDL_METRICS_MAX; k++) v[k] = NAN;
-    if (m->evaluate && m->evaluate(m, x, y, v, err, sizeof err))
+    if (model_metrics(m, r->x, r->y, r->z, n_z, v, err, sizeof err))
         for (int k = 0; k < MDL_METRICS_MAX; k++) v[k] = NAN;
 }
 
@@ -56,7 +64,7 @@ static int on_record(const blo_record *r, void *user) {
     double xe = x_error(l->m, r->x, r->y);
     double ev[MDL_METRICS_MAX];
     int nm = l->m->n_metrics;
-    if (l->trace || l->dat) metrics_at(l->m, r->x, r->y, ev); // learning tasks: a pass over the test set
+    if (l->trace || l->dat) metrics_at(l->m, r, blo_solver_n_z(l->s), ev); // learning tasks: a pass over the test set
     errno = 0;
     if (l->trace) {
         int bad = fprintf(l->trace, "%d,%.17g,%.17g,%.6g,%.6g,%.6g,%.6g,%d,%.6g,%.6g,", r->t, r->F, r->f,
@@ -107,10 +115,11 @@ void cli_run_solver(blo_solver *s, run_log *log, run_result *res) {
     res->F_gap = F_gap(m, res->F);
     res->gap = m->optimal_gap && !fs ? m->optimal_gap(m, res->x, rec.y) : NAN;
     res->kbar_mean = blo_solver_kbar_mean(s);
-    if (m->evaluate && !fs) {
+    if ((m->evaluate || m->evaluate_z) && !fs) {
         char e2[400];
-        res->has_eval = m->evaluate(m, res->x, rec.y, res->eval, e2, sizeof e2) == 0;
-        if (!res->has_eval && !res->status) res->status = BLO_ETAPE, snprintf(res->error, sizeof res->error, "%s", e2);
+        int rc = model_metrics(m, res->x, rec.y, res->z, res->n_z, res->eval, e2, sizeof e2);
+        res->has_eval = rc == 0;
+        if (rc < 0 && !res->status) res->status = BLO_ETAPE, snprintf(res->error, sizeof res->error, "%s", e2);
     }
 }
 

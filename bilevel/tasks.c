@@ -1,0 +1,264 @@
+// Task sets (tasks.h): any method run on batches of tasks. The solver wraps its method when the
+// problem has a task set: the wrapper keeps one state of the method per task of a batch (each with
+// its own tape and generator, so no two threads share anything they write), draws the batch of UL
+// step t from (seed, t), calls the method's direction for each task on the set's threads, and
+// averages in task order (a fixed-order sum, then / B), so the bits do not depend on the threads.
+// A method needs no change: each task is a blo_problem of its own (the reference problem with user
+// pointing at the task).
+#include "solver.h"
+#include "tasks.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void blo_tasks_rng(ad_rng *r, uint64_t seed, uint64_t t) {
+    // splitmix64 of the pair: neighbouring (seed, t) give unrelated generator seeds
+    uint64_t z = seed * 0x9E3779B97F4A7C15ull + t + 0x632BE59BD9B4E019ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    ad_rng_seed(r, (z ^ (z >> 31)) ^ (t * 0xD1B54A32D192ED03ull));
+}
+
+blo_status blo_tasks_check(const blo_task_set *ts, blo_error *err) {
+    if (!ts) return blo_fail(err, BLO_EARG, "tasks: NULL task set");
+    if (!ts->draw || ts->task_size == 0)
+        return blo_fail(err, BLO_EARG, "tasks: a task set needs a draw and a task size > 0");
+    if (ts->batch < 1 || ts->threads < 1)
+        return blo_fail(err, BLO_EARG, "tasks: batch = %d and threads = %d must be >= 1", ts->batch, ts->threads);
+    return BLO_OK;
+}
+
+blo_status blo_tasks_draw(const blo_task_set *ts, uint64_t seed, uint64_t t, int n, void *tasks,
+                          blo_error *err) {
+    blo_status st = blo_tasks_check(ts, err);
+    if (st) return st;
+    ad_rng r;
+    blo_tasks_rng(&r, seed, t);
+    for (int j = 0; j < n; j++)
+        if ((st = ts->draw((unsigned char *)tasks + (size_t)j * ts->task_size, &r, ts->user, err))) return st;
+    return blo_ok(err);
+}
+
+// ---- the wrapper's state ------------------------------------------------------------------------
+
+// One task of the batch: its problem, the method's state on it, and what its direction gave.
+typedef struct {
+    blo_problem prob;  // the reference problem with user = this task
+    void *state;       // the method's
+    ad_tape *tape;
+    ad_rng rng;
+    double *gx, *gz, *y, *gy; // [n_x], [n_z], [n_y], [n_y]
+    blo_record rec;
+    double F, f, residual, phi;
+    blo_status st;
+    blo_error err;
+} task_slot;
+
+typedef enum { JOB_DIRECTION, JOB_PHI } job_kind;
+
+typedef struct {
+    const blo_method_type *base;
+    const blo_task_set *ts;
+    const blo_problem *p;
+    int B, nx, ny, nz;
+    task_slot *slots;       // [B]
+    unsigned char *tasks;   // the batch [B task_size]
+    double *mem;            // the slots' vectors
+    void *ref;              // the method's state on the reference task (its solution)
+    // the job in flight: read by the threads, written only between parallel sections
+    job_kind job;
+    int t;
+    const double *x, *z;
+} tasks_state;
+
+typedef struct {
+    tasks_state *w;
+    int first, stride;
+} worker;
+
+static void tasks_free(void *state) {
+    tasks_state *w = state;
+    if (!w) return;
+    for (int j = 0; w->slots && j < w->B; j++) {
+        if (w->slots[j].state) w->base->free(w->slots[j].state);
+        ad_tape_free(w->slots[j].tape);
+    }
+    if (w->ref) w->base->free(w->ref);
+    free(w->slots), free(w->tasks), free(w->mem), free(w);
+}
+
+// F, f and ||grad_y f|| of the slot's task at its y.
+static blo_status slot_objectives(tasks_state *w, task_slot *s, const double *x) {
+    blo_status st = blo_eval(&s->prob, 1, x, s->y, &s->F, NULL, NULL, s->tape, &s->err);
+    if (!st) st = blo_eval(&s->prob, 0, x, s->y, &s->f, NULL, s->gy, s->tape, &s->err);
+    if (!st) s->residual = sqrt(blo_dot(s->gy, s->gy, w->ny));
+    return st;
+}
+
+static void run_slot(tasks_state *w, task_slot *s) {
+    ad_tape_reset(s->tape); // each task on a tape with no history: the same bits on any thread
+    if (w->job == JOB_PHI) {
+        s->st = w->base->phi(s->state, w->x, w->z, &s->phi, &s->err);
+        return;
+    }
+    s->rec = (blo_record){.t = w->t};
+    s->st = w->base->direction(s->state, w->t, w->x, w->z, s->gx, w->nz ? s->gz : NULL, s->y, &s->rec,
+                               &s->err);
+    if (!s->st) s->st = slot_objectives(w, s, w->x);
+}
+
+static void *run_worker(void *arg) {
+    worker *k = arg;
+    for (int j = k->first; j < k->w->B; j += k->stride) run_slot(k->w, &k->w->slots[j]);
+    return NULL;
+}
+
+// Runs the job on every slot, slot j on thread j mod threads; the caller's thread is thread 0 and
+// does a thread's share itself when it cannot be started.
+static blo_status run_batch(tasks_state *w, blo_error *err) {
+    enum { MAX_THREADS = 64 };
+    int n = w->ts->threads < w->B ? w->ts->threads : w->B;
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    worker k[MAX_THREADS];
+    pthread_t th[MAX_THREADS];
+    bool started[MAX_THREADS] = {false};
+    for (int i = 0; i < n; i++) k[i] = (worker){w, i, n};
+    for (int i = 1; i < n; i++) started[i] = pthread_create(&th[i], NULL, run_worker, &k[i]) == 0;
+    run_worker(&k[0]);
+    for (int i = 1; i < n; i++)
+        if (started[i]) pthread_join(th[i], NULL);
+        else run_worker(&k[i]);
+    for (int j = 0; j < w->B; j++)
+        if (w->slots[j].st)
+            return blo_fail(err, w->slots[j].st, "task %d of the batch: %s", j, w->slots[j].err.msg);
+    return BLO_OK;
+}
+
+static blo_status tasks_init(void **state, const blo_method_env *env, int *n_z, double **z0,
+                             blo_error *err) {
+    const blo_problem *p = env->p;
+    const blo_task_set *ts = p->tasks;
+    *state = NULL;
+    blo_status st = blo_tasks_check(ts, err);
+    if (st) return st;
+    if (!env->method || !env->method->init)
+        return blo_fail(err, BLO_EARG, "tasks: the environment names no method to run on the batches");
+    // A task's problem is the reference one's with its own user: a minibatch sampler would be
+    // handed a task for its user.
+    if (p->sample) return blo_fail(err, BLO_EARG, "tasks: a task set with minibatches (sample) is not supported");
+    tasks_state *w = calloc(1, sizeof *w);
+    if (!w) return blo_fail(err, BLO_ENOMEM, "tasks: out of memory");
+    *w = (tasks_state){.base = env->method, .ts = ts, .p = p, .B = ts->batch, .nx = p->n_x, .ny = p->n_y};
+    *state = w;
+    blo_method_env e = *env;
+    if ((st = w->base->init(&w->ref, &e, &w->nz, z0, err))) return st;
+    *n_z = w->nz;
+    size_t B = (size_t)w->B, per = (size_t)w->nx + (size_t)w->nz + 2 * (size_t)w->ny;
+    if ((st = blo_check_memory((double)B, (double)(ts->task_size + 8 * per), "tasks of a batch", err))) return st;
+    w->slots = calloc(B, sizeof *w->slots);
+    w->tasks = calloc(B, ts->task_size);
+    w->mem = calloc(B * per + 1, sizeof(double));
+    if (!w->slots || !w->tasks || !w->mem) return blo_fail(err, BLO_ENOMEM, "tasks: out of memory");
+    ad_tape_params tp = ad_tape_default_params();
+    tp.threads = 1; // the batch's threads are the parallelism; a task's products stay on its own
+    for (size_t j = 0; j < B; j++) {
+        task_slot *s = &w->slots[j];
+        double *v = w->mem + j * per;
+        s->gx = v, s->gz = v + w->nx, s->y = s->gz + w->nz, s->gy = s->y + w->ny;
+        s->prob = *p;
+        s->prob.user = w->tasks + j * ts->task_size, s->prob.tasks = NULL;
+        if (!(s->tape = ad_tape_new(&tp))) return blo_fail(err, BLO_ENOMEM, "tasks: out of memory");
+        ad_rng_seed(&s->rng, ad_rng_next(env->rng)); // the solver's generator gives each its own
+        memcpy(s->prob.user, p->user, ts->task_size); // a task until the first batch is drawn
+        e.p = &s->prob, e.tape = s->tape, e.rng = &s->rng;
+        int nz;
+        double *zj;
+        if ((st = w->base->init(&s->state, &e, &nz, &zj, err))) return st;
+        if (nz != w->nz) return blo_fail(err, BLO_EARG, "tasks: method %s gave n_z = %d for a task, %d for "
+                                          "the reference", w->base->name, nz, w->nz);
+    }
+    return blo_ok(err);
+}
+
+// The mean over the tasks of their g_x (or, with of_z, g_z) [n]: a sum in task order, then / B.
+static void mean_into(const tasks_state *w, double *out, int n, bool of_z) {
+    for (int i = 0; i < n; i++) {
+        double s = 0;
+        for (int j = 0; j < w->B; j++) s += (of_z ? w->slots[j].gz : w->slots[j].gx)[i];
+        out[i] = s / w->B;
+    }
+}
+
+static blo_status tasks_direction(void *state, int t, const double *x, const double *z, double *gx,
+                                  double *gz, double *y, blo_record *rec, blo_error *err) {
+    tasks_state *w = state;
+    blo_status st = blo_tasks_draw(w->ts, w->ts->seed, (uint64_t)t, w->B, w->tasks, err);
+    if (st) return st;
+    w->job = JOB_DIRECTION, w->t = t, w->x = x, w->z = z;
+    if ((st = run_batch(w, err))) return st;
+    mean_into(w, gx, w->nx, false);
+    if (w->nz) mean_into(w, gz, w->nz, true);
+    double F = 0, f = 0, res = 0, extra = 0, kbar = 0;
+    for (int j = 0; j < w->B; j++) {
+        const task_slot *s = &w->slots[j];
+        F += s->F, f += s->f, res += s->residual, extra += s->rec.extra, kbar += s->rec.kbar;
+    }
+    memcpy(y, w->slots[0].y, sizeof(double) * (size_t)w->ny); // the first task's, for the record
+    rec->F = F / w->B, rec->f = f / w->B, rec->ll_residual = res / w->B;
+    rec->extra = extra / w->B, rec->kbar = (int)lround(kbar / w->B);
+    return blo_ok(err);
+}
+
+// The method's solution on the reference task.
+static blo_status tasks_solution(void *state, const double *x, const double *z, double *y,
+                                 blo_error *err) {
+    tasks_state *w = state;
+    return w->base->solution(w->ref, x, z, y, err);
+}
+
+// The mean of the tasks' values of the last batch, each with what its direction held fixed.
+static blo_status tasks_phi(void *state, const double *x, const double *z, double *value,
+                            blo_error *err) {
+    tasks_state *w = state;
+    if (!w->base->phi) return blo_fail(err, BLO_EARG, "%s differentiates no value", w->base->name);
+    w->job = JOB_PHI, w->x = x, w->z = z;
+    blo_status st = run_batch(w, err);
+    if (st) return st;
+    double s = 0;
+    for (int j = 0; j < w->B; j++) s += w->slots[j].phi;
+    *value = s / w->B;
+    return BLO_OK;
+}
+
+// Each task's generator and the method's state, in task order.
+static blo_status tasks_save(const void *state, blo_writer *w) {
+    const tasks_state *q = state;
+    blo_status st = BLO_OK;
+    for (int j = 0; !st && j < q->B; j++) {
+        st = blo_write(w, &q->slots[j].rng, sizeof q->slots[j].rng);
+        if (!st && q->base->save) st = q->base->save(q->slots[j].state, w);
+    }
+    return st;
+}
+
+static blo_status tasks_load(void *state, blo_reader *r, blo_error *err) {
+    tasks_state *q = state;
+    blo_status st = BLO_OK;
+    for (int j = 0; !st && j < q->B; j++) {
+        st = blo_read(r, &q->slots[j].rng, sizeof q->slots[j].rng);
+        if (st) return blo_fail(err, st, "tasks: the state of task %d is truncated", j);
+        if (q->base->load) st = q->base->load(q->slots[j].state, r, err);
+    }
+    return st;
+}
+
+const blo_method_type *blo_tasks_wrap(blo_method_type *out, const blo_method_type *base) {
+    *out = *base;
+    out->needs |= BLO_NEEDS_TASKS;
+    out->init = tasks_init, out->direction = tasks_direction, out->solution = tasks_solution;
+    out->phi = base->phi ? tasks_phi : NULL;
+    out->save = tasks_save, out->load = tasks_load, out->free = tasks_free;
+    return out;
+}
