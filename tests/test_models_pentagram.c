@@ -225,6 +225,25 @@ static void nas_cases(void) {
         EXPECT(v[2] > untrained + 20, "test accuracy %g after 100 retraining steps, %g before", v[2], untrained);
         mdl_free(&m);
     }
+    TEST_CASE("nas: an all-identity architecture (two cells: 9 relu(stem)) retrains at the default step") {
+        // the search's common end (DARTS prefers parameter-free operations); at the old Adam step
+        // 1e-2 every ReLU of the stem died in the first steps and the test accuracy stayed at 10%
+        mdl_model m;
+        char err[256] = "";
+        double x[30], v[MDL_METRICS_MAX], before = 0;
+        for (int i = 0; i < 30; i++) x[i] = i % 5 == 1; // identity strongest on every edge
+        for (int r = 0; r <= 100; r += 100) {
+            char set[160];
+            snprintf(set, sizeof set, "n_train=200 n_val=20 n_test=200 hidden=8 cells=2 retrain=%d", r);
+            int rc = mdl_make_named("nas", set, &m, err, sizeof err);
+            EXPECT(rc == 0 && m.evaluate(&m, x, m.y0[0], v, err, sizeof err) == 0, "%s", err);
+            if (rc) break;
+            EXPECT(v[3] == 784 * 8 + 8 + 8 * 10 + 10, "params %g: no linear edge", v[3]);
+            if (r == 0) before = v[2];
+            else EXPECT(v[2] > before + 20, "test accuracy %g after 100 retraining steps, %g before", v[2], before);
+            mdl_free(&m);
+        }
+    }
 }
 
 void test_models_pentagram(void) {

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The papers' experiments with `hypertape compare`: every toy and a hyper-cleaning run, one table
-# (stdout and OUT/NAME.txt) and one convergence figure (OUT/NAME.png) each. The default is the
-# short version the README's first command runs (a few minutes on 2 cores); --full runs
-# hyper-cleaning with the paper-scale iteration counts.
+# (stdout and OUT/NAME.txt) and one convergence figure (OUT/NAME.png) each; BDA's x as K grows;
+# the GAN of AIT Table 6 (a table of fd, js, modes and a scatter figure like its Fig. 10) and the
+# architecture search of AIT Table 5. The default is the short version the README's first command
+# runs (a few minutes on 2 cores; the GAN and NAS runs shortened); --full runs everything at the
+# papers' scale (the models' paper rows; the GAN over seeds 0, 1, 2, mean +- std) and lists the
+# time of each part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 H=${HYPERTAPE:-build/tools/hypertape}
@@ -17,6 +20,18 @@ for arg in "$@"; do
 done
 mkdir -p "$OUT"
 
+SECONDS=0
+PART_START=0
+TIMES=""
+part() { # closes the previous part's timing, names the next
+    [ -n "${PART:-}" ] && TIMES="$TIMES$(printf '%-16s %6d s' "$PART" $((SECONDS - PART_START)))\n"
+    PART=${1:-}
+    PART_START=$SECONDS
+}
+field() { # a number from a one-line JSON report: field NAME < report
+    sed -n "s/.*\"$1\": \([^,}]*\).*/\1/p"
+}
+
 run() { # name, compare arguments...
     local name=$1
     shift
@@ -24,6 +39,7 @@ run() { # name, compare arguments...
     "$H" compare "$@" --plot "$OUT/$name.png" | tee "$OUT/$name.txt"
 }
 
+part toys
 # BDA Example 1: RHG cannot pass x = 0.5 from y0 = 0; BDA approaches x* = 1
 run counterexample counterexample --methods rhg,bda
 run counterexample-y2 counterexample --methods rhg,bda --start-index 1
@@ -49,7 +65,66 @@ run degenerate degenerate --methods bome
 for s in 0 1; do
     run pl-start$s pl --start-index $s --methods galet
 done
+# BDA Example 1 as K grows: x is the minimizer of the K-step problem, tending to x* = 1
+part bda-K
+KS="16 64 256 1024"
+echo "== BDA's x on counterexample as K grows"
+{
+    echo "K x"
+    for K in $KS; do echo "$K $("$H" run counterexample --method bda --ll-iters "$K" --json | field x | tr -d '[]')"; done
+} | tee "$OUT/bda-K.txt"
+
+# AIT Table 6 / Fig. 10: the GAN on the pentagram; G is the UL, D the LL. vgan = alto, wgan = alto
+# on the clipped critic's loss, ugan = rhg (warm-started, unrolled D), ait = AIT. The short version
+# runs seed 0 for a few hundred iterations (far from the paper rows' result).
+part gan
+GAN_METHODS="vgan:--method alto|wgan:--method alto --set loss=wgan --ll-iters 5|ugan:--method rhg|ait:--method ait"
+SEEDS="0"
+GAN_SHORT="--ul-iters 300"
+[ "$FULL" = 1 ] && SEEDS="0 1 2" && GAN_SHORT=""
+echo "== pentagram GAN (AIT Table 6): fd js modes per seed, then mean std"
+{
+    echo "method seed fd js modes"
+    IFS='|'
+    for spec in $GAN_METHODS; do
+        IFS=' '
+        name=${spec%%:*}
+        for s in $SEEDS; do
+            # shellcheck disable=SC2086
+            rep=$("$H" run pentagram ${spec#*:} --set seed="$s" --set samples="$OUT/gan-$name-seed$s.txt" $GAN_SHORT --json)
+            echo "$name $s $(field fd <<<"$rep") $(field js <<<"$rep") $(field modes <<<"$rep")"
+        done
+        IFS='|'
+    done
+    IFS=' '
+} | tee "$OUT/gan.txt"
+awk 'NR > 1 { n[$1]++; for (j = 3; j <= 5; j++) { s[$1, j] += $j; q[$1, j] += $j * $j } }
+     END { print "method fd js modes (mean std over seeds)"
+           for (m in n) { line = m
+               for (j = 3; j <= 5; j++) { mu = s[m, j] / n[m]; v = q[m, j] / n[m] - mu * mu
+                   line = line sprintf(" %.3f %.3f", mu, n[m] > 1 ? sqrt((v > 0 ? v : 0) * n[m] / (n[m] - 1)) : 0) }
+               print line } }' "$OUT/gan.txt" | tee "$OUT/gan-mean.txt"
+if command -v gnuplot >/dev/null; then
+    gnuplot -e "set terminal pngcairo size 1600,420; set output '$OUT/gan.png';
+        set multiplot layout 1,4; set size ratio -1; set xrange [-10:10]; set yrange [-10:10]; unset key;
+        do for [m in 'vgan wgan ugan ait'] { set title m.' (seed 0)';
+            plot '$OUT/gan-'.m.'-seed0.txt' index 1 using 1:2 with dots lc rgb '#999999',
+                 '' index 0 using 1:2 with points pt 7 ps 0.3 lc rgb '#cc2200' };
+        unset multiplot"
+    echo "figure: $OUT/gan.png (grey: real samples, red: generated)"
+fi
+
+# AIT Table 5: the architecture search on FashionMNIST with darts, rhg, cg and ait (search
+# accuracies, the retrained derived network's test accuracy, its parameters); short: a few steps
+part nas
+if [ "$FULL" = 1 ]; then
+    run nas nas --methods darts,rhg,cg,ait
+else
+    run nas nas --methods darts,ait --ul-iters 5 --set retrain=30 --set n_test=2000
+fi
+
 # Data hyper-cleaning on FashionMNIST (linear model): all methods, brief unless --full
+part hyperclean
 if [ "$FULL" = 1 ]; then
     run hyperclean-linear hyperclean --methods rhg,trhg,cg,neumann,bda,ait,aitp,bvfim,bome,galet
     run hyperclean-mlp hyperclean --set model=mlp --methods rhg,trhg,cg,neumann,bda,ait,bvfim,bome,galet
@@ -59,4 +134,6 @@ if [ "$FULL" = 1 ]; then
 else
     run hyperclean-linear hyperclean --ul-iters 10 --ll-iters 30 --methods rhg,cg,ait,bome,galet
 fi
+part
 echo "tables and figures in $OUT"
+printf "time of each part (wall):\n$TIMES"
