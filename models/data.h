@@ -51,6 +51,15 @@ typedef struct {
 int mdl_mnist_load(const char *dir, const char *prefix, mdl_dataset *out, char *err, size_t errlen);
 void mdl_dataset_free(mdl_dataset *d);
 
+// Omniglot's layout, ROOT/ALPHABET/CHARACTER/*.png (models/omniglot.c): every drawing, decoded by
+// libpng to gray (white background 1, strokes 0: not inverted) and area-averaged to side x side
+// (28 in MAML's Sec. 5.2), each pixel rounded to the nearest k/255 so that Xc holds X exactly.
+// y is the character's index over all alphabets; folders and files are taken in strcmp order.
+// *n_classes_out (may be NULL) = out->classes, the number of characters. A missing or empty
+// folder, a folder with no PNG, or a corrupt PNG is a one-line error naming the path.
+int mdl_omniglot_load(const char *root, int side, mdl_dataset *out, int32_t *n_classes_out, char *err,
+                      size_t errlen);
+
 // The hyper-cleaning split (AIT 6.2.1, BVFIM 6.2, GALET): n_train and n_val samples drawn
 // without replacement from the training file (seeded), the test file as test set; a fraction
 // `corrupt` of the training labels replaced by one of the other classes, uniformly.

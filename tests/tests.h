@@ -20,6 +20,7 @@ void test_bilevel_stochastic(void);
 void test_bilevel_checkpoint(void);
 void test_bilevel_tasks(void);
 void test_models_data(void);
+void test_models_omniglot(void);
 void test_models_toys(void);
 void test_models_hyperclean(void);
 void test_models_pentagram(void);
