@@ -1,5 +1,6 @@
 // Datasets: an IDX reader (the MNIST file format, raw or gzip through zlib) and the
-// hyper-cleaning split of an MNIST-format folder (FashionMNIST by default). Every failure is a
+// hyper-cleaning split of an MNIST-format folder (FashionMNIST by default), and an Omniglot reader
+// (PNG folders through libpng: models/omniglot.c). Every failure is a
 // clear message with the path and what was wrong; nothing is ever partly loaded.
 #ifndef HYPERTAPE_MODELS_DATA_H
 #define HYPERTAPE_MODELS_DATA_H
