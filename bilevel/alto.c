@@ -25,12 +25,8 @@ static blo_status alto_direction(void *state, int t, const double *x, const doub
     blo_ll_state *h = state;
     const blo_problem *p = h->p;
     (void)t, (void)z, (void)gz;
-    size_t S = (size_t)h->dyn.state_size, ny = (size_t)p->n_y;
-    memcpy(h->y0_ref, h->y0, sizeof(double) * ny);
-    memcpy(h->x_ref, x, sizeof(double) * (size_t)p->n_x);
-    blo_status st = blo_state_init(p, &h->dyn, h->y0, h->states, h->tape, err);
-    if (!st) st = blo_unroll(p, &h->dyn, x, 0, h->states, h->K, h->states, NULL, h->tape, err);
-    if (!st) st = blo_state_read_y(p, &h->dyn, h->states + (size_t)h->K * S, y, h->tape, err);
+    size_t ny = (size_t)p->n_y;
+    blo_status st = blo_ll_steps(h, x, y, err);
     if (!st) st = blo_eval(p, 1, x, y, NULL, gx, NULL, h->tape, err);
     if (st) return st;
     rec->kbar = h->K;

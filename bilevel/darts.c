@@ -86,11 +86,9 @@ static blo_status darts_direction(void *state, int t, const double *x, const dou
     darts *s = state;
     blo_ll_state *h = &s->ll;
     const blo_problem *p = h->p;
-    int nx = p->n_x, ny = p->n_y, S = h->dyn.state_size;
+    int nx = p->n_x, ny = p->n_y;
     (void)t, (void)z, (void)gz;
-    blo_status st = blo_state_init(p, &h->dyn, h->y0, h->states, h->tape, err);
-    if (!st) st = blo_unroll(p, &h->dyn, x, 0, h->states, h->K, h->states, NULL, h->tape, err);
-    if (!st) st = blo_state_read_y(p, &h->dyn, h->states + (size_t)h->K * S, y, h->tape, err);
+    blo_status st = blo_ll_steps(h, x, y, err);
     if (!st) st = blo_eval(p, 1, x, y, NULL, gx, s->v, h->tape, err); // grad_x F, v = grad_y F
     if (st) return st;
     rec->kbar = h->K;

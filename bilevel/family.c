@@ -73,6 +73,12 @@ blo_status blo_ll_solution(void *state, const double *x, const double *z, double
     return s;
 }
 
+blo_status blo_ll_steps(blo_ll_state *h, const double *x, double *y, blo_error *err) {
+    memcpy(h->y0_ref, h->y0, sizeof(double) * (size_t)h->p->n_y);
+    memcpy(h->x_ref, x, sizeof(double) * (size_t)h->p->n_x);
+    return blo_ll_solution(h, x, NULL, y, err);
+}
+
 blo_status blo_ll_phi(void *state, const double *x, const double *z, double *value, blo_error *err) {
     const blo_ll_state *h = state;
     (void)z;

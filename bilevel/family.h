@@ -135,6 +135,9 @@ blo_status blo_ll_new(void **state, size_t size, const blo_method_env *env, int 
 blo_status blo_ll_new_scratch(void **state, size_t size, const blo_method_env *env, int K, size_t n,
                               blo_error *err);
 blo_status blo_ll_solution(void *state, const double *x, const double *z, double *y, blo_error *err);
+// A direction's K steps from y0 (not under IA): x and y0 recorded for phi, then y_K [n_y] as
+// blo_ll_solution takes it (with the states kept, the final one is at states + K S).
+blo_status blo_ll_steps(blo_ll_state *h, const double *x, double *y, blo_error *err);
 // F(x, y_K(x)) from the start the last direction used (y0_ref): the value fhg differentiates and
 // cg and neumann approximate the gradient of.
 blo_status blo_ll_phi(void *state, const double *x, const double *z, double *value, blo_error *err);

@@ -410,11 +410,7 @@ blo_status blo_implicit_method_direction(void *state, int t, const double *x, co
     const blo_problem *p = h->p;
     (void)t, (void)z, (void)gz;
     int S = h->dyn.state_size;
-    memcpy(h->y0_ref, h->y0, sizeof(double) * (size_t)p->n_y);
-    memcpy(h->x_ref, x, sizeof(double) * (size_t)p->n_x);
-    blo_status st = blo_state_init(p, &h->dyn, h->y0, h->states, h->tape, err);
-    if (!st) st = blo_unroll(p, &h->dyn, x, 0, h->states, h->K, h->states, NULL, h->tape, err);
-    if (!st) st = blo_state_read_y(p, &h->dyn, h->states + (size_t)h->K * S, y, h->tape, err);
+    blo_status st = blo_ll_steps(h, x, y, err);
     blo_implicit_params ip = {.kind = (blo_implicit_kind)m->par.kind, .iters = m->par.J,
                               .tol = m->par.tol, .eta = m->par.eta, .restart = m->par.restart};
     blo_implicit_info info = {0};
