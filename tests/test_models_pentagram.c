@@ -174,6 +174,26 @@ static void gradient_cases(void) {
         blo_config_free(c);
         mdl_free(&m);
     }
+    TEST_CASE("pentagram: each Table 6 method's documented settings are its paper configuration (README)") {
+        // what `hypertape run pentagram --method M` runs; the README's table quotes these
+        const struct {
+            const char *method, *name, *value;
+        } cases[] = {
+            {"alto", "ll_iters", "1"},      {"alto", "s_l", "0.3"},        {"alto", "ul_iters", "2000"},
+            {"alto", "lr_x", "0.003"},      {"rhg", "ll_iters", "2"},      {"rhg", "warm_start", "1"},
+            {"rhg", "s_l", "0.3"},          {"ait", "ll_iters", "5"},      {"ait", "ptt", "1"},
+            {"ait", "ia", "0"},             {"ait", "warm_start", "1"},    {"ait", "s_l", "0.1"},
+            {"ait", "optimizer", "adam"},   {"ait", "lr_x", "0.003"},      {"ait", "ul_iters", "2000"},
+        };
+        for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+            char err[300] = "", v[64] = "";
+            blo_config *c = mdl_paper_config(&mdl_pentagram_entry, blo_method_find(cases[k].method), NULL, err,
+                                             sizeof err);
+            EXPECT(c && blo_config_get(c, cases[k].name, v, sizeof v) && !strcmp(v, cases[k].value),
+                   "%s: %s = %s, documented %s (%s)", cases[k].method, cases[k].name, v, cases[k].value, err);
+            blo_config_free(c);
+        }
+    }
     TEST_CASE("pentagram: bad settings are errors naming them") {
         const char *bad[][2] = {{"loss=lsgan", "loss"}, {"sigma=0", "sigma"}, {"n=3", "n"}, {"clip=-1", "clip"}};
         for (size_t k = 0; k < sizeof bad / sizeof *bad; k++) {
