@@ -64,6 +64,7 @@ typedef struct {
     const uint8_t *au;
     const double *tab;
     double *C, *cb;
+    int nb; // row stride of bp: np, or ldb where the strips read B as given (thin_run)
     bool lin;
     double dv, rv; // lin: the divisor and its rounded reciprocal
 } thin_task;
@@ -346,7 +347,7 @@ X512_INLINE void load_row_x512(const int NI, const int FULL, const int U8, const
 // linear table (t->lin).
 X512_INLINE void strip_x512(const int N, const int NI, const int FULL, const int U8,
                             const thin_task *t, int i, int p0, int p1, bool first) {
-    const int lda = t->lda, np = t->np, m = t->m, left = t->hi - i;
+    const int lda = t->lda, nb = t->nb, m = t->m, left = t->hi - i;
     const double *bp = t->bp;
     const __m512d dv = _mm512_set1_pd(t->dv), rv = _mm512_set1_pd(t->rv);
     double *cb = t->cb;
@@ -356,7 +357,7 @@ X512_INLINE void strip_x512(const int N, const int NI, const int FULL, const int
     STRIP_ALL(STRIP_DECL)
     STRIP_ALL(STRIP_IN)
     for (int p = p0; p < p1; p++) {
-        const double *b = bp + (size_t)p * np;
+        const double *b = bp + (size_t)p * nb;
         load_row_x512(NI, FULL, U8, t, (size_t)p * lda + (size_t)i, left, k0, k1, dv, rv, &a0, &a1);
         STRIP_ALL(STRIP_FMA)
     }
@@ -563,11 +564,14 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
     double dv = 0, rv = 0;
     bool lin = au && ta && isa == AD_THIN_AVX512 && thin_linear_table(tab, &dv, &rv);
     int np = packed_width(isa, ta, au != NULL, lin, n), blocks = ta ? tn_blocks(m, n, k) : 1;
-    pack_b(tb, n, k, B, ldb, np, work);
+    // AVX-512's strips broadcast B's entries one by one, so they read B as given: no copy of
+    // G [5000, 10] padded to 16 columns per X^T G
+    bool as_given = ta && !tb && tn_strips(isa, au != NULL, lin);
+    if (!as_given) pack_b(tb, n, k, B, ldb, np, work);
     thin_job job = {.all = {.isa = isa, .ta = ta, .m = m, .n = n, .k = k, .np = np, .lda = lda,
                             .lo = 0, .hi = m, .p0 = 0, .p1 = k, .A = A, .au = au, .tab = tab,
-                            .bp = work, .C = C, .cb = work + (size_t)np * k, .lin = lin,
-                            .dv = dv, .rv = rv}};
+                            .bp = as_given ? B : work, .nb = as_given ? ldb : np, .C = C,
+                            .cb = work + (size_t)np * k, .lin = lin, .dv = dv, .rv = rv}};
     int nt = min_int(threads < 1 ? 1 : min_int(threads, THIN_MAX_THREADS), (m + 7) / 8);
     if (blocks > 1) { // A transposed, k long: blocks of rows of A
         job.by_rows_of_a = 1;
