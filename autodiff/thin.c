@@ -322,6 +322,19 @@ X512_INLINE __m512d decode8_x512(const uint8_t *c, __m512d dv, __m512d rv) {
     __m512d q = _mm512_mul_pd(x, rv);
     return _mm512_fmadd_pd(_mm512_fnmadd_pd(q, dv, x), rv, q);
 }
+// Whether decode8_x512 gives every entry of tab from its code, bit for bit.
+static __attribute__((target("avx512f,avx2,fma"))) bool linear_x512(const double *tab, double d,
+                                                                   double r) {
+    const __m512d dv = _mm512_set1_pd(d), rv = _mm512_set1_pd(r);
+    uint8_t codes[256];
+    for (int c = 0; c < 256; c++) codes[c] = (uint8_t)c;
+    __mmask8 same = 0xff;
+    for (int c = 0; c < 256; c += 8)
+        same &= _mm512_cmp_pd_mask(decode8_x512(codes + c, dv, rv), _mm512_loadu_pd(tab + c),
+                                   _CMP_EQ_OQ);
+    return same == 0xff;
+}
+
 // 8 NI entries of A's row from at: doubles (masked past the task's columns unless FULL), or
 // codes decoded (the masked-off ones read from a zeroed copy: no byte past the row is read).
 X512_INLINE void load_row_x512(const int NI, const int FULL, const int U8, const thin_task *t,
@@ -469,14 +482,16 @@ static int tn_blocks(int m, int n, int k) {
 }
 
 // Whether a table of codes is tab[c] = c / dv with dv = 1 / tab[1], each entry what
-// decode8_x512 computes from c (pixels c / 255.0 are): then *dv and *rv = 1 / dv rounded.
+// decode8_x512 computes from c (pixels c / 255.0 are; checked by that very code, 32 vectors):
+// then *dv and *rv = 1 / dv rounded. Only where AVX-512 runs.
 static bool thin_linear_table(const double *tab, double *dv, double *rv) {
     if (!(tab[1] > 0) || tab[0] != 0 || signbit(tab[0])) return false;
     double d = 1.0 / tab[1], r = 1.0 / d;
-    for (int c = 0; c < 256; c++) {
-        double x = c, q = x * r;
-        if (fma(fma(-q, d, x), r, q) != tab[c]) return false;
-    }
+#if THIN_X86
+    if (!linear_x512(tab, d, r)) return false;
+#else
+    return false;
+#endif
     *dv = d, *rv = r;
     return true;
 }
@@ -592,12 +607,15 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
     for (int w = 1; w < nt; w++)
         if (started[w]) pthread_join(tid[w], NULL);
     if (!ta) return;
-    // C = the partials added in block order (one block: copied); AVX-512's by columns of C
+    // C = the partials added in block order (one block: copied); AVX-512's by columns of C,
+    // read along them (entry by entry the same sums)
     const double *part = job.all.cb;
     size_t stride = (size_t)m * np;
     bool by_cols = tn_strips(isa, au != NULL, lin);
-    for (int i = 0; i < m; i++)
-        for (int j = 0; j < n; j++) {
+    int outer = by_cols ? n : m, inner = by_cols ? m : n;
+    for (int o = 0; o < outer; o++)
+        for (int in = 0; in < inner; in++) {
+            int i = by_cols ? in : o, j = by_cols ? o : in;
             size_t at = by_cols ? (size_t)j * m + i : (size_t)i * np + j;
             double s = part[at];
             for (int b = 1; b < job.n_chunks * job.by_rows_of_a; b++) s += part[b * stride + at];
