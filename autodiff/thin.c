@@ -6,7 +6,8 @@
 // held in registers: 20-28 GFLOP/s on one thread, up to ~45 on two (`hypertape bench
 // autodiff`, line (e)). A may also be one-byte codes into a table of doubles (an 8-bit image
 // set, ad_matmul_coded): the same values read in the same order, so the same bits, from 1/8 of
-// the memory.
+// the memory. Where the table is c / d (pixels c / 255.0), AVX-512 decodes 8 codes at a time by
+// arithmetic that gives each table entry exactly (checked entry by entry; else one load a code).
 //
 // Layout: the reference loop, then the portable kernels, the AVX2 + FMA and the AVX-512
 // kernels (compiled with function-level targets so the library needs no -march flag; the
