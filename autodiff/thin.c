@@ -6,7 +6,8 @@
 // held in registers: 20-28 GFLOP/s on one thread, up to ~45 on two (`hypertape bench
 // autodiff`, line (e)). A may also be one-byte codes into a table of doubles (an 8-bit image
 // set, ad_matmul_coded): the same values read in the same order, so the same bits, from 1/8 of
-// the memory.
+// the memory. Where the table is c / d (pixels c / 255.0), AVX-512 decodes 8 codes at a time by
+// arithmetic that gives each table entry exactly (checked entry by entry; else one load a code).
 //
 // Layout: the reference loop, then the portable kernels, the AVX2 + FMA and the AVX-512
 // kernels (compiled with function-level targets so the library needs no -march flag; the
@@ -14,6 +15,7 @@
 // the driver that packs B and hands pieces of the product to threads.
 #include "thin.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -54,6 +56,8 @@ void ad_thin_matmul_naive(int ta, int tb, int m, int n, int k, const double *A, 
 // to 4, zero past n.
 // A is doubles, or (au non-NULL) one-byte codes whose entry x is tab[x]: the same values,
 // read in the same order, so both give the same bits.
+// lin: the table is tab[c] = c / dv, each entry exactly the division (thin_linear_table), so
+// AVX-512 decodes a vector of codes by arithmetic instead of loading one entry per code.
 typedef struct {
     ad_thin_isa isa;
     int ta, m, n, k, np, lda, lo, hi, p0, p1;
@@ -61,6 +65,9 @@ typedef struct {
     const uint8_t *au;
     const double *tab;
     double *C, *cb;
+    int nb; // row stride of bp: np, or ldb where the strips read B as given (thin_run)
+    bool lin;
+    double dv, rv; // lin: the divisor and its rounded reciprocal
 } thin_task;
 
 static inline double a_at(const thin_task *t, size_t at) {
@@ -308,22 +315,64 @@ X512_FN void nn_x512(const thin_task *t) {
     }
 #define STRIP_ALL(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
 
-// FULL: all 8 NI columns from i are in [lo, hi) (no masks in the loop).
-X512_INLINE void strip_x512(const int N, const int NI, const int FULL, const thin_task *t, int i,
-                            int p0, int p1, bool first) {
-    const int lda = t->lda, np = t->np, m = t->m, left = t->hi - i;
-    const double *A = t->A, *bp = t->bp;
+// 8 codes from c decoded to tab[c] = c / dv exactly: q = c rv rounded, then one correction step
+// q + (c - q dv) rv, both fused (Markstein's correction; thin_linear_table checked that it gives
+// every entry of the table bit for bit).
+X512_INLINE __m512d decode8_x512(const uint8_t *c, __m512d dv, __m512d rv) {
+    __m512d x = _mm512_cvtepi32_pd(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)c)));
+    __m512d q = _mm512_mul_pd(x, rv);
+    return _mm512_fmadd_pd(_mm512_fnmadd_pd(q, dv, x), rv, q);
+}
+// Whether decode8_x512 gives every entry of tab from its code, bit for bit.
+static __attribute__((target("avx512f,avx2,fma"))) bool linear_x512(const double *tab, double d,
+                                                                   double r) {
+    const __m512d dv = _mm512_set1_pd(d), rv = _mm512_set1_pd(r);
+    uint8_t codes[256];
+    for (int c = 0; c < 256; c++) codes[c] = (uint8_t)c;
+    __mmask8 same = 0xff;
+    for (int c = 0; c < 256; c += 8)
+        same &= _mm512_cmp_pd_mask(decode8_x512(codes + c, dv, rv), _mm512_loadu_pd(tab + c),
+                                   _CMP_EQ_OQ);
+    return same == 0xff;
+}
+
+// 8 NI entries of A's row from at: doubles (masked past the task's columns unless FULL), or
+// codes decoded (the masked-off ones read from a zeroed copy: no byte past the row is read).
+X512_INLINE void load_row_x512(const int NI, const int FULL, const int U8, const thin_task *t,
+                               size_t at, int left, __mmask8 k0, __mmask8 k1, __m512d dv,
+                               __m512d rv, __m512d *a0, __m512d *a1) {
+    if (!U8) {
+        const double *A = t->A;
+        *a0 = FULL ? _mm512_loadu_pd(A + at) : _mm512_maskz_loadu_pd(k0, A + at);
+        if (NI > 1) *a1 = FULL ? _mm512_loadu_pd(A + at + 8) : _mm512_maskz_loadu_pd(k1, A + at + 8);
+        return;
+    }
+    const uint8_t *c = t->au + at;
+    // the row's next line, which the strip 64 columns on reads: the block's codes come from
+    // beyond L2 at this stride, and unfetched they stalled every row (1.9x slower measured)
+    _mm_prefetch((const char *)c + 64, _MM_HINT_T0);
+    uint8_t part[16] = {0};
+    if (!FULL) c = memcpy(part, c, (size_t)(left < 8 * NI ? left : 8 * NI));
+    *a0 = decode8_x512(c, dv, rv);
+    if (NI > 1) *a1 = decode8_x512(c + 8, dv, rv);
+}
+
+// FULL: all 8 NI columns from i are in [lo, hi) (no masks in the loop). U8: A is codes with a
+// linear table (t->lin).
+X512_INLINE void strip_x512(const int N, const int NI, const int FULL, const int U8,
+                            const thin_task *t, int i, int p0, int p1, bool first) {
+    const int lda = t->lda, nb = t->nb, m = t->m, left = t->hi - i;
+    const double *bp = t->bp;
+    const __m512d dv = _mm512_set1_pd(t->dv), rv = _mm512_set1_pd(t->rv);
     double *cb = t->cb;
     __mmask8 k0 = (__mmask8)(left >= 8 ? 0xff : (1u << left) - 1);
     __mmask8 k1 = (__mmask8)(left >= 16 ? 0xff : left > 8 ? (1u << (left - 8)) - 1 : 0);
-    __m512d z = _mm512_setzero_pd(), a1 = z;
+    __m512d z = _mm512_setzero_pd(), a0 = z, a1 = z;
     STRIP_ALL(STRIP_DECL)
     STRIP_ALL(STRIP_IN)
     for (int p = p0; p < p1; p++) {
-        const double *b = bp + (size_t)p * np;
-        size_t at = (size_t)p * lda + (size_t)i;
-        __m512d a0 = FULL ? _mm512_loadu_pd(A + at) : _mm512_maskz_loadu_pd(k0, A + at);
-        if (NI > 1) a1 = FULL ? _mm512_loadu_pd(A + at + 8) : _mm512_maskz_loadu_pd(k1, A + at + 8);
+        const double *b = bp + (size_t)p * nb;
+        load_row_x512(NI, FULL, U8, t, (size_t)p * lda + (size_t)i, left, k0, k1, dv, rv, &a0, &a1);
         STRIP_ALL(STRIP_FMA)
     }
     STRIP_ALL(STRIP_OUT)
@@ -334,27 +383,30 @@ X512_INLINE void strip_x512(const int N, const int NI, const int FULL, const thi
 #undef STRIP_OUT
 #undef STRIP_ALL
 
-// The task's columns [lo, hi) of A (doubles) in strips of 8 NI, A's rows [p0, p1) TN_SUB5 at a
-// time across all strips (A streams by rows, as in any_avx2): no bit changes with TN_SUB5.
+// The task's columns [lo, hi) of A in strips of 8 NI: A's rows [p0, p1) TN_SUB5 at a time across
+// all strips for doubles (A streams by rows, as in any_avx2), the whole block per strip for codes
+// (the block's codes stay in cache; by 8 rows the loads of codes stalled, measured 1.7x slower):
+// no bit changes with either.
 #ifndef TN_SUB5
 #define TN_SUB5 8
 #endif
-X512_INLINE void tn_n_x512(const int N, const thin_task *t) {
-    const int NI = N <= 13 ? 2 : 1, w = 8 * NI;
+X512_INLINE void tn_n_x512(const int N, const int U8, const thin_task *t) {
+    const int NI = N <= 13 ? 2 : 1, w = 8 * NI, sub = U8 ? t->p1 - t->p0 : TN_SUB5;
     int s = t->p0;
     do { // at least once: an empty range writes zeros
-        int s1 = t->p1 - s > TN_SUB5 ? s + TN_SUB5 : t->p1;
+        int s1 = t->p1 - s > sub ? s + sub : t->p1;
         int i = t->lo;
-        for (; i + w <= t->hi; i += w) strip_x512(N, NI, 1, t, i, s, s1, s == t->p0);
-        if (i < t->hi) strip_x512(N, NI, 0, t, i, s, s1, s == t->p0);
+        for (; i + w <= t->hi; i += w) strip_x512(N, NI, 1, U8, t, i, s, s1, s == t->p0);
+        if (i < t->hi) strip_x512(N, NI, 0, U8, t, i, s, s1, s == t->p0);
         s = s1;
     } while (s < t->p1);
 }
 #define TN_CASE(N)                                                                           \
-    case N: tn_n_x512(N, t); break;
-// A^T B on doubles by strips of A's rows (partial [n, m] by columns). (Codes go to tn_avx2:
-// vectors of A's codes need a gather from the table, ~2x slower here than broadcasts, and
-// broadcasts against 8-lane rows of B measured no faster than AVX2's, 0.94-1.03x.)
+    case N: if (t->au) tn_n_x512(N, 1, t); else tn_n_x512(N, 0, t); break;
+// A^T B on doubles, or on codes whose table is linear (decoded by arithmetic), by strips of A's
+// rows (partial [n, m] by columns). (Other codes go to tn_avx2: vectors of them need a gather
+// from the table, ~2x slower here than broadcasts, and broadcasts against 8-lane rows of B
+// measured no faster than AVX2's, 0.94-1.03x.)
 X512_FN void tn_x512(const thin_task *t) {
     switch (t->n) {
         TN_CASE(1) TN_CASE(2) TN_CASE(3) TN_CASE(4) TN_CASE(5) TN_CASE(6) TN_CASE(7) TN_CASE(8)
@@ -430,14 +482,34 @@ static int tn_blocks(int m, int n, int k) {
     return b < 1 ? 1 : b;
 }
 
-// Packed op(B) [k, np]: np = n rounded up to 4, or to 8 where AVX-512 runs (but A^T B on codes,
-// which runs AVX2's code).
-static int packed_width(ad_thin_isa isa, int ta, bool codes, int n) {
-    return isa == AD_THIN_AVX512 && !(ta && codes) ? (n + 7) & ~7 : padded(n);
+// Whether a table of codes is tab[c] = c / dv with dv = 1 / tab[1], each entry what
+// decode8_x512 computes from c (pixels c / 255.0 are; checked by that very code, 32 vectors):
+// then *dv and *rv = 1 / dv rounded. Only where AVX-512 runs.
+static bool thin_linear_table(const double *tab, double *dv, double *rv) {
+    if (!(tab[1] > 0) || tab[0] != 0 || signbit(tab[0])) return false;
+    double d = 1.0 / tab[1], r = 1.0 / d;
+#if THIN_X86
+    if (!linear_x512(tab, d, r)) return false;
+#else
+    return false;
+#endif
+    *dv = d, *rv = r;
+    return true;
+}
+
+// A^T B on AVX-512's strips (partials by columns of C): on doubles, or codes of a linear table.
+static bool tn_strips(ad_thin_isa isa, bool codes, bool lin) {
+    return isa == AD_THIN_AVX512 && (!codes || lin);
+}
+
+// Packed op(B) [k, np]: np = n rounded up to 4, or to 8 where AVX-512 runs (but A^T B on codes
+// of a table that is not linear, which runs AVX2's code).
+static int packed_width(ad_thin_isa isa, int ta, bool codes, bool lin, int n) {
+    return isa == AD_THIN_AVX512 && !(ta && !tn_strips(isa, codes, lin)) ? (n + 7) & ~7 : padded(n);
 }
 
 size_t ad_thin_work_size(int ta, int m, int n, int k) {
-    size_t np = (size_t)packed_width(AD_THIN_AVX512, 0, false, n); // the widest
+    size_t np = (size_t)packed_width(AD_THIN_AVX512, 0, false, false, n); // the widest
     return np * (size_t)k + (ta ? np * (size_t)m * (size_t)tn_blocks(m, n, k) : 0);
 }
 
@@ -453,7 +525,7 @@ static void run_task(const thin_task *t) {
         return;
     }
 #if THIN_X86
-    if (t->isa == AD_THIN_AVX512 && !t->au) { // writes every column of its partial ([n, m])
+    if (tn_strips(t->isa, t->au != NULL, t->lin)) { // writes every column of its partial ([n, m])
         tn_x512(t);
         return;
     }
@@ -505,12 +577,17 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
     if (m <= 0 || n <= 0) return;
     if (isa == AD_THIN_AUTO) isa = ad_thin_best();
     if (!ad_thin_runs(isa)) isa = AD_THIN_PORTABLE;
-    int np = packed_width(isa, ta, au != NULL, n), blocks = ta ? tn_blocks(m, n, k) : 1;
-    pack_b(tb, n, k, B, ldb, np, work);
+    double dv = 0, rv = 0;
+    bool lin = au && ta && isa == AD_THIN_AVX512 && thin_linear_table(tab, &dv, &rv);
+    int np = packed_width(isa, ta, au != NULL, lin, n), blocks = ta ? tn_blocks(m, n, k) : 1;
+    // AVX-512's strips broadcast B's entries one by one, so they read B as given: no copy of
+    // G [5000, 10] padded to 16 columns per X^T G
+    bool as_given = ta && !tb && tn_strips(isa, au != NULL, lin);
+    if (!as_given) pack_b(tb, n, k, B, ldb, np, work);
     thin_job job = {.all = {.isa = isa, .ta = ta, .m = m, .n = n, .k = k, .np = np, .lda = lda,
                             .lo = 0, .hi = m, .p0 = 0, .p1 = k, .A = A, .au = au, .tab = tab,
-                            .bp = work, .C = C,
-                            .cb = work + (size_t)np * k}};
+                            .bp = as_given ? B : work, .nb = as_given ? ldb : np, .C = C,
+                            .cb = work + (size_t)np * k, .lin = lin, .dv = dv, .rv = rv}};
     int nt = min_int(threads < 1 ? 1 : min_int(threads, THIN_MAX_THREADS), (m + 7) / 8);
     if (blocks > 1) { // A transposed, k long: blocks of rows of A
         job.by_rows_of_a = 1;
@@ -531,12 +608,15 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
     for (int w = 1; w < nt; w++)
         if (started[w]) pthread_join(tid[w], NULL);
     if (!ta) return;
-    // C = the partials added in block order (one block: copied); AVX-512's by columns of C
+    // C = the partials added in block order (one block: copied); AVX-512's by columns of C,
+    // read along them (entry by entry the same sums)
     const double *part = job.all.cb;
     size_t stride = (size_t)m * np;
-    bool by_cols = isa == AD_THIN_AVX512 && !au;
-    for (int i = 0; i < m; i++)
-        for (int j = 0; j < n; j++) {
+    bool by_cols = tn_strips(isa, au != NULL, lin);
+    int outer = by_cols ? n : m, inner = by_cols ? m : n;
+    for (int o = 0; o < outer; o++)
+        for (int in = 0; in < inner; in++) {
+            int i = by_cols ? in : o, j = by_cols ? o : in;
             size_t at = by_cols ? (size_t)j * m + i : (size_t)i * np + j;
             double s = part[at];
             for (int b = 1; b < job.n_chunks * job.by_rows_of_a; b++) s += part[b * stride + at];

@@ -320,12 +320,17 @@ typedef struct {
     double table[256], *A; // A: the decoded matrix
 } coded_mat;
 
-static coded_mat coded_rand(ad_rng *g, size_t n) {
+// The table: pixels c / 255.0, some shifted and one a bit off (which the kernel reads entry by
+// entry: 0 and 1 are on the line, so it tells them apart past the start), or with
+// linear, the pixels alone (which AVX-512 decodes by arithmetic, thin.c).
+static coded_mat coded_rand_table(ad_rng *g, size_t n, bool linear) {
     coded_mat c = {malloc(n ? n : 1), {0}, malloc(sizeof(double) * (n ? n : 1))};
-    for (int i = 0; i < 256; i++) c.table[i] = i / 255.0 - (i % 3 == 0 ? 0.5 : 0); // pixels, some shifted
+    for (int i = 0; i < 256; i++) c.table[i] = i / 255.0 - (!linear && i % 3 == 2 ? 0.5 : 0);
+    if (!linear) c.table[200] = nextafter(c.table[200], 1); // one bit off the line too
     for (size_t i = 0; i < n; i++) c.codes[i] = (uint8_t)(ad_rng_next(g) >> 56), c.A[i] = c.table[c.codes[i]];
     return c;
 }
+static coded_mat coded_rand(ad_rng *g, size_t n) { return coded_rand_table(g, n, false); }
 static void coded_free(coded_mat *c) { free(c->codes), free(c->A); }
 
 static void coded_products(void) {
@@ -336,18 +341,21 @@ static void coded_products(void) {
                                  {40, 7, 4999}, {1000, 12, 211}, {8, 4, 0}};
         ad_thin_isa isas[3];
         int n_isas = running_isas(isas);
-        for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+        for (size_t s = 0; s < 2 * sizeof shapes / sizeof *shapes; s++)
             for (int ta = 0; ta < 2; ta++) {
-                int m = shapes[s][0], n = shapes[s][1], k = shapes[s][2], lda = ta ? m : k;
-                coded_mat c = coded_rand(&g, (size_t)m * k);
+                size_t sh = s % (sizeof shapes / sizeof *shapes); // then again, on a linear table
+                int m = shapes[sh][0], n = shapes[sh][1], k = shapes[sh][2], lda = ta ? m : k;
+                bool linear = sh != s;
+                coded_mat c = coded_rand_table(&g, (size_t)m * k, linear);
                 double *B = rand_mat(&g, (size_t)k * n), *work = work_for(ta, m, n, k);
                 double *C = malloc(sizeof(double) * m * n), *R = malloc(sizeof(double) * m * n);
                 for (int v = 0; v < n_isas; v++)
                     for (int th = 1; th <= 3; th += 2) {
                         ad_thin_matmul(isas[v], th, ta, 0, m, n, k, c.A, lda, B, n, R, work);
                         ad_thin_matmul_coded(isas[v], th, ta, m, n, k, c.codes, c.table, lda, B, n, C, work);
-                        EXPECT(memcmp(C, R, sizeof(double) * m * n) == 0, "%s, %d threads, A%s m %d n %d k %d",
-                               ad_thin_name(isas[v]), th, ta ? "^T" : "", m, n, k);
+                        EXPECT(memcmp(C, R, sizeof(double) * m * n) == 0,
+                               "%s, %d threads, A%s m %d n %d k %d, %s table", ad_thin_name(isas[v]),
+                               th, ta ? "^T" : "", m, n, k, linear ? "linear" : "shifted");
                     }
                 coded_free(&c);
                 free(B), free(work), free(C), free(R);
