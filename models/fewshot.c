@@ -4,8 +4,18 @@
 // `shots` support and `query` query images, labelled 0..ways-1 in the drawn order. The UL x is a
 // shared representation, an MLP layer relu(u W + b) [784 -> hidden]; the LL y is the task's linear
 // head [hidden -> ways]; f is the support cross-entropy plus reg/2 ||y||^2 (strongly convex in y),
-// F the query cross-entropy. Metrics: query accuracy over test_tasks meta-test tasks (each head
-// adapted from 0 by test_steps GD steps of test_lr on f), with its 95% interval (1.96 s / sqrt(n)).
+// F the query cross-entropy.
+//
+// Metrics (of x, and of the head's learned start z when the method has one, n_z = n_y; else the
+// head starts at 0): the query accuracy over test_tasks meta-test tasks, each head adapted by
+// test_steps GD steps of test_lr on its f, with its 95% interval (1.96 s / sqrt(n)); the same on
+// val_tasks meta-validation tasks, which choose settings and stopping without the meta-test
+// classes: with val_classes = V, the last V training classes (6-V..5) are held out of
+// meta-training, and a validation task has all V of them and ways - V of the meta-training
+// classes (V < ways; else ways of the V), all from the test file's images of classes 0-5 (images
+// no run trains on); and the no-meta-learning baseline: the same evaluation (heads from 0, GD
+// steps of baseline_lr) of a representation pretrained by plain supervised training on the
+// meta-training classes.
 #include "models.h"
 #include "../bilevel/tasks.h"
 
@@ -17,13 +27,16 @@ typedef struct {
     char data[512];
     int ways, shots, query, hidden, batch, threads, seed;
     int test_tasks, test_seed, test_steps, init_seed;
-    double reg, test_lr;
+    int val_classes, val_tasks, pretrain_iters, pretrain_batch, from_baseline;
+    double reg, test_lr, pretrain_lr, baseline_lr;
 } fs_params;
 
 static const fs_params defaults = {.data = MDL_FASHION_MNIST_DIR, .ways = 4, .shots = 5, .query = 10,
                                    .hidden = 64, .batch = 4, .threads = 1, .seed = 0, .test_tasks = 600,
-                                   .test_seed = 1, .test_steps = 20, .init_seed = 0, .reg = 0.01,
-                                   .test_lr = 0.5};
+                                   .test_seed = 1, .test_steps = 20, .init_seed = 0, .val_classes = 2,
+                                   .val_tasks = 300, .pretrain_iters = 3000, .pretrain_batch = 10,
+                                   .reg = 0.01, .test_lr = 0.5, .pretrain_lr = 1e-3,
+                                   .baseline_lr = 0.03, .from_baseline = 0};
 
 static const blo_setting settings[] = {
     BLO_ROW_STRING(fs_params, data, "data", "DIR", "an MNIST-format folder (FashionMNIST)"),
@@ -32,19 +45,37 @@ static const blo_setting settings[] = {
     BLO_ROW_INT(fs_params, query, "query", 1, 1000, "Q", "query images per class (F)"),
     BLO_ROW_INT(fs_params, hidden, "hidden", 1, 4096, "H", "width of the shared representation"),
     BLO_ROWS_TASK_SET(fs_params),
-    BLO_ROW_INT(fs_params, test_steps, "test_steps", 0, 100000, "K", "GD steps adapting a meta-test head"),
+    BLO_ROW_INT(fs_params, test_steps, "test_steps", 0, 100000, "K", "GD steps adapting a held-out head"),
     BLO_ROW_DBL(fs_params, test_lr, "test_lr", 0, INFINITY, BLO_SET_LO_OPEN, "s", "their step"),
     BLO_ROW_DBL(fs_params, reg, "reg", 0, INFINITY, 0, "r", "the head's weight decay in f"),
     BLO_ROW_INT(fs_params, init_seed, "init_seed", 0, INT32_MAX, "S", "the representation's start"),
+    BLO_ROW_INT(fs_params, val_classes, "val_classes", 0, 3, "V",
+                "training classes 6-V..5 held out of meta-training, in every validation task"),
+    BLO_ROW_INT(fs_params, val_tasks, "val_tasks", 0, 1000000, "n", "meta-validation tasks (0: none)"),
+    BLO_ROW_INT(fs_params, pretrain_iters, "pretrain_iters", 0, 100000000, "n",
+                "Adam steps of the supervised baseline (0: no baseline)"),
+    BLO_ROW_INT(fs_params, pretrain_batch, "pretrain_batch", 1, 1000, "m",
+                "images per meta-training class in each of its batches"),
+    BLO_ROW_DBL(fs_params, pretrain_lr, "pretrain_lr", 0, INFINITY, BLO_SET_LO_OPEN, "a", "its Adam step"),
+    BLO_ROW_DBL(fs_params, baseline_lr, "baseline_lr", 0, INFINITY, 0, "s",
+                "the GD step adapting the baseline's heads (0: test_lr)"),
+    BLO_ROW_INT(fs_params, from_baseline, "from_baseline", 0, 1, "0|1",
+                "1: the representation starts from the baseline's (pretrained), else from its init"),
     BLO_ROW_END,
 };
 
-// Where a stream's tasks come from: its dataset and classes, the task's shape.
+// One dataset's images by class.
 typedef struct {
     const mdl_dataset *set;
-    int first_class, n_classes;
     const int32_t *by_class[10]; // each class's image indices
     int count[10];
+} fs_classes;
+
+// Where a stream's tasks come from: its images, its classes (the first n_forced of them are in
+// every task), the task's shape.
+typedef struct {
+    const fs_classes *src;
+    int cls[10], n_classes, n_forced;
     int ways, shots, query, hidden, d;
     double reg;
 } fs_pool;
@@ -62,46 +93,63 @@ static size_t task_size(const fs_pool *p) {
 }
 static int32_t *task_labels(const fs_task *k) { return (int32_t *)(k->v + n_images(k->pool) * (size_t)k->pool->d); }
 
+// Fills the task's images of its classes cls [ways] (class c labelled c): m distinct images each.
+static void fill_images(fs_task *k, const int *cls, ad_rng *r) {
+    const fs_pool *p = k->pool;
+    int m = p->shots + p->query, d = p->d, ns = p->ways * p->shots;
+    int32_t *lab = task_labels(k);
+    for (int c = 0; c < p->ways; c++) {
+        int pick[2000];
+        const int32_t *of = p->src->by_class[cls[c]];
+        for (int i = 0; i < m; i++) { // distinct images of the class
+            int dup;
+            do {
+                pick[i] = of[ad_rng_next(r) % (uint64_t)p->src->count[cls[c]]];
+                dup = 0;
+                for (int q = 0; q < i; q++) dup |= pick[q] == pick[i];
+            } while (dup);
+            int row = i < p->shots ? c * p->shots + i : ns + c * p->query + (i - p->shots);
+            memcpy(k->v + (size_t)row * d, p->src->set->X + (size_t)pick[i] * d, sizeof(double) * (size_t)d);
+            lab[row] = c;
+        }
+    }
+}
+
+static void swap_int(int *a, int *b) { int t = *a; *a = *b, *b = t; }
+
 static blo_status fs_draw(void *task, ad_rng *r, const void *user, blo_error *err) {
     const fs_pool *p = user;
     fs_task *k = task;
     (void)err;
     k->pool = p;
     int cls[10];
-    for (int c = 0; c < p->n_classes; c++) cls[c] = p->first_class + c;
-    for (int c = 0; c < p->ways; c++) { // the first `ways` of a seeded shuffle
-        int j = c + (int)(ad_rng_next(r) % (uint64_t)(p->n_classes - c)), t = cls[c];
-        cls[c] = cls[j], cls[j] = t;
-    }
-    int m = p->shots + p->query, d = p->d, ns = p->ways * p->shots;
-    int32_t *lab = task_labels(k);
-    for (int c = 0; c < p->ways; c++) {
-        int pick[2000];
-        for (int i = 0; i < m; i++) { // distinct images of the class
-            int dup;
-            do {
-                pick[i] = p->by_class[cls[c]][ad_rng_next(r) % (uint64_t)p->count[cls[c]]];
-                dup = 0;
-                for (int q = 0; q < i; q++) dup |= pick[q] == pick[i];
-            } while (dup);
-            int row = i < p->shots ? c * p->shots + i : ns + c * p->query + (i - p->shots);
-            memcpy(k->v + (size_t)row * d, p->set->X + (size_t)pick[i] * d, sizeof(double) * (size_t)d);
-            lab[row] = c;
-        }
-    }
+    memcpy(cls, p->cls, sizeof cls);
+    for (int c = p->n_forced; c < p->ways; c++) // the forced classes, then a seeded shuffle's first
+        swap_int(&cls[c], &cls[c + (int)(ad_rng_next(r) % (uint64_t)(p->n_classes - c))]);
+    if (p->n_forced) // labels in a random order, so that no label is always a held-out class
+        for (int c = 0; c < p->ways - 1; c++) swap_int(&cls[c], &cls[c + (int)(ad_rng_next(r) % (uint64_t)(p->ways - c))]);
+    fill_images(k, cls, r);
     return BLO_OK;
+}
+
+// The representation relu(U W + b) [n, H] of the n images U [n, d] under x = (W [d, H], b [H]).
+static ad_var features(ad_tape *t, ad_var x, const double *U, int n, int d, int H) {
+    ad_var Uv = ad_const_view(t, ad_mat_shape(n, d), U);
+    ad_var W = ad_reshape(t, ad_slice(t, x, 0, d * H), ad_mat_shape(d, H)), b = ad_slice(t, x, d * H, H);
+    return ad_relu(t, ad_add(t, ad_matmul(t, Uv, W, 0, 0), b));
+}
+
+// The logits [n, N] of the head y = (W [H, N], b [N]) on the features h [n, H].
+static ad_var logits(ad_tape *t, ad_var h, ad_var y, int H, int N) {
+    ad_var Wh = ad_reshape(t, ad_slice(t, y, 0, H * N), ad_mat_shape(H, N)), bh = ad_slice(t, y, H * N, N);
+    return ad_add(t, ad_matmul(t, h, Wh, 0, 0), bh);
 }
 
 // Mean cross-entropy of the head y on rows [first, first + n) of the task, plus reg/2 ||y||^2.
 static ad_var head_loss(ad_tape *t, const fs_task *k, ad_var x, ad_var y, int first, int n, double reg) {
     const fs_pool *p = k->pool;
-    int d = p->d, H = p->hidden, N = p->ways;
-    ad_var U = ad_const_view(t, ad_mat_shape(n, d), k->v + (size_t)first * d);
-    ad_var W = ad_reshape(t, ad_slice(t, x, 0, d * H), ad_mat_shape(d, H)), b = ad_slice(t, x, d * H, H);
-    ad_var h = ad_relu(t, ad_add(t, ad_matmul(t, U, W, 0, 0), b));
-    ad_var Wh = ad_reshape(t, ad_slice(t, y, 0, H * N), ad_mat_shape(H, N)), bh = ad_slice(t, y, H * N, N);
-    ad_var Z = ad_add(t, ad_matmul(t, h, Wh, 0, 0), bh);
-    ad_var loss = ad_mean(t, ad_xent(t, Z, task_labels(k) + first));
+    ad_var h = features(t, x, k->v + (size_t)first * p->d, n, p->d, p->hidden);
+    ad_var loss = ad_mean(t, ad_xent(t, logits(t, h, y, p->hidden, p->ways), task_labels(k) + first));
     return reg > 0 ? ad_add(t, loss, ad_scale(t, ad_sqnorm(t, y), 0.5 * reg)) : loss;
 }
 
@@ -120,50 +168,65 @@ typedef struct {
     fs_params par;
     mdl_dataset train, test;
     int32_t *index;     // class lists of both sets
-    fs_pool pool_train, pool_test;
+    fs_classes of_train, of_test;
+    fs_pool pool_train, pool_val, pool_test;
     blo_task_set ts;
     void *ref;
     double *x0, *y0;
+    double *baseline;   // the pretrained representation [n_x], once computed (NULL before)
 } fs_data;
 
 static void fs_free(mdl_model *m) {
     fs_data *d = m->data;
     if (d) {
         mdl_dataset_free(&d->train), mdl_dataset_free(&d->test);
-        free(d->index), free(d->ref), free(d->x0), free(d->y0), free(d);
+        free(d->index), free(d->ref), free(d->x0), free(d->y0), free(d->baseline), free(d);
     }
     m->data = NULL;
 }
 
-// The class lists of set's classes [first, first + n) into p, from idx [set->n].
-static void fill_pool(fs_pool *p, const mdl_dataset *set, int first, int n, int32_t *idx) {
-    p->set = set, p->first_class = first, p->n_classes = n, p->d = set->d;
+// The class lists of set's 10 classes into c, from idx [set->n].
+static void fill_classes(fs_classes *c, const mdl_dataset *set, int32_t *idx) {
+    c->set = set;
     int at = 0;
-    for (int c = first; c < first + n; c++) {
-        p->by_class[c] = idx + at, p->count[c] = 0;
+    for (int k = 0; k < 10; k++) {
+        c->by_class[k] = idx + at, c->count[k] = 0;
         for (int i = 0; i < set->n; i++)
-            if (set->y[i] == c) idx[at + p->count[c]++] = i;
-        at += p->count[c];
+            if (set->y[i] == k) idx[at + c->count[k]++] = i;
+        at += c->count[k];
     }
 }
 
-enum { ACC, ACC_CI, N_METRICS };
-static const mdl_metric metrics[N_METRICS] = {{"test_acc", "meta-test accuracy (%)"},
-                                              {"test_acc_ci95", "its 95% interval (+-, %)"}};
+// A pool of src's classes [first, first + n), the first n_forced of the list in every task (the
+// list starts at first_forced and wraps around), with the task shape of q.
+static fs_pool make_pool(const fs_classes *src, int first, int n, int n_forced, int first_forced,
+                         const fs_params *q) {
+    fs_pool p = {.src = src, .n_classes = n, .n_forced = n_forced, .ways = q->ways, .shots = q->shots,
+                 .query = q->query, .hidden = q->hidden, .d = src->set->d, .reg = q->reg};
+    for (int c = 0; c < n; c++) p.cls[c] = first + (first_forced - first + c) % n;
+    return p;
+}
 
-// The query accuracy (%) of head y on task k with representation x.
-static double accuracy(const fs_task *k, const double *x, const double *y, const blo_problem *p, ad_tape *t) {
+enum { ACC, ACC_CI, VAL, VAL_CI, BASE, BASE_CI, BASE_VAL, BASE_VAL_CI, N_METRICS };
+static const mdl_metric metrics[N_METRICS] = {
+    {"test_acc", "meta-test accuracy (%)"},
+    {"test_acc_ci95", "its 95% interval (+-, %)"},
+    {"val_acc", "meta-validation accuracy (%)"},
+    {"val_acc_ci95", "its 95% interval (+-, %)"},
+    {"baseline_acc", "pretrained baseline: meta-test accuracy (%)"},
+    {"baseline_acc_ci95", "its 95% interval (+-, %)"},
+    {"baseline_val_acc", "pretrained baseline: meta-validation accuracy (%)"},
+    {"baseline_val_acc_ci95", "its 95% interval (+-, %)"},
+};
+
+// The query accuracy (%) of head y [H N + N] on task k with representation x.
+static double accuracy(const fs_task *k, const double *x, int n_x, const double *y, int n_y, ad_tape *t) {
     const fs_pool *q = k->pool;
     int ns = q->ways * q->shots, nq = q->ways * q->query, N = q->ways;
     ad_tape_reset(t);
-    ad_var xv = ad_const_view(t, ad_vec_shape(p->n_x), x), yv = ad_const_view(t, ad_vec_shape(p->n_y), y);
-    int d = q->d, H = q->hidden;
-    ad_var U = ad_const_view(t, ad_mat_shape(nq, d), k->v + (size_t)ns * d);
-    ad_var h = ad_relu(t, ad_add(t, ad_matmul(t, U, ad_reshape(t, ad_slice(t, xv, 0, d * H), ad_mat_shape(d, H)), 0, 0),
-                                 ad_slice(t, xv, d * H, H)));
-    ad_var Z = ad_add(t, ad_matmul(t, h, ad_reshape(t, ad_slice(t, yv, 0, H * N), ad_mat_shape(H, N)), 0, 0),
-                      ad_slice(t, yv, H * N, N));
-    const double *z = ad_value(t, Z);
+    ad_var xv = ad_const_view(t, ad_vec_shape(n_x), x), yv = ad_const_view(t, ad_vec_shape(n_y), y);
+    ad_var h = features(t, xv, k->v + (size_t)ns * q->d, nq, q->d, q->hidden);
+    const double *z = ad_value(t, logits(t, h, yv, q->hidden, N));
     const int32_t *lab = task_labels(k) + ns;
     int right = 0;
     for (int i = 0; i < nq; i++) {
@@ -175,39 +238,110 @@ static double accuracy(const fs_task *k, const double *x, const double *y, const
     return 100.0 * right / nq;
 }
 
-static int fs_evaluate_z(const mdl_model *m, const double *x, const double *z, int n_z, double *out,
-                         char *err, size_t errlen) {
+// Mean query accuracy and its 95% interval into out [2] over n tasks of the pool from the stream
+// (seed, j), each head adapted from z (NULL: 0) by the metrics' test_steps GD steps of lr on its f.
+static int pool_accuracy(const mdl_model *m, const fs_pool *pool, int n, int seed, const double *x,
+                         const double *z, double lr, double *out, char *err, size_t errlen) {
     const fs_data *d = m->data;
-    (void)z, (void)n_z;
     blo_task_set set = d->ts;
-    set.user = &d->pool_test, set.task_size = task_size(&d->pool_test);
+    set.user = pool, set.task_size = task_size(pool);
+    int ny = m->prob.n_y;
     void *task = malloc(set.task_size);
-    double *y = calloc(2 * (size_t)m->prob.n_y, sizeof(double));
+    double *y = calloc(2 * (size_t)ny, sizeof(double));
     ad_tape *t = ad_tape_new(NULL);
     blo_error e = {0};
     blo_status st = task && y && t ? BLO_OK : BLO_ENOMEM;
     double s = 0, s2 = 0;
-    int n = d->par.test_tasks;
     for (int j = 0; !st && j < n; j++) {
-        st = blo_tasks_draw(&set, (uint64_t)d->par.test_seed, (uint64_t)j, 1, task, &e);
+        st = blo_tasks_draw(&set, (uint64_t)seed, (uint64_t)j, 1, task, &e);
         blo_problem p = m->prob;
         p.user = task, p.tasks = NULL;
-        double *g = y + m->prob.n_y;
-        memset(y, 0, sizeof(double) * (size_t)m->prob.n_y);
+        double *g = y + ny;
+        if (z) memcpy(y, z, sizeof(double) * (size_t)ny);
+        else memset(y, 0, sizeof(double) * (size_t)ny);
         for (int k = 0; !st && k < d->par.test_steps; k++) {
             ad_tape_reset(t);
             st = blo_eval(&p, 0, x, y, NULL, NULL, g, t, &e);
-            for (int i = 0; !st && i < m->prob.n_y; i++) y[i] -= d->par.test_lr * g[i];
+            for (int i = 0; !st && i < ny; i++) y[i] -= lr * g[i];
         }
         if (st) break;
-        double a = accuracy(task, x, y, &p, t);
+        double a = accuracy(task, x, p.n_x, y, ny, t);
         s += a, s2 += a * a;
     }
     free(task), free(y), ad_tape_free(t);
     if (st) return mdl_fail(err, errlen, "fewshot evaluate: %s", e.msg[0] ? e.msg : "out of memory");
     double mean = s / n, var = n > 1 ? fmax(0, (s2 - n * mean * mean) / (n - 1)) : 0;
-    out[ACC] = mean, out[ACC_CI] = 1.96 * sqrt(var / n);
+    out[0] = mean, out[1] = 1.96 * sqrt(var / n);
     return 0;
+}
+
+// Meta-test and meta-validation accuracy of (x, z) into out [4] (validation NaN without tasks).
+static int test_and_val(const mdl_model *m, const double *x, const double *z, double lr, double *out,
+                        char *err, size_t errlen) {
+    const fs_data *d = m->data;
+    if (pool_accuracy(m, &d->pool_test, d->par.test_tasks, d->par.test_seed, x, z, lr, out, err, errlen)) return -1;
+    out[2] = out[3] = NAN;
+    if (!d->par.val_tasks) return 0;
+    return pool_accuracy(m, &d->pool_val, d->par.val_tasks, d->par.test_seed, x, z, lr, out + 2, err, errlen);
+}
+
+static int pretrain(const mdl_model *m, double *x, char *err, size_t errlen);
+
+static int fs_evaluate_z(const mdl_model *m, const double *x, const double *z, int n_z, double *out,
+                         char *err, size_t errlen) {
+    fs_data *d = m->data;
+    if (n_z != m->prob.n_y) z = NULL; // no learned head start: heads start at 0
+    for (int i = 0; z && i < n_z; i++)
+        if (!isfinite(z[i])) return mdl_fail(err, errlen, "fewshot evaluate: z[%d] = %g is not finite", i, z[i]);
+    if (test_and_val(m, x, z, d->par.test_lr, out, err, errlen)) return -1;
+    for (int k = BASE; k < N_METRICS; k++) out[k] = NAN;
+    if (!d->par.pretrain_iters) return 0;
+    if (!d->baseline) { // computed once: it does not depend on the run
+        double *w = malloc(sizeof(double) * (size_t)m->prob.n_x);
+        if (!w) return mdl_fail(err, errlen, "fewshot evaluate: out of memory");
+        if (pretrain(m, w, err, errlen)) return free(w), -1;
+        d->baseline = w;
+    }
+    double lr = d->par.baseline_lr > 0 ? d->par.baseline_lr : d->par.test_lr;
+    return test_and_val(m, d->baseline, NULL, lr, out + BASE, err, errlen);
+}
+
+// The baseline (no meta-learning): the representation and a head [H -> C] over the C meta-training
+// classes trained jointly by Adam (pretrain_lr, 0.9, 0.999) on the cross-entropy of balanced batches
+// of the training file's images (pretrain_batch of each class, drawn from the stream
+// (seed, 2^63 + t)), from the representation's start x0 and a head at 0; the head is then dropped.
+static int pretrain(const mdl_model *m, double *x, char *err, size_t errlen) {
+    const fs_data *d = m->data;
+    const fs_params *q = &d->par;
+    int C = 6 - q->val_classes, H = q->hidden, nx = m->prob.n_x, ny = H * C + C, cls[10];
+    fs_pool pool = make_pool(&d->of_train, 0, C, 0, 0, q);
+    pool.ways = C, pool.shots = q->pretrain_batch, pool.query = 0, pool.reg = 0;
+    for (int c = 0; c < C; c++) cls[c] = c; // fixed labels: class c is label c
+    size_t n = (size_t)nx + (size_t)ny;
+    fs_task *task = malloc(task_size(&pool));
+    double *mem = calloc(4 * n, sizeof(double));
+    ad_tape *t = ad_tape_new(NULL);
+    blo_error e = {0};
+    blo_status st = task && mem && t ? BLO_OK : BLO_ENOMEM;
+    double *w = mem, *g = mem + n, *m1 = mem + 2 * n, *m2 = mem + 3 * n; // w = (x, head)
+    memcpy(w, d->x0, sizeof(double) * (size_t)nx);
+    blo_problem p = {.n_x = nx, .n_y = ny, .F = fs_F, .f = fs_f, .user = task};
+    task->pool = &pool;
+    for (int it = 0; !st && it < q->pretrain_iters; it++) {
+        ad_rng r;
+        blo_tasks_rng(&r, (uint64_t)q->seed, ((uint64_t)1 << 63) + (uint64_t)it);
+        fill_images(task, cls, &r);
+        ad_tape_reset(t);
+        st = blo_eval(&p, 0, w, w + nx, NULL, g, g + nx, t, &e);
+        double b1 = 1 - pow(0.9, it + 1), b2 = 1 - pow(0.999, it + 1);
+        for (size_t i = 0; !st && i < n; i++) {
+            m1[i] = 0.9 * m1[i] + 0.1 * g[i], m2[i] = 0.999 * m2[i] + 0.001 * g[i] * g[i];
+            w[i] -= q->pretrain_lr * (m1[i] / b1) / (sqrt(m2[i] / b2) + 1e-8);
+        }
+    }
+    if (!st) memcpy(x, w, sizeof(double) * (size_t)nx);
+    free(task), free(mem), ad_tape_free(t);
+    return st ? mdl_fail(err, errlen, "fewshot pretraining: %s", e.msg[0] ? e.msg : "out of memory") : 0;
 }
 
 static int fs_make(mdl_model *m, const void *params, char *err, size_t errlen) {
@@ -216,23 +350,29 @@ static int fs_make(mdl_model *m, const void *params, char *err, size_t errlen) {
     if (!d) return mdl_fail(err, errlen, "fewshot: out of memory");
     m->data = d, m->free_data = fs_free;
     d->par = *q;
+    if (6 - q->val_classes < q->ways)
+        return mdl_fail(err, errlen, "fewshot: val_classes = %d leaves %d meta-training classes, fewer than "
+                        "ways = %d", q->val_classes, 6 - q->val_classes, q->ways);
     if (mdl_mnist_load(q->data, "train", &d->train, err, errlen) ||
         mdl_mnist_load(q->data, "t10k", &d->test, err, errlen))
         return -1;
     if (!(d->index = malloc(sizeof(int32_t) * (size_t)(d->train.n + d->test.n))))
         return mdl_fail(err, errlen, "fewshot: out of memory");
-    fill_pool(&d->pool_train, &d->train, 0, 6, d->index);
-    fill_pool(&d->pool_test, &d->test, 6, 4, d->index + d->train.n);
+    fill_classes(&d->of_train, &d->train, d->index);
+    fill_classes(&d->of_test, &d->test, d->index + d->train.n);
+    int V = q->val_classes;
+    d->pool_train = make_pool(&d->of_train, 0, 6 - V, 0, 0, q);
+    d->pool_val = V >= q->ways ? make_pool(&d->of_test, 6 - V, V, 0, 6 - V, q) // held-out classes only
+                               : make_pool(&d->of_test, 0, 6, V, 6 - V, q);
+    d->pool_test = make_pool(&d->of_test, 6, 4, 0, 6, q);
     for (int c = 0; c < 10; c++) {
-        const fs_pool *p = c < 6 ? &d->pool_train : &d->pool_test;
-        if (p->count[c] < q->shots + q->query || q->shots + q->query > 2000)
+        const fs_classes *s = c < 6 ? &d->of_train : &d->of_test;
+        int need = q->shots + q->query;
+        if (c < 6 && q->pretrain_iters && q->pretrain_batch > need) need = q->pretrain_batch;
+        if (s->count[c] < need || need > 2000 || d->of_test.count[c] < q->shots + q->query)
             return mdl_fail(err, errlen, "fewshot: class %d has %d images, fewer than shots + query = %d "
-                            "(at most 2000)", c, p->count[c], q->shots + q->query);
+                            "(at most 2000; and pretrain_batch)", c, s->count[c], need);
     }
-    fs_pool *pools[2] = {&d->pool_train, &d->pool_test};
-    for (int k = 0; k < 2; k++)
-        pools[k]->ways = q->ways, pools[k]->shots = q->shots, pools[k]->query = q->query,
-        pools[k]->hidden = q->hidden, pools[k]->reg = q->reg;
     int D = d->train.d, H = q->hidden, nx = D * H + H, ny = H * q->ways + q->ways;
     d->ts = (blo_task_set){.task_size = task_size(&d->pool_train), .draw = fs_draw, .user = &d->pool_train,
                            .batch = q->batch, .threads = q->threads, .seed = (uint64_t)q->seed};
@@ -248,13 +388,21 @@ static int fs_make(mdl_model *m, const void *params, char *err, size_t errlen) {
     m->prob = (blo_problem){.n_x = nx, .n_y = ny, .F = fs_F, .f = fs_f, .user = d->ref, .tasks = &d->ts};
     m->n_starts = 1, m->x0[0] = d->x0, m->y0[0] = d->y0;
     m->metrics = metrics, m->n_metrics = N_METRICS, m->evaluate_z = fs_evaluate_z;
+    if (q->from_baseline) { // meta-learning from the pretrained representation (Meta-Baseline's way)
+        if (!q->pretrain_iters) return mdl_fail(err, errlen, "fewshot: from_baseline = 1 needs pretrain_iters > 0");
+        if (!(d->baseline = malloc(sizeof(double) * (size_t)nx))) return mdl_fail(err, errlen, "fewshot: out of memory");
+        if (pretrain(m, d->baseline, err, errlen)) return -1;
+        memcpy(d->x0, d->baseline, sizeof(double) * (size_t)nx);
+    }
     return 0;
 }
 
-// Ours: the head's LL by 20 GD steps of 0.5 from 0 (as the metrics adapt it), the representation
-// by Adam at 1e-3; rhg differentiates through the 20 steps, cg implicitly at y_K.
+// Ours (README, "Task sets"): every method through the 20 GD steps of 0.5 that adapt the
+// meta-test heads (bda: its aggregated steps), Adam on x at 1e-4 and on z at 1e-3, 100 UL
+// iterations; the step and the iterations were chosen on the meta-validation classes.
 static const mdl_paper_row papers[] = {
-    {"*", "dynamics=gd s_l=0.5 ll_iters=20 optimizer=adam lr_x=0.001 ul_iters=300"},
+    {"*", "dynamics=gd s_l=0.5 ll_iters=20 optimizer=adam lr_x=0.0001 lr_z=0.001 ul_iters=100"},
+    {"bda", "dynamics=bda s_l=0.5"},
     {NULL, NULL},
 };
 

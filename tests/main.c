@@ -27,6 +27,7 @@ int main(int argc, char **argv) {
     test_bilevel_tasks();
     test_models_data();
     test_models_omniglot();
+    test_models_fewshot();
     test_models_toys();
     test_models_hyperclean();
     test_models_pentagram();

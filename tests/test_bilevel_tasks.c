@@ -289,7 +289,7 @@ static void sinusoid_small(void) {
 static void fewshot_small(void) {
     mdl_model m1, m2;
     char err[256];
-    if (make_pair("fewshot", "ways=2 shots=2 query=3 hidden=3 batch=3 test_tasks=5 test_steps=5", 2, &m1, &m2))
+    if (make_pair("fewshot", "ways=2 shots=2 query=3 hidden=3 batch=3 test_tasks=5 test_steps=5 val_tasks=5 pretrain_iters=10", 2, &m1, &m2))
         return;
     EXPECT(m1.prob.n_x == 784 * 3 + 3 && m1.prob.n_y == 3 * 2 + 2, "n_x = %d, n_y = %d", m1.prob.n_x, m1.prob.n_y);
     blo_config *c = config("rhg", "ll_iters=4 s_l=0.5");

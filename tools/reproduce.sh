@@ -135,6 +135,18 @@ if [ "$FULL" = 1 ]; then
 else
     run hyperclean-linear hyperclean --ul-iters 10 --ll-iters 30 --methods rhg,cg,ait,bome,galet
 fi
+# Few-shot FashionMNIST (4-way, 1 and 5 shots, 600 meta-test tasks; README "Task sets"): every
+# meta-learning method with its paper rows (100 UL iterations), each report's test_acc and the
+# no-meta-learning baseline's; --full only (about 16 runs of a few CPU minutes)
+part fewshot
+if [ "$FULL" = 1 ]; then
+    for shots in 1 5; do
+        for m in maml fomaml reptile rhg trhg bda ait cg; do
+            "$H" run fewshot --method "$m" --set ways=4 --set shots=$shots --set threads=2 --json >"$OUT/fewshot-$m-$shots.json"
+            echo "fewshot $shots-shot $m: test_acc $(field test_acc <"$OUT/fewshot-$m-$shots.json") +- $(field test_acc_ci95 <"$OUT/fewshot-$m-$shots.json"), baseline $(field baseline_acc <"$OUT/fewshot-$m-$shots.json")"
+        done
+    done
+fi
 part
 echo "tables and figures in $OUT"
 printf "time of each part (wall):\n$TIMES"
