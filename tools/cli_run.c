@@ -243,7 +243,7 @@ static int run_setup(const cli_args *a, run_parts *r, char *err, size_t n) {
     if ((a->resume || a->settings) && !(r->earlier = cli_earlier_settings(a, err, n))) return 2;
     if (cli_plan_make(a, a->method, r->earlier, 0, &r->plan, err, n)) return 2;
     if (cli_plan_model(&r->plan, &r->m, &r->x0, &y0, err, n)) return 2;
-    r->m.prob.comm = r->comm;
+    if (mdl_set_comm(&r->m, r->comm, err, n)) return 2;
     if (!(r->s = blo_solver_new(&r->m.prob, r->plan.config, r->x0, y0, r->m.z_prior, &be))) {
         snprintf(err, n, "%s", be.msg);
         return 2;
