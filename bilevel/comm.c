@@ -5,6 +5,13 @@
 #include "internal.h"
 
 #include <string.h>
+#include <time.h>
+
+static double clock_seconds(clockid_t id) {
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static blo_status serial_allgatherv(blo_comm *c, const void *mine, void *out, const size_t *counts,
                                     blo_error *err) {
@@ -28,7 +35,10 @@ blo_status blo_comm_allgatherv(blo_comm *c, const void *mine, void *out, const s
         if (counts[0] && mine != out) memmove(out, mine, counts[0]);
         return blo_ok(err);
     }
+    double w0 = clock_seconds(CLOCK_MONOTONIC), c0 = clock_seconds(CLOCK_PROCESS_CPUTIME_ID);
     blo_status st = c->allgatherv(c, mine, out, counts, err);
+    c->seconds += clock_seconds(CLOCK_MONOTONIC) - w0;
+    c->cpu_seconds += clock_seconds(CLOCK_PROCESS_CPUTIME_ID) - c0;
     if (st) return st;
     c->messages++;
     for (int r = 0; r < c->size; r++)

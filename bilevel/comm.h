@@ -27,8 +27,10 @@ struct blo_comm {
                              blo_error *err);
     void (*free)(blo_comm *c);
     void *impl;
-    // What this rank took part in: collectives called, and bytes it received from other ranks.
+    // What this rank took part in: collectives called, bytes it received from other ranks, and
+    // the wall and CPU seconds it spent in them (waiting for the others included; MPI may spin).
     int64_t messages, bytes;
+    double seconds, cpu_seconds;
 };
 
 // A one-process communicator in c (rank 0 of 1; its gather is a copy). Returns c.

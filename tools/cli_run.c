@@ -18,6 +18,12 @@ static double now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 // |F - F*| / (|F*| + 1): the papers' ||Phi - Phi*|| / (||Phi*|| + 1)
 static double F_gap(const mdl_model *m, double F) {
     return isnan(m->F_star) ? NAN : fabs(F - m->F_star) / (fabs(m->F_star) + 1);
@@ -189,6 +195,12 @@ static void report_json(FILE *o, const cli_plan *p, const mdl_model *m, const ru
     json_int(&w, comm ? comm->messages : 0);
     json_key(&w, "comm_bytes");
     json_int(&w, comm ? comm->bytes : 0);
+    json_key(&w, "comm_seconds"); // wall, waiting for the other ranks included
+    json_number(&w, comm ? comm->seconds : 0);
+    json_key(&w, "comm_cpu_seconds");
+    json_number(&w, comm ? comm->cpu_seconds : 0);
+    json_key(&w, "cpu_seconds"); // the process's, so far: what the ranks compute is this less the above
+    json_number(&w, cpu_now());
     for (int k = 0; r->has_eval && k < m->n_metrics; k++) json_key(&w, m->metrics[k].name), json_number(&w, r->eval[k]);
     json_key(&w, "error");
     if (r->status) json_string(&w, r->error);
