@@ -291,6 +291,13 @@ int cli_run(const cli_args *a) {
     run_parts r;
     memset(&r, 0, sizeof r);
     blo_error ce;
+    const char *ranks = getenv("OMPI_COMM_WORLD_SIZE");
+    if (!blo_comm_mpi_built() && ranks && atoi(ranks) > 1) { // each rank would run the whole problem
+        if (atoi(getenv("OMPI_COMM_WORLD_RANK") ? getenv("OMPI_COMM_WORLD_RANK") : "0") == 0)
+            fprintf(stderr, "hypertape run: started by mpirun on %s ranks, but built without MPI "
+                            "(meson setup -Dmpi=enabled)\n", ranks);
+        return 2;
+    }
     if (blo_comm_mpi_built() && under_mpirun() && !(r.comm = blo_comm_mpi_new(&ce))) {
         fprintf(stderr, "hypertape run: %s\n", ce.msg);
         return 2;
