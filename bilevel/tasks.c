@@ -171,14 +171,15 @@ static blo_status slot_load(tasks_state *w, task_slot *s, const void *data, size
     return w->base->load ? w->base->load(s->state, &r, err) : BLO_OK;
 }
 
-static void pack(tasks_state *w, const task_slot *s, double *v) {
+static void pack(tasks_state *w, task_slot *s, double *v) {
+    if (!s->st && w->state_bytes && (slot_save(w, s) || w->saved.len != w->state_bytes))
+        s->st = blo_fail(&s->err, BLO_ENOMEM, "its state could not be saved (out of memory, or not %zu bytes)",
+                         w->state_bytes); // a failure of the task, told to every rank
     v[X_ST] = s->st, v[X_F] = s->F, v[X_LF] = s->f, v[X_RES] = s->residual, v[X_PHI] = s->phi;
     v[X_EXTRA] = s->rec.extra, v[X_KBAR] = s->rec.kbar;
     memcpy(v + X_HEAD, s->gx, sizeof(double) * (size_t)w->nx);
     memcpy(v + X_HEAD + w->nx, s->gz, sizeof(double) * (size_t)w->nz);
-    if (!w->state_bytes || s->st) return;
-    if (slot_save(w, s) || w->saved.len != w->state_bytes) v[X_ST] = -1; // the exchange fails on every rank
-    else memcpy(v + X_HEAD + w->nx + w->nz, w->saved.data, w->state_bytes);
+    if (w->state_bytes && !s->st) memcpy(v + X_HEAD + w->nx + w->nz, w->saved.data, w->state_bytes);
 }
 
 static void unpack(tasks_state *w, task_slot *s, const double *v, blo_error *err) {
@@ -222,8 +223,7 @@ static blo_status run_and_exchange(tasks_state *w, blo_error *err) {
         const task_slot *s = &w->slots[j];
         if (!s->st) continue;
         if (j >= w->lo && j < w->hi) return blo_fail(err, s->st, "task %d of the batch: %s", j, s->err.msg);
-        return blo_fail(err, s->st > 0 ? s->st : BLO_EIO, "task %d of the batch failed on another rank (%s)", j,
-                        s->st > 0 ? blo_status_name(s->st) : "its state could not be saved");
+        return blo_fail(err, s->st, "task %d of the batch failed on another rank (%s)", j, blo_status_name(s->st));
     }
     return BLO_OK;
 }
