@@ -37,6 +37,25 @@ int ad_tape_thin_products(ad_tape *t, int on);
 // What those products run on: "AVX2+FMA kernel, 2 threads", or "cblas" when off or unavailable.
 const char *ad_tape_product_kernel(const ad_tape *t, char buf[64]);
 
+// ---- linear maps the caller computes (ops_linear.c) ----------------------------------------------
+
+// y = L x, x of L's in size (any shape of it), y [L->out], for a linear map whose values the
+// caller computes: apply(L, x, y, err) fills y [out] from x [in] and returns 0, or -1 with a
+// message in err [200]. transpose is L^T (in and out swapped), whose transpose must be L: the
+// reverse rule of ad_linear(L) is ad_linear(L^T), so derivatives of every order work. A sum over
+// processes (its transpose: the copy to each) or a gather of their blocks (its transpose: taking
+// one's own block) is such a map (models/shard.c); such a node is never merged with an equal one,
+// so every recording calls apply. The maps must stay valid while nodes made from them are on the
+// tape.
+typedef struct ad_linmap ad_linmap;
+struct ad_linmap {
+    ad_shape in, out;
+    int (*apply)(const ad_linmap *L, const double *x, double *y, char *err);
+    const ad_linmap *transpose;
+    void *ctx;
+};
+ad_var ad_linear(ad_tape *t, const ad_linmap *L, ad_var x);
+
 // ---- keeping products across a rewind (keep.c) ---------------------------------------------------
 
 // A recording that is rewound and made again (a reverse sweep re-recording an unrolled step)

@@ -31,6 +31,8 @@
     /* images (ops_image.c) */ \
     X(CONV2D, conv2d) X(CONV2D_WGRAD, conv2d_wgrad) X(CONV_FLIP, conv_flip) X(POOL_GATHER, pool_gather) X(POOL_SCATTER, pool_scatter) \
     X(CHAN_NORM, chan_norm) X(CHAN_RSTD, chan_rstd) X(CHAN_PROJ, chan_proj) X(CHAN_AFFINE, chan_affine) X(CHAN_SUMS, chan_sums) \
+    /* linear maps the caller computes (ops_linear.c) */ \
+    X(LINEAR, linear) \
 
 #define AD_OP_ENUM(E, name) OP_##E,
 typedef enum { AD_OP_LIST(AD_OP_ENUM) OP_COUNT } ad_op;

@@ -136,6 +136,9 @@ typedef struct {
     // NULL: one problem. Else the problem is one task of a family and this draws the others (a
     // batch per UL step, tasks.h); user points at the task.
     const struct blo_task_set *tasks;
+    // NULL: one process. Else the processes the run is spread over (comm.h): a task set's batch
+    // is split across its ranks, and a sharded model reduces its sums over them.
+    struct blo_comm *comm;
 } blo_problem;
 
 typedef enum { BLO_SAMPLE_FULL, BLO_SAMPLE_LL, BLO_SAMPLE_UL } blo_sample_which;

@@ -5,6 +5,15 @@
 // averages in task order (a fixed-order sum, then / B), so the bits do not depend on the threads.
 // A method needs no change: each task is a blo_problem of its own (the reference problem with user
 // pointing at the task).
+//
+// Across processes (the problem's comm, comm.h): rank r computes the contiguous block of tasks
+// blo_comm_block gives it, then ONE all-gather per UL step brings every task's results (its
+// status, F, f, residual, g_x, g_z and, with more than one rank, its saved state) to every rank,
+// which averages all B tasks in task order exactly as one process does: 1, 2 or 4 ranks give the
+// same bits, and every rank takes the same UL step. The states travel so that every rank holds
+// every task's state: rank 0 alone writes the checkpoint, and a resumed run (any rank count)
+// reads them all.
+#include "comm.h"
 #include "solver.h"
 #include "tasks.h"
 
@@ -63,6 +72,13 @@ typedef struct {
     const blo_task_set *ts;
     const blo_problem *p;
     int B, nx, ny, nz;
+    blo_comm *comm;         // the problem's (NULL: one process)
+    int lo, hi;             // this rank's tasks [lo, hi)
+    size_t state_bytes;     // a task's saved state in the exchange (0 on one rank)
+    size_t per;             // doubles per task in the exchange
+    double *mine, *all;     // the exchange: this rank's tasks [(hi - lo) per], all [B per]
+    size_t *counts;         // bytes from each rank [size]
+    blo_writer saved;       // scratch for a task's saved state
     task_slot *slots;       // [B]
     unsigned char *tasks;   // the batch [B task_size]
     double *mem;            // the slots' vectors
@@ -86,6 +102,7 @@ static void tasks_free(void *state) {
         ad_tape_free(w->slots[j].tape);
     }
     if (w->ref) w->base->free(w->ref);
+    free(w->mine), free(w->all), free(w->counts), free(w->saved.data);
     free(w->slots), free(w->tasks), free(w->mem), free(w);
 }
 
@@ -111,15 +128,17 @@ static void run_slot(tasks_state *w, task_slot *s) {
 
 static void *run_worker(void *arg) {
     worker *k = arg;
-    for (int j = k->first; j < k->w->B; j += k->stride) run_slot(k->w, &k->w->slots[j]);
+    for (int j = k->w->lo + k->first; j < k->w->hi; j += k->stride) run_slot(k->w, &k->w->slots[j]);
     return NULL;
 }
 
-// Runs the job on every slot, slot j on thread j mod threads; the caller's thread is thread 0 and
-// does a thread's share itself when it cannot be started.
-static blo_status run_batch(tasks_state *w, blo_error *err) {
+// Runs the job on this rank's slots, its i-th on thread i mod threads; the caller's thread is
+// thread 0 and does a thread's share itself when it cannot be started. A slot's failure stays in
+// the slot (the exchange tells every rank).
+static void run_batch(tasks_state *w) {
     enum { MAX_THREADS = 64 };
-    int n = w->ts->threads < w->B ? w->ts->threads : w->B;
+    int mine = w->hi - w->lo;
+    int n = w->ts->threads < mine ? w->ts->threads : mine;
     if (n > MAX_THREADS) n = MAX_THREADS;
     worker k[MAX_THREADS];
     pthread_t th[MAX_THREADS];
@@ -130,9 +149,98 @@ static blo_status run_batch(tasks_state *w, blo_error *err) {
     for (int i = 1; i < n; i++)
         if (started[i]) pthread_join(th[i], NULL);
         else run_worker(&k[i]);
-    for (int j = 0; j < w->B; j++)
-        if (w->slots[j].st)
-            return blo_fail(err, w->slots[j].st, "task %d of the batch: %s", j, w->slots[j].err.msg);
+}
+
+// ---- the exchange: what each task gave, from its rank to every rank ------------------------------
+
+// A task's record in the exchange [per doubles]: status, F, f, residual, extra, kbar, phi, then
+// g_x [nx], g_z [nz], then its saved state (state_bytes, in whole doubles).
+enum { X_ST, X_F, X_LF, X_RES, X_EXTRA, X_KBAR, X_PHI, X_HEAD };
+
+// Task s's generator and method state into the writer (reset first).
+static blo_status slot_save(tasks_state *w, const task_slot *s) {
+    w->saved.len = 0, w->saved.failed = false;
+    blo_status st = blo_write(&w->saved, &s->rng, sizeof s->rng);
+    if (!st && w->base->save) st = w->base->save(s->state, &w->saved);
+    return st;
+}
+
+static blo_status slot_load(tasks_state *w, task_slot *s, const void *data, size_t n, blo_error *err) {
+    blo_reader r = {.data = data, .len = n};
+    if (blo_read(&r, &s->rng, sizeof s->rng)) return blo_fail(err, BLO_EIO, "tasks: a task's state is truncated");
+    return w->base->load ? w->base->load(s->state, &r, err) : BLO_OK;
+}
+
+static void pack(tasks_state *w, task_slot *s, double *v) {
+    if (!s->st && w->state_bytes && (slot_save(w, s) || w->saved.len != w->state_bytes))
+        s->st = blo_fail(&s->err, BLO_ENOMEM, "its state could not be saved (out of memory, or not %zu bytes)",
+                         w->state_bytes); // a failure of the task, told to every rank
+    v[X_ST] = s->st, v[X_F] = s->F, v[X_LF] = s->f, v[X_RES] = s->residual, v[X_PHI] = s->phi;
+    v[X_EXTRA] = s->rec.extra, v[X_KBAR] = s->rec.kbar;
+    memcpy(v + X_HEAD, s->gx, sizeof(double) * (size_t)w->nx);
+    memcpy(v + X_HEAD + w->nx, s->gz, sizeof(double) * (size_t)w->nz);
+    if (w->state_bytes && !s->st) memcpy(v + X_HEAD + w->nx + w->nz, w->saved.data, w->state_bytes);
+}
+
+static void unpack(tasks_state *w, task_slot *s, const double *v, blo_error *err) {
+    s->st = (blo_status)v[X_ST], s->F = v[X_F], s->f = v[X_LF], s->residual = v[X_RES], s->phi = v[X_PHI];
+    s->rec.extra = v[X_EXTRA], s->rec.kbar = (int)v[X_KBAR];
+    memcpy(s->gx, v + X_HEAD, sizeof(double) * (size_t)w->nx);
+    memcpy(s->gz, v + X_HEAD + w->nx, sizeof(double) * (size_t)w->nz);
+    if (w->state_bytes && !s->st && slot_load(w, s, v + X_HEAD + w->nx + w->nz, w->state_bytes, err))
+        s->st = err->status ? err->status : BLO_EIO;
+}
+
+// Runs the job on this rank's tasks and gives every rank every task's results (one all-gather;
+// nothing on one rank), then the first failure of any task, in task order, on every rank.
+static blo_status run_and_exchange(tasks_state *w, blo_error *err) {
+    run_batch(w);
+    int size = blo_comm_size(w->comm);
+    if (size > 1) {
+        size_t per = w->job == JOB_PHI ? X_HEAD : w->per; // phi: the head only
+        for (int j = w->lo; j < w->hi; j++) {
+            task_slot *s = &w->slots[j];
+            if (w->job == JOB_PHI) w->mine[(size_t)(j - w->lo) * per + X_ST] = s->st,
+                                   w->mine[(size_t)(j - w->lo) * per + X_PHI] = s->phi;
+            else pack(w, s, w->mine + (size_t)(j - w->lo) * per);
+        }
+        for (int r = 0; r < size; r++) {
+            int lo, hi;
+            blo_comm_block(w->B, r, size, &lo, &hi);
+            w->counts[r] = (size_t)(hi - lo) * per * sizeof(double);
+        }
+        blo_status st = blo_comm_allgatherv(w->comm, w->mine, w->all, w->counts, err);
+        if (st) return st;
+        for (int j = 0; j < w->B; j++) {
+            if (j >= w->lo && j < w->hi) continue;
+            const double *v = w->all + (size_t)j * per;
+            task_slot *s = &w->slots[j];
+            if (w->job == JOB_PHI) s->st = (blo_status)v[X_ST], s->phi = v[X_PHI];
+            else unpack(w, s, v, &s->err);
+        }
+    }
+    for (int j = 0; j < w->B; j++) {
+        const task_slot *s = &w->slots[j];
+        if (!s->st) continue;
+        if (j >= w->lo && j < w->hi) return blo_fail(err, s->st, "task %d of the batch: %s", j, s->err.msg);
+        return blo_fail(err, s->st, "task %d of the batch failed on another rank (%s)", j, blo_status_name(s->st));
+    }
+    return BLO_OK;
+}
+
+// This rank's share of the batch and the exchange's buffers; the size of a task's saved state
+// (the same for every task, measured on task 0) when there are other ranks.
+static blo_status exchange_init(tasks_state *w, blo_error *err) {
+    int size = blo_comm_size(w->comm);
+    blo_comm_block(w->B, blo_comm_rank(w->comm), size, &w->lo, &w->hi);
+    if (size == 1) return BLO_OK;
+    if (slot_save(w, &w->slots[0])) return blo_fail(err, BLO_ENOMEM, "tasks: out of memory");
+    w->state_bytes = w->saved.len;
+    w->per = X_HEAD + (size_t)w->nx + (size_t)w->nz + (w->state_bytes + sizeof(double) - 1) / sizeof(double);
+    w->mine = calloc((size_t)(w->hi - w->lo) * w->per + 1, sizeof(double));
+    w->all = calloc((size_t)w->B * w->per, sizeof(double));
+    w->counts = calloc((size_t)size, sizeof(size_t));
+    if (!w->mine || !w->all || !w->counts) return blo_fail(err, BLO_ENOMEM, "tasks: out of memory");
     return BLO_OK;
 }
 
@@ -150,7 +258,8 @@ static blo_status tasks_init(void **state, const blo_method_env *env, int *n_z, 
     if (p->sample) return blo_fail(err, BLO_EARG, "tasks: a task set with minibatches (sample) is not supported");
     tasks_state *w = calloc(1, sizeof *w);
     if (!w) return blo_fail(err, BLO_ENOMEM, "tasks: out of memory");
-    *w = (tasks_state){.base = env->method, .ts = ts, .p = p, .B = ts->batch, .nx = p->n_x, .ny = p->n_y};
+    *w = (tasks_state){.base = env->method, .ts = ts, .p = p, .B = ts->batch, .nx = p->n_x, .ny = p->n_y,
+                       .comm = p->comm};
     *state = w;
     blo_method_env e = *env;
     if ((st = w->base->init(&w->ref, &e, &w->nz, z0, err))) return st;
@@ -168,7 +277,7 @@ static blo_status tasks_init(void **state, const blo_method_env *env, int *n_z, 
         double *v = w->mem + j * per;
         s->gx = v, s->gz = v + w->nx, s->y = s->gz + w->nz, s->gy = s->y + w->ny;
         s->prob = *p;
-        s->prob.user = w->tasks + j * ts->task_size, s->prob.tasks = NULL;
+        s->prob.user = w->tasks + j * ts->task_size, s->prob.tasks = NULL, s->prob.comm = NULL;
         if (!(s->tape = ad_tape_new(&tp))) return blo_fail(err, BLO_ENOMEM, "tasks: out of memory");
         ad_rng_seed(&s->rng, ad_rng_next(env->rng)); // the solver's generator gives each its own
         memcpy(s->prob.user, p->user, ts->task_size); // a task until the first batch is drawn
@@ -179,6 +288,7 @@ static blo_status tasks_init(void **state, const blo_method_env *env, int *n_z, 
         if (nz != w->nz) return blo_fail(err, BLO_EARG, "tasks: method %s gave n_z = %d for a task, %d for "
                                           "the reference", w->base->name, nz, w->nz);
     }
+    if ((st = exchange_init(w, err))) return st;
     return blo_ok(err);
 }
 
@@ -197,7 +307,7 @@ static blo_status tasks_direction(void *state, int t, const double *x, const dou
     blo_status st = blo_tasks_draw(w->ts, w->ts->seed, (uint64_t)t, w->B, w->tasks, err);
     if (st) return st;
     w->job = JOB_DIRECTION, w->t = t, w->x = x, w->z = z;
-    if ((st = run_batch(w, err))) return st;
+    if ((st = run_and_exchange(w, err))) return st;
     mean_into(w, gx, w->nx, false);
     if (w->nz) mean_into(w, gz, w->nz, true);
     double F = 0, f = 0, res = 0, extra = 0, kbar = 0;
@@ -205,7 +315,7 @@ static blo_status tasks_direction(void *state, int t, const double *x, const dou
         const task_slot *s = &w->slots[j];
         F += s->F, f += s->f, res += s->residual, extra += s->rec.extra, kbar += s->rec.kbar;
     }
-    memcpy(y, w->slots[0].y, sizeof(double) * (size_t)w->ny); // the first task's, for the record
+    memcpy(y, w->slots[0].y, sizeof(double) * (size_t)w->ny); // the first task's, for the record (rank 0's)
     rec->F = F / w->B, rec->f = f / w->B, rec->ll_residual = res / w->B;
     rec->extra = extra / w->B, rec->kbar = (int)lround(kbar / w->B);
     return blo_ok(err);
@@ -224,7 +334,7 @@ static blo_status tasks_phi(void *state, const double *x, const double *z, doubl
     tasks_state *w = state;
     if (!w->base->phi) return blo_fail(err, BLO_EARG, "%s differentiates no value", w->base->name);
     w->job = JOB_PHI, w->x = x, w->z = z;
-    blo_status st = run_batch(w, err);
+    blo_status st = run_and_exchange(w, err);
     if (st) return st;
     double s = 0;
     for (int j = 0; j < w->B; j++) s += w->slots[j].phi;

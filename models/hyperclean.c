@@ -24,6 +24,7 @@
 // [n, d] product is ever formed). Everything else per step is O(n_tr * 10) (or O(n_tr * h)).
 // Differentiating that gradient again (the RHG sweep) adds two more products, X V and X^T G'.
 #include "models.h"
+#include "shard.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -46,6 +47,8 @@ typedef struct {
     double l2;        // LL weight decay
     double *mem;      // x0 [n_tr], y0 [n_y], prior [n_y] (if made)
     struct hc_batch *batch; // minibatches (batch > 0; see "minibatches" below), else NULL
+    mdl_shards *sh;         // shards > 1: the training set's shards (see "shards" below), else NULL
+    mdl_dataset *views;     // their rows [S]
 } hc_model;
 
 static void hc_batch_free(struct hc_batch *b);
@@ -56,6 +59,7 @@ static void hc_free(mdl_model *m) {
     if (d) {
         mdl_hc_free(&d->hc);
         hc_batch_free(d->batch);
+        mdl_shards_free(d->sh), free(d->views);
         free(d->mem);
         free(d);
     }
@@ -278,6 +282,50 @@ static int hc_batch_setup(mdl_model *m, int B, char *err, size_t errlen) {
     return 0;
 }
 
+// ---- shards (data-parallel, models/shard.h) ------------------------------------------------------
+//
+// With shards = S > 1, f's data term is a sum over S fixed shards of the training set, each
+// computed apart on its own rows with its own copy of y and its own x_i, and added in shard order:
+//   f(x, y) = sum_s [1/n_tr sum_{i in s} sigma(x_i) CE_i(y)] + l2/2 ||y||^2.
+// Under MPI each rank computes its shards; shard.h's maps gather the parts (forward: the shards'
+// terms; reverse: their gradients in y, and in x each x_i from its shard), so f, its gradient and
+// the RHG / CG second-order products have the same bits on any number of ranks.
+
+static ad_var hc_f_sharded(ad_tape *t, ad_var x, ad_var y, void *u) {
+    const hc_model *d = u;
+    const mdl_shards *sh = d->sh;
+    int k = sh->hi - sh->lo;
+    ad_var Y = mdl_shard_copy(t, &sh->wide, y), xl = mdl_shard_take(t, sh, x);
+    ad_var terms = AD_NONE; // the local shards' terms [k]
+    for (int j = 0; j < k; j++) {
+        const mdl_dataset *set = &d->views[sh->lo + j];
+        ad_var xs = ad_slice(t, xl, sh->off[sh->lo + j] - sh->off[sh->lo], set->n);
+        ad_var ce = ad_xent(t, logits(t, d, mdl_shard_row(t, &sh->wide, Y, j), set), set->y);
+        ad_var term = ad_scale(t, ad_dot(t, ad_sigmoid(t, xs), ce), 1.0 / d->hc.train.n);
+        terms = j ? ad_concat(t, terms, term) : ad_reshape(t, term, ad_vec_shape(1));
+    }
+    terms = ad_reshape(t, terms, ad_mat_shape(k, 1));
+    ad_var f = ad_reshape(t, mdl_shard_sum_all(t, &sh->one, terms), ad_scalar_shape());
+    return d->l2 > 0 ? ad_add(t, f, ad_scale(t, ad_sqnorm(t, y), 0.5 * d->l2)) : f;
+}
+
+static int hc_set_comm(mdl_model *m, blo_comm *c, char *err, size_t errlen) {
+    hc_model *d = m->data;
+    return mdl_shards_set_comm(d->sh, c, err, errlen);
+}
+
+// Splits the training set into S shards and gives m's problem the sharded f.
+static int hc_shard_setup(mdl_model *m, int S, char *err, size_t errlen) {
+    hc_model *d = m->data;
+    if (d->batch) return mdl_fail(err, errlen, "problem hyperclean: shards=%d needs batch=0 (full batches)", S);
+    if (!(d->sh = mdl_shards_new(S, d->hc.train.n, d->n_y, err, errlen))) return -1;
+    if (!(d->views = malloc(sizeof(mdl_dataset) * (size_t)S)))
+        return mdl_fail(err, errlen, "problem hyperclean: out of memory");
+    for (int s = 0; s < S; s++) d->views[s] = mdl_shard_view(d->sh, &d->hc.train, s);
+    m->prob.f = hc_f_sharded, m->set_comm = hc_set_comm;
+    return 0;
+}
+
 // ---- making the model ---------------------------------------------------------------------------
 
 // Plain GD on f(0, y) from y (in place): the AIT_P prior, "the LL model pretrained on D_tr".
@@ -308,6 +356,7 @@ typedef struct {
     double pretrain_lr;
     int pixels;           // 0: bytes, 1: doubles
     int batch;            // minibatch size for stochastic methods (0: full batch)
+    int shards;           // the training set's shards (data-parallel under MPI)
 } hc_params;
 
 static const char *const model_words[] = {"linear", "mlp", NULL};
@@ -315,7 +364,7 @@ static const char *const act_words[] = {"none", "relu", "tanh", NULL}; // indexe
 static const char *const pixel_words[] = {"bytes", "doubles", NULL};
 static const hc_params hc_defaults = {.data = MDL_FASHION_MNIST_DIR, .n_train = 5000, .n_val = 5000,
                                       .n_test = 10000, .corrupt = 0.5, .hidden = 50, .act = ACT_RELU,
-                                      .pretrain = 100, .pretrain_lr = 0.1};
+                                      .pretrain = 100, .pretrain_lr = 0.1, .shards = 1};
 static const blo_setting hc_settings[] = {
     BLO_ROW_STRING(hc_params, data, "data", "DIR", "an MNIST-format folder (train- and t10k- files)"),
     BLO_ROW_INT(hc_params, n_train, "n_train", 1, 1000000000, "n", "training samples (the weighted LL set)"),
@@ -334,6 +383,8 @@ static const blo_setting hc_settings[] = {
                    "what the products read: bytes or doubles (the same values and bits)"),
     BLO_ROW_INT(hc_params, batch, "batch", 0, 1000000000, "B",
                 "minibatch size of stochastic methods (stocbio, soba, f2sa), drawn from the solver's seed; 0 = full"),
+    BLO_ROW_INT(hc_params, shards, "shards", 1, 1000000, "S",
+                "f as a sum over S shards of the training set, in shard order (split over MPI ranks)"),
     BLO_ROW_END,
 };
 
@@ -371,6 +422,7 @@ static int hc_make(mdl_model *m, const void *params, char *err, size_t errlen) {
     m->n_starts = 1, m->x0[0] = x0, m->y0[0] = y0;
     m->metrics = hc_metrics, m->n_metrics = 2, m->evaluate = hc_evaluate;
     if (q->batch > 0 && hc_batch_setup(m, q->batch, err, errlen)) return -1;
+    if (q->shards > 1 && hc_shard_setup(m, q->shards, err, errlen)) return -1;
     if (prior) { // AIT_P's z_p: plain GD on f(0, y) from y0
         double *zp = y0 + ny;
         memcpy(zp, y0, sizeof(double) * (size_t)ny);

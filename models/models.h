@@ -51,6 +51,8 @@ struct mdl_model {
     const double *z_prior;
     void *data;             // owned storage
     void (*free_data)(mdl_model *m);
+    // Data-parallel models: spread the model's shards over c's ranks (NULL: none; mdl_set_comm).
+    int (*set_comm)(mdl_model *m, struct blo_comm *c, char *err, size_t errlen);
 };
 
 // Settings that reproduce a paper: for one method (its registry name) or for every method ("*"),
@@ -101,6 +103,10 @@ int mdl_make(const mdl_entry *e, const void *params, mdl_model *m, char *err, si
 // By name with "NAME=VALUE ..." settings (the same parser as the command line's --set).
 int mdl_make_named(const char *name, const char *settings, mdl_model *m, char *err, size_t errlen);
 void mdl_free(mdl_model *m);
+// Runs m across the ranks of c (bilevel/comm.h; NULL: one process): its problem's comm (a task
+// set's batch is split) and its shards (a sharded model's sums). Before a solver is made on it.
+// 0, or -1 with a message.
+int mdl_set_comm(mdl_model *m, struct blo_comm *c, char *err, size_t errlen);
 
 // Whether a paper row applies to method m ("*", or the row's name is m's in the registry).
 int mdl_paper_row_applies(const mdl_paper_row *row, const blo_method_type *m);

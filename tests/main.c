@@ -25,6 +25,7 @@ int main(int argc, char **argv) {
     test_bilevel_solvers();
     test_bilevel_checkpoint();
     test_bilevel_tasks();
+    test_bilevel_comm();
     test_models_data();
     test_models_omniglot();
     test_models_fewshot();

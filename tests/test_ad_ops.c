@@ -130,6 +130,21 @@ static ad_var r_chan_proj(ad_tape *t, const ad_var *x) { return ad_channel_proj(
 static ad_var r_chan_affine(ad_tape *t, const ad_var *x) { return ad_channel_affine(t, x[0], x[1], 2); }
 static ad_var r_chan_sums(ad_tape *t, const ad_var *x) { return ad_channel_sums(t, x[0], x[1], 2); }
 static ad_var r_channel_bias(ad_tape *t, const ad_var *x) { return ad_channel_bias(t, x[0], x[1], 2, 2, 2); }
+// a caller's linear map [3] -> [2], y = A x, with its transpose
+static const double lin_A[2][3] = {{0.5, -1.25, 2}, {1.5, 0.75, -0.5}};
+static int lin_apply(const ad_linmap *L, const double *x, double *y, char *err) {
+    (void)err;
+    int tr = L->in.cols == 2;
+    for (int i = 0; i < L->out.cols; i++) {
+        y[i] = 0;
+        for (int j = 0; j < L->in.cols; j++) y[i] += (tr ? lin_A[j][i] : lin_A[i][j]) * x[j];
+    }
+    return 0;
+}
+static const ad_linmap lin_T;
+static const ad_linmap lin_L = {{1, 1, 3}, {1, 1, 2}, lin_apply, &lin_T, NULL};
+static const ad_linmap lin_T = {{1, 1, 2}, {1, 1, 3}, lin_apply, &lin_L, NULL};
+static ad_var r_linear(ad_tape *t, const ad_var *x) { return ad_linear(t, &lin_L, x[0]); }
 
 #define NK {NAN, NAN}
 static const row rows[] = {
@@ -223,6 +238,7 @@ static const row rows[] = {
     {"chan_affine", r_chan_affine, 2, {M(3, 8), V(4)}, -2, 2, NK, 0},
     {"chan_sums", r_chan_sums, 2, {M(3, 8), M(3, 8)}, -2, 2, NK, 0},
     {"expand", r_channel_bias, 2, {M(3, 8), V(2)}, -2, 2, NK, 0},     // per-channel bias, likewise
+    {"linear", r_linear, 1, {V(3)}, -2, 2, NK, 0},                     // a map of the caller's
 };
 // clang-format on
 enum { N_ROWS = sizeof rows / sizeof rows[0] };

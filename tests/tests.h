@@ -19,6 +19,7 @@ void test_bilevel_solvers(void);
 void test_bilevel_stochastic(void);
 void test_bilevel_checkpoint(void);
 void test_bilevel_tasks(void);
+void test_bilevel_comm(void);
 void test_models_data(void);
 void test_models_omniglot(void);
 void test_models_fewshot(void);

@@ -3,6 +3,7 @@
 // state on request and on SIGINT / SIGTERM, and report (a line or JSON). The record callback and
 // the summary are shared with `compare`.
 #include "cli_record.h"
+#include "comm.h"
 
 #include <errno.h>
 #include <math.h>
@@ -14,6 +15,12 @@
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -160,7 +167,8 @@ static char *settings_text(const cli_plan *p) {
     return buf;
 }
 
-static void report_json(FILE *o, const cli_plan *p, const mdl_model *m, const run_result *r) {
+static void report_json(FILE *o, const cli_plan *p, const mdl_model *m, const run_result *r,
+                        const blo_comm *comm) {
     json_writer w;
     cli_json_begin(&w, o, p);
     json_key(&w, "x");
@@ -180,6 +188,19 @@ static void report_json(FILE *o, const cli_plan *p, const mdl_model *m, const ru
     json_number(&w, r->done ? r->seconds / r->done : NAN);
     json_key(&w, "kbar_mean");
     json_number(&w, r->kbar_mean);
+    // across processes: the ranks, and what rank 0 took part in (collectives, bytes received)
+    json_key(&w, "ranks");
+    json_int(&w, blo_comm_size(comm));
+    json_key(&w, "comm_messages");
+    json_int(&w, comm ? comm->messages : 0);
+    json_key(&w, "comm_bytes");
+    json_int(&w, comm ? comm->bytes : 0);
+    json_key(&w, "comm_seconds"); // wall, waiting for the other ranks included
+    json_number(&w, comm ? comm->seconds : 0);
+    json_key(&w, "comm_cpu_seconds");
+    json_number(&w, comm ? comm->cpu_seconds : 0);
+    json_key(&w, "cpu_seconds"); // the process's, so far: what the ranks compute is this less the above
+    json_number(&w, cpu_now());
     for (int k = 0; r->has_eval && k < m->n_metrics; k++) json_key(&w, m->metrics[k].name), json_number(&w, r->eval[k]);
     json_key(&w, "error");
     if (r->status) json_string(&w, r->error);
@@ -212,10 +233,13 @@ typedef struct {
     blo_solver *s;
     char *meta;
     FILE *trace;
+    blo_comm *comm; // under mpirun (an MPI build): the ranks; else NULL, one process
+    int rank;       // only rank 0 writes files and prints
 } run_parts;
 
 static void parts_free(run_parts *r) {
     blo_solver_free(r->s);
+    blo_comm_free(r->comm);
     if (r->trace) fclose(r->trace);
     free(r->x0), free(r->meta);
     mdl_free(&r->m);
@@ -231,6 +255,7 @@ static int run_setup(const cli_args *a, run_parts *r, char *err, size_t n) {
     if ((a->resume || a->settings) && !(r->earlier = cli_earlier_settings(a, err, n))) return 2;
     if (cli_plan_make(a, a->method, r->earlier, 0, &r->plan, err, n)) return 2;
     if (cli_plan_model(&r->plan, &r->m, &r->x0, &y0, err, n)) return 2;
+    if (mdl_set_comm(&r->m, r->comm, err, n)) return 2;
     if (!(r->s = blo_solver_new(&r->m.prob, r->plan.config, r->x0, y0, r->m.z_prior, &be))) {
         snprintf(err, n, "%s", be.msg);
         return 2;
@@ -243,7 +268,7 @@ static int run_setup(const cli_args *a, run_parts *r, char *err, size_t n) {
         snprintf(err, n, "out of memory");
         return 2;
     }
-    if (a->trace) {
+    if (a->trace && r->rank == 0) {
         // a resumed run goes on with the trace it had (each record says which iterate it is)
         int append = a->resume && access(a->trace, F_OK) == 0;
         if (!(r->trace = fopen(a->trace, append ? "a" : "w"))) {
@@ -255,20 +280,40 @@ static int run_setup(const cli_args *a, run_parts *r, char *err, size_t n) {
     return 0;
 }
 
+// Whether the command was started by mpirun (Open MPI's, or a PMI launcher's variables): then an
+// MPI build runs across the ranks; otherwise it is one process and MPI is never initialized.
+static int under_mpirun(void) {
+    return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+}
+
 int cli_run(const cli_args *a) {
     char err[600];
     run_parts r;
     memset(&r, 0, sizeof r);
+    blo_error ce;
+    const char *ranks = getenv("OMPI_COMM_WORLD_SIZE");
+    if (!blo_comm_mpi_built() && ranks && atoi(ranks) > 1) { // each rank would run the whole problem
+        if (atoi(getenv("OMPI_COMM_WORLD_RANK") ? getenv("OMPI_COMM_WORLD_RANK") : "0") == 0)
+            fprintf(stderr, "hypertape run: started by mpirun on %s ranks, but built without MPI "
+                            "(meson setup -Dmpi=enabled)\n", ranks);
+        return 2;
+    }
+    if (blo_comm_mpi_built() && under_mpirun() && !(r.comm = blo_comm_mpi_new(&ce))) {
+        fprintf(stderr, "hypertape run: %s\n", ce.msg);
+        return 2;
+    }
+    r.rank = blo_comm_rank(r.comm);
     int rc = run_setup(a, &r, err, sizeof err);
     if (rc) {
-        fprintf(stderr, "hypertape run: %s\n", err);
+        if (r.rank == 0) fprintf(stderr, "hypertape run: %s\n", err);
         parts_free(&r);
         return rc;
     }
     stop_signal = 0;
     catch_signals();
     run_log log = {.m = &r.m, .s = r.s, .label = r.plan.label, .T = blo_config_solve_params(r.plan.config)->T,
-                   .trace = r.trace, .trace_path = a->trace, .progress = isatty(2), .checkpoint = a->checkpoint,
+                   .trace = r.trace, .trace_path = a->trace, .progress = r.rank == 0 && isatty(2),
+                   .checkpoint = r.rank == 0 ? a->checkpoint : NULL,
                    .every = a->checkpoint_every, .meta = r.meta, .signal = &stop_signal};
     run_result res;
     cli_run_solver(r.s, &log, &res);
@@ -284,10 +329,15 @@ int cli_run(const cli_args *a) {
     // the state at the end, or where a signal stopped it (not after an error: the last periodic
     // save stands)
     blo_error be;
-    if (a->checkpoint && healthy && blo_solver_save(r.s, a->checkpoint, r.meta, &be))
+    if (a->checkpoint && r.rank == 0 && healthy && blo_solver_save(r.s, a->checkpoint, r.meta, &be))
         res.status = BLO_EIO, snprintf(res.error, sizeof res.error, "%s", be.msg);
     errno = 0;
-    if (a->json) report_json(stdout, &r.plan, &r.m, &res);
+    if (r.rank != 0) { // the other ranks print nothing: their results are rank 0's
+        int status = res.status ? 1 : 0;
+        parts_free(&r);
+        return sig ? 128 + sig : status;
+    }
+    if (a->json) report_json(stdout, &r.plan, &r.m, &res, r.comm);
     else report_text(stdout, &r.plan, &r.m, &res);
     int out_failed = fflush(stdout) != 0 || ferror(stdout);
     FILE *trace = r.trace;
