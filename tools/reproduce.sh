@@ -139,8 +139,9 @@ if [ "$FULL" = 1 ]; then
     # LL, Linear(784, 300) -> Linear(300, 10) without activation, K = 10 LL steps a UL iteration
     # (warm starts where the method has them), T = 1000 UL iterations; one part per method, each
     # takes hours on a loaded 2-core host
-    for spec in "rhg --ll-iters 10" "cg --ll-iters 10" "ait --ll-iters 10" "bome" "bvfim --Tz 10 --Ty 10" \
-        "galet --N 10 --T_w 10"; do
+    # (ait with z's Adam step 0.001: at its default 0.01 z's steps swamp the network's weights)
+    for spec in "rhg --ll-iters 10" "trhg --ll-iters 10 --truncate 5" "cg --ll-iters 10" "neumann --ll-iters 10" \
+        "ait --ll-iters 10 --lr-z 0.001" "bome" "bvfim --Tz 10 --Ty 10" "galet --N 10 --T_w 10"; do
         m=${spec%% *}
         part "hc-2layer-$m"
         # shellcheck disable=SC2086
