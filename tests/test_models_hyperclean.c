@@ -346,6 +346,38 @@ static void sanity_cases(void) {
     }
 }
 
+// ---- the papers' settings: warm starts per method, the AIT script's 2-layer LL -------------------
+
+static void paper_cases(void) {
+    TEST_CASE("hyperclean: rhg, trhg, cg, neumann warm-start by default (BOME's code); bda, ait do not") {
+        static const struct {
+            const char *method;
+            const char *warm; // blo_config_get's text of warm_start
+        } cases[] = {{"rhg", "1"}, {"trhg", "1"}, {"cg", "1"}, {"neumann", "1"}, {"bda", "0"}, {"ait", "0"}};
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+            char err[512], v[64];
+            blo_config *c = mdl_paper_config(&mdl_hyperclean_entry, blo_method_find(cases[i].method), NULL, err,
+                                             sizeof err);
+            const char *w = c ? blo_config_get(c, "warm_start", v, sizeof v) : NULL;
+            EXPECT(w && !strcmp(w, cases[i].warm), "%s: warm_start %s, expected %s (%s)", cases[i].method,
+                   w ? w : "(none)", cases[i].warm, c ? "" : err);
+            blo_config_free(c);
+        }
+    }
+    TEST_CASE("hyperclean: model=mlp hidden=300 act=none is the AIT script's Linear(d, 300) -> Linear(300, 10)") {
+        const char *set[] = {hc_data_set, "n_train=20", "n_val=10", "n_test=10", "model=mlp", "hidden=300", "act=none"};
+        char err[512];
+        mdl_model m;
+        int rc = make_hc(7, set, &m, err, sizeof err);
+        EXPECT(rc == 0, "%s", err);
+        if (rc) continue;
+        int d = 16; // make_synthetic's 4 x 4 images
+        EXPECT(m.prob.n_x == 20 && m.prob.n_y == d * 300 + 300 + 300 * 10 + 10, "n_x %d n_y %d", m.prob.n_x,
+               m.prob.n_y);
+        mdl_free(&m);
+    }
+}
+
 void test_models_hyperclean(void) {
     snprintf(hc_dir, sizeof hc_dir, "/tmp/hypertape-hc-XXXXXX");
     if (!mkdtemp(hc_dir) || make_synthetic(hc_dir, 4) || snprintf(hc_dir1, sizeof hc_dir1, "%s/one", hc_dir) < 0 ||
@@ -359,6 +391,7 @@ void test_models_hyperclean(void) {
     evaluate_cases();
     error_cases();
     sanity_cases();
+    paper_cases();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", hc_dir);
     if (system(cmd)) fprintf(stderr, "could not remove %s\n", hc_dir);
