@@ -6,6 +6,7 @@
 #include "ad.h"
 
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,6 +24,14 @@ int mdl_fail(char *err, size_t n, const char *fmt, ...) {
         va_end(ap);
     }
     return -1;
+}
+
+void mdl_adam_step(double *w, const double *g, double *m1, double *m2, size_t n, double lr, double c1,
+                   double c2) {
+    for (size_t i = 0; i < n; i++) {
+        m1[i] = 0.9 * m1[i] + 0.1 * g[i], m2[i] = 0.999 * m2[i] + 0.001 * g[i] * g[i];
+        w[i] -= lr * (m1[i] / c1) / (sqrt(m2[i] / c2) + 1e-8);
+    }
 }
 
 // Reads exactly len bytes; returns how many were read, or -1 on a zlib error (message in zmsg).

@@ -21,6 +21,12 @@ extern "C" {
 // reports a failure.
 int mdl_fail(char *err, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+// One Adam step (0.9, 0.999, 1e-8) of w [n] along g [n] with moments m1, m2 [n]: c1 and c2 are the
+// bias corrections 1 - 0.9^t and 1 - 0.999^t of step t, computed by the caller (the models' own
+// training loops: baselines and retraining, outside the solver).
+void mdl_adam_step(double *w, const double *g, double *m1, double *m2, size_t n, double lr, double c1,
+                   double c2);
+
 // An IDX file of unsigned bytes (type 0x08), 1 to 4 dimensions.
 typedef struct {
     int ndim;

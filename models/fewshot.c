@@ -334,10 +334,7 @@ static int pretrain(const mdl_model *m, double *x, char *err, size_t errlen) {
         ad_tape_reset(t);
         st = blo_eval(&p, 0, w, w + nx, NULL, g, g + nx, t, &e);
         double b1 = 1 - pow(0.9, it + 1), b2 = 1 - pow(0.999, it + 1);
-        for (size_t i = 0; !st && i < n; i++) {
-            m1[i] = 0.9 * m1[i] + 0.1 * g[i], m2[i] = 0.999 * m2[i] + 0.001 * g[i] * g[i];
-            w[i] -= q->pretrain_lr * (m1[i] / b1) / (sqrt(m2[i] / b2) + 1e-8);
-        }
+        if (!st) mdl_adam_step(w, g, m1, m2, n, q->pretrain_lr, b1, b2);
     }
     if (!st) memcpy(x, w, sizeof(double) * (size_t)nx);
     free(task), free(mem), ad_tape_free(t);

@@ -172,10 +172,7 @@ static int retrain(ad_tape *t, const nas_model *d, const double *onehot, double 
         const double *gv = ad_value(t, g);
         if (ad_tape_status(t) != AD_OK) return -1;
         b1 *= 0.9, b2 *= 0.999;
-        for (int i = 0; i < d->n_y; i++) {
-            mo[i] = 0.9 * mo[i] + 0.1 * gv[i], ve[i] = 0.999 * ve[i] + 0.001 * gv[i] * gv[i];
-            w[i] -= d->par.retrain_lr * (mo[i] / (1 - b1)) / (sqrt(ve[i] / (1 - b2)) + 1e-8);
-        }
+        mdl_adam_step(w, gv, mo, ve, (size_t)d->n_y, d->par.retrain_lr, 1 - b1, 1 - b2);
     }
     return 0;
 }

@@ -180,10 +180,7 @@ static int pretrain(const mdl_model *m, double *w, char *err, size_t errlen) {
             }
         }
         double b1 = 1 - pow(0.9, it + 1), b2 = 1 - pow(0.999, it + 1);
-        for (int i = 0; !st && i < ny; i++) {
-            m1[i] = 0.9 * m1[i] + 0.1 * g[i], m2[i] = 0.999 * m2[i] + 0.001 * g[i] * g[i];
-            w[i] -= 1e-3 * (m1[i] / b1) / (sqrt(m2[i] / b2) + 1e-8);
-        }
+        if (!st) mdl_adam_step(w, g, m1, m2, (size_t)ny, 1e-3, b1, b2);
     }
     free(tasks), free(mem), ad_tape_free(t);
     return st ? mdl_fail(err, errlen, "sinusoid pretraining: %s", e.msg[0] ? e.msg : "out of memory") : 0;
