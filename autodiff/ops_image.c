@@ -17,6 +17,7 @@
 //
 // The products run as im2col + cblas_dgemm over blocks of images; ad_conv3x3_direct is the
 // plain loop a test compares them with.
+#include "image_kernels.h"
 #include "internal.h"
 
 #include <cblas.h>
@@ -269,16 +270,6 @@ void ad_conv3x3_direct(const double *x, const double *wt, int n, int c_in, int h
 // ---- 2x2 max-pooling: windows rows 2i, 2i+1 and columns 2j, 2j+1 (a last odd row or column
 // is left out, as PyTorch's floor) ----
 
-// The offset in an [h, w] channel of window (i, j)'s argmax in x: the first maximum in the order
-// (0, 0), (0, 1), (1, 0), (1, 1), as PyTorch picks on ties (all-zero windows after a ReLU).
-static inline size_t window_argmax(const double *x, int w, int i, int j) {
-    size_t p = (size_t)2 * i * w + 2 * j, best = p;
-    size_t cand[3] = {p + 1, p + w, p + w + 1};
-    for (int k = 0; k < 3; k++)
-        if (x[cand[k]] > x[best]) best = cand[k];
-    return best;
-}
-
 // Shared by gather and scatter: X [n, c*h*w] (positions) and the other operand's shape.
 static ad_var record_pool(ad_tape *t, ad_op op, const char *name, ad_var A, ad_var X, int c, int h,
                           int w) {
@@ -308,14 +299,8 @@ ad_var ad_maxpool2(ad_tape *t, ad_var X, int c, int h, int w) {
 }
 static ad_status fwd_pool_gather(ad_tape *t, ad_node *nd) {
     const ad_node *A = &t->nodes[nd->a], *X = &t->nodes[nd->b];
-    int h = nd->i0, w = nd->i1, ho = h / 2, wo = w / 2;
-    size_t planes = (size_t)X->rows * (X->cols / (h * w)), hw = (size_t)h * w;
-    double *y = nd->val;
-    for (size_t q = 0; q < planes; q++) {
-        const double *x = X->val + q * hw, *a = A->val + q * hw;
-        for (int i = 0; i < ho; i++)
-            for (int j = 0; j < wo; j++) *y++ = a[window_argmax(x, w, i, j)];
-    }
+    int h = nd->i0, w = nd->i1;
+    imk_pool_gather(A->val, X->val, X->rows, X->cols / (h * w), h, w, t->threads, nd->val);
     return AD_OK;
 }
 static void rev_pool_gather(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
@@ -333,16 +318,8 @@ ad_var ad_maxpool2_scatter(ad_tape *t, ad_var G, ad_var X, int c, int h, int w) 
 }
 static ad_status fwd_pool_scatter(ad_tape *t, ad_node *nd) {
     const ad_node *G = &t->nodes[nd->a], *X = &t->nodes[nd->b];
-    int h = nd->i0, w = nd->i1, ho = h / 2, wo = w / 2;
-    size_t planes = (size_t)X->rows * (X->cols / (h * w)), hw = (size_t)h * w;
-    const double *g = G->val;
-    memset(nd->val, 0, (size_t)ad_size(nd) * sizeof(double));
-    for (size_t q = 0; q < planes; q++) {
-        const double *x = X->val + q * hw;
-        double *y = nd->val + q * hw;
-        for (int i = 0; i < ho; i++)
-            for (int j = 0; j < wo; j++) y[window_argmax(x, w, i, j)] = *g++;
-    }
+    int h = nd->i0, w = nd->i1;
+    imk_pool_scatter(G->val, X->val, X->rows, X->cols / (h * w), h, w, t->threads, nd->val);
     return AD_OK;
 }
 static void rev_pool_scatter(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
@@ -391,20 +368,12 @@ static bool check_channels(ad_tape *t, const char *op, ad_var X, int c, const do
     return true;
 }
 
-// Channel ch's mean and r = 1/sqrt(biased variance + eps) over the n rows of x [n, c*k].
-static void channel_stats(const ad_node *X, int ch, int k, double eps, double *mean, double *r) {
-    double s = 0, q = 0;
-    for (int b = 0; b < X->rows; b++) {
-        const double *x = X->val + (size_t)b * X->cols + (size_t)ch * k;
-        for (int p = 0; p < k; p++) s += x[p];
-    }
-    double m = s / ((double)X->rows * k);
-    for (int b = 0; b < X->rows; b++) { // centred: no cancellation for a large mean
-        const double *x = X->val + (size_t)b * X->cols + (size_t)ch * k;
-        for (int p = 0; p < k; p++) q += (x[p] - m) * (x[p] - m);
-    }
-    *mean = m;
-    *r = 1 / sqrt(q / ((double)X->rows * k) + eps);
+// Per-channel means and r [c] of X [n, c*k] into buf [2c] (means, then r); false (error
+// recorded) when there is no memory for the partial sums.
+static bool channel_stats(ad_tape *t, const char *op, const ad_node *X, int c, double eps, double *buf) {
+    if (imk_channel_stats(X->val, X->rows, c, X->cols / c, eps, t->threads, buf, buf + c)) return true;
+    ad_fail(t, AD_ENOMEM, "%s: no memory for per-image sums", op);
+    return false;
 }
 
 static ad_var record_channels(ad_tape *t, ad_op op, ad_shape s, ad_var a, ad_var b, int c, double eps) {
@@ -423,15 +392,15 @@ ad_var ad_channel_norm(ad_tape *t, ad_var X, int c, double eps) {
 }
 static ad_status fwd_chan_norm(ad_tape *t, ad_node *nd) {
     const ad_node *X = &t->nodes[nd->a];
-    int c = nd->i0, k = X->cols / c;
-    for (int ch = 0; ch < c; ch++) {
-        double m, r;
-        channel_stats(X, ch, k, nd->p0, &m, &r);
-        for (int b = 0; b < X->rows; b++) {
-            size_t o = (size_t)b * X->cols + (size_t)ch * k;
-            for (int p = 0; p < k; p++) nd->val[o + p] = (X->val[o + p] - m) * r;
-        }
+    int c = nd->i0;
+    double *mr = malloc((size_t)c * 2 * sizeof *mr);
+    if (!mr || !channel_stats(t, "chan_norm", X, c, nd->p0, mr)) {
+        if (!mr) ad_fail(t, AD_ENOMEM, "chan_norm: no memory for %d channels' statistics", c);
+        free(mr);
+        return AD_ENOMEM;
     }
+    imk_channel_normalize(X->val, X->rows, c, X->cols / c, mr, mr + c, t->threads, nd->val);
+    free(mr);
     return AD_OK;
 }
 static void rev_chan_norm(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
@@ -452,11 +421,15 @@ ad_var ad_channel_rstd(ad_tape *t, ad_var X, int c, double eps) {
 }
 static ad_status fwd_chan_rstd(ad_tape *t, ad_node *nd) {
     const ad_node *X = &t->nodes[nd->a];
-    int c = nd->i0, k = X->cols / c;
-    for (int ch = 0; ch < c; ch++) {
-        double m;
-        channel_stats(X, ch, k, nd->p0, &m, &nd->val[ch]);
+    int c = nd->i0;
+    double *mr = malloc((size_t)c * 2 * sizeof *mr);
+    if (!mr || !channel_stats(t, "chan_rstd", X, c, nd->p0, mr)) {
+        if (!mr) ad_fail(t, AD_ENOMEM, "chan_rstd: no memory for %d channels' statistics", c);
+        free(mr);
+        return AD_ENOMEM;
     }
+    memcpy(nd->val, mr + c, (size_t)c * sizeof *mr);
+    free(mr);
     return AD_OK;
 }
 static void rev_chan_rstd(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
@@ -492,21 +465,10 @@ ad_var ad_channel_proj(ad_tape *t, ad_var G, ad_var Z, int c) {
 }
 static ad_status fwd_chan_proj(ad_tape *t, ad_node *nd) {
     const ad_node *G = &t->nodes[nd->a], *Z = &t->nodes[nd->b];
-    int c = nd->i0, k = Z->cols / c;
-    double inv = 1 / ((double)Z->rows * k);
-    for (int ch = 0; ch < c; ch++) {
-        double sg = 0, sgz = 0;
-        for (int b = 0; b < Z->rows; b++) {
-            size_t o = (size_t)b * Z->cols + (size_t)ch * k;
-            for (int p = 0; p < k; p++) sg += G->val[o + p], sgz += G->val[o + p] * Z->val[o + p];
-        }
-        double mg = sg * inv, mgz = sgz * inv;
-        for (int b = 0; b < Z->rows; b++) {
-            size_t o = (size_t)b * Z->cols + (size_t)ch * k;
-            for (int p = 0; p < k; p++) nd->val[o + p] = G->val[o + p] - mg - Z->val[o + p] * mgz;
-        }
-    }
-    return AD_OK;
+    int c = nd->i0;
+    if (imk_channel_proj(G->val, Z->val, Z->rows, c, Z->cols / c, t->threads, nd->val)) return AD_OK;
+    ad_fail(t, AD_ENOMEM, "chan_proj: no memory for per-image sums");
+    return AD_ENOMEM;
 }
 static void rev_chan_proj(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
     const ad_node *n = ad_node_at(t, y);
@@ -544,13 +506,8 @@ ad_var ad_channel_affine(ad_tape *t, ad_var Z, ad_var P, int c) {
 }
 static ad_status fwd_chan_affine(ad_tape *t, ad_node *nd) {
     const ad_node *Z = &t->nodes[nd->a], *P = &t->nodes[nd->b];
-    int c = nd->i0, k = Z->cols / c;
-    for (int b = 0; b < Z->rows; b++)
-        for (int ch = 0; ch < c; ch++) {
-            size_t o = (size_t)b * Z->cols + (size_t)ch * k;
-            double a = P->val[ch], s = P->val[c + ch];
-            for (int p = 0; p < k; p++) nd->val[o + p] = Z->val[o + p] * a + s;
-        }
+    int c = nd->i0;
+    imk_channel_affine(Z->val, Z->rows, c, Z->cols / c, P->val, P->val + c, t->threads, nd->val);
     return AD_OK;
 }
 // G times the first c entries of v [2c] (the scales) on each channel.
@@ -574,16 +531,11 @@ ad_var ad_channel_sums(ad_tape *t, ad_var G, ad_var Z, int c) {
 }
 static ad_status fwd_chan_sums(ad_tape *t, ad_node *nd) {
     const ad_node *G = &t->nodes[nd->a], *Z = &t->nodes[nd->b];
-    int c = nd->i0, k = Z->cols / c;
-    for (int ch = 0; ch < 2 * c; ch++) nd->val[ch] = 0;
-    for (int b = 0; b < Z->rows; b++)
-        for (int ch = 0; ch < c; ch++) {
-            size_t o = (size_t)b * Z->cols + (size_t)ch * k;
-            double sgz = 0, sg = 0;
-            for (int p = 0; p < k; p++) sgz += G->val[o + p] * Z->val[o + p], sg += G->val[o + p];
-            nd->val[ch] += sgz, nd->val[c + ch] += sg;
-        }
-    return AD_OK;
+    int c = nd->i0;
+    if (imk_channel_sums(G->val, Z->val, Z->rows, c, Z->cols / c, t->threads, nd->val, nd->val + c))
+        return AD_OK;
+    ad_fail(t, AD_ENOMEM, "chan_sums: no memory for per-image sums");
+    return AD_ENOMEM;
 }
 static void rev_chan_sums(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
     const ad_node *n = ad_node_at(t, y);

@@ -1,0 +1,41 @@
+// The loops behind the image ops (ops_image_kernels.c), on plain arrays: the per-channel passes
+// of batch normalization and max-pooling's gather and scatter, each split over images on up to
+// `threads` threads. Not installed. Every output entry is computed by one thread, in the same
+// order whatever the thread count, and per-channel sums are made per image and added in image
+// order: the bits do not depend on the thread count.
+#ifndef HYPERTAPE_IMAGE_KERNELS_H
+#define HYPERTAPE_IMAGE_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+// fn(ctx, lo, hi) on ranges of [0, n) that cover it once, on up to `threads` threads when work
+// (doubles touched) pays for them; a thread that cannot be started has its range run here.
+typedef void (*imk_fn)(void *ctx, int lo, int hi);
+void imk_parallel(int threads, int n, size_t work, imk_fn fn, void *ctx);
+
+// x [n, c*k]: each channel's mean and r = 1/sqrt(biased variance + eps) (eps >= 0; r unused
+// when NULL). false when the per-image partial sums find no memory.
+bool imk_channel_stats(const double *x, int n, int c, int k, double eps, int threads, double *mean,
+                       double *r);
+// y = (x - mean) r per channel (y may be x).
+void imk_channel_normalize(const double *x, int n, int c, int k, const double *mean, const double *r,
+                           int threads, double *y);
+// y = z a[ch] + s[ch] on channel ch.
+void imk_channel_affine(const double *z, int n, int c, int k, const double *a, const double *s,
+                        int threads, double *y);
+// sgz [c], sg [c]: per channel the sum of g z and of g over images and entries (g, z [n, c*k]).
+bool imk_channel_sums(const double *g, const double *z, int n, int c, int k, int threads,
+                      double *sgz, double *sg);
+// y = g - mean(g) - z mean(g z) per channel.
+bool imk_channel_proj(const double *g, const double *z, int n, int c, int k, int threads, double *y);
+
+// 2x2 max-pooling over `planes` = n*c planes of h x w: gather a at x's windows' argmax into
+// [planes, (h/2)*(w/2)]; scatter g [planes, (h/2)*(w/2)] to those positions of a zero
+// [planes, h*w] (written whole: no clearing pass). `per` planes per image (the unit of threads).
+void imk_pool_gather(const double *a, const double *x, int n, int per, int h, int w, int threads,
+                     double *y);
+void imk_pool_scatter(const double *g, const double *x, int n, int per, int h, int w, int threads,
+                      double *y);
+
+#endif

@@ -1,0 +1,287 @@
+// The loops of the image ops (image_kernels.h): batch normalization's per-channel passes and
+// max-pooling, split over images on a few threads. The activations of a ConvNet are large (the
+// first block of a 320-image batch: [320, 32*28*28], 64 MB), so each op reads and writes them as
+// few times as it can: a channel's statistics in one read (per image and channel, a sum and the
+// squares about that segment's own mean, in cache, combined exactly), the scatter written whole.
+// Sums run on four accumulators in a fixed order (the compiler may not reorder double adds).
+#include "image_kernels.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { IMK_MAX_THREADS = 8 };
+// Doubles touched below which one thread does it all (a thread costs tens of microseconds).
+#define IMK_MIN_WORK ((size_t)1 << 16)
+
+typedef struct {
+    imk_fn fn;
+    void *ctx;
+    int lo, hi;
+} imk_range;
+
+static void *imk_run(void *a) {
+    imk_range *r = a;
+    if (r->lo < r->hi) r->fn(r->ctx, r->lo, r->hi);
+    return NULL;
+}
+
+void imk_parallel(int threads, int n, size_t work, imk_fn fn, void *ctx) {
+    int nt = work < IMK_MIN_WORK ? 1 : threads < 1 ? 1 : threads > IMK_MAX_THREADS ? IMK_MAX_THREADS : threads;
+    if (nt > n) nt = n;
+    if (nt < 1) nt = 1;
+    imk_range r[IMK_MAX_THREADS];
+    pthread_t tid[IMK_MAX_THREADS];
+    bool started[IMK_MAX_THREADS] = {false};
+    for (int w = 0; w < nt; w++)
+        r[w] = (imk_range){fn, ctx, (int)((int64_t)n * w / nt), (int)((int64_t)n * (w + 1) / nt)};
+    for (int w = 1; w < nt; w++) started[w] = pthread_create(&tid[w], NULL, imk_run, &r[w]) == 0;
+    imk_run(&r[0]);
+    for (int w = 1; w < nt; w++) {
+        if (started[w]) pthread_join(tid[w], NULL);
+        else imk_run(&r[w]);
+    }
+}
+
+// ---- sums on four accumulators ----
+
+static double sum4(const double *x, int k) {
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int p = 0;
+    for (; p + 4 <= k; p += 4) s0 += x[p], s1 += x[p + 1], s2 += x[p + 2], s3 += x[p + 3];
+    for (; p < k; p++) s0 += x[p];
+    return (s0 + s1) + (s2 + s3);
+}
+static double sqdev4(const double *x, int k, double m) {
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int p = 0;
+    for (; p + 4 <= k; p += 4) {
+        double d0 = x[p] - m, d1 = x[p + 1] - m, d2 = x[p + 2] - m, d3 = x[p + 3] - m;
+        s0 += d0 * d0, s1 += d1 * d1, s2 += d2 * d2, s3 += d3 * d3;
+    }
+    for (; p < k; p++) s0 += (x[p] - m) * (x[p] - m);
+    return (s0 + s1) + (s2 + s3);
+}
+// sum of g z into *sgz and of g into *sg
+static void dot_sum4(const double *g, const double *z, int k, double *sgz, double *sg) {
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+    int p = 0;
+    for (; p + 4 <= k; p += 4) {
+        a0 += g[p] * z[p], a1 += g[p + 1] * z[p + 1], a2 += g[p + 2] * z[p + 2], a3 += g[p + 3] * z[p + 3];
+        b0 += g[p], b1 += g[p + 1], b2 += g[p + 2], b3 += g[p + 3];
+    }
+    for (; p < k; p++) a0 += g[p] * z[p], b0 += g[p];
+    *sgz = (a0 + a1) + (a2 + a3), *sg = (b0 + b1) + (b2 + b3);
+}
+
+// ---- per-channel statistics ----
+
+typedef struct {
+    const double *x, *z;
+    int c, k;
+    double *part; // [n, c, 2]
+} stats_job;
+
+// per image and channel: the segment's sum and its squares about the segment's mean
+static void segment_stats(void *ctx, int lo, int hi) {
+    const stats_job *j = ctx;
+    size_t cols = (size_t)j->c * j->k;
+    for (int b = lo; b < hi; b++)
+        for (int ch = 0; ch < j->c; ch++) {
+            const double *x = j->x + b * cols + (size_t)ch * j->k;
+            double s = sum4(x, j->k);
+            double *o = j->part + ((size_t)b * j->c + ch) * 2;
+            o[0] = s, o[1] = sqdev4(x, j->k, s / j->k);
+        }
+}
+
+bool imk_channel_stats(const double *x, int n, int c, int k, double eps, int threads, double *mean,
+                       double *r) {
+    double *part = malloc((size_t)n * c * 2 * sizeof *part);
+    if (!part) return false;
+    stats_job j = {x, NULL, c, k, part};
+    imk_parallel(threads, n, (size_t)n * c * k, segment_stats, &j);
+    double N = (double)n * k;
+    for (int ch = 0; ch < c; ch++) {
+        double s = 0, q = 0;
+        for (int b = 0; b < n; b++) s += part[((size_t)b * c + ch) * 2];
+        double m = s / N;
+        // sum of (x - m)^2 = sum over segments of their own squares + k (segment mean - m)^2
+        for (int b = 0; b < n; b++) {
+            const double *o = part + ((size_t)b * c + ch) * 2;
+            double d = o[0] / k - m;
+            q += o[1] + k * d * d;
+        }
+        mean[ch] = m;
+        if (r) r[ch] = 1 / sqrt(q / N + eps);
+    }
+    free(part);
+    return true;
+}
+
+// ---- per-channel maps: y = x a[ch] + s[ch], over images ----
+
+typedef struct {
+    const double *x, *a, *s;
+    int c, k;
+    double *y;
+} map_job;
+
+static void map_channels(void *ctx, int lo, int hi) {
+    const map_job *j = ctx;
+    size_t cols = (size_t)j->c * j->k;
+    for (int b = lo; b < hi; b++)
+        for (int ch = 0; ch < j->c; ch++) {
+            const double *x = j->x + b * cols + (size_t)ch * j->k;
+            double *y = j->y + b * cols + (size_t)ch * j->k, a = j->a[ch], s = j->s[ch];
+            for (int p = 0; p < j->k; p++) y[p] = x[p] * a + s;
+        }
+}
+
+// (x - m) r, as chan_norm has always computed it (not x r - m r: the rounding of a large mean)
+static void normalize_channels(void *ctx, int lo, int hi) {
+    const map_job *j = ctx;
+    size_t cols = (size_t)j->c * j->k;
+    for (int b = lo; b < hi; b++)
+        for (int ch = 0; ch < j->c; ch++) {
+            const double *x = j->x + b * cols + (size_t)ch * j->k;
+            double *y = j->y + b * cols + (size_t)ch * j->k, m = j->s[ch], r = j->a[ch];
+            for (int p = 0; p < j->k; p++) y[p] = (x[p] - m) * r;
+        }
+}
+
+void imk_channel_normalize(const double *x, int n, int c, int k, const double *mean, const double *r,
+                           int threads, double *y) {
+    map_job j = {x, r, mean, c, k, y};
+    imk_parallel(threads, n, (size_t)n * c * k * 2, normalize_channels, &j);
+}
+
+void imk_channel_affine(const double *z, int n, int c, int k, const double *a, const double *s,
+                        int threads, double *y) {
+    map_job j = {z, a, s, c, k, y};
+    imk_parallel(threads, n, (size_t)n * c * k * 2, map_channels, &j);
+}
+
+// ---- sums of g z and g per channel, and the projection g - mean(g) - z mean(g z) ----
+
+static void segment_dots(void *ctx, int lo, int hi) {
+    const stats_job *j = ctx; // x is g
+    size_t cols = (size_t)j->c * j->k;
+    for (int b = lo; b < hi; b++)
+        for (int ch = 0; ch < j->c; ch++) {
+            size_t o = b * cols + (size_t)ch * j->k;
+            double *out = j->part + ((size_t)b * j->c + ch) * 2;
+            dot_sum4(j->x + o, j->z + o, j->k, &out[0], &out[1]);
+        }
+}
+
+bool imk_channel_sums(const double *g, const double *z, int n, int c, int k, int threads,
+                      double *sgz, double *sg) {
+    double *part = malloc((size_t)n * c * 2 * sizeof *part);
+    if (!part) return false;
+    stats_job j = {g, z, c, k, part};
+    imk_parallel(threads, n, (size_t)n * c * k * 2, segment_dots, &j);
+    for (int ch = 0; ch < c; ch++) {
+        double a = 0, s = 0;
+        for (int b = 0; b < n; b++) a += part[((size_t)b * c + ch) * 2], s += part[((size_t)b * c + ch) * 2 + 1];
+        sgz[ch] = a, sg[ch] = s;
+    }
+    free(part);
+    return true;
+}
+
+typedef struct {
+    const double *g, *z, *mg, *mgz;
+    int c, k;
+    double *y;
+} proj_job;
+
+static void project_channels(void *ctx, int lo, int hi) {
+    const proj_job *j = ctx;
+    size_t cols = (size_t)j->c * j->k;
+    for (int b = lo; b < hi; b++)
+        for (int ch = 0; ch < j->c; ch++) {
+            size_t o = b * cols + (size_t)ch * j->k;
+            const double *g = j->g + o, *z = j->z + o;
+            double *y = j->y + o, mg = j->mg[ch], mgz = j->mgz[ch];
+            for (int p = 0; p < j->k; p++) y[p] = g[p] - mg - z[p] * mgz;
+        }
+}
+
+bool imk_channel_proj(const double *g, const double *z, int n, int c, int k, int threads, double *y) {
+    double *m = malloc((size_t)c * 2 * sizeof *m);
+    if (!m || !imk_channel_sums(g, z, n, c, k, threads, m + c, m)) {
+        free(m);
+        return false;
+    }
+    double inv = 1 / ((double)n * k);
+    for (int ch = 0; ch < 2 * c; ch++) m[ch] *= inv;
+    proj_job j = {g, z, m, m + c, c, k, y};
+    imk_parallel(threads, n, (size_t)n * c * k * 3, project_channels, &j);
+    free(m);
+    return true;
+}
+
+// ---- 2x2 max-pooling ----
+
+// The offset in an [h, w] plane of window (i, j)'s argmax in x: the first maximum in the order
+// (0, 0), (0, 1), (1, 0), (1, 1), as PyTorch picks on ties (all-zero windows after a ReLU).
+static inline size_t window_argmax(const double *x, int w, int i, int j) {
+    size_t p = (size_t)2 * i * w + 2 * j, best = p;
+    if (x[p + 1] > x[best]) best = p + 1;
+    if (x[p + w] > x[best]) best = p + w;
+    if (x[p + w + 1] > x[best]) best = p + w + 1;
+    return best;
+}
+
+typedef struct {
+    const double *a, *x;
+    int per, h, w;
+    double *y;
+} pool_job;
+
+static void gather_images(void *ctx, int lo, int hi) {
+    const pool_job *j = ctx;
+    int h = j->h, w = j->w, ho = h / 2, wo = w / 2;
+    size_t hw = (size_t)h * w, so = (size_t)ho * wo;
+    for (size_t q = (size_t)lo * j->per; q < (size_t)hi * j->per; q++) {
+        const double *x = j->x + q * hw, *a = j->a + q * hw;
+        double *y = j->y + q * so;
+        for (int i = 0; i < ho; i++)
+            for (int jj = 0; jj < wo; jj++) *y++ = a[window_argmax(x, w, i, jj)];
+    }
+}
+
+static void scatter_images(void *ctx, int lo, int hi) {
+    const pool_job *j = ctx; // a is g
+    int h = j->h, w = j->w, ho = h / 2, wo = w / 2;
+    size_t hw = (size_t)h * w, so = (size_t)ho * wo;
+    for (size_t q = (size_t)lo * j->per; q < (size_t)hi * j->per; q++) {
+        const double *x = j->x + q * hw, *g = j->a + q * so;
+        double *y = j->y + q * hw;
+        for (int i = 0; i < ho; i++) {
+            double *r0 = y + (size_t)2 * i * w, *r1 = r0 + w;
+            for (int jj = 0; jj < wo; jj++) {
+                size_t best = window_argmax(x, w, i, jj);
+                r0[2 * jj] = r0[2 * jj + 1] = r1[2 * jj] = r1[2 * jj + 1] = 0;
+                y[best] = *g++;
+            }
+            if (w & 1) r0[w - 1] = r1[w - 1] = 0; // the column pooling leaves out
+        }
+        if (h & 1) memset(y + (size_t)(h - 1) * w, 0, (size_t)w * sizeof *y);
+    }
+}
+
+void imk_pool_gather(const double *a, const double *x, int n, int per, int h, int w, int threads,
+                     double *y) {
+    pool_job j = {a, x, per, h, w, y};
+    imk_parallel(threads, n, (size_t)n * per * h * w * 2, gather_images, &j);
+}
+
+void imk_pool_scatter(const double *g, const double *x, int n, int per, int h, int w, int threads,
+                      double *y) {
+    pool_job j = {g, x, per, h, w, y};
+    imk_parallel(threads, n, (size_t)n * per * h * w * 2, scatter_images, &j);
+}
