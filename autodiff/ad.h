@@ -271,6 +271,9 @@ ad_var ad_conv_flip(ad_tape *t, ad_var W, int c_in, int c_out);
 // 2x2 max-pooling, stride 2: X [n, c*h*w] -> [n, c*(h/2)*(w/2)] (an odd last row or column is
 // left out). On a tie the first maximum of the window (row-major) is taken, and gets the gradient.
 ad_var ad_maxpool2(ad_tape *t, ad_var X, int c, int h, int w);
+// ad_maxpool2(ad_relu(X)) with the same values and gradients, computed as the ReLU of the
+// max-pool: the ReLU and its adjoint touch a quarter of the entries.
+ad_var ad_relu_maxpool2(ad_tape *t, ad_var X, int c, int h, int w);
 // Its parts: A [n, c*h*w] at the argmax positions of X's windows -> [n, c*(h/2)*(w/2)]
 // (ad_maxpool2 is A = X); and the adjoint, G [n, c*(h/2)*(w/2)] put at those positions of a zero
 // [n, c*h*w]. Both are constant in X.

@@ -297,6 +297,11 @@ ad_var ad_maxpool2_gather(ad_tape *t, ad_var A, ad_var X, int c, int h, int w) {
 ad_var ad_maxpool2(ad_tape *t, ad_var X, int c, int h, int w) {
     return ad_maxpool2_gather(t, X, X, c, h, w);
 }
+// max-pool(ReLU(X)) = ReLU(max-pool(X)): the ReLU is monotone, so it keeps each window's first
+// maximum where that maximum is positive, and where it is not both give 0 with a zero gradient.
+ad_var ad_relu_maxpool2(ad_tape *t, ad_var X, int c, int h, int w) {
+    return ad_relu(t, ad_maxpool2(t, X, c, h, w));
+}
 static ad_status fwd_pool_gather(ad_tape *t, ad_node *nd) {
     const ad_node *A = &t->nodes[nd->a], *X = &t->nodes[nd->b];
     int h = nd->i0, w = nd->i1;
@@ -344,6 +349,11 @@ AD_DEF(pool_scatter, 2, fwd_pool_scatter, rev_pool_scatter);
 static ad_var channel_row(ad_tape *t, ad_var v, int c, int k) {
     ad_var col = ad_reshape(t, v, ad_mat_shape(c, 1));
     return ad_reshape(t, ad_expand(t, col, ad_mat_shape(c, k)), ad_vec_shape(c * k));
+}
+// G [n, c*k] times v[ch] on channel ch (v [c]): chan_affine with zero shifts, one threaded pass
+// (a product with a broadcast row is a generic elementwise op).
+static ad_var channel_scale(ad_tape *t, ad_var G, ad_var v, int c) {
+    return ad_channel_affine(t, G, ad_concat(t, v, ad_fill(t, ad_vec_shape(c), 0)), c);
 }
 // X [n, c*k] -> [c]: each channel's mean over images and entries.
 static ad_var channel_mean(ad_tape *t, ad_var X, int c, int k) {
@@ -406,9 +416,9 @@ static ad_status fwd_chan_norm(ad_tape *t, ad_node *nd) {
 static void rev_chan_norm(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
     const ad_node *n = ad_node_at(t, y);
-    int c = n->i0, k = n->cols / c;
+    int c = n->i0;
     ad_var r = ad_channel_rstd(t, ad_input(t, y, 0), c, n->p0);
-    gin[0] = ad_mul(t, ad_channel_proj(t, g, y, c), channel_row(t, r, c, k));
+    gin[0] = channel_scale(t, ad_channel_proj(t, g, y, c), r, c);
 }
 AD_DEF(chan_norm, 1, fwd_chan_norm, rev_chan_norm);
 
@@ -440,7 +450,7 @@ static void rev_chan_rstd(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad
     double eps = n->p0, entries = (double)Xn->rows * k;
     ad_var X = ad_input(t, y, 0);
     ad_var s = ad_scale(t, ad_mul(t, h, ad_square(t, y)), -1.0 / entries);
-    gin[0] = ad_mul(t, ad_channel_norm(t, X, c, eps), channel_row(t, s, c, k));
+    gin[0] = channel_scale(t, ad_channel_norm(t, X, c, eps), s, c);
 }
 AD_DEF(chan_rstd, 1, fwd_chan_rstd, rev_chan_rstd);
 
@@ -511,14 +521,14 @@ static ad_status fwd_chan_affine(ad_tape *t, ad_node *nd) {
     return AD_OK;
 }
 // G times the first c entries of v [2c] (the scales) on each channel.
-static ad_var scale_channels(ad_tape *t, ad_var G, ad_var v, int c, int k) {
-    return ad_mul(t, G, channel_row(t, ad_slice(t, v, 0, c), c, k));
+static ad_var scale_channels(ad_tape *t, ad_var G, ad_var v, int c) {
+    return channel_scale(t, G, ad_slice(t, v, 0, c), c);
 }
 static void rev_chan_affine(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     const ad_node *n = ad_node_at(t, y);
-    int c = n->i0, k = n->cols / c;
+    int c = n->i0;
     ad_var Z = ad_input(t, y, 0), P = ad_input(t, y, 1);
-    if (need[0]) gin[0] = scale_channels(t, g, P, c, k);
+    if (need[0]) gin[0] = scale_channels(t, g, P, c);
     if (need[1]) gin[1] = ad_channel_sums(t, g, Z, c);
 }
 AD_DEF(chan_affine, 2, fwd_chan_affine, rev_chan_affine);
@@ -539,10 +549,10 @@ static ad_status fwd_chan_sums(ad_tape *t, ad_node *nd) {
 }
 static void rev_chan_sums(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
     const ad_node *n = ad_node_at(t, y);
-    int c = n->i0, k = t->nodes[n->b].cols / c;
+    int c = n->i0;
     ad_var G = ad_input(t, y, 0), Z = ad_input(t, y, 1);
     if (need[0]) gin[0] = ad_channel_affine(t, Z, h, c);
-    if (need[1]) gin[1] = scale_channels(t, G, h, c, k);
+    if (need[1]) gin[1] = scale_channels(t, G, h, c);
 }
 AD_DEF(chan_sums, 2, fwd_chan_sums, rev_chan_sums);
 
