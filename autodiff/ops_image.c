@@ -93,9 +93,12 @@ static void im2col(const double *x, int c, int h, int w, double *cols, size_t ld
         }
 }
 
-// Images per block: the block's columns [c_in*9, B*hw] and output [c_out, B*hw] about 2 MB (in
-// cache for the product and the copy out).
+// Images per block: one for images of 64 pixels or more, whose product reads and writes the
+// image's own rows (an image's [c_out, hw] is the product's layout: nothing to copy, and the
+// product is big enough for dgemm); for smaller ones, the block's columns [c_in*9, B*hw] and
+// output [c_out, B*hw] about 2 MB (in cache for the product and the copy).
 static int block_images(int n, int c_in, int c_out, int hw) {
+    if (hw >= 64) return 1;
     size_t per = ((size_t)c_in * 9 + c_out) * hw;
     size_t b = ((size_t)1 << 18) / (per ? per : 1);
     return b < 1 ? 1 : b > (size_t)n ? n : (int)b;
@@ -142,6 +145,16 @@ static ad_status conv_blocks(ad_tape *t, const char *op, const ad_node *X, const
     for (int b0 = 0; b0 < n; b0 += B) {
         int nb = n - b0 < B ? n - b0 : B;
         size_t ld = (size_t)nb * hw;
+        if (B == 1) { // the image's rows are the product's operand or result
+            im2col(X->val + (size_t)b0 * X->cols, c_in, h, w, cols, ld, 0);
+            if (wgrad)
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c_out, c_in * 9, hw, 1.0,
+                            other + b0 * row, hw, cols, hw, b0 ? 1.0 : 0.0, y, c_in * 9);
+            else
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c_out, hw, c_in * 9, 1.0,
+                            other, c_in * 9, cols, hw, 0.0, y + b0 * row, hw);
+            continue;
+        }
         for (int b = 0; b < nb; b++) {
             im2col(X->val + (size_t)(b0 + b) * X->cols, c_in, h, w, cols, ld, (size_t)b * hw);
             for (int o = 0; wgrad && o < c_out; o++)

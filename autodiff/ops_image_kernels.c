@@ -228,11 +228,18 @@ bool imk_channel_proj(const double *g, const double *z, int n, int c, int k, int
 
 // The offset in an [h, w] plane of window (i, j)'s argmax in x: the first maximum in the order
 // (0, 0), (0, 1), (1, 0), (1, 1), as PyTorch picks on ties (all-zero windows after a ReLU).
+// Selections, not branches: which entry wins is data (after a ReLU, random), and a mispredicted
+// branch costs more than the compares.
+static inline size_t pick(size_t best, size_t p, bool take) {
+    size_t m = (size_t)0 - (size_t)take;
+    return (best & ~m) | (p & m);
+}
 static inline size_t window_argmax(const double *x, int w, int i, int j) {
     size_t p = (size_t)2 * i * w + 2 * j, best = p;
-    if (x[p + 1] > x[best]) best = p + 1;
-    if (x[p + w] > x[best]) best = p + w;
-    if (x[p + w + 1] > x[best]) best = p + w + 1;
+    double v = x[p], c;
+    c = x[p + 1], best = pick(best, p + 1, c > v), v = c > v ? c : v;
+    c = x[p + w], best = pick(best, p + w, c > v), v = c > v ? c : v;
+    c = x[p + w + 1], best = pick(best, p + w + 1, c > v);
     return best;
 }
 
