@@ -38,4 +38,16 @@ void imk_pool_gather(const double *a, const double *x, int n, int per, int h, in
 void imk_pool_scatter(const double *g, const double *x, int n, int per, int h, int w, int threads,
                       double *y);
 
+// One image x [c, h, w] into columns off .. off + hw - 1 of cols [c*9, ld]: row i*9 + k holds
+// channel i shifted by k's offset (dy, dx), zero outside the image.
+void imk_im2col(const double *x, int c, int h, int w, double *cols, size_t ld, size_t off);
+// conv2d's products one image at a time (im2col + dgemm straight from and into the images'
+// rows), the images in IMK_CONV_CHUNKS fixed chunks over the threads: forward, y [n, c_out*hw]
+// from W = other [c_out, c_in*9]; weight gradient (wgrad), y [c_out, c_in*9] from
+// G = other [n, c_out*hw], each chunk's sum made apart and the chunks' added in order. false
+// when there is no memory for the columns.
+enum { IMK_CONV_CHUNKS = 8 };
+bool imk_conv_images(const double *x, const double *other, int n, int c_in, int h, int w, int c_out,
+                     bool wgrad, int threads, double *y);
+
 #endif

@@ -68,34 +68,11 @@ static bool check_weights(ad_tape *t, const char *op, ad_var W, int c_in, int c_
     return true;
 }
 
-// ---- im2col ----
-
-// One image x [c, h, w] into columns b*hw .. (b+1)*hw - 1 of cols [c*9, ld]: row i*9 + k holds
-// channel i shifted by k's offset (dy, dx), zero outside the image.
-static void im2col(const double *x, int c, int h, int w, double *cols, size_t ld, size_t off) {
-    size_t hw = (size_t)h * w;
-    for (int i = 0; i < c; i++)
-        for (int k = 0; k < 9; k++) {
-            int dy = k / 3 - 1, dx = k % 3 - 1;
-            const double *src = x + i * hw;
-            double *dst = cols + (size_t)(i * 9 + k) * ld + off;
-            for (int y = 0; y < h; y++, dst += w) {
-                int sy = y + dy;
-                if (sy < 0 || sy >= h) {
-                    memset(dst, 0, (size_t)w * sizeof *dst);
-                    continue;
-                }
-                const double *s = src + (size_t)sy * w;
-                if (dx == 0) memcpy(dst, s, (size_t)w * sizeof *dst);
-                else if (dx < 0) dst[0] = 0, memcpy(dst + 1, s, (size_t)(w - 1) * sizeof *dst);
-                else memcpy(dst, s + 1, (size_t)(w - 1) * sizeof *dst), dst[w - 1] = 0;
-            }
-        }
-}
+// ---- im2col (ops_image_kernels.c) ----
 
 // Images per block: one for images of 64 pixels or more, whose product reads and writes the
 // image's own rows (an image's [c_out, hw] is the product's layout: nothing to copy, and the
-// product is big enough for dgemm); for smaller ones, the block's columns [c_in*9, B*hw] and
+// product is big enough for dgemm; imk_conv_images, images over threads); for smaller ones, the block's columns [c_in*9, B*hw] and
 // output [c_out, B*hw] about 2 MB (in cache for the product and the copy).
 static int block_images(int n, int c_in, int c_out, int hw) {
     if (hw >= 64) return 1;
@@ -139,24 +116,20 @@ static ad_status conv_blocks(ad_tape *t, const char *op, const ad_node *X, const
                              int c_in, int c_out, int h, int w, bool wgrad, double *y) {
     int n = X->rows, hw = h * w, B = block_images(n, c_in, c_out, hw);
     size_t row = (size_t)c_out * hw; // an image's output (or G's) row
+    double t0 = t->par.time_blas ? ad_now() : 0;
+    if (B == 1) { // one image per product, on the tape's threads
+        bool ok = imk_conv_images(X->val, other, n, c_in, h, w, c_out, wgrad, t->threads, y);
+        if (!ok) ad_fail(t, AD_ENOMEM, "%s: no memory for the columns of %d x %d images", op, h, w);
+        if (t->par.time_blas) t->blas_seconds += ad_now() - t0;
+        return ok ? AD_OK : AD_ENOMEM;
+    }
     double *buf, *cols = block_buffers(t, op, B, c_in, c_out, hw, &buf);
     if (!cols) return AD_ENOMEM;
-    double t0 = t->par.time_blas ? ad_now() : 0;
     for (int b0 = 0; b0 < n; b0 += B) {
         int nb = n - b0 < B ? n - b0 : B;
         size_t ld = (size_t)nb * hw;
-        if (B == 1) { // the image's rows are the product's operand or result
-            im2col(X->val + (size_t)b0 * X->cols, c_in, h, w, cols, ld, 0);
-            if (wgrad)
-                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c_out, c_in * 9, hw, 1.0,
-                            other + b0 * row, hw, cols, hw, b0 ? 1.0 : 0.0, y, c_in * 9);
-            else
-                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c_out, hw, c_in * 9, 1.0,
-                            other, c_in * 9, cols, hw, 0.0, y + b0 * row, hw);
-            continue;
-        }
         for (int b = 0; b < nb; b++) {
-            im2col(X->val + (size_t)(b0 + b) * X->cols, c_in, h, w, cols, ld, (size_t)b * hw);
+            imk_im2col(X->val + (size_t)(b0 + b) * X->cols, c_in, h, w, cols, ld, (size_t)b * hw);
             for (int o = 0; wgrad && o < c_out; o++)
                 memcpy(buf + o * ld + (size_t)b * hw, other + (b0 + b) * row + (size_t)o * hw,
                        (size_t)hw * sizeof(double));

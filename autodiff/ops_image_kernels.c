@@ -6,6 +6,7 @@
 // Sums run on four accumulators in a fixed order (the compiler may not reorder double adds).
 #include "image_kernels.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -291,4 +292,74 @@ void imk_pool_scatter(const double *g, const double *x, int n, int per, int h, i
                       double *y) {
     pool_job j = {g, x, per, h, w, y};
     imk_parallel(threads, n, (size_t)n * per * h * w * 2, scatter_images, &j);
+}
+
+// ---- im2col, and convolutions one image per product ----
+
+// One image x [c, h, w] into columns b*hw .. (b+1)*hw - 1 of cols [c*9, ld]: row i*9 + k holds
+// channel i shifted by k's offset (dy, dx), zero outside the image.
+void imk_im2col(const double *x, int c, int h, int w, double *cols, size_t ld, size_t off) {
+    size_t hw = (size_t)h * w;
+    for (int i = 0; i < c; i++)
+        for (int k = 0; k < 9; k++) {
+            int dy = k / 3 - 1, dx = k % 3 - 1;
+            const double *src = x + i * hw;
+            double *dst = cols + (size_t)(i * 9 + k) * ld + off;
+            for (int y = 0; y < h; y++, dst += w) {
+                int sy = y + dy;
+                if (sy < 0 || sy >= h) {
+                    memset(dst, 0, (size_t)w * sizeof *dst);
+                    continue;
+                }
+                const double *s = src + (size_t)sy * w;
+                if (dx == 0) memcpy(dst, s, (size_t)w * sizeof *dst);
+                else if (dx < 0) dst[0] = 0, memcpy(dst + 1, s, (size_t)(w - 1) * sizeof *dst);
+                else memcpy(dst, s + 1, (size_t)(w - 1) * sizeof *dst), dst[w - 1] = 0;
+            }
+        }
+}
+
+
+typedef struct {
+    const double *x, *other;
+    int n, c_in, h, w, c_out, chunks;
+    double *cols, *part, *y; // cols [chunks, c_in*9, hw]; part [chunks, c_out*c_in*9] (wgrad)
+} conv_job;
+
+static void conv_chunks(void *ctx, int lo, int hi) {
+    const conv_job *j = ctx;
+    int hw = j->h * j->w, kk = j->c_in * 9;
+    size_t row = (size_t)j->c_out * hw, xrow = (size_t)j->c_in * hw;
+    for (int ch = lo; ch < hi; ch++) {
+        double *cols = j->cols + (size_t)ch * kk * hw;
+        int b0 = (int)((int64_t)j->n * ch / j->chunks), b1 = (int)((int64_t)j->n * (ch + 1) / j->chunks);
+        for (int b = b0; b < b1; b++) {
+            imk_im2col(j->x + b * xrow, j->c_in, j->h, j->w, cols, (size_t)hw, 0);
+            if (j->part) // this chunk's dW [c_out, c_in*9] (+)= G_b [c_out, hw] cols^T
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->c_out, kk, hw, 1.0,
+                            j->other + b * row, hw, cols, hw, b > b0 ? 1.0 : 0.0,
+                            j->part + (size_t)ch * j->c_out * kk, kk);
+            else // y_b [c_out, hw] = W [c_out, c_in*9] cols [c_in*9, hw]
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->c_out, hw, kk, 1.0,
+                            j->other, kk, cols, hw, 0.0, j->y + b * row, hw);
+        }
+    }
+}
+
+bool imk_conv_images(const double *x, const double *other, int n, int c_in, int h, int w, int c_out,
+                     bool wgrad, int threads, double *y) {
+    int chunks = n < IMK_CONV_CHUNKS ? n : IMK_CONV_CHUNKS;
+    size_t kk = (size_t)c_in * 9, hw = (size_t)h * w, nw = (size_t)c_out * kk;
+    double *cols = malloc(((size_t)chunks * kk * hw + (wgrad ? (size_t)chunks * nw : 0)) * sizeof *cols);
+    if (!cols) return false;
+    conv_job j = {x, other, n, c_in, h, w, c_out, chunks, cols,
+                  wgrad ? cols + (size_t)chunks * kk * hw : NULL, y};
+    imk_parallel(threads, chunks, (size_t)n * hw * (kk + c_out), conv_chunks, &j);
+    if (wgrad) { // the chunks' sums added in chunk order
+        memcpy(y, j.part, nw * sizeof *y);
+        for (int ch = 1; ch < chunks; ch++)
+            for (size_t i = 0; i < nw; i++) y[i] += j.part[(size_t)ch * nw + i];
+    }
+    free(cols);
+    return true;
 }

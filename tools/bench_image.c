@@ -66,8 +66,8 @@ static double convnet_grad(ad_tape *t, const convnet *c) {
         p[3 * b + 1] = ad_param(t, ad_vec_shape(CN_FILTERS), c->gamma);
         p[3 * b + 2] = ad_param(t, ad_vec_shape(CN_FILTERS), c->beta);
         h = ad_conv2d(t, h, p[3 * b], c_in, side, side, CN_FILTERS);
-        h = ad_relu(t, ad_batchnorm(t, h, p[3 * b + 1], p[3 * b + 2], CN_FILTERS, side, side, 1e-5));
-        h = ad_maxpool2(t, h, CN_FILTERS, side, side);
+        h = ad_batchnorm(t, h, p[3 * b + 1], p[3 * b + 2], CN_FILTERS, side, side, 1e-5);
+        h = ad_relu_maxpool2(t, h, CN_FILTERS, side, side); // max-pool of the ReLU
         side /= 2, c_in = CN_FILTERS;
     }
     p[P - 1] = ad_param(t, ad_mat_shape(CN_FILTERS, CN_WAYS), c->head); // h is [320, 32]
