@@ -292,6 +292,9 @@ ad_var ad_batchnorm(ad_tape *t, ad_var X, ad_var gamma, ad_var beta, int c, int 
 ad_var ad_channel_norm(ad_tape *t, ad_var X, int c, double eps);
 ad_var ad_channel_rstd(ad_tape *t, ad_var X, int c, double eps);
 ad_var ad_channel_proj(ad_tape *t, ad_var G, ad_var Z, int c);
+// Normalization's adjoint at X in one op: r times G - mean(G) - Z mean(G Z) per channel, Z and
+// r those of X (G, X [n, c*k]); what ad_channel_norm's reverse rule records.
+ad_var ad_channel_norm_adj(ad_tape *t, ad_var G, ad_var X, int c, double eps);
 // Z [n, c*k] times P[ch] plus P[c + ch] on channel ch, P [2c] (scales, then shifts); and its
 // adjoint in P: [2c], per channel the sum of G Z, then the sum of G (G, Z [n, c*k]).
 ad_var ad_channel_affine(ad_tape *t, ad_var Z, ad_var P, int c);

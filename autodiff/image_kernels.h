@@ -30,6 +30,11 @@ bool imk_channel_sums(const double *g, const double *z, int n, int c, int k, int
 // y = g - mean(g) - z mean(g z) per channel.
 bool imk_channel_proj(const double *g, const double *z, int n, int c, int k, int threads, double *y);
 
+// The adjoint of normalization at x: y = r (g - mean(g) - z mean(g z)) with z = (x - mean) r,
+// per channel, z made on the fly (never stored).
+bool imk_channel_norm_adj(const double *g, const double *x, int n, int c, int k, double eps,
+                          int threads, double *y);
+
 // 2x2 max-pooling over `planes` = n*c planes of h x w: gather a at x's windows' argmax into
 // [planes, (h/2)*(w/2)]; scatter g [planes, (h/2)*(w/2)] to those positions of a zero
 // [planes, h*w] (written whole: no clearing pass). `per` planes per image (the unit of threads).

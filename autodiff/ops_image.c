@@ -402,9 +402,7 @@ static ad_status fwd_chan_norm(ad_tape *t, ad_node *nd) {
 static void rev_chan_norm(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
     const ad_node *n = ad_node_at(t, y);
-    int c = n->i0;
-    ad_var r = ad_channel_rstd(t, ad_input(t, y, 0), c, n->p0);
-    gin[0] = channel_scale(t, ad_channel_proj(t, g, y, c), r, c);
+    gin[0] = ad_channel_norm_adj(t, g, ad_input(t, y, 0), n->i0, n->p0);
 }
 AD_DEF(chan_norm, 1, fwd_chan_norm, rev_chan_norm);
 
@@ -466,18 +464,56 @@ static ad_status fwd_chan_proj(ad_tape *t, ad_node *nd) {
     ad_fail(t, AD_ENOMEM, "chan_proj: no memory for per-image sums");
     return AD_ENOMEM;
 }
+// Minus the adjoint in Z of chan_proj(G, Z) with incoming H: H mean(G Z) + G mean(H Z).
+static ad_var proj_z_adjoint_neg(ad_tape *t, ad_var G, ad_var Z, ad_var H, int c, int k) {
+    ad_var mgz = channel_row(t, channel_mean(t, ad_mul(t, G, Z), c, k), c, k);
+    ad_var mhz = channel_row(t, channel_mean(t, ad_mul(t, H, Z), c, k), c, k);
+    return ad_add(t, ad_mul(t, H, mgz), ad_mul(t, G, mhz));
+}
 static void rev_chan_proj(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
     const ad_node *n = ad_node_at(t, y);
     int c = n->i0, k = n->cols / c;
     ad_var G = ad_input(t, y, 0), Z = ad_input(t, y, 1);
     if (need[0]) gin[0] = ad_channel_proj(t, h, Z, c);
-    if (need[1]) {
-        ad_var mgz = channel_row(t, channel_mean(t, ad_mul(t, G, Z), c, k), c, k);
-        ad_var mhz = channel_row(t, channel_mean(t, ad_mul(t, h, Z), c, k), c, k);
-        gin[1] = ad_negated(ad_add(t, ad_mul(t, h, mgz), ad_mul(t, G, mhz)));
-    }
+    if (need[1]) gin[1] = ad_negated(proj_z_adjoint_neg(t, G, Z, h, c, k));
 }
 AD_DEF(chan_proj, 2, fwd_chan_proj, rev_chan_proj);
+
+// ---- chan_norm_adj: G, X [n, c*k] -> r P_Z(G), Z = chan_norm(X), r = chan_rstd(X) ----
+// chan_norm's adjoint in one op: Z is made on the fly from X and never stored, and the
+// statistics, the sums and the product with r are one pass each (chan_rstd, chan_proj and a
+// scaling make three nodes and twice the passes). Linear and symmetric in G, so its adjoint in
+// G is itself; in X it is chan_proj's adjoint in Z (incoming r H) and chan_rstd's in r
+// (incoming the per-channel sums of H P_Z(G)), each taken back to X.
+
+ad_var ad_channel_norm_adj(ad_tape *t, ad_var G, ad_var X, int c, double eps) {
+    if (!check_pair(t, "chan_norm_adj", G, X, c) || !check_channels(t, "chan_norm_adj", X, c, &eps))
+        return AD_NONE;
+    return record_channels(t, OP_CHAN_NORM_ADJ, ad_shape_fast(t, X), G, X, c, eps);
+}
+static ad_status fwd_chan_norm_adj(ad_tape *t, ad_node *nd) {
+    const ad_node *G = &t->nodes[nd->a], *X = &t->nodes[nd->b];
+    int c = nd->i0;
+    if (imk_channel_norm_adj(G->val, X->val, X->rows, c, X->cols / c, nd->p0, t->threads, nd->val))
+        return AD_OK;
+    ad_fail(t, AD_ENOMEM, "chan_norm_adj: no memory for per-image sums");
+    return AD_ENOMEM;
+}
+static void rev_chan_norm_adj(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
+    const ad_node *n = ad_node_at(t, y);
+    int c = n->i0, k = n->cols / c;
+    double eps = n->p0, entries = (double)n->rows * k;
+    ad_var G = ad_input(t, y, 0), X = ad_input(t, y, 1);
+    if (need[0]) gin[0] = ad_channel_norm_adj(t, h, X, c, eps);
+    if (need[1]) {
+        ad_var Z = ad_channel_norm(t, X, c, eps), r = ad_channel_rstd(t, X, c, eps);
+        ad_var dz_neg = proj_z_adjoint_neg(t, G, Z, channel_scale(t, h, r, c), c, k);
+        ad_var dr = ad_slice(t, ad_channel_sums(t, h, ad_channel_proj(t, G, Z, c), c), 0, c);
+        ad_var s = ad_scale(t, ad_mul(t, dr, ad_square(t, r)), -1.0 / entries); // chan_rstd's rule
+        gin[1] = ad_sub(t, channel_scale(t, Z, s, c), ad_channel_norm_adj(t, dz_neg, X, c, eps));
+    }
+}
+AD_DEF(chan_norm_adj, 2, fwd_chan_norm_adj, rev_chan_norm_adj);
 
 // ---- chan_affine: Z [n, c*k], P [2c] -> Z times P[ch] plus P[c + ch] on channel ch ----
 // Batch norm's scale and shift in one pass (mul and add with a per-channel row make two, and

@@ -225,6 +225,67 @@ bool imk_channel_proj(const double *g, const double *z, int n, int c, int k, int
     return true;
 }
 
+// ---- batch normalization's adjoint: r (g - mean(g) - z mean(g z)), z = (x - mean) r ----
+
+typedef struct {
+    const double *g, *x, *m, *r, *mg, *mgz;
+    int c, k;
+    double *part, *y; // part [n, c, 2]: per image and channel the sums of g z and of g
+} adj_job;
+
+static void adj_sums(void *ctx, int lo, int hi) {
+    const adj_job *j = ctx;
+    size_t cols = (size_t)j->c * j->k;
+    for (int b = lo; b < hi; b++)
+        for (int ch = 0; ch < j->c; ch++) {
+            size_t o = b * cols + (size_t)ch * j->k;
+            const double *g = j->g + o, *x = j->x + o;
+            double m = j->m[ch], r = j->r[ch];
+            double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+            int p = 0;
+            for (; p + 4 <= j->k; p += 4) {
+                a0 += g[p] * ((x[p] - m) * r), a1 += g[p + 1] * ((x[p + 1] - m) * r);
+                a2 += g[p + 2] * ((x[p + 2] - m) * r), a3 += g[p + 3] * ((x[p + 3] - m) * r);
+                b0 += g[p], b1 += g[p + 1], b2 += g[p + 2], b3 += g[p + 3];
+            }
+            for (; p < j->k; p++) a0 += g[p] * ((x[p] - m) * r), b0 += g[p];
+            double *out = j->part + ((size_t)b * j->c + ch) * 2;
+            out[0] = (a0 + a1) + (a2 + a3), out[1] = (b0 + b1) + (b2 + b3);
+        }
+}
+
+static void adj_apply(void *ctx, int lo, int hi) {
+    const adj_job *j = ctx;
+    size_t cols = (size_t)j->c * j->k;
+    for (int b = lo; b < hi; b++)
+        for (int ch = 0; ch < j->c; ch++) {
+            size_t o = b * cols + (size_t)ch * j->k;
+            const double *g = j->g + o, *x = j->x + o;
+            double *y = j->y + o, m = j->m[ch], r = j->r[ch], mg = j->mg[ch], mgz = j->mgz[ch];
+            for (int p = 0; p < j->k; p++) y[p] = (g[p] - mg - ((x[p] - m) * r) * mgz) * r;
+        }
+}
+
+bool imk_channel_norm_adj(const double *g, const double *x, int n, int c, int k, double eps,
+                          int threads, double *y) {
+    double *buf = malloc(((size_t)c * 4 + (size_t)n * c * 2) * sizeof *buf);
+    if (!buf || !imk_channel_stats(x, n, c, k, eps, threads, buf, buf + c)) {
+        free(buf);
+        return false;
+    }
+    double *mg = buf + 2 * c, *mgz = buf + 3 * c, inv = 1 / ((double)n * k);
+    adj_job j = {g, x, buf, buf + c, mg, mgz, c, k, buf + 4 * c, y};
+    imk_parallel(threads, n, (size_t)n * c * k * 2, adj_sums, &j);
+    for (int ch = 0; ch < c; ch++) {
+        double a = 0, s = 0;
+        for (int b = 0; b < n; b++) a += j.part[((size_t)b * c + ch) * 2], s += j.part[((size_t)b * c + ch) * 2 + 1];
+        mgz[ch] = a * inv, mg[ch] = s * inv;
+    }
+    imk_parallel(threads, n, (size_t)n * c * k * 3, adj_apply, &j);
+    free(buf);
+    return true;
+}
+
 // ---- 2x2 max-pooling ----
 
 // The offset in an [h, w] plane of window (i, j)'s argmax in x: the first maximum in the order
