@@ -3,8 +3,10 @@
 // 3x3 convolution with 32 filters (no bias: the batch norm after it removes any), batch norm
 // over the batch, ReLU and 2x2 max-pooling, on 320 images of 28 x 28 x 1 (28 -> 14 -> 7 -> 3 ->
 // 1 pixels), then a linear head to 5 classes and the mean cross-entropy; the gradient with
-// respect to every parameter (the images are constants). Float64; products in OpenBLAS on its
-// threads, the rest on one, as PyTorch with 1 torch thread.
+// respect to every parameter (the images are constants). Float64; products in OpenBLAS, the
+// image ops' passes split over images on the tape's threads (2 here, as OpenBLAS's); PyTorch
+// with 1 torch thread (tools/bench_torch.py also prints it on 2). The ReLU and the pool are
+// ad_relu_maxpool2, the same values and gradients as pooling ad_relu's output.
 #include "bench.h"
 
 #include "../autodiff/ad.h"
