@@ -9,6 +9,7 @@
 #include <cblas.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,33 +18,43 @@ enum { IMK_MAX_THREADS = 8 };
 // Doubles touched below which one thread does it all (a thread costs tens of microseconds).
 #define IMK_MIN_WORK ((size_t)1 << 16)
 
+// The range [0, n) in pieces a few per thread, taken in turn from a shared counter: a thread the
+// host is slow to schedule (it is shared) leaves its pieces to the others instead of holding up
+// the call. Which thread runs a piece changes nothing in its bits.
 typedef struct {
     imk_fn fn;
     void *ctx;
-    int lo, hi;
-} imk_range;
+    int n, piece;
+    atomic_int next;
+} imk_job;
 
 static void *imk_run(void *a) {
-    imk_range *r = a;
-    if (r->lo < r->hi) r->fn(r->ctx, r->lo, r->hi);
+    imk_job *j = a;
+    for (int p; (p = atomic_fetch_add(&j->next, 1)) * j->piece < j->n;) {
+        int lo = p * j->piece, hi = lo + j->piece < j->n ? lo + j->piece : j->n;
+        j->fn(j->ctx, lo, hi);
+    }
     return NULL;
 }
 
 void imk_parallel(int threads, int n, size_t work, imk_fn fn, void *ctx) {
     int nt = work < IMK_MIN_WORK ? 1 : threads < 1 ? 1 : threads > IMK_MAX_THREADS ? IMK_MAX_THREADS : threads;
     if (nt > n) nt = n;
-    if (nt < 1) nt = 1;
-    imk_range r[IMK_MAX_THREADS];
+    if (n <= 0) return;
+    if (nt <= 1) {
+        fn(ctx, 0, n);
+        return;
+    }
+    int pieces = 4 * nt < n ? 4 * nt : n;
+    imk_job j = {fn, ctx, n, (n + pieces - 1) / pieces, 0};
+    atomic_init(&j.next, 0);
     pthread_t tid[IMK_MAX_THREADS];
     bool started[IMK_MAX_THREADS] = {false};
-    for (int w = 0; w < nt; w++)
-        r[w] = (imk_range){fn, ctx, (int)((int64_t)n * w / nt), (int)((int64_t)n * (w + 1) / nt)};
-    for (int w = 1; w < nt; w++) started[w] = pthread_create(&tid[w], NULL, imk_run, &r[w]) == 0;
-    imk_run(&r[0]);
-    for (int w = 1; w < nt; w++) {
+    // a thread that cannot be started leaves its pieces to the others
+    for (int w = 1; w < nt; w++) started[w] = pthread_create(&tid[w], NULL, imk_run, &j) == 0;
+    imk_run(&j);
+    for (int w = 1; w < nt; w++)
         if (started[w]) pthread_join(tid[w], NULL);
-        else imk_run(&r[w]);
-    }
 }
 
 // ---- sums on four accumulators ----
