@@ -364,12 +364,14 @@ static bool check_channels(ad_tape *t, const char *op, ad_var X, int c, const do
     return true;
 }
 
-// Per-channel means and r [c] of X [n, c*k] into buf [2c] (means, then r); false (error
-// recorded) when there is no memory for the partial sums.
-static bool channel_stats(ad_tape *t, const char *op, const ad_node *X, int c, double eps, double *buf) {
-    if (imk_channel_stats(X->val, X->rows, c, X->cols / c, eps, t->threads, buf, buf + c)) return true;
-    ad_fail(t, AD_ENOMEM, "%s: no memory for per-image sums", op);
-    return false;
+// Per-channel means and r of X [n, c*k] in a new [2c] (means, then r; the caller frees it);
+// NULL (error recorded) when there is no memory.
+static double *channel_stats(ad_tape *t, const char *op, const ad_node *X, int c, double eps) {
+    double *mr = malloc((size_t)c * 2 * sizeof *mr);
+    if (mr && imk_channel_stats(X->val, X->rows, c, X->cols / c, eps, t->threads, mr, mr + c)) return mr;
+    free(mr);
+    ad_fail(t, AD_ENOMEM, "%s: no memory for the statistics of %d channels", op, c);
+    return NULL;
 }
 
 static ad_var record_channels(ad_tape *t, ad_op op, ad_shape s, ad_var a, ad_var b, int c, double eps) {
@@ -389,12 +391,8 @@ ad_var ad_channel_norm(ad_tape *t, ad_var X, int c, double eps) {
 static ad_status fwd_chan_norm(ad_tape *t, ad_node *nd) {
     const ad_node *X = &t->nodes[nd->a];
     int c = nd->i0;
-    double *mr = malloc((size_t)c * 2 * sizeof *mr);
-    if (!mr || !channel_stats(t, "chan_norm", X, c, nd->p0, mr)) {
-        if (!mr) ad_fail(t, AD_ENOMEM, "chan_norm: no memory for %d channels' statistics", c);
-        free(mr);
-        return AD_ENOMEM;
-    }
+    double *mr = channel_stats(t, "chan_norm", X, c, nd->p0);
+    if (!mr) return AD_ENOMEM;
     imk_channel_normalize(X->val, X->rows, c, X->cols / c, mr, mr + c, t->threads, nd->val);
     free(mr);
     return AD_OK;
@@ -416,12 +414,8 @@ ad_var ad_channel_rstd(ad_tape *t, ad_var X, int c, double eps) {
 static ad_status fwd_chan_rstd(ad_tape *t, ad_node *nd) {
     const ad_node *X = &t->nodes[nd->a];
     int c = nd->i0;
-    double *mr = malloc((size_t)c * 2 * sizeof *mr);
-    if (!mr || !channel_stats(t, "chan_rstd", X, c, nd->p0, mr)) {
-        if (!mr) ad_fail(t, AD_ENOMEM, "chan_rstd: no memory for %d channels' statistics", c);
-        free(mr);
-        return AD_ENOMEM;
-    }
+    double *mr = channel_stats(t, "chan_rstd", X, c, nd->p0);
+    if (!mr) return AD_ENOMEM;
     memcpy(nd->val, mr + c, (size_t)c * sizeof *mr);
     free(mr);
     return AD_OK;

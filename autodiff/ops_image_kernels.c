@@ -57,6 +57,28 @@ void imk_parallel(int threads, int n, size_t work, imk_fn fn, void *ctx) {
         if (started[w]) pthread_join(tid[w], NULL);
 }
 
+// ---- passes over the segments: channel ch of image b, k entries from b*c*k + ch*k ----
+
+typedef void (*seg_fn)(const void *ctx, size_t off, int b, int ch);
+typedef struct {
+    seg_fn fn;
+    const void *ctx;
+    int c, k;
+} seg_job;
+
+static void run_segments(void *job, int lo, int hi) {
+    const seg_job *j = job;
+    size_t cols = (size_t)j->c * j->k;
+    for (int b = lo; b < hi; b++)
+        for (int ch = 0; ch < j->c; ch++) j->fn(j->ctx, b * cols + (size_t)ch * j->k, b, ch);
+}
+
+// fn on every segment of an [n, c*k] batch, split over images; passes: the arrays it touches.
+static void for_segments(int threads, int n, int c, int k, int passes, seg_fn fn, const void *ctx) {
+    seg_job j = {fn, ctx, c, k};
+    imk_parallel(threads, n, (size_t)n * c * k * passes, run_segments, &j);
+}
+
 // ---- sums on four accumulators ----
 
 static double sum4(const double *x, int k) {
@@ -97,16 +119,11 @@ typedef struct {
 } stats_job;
 
 // per image and channel: the segment's sum and its squares about the segment's mean
-static void segment_stats(void *ctx, int lo, int hi) {
+static void segment_stats(const void *ctx, size_t off, int b, int ch) {
     const stats_job *j = ctx;
-    size_t cols = (size_t)j->c * j->k;
-    for (int b = lo; b < hi; b++)
-        for (int ch = 0; ch < j->c; ch++) {
-            const double *x = j->x + b * cols + (size_t)ch * j->k;
-            double s = sum4(x, j->k);
-            double *o = j->part + ((size_t)b * j->c + ch) * 2;
-            o[0] = s, o[1] = sqdev4(x, j->k, s / j->k);
-        }
+    const double *x = j->x + off;
+    double s = sum4(x, j->k), *o = j->part + ((size_t)b * j->c + ch) * 2;
+    o[0] = s, o[1] = sqdev4(x, j->k, s / j->k);
 }
 
 bool imk_channel_stats(const double *x, int n, int c, int k, double eps, int threads, double *mean,
@@ -114,7 +131,7 @@ bool imk_channel_stats(const double *x, int n, int c, int k, double eps, int thr
     double *part = malloc((size_t)n * c * 2 * sizeof *part);
     if (!part) return false;
     stats_job j = {x, NULL, c, k, part};
-    imk_parallel(threads, n, (size_t)n * c * k, segment_stats, &j);
+    for_segments(threads, n, c, k, 1, segment_stats, &j);
     double N = (double)n * k;
     for (int ch = 0; ch < c; ch++) {
         double s = 0, q = 0;
@@ -141,52 +158,41 @@ typedef struct {
     double *y;
 } map_job;
 
-static void map_channels(void *ctx, int lo, int hi) {
+static void map_channels(const void *ctx, size_t off, int b, int ch) {
+    (void)b;
     const map_job *j = ctx;
-    size_t cols = (size_t)j->c * j->k;
-    for (int b = lo; b < hi; b++)
-        for (int ch = 0; ch < j->c; ch++) {
-            const double *x = j->x + b * cols + (size_t)ch * j->k;
-            double *y = j->y + b * cols + (size_t)ch * j->k, a = j->a[ch], s = j->s[ch];
-            for (int p = 0; p < j->k; p++) y[p] = x[p] * a + s;
-        }
+    const double *x = j->x + off;
+    double *y = j->y + off, a = j->a[ch], s = j->s[ch];
+    for (int p = 0; p < j->k; p++) y[p] = x[p] * a + s;
 }
 
 // (x - m) r, as chan_norm has always computed it (not x r - m r: the rounding of a large mean)
-static void normalize_channels(void *ctx, int lo, int hi) {
+static void normalize_channels(const void *ctx, size_t off, int b, int ch) {
+    (void)b;
     const map_job *j = ctx;
-    size_t cols = (size_t)j->c * j->k;
-    for (int b = lo; b < hi; b++)
-        for (int ch = 0; ch < j->c; ch++) {
-            const double *x = j->x + b * cols + (size_t)ch * j->k;
-            double *y = j->y + b * cols + (size_t)ch * j->k, m = j->s[ch], r = j->a[ch];
-            for (int p = 0; p < j->k; p++) y[p] = (x[p] - m) * r;
-        }
+    const double *x = j->x + off;
+    double *y = j->y + off, m = j->s[ch], r = j->a[ch];
+    for (int p = 0; p < j->k; p++) y[p] = (x[p] - m) * r;
 }
 
 void imk_channel_normalize(const double *x, int n, int c, int k, const double *mean, const double *r,
                            int threads, double *y) {
     map_job j = {x, r, mean, c, k, y};
-    imk_parallel(threads, n, (size_t)n * c * k * 2, normalize_channels, &j);
+    for_segments(threads, n, c, k, 2, normalize_channels, &j);
 }
 
 void imk_channel_affine(const double *z, int n, int c, int k, const double *a, const double *s,
                         int threads, double *y) {
     map_job j = {z, a, s, c, k, y};
-    imk_parallel(threads, n, (size_t)n * c * k * 2, map_channels, &j);
+    for_segments(threads, n, c, k, 2, map_channels, &j);
 }
 
 // ---- sums of g z and g per channel, and the projection g - mean(g) - z mean(g z) ----
 
-static void segment_dots(void *ctx, int lo, int hi) {
+static void segment_dots(const void *ctx, size_t off, int b, int ch) {
     const stats_job *j = ctx; // x is g
-    size_t cols = (size_t)j->c * j->k;
-    for (int b = lo; b < hi; b++)
-        for (int ch = 0; ch < j->c; ch++) {
-            size_t o = b * cols + (size_t)ch * j->k;
-            double *out = j->part + ((size_t)b * j->c + ch) * 2;
-            dot_sum4(j->x + o, j->z + o, j->k, &out[0], &out[1]);
-        }
+    double *out = j->part + ((size_t)b * j->c + ch) * 2;
+    dot_sum4(j->x + off, j->z + off, j->k, &out[0], &out[1]);
 }
 
 bool imk_channel_sums(const double *g, const double *z, int n, int c, int k, int threads,
@@ -194,7 +200,7 @@ bool imk_channel_sums(const double *g, const double *z, int n, int c, int k, int
     double *part = malloc((size_t)n * c * 2 * sizeof *part);
     if (!part) return false;
     stats_job j = {g, z, c, k, part};
-    imk_parallel(threads, n, (size_t)n * c * k * 2, segment_dots, &j);
+    for_segments(threads, n, c, k, 2, segment_dots, &j);
     for (int ch = 0; ch < c; ch++) {
         double a = 0, s = 0;
         for (int b = 0; b < n; b++) a += part[((size_t)b * c + ch) * 2], s += part[((size_t)b * c + ch) * 2 + 1];
@@ -210,16 +216,12 @@ typedef struct {
     double *y;
 } proj_job;
 
-static void project_channels(void *ctx, int lo, int hi) {
+static void project_channels(const void *ctx, size_t off, int b, int ch) {
+    (void)b;
     const proj_job *j = ctx;
-    size_t cols = (size_t)j->c * j->k;
-    for (int b = lo; b < hi; b++)
-        for (int ch = 0; ch < j->c; ch++) {
-            size_t o = b * cols + (size_t)ch * j->k;
-            const double *g = j->g + o, *z = j->z + o;
-            double *y = j->y + o, mg = j->mg[ch], mgz = j->mgz[ch];
-            for (int p = 0; p < j->k; p++) y[p] = g[p] - mg - z[p] * mgz;
-        }
+    const double *g = j->g + off, *z = j->z + off;
+    double *y = j->y + off, mg = j->mg[ch], mgz = j->mgz[ch];
+    for (int p = 0; p < j->k; p++) y[p] = g[p] - mg - z[p] * mgz;
 }
 
 bool imk_channel_proj(const double *g, const double *z, int n, int c, int k, int threads, double *y) {
@@ -231,7 +233,7 @@ bool imk_channel_proj(const double *g, const double *z, int n, int c, int k, int
     double inv = 1 / ((double)n * k);
     for (int ch = 0; ch < 2 * c; ch++) m[ch] *= inv;
     proj_job j = {g, z, m, m + c, c, k, y};
-    imk_parallel(threads, n, (size_t)n * c * k * 3, project_channels, &j);
+    for_segments(threads, n, c, k, 3, project_channels, &j);
     free(m);
     return true;
 }
@@ -244,37 +246,28 @@ typedef struct {
     double *part, *y; // part [n, c, 2]: per image and channel the sums of g z and of g
 } adj_job;
 
-static void adj_sums(void *ctx, int lo, int hi) {
+static void adj_sums(const void *ctx, size_t off, int b, int ch) {
     const adj_job *j = ctx;
-    size_t cols = (size_t)j->c * j->k;
-    for (int b = lo; b < hi; b++)
-        for (int ch = 0; ch < j->c; ch++) {
-            size_t o = b * cols + (size_t)ch * j->k;
-            const double *g = j->g + o, *x = j->x + o;
-            double m = j->m[ch], r = j->r[ch];
-            double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
-            int p = 0;
-            for (; p + 4 <= j->k; p += 4) {
-                a0 += g[p] * ((x[p] - m) * r), a1 += g[p + 1] * ((x[p + 1] - m) * r);
-                a2 += g[p + 2] * ((x[p + 2] - m) * r), a3 += g[p + 3] * ((x[p + 3] - m) * r);
-                b0 += g[p], b1 += g[p + 1], b2 += g[p + 2], b3 += g[p + 3];
-            }
-            for (; p < j->k; p++) a0 += g[p] * ((x[p] - m) * r), b0 += g[p];
-            double *out = j->part + ((size_t)b * j->c + ch) * 2;
-            out[0] = (a0 + a1) + (a2 + a3), out[1] = (b0 + b1) + (b2 + b3);
-        }
+    const double *g = j->g + off, *x = j->x + off;
+    double m = j->m[ch], r = j->r[ch];
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+    int p = 0;
+    for (; p + 4 <= j->k; p += 4) {
+        a0 += g[p] * ((x[p] - m) * r), a1 += g[p + 1] * ((x[p + 1] - m) * r);
+        a2 += g[p + 2] * ((x[p + 2] - m) * r), a3 += g[p + 3] * ((x[p + 3] - m) * r);
+        b0 += g[p], b1 += g[p + 1], b2 += g[p + 2], b3 += g[p + 3];
+    }
+    for (; p < j->k; p++) a0 += g[p] * ((x[p] - m) * r), b0 += g[p];
+    double *out = j->part + ((size_t)b * j->c + ch) * 2;
+    out[0] = (a0 + a1) + (a2 + a3), out[1] = (b0 + b1) + (b2 + b3);
 }
 
-static void adj_apply(void *ctx, int lo, int hi) {
+static void adj_apply(const void *ctx, size_t off, int b, int ch) {
+    (void)b;
     const adj_job *j = ctx;
-    size_t cols = (size_t)j->c * j->k;
-    for (int b = lo; b < hi; b++)
-        for (int ch = 0; ch < j->c; ch++) {
-            size_t o = b * cols + (size_t)ch * j->k;
-            const double *g = j->g + o, *x = j->x + o;
-            double *y = j->y + o, m = j->m[ch], r = j->r[ch], mg = j->mg[ch], mgz = j->mgz[ch];
-            for (int p = 0; p < j->k; p++) y[p] = (g[p] - mg - ((x[p] - m) * r) * mgz) * r;
-        }
+    const double *g = j->g + off, *x = j->x + off;
+    double *y = j->y + off, m = j->m[ch], r = j->r[ch], mg = j->mg[ch], mgz = j->mgz[ch];
+    for (int p = 0; p < j->k; p++) y[p] = (g[p] - mg - ((x[p] - m) * r) * mgz) * r;
 }
 
 bool imk_channel_norm_adj(const double *g, const double *x, int n, int c, int k, double eps,
@@ -286,13 +279,13 @@ bool imk_channel_norm_adj(const double *g, const double *x, int n, int c, int k,
     }
     double *mg = buf + 2 * c, *mgz = buf + 3 * c, inv = 1 / ((double)n * k);
     adj_job j = {g, x, buf, buf + c, mg, mgz, c, k, buf + 4 * c, y};
-    imk_parallel(threads, n, (size_t)n * c * k * 2, adj_sums, &j);
+    for_segments(threads, n, c, k, 2, adj_sums, &j);
     for (int ch = 0; ch < c; ch++) {
         double a = 0, s = 0;
         for (int b = 0; b < n; b++) a += j.part[((size_t)b * c + ch) * 2], s += j.part[((size_t)b * c + ch) * 2 + 1];
         mgz[ch] = a * inv, mg[ch] = s * inv;
     }
-    imk_parallel(threads, n, (size_t)n * c * k * 3, adj_apply, &j);
+    for_segments(threads, n, c, k, 3, adj_apply, &j);
     free(buf);
     return true;
 }
