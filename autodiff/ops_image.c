@@ -1,7 +1,7 @@
 // Ops for image backbones: 3x3 convolution (stride 1, zero padding 1), its weight gradient and
 // the kernel flip that makes its transpose a convolution again, 2x2 max-pooling (stride 2) as a
 // gather at the windows' argmax with its adjoint, the scatter, and batch normalization's
-// per-channel parts (normalize, its adjoint's projection, scale and shift). A batch of n images
+// per-channel parts (normalize, its adjoint in one op and its projection, scale and shift). A batch of n images
 // of c channels of h x w pixels is a matrix [n, c*h*w]: each row one image, channel after
 // channel, each channel row after row (PyTorch's NCHW, flattened). Weights are [c_out, c_in*9]:
 // entry (o, i*9 + 3*(dy+1) + (dx+1)) weighs input channel i at offset (dy, dx) for output o.
@@ -15,8 +15,10 @@
 // is scatter (the window's gradient to its argmax) and scatter's is gather; both are constant in
 // the X that picks the positions (a piecewise-constant choice), as max is.
 //
-// The products run as im2col + cblas_dgemm over blocks of images; ad_conv3x3_direct is the
-// plain loop a test compares them with.
+// The products run as im2col + cblas_dgemm, one image per product for images of 64 pixels or
+// more, over blocks of images for smaller ones; ad_conv3x3_direct is the plain loop a test
+// compares them with. The loops over the activations are in ops_image_kernels.c, split over
+// images on the tape's threads with bits that do not depend on their number.
 #include "image_kernels.h"
 #include "internal.h"
 
