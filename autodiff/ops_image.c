@@ -1,9 +1,9 @@
 // Ops for image backbones: 3x3 convolution (stride 1, zero padding 1), its weight gradient and
 // the kernel flip that makes its transpose a convolution again, 2x2 max-pooling (stride 2) as a
 // gather at the windows' argmax with its adjoint, the scatter, and batch normalization's
-// per-channel parts (normalize, its adjoint in one op and its projection, scale and shift). A batch of n images
-// of c channels of h x w pixels is a matrix [n, c*h*w]: each row one image, channel after
-// channel, each channel row after row (PyTorch's NCHW, flattened). Weights are [c_out, c_in*9]:
+// per-channel parts (normalize, its adjoint in one op and its projection, scale and shift). A
+// batch of n images of c channels of h x w pixels is a matrix [n, c*h*w]: each row one image,
+// channel after channel, each channel row after row (PyTorch's NCHW, flattened). Weights are [c_out, c_in*9]:
 // entry (o, i*9 + 3*(dy+1) + (dx+1)) weighs input channel i at offset (dy, dx) for output o.
 //
 // Every reverse rule is these ops again, so gradients differentiate to any order (MAML through
