@@ -271,6 +271,9 @@ ad_var ad_conv_flip(ad_tape *t, ad_var W, int c_in, int c_out);
 // 2x2 max-pooling, stride 2: X [n, c*h*w] -> [n, c*(h/2)*(w/2)] (an odd last row or column is
 // left out). On a tie the first maximum of the window (row-major) is taken, and gets the gradient.
 ad_var ad_maxpool2(ad_tape *t, ad_var X, int c, int h, int w);
+// ad_maxpool2(ad_relu(X)) with the same values and gradients, computed as the ReLU of the
+// max-pool: the ReLU and its adjoint touch a quarter of the entries.
+ad_var ad_relu_maxpool2(ad_tape *t, ad_var X, int c, int h, int w);
 // Its parts: A [n, c*h*w] at the argmax positions of X's windows -> [n, c*(h/2)*(w/2)]
 // (ad_maxpool2 is A = X); and the adjoint, G [n, c*(h/2)*(w/2)] put at those positions of a zero
 // [n, c*h*w]. Both are constant in X.
@@ -289,6 +292,9 @@ ad_var ad_batchnorm(ad_tape *t, ad_var X, ad_var gamma, ad_var beta, int c, int 
 ad_var ad_channel_norm(ad_tape *t, ad_var X, int c, double eps);
 ad_var ad_channel_rstd(ad_tape *t, ad_var X, int c, double eps);
 ad_var ad_channel_proj(ad_tape *t, ad_var G, ad_var Z, int c);
+// Normalization's adjoint at X in one op: r times G - mean(G) - Z mean(G Z) per channel, Z and
+// r those of X (G, X [n, c*k]); what ad_channel_norm's reverse rule records.
+ad_var ad_channel_norm_adj(ad_tape *t, ad_var G, ad_var X, int c, double eps);
 // Z [n, c*k] times P[ch] plus P[c + ch] on channel ch, P [2c] (scales, then shifts); and its
 // adjoint in P: [2c], per channel the sum of G Z, then the sum of G (G, Z [n, c*k]).
 ad_var ad_channel_affine(ad_tape *t, ad_var Z, ad_var P, int c);

@@ -1,9 +1,9 @@
 // Ops for image backbones: 3x3 convolution (stride 1, zero padding 1), its weight gradient and
 // the kernel flip that makes its transpose a convolution again, 2x2 max-pooling (stride 2) as a
 // gather at the windows' argmax with its adjoint, the scatter, and batch normalization's
-// per-channel parts (normalize, its adjoint's projection, scale and shift). A batch of n images
-// of c channels of h x w pixels is a matrix [n, c*h*w]: each row one image, channel after
-// channel, each channel row after row (PyTorch's NCHW, flattened). Weights are [c_out, c_in*9]:
+// per-channel parts (normalize, its adjoint in one op and its projection, scale and shift). A
+// batch of n images of c channels of h x w pixels is a matrix [n, c*h*w]: each row one image,
+// channel after channel, each channel row after row (PyTorch's NCHW, flattened). Weights are [c_out, c_in*9]:
 // entry (o, i*9 + 3*(dy+1) + (dx+1)) weighs input channel i at offset (dy, dx) for output o.
 //
 // Every reverse rule is these ops again, so gradients differentiate to any order (MAML through
@@ -15,8 +15,11 @@
 // is scatter (the window's gradient to its argmax) and scatter's is gather; both are constant in
 // the X that picks the positions (a piecewise-constant choice), as max is.
 //
-// The products run as im2col + cblas_dgemm over blocks of images; ad_conv3x3_direct is the
-// plain loop a test compares them with.
+// The products run as im2col + cblas_dgemm, one image per product for images of 64 pixels or
+// more, over blocks of images for smaller ones; ad_conv3x3_direct is the plain loop a test
+// compares them with. The loops over the activations are in ops_image_kernels.c, split over
+// images on the tape's threads with bits that do not depend on their number.
+#include "image_kernels.h"
 #include "internal.h"
 
 #include <cblas.h>
@@ -67,34 +70,14 @@ static bool check_weights(ad_tape *t, const char *op, ad_var W, int c_in, int c_
     return true;
 }
 
-// ---- im2col ----
+// ---- im2col (ops_image_kernels.c) ----
 
-// One image x [c, h, w] into columns b*hw .. (b+1)*hw - 1 of cols [c*9, ld]: row i*9 + k holds
-// channel i shifted by k's offset (dy, dx), zero outside the image.
-static void im2col(const double *x, int c, int h, int w, double *cols, size_t ld, size_t off) {
-    size_t hw = (size_t)h * w;
-    for (int i = 0; i < c; i++)
-        for (int k = 0; k < 9; k++) {
-            int dy = k / 3 - 1, dx = k % 3 - 1;
-            const double *src = x + i * hw;
-            double *dst = cols + (size_t)(i * 9 + k) * ld + off;
-            for (int y = 0; y < h; y++, dst += w) {
-                int sy = y + dy;
-                if (sy < 0 || sy >= h) {
-                    memset(dst, 0, (size_t)w * sizeof *dst);
-                    continue;
-                }
-                const double *s = src + (size_t)sy * w;
-                if (dx == 0) memcpy(dst, s, (size_t)w * sizeof *dst);
-                else if (dx < 0) dst[0] = 0, memcpy(dst + 1, s, (size_t)(w - 1) * sizeof *dst);
-                else memcpy(dst, s + 1, (size_t)(w - 1) * sizeof *dst), dst[w - 1] = 0;
-            }
-        }
-}
-
-// Images per block: the block's columns [c_in*9, B*hw] and output [c_out, B*hw] about 2 MB (in
-// cache for the product and the copy out).
+// Images per block: one for images of 64 pixels or more, whose product reads and writes the
+// image's own rows (an image's [c_out, hw] is the product's layout: nothing to copy, and the
+// product is big enough for dgemm; imk_conv_images, images over threads); for smaller ones, the block's columns [c_in*9, B*hw] and
+// output [c_out, B*hw] about 2 MB (in cache for the product and the copy).
 static int block_images(int n, int c_in, int c_out, int hw) {
+    if (hw >= 64) return 1;
     size_t per = ((size_t)c_in * 9 + c_out) * hw;
     size_t b = ((size_t)1 << 18) / (per ? per : 1);
     return b < 1 ? 1 : b > (size_t)n ? n : (int)b;
@@ -135,14 +118,20 @@ static ad_status conv_blocks(ad_tape *t, const char *op, const ad_node *X, const
                              int c_in, int c_out, int h, int w, bool wgrad, double *y) {
     int n = X->rows, hw = h * w, B = block_images(n, c_in, c_out, hw);
     size_t row = (size_t)c_out * hw; // an image's output (or G's) row
+    double t0 = t->par.time_blas ? ad_now() : 0;
+    if (B == 1) { // one image per product, on the tape's threads
+        bool ok = imk_conv_images(X->val, other, n, c_in, h, w, c_out, wgrad, t->threads, y);
+        if (!ok) ad_fail(t, AD_ENOMEM, "%s: no memory for the columns of %d x %d images", op, h, w);
+        if (t->par.time_blas) t->blas_seconds += ad_now() - t0;
+        return ok ? AD_OK : AD_ENOMEM;
+    }
     double *buf, *cols = block_buffers(t, op, B, c_in, c_out, hw, &buf);
     if (!cols) return AD_ENOMEM;
-    double t0 = t->par.time_blas ? ad_now() : 0;
     for (int b0 = 0; b0 < n; b0 += B) {
         int nb = n - b0 < B ? n - b0 : B;
         size_t ld = (size_t)nb * hw;
         for (int b = 0; b < nb; b++) {
-            im2col(X->val + (size_t)(b0 + b) * X->cols, c_in, h, w, cols, ld, (size_t)b * hw);
+            imk_im2col(X->val + (size_t)(b0 + b) * X->cols, c_in, h, w, cols, ld, (size_t)b * hw);
             for (int o = 0; wgrad && o < c_out; o++)
                 memcpy(buf + o * ld + (size_t)b * hw, other + (b0 + b) * row + (size_t)o * hw,
                        (size_t)hw * sizeof(double));
@@ -269,16 +258,6 @@ void ad_conv3x3_direct(const double *x, const double *wt, int n, int c_in, int h
 // ---- 2x2 max-pooling: windows rows 2i, 2i+1 and columns 2j, 2j+1 (a last odd row or column
 // is left out, as PyTorch's floor) ----
 
-// The offset in an [h, w] channel of window (i, j)'s argmax in x: the first maximum in the order
-// (0, 0), (0, 1), (1, 0), (1, 1), as PyTorch picks on ties (all-zero windows after a ReLU).
-static inline size_t window_argmax(const double *x, int w, int i, int j) {
-    size_t p = (size_t)2 * i * w + 2 * j, best = p;
-    size_t cand[3] = {p + 1, p + w, p + w + 1};
-    for (int k = 0; k < 3; k++)
-        if (x[cand[k]] > x[best]) best = cand[k];
-    return best;
-}
-
 // Shared by gather and scatter: X [n, c*h*w] (positions) and the other operand's shape.
 static ad_var record_pool(ad_tape *t, ad_op op, const char *name, ad_var A, ad_var X, int c, int h,
                           int w) {
@@ -306,16 +285,15 @@ ad_var ad_maxpool2_gather(ad_tape *t, ad_var A, ad_var X, int c, int h, int w) {
 ad_var ad_maxpool2(ad_tape *t, ad_var X, int c, int h, int w) {
     return ad_maxpool2_gather(t, X, X, c, h, w);
 }
+// max-pool(ReLU(X)) = ReLU(max-pool(X)): the ReLU is monotone, so it keeps each window's first
+// maximum where that maximum is positive, and where it is not both give 0 with a zero gradient.
+ad_var ad_relu_maxpool2(ad_tape *t, ad_var X, int c, int h, int w) {
+    return ad_relu(t, ad_maxpool2(t, X, c, h, w));
+}
 static ad_status fwd_pool_gather(ad_tape *t, ad_node *nd) {
     const ad_node *A = &t->nodes[nd->a], *X = &t->nodes[nd->b];
-    int h = nd->i0, w = nd->i1, ho = h / 2, wo = w / 2;
-    size_t planes = (size_t)X->rows * (X->cols / (h * w)), hw = (size_t)h * w;
-    double *y = nd->val;
-    for (size_t q = 0; q < planes; q++) {
-        const double *x = X->val + q * hw, *a = A->val + q * hw;
-        for (int i = 0; i < ho; i++)
-            for (int j = 0; j < wo; j++) *y++ = a[window_argmax(x, w, i, j)];
-    }
+    int h = nd->i0, w = nd->i1;
+    imk_pool_gather(A->val, X->val, X->rows, X->cols / (h * w), h, w, t->threads, nd->val);
     return AD_OK;
 }
 static void rev_pool_gather(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
@@ -333,16 +311,8 @@ ad_var ad_maxpool2_scatter(ad_tape *t, ad_var G, ad_var X, int c, int h, int w) 
 }
 static ad_status fwd_pool_scatter(ad_tape *t, ad_node *nd) {
     const ad_node *G = &t->nodes[nd->a], *X = &t->nodes[nd->b];
-    int h = nd->i0, w = nd->i1, ho = h / 2, wo = w / 2;
-    size_t planes = (size_t)X->rows * (X->cols / (h * w)), hw = (size_t)h * w;
-    const double *g = G->val;
-    memset(nd->val, 0, (size_t)ad_size(nd) * sizeof(double));
-    for (size_t q = 0; q < planes; q++) {
-        const double *x = X->val + q * hw;
-        double *y = nd->val + q * hw;
-        for (int i = 0; i < ho; i++)
-            for (int j = 0; j < wo; j++) y[window_argmax(x, w, i, j)] = *g++;
-    }
+    int h = nd->i0, w = nd->i1;
+    imk_pool_scatter(G->val, X->val, X->rows, X->cols / (h * w), h, w, t->threads, nd->val);
     return AD_OK;
 }
 static void rev_pool_scatter(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
@@ -368,6 +338,11 @@ static ad_var channel_row(ad_tape *t, ad_var v, int c, int k) {
     ad_var col = ad_reshape(t, v, ad_mat_shape(c, 1));
     return ad_reshape(t, ad_expand(t, col, ad_mat_shape(c, k)), ad_vec_shape(c * k));
 }
+// G [n, c*k] times v[ch] on channel ch (v [c]): chan_affine with zero shifts, one threaded pass
+// (a product with a broadcast row is a generic elementwise op).
+static ad_var channel_scale(ad_tape *t, ad_var G, ad_var v, int c) {
+    return ad_channel_affine(t, G, ad_concat(t, v, ad_fill(t, ad_vec_shape(c), 0)), c);
+}
 // X [n, c*k] -> [c]: each channel's mean over images and entries.
 static ad_var channel_mean(ad_tape *t, ad_var X, int c, int k) {
     int n = ad_shape_of(t, X).rows;
@@ -391,20 +366,14 @@ static bool check_channels(ad_tape *t, const char *op, ad_var X, int c, const do
     return true;
 }
 
-// Channel ch's mean and r = 1/sqrt(biased variance + eps) over the n rows of x [n, c*k].
-static void channel_stats(const ad_node *X, int ch, int k, double eps, double *mean, double *r) {
-    double s = 0, q = 0;
-    for (int b = 0; b < X->rows; b++) {
-        const double *x = X->val + (size_t)b * X->cols + (size_t)ch * k;
-        for (int p = 0; p < k; p++) s += x[p];
-    }
-    double m = s / ((double)X->rows * k);
-    for (int b = 0; b < X->rows; b++) { // centred: no cancellation for a large mean
-        const double *x = X->val + (size_t)b * X->cols + (size_t)ch * k;
-        for (int p = 0; p < k; p++) q += (x[p] - m) * (x[p] - m);
-    }
-    *mean = m;
-    *r = 1 / sqrt(q / ((double)X->rows * k) + eps);
+// Per-channel means and r of X [n, c*k] in a new [2c] (means, then r; the caller frees it);
+// NULL (error recorded) when there is no memory.
+static double *channel_stats(ad_tape *t, const char *op, const ad_node *X, int c, double eps) {
+    double *mr = malloc((size_t)c * 2 * sizeof *mr);
+    if (mr && imk_channel_stats(X->val, X->rows, c, X->cols / c, eps, t->threads, mr, mr + c)) return mr;
+    free(mr);
+    ad_fail(t, AD_ENOMEM, "%s: no memory for the statistics of %d channels", op, c);
+    return NULL;
 }
 
 static ad_var record_channels(ad_tape *t, ad_op op, ad_shape s, ad_var a, ad_var b, int c, double eps) {
@@ -423,23 +392,17 @@ ad_var ad_channel_norm(ad_tape *t, ad_var X, int c, double eps) {
 }
 static ad_status fwd_chan_norm(ad_tape *t, ad_node *nd) {
     const ad_node *X = &t->nodes[nd->a];
-    int c = nd->i0, k = X->cols / c;
-    for (int ch = 0; ch < c; ch++) {
-        double m, r;
-        channel_stats(X, ch, k, nd->p0, &m, &r);
-        for (int b = 0; b < X->rows; b++) {
-            size_t o = (size_t)b * X->cols + (size_t)ch * k;
-            for (int p = 0; p < k; p++) nd->val[o + p] = (X->val[o + p] - m) * r;
-        }
-    }
+    int c = nd->i0;
+    double *mr = channel_stats(t, "chan_norm", X, c, nd->p0);
+    if (!mr) return AD_ENOMEM;
+    imk_channel_normalize(X->val, X->rows, c, X->cols / c, mr, mr + c, t->threads, nd->val);
+    free(mr);
     return AD_OK;
 }
 static void rev_chan_norm(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
     const ad_node *n = ad_node_at(t, y);
-    int c = n->i0, k = n->cols / c;
-    ad_var r = ad_channel_rstd(t, ad_input(t, y, 0), c, n->p0);
-    gin[0] = ad_mul(t, ad_channel_proj(t, g, y, c), channel_row(t, r, c, k));
+    gin[0] = ad_channel_norm_adj(t, g, ad_input(t, y, 0), n->i0, n->p0);
 }
 AD_DEF(chan_norm, 1, fwd_chan_norm, rev_chan_norm);
 
@@ -452,11 +415,11 @@ ad_var ad_channel_rstd(ad_tape *t, ad_var X, int c, double eps) {
 }
 static ad_status fwd_chan_rstd(ad_tape *t, ad_node *nd) {
     const ad_node *X = &t->nodes[nd->a];
-    int c = nd->i0, k = X->cols / c;
-    for (int ch = 0; ch < c; ch++) {
-        double m;
-        channel_stats(X, ch, k, nd->p0, &m, &nd->val[ch]);
-    }
+    int c = nd->i0;
+    double *mr = channel_stats(t, "chan_rstd", X, c, nd->p0);
+    if (!mr) return AD_ENOMEM;
+    memcpy(nd->val, mr + c, (size_t)c * sizeof *mr);
+    free(mr);
     return AD_OK;
 }
 static void rev_chan_rstd(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
@@ -467,7 +430,7 @@ static void rev_chan_rstd(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad
     double eps = n->p0, entries = (double)Xn->rows * k;
     ad_var X = ad_input(t, y, 0);
     ad_var s = ad_scale(t, ad_mul(t, h, ad_square(t, y)), -1.0 / entries);
-    gin[0] = ad_mul(t, ad_channel_norm(t, X, c, eps), channel_row(t, s, c, k));
+    gin[0] = channel_scale(t, ad_channel_norm(t, X, c, eps), s, c);
 }
 AD_DEF(chan_rstd, 1, fwd_chan_rstd, rev_chan_rstd);
 
@@ -492,34 +455,61 @@ ad_var ad_channel_proj(ad_tape *t, ad_var G, ad_var Z, int c) {
 }
 static ad_status fwd_chan_proj(ad_tape *t, ad_node *nd) {
     const ad_node *G = &t->nodes[nd->a], *Z = &t->nodes[nd->b];
-    int c = nd->i0, k = Z->cols / c;
-    double inv = 1 / ((double)Z->rows * k);
-    for (int ch = 0; ch < c; ch++) {
-        double sg = 0, sgz = 0;
-        for (int b = 0; b < Z->rows; b++) {
-            size_t o = (size_t)b * Z->cols + (size_t)ch * k;
-            for (int p = 0; p < k; p++) sg += G->val[o + p], sgz += G->val[o + p] * Z->val[o + p];
-        }
-        double mg = sg * inv, mgz = sgz * inv;
-        for (int b = 0; b < Z->rows; b++) {
-            size_t o = (size_t)b * Z->cols + (size_t)ch * k;
-            for (int p = 0; p < k; p++) nd->val[o + p] = G->val[o + p] - mg - Z->val[o + p] * mgz;
-        }
-    }
-    return AD_OK;
+    int c = nd->i0;
+    if (imk_channel_proj(G->val, Z->val, Z->rows, c, Z->cols / c, t->threads, nd->val)) return AD_OK;
+    ad_fail(t, AD_ENOMEM, "chan_proj: no memory for per-image sums");
+    return AD_ENOMEM;
+}
+// Minus the adjoint in Z of chan_proj(G, Z) with incoming H: H mean(G Z) + G mean(H Z).
+static ad_var proj_z_adjoint_neg(ad_tape *t, ad_var G, ad_var Z, ad_var H, int c, int k) {
+    ad_var mgz = channel_row(t, channel_mean(t, ad_mul(t, G, Z), c, k), c, k);
+    ad_var mhz = channel_row(t, channel_mean(t, ad_mul(t, H, Z), c, k), c, k);
+    return ad_add(t, ad_mul(t, H, mgz), ad_mul(t, G, mhz));
 }
 static void rev_chan_proj(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
     const ad_node *n = ad_node_at(t, y);
     int c = n->i0, k = n->cols / c;
     ad_var G = ad_input(t, y, 0), Z = ad_input(t, y, 1);
     if (need[0]) gin[0] = ad_channel_proj(t, h, Z, c);
-    if (need[1]) {
-        ad_var mgz = channel_row(t, channel_mean(t, ad_mul(t, G, Z), c, k), c, k);
-        ad_var mhz = channel_row(t, channel_mean(t, ad_mul(t, h, Z), c, k), c, k);
-        gin[1] = ad_negated(ad_add(t, ad_mul(t, h, mgz), ad_mul(t, G, mhz)));
-    }
+    if (need[1]) gin[1] = ad_negated(proj_z_adjoint_neg(t, G, Z, h, c, k));
 }
 AD_DEF(chan_proj, 2, fwd_chan_proj, rev_chan_proj);
+
+// ---- chan_norm_adj: G, X [n, c*k] -> r P_Z(G), Z = chan_norm(X), r = chan_rstd(X) ----
+// chan_norm's adjoint in one op: Z is made on the fly from X and never stored, and the
+// statistics, the sums and the product with r are one pass each (chan_rstd, chan_proj and a
+// scaling make three nodes and twice the passes). Linear and symmetric in G, so its adjoint in
+// G is itself; in X it is chan_proj's adjoint in Z (incoming r H) and chan_rstd's in r
+// (incoming the per-channel sums of H P_Z(G)), each taken back to X.
+
+ad_var ad_channel_norm_adj(ad_tape *t, ad_var G, ad_var X, int c, double eps) {
+    if (!check_pair(t, "chan_norm_adj", G, X, c) || !check_channels(t, "chan_norm_adj", X, c, &eps))
+        return AD_NONE;
+    return record_channels(t, OP_CHAN_NORM_ADJ, ad_shape_fast(t, X), G, X, c, eps);
+}
+static ad_status fwd_chan_norm_adj(ad_tape *t, ad_node *nd) {
+    const ad_node *G = &t->nodes[nd->a], *X = &t->nodes[nd->b];
+    int c = nd->i0;
+    if (imk_channel_norm_adj(G->val, X->val, X->rows, c, X->cols / c, nd->p0, t->threads, nd->val))
+        return AD_OK;
+    ad_fail(t, AD_ENOMEM, "chan_norm_adj: no memory for per-image sums");
+    return AD_ENOMEM;
+}
+static void rev_chan_norm_adj(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
+    const ad_node *n = ad_node_at(t, y);
+    int c = n->i0, k = n->cols / c;
+    double eps = n->p0, entries = (double)n->rows * k;
+    ad_var G = ad_input(t, y, 0), X = ad_input(t, y, 1);
+    if (need[0]) gin[0] = ad_channel_norm_adj(t, h, X, c, eps);
+    if (need[1]) {
+        ad_var Z = ad_channel_norm(t, X, c, eps), r = ad_channel_rstd(t, X, c, eps);
+        ad_var dz_neg = proj_z_adjoint_neg(t, G, Z, channel_scale(t, h, r, c), c, k);
+        ad_var dr = ad_slice(t, ad_channel_sums(t, h, ad_channel_proj(t, G, Z, c), c), 0, c);
+        ad_var s = ad_scale(t, ad_mul(t, dr, ad_square(t, r)), -1.0 / entries); // chan_rstd's rule
+        gin[1] = ad_sub(t, channel_scale(t, Z, s, c), ad_channel_norm_adj(t, dz_neg, X, c, eps));
+    }
+}
+AD_DEF(chan_norm_adj, 2, fwd_chan_norm_adj, rev_chan_norm_adj);
 
 // ---- chan_affine: Z [n, c*k], P [2c] -> Z times P[ch] plus P[c + ch] on channel ch ----
 // Batch norm's scale and shift in one pass (mul and add with a per-channel row make two, and
@@ -544,24 +534,19 @@ ad_var ad_channel_affine(ad_tape *t, ad_var Z, ad_var P, int c) {
 }
 static ad_status fwd_chan_affine(ad_tape *t, ad_node *nd) {
     const ad_node *Z = &t->nodes[nd->a], *P = &t->nodes[nd->b];
-    int c = nd->i0, k = Z->cols / c;
-    for (int b = 0; b < Z->rows; b++)
-        for (int ch = 0; ch < c; ch++) {
-            size_t o = (size_t)b * Z->cols + (size_t)ch * k;
-            double a = P->val[ch], s = P->val[c + ch];
-            for (int p = 0; p < k; p++) nd->val[o + p] = Z->val[o + p] * a + s;
-        }
+    int c = nd->i0;
+    imk_channel_affine(Z->val, Z->rows, c, Z->cols / c, P->val, P->val + c, t->threads, nd->val);
     return AD_OK;
 }
 // G times the first c entries of v [2c] (the scales) on each channel.
-static ad_var scale_channels(ad_tape *t, ad_var G, ad_var v, int c, int k) {
-    return ad_mul(t, G, channel_row(t, ad_slice(t, v, 0, c), c, k));
+static ad_var scale_channels(ad_tape *t, ad_var G, ad_var v, int c) {
+    return channel_scale(t, G, ad_slice(t, v, 0, c), c);
 }
 static void rev_chan_affine(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     const ad_node *n = ad_node_at(t, y);
-    int c = n->i0, k = n->cols / c;
+    int c = n->i0;
     ad_var Z = ad_input(t, y, 0), P = ad_input(t, y, 1);
-    if (need[0]) gin[0] = scale_channels(t, g, P, c, k);
+    if (need[0]) gin[0] = scale_channels(t, g, P, c);
     if (need[1]) gin[1] = ad_channel_sums(t, g, Z, c);
 }
 AD_DEF(chan_affine, 2, fwd_chan_affine, rev_chan_affine);
@@ -574,23 +559,18 @@ ad_var ad_channel_sums(ad_tape *t, ad_var G, ad_var Z, int c) {
 }
 static ad_status fwd_chan_sums(ad_tape *t, ad_node *nd) {
     const ad_node *G = &t->nodes[nd->a], *Z = &t->nodes[nd->b];
-    int c = nd->i0, k = Z->cols / c;
-    for (int ch = 0; ch < 2 * c; ch++) nd->val[ch] = 0;
-    for (int b = 0; b < Z->rows; b++)
-        for (int ch = 0; ch < c; ch++) {
-            size_t o = (size_t)b * Z->cols + (size_t)ch * k;
-            double sgz = 0, sg = 0;
-            for (int p = 0; p < k; p++) sgz += G->val[o + p] * Z->val[o + p], sg += G->val[o + p];
-            nd->val[ch] += sgz, nd->val[c + ch] += sg;
-        }
-    return AD_OK;
+    int c = nd->i0;
+    if (imk_channel_sums(G->val, Z->val, Z->rows, c, Z->cols / c, t->threads, nd->val, nd->val + c))
+        return AD_OK;
+    ad_fail(t, AD_ENOMEM, "chan_sums: no memory for per-image sums");
+    return AD_ENOMEM;
 }
 static void rev_chan_sums(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
     const ad_node *n = ad_node_at(t, y);
-    int c = n->i0, k = t->nodes[n->b].cols / c;
+    int c = n->i0;
     ad_var G = ad_input(t, y, 0), Z = ad_input(t, y, 1);
     if (need[0]) gin[0] = ad_channel_affine(t, Z, h, c);
-    if (need[1]) gin[1] = scale_channels(t, G, h, c, k);
+    if (need[1]) gin[1] = scale_channels(t, G, h, c);
 }
 AD_DEF(chan_sums, 2, fwd_chan_sums, rev_chan_sums);
 

@@ -2,7 +2,8 @@
 // against the plain loop over geometries that cross its blocks of images, the weight gradient
 // and the transposed convolution against the same loop through the adjoint identities, max-pool
 // against a plain loop (ties to the first maximum, as PyTorch), batch norm's closed form,
-// bad geometry as one-line errors, and second order through a small ConvNet (a MAML step).
+// bad geometry as one-line errors, second order through a small ConvNet (a MAML step), and the
+// threaded kernels giving the same bits on any number of threads.
 #include "harness.h"
 #include "tests.h"
 
@@ -214,7 +215,67 @@ static void maml_case(void) {
     }
 }
 
+// ---- the threaded kernels: the same bits on 1, 2 and 3 threads, and the pooled ReLU ----
+
+// 19 images (conv chunks of 2 and 3) of 28 x 28 and 14 x 14 (per-image products), 6 channels:
+// each pass large enough to be split over threads
+enum { TN = 19, TS = 28, TC = 6 };
+
+// A conv, batch norm, ReLU-pool block and a second conv, summed against fixed weights; its
+// value and gradients in the weights, gamma and beta into out [1 + 27 + 81 + 6], on a tape of
+// `threads` threads; pooled: ad_relu_maxpool2 instead of ad_maxpool2(ad_relu).
+static void threaded_block(int threads, bool pooled, const double *x, double *out) {
+    ad_tape_params tp = ad_tape_default_params();
+    tp.threads = threads;
+    ad_tape *t = ad_tape_new(&tp);
+    ad_rng g;
+    ad_rng_seed(&g, 3);
+    double w1[TC * 9], w2[TC * TC * 9], gb[2 * TC], *mix = malloc(sizeof(double) * TN * TC * TS * TS / 4);
+    for (int i = 0; i < TC * 9; i++) w1[i] = ad_rng_normal(&g);
+    for (int i = 0; i < TC * TC * 9; i++) w2[i] = ad_rng_normal(&g);
+    for (int i = 0; i < 2 * TC; i++) gb[i] = ad_rng_normal(&g);
+    for (int i = 0; i < TN * TC * TS * TS / 4; i++) mix[i] = ad_rng_normal(&g);
+    ad_var p[3] = {ad_param(t, ad_mat_shape(TC, 9), w1), ad_param(t, ad_mat_shape(TC, TC * 9), w2),
+                   ad_param(t, ad_vec_shape(2 * TC), gb)}, d[3];
+    ad_var h = ad_conv2d(t, ad_const(t, ad_mat_shape(TN, TS * TS), x), p[0], 1, TS, TS, TC);
+    h = ad_batchnorm(t, h, ad_slice(t, p[2], 0, TC), ad_slice(t, p[2], TC, TC), TC, TS, TS, 1e-5);
+    h = pooled ? ad_relu_maxpool2(t, h, TC, TS, TS) : ad_maxpool2(t, ad_relu(t, h), TC, TS, TS);
+    h = ad_conv2d(t, h, p[1], TC, TS / 2, TS / 2, TC);
+    ad_var f = ad_sum(t, ad_mul(t, h, ad_const(t, ad_mat_shape(TN, TC * TS * TS / 4), mix)));
+    ad_grad(t, f, 3, p, d, 0);
+    out[0] = ad_item(t, f);
+    memcpy(out + 1, ad_value(t, d[0]), sizeof w1);
+    memcpy(out + 1 + TC * 9, ad_value(t, d[1]), sizeof w2);
+    memcpy(out + 1 + TC * 9 + TC * TC * 9, ad_value(t, d[2]), sizeof gb);
+    if (ad_tape_status(t) != AD_OK) out[0] = NAN;
+    ad_tape_free(t);
+    free(mix);
+}
+
+static void threads_cases(void) {
+    TEST_CASE("image: conv, batch norm and max-pool give the same bits on 1, 2 and 3 threads; "
+              "ad_relu_maxpool2 is ad_maxpool2 of ad_relu") {
+        enum { M = 1 + TC * 9 + TC * TC * 9 + 2 * TC };
+        ad_rng g;
+        ad_rng_seed(&g, 12);
+        double *x = malloc(sizeof(double) * TN * TS * TS), one[M], other[M], unfused[M];
+        for (int i = 0; i < TN * TS * TS; i++) x[i] = ad_rng_normal(&g);
+        threaded_block(1, true, x, one);
+        EXPECT(isfinite(one[0]), "the block does not evaluate");
+        for (int th = 2; th <= 3; th++) {
+            threaded_block(th, true, x, other);
+            EXPECT(!memcmp(one, other, sizeof one), "%d threads differ from one", th);
+        }
+        threaded_block(2, false, x, unfused);
+        double worst = 0;
+        for (int i = 0; i < M; i++) worst = fmax(worst, fabs(one[i] - unfused[i]) / (1 + fabs(unfused[i])));
+        EXPECT(worst < 1e-13, "pooling the ReLU differs from the ReLU of the pool by %g", worst);
+        free(x);
+    }
+}
+
 void test_ad_image(void) {
+    threads_cases();
     conv_against_direct();
     pool_cases();
     batchnorm_cases();

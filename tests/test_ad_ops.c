@@ -129,6 +129,7 @@ static ad_var r_chan_rstd(ad_tape *t, const ad_var *x) { return ad_channel_rstd(
 static ad_var r_chan_proj(ad_tape *t, const ad_var *x) { return ad_channel_proj(t, x[0], x[1], 2); }
 static ad_var r_chan_affine(ad_tape *t, const ad_var *x) { return ad_channel_affine(t, x[0], x[1], 2); }
 static ad_var r_chan_sums(ad_tape *t, const ad_var *x) { return ad_channel_sums(t, x[0], x[1], 2); }
+static ad_var r_chan_norm_adj(ad_tape *t, const ad_var *x) { return ad_channel_norm_adj(t, x[0], x[1], 2, 0.3); }
 static ad_var r_channel_bias(ad_tape *t, const ad_var *x) { return ad_channel_bias(t, x[0], x[1], 2, 2, 2); }
 // a caller's linear map [3] -> [2], y = A x, with its transpose
 static const double lin_A[2][3] = {{0.5, -1.25, 2}, {1.5, 0.75, -0.5}};
@@ -237,6 +238,7 @@ static const row rows[] = {
     {"chan_proj", r_chan_proj, 2, {M(3, 8), M(3, 8)}, -2, 2, NK, 0},
     {"chan_affine", r_chan_affine, 2, {M(3, 8), V(4)}, -2, 2, NK, 0},
     {"chan_sums", r_chan_sums, 2, {M(3, 8), M(3, 8)}, -2, 2, NK, 0},
+    {"chan_norm_adj", r_chan_norm_adj, 2, {M(3, 8), M(3, 8)}, -2, 2, NK, 0},
     {"expand", r_channel_bias, 2, {M(3, 8), V(2)}, -2, 2, NK, 0},     // per-channel bias, likewise
     {"linear", r_linear, 1, {V(3)}, -2, 2, NK, 0},                     // a map of the caller's
 };

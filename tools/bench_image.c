@@ -3,8 +3,10 @@
 // 3x3 convolution with 32 filters (no bias: the batch norm after it removes any), batch norm
 // over the batch, ReLU and 2x2 max-pooling, on 320 images of 28 x 28 x 1 (28 -> 14 -> 7 -> 3 ->
 // 1 pixels), then a linear head to 5 classes and the mean cross-entropy; the gradient with
-// respect to every parameter (the images are constants). Float64; products in OpenBLAS on its
-// threads, the rest on one, as PyTorch with 1 torch thread.
+// respect to every parameter (the images are constants). Float64; products in OpenBLAS, the
+// image ops' passes split over images on the tape's threads (2 here, as OpenBLAS's); PyTorch
+// with 1 torch thread (tools/bench_torch.py also prints it on 2). The ReLU and the pool are
+// ad_relu_maxpool2, the same values and gradients as pooling ad_relu's output.
 #include "bench.h"
 
 #include "../autodiff/ad.h"
@@ -66,8 +68,8 @@ static double convnet_grad(ad_tape *t, const convnet *c) {
         p[3 * b + 1] = ad_param(t, ad_vec_shape(CN_FILTERS), c->gamma);
         p[3 * b + 2] = ad_param(t, ad_vec_shape(CN_FILTERS), c->beta);
         h = ad_conv2d(t, h, p[3 * b], c_in, side, side, CN_FILTERS);
-        h = ad_relu(t, ad_batchnorm(t, h, p[3 * b + 1], p[3 * b + 2], CN_FILTERS, side, side, 1e-5));
-        h = ad_maxpool2(t, h, CN_FILTERS, side, side);
+        h = ad_batchnorm(t, h, p[3 * b + 1], p[3 * b + 2], CN_FILTERS, side, side, 1e-5);
+        h = ad_relu_maxpool2(t, h, CN_FILTERS, side, side); // max-pool of the ReLU
         side /= 2, c_in = CN_FILTERS;
     }
     p[P - 1] = ad_param(t, ad_mat_shape(CN_FILTERS, CN_WAYS), c->head); // h is [320, 32]

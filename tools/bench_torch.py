@@ -237,6 +237,12 @@ def main():
     print(f"(f) ConvNet-4 forward + backward, 320 images 28 x 28 x 1, 32 filters: {s:.3f} s, "
           f"CPU {cpu:.3f} s (medians of {reps}; the issue's reference machine: 0.59 s)")
     times += [("convnet4_s", s), ("convnet4_cpu_s", cpu)]
+    # hypertape runs its image kernels on 2 threads: PyTorch on 2 torch threads too, for reference
+    torch.set_num_threads(2)
+    s2 = median_seconds(lambda: convnet_grad(x, y, params), reps)
+    cpu2 = median_seconds(lambda: convnet_grad(x, y, params), reps, time.process_time)
+    torch.set_num_threads(1)
+    print(f"    the same on 2 torch threads: {s2:.3f} s, CPU {cpu2:.3f} s")
     if OUT:
         with open(OUT, "w") as f:
             f.writelines(f"{k} {v:.6g}\n" for k, v in times)

@@ -1,0 +1,58 @@
+// The loops behind the image ops (ops_image_kernels.c), on plain arrays: the per-channel passes
+// of batch normalization and max-pooling's gather and scatter, each split over images on up to
+// `threads` threads. Not installed. Every output entry is computed by one thread, in the same
+// order whatever the thread count, and per-channel sums are made per image and added in image
+// order: the bits do not depend on the thread count.
+#ifndef HYPERTAPE_IMAGE_KERNELS_H
+#define HYPERTAPE_IMAGE_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+// fn(ctx, lo, hi) on ranges of [0, n) that cover it once, on up to `threads` threads when work
+// (doubles touched) pays for them; a thread that cannot be started has its range run here.
+typedef void (*imk_fn)(void *ctx, int lo, int hi);
+void imk_parallel(int threads, int n, size_t work, imk_fn fn, void *ctx);
+
+// x [n, c*k]: each channel's mean and r = 1/sqrt(biased variance + eps) (eps >= 0; r unused
+// when NULL). false when the per-image partial sums find no memory.
+bool imk_channel_stats(const double *x, int n, int c, int k, double eps, int threads, double *mean,
+                       double *r);
+// y = (x - mean) r per channel (y may be x).
+void imk_channel_normalize(const double *x, int n, int c, int k, const double *mean, const double *r,
+                           int threads, double *y);
+// y = z a[ch] + s[ch] on channel ch.
+void imk_channel_affine(const double *z, int n, int c, int k, const double *a, const double *s,
+                        int threads, double *y);
+// sgz [c], sg [c]: per channel the sum of g z and of g over images and entries (g, z [n, c*k]).
+bool imk_channel_sums(const double *g, const double *z, int n, int c, int k, int threads,
+                      double *sgz, double *sg);
+// y = g - mean(g) - z mean(g z) per channel.
+bool imk_channel_proj(const double *g, const double *z, int n, int c, int k, int threads, double *y);
+
+// The adjoint of normalization at x: y = r (g - mean(g) - z mean(g z)) with z = (x - mean) r,
+// per channel, z made on the fly (never stored).
+bool imk_channel_norm_adj(const double *g, const double *x, int n, int c, int k, double eps,
+                          int threads, double *y);
+
+// 2x2 max-pooling over `planes` = n*c planes of h x w: gather a at x's windows' argmax into
+// [planes, (h/2)*(w/2)]; scatter g [planes, (h/2)*(w/2)] to those positions of a zero
+// [planes, h*w] (written whole: no clearing pass). `per` planes per image (the unit of threads).
+void imk_pool_gather(const double *a, const double *x, int n, int per, int h, int w, int threads,
+                     double *y);
+void imk_pool_scatter(const double *g, const double *x, int n, int per, int h, int w, int threads,
+                      double *y);
+
+// One image x [c, h, w] into columns off .. off + hw - 1 of cols [c*9, ld]: row i*9 + k holds
+// channel i shifted by k's offset (dy, dx), zero outside the image.
+void imk_im2col(const double *x, int c, int h, int w, double *cols, size_t ld, size_t off);
+// conv2d's products one image at a time (im2col + dgemm straight from and into the images'
+// rows), the images in IMK_CONV_CHUNKS fixed chunks over the threads: forward, y [n, c_out*hw]
+// from W = other [c_out, c_in*9]; weight gradient (wgrad), y [c_out, c_in*9] from
+// G = other [n, c_out*hw], each chunk's sum made apart and the chunks' added in order. false
+// when there is no memory for the columns.
+enum { IMK_CONV_CHUNKS = 8 };
+bool imk_conv_images(const double *x, const double *other, int n, int c_in, int h, int w, int c_out,
+                     bool wgrad, int threads, double *y);
+
+#endif
