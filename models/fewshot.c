@@ -2,8 +2,10 @@
 // (bilevel/tasks.h), on FashionMNIST split by class: classes 0-5 (training file) for
 // meta-training, 6-9 (test file) for meta-testing. A task draws `ways` classes and, of each,
 // `shots` support and `query` query images, labelled 0..ways-1 in the drawn order. The UL x is a
-// shared representation, an MLP layer relu(u W + b) [784 -> hidden]; the LL y is the task's linear
-// head [hidden -> ways]; f is the support cross-entropy plus reg/2 ||y||^2 (strongly convex in y),
+// shared representation of width H (`backbone`): an MLP layer relu(u W + b) [784 -> H = hidden],
+// or ConvNet-4 [28 x 28 x 1 -> H = filters] (4 blocks of 3x3 convolution, per-channel
+// normalization, ReLU and 2x2 max-pooling; see convnet_features); the LL y is the task's linear
+// head [H -> ways]; f is the support cross-entropy plus reg/2 ||y||^2 (strongly convex in y),
 // F the query cross-entropy.
 //
 // Metrics (of x, and of the head's learned start z when the method has one, n_z = n_y; else the
@@ -25,15 +27,19 @@
 
 typedef struct {
     char data[512];
-    int ways, shots, query, hidden, batch, threads, seed;
+    int ways, shots, query, hidden, backbone, filters, batch, threads, seed;
     int test_tasks, test_seed, test_steps, init_seed;
     int val_classes, val_tasks, pretrain_iters, pretrain_batch, from_baseline;
     double reg, test_lr, pretrain_lr, baseline_lr;
 } fs_params;
 
+enum { BACKBONE_MLP, BACKBONE_CONVNET4 };
+static const char *const backbone_words[] = {"mlp", "convnet4", NULL};
+
 static const fs_params defaults = {.data = MDL_FASHION_MNIST_DIR, .ways = 4, .shots = 5, .query = 10,
-                                   .hidden = 64, .batch = 4, .threads = 1, .seed = 0, .test_tasks = 600,
-                                   .test_seed = 1, .test_steps = 20, .init_seed = 0, .val_classes = 2,
+                                   .hidden = 64, .backbone = BACKBONE_MLP, .filters = 32, .batch = 4,
+                                   .threads = 1, .seed = 0, .test_tasks = 600, .test_seed = 1, .test_steps = 20,
+                                   .init_seed = 0, .val_classes = 2,
                                    .val_tasks = 300, .pretrain_iters = 3000, .pretrain_batch = 10,
                                    .reg = 0.01, .test_lr = 0.5, .pretrain_lr = 1e-3,
                                    .baseline_lr = 0.03, .from_baseline = 0};
@@ -43,7 +49,10 @@ static const blo_setting settings[] = {
     BLO_ROW_INT(fs_params, ways, "ways", 2, 4, "N", "classes per task (the meta-test split has 4)"),
     BLO_ROW_INT(fs_params, shots, "shots", 1, 1000, "M", "support images per class (f)"),
     BLO_ROW_INT(fs_params, query, "query", 1, 1000, "Q", "query images per class (F)"),
-    BLO_ROW_INT(fs_params, hidden, "hidden", 1, 4096, "H", "width of the shared representation"),
+    BLO_ROW_CHOICE(fs_params, backbone, "backbone", backbone_words, "b",
+                   "the shared representation x: mlp (one layer) or convnet4 (4 conv blocks)"),
+    BLO_ROW_INT(fs_params, hidden, "hidden", 1, 4096, "H", "mlp: width of the shared representation"),
+    BLO_ROW_INT(fs_params, filters, "filters", 1, 512, "C", "convnet4: filters of every block (its width)"),
     BLO_ROWS_TASK_SET(fs_params),
     BLO_ROW_INT(fs_params, test_steps, "test_steps", 0, 100000, "K", "GD steps adapting a held-out head"),
     BLO_ROW_DBL(fs_params, test_lr, "test_lr", 0, INFINITY, BLO_SET_LO_OPEN, "s", "their step"),
@@ -72,11 +81,13 @@ typedef struct {
 } fs_classes;
 
 // Where a stream's tasks come from: its images, its classes (the first n_forced of them are in
-// every task), the task's shape.
+// every task), the task's shape, the representation (backbone, width H; side: the images'
+// side, for convnet4).
 typedef struct {
     const fs_classes *src;
     int cls[10], n_classes, n_forced;
-    int ways, shots, query, hidden, d;
+    int ways, shots, query, d;
+    int backbone, width, side;
     double reg;
 } fs_pool;
 
@@ -132,11 +143,43 @@ static blo_status fs_draw(void *task, ad_rng *r, const void *user, blo_error *er
     return BLO_OK;
 }
 
-// The representation relu(U W + b) [n, H] of the n images U [n, d] under x = (W [d, H], b [H]).
-static ad_var features(ad_tape *t, ad_var x, const double *U, int n, int d, int H) {
-    ad_var Uv = ad_const_view(t, ad_mat_shape(n, d), U);
+// The MLP's representation relu(U W + b) [n, H] of the n images U [n, d] under x = (W [d, H], b [H]).
+static ad_var mlp_features(ad_tape *t, ad_var x, ad_var U, int d, int H) {
     ad_var W = ad_reshape(t, ad_slice(t, x, 0, d * H), ad_mat_shape(d, H)), b = ad_slice(t, x, d * H, H);
-    return ad_relu(t, ad_add(t, ad_matmul(t, Uv, W, 0, 0), b));
+    return ad_relu(t, ad_add(t, ad_matmul(t, U, W, 0, 0), b));
+}
+
+enum { CONV_BLOCKS = 4 };
+
+// ConvNet-4's size of x: per block the kernels [C, c_in*9] (c_in = 1, then C) and the scales and
+// shifts [2C].
+static int convnet_size(int C) { return C * 9 + 2 * C + (CONV_BLOCKS - 1) * (C * C * 9 + 2 * C); }
+
+// ConvNet-4's representation [n, C] of the n images U [n, side*side] (one channel) under x, as
+// tools/bench_image.c builds it: per block a 3x3 convolution (stride 1, zero padding 1, no bias:
+// the normalization removes it), each channel normalized over the n images' pixels (batch norm's
+// training mode, eps 1e-5: the statistics of the images of the call, i.e. the support images in
+// f, the query images in F, as MAML's batch norm) then scaled and shifted, ReLU, 2x2 max-pooling
+// (an odd last row and column left out: 28 -> 14 -> 7 -> 3 -> 1).
+static ad_var convnet_features(ad_tape *t, ad_var x, ad_var U, int side, int C) {
+    ad_var h = U;
+    for (int b = 0, at = 0, c_in = 1; b < CONV_BLOCKS; b++, c_in = C, side /= 2) {
+        int nw = C * c_in * 9;
+        ad_var W = ad_reshape(t, ad_slice(t, x, at, nw), ad_mat_shape(C, c_in * 9));
+        ad_var P = ad_slice(t, x, at + nw, 2 * C); // scales [C], shifts [C]
+        at += nw + 2 * C;
+        h = ad_conv2d(t, h, W, c_in, side, side, C);
+        h = ad_channel_affine(t, ad_channel_norm(t, h, C, 1e-5), P, C);
+        h = ad_relu_maxpool2(t, h, C, side, side);
+    }
+    return h; // [n, C (side 1)]
+}
+
+// The representation [n, H] of the n images U [n, d] of the pool under x.
+static ad_var features(ad_tape *t, ad_var x, const double *U, int n, const fs_pool *p) {
+    ad_var Uv = ad_const_view(t, ad_mat_shape(n, p->d), U);
+    return p->backbone == BACKBONE_CONVNET4 ? convnet_features(t, x, Uv, p->side, p->width)
+                                            : mlp_features(t, x, Uv, p->d, p->width);
 }
 
 // The logits [n, N] of the head y = (W [H, N], b [N]) on the features h [n, H].
@@ -148,8 +191,8 @@ static ad_var logits(ad_tape *t, ad_var h, ad_var y, int H, int N) {
 // Mean cross-entropy of the head y on rows [first, first + n) of the task, plus reg/2 ||y||^2.
 static ad_var head_loss(ad_tape *t, const fs_task *k, ad_var x, ad_var y, int first, int n, double reg) {
     const fs_pool *p = k->pool;
-    ad_var h = features(t, x, k->v + (size_t)first * p->d, n, p->d, p->hidden);
-    ad_var loss = ad_mean(t, ad_xent(t, logits(t, h, y, p->hidden, p->ways), task_labels(k) + first));
+    ad_var h = features(t, x, k->v + (size_t)first * p->d, n, p);
+    ad_var loss = ad_mean(t, ad_xent(t, logits(t, h, y, p->width, p->ways), task_labels(k) + first));
     return reg > 0 ? ad_add(t, loss, ad_scale(t, ad_sqnorm(t, y), 0.5 * reg)) : loss;
 }
 
@@ -201,8 +244,10 @@ static void fill_classes(fs_classes *c, const mdl_dataset *set, int32_t *idx) {
 // list starts at first_forced and wraps around), with the task shape of q.
 static fs_pool make_pool(const fs_classes *src, int first, int n, int n_forced, int first_forced,
                          const fs_params *q) {
+    int conv = q->backbone == BACKBONE_CONVNET4;
     fs_pool p = {.src = src, .n_classes = n, .n_forced = n_forced, .ways = q->ways, .shots = q->shots,
-                 .query = q->query, .hidden = q->hidden, .d = src->set->d, .reg = q->reg};
+                 .query = q->query, .d = src->set->d, .backbone = q->backbone,
+                 .width = conv ? q->filters : q->hidden, .side = (int)lround(sqrt(src->set->d)), .reg = q->reg};
     for (int c = 0; c < n; c++) p.cls[c] = first + (first_forced - first + c) % n;
     return p;
 }
@@ -225,8 +270,8 @@ static double accuracy(const fs_task *k, const double *x, int n_x, const double 
     int ns = q->ways * q->shots, nq = q->ways * q->query, N = q->ways;
     ad_tape_reset(t);
     ad_var xv = ad_const_view(t, ad_vec_shape(n_x), x), yv = ad_const_view(t, ad_vec_shape(n_y), y);
-    ad_var h = features(t, xv, k->v + (size_t)ns * q->d, nq, q->d, q->hidden);
-    const double *z = ad_value(t, logits(t, h, yv, q->hidden, N));
+    ad_var h = features(t, xv, k->v + (size_t)ns * q->d, nq, q);
+    const double *z = ad_value(t, logits(t, h, yv, q->width, N));
     const int32_t *lab = task_labels(k) + ns;
     int right = 0;
     for (int i = 0; i < nq; i++) {
@@ -313,7 +358,7 @@ static int fs_evaluate_z(const mdl_model *m, const double *x, const double *z, i
 static int pretrain(const mdl_model *m, double *x, char *err, size_t errlen) {
     const fs_data *d = m->data;
     const fs_params *q = &d->par;
-    int C = 6 - q->val_classes, H = q->hidden, nx = m->prob.n_x, ny = H * C + C, cls[10];
+    int C = 6 - q->val_classes, H = d->pool_train.width, nx = m->prob.n_x, ny = H * C + C, cls[10];
     fs_pool pool = make_pool(&d->of_train, 0, C, 0, 0, q);
     pool.ways = C, pool.shots = q->pretrain_batch, pool.query = 0, pool.reg = 0;
     for (int c = 0; c < C; c++) cls[c] = c; // fixed labels: class c is label c
@@ -339,6 +384,23 @@ static int pretrain(const mdl_model *m, double *x, char *err, size_t errlen) {
     if (!st) memcpy(x, w, sizeof(double) * (size_t)nx);
     free(task), free(mem), ad_tape_free(t);
     return st ? mdl_fail(err, errlen, "fewshot pretraining: %s", e.msg[0] ? e.msg : "out of memory") : 0;
+}
+
+// x's He-normal start into x0 (zeros [n_x]) from the seed: the MLP's W (fan-in d; biases 0), or
+// ConvNet-4's kernels (fan-in c_in*9) with scales 1 and shifts 0.
+static void init_x(double *x0, const fs_pool *p, int seed) {
+    ad_rng r;
+    ad_rng_seed(&r, (uint64_t)seed);
+    if (p->backbone != BACKBONE_CONVNET4) {
+        for (int i = 0; i < p->d * p->width; i++) x0[i] = sqrt(2.0 / p->d) * ad_rng_normal(&r);
+        return;
+    }
+    int C = p->width;
+    for (int b = 0, at = 0, c_in = 1; b < CONV_BLOCKS; b++, c_in = C) {
+        for (int i = 0; i < C * c_in * 9; i++) x0[at++] = sqrt(2.0 / (c_in * 9)) * ad_rng_normal(&r);
+        for (int i = 0; i < C; i++) x0[at + i] = 1;
+        at += 2 * C;
+    }
 }
 
 static int fs_make(mdl_model *m, const void *params, char *err, size_t errlen) {
@@ -370,7 +432,12 @@ static int fs_make(mdl_model *m, const void *params, char *err, size_t errlen) {
             return mdl_fail(err, errlen, "fewshot: class %d has %d images, fewer than shots + query = %d "
                             "(at most 2000; and pretrain_batch)", c, s->count[c], need);
     }
-    int D = d->train.d, H = q->hidden, nx = D * H + H, ny = H * q->ways + q->ways;
+    const fs_pool *pt = &d->pool_train;
+    int conv = q->backbone == BACKBONE_CONVNET4, D = pt->d, H = pt->width;
+    if (conv && (pt->side * pt->side != D || pt->side < 16)) // 4 poolings leave at least a pixel
+        return mdl_fail(err, errlen, "fewshot: backbone=convnet4 needs square images of side >= 16, "
+                        "not %d pixels", D);
+    int nx = conv ? convnet_size(H) : D * H + H, ny = H * q->ways + q->ways;
     d->ts = (blo_task_set){.task_size = task_size(&d->pool_train), .draw = fs_draw, .user = &d->pool_train,
                            .batch = q->batch, .threads = q->threads, .seed = (uint64_t)q->seed};
     d->ref = malloc(d->ts.task_size);
@@ -379,9 +446,7 @@ static int fs_make(mdl_model *m, const void *params, char *err, size_t errlen) {
     blo_error e;
     if (blo_tasks_draw(&d->ts, (uint64_t)q->seed, UINT64_MAX, 1, d->ref, &e))
         return mdl_fail(err, errlen, "fewshot: %s", e.msg);
-    ad_rng r;
-    ad_rng_seed(&r, (uint64_t)q->init_seed);
-    for (int i = 0; i < D * H; i++) d->x0[i] = sqrt(2.0 / D) * ad_rng_normal(&r); // He normal, biases 0
+    init_x(d->x0, pt, q->init_seed);
     m->prob = (blo_problem){.n_x = nx, .n_y = ny, .F = fs_F, .f = fs_f, .user = d->ref, .tasks = &d->ts};
     m->n_starts = 1, m->x0[0] = d->x0, m->y0[0] = d->y0;
     m->metrics = metrics, m->n_metrics = N_METRICS, m->evaluate_z = fs_evaluate_z;
@@ -404,6 +469,6 @@ static const mdl_paper_row papers[] = {
 };
 
 const mdl_entry mdl_fewshot_entry = {
-    "fewshot", "N-way M-shot FashionMNIST on unseen classes (6 train / 4 test): shared MLP x, per-task head y",
+    "fewshot", "N-way M-shot FashionMNIST on unseen classes (6 train / 4 test): shared MLP or ConvNet-4 x, per-task head y",
     "few-shot classification as a task set (ours, FashionMNIST class split)", sizeof(fs_params), &defaults,
     settings, fs_make, papers};

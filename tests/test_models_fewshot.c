@@ -1,7 +1,8 @@
 // The fewshot model's metrics on a tiny representation (FashionMNIST): the pretrained baseline is
 // the same bits twice and is where from_baseline starts (its metrics are then the start's), a
 // learned head start z is used (and one of another size is not), and bad settings fail with one
-// line. The batch hypergradient is checked in test_bilevel_tasks.c.
+// line. The MLP's batch hypergradient is checked in test_bilevel_tasks.c; ConvNet-4's
+// (backbone=convnet4) here, with its size and start.
 #include "harness.h"
 #include "tests.h"
 
@@ -93,6 +94,9 @@ static void bad_settings(void) {
         {"baseline_lr=-1", "baseline_lr"},
         {"pretrain_lr=0", "pretrain_lr"},
         {"pretrain_batch=0", "pretrain_batch"},
+        {"backbone=resnet", "backbone"},
+        {"filters=0", "filters"},
+        {"backbone=convnet4 filters=513", "filters"},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         mdl_model m;
@@ -103,8 +107,46 @@ static void bad_settings(void) {
     }
 }
 
+// ConvNet-4 with 4 filters on a batch of 2 small tasks: x's size (per block kernels [4, c_in*9],
+// scales and shifts [8]) and start (He-normal kernels, scales 1, shifts 0), rhg's batch
+// hypergradient in every entry of x against central differences, and metrics in range.
+static void convnet4_hypergrad(void) {
+    enum { C = 4 };
+    mdl_model m;
+    char err[256];
+    if (make("backbone=convnet4 filters=4 ways=2 shots=2 query=3 batch=2 test_tasks=4 val_tasks=3 test_steps=3 "
+             "pretrain_iters=0", &m))
+        return;
+    int nx = 9 * C + 2 * C + 3 * (9 * C * C + 2 * C);
+    EXPECT(m.prob.n_x == nx && m.prob.n_y == 2 * C + 2, "n_x = %d (not %d), n_y = %d", m.prob.n_x, nx, m.prob.n_y);
+    const double *x = m.x0[0];
+    double ss = 0; // the kernels of blocks 2-4: variance 2 / (9 C)
+    for (int b = 0, at = 0, fan = 9; b < 4 && m.prob.n_x == nx; b++, fan = 9 * C) {
+        for (int i = 0; i < C * fan; i++) ss += b ? x[at + i] * x[at + i] : 0;
+        at += C * fan;
+        for (int i = 0; i < 2 * C; i++)
+            EXPECT(x[at + i] == (i < C), "block %d: scale/shift %d starts at %g", b, i, x[at + i]);
+        at += 2 * C;
+    }
+    ss /= 3.0 * 9 * C * C;
+    EXPECT(fabs(ss * 9 * C / 2 - 1) < 0.25, "kernels' mean square %g, He's %g", ss, 2.0 / (9 * C));
+    blo_error e;
+    blo_config *c = blo_config_new(blo_method_find("rhg"), &e);
+    EXPECT(c && blo_config_apply(c, "ll_iters=3 s_l=0.5", &e) == BLO_OK, "rhg: %s", e.msg);
+    blo_check_params cp = blo_check_default_params();
+    cp.max_coords = 0;
+    blo_check_report r = blo_check_hypergrad(&m.prob, c, m.x0[0], m.y0[0], NULL, &cp);
+    EXPECT(r.status == BLO_OK && r.pass && r.checked == nx, "%s", r.msg);
+    double v[MDL_METRICS_MAX];
+    EXPECT(m.evaluate_z(&m, m.x0[0], NULL, 0, v, err, sizeof err) == 0, "%s", err);
+    for (int k = ACC; k <= VAL_CI; k++) EXPECT(isfinite(v[k]) && v[k] >= 0 && v[k] <= 100, "metric %d = %g", k, v[k]);
+    blo_config_free(c);
+    mdl_free(&m);
+}
+
 void test_models_fewshot(void) {
     TEST_CASE("fewshot: the pretrained baseline is the same bits twice") baseline_same_bits();
     TEST_CASE("fewshot: the held-out heads start at a learned z") head_start();
     TEST_CASE("fewshot: bad settings are one-line errors") bad_settings();
+    TEST_CASE("fewshot: ConvNet-4's batch hypergradient against central differences") convnet4_hypergrad();
 }
