@@ -50,27 +50,38 @@ blo_status blo_ll_new_scratch(void **state, size_t size, const blo_method_env *e
     return blo_ok(err);
 }
 
-// y_K of the dynamics from y0 (or z under IA): all K steps even under PTT (the LL model the
-// papers evaluate is the one after K steps). Without the family's stored states, two states at a
-// time: memory O(S), not O(K S).
-blo_status blo_ll_solution(void *state, const double *x, const double *z, double *y, blo_error *err) {
-    blo_ll_state *h = state;
+// y_n of the dynamics from `start`, two states at a time: memory O(S), not O(n S).
+static blo_status ll_walk(const blo_ll_state *h, const double *x, const double *start, int n, double *y,
+                          blo_error *err) {
     size_t S = (size_t)h->dyn.state_size;
-    double *st = h->states ? h->states : malloc(sizeof(double) * 2 * S);
+    double *st = malloc(sizeof(double) * 2 * S);
     if (!st) return blo_fail(err, BLO_ENOMEM, "out of memory for 2 LL states of %zu doubles", S);
-    blo_status s = blo_state_init(h->p, &h->dyn, h->ia ? z : h->y0, st, h->tape, err);
-    if (h->states) {
-        if (!s) s = blo_unroll(h->p, &h->dyn, x, 0, st, h->K, st, NULL, h->tape, err);
-        st += (size_t)h->K * S;
-    } else {
-        for (int k = 0; k < h->K && !s; k++) {
-            s = blo_unroll(h->p, &h->dyn, x, k, st, 1, st, NULL, h->tape, err);
-            memcpy(st, st + S, sizeof(double) * S);
-        }
+    blo_status s = blo_state_init(h->p, &h->dyn, start, st, h->tape, err);
+    for (int k = 0; k < n && !s; k++) {
+        s = blo_unroll(h->p, &h->dyn, x, k, st, 1, st, NULL, h->tape, err);
+        memcpy(st, st + S, sizeof(double) * S);
     }
     if (!s) s = blo_state_read_y(h->p, &h->dyn, st, y, h->tape, err);
-    if (!h->states) free(st);
+    free(st);
     return s;
+}
+
+// y_K of the dynamics from y0 (or z under IA): all K steps even under PTT (the LL model the
+// papers evaluate is the one after K steps). Without the family's stored states, two states at a
+// time (ll_walk).
+blo_status blo_ll_solution(void *state, const double *x, const double *z, double *y, blo_error *err) {
+    blo_ll_state *h = state;
+    const double *start = h->ia ? z : h->y0;
+    if (!h->states) return ll_walk(h, x, start, h->K, y, err);
+    double *st = h->states;
+    blo_status s = blo_state_init(h->p, &h->dyn, start, st, h->tape, err);
+    if (!s) s = blo_unroll(h->p, &h->dyn, x, 0, st, h->K, st, NULL, h->tape, err);
+    if (!s) s = blo_state_read_y(h->p, &h->dyn, st + (size_t)h->K * (size_t)h->dyn.state_size, y, h->tape, err);
+    return s;
+}
+
+blo_status blo_ll_warm_steps(blo_ll_state *h, const double *x, int n, blo_error *err) {
+    return ll_walk(h, x, h->y0_ref, n, h->y0, err);
 }
 
 blo_status blo_ll_steps(blo_ll_state *h, const double *x, double *y, blo_error *err) {

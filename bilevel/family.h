@@ -26,6 +26,7 @@ typedef struct {
     int prior_every; // the prior at every UL iteration, not only the first
     int prior_start; // z starts at the problem's z_p (implies ia)
     int warm_start;  // each UL iteration starts the LL from the last y (without IA)
+    int warm_steps;  // the warm start keeps y_n of the K steps (0 = the direction's y: y_K, y_Kbar under PTT)
     double graph_mb; // graph mode's budget (blo_hypergrad_params.graph_budget) in MiB
     double memory_mb; // the sweep's memory budget (blo_hypergrad_params.memory_budget) in MiB; 0 = none
 } blo_unrolled_params;
@@ -135,6 +136,9 @@ blo_status blo_ll_new(void **state, size_t size, const blo_method_env *env, int 
 blo_status blo_ll_new_scratch(void **state, size_t size, const blo_method_env *env, int K, size_t n,
                               blo_error *err);
 blo_status blo_ll_solution(void *state, const double *x, const double *z, double *y, blo_error *err);
+// The warm start that keeps only n of the K steps: y0 = y_n from the start the last direction
+// used (y0_ref) at x (the unrolled GAN's D step, Metz et al. 2017, Sec. 3).
+blo_status blo_ll_warm_steps(blo_ll_state *h, const double *x, int n, blo_error *err);
 // A direction's K steps from y0 (not under IA): x and y0 recorded for phi, then y_K [n_y] as
 // blo_ll_solution takes it (with the states kept, the final one is at states + K S).
 blo_status blo_ll_steps(blo_ll_state *h, const double *x, double *y, blo_error *err);

@@ -20,6 +20,9 @@ const blo_setting blo_unrolled_settings[] = {
     BLO_ROW_BOOL(blo_unrolled_params, prior_start, "prior_start",
                  "z starts at the problem's z_p (AIT_P's first-iteration prior; implies ia)"),
     BLO_ROW_WARM_START(blo_unrolled_params),
+    BLO_ROW_INT(blo_unrolled_params, warm_steps, "warm_steps", 0, BLO_MAX_ITERS, "n",
+                "the warm start keeps y_n, n of the K steps (Metz et al.'s one D step per G step); "
+                "0 = the direction's y (y_K, y_Kbar under PTT)"),
     BLO_ROW_DBL(blo_unrolled_params, graph_mb, "graph_mb", 0, 1e9, 0, "M",
                 "keep the unrolled graph when it fits M MiB (faster), else the forward pass's "
                 "products over the data; 0 = re-record each step"),
@@ -35,6 +38,8 @@ blo_status blo_unrolled_resolve(void *params, const blo_dynamics *d, blo_error *
     if (q->truncate < 0) q->truncate = q->K / 2; // T-RHG's default K' (BDA Table 2 halves K)
     if (q->truncate > q->K)
         return blo_fail(err, BLO_EARG, "truncate = %d is more than ll_iters = %d LL steps", q->truncate, q->K);
+    if (q->warm_steps > q->K)
+        return blo_fail(err, BLO_EARG, "warm_steps = %d is more than ll_iters = %d LL steps", q->warm_steps, q->K);
     if (q->prior > 0 || q->prior_start) q->ia = 1; // a prior acts on z
     return blo_ok(err);
 }
@@ -92,7 +97,9 @@ blo_status blo_unrolled_direction(void *state, int t, const double *x, const dou
     hp.y_end_out = NULL;
     u->hp = hp;
     rec->kbar = u->info.kbar;
-    if (q->warm_start && !q->ia) memcpy(u->ll.y0, y, sizeof(double) * (size_t)p->n_y);
+    if (!q->warm_start || q->ia) return BLO_OK;
+    if (q->warm_steps > 0) return blo_ll_warm_steps(&u->ll, x, q->warm_steps, err);
+    memcpy(u->ll.y0, y, sizeof(double) * (size_t)p->n_y);
     return BLO_OK;
 }
 

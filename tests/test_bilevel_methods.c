@@ -429,6 +429,47 @@ static void registry_cases(void) {
         blo_solver_free(s);
         blo_config_free(c);
     }
+    TEST_CASE("methods: warm_steps = n keeps y_n of the K steps as the next start (rhg, ait)") {
+        // two directions at the same x move the start by 2n steps (n = 0: 2K; ait's 0 keeps y_Kbar,
+        // not checked), so the solution, K steps from it, is y_{2n+K} of GD on f:
+        // y <- y - s (A y - B x), computed here by hand
+        const int K = 5, steps[3] = {1, 3, 0}, want[3] = {2 * 1 + K, 2 * 3 + K, 3 * K};
+        const double sl = 0.1;
+        for (int m = 0; m < 2; m++)
+            for (int c_ = 0; c_ < 3 - m; c_++) {
+                blo_error e;
+                char set[96];
+                snprintf(set, sizeof set, "ll_iters=%d s_l=%g warm_start=1 warm_steps=%d ia=0", K, sl, steps[c_]);
+                blo_config *c = blo_config_new(blo_method_find(m ? "ait" : "rhg"), &e);
+                EXPECT(blo_config_apply(c, set, &e) == BLO_OK, "%s", e.msg);
+                blo_solver *s = blo_solver_new(&p, c, x, y0, NULL, &e);
+                blo_record rec;
+                double y[6], h[6] = {0}, g[6];
+                EXPECT(s && blo_solver_direction(s, &rec, &e) == BLO_OK && blo_solver_direction(s, &rec, &e) == BLO_OK &&
+                           blo_solver_solution(s, y, &e) == BLO_OK, "%s", e.msg);
+                for (int k = 0; k < want[c_]; k++) {
+                    for (int i = 0; i < 6; i++) {
+                        g[i] = 0;
+                        for (int j = 0; j < 6; j++) g[i] += q.A[i * 6 + j] * h[j];
+                        for (int j = 0; j < 3; j++) g[i] -= q.B[i * 3 + j] * x[j];
+                    }
+                    for (int i = 0; i < 6; i++) h[i] -= sl * g[i];
+                }
+                for (int i = 0; i < 6; i++)
+                    EXPECT(fabs(y[i] - h[i]) < 1e-12, "%s warm_steps %d: y[%d] = %.15g, by hand y_%d = %.15g",
+                           m ? "ait" : "rhg", steps[c_], i, y[i], want[c_], h[i]);
+                blo_solver_free(s);
+                blo_config_free(c);
+            }
+        blo_error e;
+        blo_config *c = blo_config_new(blo_method_find("rhg"), &e);
+        EXPECT(blo_config_apply(c, "ll_iters=5 warm_steps=6", &e) == BLO_OK, "%s", e.msg);
+        blo_solver *s = blo_solver_new(&p, c, x, y0, NULL, &e);
+        EXPECT(!s && e.status == BLO_EARG && strstr(e.msg, "warm_steps = 6 is more than ll_iters = 5"),
+               "warm_steps > K: %s", e.msg);
+        blo_solver_free(s);
+        blo_config_free(c);
+    }
     TEST_CASE("methods: an explicit prior acts on the first UL iteration only (AIT)") {
         // both runs take the same first step (the prior is on at t = 0); at t = 1 z's gradients
         // differ by the prior's, 2 (z_1 - z_p)
