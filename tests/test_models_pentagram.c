@@ -180,8 +180,9 @@ static void gradient_cases(void) {
             const char *method, *name, *value;
         } cases[] = {
             {"alto", "ll_iters", "1"},      {"alto", "s_l", "0.3"},        {"alto", "ul_iters", "2000"},
-            {"alto", "lr_x", "0.003"},      {"rhg", "ll_iters", "2"},      {"rhg", "warm_start", "1"},
-            {"rhg", "s_l", "0.3"},          {"ait", "ll_iters", "5"},      {"ait", "ptt", "1"},
+            {"alto", "lr_x", "0.003"},      {"rhg", "ll_iters", "5"},      {"rhg", "warm_start", "1"},
+            {"rhg", "s_l", "0.1"},          {"rhg", "warm_steps", "1"},    {"ait", "warm_steps", "1"},
+            {"ait", "ll_iters", "5"},       {"ait", "ptt", "1"},
             {"ait", "ia", "0"},             {"ait", "warm_start", "1"},    {"ait", "s_l", "0.1"},
             {"ait", "optimizer", "adam"},   {"ait", "lr_x", "0.003"},      {"ait", "ul_iters", "2000"},
         };
