@@ -87,12 +87,12 @@ echo "== pentagram GAN (AIT Table 6): fd js modes per seed, then mean std"
 {
     echo "method seed fd js modes"
     IFS='|'
-    for spec in $GAN_METHODS; do
+    for run_args in $GAN_METHODS; do
         IFS=' '
-        name=${spec%%:*}
+        name=${run_args%%:*}
         for s in $SEEDS; do
             # shellcheck disable=SC2086
-            rep=$("$H" run pentagram ${spec#*:} --set seed="$s" --set samples="$OUT/gan-$name-seed$s.txt" $GAN_SHORT --json)
+            rep=$("$H" run pentagram ${run_args#*:} --set seed="$s" --set samples="$OUT/gan-$name-seed$s.txt" $GAN_SHORT --json)
             echo "$name $s $(field fd <<<"$rep") $(field js <<<"$rep") $(field modes <<<"$rep")"
         done
         IFS='|'
