@@ -188,24 +188,35 @@ static int load_pair(const char *dir, const char *prefix, mdl_idx *im, mdl_idx *
     return rc;
 }
 
-// Rows idx[0..n) (all rows when idx is NULL) of a checked pair, pixels scaled to [0, 1].
-static int convert(const mdl_idx *im, const mdl_idx *lb, const int32_t *idx, int n, mdl_dataset *out) {
-    int d = im->dims[1] * im->dims[2];
+int mdl_dataset_alloc(mdl_dataset *out, int n, int d, int classes) {
     uint8_t *codes = malloc((size_t)n * d + 1);
     double *table = malloc(256 * sizeof(double)), *X = malloc((size_t)n * d * sizeof(double) + 1);
-    *out = (mdl_dataset){.n = n, .d = d, .classes = 10, .X = X, .y = malloc((size_t)n * sizeof(int32_t)),
+    *out = (mdl_dataset){.n = n, .d = d, .classes = classes, .X = X, .y = calloc((size_t)n + 1, sizeof(int32_t)),
                          .Xc = {n, d, codes, table, X}};
     if (!out->X || !out->y || !codes || !table) {
         mdl_dataset_free(out);
         return -1;
     }
     for (int p = 0; p < 256; p++) table[p] = p / 255.0;
+    return 0;
+}
+
+void mdl_dataset_decode(mdl_dataset *ds) {
+    const uint8_t *codes = ds->Xc.codes;
+    for (size_t k = 0; k < (size_t)ds->n * (size_t)ds->d; k++) ds->X[k] = ds->Xc.table[codes[k]];
+}
+
+// Rows idx[0..n) (all rows when idx is NULL) of a checked pair, pixels scaled to [0, 1].
+static int convert(const mdl_idx *im, const mdl_idx *lb, const int32_t *idx, int n, mdl_dataset *out) {
+    int d = im->dims[1] * im->dims[2];
+    if (mdl_dataset_alloc(out, n, d, 10)) return -1;
+    uint8_t *codes = (uint8_t *)out->Xc.codes;
     for (int i = 0; i < n; i++) {
         size_t r = idx ? (size_t)idx[i] : (size_t)i;
         memcpy(codes + (size_t)i * d, im->data + r * d, (size_t)d);
-        for (int j = 0; j < d; j++) out->X[(size_t)i * d + j] = table[im->data[r * d + j]];
         out->y[i] = lb->data[r];
     }
+    mdl_dataset_decode(out);
     return 0;
 }
 

@@ -1,6 +1,7 @@
 // Datasets: an IDX reader (the MNIST file format, raw or gzip through zlib) and the
 // hyper-cleaning split of an MNIST-format folder (FashionMNIST by default), and an Omniglot reader
-// (PNG folders through libpng: models/omniglot.c). Every failure is a
+// (PNG folders through libpng: models/omniglot.c) and a many-class set rendered from
+// fonts through FreeType (models/glyphs.c). Every failure is a
 // clear message with the path and what was wrong; nothing is ever partly loaded.
 #ifndef HYPERTAPE_MODELS_DATA_H
 #define HYPERTAPE_MODELS_DATA_H
@@ -58,6 +59,12 @@ typedef struct {
 int mdl_mnist_load(const char *dir, const char *prefix, mdl_dataset *out, char *err, size_t errlen);
 void mdl_dataset_free(mdl_dataset *d);
 
+// A set of n images of d pixels and the given number of classes, its table p / 255 filled, its
+// codes, X and labels (zeros) for the caller to fill: 0, or -1 (out of memory, nothing kept).
+int mdl_dataset_alloc(mdl_dataset *out, int n, int d, int classes);
+// X from the codes, every entry (once the caller has written the codes).
+void mdl_dataset_decode(mdl_dataset *ds);
+
 // Omniglot's layout, ROOT/ALPHABET/CHARACTER/*.png (models/omniglot.c): every drawing, decoded by
 // libpng to gray (white background 1, strokes 0: not inverted) and area-averaged to side x side
 // (28 in MAML's Sec. 5.2), each pixel rounded to the nearest k/255 so that Xc holds X exactly.
@@ -66,6 +73,23 @@ void mdl_dataset_free(mdl_dataset *d);
 // folder, a folder with no PNG, or a corrupt PNG is a one-line error naming the path.
 int mdl_omniglot_load(const char *root, int side, mdl_dataset *out, int32_t *n_classes_out, char *err,
                       size_t errlen);
+
+// Where Debian's font packages install the faces the glyph set is made of (fonts-dejavu-core,
+// fonts-dejavu-extra, fonts-liberation, fonts-urw-base35), as mdl_glyphs_load's list.
+#define MDL_GLYPH_FONTS \
+    "/usr/share/fonts/truetype/dejavu:/usr/share/fonts/truetype/liberation:/usr/share/fonts/opentype/urw-base35"
+
+// A many-class image set made from fonts (models/glyphs.c): each of the Latin letters, digits,
+// Greek and basic Cyrillic letters is a class, each face of the .ttf/.otf files in the
+// colon-separated folder list `fonts` that has all 174 of them is an image of every class, rendered
+// by FreeType at side x side (ink 1, background 0); a character whose image equals an earlier
+// one's in at least half the faces (homoglyphs: Latin A, Greek Alpha, Cyrillic A) is left out.
+// Images are class after class, each class's faces in order; y the class. codepoints (may be
+// NULL; room for 256) receives each class's character, *n_faces_out (may be NULL) the faces used.
+// A missing folder, a folder with no font file, a file FreeType cannot read, or no face with
+// every character is a one-line error naming it.
+int mdl_glyphs_load(const char *fonts, int side, mdl_dataset *out, uint32_t *codepoints, int32_t *n_faces_out,
+                    char *err, size_t errlen);
 
 // The hyper-cleaning split (AIT 6.2.1, BVFIM 6.2, GALET): n_train and n_val samples drawn
 // without replacement from the training file (seeded), the test file as test set; a fraction

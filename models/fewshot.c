@@ -1,6 +1,9 @@
 // fewshot: N-way M-shot classification on classes unseen in training, as a task set
 // (bilevel/tasks.h), on FashionMNIST split by class: classes 0-5 (training file) for
-// meta-training, 6-9 (test file) for meta-testing. A task draws `ways` classes and, of each,
+// meta-training, 6-9 (test file) for meta-testing; or (`source=glyphs`) on the many-class glyph
+// set made from Debian's fonts (models/glyphs.c: 140 characters, 70 faces each), whose classes a
+// fixed shuffle (seed 0) splits 60/10/30% into meta-training, meta-validation and meta-test
+// characters, as Omniglot's characters are split (MAML Sec. 5.2). A task draws `ways` classes and, of each,
 // `shots` support and `query` query images, labelled 0..ways-1 in the drawn order. The UL x is a
 // shared representation of width H (`backbone`): an MLP layer relu(u W + b) [784 -> H = hidden],
 // or ConvNet-4 [28 x 28 x 1 -> H = filters] (4 blocks of 3x3 convolution, per-channel
@@ -26,17 +29,21 @@
 #include <string.h>
 
 typedef struct {
-    char data[512];
-    int ways, shots, query, hidden, backbone, filters, batch, threads, seed;
+    char data[512], fonts[512];
+    int source, ways, shots, query, hidden, backbone, filters, batch, threads, seed;
     int test_tasks, test_seed, test_steps, init_seed;
     int val_classes, val_tasks, pretrain_iters, pretrain_batch, from_baseline;
     double reg, test_lr, pretrain_lr, baseline_lr;
 } fs_params;
 
 enum { BACKBONE_MLP, BACKBONE_CONVNET4 };
+enum { SOURCE_FASHION, SOURCE_GLYPHS };
+static const char *const source_words[] = {"fashion", "glyphs", NULL};
+enum { MAX_CLASSES = 256 };
 static const char *const backbone_words[] = {"mlp", "convnet4", NULL};
 
-static const fs_params defaults = {.data = MDL_FASHION_MNIST_DIR, .ways = 4, .shots = 5, .query = 10,
+static const fs_params defaults = {.data = MDL_FASHION_MNIST_DIR, .fonts = MDL_GLYPH_FONTS,
+                                   .source = SOURCE_FASHION, .ways = 4, .shots = 5, .query = 10,
                                    .hidden = 64, .backbone = BACKBONE_MLP, .filters = 32, .batch = 4,
                                    .threads = 1, .seed = 0, .test_tasks = 600, .test_seed = 1, .test_steps = 20,
                                    .init_seed = 0, .val_classes = 2,
@@ -45,8 +52,11 @@ static const fs_params defaults = {.data = MDL_FASHION_MNIST_DIR, .ways = 4, .sh
                                    .baseline_lr = 0.03, .from_baseline = 0};
 
 static const blo_setting settings[] = {
-    BLO_ROW_STRING(fs_params, data, "data", "DIR", "an MNIST-format folder (FashionMNIST)"),
-    BLO_ROW_INT(fs_params, ways, "ways", 2, 4, "N", "classes per task (the meta-test split has 4)"),
+    BLO_ROW_CHOICE(fs_params, source, "source", source_words, "s",
+                   "the images: fashion (FashionMNIST, 6 / 4 classes) or glyphs (fonts, 84 / 14 / 42 characters)"),
+    BLO_ROW_STRING(fs_params, data, "data", "DIR", "fashion: an MNIST-format folder (FashionMNIST)"),
+    BLO_ROW_STRING(fs_params, fonts, "fonts", "DIRS", "glyphs: the font folders, separated by ':'"),
+    BLO_ROW_INT(fs_params, ways, "ways", 2, 42, "N", "classes per task (fashion's meta-test split has 4)"),
     BLO_ROW_INT(fs_params, shots, "shots", 1, 1000, "M", "support images per class (f)"),
     BLO_ROW_INT(fs_params, query, "query", 1, 1000, "Q", "query images per class (F)"),
     BLO_ROW_CHOICE(fs_params, backbone, "backbone", backbone_words, "b",
@@ -59,7 +69,7 @@ static const blo_setting settings[] = {
     BLO_ROW_DBL(fs_params, reg, "reg", 0, INFINITY, 0, "r", "the head's weight decay in f"),
     BLO_ROW_INT(fs_params, init_seed, "init_seed", 0, INT32_MAX, "S", "the representation's start"),
     BLO_ROW_INT(fs_params, val_classes, "val_classes", 0, 3, "V",
-                "training classes 6-V..5 held out of meta-training, in every validation task"),
+                "fashion: training classes 6-V..5 held out of meta-training, in every validation task"),
     BLO_ROW_INT(fs_params, val_tasks, "val_tasks", 0, 1000000, "n", "meta-validation tasks (0: none)"),
     BLO_ROW_INT(fs_params, pretrain_iters, "pretrain_iters", 0, 100000000, "n",
                 "Adam steps of the supervised baseline (0: no baseline)"),
@@ -76,8 +86,8 @@ static const blo_setting settings[] = {
 // One dataset's images by class.
 typedef struct {
     const mdl_dataset *set;
-    const int32_t *by_class[10]; // each class's image indices
-    int count[10];
+    const int32_t *by_class[MAX_CLASSES]; // each class's image indices
+    int count[MAX_CLASSES];
 } fs_classes;
 
 // Where a stream's tasks come from: its images, its classes (the first n_forced of them are in
@@ -85,7 +95,7 @@ typedef struct {
 // side, for convnet4).
 typedef struct {
     const fs_classes *src;
-    int cls[10], n_classes, n_forced;
+    int cls[MAX_CLASSES], n_classes, n_forced;
     int ways, shots, query, d;
     int backbone, width, side;
     double reg;
@@ -133,7 +143,7 @@ static blo_status fs_draw(void *task, ad_rng *r, const void *user, blo_error *er
     fs_task *k = task;
     (void)err;
     k->pool = p;
-    int cls[10];
+    int cls[MAX_CLASSES];
     memcpy(cls, p->cls, sizeof cls);
     for (int c = p->n_forced; c < p->ways; c++) // the forced classes, then a seeded shuffle's first
         swap_int(&cls[c], &cls[c + (int)(ad_rng_next(r) % (uint64_t)(p->n_classes - c))]);
@@ -213,6 +223,7 @@ typedef struct {
     int32_t *index;     // class lists of both sets
     fs_classes of_train, of_test;
     fs_pool pool_train, pool_val, pool_test;
+    int n_train;        // meta-training classes (the baseline's head)
     blo_task_set ts;
     void *ref;
     double *x0, *y0;
@@ -228,11 +239,11 @@ static void fs_free(mdl_model *m) {
     m->data = NULL;
 }
 
-// The class lists of set's 10 classes into c, from idx [set->n].
+// The class lists of set's classes into c, from idx [set->n].
 static void fill_classes(fs_classes *c, const mdl_dataset *set, int32_t *idx) {
     c->set = set;
     int at = 0;
-    for (int k = 0; k < 10; k++) {
+    for (int k = 0; k < set->classes; k++) {
         c->by_class[k] = idx + at, c->count[k] = 0;
         for (int i = 0; i < set->n; i++)
             if (set->y[i] == k) idx[at + c->count[k]++] = i;
@@ -358,7 +369,7 @@ static int fs_evaluate_z(const mdl_model *m, const double *x, const double *z, i
 static int pretrain(const mdl_model *m, double *x, char *err, size_t errlen) {
     const fs_data *d = m->data;
     const fs_params *q = &d->par;
-    int C = 6 - q->val_classes, H = d->pool_train.width, nx = m->prob.n_x, ny = H * C + C, cls[10];
+    int C = d->n_train, H = d->pool_train.width, nx = m->prob.n_x, ny = H * C + C, cls[MAX_CLASSES];
     fs_pool pool = make_pool(&d->of_train, 0, C, 0, 0, q);
     pool.ways = C, pool.shots = q->pretrain_batch, pool.query = 0, pool.reg = 0;
     for (int c = 0; c < C; c++) cls[c] = c; // fixed labels: class c is label c
@@ -403,12 +414,26 @@ static void init_x(double *x0, const fs_pool *p, int seed) {
     }
 }
 
-static int fs_make(mdl_model *m, const void *params, char *err, size_t errlen) {
-    const fs_params *q = params;
-    fs_data *d = calloc(1, sizeof *d);
-    if (!d) return mdl_fail(err, errlen, "fewshot: out of memory");
-    m->data = d, m->free_data = fs_free;
-    d->par = *q;
+// Each class of the pools' sources has shots + query images (and pretrain_batch for training
+// classes when the baseline is trained; at most 2000).
+static int check_counts(const fs_data *d, const fs_params *q, char *err, size_t errlen) {
+    const fs_pool *pools[3] = {&d->pool_train, &d->pool_val, &d->pool_test};
+    for (int k = 0; k < 3; k++)
+        for (int c = 0; c < pools[k]->n_classes; c++) {
+            const fs_classes *s = pools[k]->src;
+            int cls = pools[k]->cls[c], need = q->shots + q->query;
+            if (k == 0 && q->pretrain_iters && q->pretrain_batch > need) need = q->pretrain_batch;
+            if (s->count[cls] < need || need > 2000)
+                return mdl_fail(err, errlen, "fewshot: class %d has %d images, fewer than shots + query = %d "
+                                "(at most 2000; and pretrain_batch)", cls, s->count[cls], need);
+        }
+    return 0;
+}
+
+// FashionMNIST: meta-training on classes 0..5-V of the training file, validation on the test
+// file's classes 0-5 (the V held-out ones in every task), meta-test on its classes 6-9.
+static int fashion_pools(fs_data *d, const fs_params *q, char *err, size_t errlen) {
+    if (q->ways > 4) return mdl_fail(err, errlen, "fewshot: ways = %d, but FashionMNIST's meta-test split has 4 classes", q->ways);
     if (6 - q->val_classes < q->ways)
         return mdl_fail(err, errlen, "fewshot: val_classes = %d leaves %d meta-training classes, fewer than "
                         "ways = %d", q->val_classes, 6 - q->val_classes, q->ways);
@@ -420,18 +445,47 @@ static int fs_make(mdl_model *m, const void *params, char *err, size_t errlen) {
     fill_classes(&d->of_train, &d->train, d->index);
     fill_classes(&d->of_test, &d->test, d->index + d->train.n);
     int V = q->val_classes;
+    d->n_train = 6 - V;
     d->pool_train = make_pool(&d->of_train, 0, 6 - V, 0, 0, q);
     d->pool_val = V >= q->ways ? make_pool(&d->of_test, 6 - V, V, 0, 6 - V, q) // held-out classes only
                                : make_pool(&d->of_test, 0, 6, V, 6 - V, q);
     d->pool_test = make_pool(&d->of_test, 6, 4, 0, 6, q);
-    for (int c = 0; c < 10; c++) {
-        const fs_classes *s = c < 6 ? &d->of_train : &d->of_test;
-        int need = q->shots + q->query;
-        if (c < 6 && q->pretrain_iters && q->pretrain_batch > need) need = q->pretrain_batch;
-        if (s->count[c] < need || need > 2000 || d->of_test.count[c] < q->shots + q->query)
-            return mdl_fail(err, errlen, "fewshot: class %d has %d images, fewer than shots + query = %d "
-                            "(at most 2000; and pretrain_batch)", c, s->count[c], need);
-    }
+    return check_counts(d, q, err, errlen);
+}
+
+// The glyph set: its classes relabelled by a fixed shuffle (seed 0), then the first 60% for
+// meta-training, the next 10% for validation, the rest (30%) for the meta-test; every image of a
+// class is in its split.
+static int glyph_pools(fs_data *d, const fs_params *q, char *err, size_t errlen) {
+    if (mdl_glyphs_load(q->fonts, 28, &d->train, NULL, NULL, err, errlen)) return -1;
+    int C = d->train.classes, perm[MAX_CLASSES];
+    if (C > MAX_CLASSES) return mdl_fail(err, errlen, "fewshot: %d glyph classes, more than %d", C, MAX_CLASSES);
+    ad_rng r;
+    ad_rng_seed(&r, 0);
+    for (int c = 0; c < C; c++) perm[c] = c;
+    for (int c = 0; c < C - 1; c++) swap_int(&perm[c], &perm[c + (int)(ad_rng_next(&r) % (uint64_t)(C - c))]);
+    for (int i = 0; i < d->train.n; i++) d->train.y[i] = perm[d->train.y[i]];
+    int n_tr = C * 6 / 10, n_val = C / 10, n_test = C - n_tr - n_val;
+    if (q->ways > n_val || q->ways > n_test)
+        return mdl_fail(err, errlen, "fewshot: ways = %d, but the glyph split has %d validation and %d meta-test "
+                        "classes", q->ways, n_val, n_test);
+    if (!(d->index = malloc(sizeof(int32_t) * (size_t)d->train.n))) return mdl_fail(err, errlen, "fewshot: out of memory");
+    fill_classes(&d->of_train, &d->train, d->index);
+    d->n_train = n_tr;
+    d->pool_train = make_pool(&d->of_train, 0, n_tr, 0, 0, q);
+    d->pool_val = make_pool(&d->of_train, n_tr, n_val, 0, n_tr, q);
+    d->pool_test = make_pool(&d->of_train, n_tr + n_val, n_test, 0, n_tr + n_val, q);
+    return check_counts(d, q, err, errlen);
+}
+
+static int fs_make(mdl_model *m, const void *params, char *err, size_t errlen) {
+    const fs_params *q = params;
+    fs_data *d = calloc(1, sizeof *d);
+    if (!d) return mdl_fail(err, errlen, "fewshot: out of memory");
+    m->data = d, m->free_data = fs_free;
+    d->par = *q;
+    if ((q->source == SOURCE_GLYPHS ? glyph_pools(d, q, err, errlen) : fashion_pools(d, q, err, errlen)))
+        return -1;
     const fs_pool *pt = &d->pool_train;
     int conv = q->backbone == BACKBONE_CONVNET4, D = pt->d, H = pt->width;
     if (conv && (pt->side * pt->side != D || pt->side < 16)) // 4 poolings leave at least a pixel
@@ -469,6 +523,6 @@ static const mdl_paper_row papers[] = {
 };
 
 const mdl_entry mdl_fewshot_entry = {
-    "fewshot", "N-way M-shot FashionMNIST on unseen classes (6 train / 4 test): shared MLP or ConvNet-4 x, per-task head y",
+    "fewshot", "N-way M-shot on unseen classes, FashionMNIST (6 train / 4 test) or glyphs from fonts (84 / 14 / 42): shared MLP or ConvNet-4 x, per-task head y",
     "few-shot classification as a task set (ours, FashionMNIST class split)", sizeof(fs_params), &defaults,
     settings, fs_make, papers};

@@ -4,83 +4,26 @@
 // libpng's simplified API decodes any PNG (1-bit, 8-bit, 16-bit, palette, colour) to 8-bit gray
 // and reports its errors as a message, never by aborting.
 #include "data.h"
+#include "listing.h"
 
-#include <dirent.h>
-#include <errno.h>
 #include <math.h>
 #include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
-typedef struct {
-    char **v;
-    int n, cap;
-} names;
-
-static void names_free(names *s) {
-    for (int i = 0; i < s->n; i++) free(s->v[i]);
-    free(s->v);
-    *s = (names){0};
-}
-
-static int names_push(names *s, const char *a, const char *b) {
-    if (s->n == s->cap) {
-        int cap = s->cap ? 2 * s->cap : 16;
-        char **v = realloc(s->v, (size_t)cap * sizeof *v);
-        if (!v) return -1;
-        s->v = v, s->cap = cap;
-    }
-    size_t len = strlen(a) + strlen(b) + 2;
-    if (!(s->v[s->n] = malloc(len))) return -1;
-    snprintf(s->v[s->n++], len, "%s%s%s", a, *a ? "/" : "", b);
-    return 0;
-}
-
-static int by_name(const void *a, const void *b) {
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static int is_png(const char *name) {
-    size_t n = strlen(name);
-    return n > 4 && strcmp(name + n - 4, ".png") == 0;
-}
-
-// The full paths of dir's sub-folders (want_dirs) or of its regular *.png files, sorted;
-// hidden entries are skipped. An empty listing is an error naming dir and what was missing.
-static int list_dir(const char *dir, int want_dirs, names *out, char *err, size_t errlen) {
-    *out = (names){0};
-    DIR *d = opendir(dir);
-    if (!d) return mdl_fail(err, errlen, "%s: %s", dir, strerror(errno));
-    int rc = 0;
-    for (struct dirent *e; !rc && (e = readdir(d));) {
-        if (e->d_name[0] == '.' || (!want_dirs && !is_png(e->d_name))) continue;
-        size_t len = strlen(dir) + strlen(e->d_name) + 2;
-        char *path = malloc(len);
-        if (!path) {
-            rc = mdl_fail(err, errlen, "%s: out of memory", dir);
-            break;
-        }
-        snprintf(path, len, "%s/%s", dir, e->d_name);
-        struct stat st;
-        int keep = stat(path, &st) == 0 && (want_dirs ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode));
-        free(path);
-        if (keep && names_push(out, dir, e->d_name)) rc = mdl_fail(err, errlen, "%s: out of memory", dir);
-    }
-    closedir(d);
-    if (!rc && out->n == 0)
-        rc = mdl_fail(err, errlen, "%s: no %s", dir, want_dirs ? "sub-folders (alphabets or characters)" : "PNG files");
-    if (rc) names_free(out);
-    else qsort(out->v, (size_t)out->n, sizeof *out->v, by_name);
-    return rc;
+// dir's sub-folders (alphabets or characters), or its PNG files, sorted.
+static int list_dir(const char *dir, int want_dirs, mdl_names *out, char *err, size_t errlen) {
+    static const char *const png[] = {".png", NULL};
+    return mdl_list_dir(dir, want_dirs, png, want_dirs ? "sub-folders (alphabets or characters)" : "PNG files", out,
+                        err, errlen);
 }
 
 // Every drawing's path and its character's index, alphabets then characters then files in order.
-static int list_tree(const char *root, names *files, int32_t **labels, int32_t *classes, char *err,
+static int list_tree(const char *root, mdl_names *files, int32_t **labels, int32_t *classes, char *err,
                      size_t errlen) {
-    names alpha, chars, pngs;
-    *files = (names){0}, *labels = NULL, *classes = 0;
+    mdl_names alpha, chars, pngs;
+    *files = (mdl_names){0}, *labels = NULL, *classes = 0;
     if (list_dir(root, 1, &alpha, err, errlen)) return -1;
     int rc = 0, cap = 0;
     for (int a = 0; !rc && a < alpha.n; a++) {
@@ -94,15 +37,15 @@ static int list_tree(const char *root, names *files, int32_t **labels, int32_t *
                     if (!l) rc = mdl_fail(err, errlen, "%s: out of memory", root);
                     else *labels = l;
                 }
-                if (!rc && names_push(files, "", pngs.v[i])) rc = mdl_fail(err, errlen, "%s: out of memory", root);
+                if (!rc && mdl_names_push(files, "", pngs.v[i])) rc = mdl_fail(err, errlen, "%s: out of memory", root);
                 if (!rc) (*labels)[files->n - 1] = *classes;
             }
-            names_free(&pngs);
+            mdl_names_free(&pngs);
         }
-        names_free(&chars);
+        mdl_names_free(&chars);
     }
-    names_free(&alpha);
-    if (rc) names_free(files), free(*labels), *labels = NULL;
+    mdl_names_free(&alpha);
+    if (rc) mdl_names_free(files), free(*labels), *labels = NULL;
     return rc;
 }
 
@@ -158,21 +101,16 @@ int mdl_omniglot_load(const char *root, int side, mdl_dataset *out, int32_t *n_c
     memset(out, 0, sizeof *out);
     if (n_classes_out) *n_classes_out = 0;
     if (side < 1 || side > 4096) return mdl_fail(err, errlen, "%s: bad image side %d (1 to 4096)", root, side);
-    names files;
+    mdl_names files;
     int32_t *labels, classes;
     if (list_tree(root, &files, &labels, &classes, err, errlen)) return -1;
     int n = files.n, d = side * side;
-    uint8_t *codes = malloc((size_t)n * d + 1);
-    double *table = malloc(256 * sizeof(double)), *X = malloc((size_t)n * d * sizeof(double) + 1);
-    *out = (mdl_dataset){.n = n, .d = d, .classes = classes, .X = X, .y = labels, .Xc = {n, d, codes, table, X}};
-    int rc = !codes || !table || !X ? mdl_fail(err, errlen, "%s: out of memory for %d images", root, n) : 0;
-    for (int p = 0; !rc && p < 256; p++) table[p] = p / 255.0;
-    for (int i = 0; !rc && i < n; i++) {
-        uint8_t *row = codes + (size_t)i * d;
-        rc = read_png(files.v[i], side, row, err, errlen);
-        for (int j = 0; !rc && j < d; j++) X[(size_t)i * d + j] = table[row[j]];
-    }
-    names_free(&files);
+    int rc = mdl_dataset_alloc(out, n, d, classes) ? mdl_fail(err, errlen, "%s: out of memory for %d images", root, n) : 0;
+    if (!rc) memcpy(out->y, labels, sizeof(int32_t) * (size_t)n);
+    free(labels);
+    for (int i = 0; !rc && i < n; i++) rc = read_png(files.v[i], side, (uint8_t *)out->Xc.codes + (size_t)i * d, err, errlen);
+    if (!rc) mdl_dataset_decode(out);
+    mdl_names_free(&files);
     if (rc) mdl_dataset_free(out);
     else if (n_classes_out) *n_classes_out = classes;
     return rc;

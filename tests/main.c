@@ -28,6 +28,7 @@ int main(int argc, char **argv) {
     test_bilevel_comm();
     test_models_data();
     test_models_omniglot();
+    test_models_glyphs();
     test_models_fewshot();
     test_models_toys();
     test_models_hyperclean();

@@ -22,6 +22,7 @@ void test_bilevel_tasks(void);
 void test_bilevel_comm(void);
 void test_models_data(void);
 void test_models_omniglot(void);
+void test_models_glyphs(void);
 void test_models_fewshot(void);
 void test_models_toys(void);
 void test_models_hyperclean(void);
