@@ -1,6 +1,7 @@
 // The `hypertape` command as a user meets it: bad usage exits with status 2 and one line on
 // stderr naming what was wrong; runs report JSON; gradcheck agrees with finite differences; a run
 // stopped by an error exits with 1 and reports its last good iterate.
+#include "../bilevel/comm.h"
 #include "cli_util.h"
 #include "harness.h"
 #include "tests.h"
@@ -64,6 +65,32 @@ void test_cli(void) {
             EXPECT(cli_lines(r.err) == 1 || i == 0, "%d lines on stderr: %s", cli_lines(r.err), r.err);
         }
     }
+    // Under mpirun (its variables, faked) on 2 ranks: compare and gradcheck run in one process, and
+    // run needs an MPI build; each refuses on rank 0 with one line, silently on the others.
+    static const struct {
+        const char *args, *says;
+        int mpi_ok; // an MPI build runs it across the ranks
+    } ranked[] = {
+        {"compare nonconvex --methods rhg,cg --ul-iters 2", "runs in one process", 0},
+        {"gradcheck nonconvex --method rhg", "runs in one process", 0},
+        {"run nonconvex --method rhg --ul-iters 2", "built without MPI", 1},
+    };
+    for (size_t i = 0; i < sizeof ranked / sizeof ranked[0]; i++)
+        for (int rank = 0; rank < 2; rank++) {
+            if (ranked[i].mpi_ok && blo_comm_mpi_built()) continue;
+            char name[200], r_str[2] = {(char)('0' + rank), 0};
+            snprintf(name, sizeof name, "cli: 'hypertape %s' under mpirun -n 2, rank %d, exits 2", ranked[i].args, rank);
+            TEST_CASE(name) {
+                setenv("OMPI_COMM_WORLD_SIZE", "2", 1), setenv("OMPI_COMM_WORLD_RANK", r_str, 1);
+                cli_result r = cli_exec(ranked[i].args);
+                unsetenv("OMPI_COMM_WORLD_SIZE"), unsetenv("OMPI_COMM_WORLD_RANK");
+                EXPECT(r.status == 2 && !r.out[0], "status %d, stdout '%.80s'", r.status, r.out);
+                if (rank == 0)
+                    EXPECT(strstr(r.err, ranked[i].says) && strstr(r.err, "2 ranks") && cli_lines(r.err) == 1,
+                           "stderr: %s", r.err);
+                else EXPECT(!r.err[0], "rank 1 printed: %s", r.err);
+            }
+        }
     TEST_CASE("cli: bench --torch refuses a times file with a bad line or a missing case") {
         // what tools/bench_torch.py --out writes: one "case value" line per reference case
         const char *bodies[3] = {"quad10_ms 18\nquad1000_ms 60\nhc_rhg_s 3\n",

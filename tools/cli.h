@@ -82,6 +82,9 @@ void cli_print_help(FILE *f, const char *cmd);
 int cli_list(int argc, char **argv);
 
 int cli_run(const cli_args *a);
+// 0 in one process; under mpirun on more than one rank, rank 0 prints "hypertape CMD: started by
+// mpirun on N ranks, but WHY" and every rank gets 2 (the command's exit status).
+int cli_refuse_ranks(const char *cmd, const char *why);
 int cli_compare(const cli_args *a);
 int cli_gradcheck(const cli_args *a);
 

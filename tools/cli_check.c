@@ -33,6 +33,7 @@ static void report_json(const cli_plan *p, const blo_check_report *r, const blo_
 
 int cli_gradcheck(const cli_args *a) {
     char err[600];
+    if (cli_refuse_ranks("gradcheck", "it runs in one process (each rank would run the whole check)")) return 2;
     cli_plan p = {0};
     mdl_model m;
     double *x0 = NULL, *y0;

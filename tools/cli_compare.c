@@ -172,6 +172,8 @@ static int draw(const cli_args *a, const method_set *ms, const char *dat, const 
 int cli_compare(const cli_args *a) {
     char err[600], dat_path[4200] = "";
     method_set ms;
+    if (cli_refuse_ranks("compare", "it runs in one process (each rank would run every method and write the same files)"))
+        return 2;
     if (plan_all(a, &ms, err, sizeof err)) {
         fprintf(stderr, "hypertape compare: %s\n", err);
         set_free(&ms);

@@ -286,18 +286,29 @@ static int under_mpirun(void) {
     return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
 }
 
+// The ranks mpirun started (Open MPI's or a PMI launcher's variables; 1 when none) and this one's.
+static int mpirun_ranks(int *rank) {
+    const char *n = getenv("OMPI_COMM_WORLD_SIZE"), *r = getenv("OMPI_COMM_WORLD_RANK");
+    if (!n) n = getenv("PMI_SIZE"), r = getenv("PMI_RANK");
+    *rank = r ? atoi(r) : 0;
+    return n && atoi(n) > 1 ? atoi(n) : 1;
+}
+
+int cli_refuse_ranks(const char *cmd, const char *why) {
+    int rank, n = mpirun_ranks(&rank);
+    if (n == 1) return 0;
+    if (rank == 0) fprintf(stderr, "hypertape %s: started by mpirun on %d ranks, but %s\n", cmd, n, why);
+    return 2;
+}
+
 int cli_run(const cli_args *a) {
     char err[600];
     run_parts r;
     memset(&r, 0, sizeof r);
     blo_error ce;
-    const char *ranks = getenv("OMPI_COMM_WORLD_SIZE");
-    if (!blo_comm_mpi_built() && ranks && atoi(ranks) > 1) { // each rank would run the whole problem
-        if (atoi(getenv("OMPI_COMM_WORLD_RANK") ? getenv("OMPI_COMM_WORLD_RANK") : "0") == 0)
-            fprintf(stderr, "hypertape run: started by mpirun on %s ranks, but built without MPI "
-                            "(meson setup -Dmpi=enabled)\n", ranks);
+    // each rank would run the whole problem
+    if (!blo_comm_mpi_built() && cli_refuse_ranks("run", "it was built without MPI (meson setup -Dmpi=enabled)"))
         return 2;
-    }
     if (blo_comm_mpi_built() && under_mpirun() && !(r.comm = blo_comm_mpi_new(&ce))) {
         fprintf(stderr, "hypertape run: %s\n", ce.msg);
         return 2;
