@@ -301,6 +301,33 @@ int cli_refuse_ranks(const char *cmd, const char *why) {
     return 2;
 }
 
+// Whether every rank set up: one all-gather of each rank's status and message, so that a failure
+// on one rank (the trace, which rank 0 alone opens; memory) stops every rank here instead of
+// leaving the others waiting in the run's first collective. Returns the first failing rank's
+// status, its message in err (from another rank: "rank R: ..."), or 0.
+static int setup_agreed(run_parts *r, int rc, char *err, size_t n) {
+    int size = blo_comm_size(r->comm);
+    if (size == 1) return rc;
+    typedef struct {
+        int32_t rc;
+        char msg[252];
+    } part;
+    part mine, *all = calloc((size_t)size, sizeof mine);
+    size_t *counts = calloc((size_t)size, sizeof *counts);
+    memset(&mine, 0, sizeof mine);
+    mine.rc = rc;
+    if (rc) snprintf(mine.msg, sizeof mine.msg, "%s", err);
+    blo_error e;
+    for (int k = 0; counts && k < size; k++) counts[k] = sizeof mine;
+    if (!all || !counts) rc = 2, snprintf(err, n, "out of memory");
+    else if (blo_comm_allgatherv(r->comm, &mine, all, counts, &e)) rc = 2, snprintf(err, n, "%s", e.msg);
+    for (int k = 0; all && counts && !rc && k < size; k++)
+        if (all[k].rc && k == 0) rc = all[k].rc, snprintf(err, n, "%s", all[k].msg); // as one process says it
+        else if (all[k].rc) rc = all[k].rc, snprintf(err, n, "rank %d: %s", k, all[k].msg);
+    free(all), free(counts);
+    return rc;
+}
+
 int cli_run(const cli_args *a) {
     char err[600];
     run_parts r;
@@ -314,7 +341,7 @@ int cli_run(const cli_args *a) {
         return 2;
     }
     r.rank = blo_comm_rank(r.comm);
-    int rc = run_setup(a, &r, err, sizeof err);
+    int rc = setup_agreed(&r, run_setup(a, &r, err, sizeof err), err, sizeof err);
     if (rc) {
         if (r.rank == 0) fprintf(stderr, "hypertape run: %s\n", err);
         parts_free(&r);
