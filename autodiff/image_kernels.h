@@ -6,6 +6,8 @@
 #ifndef HYPERTAPE_IMAGE_KERNELS_H
 #define HYPERTAPE_IMAGE_KERNELS_H
 
+#include "ad.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -54,5 +56,10 @@ void imk_im2col(const double *x, int c, int h, int w, double *cols, size_t ld, s
 enum { IMK_CONV_CHUNKS = 8 };
 bool imk_conv_images(const double *x, const double *other, int n, int c_in, int h, int w, int c_out,
                      bool wgrad, int threads, double *y);
+
+// Checks shared by the image op files (ops_image.c), each failing with a one-line message naming
+// op: X is a batch [n, c*h*w] of images (`what` names it), P a [2c] of scales then shifts.
+bool imk_check_images(ad_tape *t, const char *op, const char *what, ad_var X, int c, int h, int w);
+bool imk_check_params(ad_tape *t, const char *op, ad_var P, int c);
 
 #endif

@@ -37,7 +37,7 @@ static int image_cols(int c, int h, int w) {
 }
 
 // X is a batch [n, c*h*w]; fails with a message naming op and what if not.
-static bool check_images(ad_tape *t, const char *op, const char *what, ad_var X, int c, int h, int w) {
+bool imk_check_images(ad_tape *t, const char *op, const char *what, ad_var X, int c, int h, int w) {
     ad_shape s = ad_shape_fast(t, X);
     int cols = image_cols(c, h, w);
     if (!cols) {
@@ -98,7 +98,7 @@ static double *block_buffers(ad_tape *t, const char *op, int B, int c_in, int c_
 
 ad_var ad_conv2d(ad_tape *t, ad_var X, ad_var W, int c_in, int h, int w, int c_out) {
     ad_var in[2] = {X, W};
-    if (!ad_check_args(t, "conv2d", 2, in) || !check_images(t, "conv2d", "input", X, c_in, h, w) ||
+    if (!ad_check_args(t, "conv2d", 2, in) || !imk_check_images(t, "conv2d", "input", X, c_in, h, w) ||
         !check_weights(t, "conv2d", W, c_in, c_out))
         return AD_NONE;
     if (!image_cols(c_out, h, w)) {
@@ -172,8 +172,8 @@ AD_DEF(conv2d, 2, fwd_conv2d, rev_conv2d);
 ad_var ad_conv2d_wgrad(ad_tape *t, ad_var X, ad_var G, int c_in, int h, int w, int c_out) {
     ad_var in[2] = {X, G};
     if (!ad_check_args(t, "conv2d_wgrad", 2, in) ||
-        !check_images(t, "conv2d_wgrad", "input", X, c_in, h, w) ||
-        !check_images(t, "conv2d_wgrad", "output gradient", G, c_out, h, w))
+        !imk_check_images(t, "conv2d_wgrad", "input", X, c_in, h, w) ||
+        !imk_check_images(t, "conv2d_wgrad", "output gradient", G, c_out, h, w))
         return AD_NONE;
     ad_shape sx = ad_shape_fast(t, X), sg = ad_shape_fast(t, G);
     if ((int64_t)c_out * c_in * 9 > INT32_MAX) {
@@ -262,7 +262,7 @@ void ad_conv3x3_direct(const double *x, const double *wt, int n, int c_in, int h
 static ad_var record_pool(ad_tape *t, ad_op op, const char *name, ad_var A, ad_var X, int c, int h,
                           int w) {
     ad_var in[2] = {A, X};
-    if (!ad_check_args(t, name, 2, in) || !check_images(t, name, "position input", X, c, h, w))
+    if (!ad_check_args(t, name, 2, in) || !imk_check_images(t, name, "position input", X, c, h, w))
         return AD_NONE;
     int n = ad_shape_fast(t, X).rows, small = c * (h / 2) * (w / 2), big = c * h * w;
     ad_shape sa = ad_shape_fast(t, A), want = ad_mat_shape(n, op == OP_POOL_GATHER ? big : small);
@@ -515,7 +515,7 @@ AD_DEF(chan_norm_adj, 2, fwd_chan_norm_adj, rev_chan_norm_adj);
 // Batch norm's scale and shift in one pass (mul and add with a per-channel row make two, and
 // their adjoints three more). Its adjoint in P is chan_sums, whose adjoint in G is chan_affine.
 
-static bool check_params(ad_tape *t, const char *op, ad_var P, int c) {
+bool imk_check_params(ad_tape *t, const char *op, ad_var P, int c) {
     ad_shape s = ad_shape_fast(t, P);
     if (s.rank != 1 || s.cols != 2 * c) {
         char b[32];
@@ -528,7 +528,7 @@ static bool check_params(ad_tape *t, const char *op, ad_var P, int c) {
 ad_var ad_channel_affine(ad_tape *t, ad_var Z, ad_var P, int c) {
     ad_var in[2] = {Z, P};
     if (!ad_check_args(t, "chan_affine", 2, in) || !check_channels(t, "chan_affine", Z, c, NULL) ||
-        !check_params(t, "chan_affine", P, c))
+        !imk_check_params(t, "chan_affine", P, c))
         return AD_NONE;
     return record_channels(t, OP_CHAN_AFFINE, ad_shape_fast(t, Z), Z, P, c, 0);
 }
@@ -590,7 +590,7 @@ static bool check_channel_vec(ad_tape *t, const char *op, const char *what, ad_v
 ad_var ad_channel_bias(ad_tape *t, ad_var X, ad_var b, int c, int h, int w) {
     ad_var in[2] = {X, b};
     if (!ad_check_args(t, "channel_bias", 2, in) ||
-        !check_images(t, "channel_bias", "input", X, c, h, w) ||
+        !imk_check_images(t, "channel_bias", "input", X, c, h, w) ||
         !check_channel_vec(t, "channel_bias", "bias", b, c))
         return AD_NONE;
     return ad_add(t, X, channel_row(t, b, c, h * w));
@@ -598,7 +598,7 @@ ad_var ad_channel_bias(ad_tape *t, ad_var X, ad_var b, int c, int h, int w) {
 
 ad_var ad_batchnorm(ad_tape *t, ad_var X, ad_var gamma, ad_var beta, int c, int h, int w, double eps) {
     ad_var in[3] = {X, gamma, beta};
-    if (!ad_check_args(t, "batchnorm", 3, in) || !check_images(t, "batchnorm", "input", X, c, h, w) ||
+    if (!ad_check_args(t, "batchnorm", 3, in) || !imk_check_images(t, "batchnorm", "input", X, c, h, w) ||
         !check_channel_vec(t, "batchnorm", "scale", gamma, c) ||
         !check_channel_vec(t, "batchnorm", "shift", beta, c))
         return AD_NONE;
