@@ -334,17 +334,17 @@ AD_DEF(pool_scatter, 2, fwd_pool_scatter, rev_pool_scatter);
 // each per channel, the means and broadcasts by the compositions below: every rule is tape ops.
 
 // v [c] -> the row [c*k] that holds v's entry c over channel c's entries (broadcasts over images).
-static ad_var channel_row(ad_tape *t, ad_var v, int c, int k) {
+ad_var imk_channel_row(ad_tape *t, ad_var v, int c, int k) {
     ad_var col = ad_reshape(t, v, ad_mat_shape(c, 1));
     return ad_reshape(t, ad_expand(t, col, ad_mat_shape(c, k)), ad_vec_shape(c * k));
 }
 // G [n, c*k] times v[ch] on channel ch (v [c]): chan_affine with zero shifts, one threaded pass
 // (a product with a broadcast row is a generic elementwise op).
-static ad_var channel_scale(ad_tape *t, ad_var G, ad_var v, int c) {
+ad_var imk_channel_scale(ad_tape *t, ad_var G, ad_var v, int c) {
     return ad_channel_affine(t, G, ad_concat(t, v, ad_fill(t, ad_vec_shape(c), 0)), c);
 }
 // X [n, c*k] -> [c]: each channel's mean over images and entries.
-static ad_var channel_mean(ad_tape *t, ad_var X, int c, int k) {
+ad_var imk_channel_mean(ad_tape *t, ad_var X, int c, int k) {
     int n = ad_shape_of(t, X).rows;
     ad_var per_entry = ad_reshape(t, ad_sum_rows(t, X), ad_mat_shape(c, k));
     return ad_scale(t, ad_sum_cols(t, per_entry), 1.0 / ((double)n * k));
@@ -430,7 +430,7 @@ static void rev_chan_rstd(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad
     double eps = n->p0, entries = (double)Xn->rows * k;
     ad_var X = ad_input(t, y, 0);
     ad_var s = ad_scale(t, ad_mul(t, h, ad_square(t, y)), -1.0 / entries);
-    gin[0] = channel_scale(t, ad_channel_norm(t, X, c, eps), s, c);
+    gin[0] = imk_channel_scale(t, ad_channel_norm(t, X, c, eps), s, c);
 }
 AD_DEF(chan_rstd, 1, fwd_chan_rstd, rev_chan_rstd);
 
@@ -462,8 +462,8 @@ static ad_status fwd_chan_proj(ad_tape *t, ad_node *nd) {
 }
 // Minus the adjoint in Z of chan_proj(G, Z) with incoming H: H mean(G Z) + G mean(H Z).
 static ad_var proj_z_adjoint_neg(ad_tape *t, ad_var G, ad_var Z, ad_var H, int c, int k) {
-    ad_var mgz = channel_row(t, channel_mean(t, ad_mul(t, G, Z), c, k), c, k);
-    ad_var mhz = channel_row(t, channel_mean(t, ad_mul(t, H, Z), c, k), c, k);
+    ad_var mgz = imk_channel_row(t, imk_channel_mean(t, ad_mul(t, G, Z), c, k), c, k);
+    ad_var mhz = imk_channel_row(t, imk_channel_mean(t, ad_mul(t, H, Z), c, k), c, k);
     return ad_add(t, ad_mul(t, H, mgz), ad_mul(t, G, mhz));
 }
 static void rev_chan_proj(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
@@ -503,10 +503,10 @@ static void rev_chan_norm_adj(ad_tape *t, ad_var y, ad_var h, const bool need[2]
     if (need[0]) gin[0] = ad_channel_norm_adj(t, h, X, c, eps);
     if (need[1]) {
         ad_var Z = ad_channel_norm(t, X, c, eps), r = ad_channel_rstd(t, X, c, eps);
-        ad_var dz_neg = proj_z_adjoint_neg(t, G, Z, channel_scale(t, h, r, c), c, k);
+        ad_var dz_neg = proj_z_adjoint_neg(t, G, Z, imk_channel_scale(t, h, r, c), c, k);
         ad_var dr = ad_slice(t, ad_channel_sums(t, h, ad_channel_proj(t, G, Z, c), c), 0, c);
         ad_var s = ad_scale(t, ad_mul(t, dr, ad_square(t, r)), -1.0 / entries); // chan_rstd's rule
-        gin[1] = ad_sub(t, channel_scale(t, Z, s, c), ad_channel_norm_adj(t, dz_neg, X, c, eps));
+        gin[1] = ad_sub(t, imk_channel_scale(t, Z, s, c), ad_channel_norm_adj(t, dz_neg, X, c, eps));
     }
 }
 AD_DEF(chan_norm_adj, 2, fwd_chan_norm_adj, rev_chan_norm_adj);
@@ -540,7 +540,7 @@ static ad_status fwd_chan_affine(ad_tape *t, ad_node *nd) {
 }
 // G times the first c entries of v [2c] (the scales) on each channel.
 static ad_var scale_channels(ad_tape *t, ad_var G, ad_var v, int c) {
-    return channel_scale(t, G, ad_slice(t, v, 0, c), c);
+    return imk_channel_scale(t, G, ad_slice(t, v, 0, c), c);
 }
 static void rev_chan_affine(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     const ad_node *n = ad_node_at(t, y);
@@ -593,7 +593,7 @@ ad_var ad_channel_bias(ad_tape *t, ad_var X, ad_var b, int c, int h, int w) {
         !imk_check_images(t, "channel_bias", "input", X, c, h, w) ||
         !check_channel_vec(t, "channel_bias", "bias", b, c))
         return AD_NONE;
-    return ad_add(t, X, channel_row(t, b, c, h * w));
+    return ad_add(t, X, imk_channel_row(t, b, c, h * w));
 }
 
 ad_var ad_batchnorm(ad_tape *t, ad_var X, ad_var gamma, ad_var beta, int c, int h, int w, double eps) {
