@@ -362,28 +362,27 @@ void imk_pool_scatter(const double *g, const double *x, int n, int per, int h, i
 // ---- im2col, and convolutions one image per product ----
 
 // One image x [c, h, w] into columns b*hw .. (b+1)*hw - 1 of cols [c*9, ld]: row i*9 + k holds
-// channel i shifted by k's offset (dy, dx), zero outside the image.
+// channel i shifted by k's offset (dy, dx), zero outside the image. The rows that stay inside
+// are one copy (entry j from entry j + dy*w + dx: a shifted plane is the plane moved by that
+// much), then the column the shift brings in from the neighbouring row is cleared: one call per
+// shift, not one per image row (rows are short: 14 pixels in a ConvNet's second block).
 void imk_im2col(const double *x, int c, int h, int w, double *cols, size_t ld, size_t off) {
     size_t hw = (size_t)h * w;
     for (int i = 0; i < c; i++)
         for (int k = 0; k < 9; k++) {
-            int dy = k / 3 - 1, dx = k % 3 - 1;
-            const double *src = x + i * hw;
+            int dy = k / 3 - 1, dx = k % 3 - 1, y0 = dy < 0 ? 1 : 0, y1 = dy > 0 ? h - 1 : h;
             double *dst = cols + (size_t)(i * 9 + k) * ld + off;
-            for (int y = 0; y < h; y++, dst += w) {
-                int sy = y + dy;
-                if (sy < 0 || sy >= h) {
-                    memset(dst, 0, (size_t)w * sizeof *dst);
-                    continue;
-                }
-                const double *s = src + (size_t)sy * w;
-                if (dx == 0) memcpy(dst, s, (size_t)w * sizeof *dst);
-                else if (dx < 0) dst[0] = 0, memcpy(dst + 1, s, (size_t)(w - 1) * sizeof *dst);
-                else memcpy(dst, s + 1, (size_t)(w - 1) * sizeof *dst), dst[w - 1] = 0;
+            if (y1 <= y0) { // a one-row image shifted up or down
+                memset(dst, 0, hw * sizeof *dst);
+                continue;
             }
+            size_t lo = (size_t)y0 * w + (dx < 0), hi = (size_t)y1 * w - (dx > 0);
+            memset(dst, 0, (size_t)y0 * w * sizeof *dst);
+            if (hi > lo) memcpy(dst + lo, x + i * hw + (ptrdiff_t)lo + (ptrdiff_t)dy * w + dx, (hi - lo) * sizeof *dst);
+            memset(dst + (size_t)y1 * w, 0, (size_t)(h - y1) * w * sizeof *dst);
+            for (int y = y0; dx && y < y1; y++) dst[(size_t)y * w + (dx < 0 ? 0 : w - 1)] = 0;
         }
 }
-
 
 typedef struct {
     const double *x, *other;
