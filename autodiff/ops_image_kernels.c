@@ -390,6 +390,20 @@ typedef struct {
     double *cols, *part, *y; // cols [chunks, c_in*9, hw]; part [chunks, c_out*c_in*9] (wgrad)
 } conv_job;
 
+// How many pieces of n an image's product [m, n] = [m, k] [k, n] (or one over n: the weight
+// gradient, a sum over pixels) is made in: pieces of at most most_madds multiply-adds, which
+// OpenBLAS 0.3.21 runs in the calling thread: up to 10^6 on its small-matrix kernel for a
+// product, up to 2^18 for one with B transposed (the weight gradient). A larger one goes to its
+// threads, while the images are already split over ours: its second thread waits, spinning, for
+// a core (measured, CPU time of [32, 288] [288, 196]: 44 GFLOP/s as one product, 66 as two of
+// 98 columns).
+enum { CONV_MADDS = 1000000, WGRAD_MADDS = 1 << 18 };
+static int product_pieces(int m, int n, int k, int64_t most_madds) {
+    int64_t per = (int64_t)m * k, most = per ? most_madds / per : n; // columns per piece
+    if (most < 1) most = 1;
+    return (int)((n + most - 1) / most);
+}
+
 static void conv_chunks(void *ctx, int lo, int hi) {
     const conv_job *j = ctx;
     int hw = j->h * j->w, kk = j->c_in * 9;
@@ -399,13 +413,19 @@ static void conv_chunks(void *ctx, int lo, int hi) {
         int b0 = (int)((int64_t)j->n * ch / j->chunks), b1 = (int)((int64_t)j->n * (ch + 1) / j->chunks);
         for (int b = b0; b < b1; b++) {
             imk_im2col(j->x + b * xrow, j->c_in, j->h, j->w, cols, (size_t)hw, 0);
-            if (j->part) // this chunk's dW [c_out, c_in*9] (+)= G_b [c_out, hw] cols^T
-                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->c_out, kk, hw, 1.0,
-                            j->other + b * row, hw, cols, hw, b > b0 ? 1.0 : 0.0,
-                            j->part + (size_t)ch * j->c_out * kk, kk);
-            else // y_b [c_out, hw] = W [c_out, c_in*9] cols [c_in*9, hw]
-                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->c_out, hw, kk, 1.0,
-                            j->other, kk, cols, hw, 0.0, j->y + b * row, hw);
+            if (j->part) // this chunk's dW [c_out, c_in*9] (+)= G_b [c_out, hw] cols^T, in pieces of pixels
+                for (int p0 = 0, pieces = product_pieces(j->c_out, kk, hw, WGRAD_MADDS); p0 < pieces; p0++) {
+                    int c0 = (int)((int64_t)hw * p0 / pieces), c1 = (int)((int64_t)hw * (p0 + 1) / pieces);
+                    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->c_out, kk, c1 - c0, 1.0,
+                                j->other + b * row + c0, hw, cols + c0, hw, b > b0 || p0 ? 1.0 : 0.0,
+                                j->part + (size_t)ch * j->c_out * kk, kk);
+                }
+            else // y_b [c_out, hw] = W [c_out, c_in*9] cols [c_in*9, hw], in pieces of columns
+                for (int p0 = 0, pieces = product_pieces(j->c_out, hw, kk, CONV_MADDS); p0 < pieces; p0++) {
+                    int c0 = (int)((int64_t)hw * p0 / pieces), c1 = (int)((int64_t)hw * (p0 + 1) / pieces);
+                    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->c_out, c1 - c0, kk, 1.0,
+                                j->other, kk, cols + c0, hw, 0.0, j->y + b * row + c0, hw);
+                }
         }
     }
 }
