@@ -5,8 +5,9 @@
 // 1 pixels), then a linear head to 5 classes and the mean cross-entropy; the gradient with
 // respect to every parameter (the images are constants). Float64; products in OpenBLAS, the
 // image ops' passes split over images on the tape's threads (2 here, as OpenBLAS's); PyTorch
-// with 1 torch thread (tools/bench_torch.py also prints it on 2). The ReLU and the pool are
-// ad_relu_maxpool2, the same values and gradients as pooling ad_relu's output.
+// with 1 torch thread (tools/bench_torch.py also prints it on 2). Each block's batch norm, ReLU
+// and pool are one op, ad_bn_relu_pool (the same values as ad_batchnorm, ad_relu and
+// ad_maxpool2, the gradients to rounding: tests/test_ad_image.c).
 #include "bench.h"
 
 #include "../autodiff/ad.h"
