@@ -274,6 +274,11 @@ ad_var ad_maxpool2(ad_tape *t, ad_var X, int c, int h, int w);
 // ad_maxpool2(ad_relu(X)) with the same values and gradients, computed as the ReLU of the
 // max-pool: the ReLU and its adjoint touch a quarter of the entries.
 ad_var ad_relu_maxpool2(ad_tape *t, ad_var X, int c, int h, int w);
+// A ConvNet block after its convolution in one op: ad_relu_maxpool2(ad_channel_affine(
+// ad_channel_norm(Y, c, eps), P, c), c, h, w) with the same bits, without the large intermediates
+// (two passes over Y forward, four back): Y [n >= 1, c*h*w], P [2c] the scales, then the shifts
+// -> [n, c*(h/2)*(w/2)]. Differentiable to any order.
+ad_var ad_bn_relu_pool(ad_tape *t, ad_var Y, ad_var P, int c, int h, int w, double eps);
 // Its parts: A [n, c*h*w] at the argmax positions of X's windows -> [n, c*(h/2)*(w/2)]
 // (ad_maxpool2 is A = X); and the adjoint, G [n, c*(h/2)*(w/2)] put at those positions of a zero
 // [n, c*h*w]. Both are constant in X.

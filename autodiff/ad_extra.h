@@ -56,6 +56,14 @@ struct ad_linmap {
 };
 ad_var ad_linear(ad_tape *t, const ad_linmap *L, ad_var x);
 
+// ---- a ConvNet block's batch norm, ReLU and max-pool in one op (ops_image_block.c) ----------
+
+// The adjoints of ad_bn_relu_pool (ad.h), which its reverse rule records: with GP = [G flattened, P] (G [n, c*(h/2)*(w/2)]
+// the output's adjoint), the adjoint in P then Y's per-channel means and r = 1/sqrt(variance +
+// eps) [4c]; with GPS = [GP, those 4c], the adjoint in Y (the formulas are in ops_image_block.c).
+ad_var ad_bn_relu_pool_dp(ad_tape *t, ad_var GP, ad_var Y, int c, int h, int w, double eps);
+ad_var ad_bn_relu_pool_dy(ad_tape *t, ad_var GPS, ad_var Y, int c, int h, int w, double eps);
+
 // ---- keeping products across a rewind (keep.c) ---------------------------------------------------
 
 // A recording that is rewound and made again (a reverse sweep re-recording an unrolled step)

@@ -6,6 +6,8 @@
 #ifndef HYPERTAPE_IMAGE_KERNELS_H
 #define HYPERTAPE_IMAGE_KERNELS_H
 
+#include "ad.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -54,5 +56,15 @@ void imk_im2col(const double *x, int c, int h, int w, double *cols, size_t ld, s
 enum { IMK_CONV_CHUNKS = 8 };
 bool imk_conv_images(const double *x, const double *other, int n, int c_in, int h, int w, int c_out,
                      bool wgrad, int threads, double *y);
+
+// Checks shared by the image op files (ops_image.c), each failing with a one-line message naming
+// op: X is a batch [n, c*h*w] of images (`what` names it), P a [2c] of scales then shifts.
+bool imk_check_images(ad_tape *t, const char *op, const char *what, ad_var X, int c, int h, int w);
+bool imk_check_params(ad_tape *t, const char *op, ad_var P, int c);
+// Per-channel compositions of tape ops, for X [n, c*k]: v [c] as the row [c*k] (v's entry ch on
+// channel ch's entries), X times v[ch] on channel ch, and each channel's mean [c].
+ad_var imk_channel_row(ad_tape *t, ad_var v, int c, int k);
+ad_var imk_channel_scale(ad_tape *t, ad_var X, ad_var v, int c);
+ad_var imk_channel_mean(ad_tape *t, ad_var X, int c, int k);
 
 #endif

@@ -37,7 +37,7 @@ static int image_cols(int c, int h, int w) {
 }
 
 // X is a batch [n, c*h*w]; fails with a message naming op and what if not.
-static bool check_images(ad_tape *t, const char *op, const char *what, ad_var X, int c, int h, int w) {
+bool imk_check_images(ad_tape *t, const char *op, const char *what, ad_var X, int c, int h, int w) {
     ad_shape s = ad_shape_fast(t, X);
     int cols = image_cols(c, h, w);
     if (!cols) {
@@ -98,7 +98,7 @@ static double *block_buffers(ad_tape *t, const char *op, int B, int c_in, int c_
 
 ad_var ad_conv2d(ad_tape *t, ad_var X, ad_var W, int c_in, int h, int w, int c_out) {
     ad_var in[2] = {X, W};
-    if (!ad_check_args(t, "conv2d", 2, in) || !check_images(t, "conv2d", "input", X, c_in, h, w) ||
+    if (!ad_check_args(t, "conv2d", 2, in) || !imk_check_images(t, "conv2d", "input", X, c_in, h, w) ||
         !check_weights(t, "conv2d", W, c_in, c_out))
         return AD_NONE;
     if (!image_cols(c_out, h, w)) {
@@ -172,8 +172,8 @@ AD_DEF(conv2d, 2, fwd_conv2d, rev_conv2d);
 ad_var ad_conv2d_wgrad(ad_tape *t, ad_var X, ad_var G, int c_in, int h, int w, int c_out) {
     ad_var in[2] = {X, G};
     if (!ad_check_args(t, "conv2d_wgrad", 2, in) ||
-        !check_images(t, "conv2d_wgrad", "input", X, c_in, h, w) ||
-        !check_images(t, "conv2d_wgrad", "output gradient", G, c_out, h, w))
+        !imk_check_images(t, "conv2d_wgrad", "input", X, c_in, h, w) ||
+        !imk_check_images(t, "conv2d_wgrad", "output gradient", G, c_out, h, w))
         return AD_NONE;
     ad_shape sx = ad_shape_fast(t, X), sg = ad_shape_fast(t, G);
     if ((int64_t)c_out * c_in * 9 > INT32_MAX) {
@@ -262,7 +262,7 @@ void ad_conv3x3_direct(const double *x, const double *wt, int n, int c_in, int h
 static ad_var record_pool(ad_tape *t, ad_op op, const char *name, ad_var A, ad_var X, int c, int h,
                           int w) {
     ad_var in[2] = {A, X};
-    if (!ad_check_args(t, name, 2, in) || !check_images(t, name, "position input", X, c, h, w))
+    if (!ad_check_args(t, name, 2, in) || !imk_check_images(t, name, "position input", X, c, h, w))
         return AD_NONE;
     int n = ad_shape_fast(t, X).rows, small = c * (h / 2) * (w / 2), big = c * h * w;
     ad_shape sa = ad_shape_fast(t, A), want = ad_mat_shape(n, op == OP_POOL_GATHER ? big : small);
@@ -334,17 +334,17 @@ AD_DEF(pool_scatter, 2, fwd_pool_scatter, rev_pool_scatter);
 // each per channel, the means and broadcasts by the compositions below: every rule is tape ops.
 
 // v [c] -> the row [c*k] that holds v's entry c over channel c's entries (broadcasts over images).
-static ad_var channel_row(ad_tape *t, ad_var v, int c, int k) {
+ad_var imk_channel_row(ad_tape *t, ad_var v, int c, int k) {
     ad_var col = ad_reshape(t, v, ad_mat_shape(c, 1));
     return ad_reshape(t, ad_expand(t, col, ad_mat_shape(c, k)), ad_vec_shape(c * k));
 }
 // G [n, c*k] times v[ch] on channel ch (v [c]): chan_affine with zero shifts, one threaded pass
 // (a product with a broadcast row is a generic elementwise op).
-static ad_var channel_scale(ad_tape *t, ad_var G, ad_var v, int c) {
+ad_var imk_channel_scale(ad_tape *t, ad_var G, ad_var v, int c) {
     return ad_channel_affine(t, G, ad_concat(t, v, ad_fill(t, ad_vec_shape(c), 0)), c);
 }
 // X [n, c*k] -> [c]: each channel's mean over images and entries.
-static ad_var channel_mean(ad_tape *t, ad_var X, int c, int k) {
+ad_var imk_channel_mean(ad_tape *t, ad_var X, int c, int k) {
     int n = ad_shape_of(t, X).rows;
     ad_var per_entry = ad_reshape(t, ad_sum_rows(t, X), ad_mat_shape(c, k));
     return ad_scale(t, ad_sum_cols(t, per_entry), 1.0 / ((double)n * k));
@@ -430,7 +430,7 @@ static void rev_chan_rstd(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad
     double eps = n->p0, entries = (double)Xn->rows * k;
     ad_var X = ad_input(t, y, 0);
     ad_var s = ad_scale(t, ad_mul(t, h, ad_square(t, y)), -1.0 / entries);
-    gin[0] = channel_scale(t, ad_channel_norm(t, X, c, eps), s, c);
+    gin[0] = imk_channel_scale(t, ad_channel_norm(t, X, c, eps), s, c);
 }
 AD_DEF(chan_rstd, 1, fwd_chan_rstd, rev_chan_rstd);
 
@@ -462,8 +462,8 @@ static ad_status fwd_chan_proj(ad_tape *t, ad_node *nd) {
 }
 // Minus the adjoint in Z of chan_proj(G, Z) with incoming H: H mean(G Z) + G mean(H Z).
 static ad_var proj_z_adjoint_neg(ad_tape *t, ad_var G, ad_var Z, ad_var H, int c, int k) {
-    ad_var mgz = channel_row(t, channel_mean(t, ad_mul(t, G, Z), c, k), c, k);
-    ad_var mhz = channel_row(t, channel_mean(t, ad_mul(t, H, Z), c, k), c, k);
+    ad_var mgz = imk_channel_row(t, imk_channel_mean(t, ad_mul(t, G, Z), c, k), c, k);
+    ad_var mhz = imk_channel_row(t, imk_channel_mean(t, ad_mul(t, H, Z), c, k), c, k);
     return ad_add(t, ad_mul(t, H, mgz), ad_mul(t, G, mhz));
 }
 static void rev_chan_proj(ad_tape *t, ad_var y, ad_var h, const bool need[2], ad_var gin[2]) {
@@ -503,10 +503,10 @@ static void rev_chan_norm_adj(ad_tape *t, ad_var y, ad_var h, const bool need[2]
     if (need[0]) gin[0] = ad_channel_norm_adj(t, h, X, c, eps);
     if (need[1]) {
         ad_var Z = ad_channel_norm(t, X, c, eps), r = ad_channel_rstd(t, X, c, eps);
-        ad_var dz_neg = proj_z_adjoint_neg(t, G, Z, channel_scale(t, h, r, c), c, k);
+        ad_var dz_neg = proj_z_adjoint_neg(t, G, Z, imk_channel_scale(t, h, r, c), c, k);
         ad_var dr = ad_slice(t, ad_channel_sums(t, h, ad_channel_proj(t, G, Z, c), c), 0, c);
         ad_var s = ad_scale(t, ad_mul(t, dr, ad_square(t, r)), -1.0 / entries); // chan_rstd's rule
-        gin[1] = ad_sub(t, channel_scale(t, Z, s, c), ad_channel_norm_adj(t, dz_neg, X, c, eps));
+        gin[1] = ad_sub(t, imk_channel_scale(t, Z, s, c), ad_channel_norm_adj(t, dz_neg, X, c, eps));
     }
 }
 AD_DEF(chan_norm_adj, 2, fwd_chan_norm_adj, rev_chan_norm_adj);
@@ -515,7 +515,7 @@ AD_DEF(chan_norm_adj, 2, fwd_chan_norm_adj, rev_chan_norm_adj);
 // Batch norm's scale and shift in one pass (mul and add with a per-channel row make two, and
 // their adjoints three more). Its adjoint in P is chan_sums, whose adjoint in G is chan_affine.
 
-static bool check_params(ad_tape *t, const char *op, ad_var P, int c) {
+bool imk_check_params(ad_tape *t, const char *op, ad_var P, int c) {
     ad_shape s = ad_shape_fast(t, P);
     if (s.rank != 1 || s.cols != 2 * c) {
         char b[32];
@@ -528,7 +528,7 @@ static bool check_params(ad_tape *t, const char *op, ad_var P, int c) {
 ad_var ad_channel_affine(ad_tape *t, ad_var Z, ad_var P, int c) {
     ad_var in[2] = {Z, P};
     if (!ad_check_args(t, "chan_affine", 2, in) || !check_channels(t, "chan_affine", Z, c, NULL) ||
-        !check_params(t, "chan_affine", P, c))
+        !imk_check_params(t, "chan_affine", P, c))
         return AD_NONE;
     return record_channels(t, OP_CHAN_AFFINE, ad_shape_fast(t, Z), Z, P, c, 0);
 }
@@ -540,7 +540,7 @@ static ad_status fwd_chan_affine(ad_tape *t, ad_node *nd) {
 }
 // G times the first c entries of v [2c] (the scales) on each channel.
 static ad_var scale_channels(ad_tape *t, ad_var G, ad_var v, int c) {
-    return channel_scale(t, G, ad_slice(t, v, 0, c), c);
+    return imk_channel_scale(t, G, ad_slice(t, v, 0, c), c);
 }
 static void rev_chan_affine(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     const ad_node *n = ad_node_at(t, y);
@@ -590,15 +590,15 @@ static bool check_channel_vec(ad_tape *t, const char *op, const char *what, ad_v
 ad_var ad_channel_bias(ad_tape *t, ad_var X, ad_var b, int c, int h, int w) {
     ad_var in[2] = {X, b};
     if (!ad_check_args(t, "channel_bias", 2, in) ||
-        !check_images(t, "channel_bias", "input", X, c, h, w) ||
+        !imk_check_images(t, "channel_bias", "input", X, c, h, w) ||
         !check_channel_vec(t, "channel_bias", "bias", b, c))
         return AD_NONE;
-    return ad_add(t, X, channel_row(t, b, c, h * w));
+    return ad_add(t, X, imk_channel_row(t, b, c, h * w));
 }
 
 ad_var ad_batchnorm(ad_tape *t, ad_var X, ad_var gamma, ad_var beta, int c, int h, int w, double eps) {
     ad_var in[3] = {X, gamma, beta};
-    if (!ad_check_args(t, "batchnorm", 3, in) || !check_images(t, "batchnorm", "input", X, c, h, w) ||
+    if (!ad_check_args(t, "batchnorm", 3, in) || !imk_check_images(t, "batchnorm", "input", X, c, h, w) ||
         !check_channel_vec(t, "batchnorm", "scale", gamma, c) ||
         !check_channel_vec(t, "batchnorm", "shift", beta, c))
         return AD_NONE;

@@ -362,34 +362,47 @@ void imk_pool_scatter(const double *g, const double *x, int n, int per, int h, i
 // ---- im2col, and convolutions one image per product ----
 
 // One image x [c, h, w] into columns b*hw .. (b+1)*hw - 1 of cols [c*9, ld]: row i*9 + k holds
-// channel i shifted by k's offset (dy, dx), zero outside the image.
+// channel i shifted by k's offset (dy, dx), zero outside the image. The rows that stay inside
+// are one copy (entry j from entry j + dy*w + dx: a shifted plane is the plane moved by that
+// much), then the column the shift brings in from the neighbouring row is cleared: one call per
+// shift, not one per image row (rows are short: 14 pixels in a ConvNet's second block).
 void imk_im2col(const double *x, int c, int h, int w, double *cols, size_t ld, size_t off) {
     size_t hw = (size_t)h * w;
     for (int i = 0; i < c; i++)
         for (int k = 0; k < 9; k++) {
-            int dy = k / 3 - 1, dx = k % 3 - 1;
-            const double *src = x + i * hw;
+            int dy = k / 3 - 1, dx = k % 3 - 1, y0 = dy < 0 ? 1 : 0, y1 = dy > 0 ? h - 1 : h;
             double *dst = cols + (size_t)(i * 9 + k) * ld + off;
-            for (int y = 0; y < h; y++, dst += w) {
-                int sy = y + dy;
-                if (sy < 0 || sy >= h) {
-                    memset(dst, 0, (size_t)w * sizeof *dst);
-                    continue;
-                }
-                const double *s = src + (size_t)sy * w;
-                if (dx == 0) memcpy(dst, s, (size_t)w * sizeof *dst);
-                else if (dx < 0) dst[0] = 0, memcpy(dst + 1, s, (size_t)(w - 1) * sizeof *dst);
-                else memcpy(dst, s + 1, (size_t)(w - 1) * sizeof *dst), dst[w - 1] = 0;
+            if (y1 <= y0) { // a one-row image shifted up or down
+                memset(dst, 0, hw * sizeof *dst);
+                continue;
             }
+            size_t lo = (size_t)y0 * w + (dx < 0), hi = (size_t)y1 * w - (dx > 0);
+            memset(dst, 0, (size_t)y0 * w * sizeof *dst);
+            if (hi > lo) memcpy(dst + lo, x + i * hw + (ptrdiff_t)lo + (ptrdiff_t)dy * w + dx, (hi - lo) * sizeof *dst);
+            memset(dst + (size_t)y1 * w, 0, (size_t)(h - y1) * w * sizeof *dst);
+            for (int y = y0; dx && y < y1; y++) dst[(size_t)y * w + (dx < 0 ? 0 : w - 1)] = 0;
         }
 }
-
 
 typedef struct {
     const double *x, *other;
     int n, c_in, h, w, c_out, chunks;
     double *cols, *part, *y; // cols [chunks, c_in*9, hw]; part [chunks, c_out*c_in*9] (wgrad)
 } conv_job;
+
+// How many pieces of n an image's product [m, n] = [m, k] [k, n] (or one over n: the weight
+// gradient, a sum over pixels) is made in: pieces of at most most_madds multiply-adds, which
+// OpenBLAS 0.3.21 runs in the calling thread: up to 10^6 on its small-matrix kernel for a
+// product, up to 2^18 for one with B transposed (the weight gradient). A larger one goes to its
+// threads, while the images are already split over ours: its second thread waits, spinning, for
+// a core (measured, CPU time of [32, 288] [288, 196]: 44 GFLOP/s as one product, 66 as two of
+// 98 columns).
+enum { CONV_MADDS = 1000000, WGRAD_MADDS = 1 << 18 };
+static int product_pieces(int m, int n, int k, int64_t most_madds) {
+    int64_t per = (int64_t)m * k, most = per ? most_madds / per : n; // columns per piece
+    if (most < 1) most = 1;
+    return (int)((n + most - 1) / most);
+}
 
 static void conv_chunks(void *ctx, int lo, int hi) {
     const conv_job *j = ctx;
@@ -400,13 +413,19 @@ static void conv_chunks(void *ctx, int lo, int hi) {
         int b0 = (int)((int64_t)j->n * ch / j->chunks), b1 = (int)((int64_t)j->n * (ch + 1) / j->chunks);
         for (int b = b0; b < b1; b++) {
             imk_im2col(j->x + b * xrow, j->c_in, j->h, j->w, cols, (size_t)hw, 0);
-            if (j->part) // this chunk's dW [c_out, c_in*9] (+)= G_b [c_out, hw] cols^T
-                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->c_out, kk, hw, 1.0,
-                            j->other + b * row, hw, cols, hw, b > b0 ? 1.0 : 0.0,
-                            j->part + (size_t)ch * j->c_out * kk, kk);
-            else // y_b [c_out, hw] = W [c_out, c_in*9] cols [c_in*9, hw]
-                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->c_out, hw, kk, 1.0,
-                            j->other, kk, cols, hw, 0.0, j->y + b * row, hw);
+            if (j->part) // this chunk's dW [c_out, c_in*9] (+)= G_b [c_out, hw] cols^T, in pieces of pixels
+                for (int p0 = 0, pieces = product_pieces(j->c_out, kk, hw, WGRAD_MADDS); p0 < pieces; p0++) {
+                    int c0 = (int)((int64_t)hw * p0 / pieces), c1 = (int)((int64_t)hw * (p0 + 1) / pieces);
+                    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->c_out, kk, c1 - c0, 1.0,
+                                j->other + b * row + c0, hw, cols + c0, hw, b > b0 || p0 ? 1.0 : 0.0,
+                                j->part + (size_t)ch * j->c_out * kk, kk);
+                }
+            else // y_b [c_out, hw] = W [c_out, c_in*9] cols [c_in*9, hw], in pieces of columns
+                for (int p0 = 0, pieces = product_pieces(j->c_out, hw, kk, CONV_MADDS); p0 < pieces; p0++) {
+                    int c0 = (int)((int64_t)hw * p0 / pieces), c1 = (int)((int64_t)hw * (p0 + 1) / pieces);
+                    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->c_out, c1 - c0, kk, 1.0,
+                                j->other, kk, cols + c0, hw, 0.0, j->y + b * row + c0, hw);
+                }
         }
     }
 }

@@ -179,8 +179,7 @@ static ad_var convnet_features(ad_tape *t, ad_var x, ad_var U, int side, int C) 
         ad_var P = ad_slice(t, x, at + nw, 2 * C); // scales [C], shifts [C]
         at += nw + 2 * C;
         h = ad_conv2d(t, h, W, c_in, side, side, C);
-        h = ad_channel_affine(t, ad_channel_norm(t, h, C, 1e-5), P, C);
-        h = ad_relu_maxpool2(t, h, C, side, side);
+        h = ad_bn_relu_pool(t, h, P, C, side, side, 1e-5); // normalize, scale and shift, ReLU, pool
     }
     return h; // [n, C (side 1)]
 }

@@ -2,12 +2,15 @@
 // against the plain loop over geometries that cross its blocks of images, the weight gradient
 // and the transposed convolution against the same loop through the adjoint identities, max-pool
 // against a plain loop (ties to the first maximum, as PyTorch), batch norm's closed form,
-// bad geometry as one-line errors, second order through a small ConvNet (a MAML step), and the
-// threaded kernels giving the same bits on any number of threads.
+// bad geometry as one-line errors, second order through a small ConvNet (a MAML step, with the
+// block's batch norm, ReLU and pool as three ops and as ad_bn_relu_pool), the threaded kernels
+// giving the same bits on any number of threads, and ad_bn_relu_pool against the composition it
+// fuses.
 #include "harness.h"
 #include "tests.h"
 
 #include "../autodiff/ad.h"
+#include "../autodiff/ad_extra.h"
 #include "../autodiff/internal.h" // ad_conv3x3_direct
 
 #include <math.h>
@@ -142,7 +145,9 @@ static void errors(void) {
                  {5, "chan_norm: eps = 0 is not finite and > 0"},
                  {6, "conv2d_wgrad: input [2, 12] and output gradient [3, 12] differ in images"},
                  {7, "conv2d_wgrad: a gradient [20000, 20000 * 9] has more entries than an int holds"},
-                 {8, "chan_sums: shapes [2, 6] and [2, 12] differ"}};
+                 {8, "chan_sums: shapes [2, 6] and [2, 12] differ"},
+                 {9, "bn_pool: [3] is not [2c] = [4] (scales, then shifts)"},
+                 {10, "bn_pool_dy: [5] is not [16] (the pooled adjoint of 2 images, then 6 per channel)"}};
         for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
             ad_tape *t = ad_tape_new(NULL);
             ad_var X = ad_fill(t, ad_mat_shape(2, 12), 1), W = ad_fill(t, ad_mat_shape(2, 18), 1), r = AD_NONE;
@@ -155,6 +160,8 @@ static void errors(void) {
             case 5: r = ad_channel_norm(t, X, 2, 0); break;
             case 6: r = ad_conv2d_wgrad(t, X, ad_fill(t, ad_mat_shape(3, 12), 1), 2, 3, 2, 2); break;
             case 8: r = ad_channel_sums(t, ad_fill(t, ad_mat_shape(2, 6), 1), X, 2); break;
+            case 9: r = ad_bn_relu_pool(t, X, ad_fill(t, ad_vec_shape(3), 1), 2, 3, 2, 1e-5); break;
+            case 10: r = ad_bn_relu_pool_dy(t, ad_fill(t, ad_vec_shape(5), 1), X, 2, 3, 2, 1e-5); break;
             default: {
                 ad_var big = ad_fill(t, ad_mat_shape(1, 20000), 1);
                 r = ad_conv2d_wgrad(t, big, big, 20000, 1, 1, 20000);
@@ -174,16 +181,19 @@ static void errors(void) {
 enum { MN = 4, MS = 4, MC = 2, MWAYS = 3 }; // 4 images of 1 x 4 x 4, 2 filters, 3 classes
 static const int32_t maml_labels[MN] = {0, 2, 1, 2};
 
-static ad_var maml_net(ad_tape *t, const double *x, ad_var w1, ad_var w2, ad_var gamma, ad_var beta, ad_var head) {
-    ad_var X = ad_const(t, ad_mat_shape(MN, MS * MS), x);
-    ad_var h = ad_batchnorm(t, ad_conv2d(t, X, w1, 1, MS, MS, MC), gamma, beta, MC, MS, MS, 1e-3);
-    h = ad_maxpool2(t, ad_relu(t, h), MC, MS, MS);                      // [4, 2 * 2 * 2]
+// fused: the first block's batch norm, ReLU and pool as ad_bn_relu_pool
+static ad_var maml_net(ad_tape *t, const double *x, ad_var w1, ad_var w2, ad_var gamma, ad_var beta, ad_var head,
+                       bool fused) {
+    ad_var X = ad_const(t, ad_mat_shape(MN, MS * MS), x), h = ad_conv2d(t, X, w1, 1, MS, MS, MC);
+    if (fused) h = ad_bn_relu_pool(t, h, ad_concat(t, gamma, beta), MC, MS, MS, 1e-3);
+    else h = ad_maxpool2(t, ad_relu(t, ad_batchnorm(t, h, gamma, beta, MC, MS, MS, 1e-3)), MC, MS, MS); // [4, 8]
     h = ad_maxpool2(t, ad_conv2d(t, h, w2, MC, MS / 2, MS / 2, MC), MC, MS / 2, MS / 2); // [4, 2]
     return ad_mean(t, ad_xent(t, ad_matmul(t, h, head, 0, 0), maml_labels));
 }
 
 typedef struct {
     double x[MN * MS * MS];
+    bool fused;
 } maml_ctx;
 
 // in: w1 [2, 9], w2 [2, 18], gamma and beta [2] as one [4], head [2, 3]. One inner step on all.
@@ -191,15 +201,16 @@ static ad_var maml(ad_tape *t, const ad_var *in, void *c) {
     const maml_ctx *m = c;
     ad_var gamma = ad_slice(t, in[2], 0, MC), beta = ad_slice(t, in[2], MC, MC);
     ad_var p[5] = {in[0], in[1], gamma, beta, in[3]}, g[5];
-    ad_var inner = maml_net(t, m->x, p[0], p[1], p[2], p[3], p[4]);
+    ad_var inner = maml_net(t, m->x, p[0], p[1], p[2], p[3], p[4], m->fused);
     if (ad_grad(t, inner, 5, p, g, AD_CREATE_GRAPH) != AD_OK) return AD_NONE;
     for (int k = 0; k < 5; k++) p[k] = ad_axpy(t, p[k], -0.4, g[k]);
-    return maml_net(t, m->x, p[0], p[1], p[2], p[3], p[4]);
+    return maml_net(t, m->x, p[0], p[1], p[2], p[3], p[4], m->fused);
 }
 
-static void maml_case(void) {
-    TEST_CASE("image: a MAML step through conv, batch norm, ReLU and max-pool matches finite differences") {
-        maml_ctx m;
+static void maml_case(bool fused) {
+    TEST_CASE(fused ? "image: a MAML step through conv and ad_bn_relu_pool matches finite differences"
+                    : "image: a MAML step through conv, batch norm, ReLU and max-pool matches finite differences") {
+        maml_ctx m = {.fused = fused};
         ad_rng g;
         ad_rng_seed(&g, 77);
         for (int i = 0; i < MN * MS * MS; i++) m.x[i] = ad_rng_normal(&g);
@@ -274,11 +285,75 @@ static void threads_cases(void) {
     }
 }
 
+// ---- ad_bn_relu_pool against the composition it fuses ----
+
+typedef struct {
+    int n, c, h, w;
+} block_geom;
+
+// Its value and gradients in Y and P of sum(out * mix) into out [n*c*(h/2)*(w/2) + n*c*h*w + 2c],
+// fused or as the composition, on a tape of `threads` threads.
+static void block_run(block_geom q, const double *y, const double *p, const double *mix, bool fused,
+                      int threads, double *out) {
+    ad_tape_params tp = ad_tape_default_params();
+    tp.threads = threads;
+    ad_tape *t = ad_tape_new(&tp);
+    int hw = q.h * q.w, pooled = q.c * (q.h / 2) * (q.w / 2);
+    ad_var in[2] = {ad_param(t, ad_mat_shape(q.n, q.c * hw), y), ad_param(t, ad_vec_shape(2 * q.c), p)}, d[2];
+    ad_var o = fused ? ad_bn_relu_pool(t, in[0], in[1], q.c, q.h, q.w, 1e-5)
+                     : ad_relu_maxpool2(t, ad_channel_affine(t, ad_channel_norm(t, in[0], q.c, 1e-5), in[1], q.c),
+                                        q.c, q.h, q.w);
+    ad_grad(t, ad_sum(t, ad_mul(t, o, ad_const(t, ad_mat_shape(q.n, pooled), mix))), 2, in, d, 0);
+    size_t no = (size_t)q.n * pooled, ny = (size_t)q.n * q.c * hw;
+    if (ad_tape_status(t) == AD_OK) {
+        memcpy(out, ad_value(t, o), no * sizeof *out);
+        memcpy(out + no, ad_value(t, d[0]), ny * sizeof *out);
+        memcpy(out + no + ny, ad_value(t, d[1]), 2 * q.c * sizeof *out);
+    } else
+        out[0] = NAN;
+    ad_tape_free(t);
+}
+
+static void fused_block_cases(void) {
+    // 23 x 4 x 27 x 29 is split over threads (odd sides: a row and a column left out); 131
+    // columns cross the kernels' pieces of 128
+    static const block_geom qs[] = {{23, 4, 27, 29}, {2, 3, 4, 131}};
+    for (size_t qi = 0; qi < sizeof qs / sizeof qs[0]; qi++) {
+        block_geom q = qs[qi];
+        char name[160];
+        snprintf(name, sizeof name, "image: ad_bn_relu_pool on %d x %d x %d x %d is the composition (values bit for "
+                 "bit, gradients to 1e-12), the same bits on 1, 2 and 3 threads", q.n, q.c, q.h, q.w);
+        TEST_CASE(name) {
+            ad_rng g;
+            ad_rng_seed(&g, 90 + qi);
+            size_t no = (size_t)q.n * q.c * (q.h / 2) * (q.w / 2), ny = (size_t)q.n * q.c * q.h * q.w;
+            size_t m = no + ny + 2 * (size_t)q.c;
+            double *y = randn(&g, ny), *mix = randn(&g, no), *p = randn(&g, 2 * (size_t)q.c);
+            p[0] = 0, p[1] = -1.5; // a zero scale (every window a tie) and a negative one (minima pooled)
+            double *ref = malloc(m * sizeof *ref), *one = malloc(m * sizeof *one), *other = malloc(m * sizeof *other);
+            block_run(q, y, p, mix, false, 1, ref);
+            block_run(q, y, p, mix, true, 1, one);
+            EXPECT(isfinite(ref[0]) && isfinite(one[0]), "a run failed");
+            EXPECT(!memcmp(ref, one, no * sizeof *ref), "the values differ from the composition's");
+            double worst = 0, scale = 0;
+            for (size_t i = no; i < m; i++) worst = fmax(worst, fabs(one[i] - ref[i])), scale = fmax(scale, fabs(ref[i]));
+            EXPECT(worst <= 1e-12 * scale, "gradients differ by %g (scale %g)", worst, scale);
+            for (int th = 2; th <= 3; th++) {
+                block_run(q, y, p, mix, true, th, other);
+                EXPECT(!memcmp(one, other, m * sizeof *one), "%d threads differ from one", th);
+            }
+            free(y), free(mix), free(p), free(ref), free(one), free(other);
+        }
+    }
+}
+
 void test_ad_image(void) {
     threads_cases();
     conv_against_direct();
     pool_cases();
     batchnorm_cases();
     errors();
-    maml_case();
+    maml_case(false);
+    maml_case(true);
+    fused_block_cases();
 }

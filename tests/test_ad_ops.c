@@ -130,6 +130,11 @@ static ad_var r_chan_proj(ad_tape *t, const ad_var *x) { return ad_channel_proj(
 static ad_var r_chan_affine(ad_tape *t, const ad_var *x) { return ad_channel_affine(t, x[0], x[1], 2); }
 static ad_var r_chan_sums(ad_tape *t, const ad_var *x) { return ad_channel_sums(t, x[0], x[1], 2); }
 static ad_var r_chan_norm_adj(ad_tape *t, const ad_var *x) { return ad_channel_norm_adj(t, x[0], x[1], 2, 0.3); }
+// ConvNet block: 2 images of 2 channels of 3 x 4 (an odd row left out by the pool), P [4]; the
+// adjoints' first inputs: the pooled adjoint [2 * 2 * 1 * 2] then P [4] (then S, m, r [8])
+static ad_var r_bn_pool(ad_tape *t, const ad_var *x) { return ad_bn_relu_pool(t, x[0], x[1], 2, 3, 4, 0.3); }
+static ad_var r_bn_pool_dp(ad_tape *t, const ad_var *x) { return ad_bn_relu_pool_dp(t, x[0], x[1], 2, 3, 4, 0.3); }
+static ad_var r_bn_pool_dy(ad_tape *t, const ad_var *x) { return ad_bn_relu_pool_dy(t, x[0], x[1], 2, 3, 4, 0.3); }
 static ad_var r_channel_bias(ad_tape *t, const ad_var *x) { return ad_channel_bias(t, x[0], x[1], 2, 2, 2); }
 // a caller's linear map [3] -> [2], y = A x, with its transpose
 static const double lin_A[2][3] = {{0.5, -1.25, 2}, {1.5, 0.75, -0.5}};
@@ -239,6 +244,9 @@ static const row rows[] = {
     {"chan_affine", r_chan_affine, 2, {M(3, 8), V(4)}, -2, 2, NK, 0},
     {"chan_sums", r_chan_sums, 2, {M(3, 8), M(3, 8)}, -2, 2, NK, 0},
     {"chan_norm_adj", r_chan_norm_adj, 2, {M(3, 8), M(3, 8)}, -2, 2, NK, 0},
+    {"bn_pool", r_bn_pool, 2, {M(2, 24), V(4)}, -2, 2, NK, 0},
+    {"bn_pool_dp", r_bn_pool_dp, 2, {V(12), M(2, 24)}, -2, 2, NK, 0},
+    {"bn_pool_dy", r_bn_pool_dy, 2, {V(20), M(2, 24)}, -2, 2, NK, 0},
     {"expand", r_channel_bias, 2, {M(3, 8), V(2)}, -2, 2, NK, 0},     // per-channel bias, likewise
     {"linear", r_linear, 1, {V(3)}, -2, 2, NK, 0},                     // a map of the caller's
 };

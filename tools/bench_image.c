@@ -5,8 +5,9 @@
 // 1 pixels), then a linear head to 5 classes and the mean cross-entropy; the gradient with
 // respect to every parameter (the images are constants). Float64; products in OpenBLAS, the
 // image ops' passes split over images on the tape's threads (2 here, as OpenBLAS's); PyTorch
-// with 1 torch thread (tools/bench_torch.py also prints it on 2). The ReLU and the pool are
-// ad_relu_maxpool2, the same values and gradients as pooling ad_relu's output.
+// with 1 torch thread (tools/bench_torch.py also prints it on 2). Each block's batch norm, ReLU
+// and pool are one op, ad_bn_relu_pool (the same values as ad_batchnorm, ad_relu and
+// ad_maxpool2, the gradients to rounding: tests/test_ad_image.c).
 #include "bench.h"
 
 #include "../autodiff/ad.h"
@@ -68,8 +69,8 @@ static double convnet_grad(ad_tape *t, const convnet *c) {
         p[3 * b + 1] = ad_param(t, ad_vec_shape(CN_FILTERS), c->gamma);
         p[3 * b + 2] = ad_param(t, ad_vec_shape(CN_FILTERS), c->beta);
         h = ad_conv2d(t, h, p[3 * b], c_in, side, side, CN_FILTERS);
-        h = ad_batchnorm(t, h, p[3 * b + 1], p[3 * b + 2], CN_FILTERS, side, side, 1e-5);
-        h = ad_relu_maxpool2(t, h, CN_FILTERS, side, side); // max-pool of the ReLU
+        // batch norm, ReLU and max-pool in one op, gamma and beta as one [2C]
+        h = ad_bn_relu_pool(t, h, ad_concat(t, p[3 * b + 1], p[3 * b + 2]), CN_FILTERS, side, side, 1e-5);
         side /= 2, c_in = CN_FILTERS;
     }
     p[P - 1] = ad_param(t, ad_mat_shape(CN_FILTERS, CN_WAYS), c->head); // h is [320, 32]
