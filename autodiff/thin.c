@@ -352,8 +352,14 @@ X512_INLINE void load_row_x512(const int NI, const int FULL, const int U8, const
     // the row's next line, which the strip 64 columns on reads: the block's codes come from
     // beyond L2 at this stride, and unfetched they stalled every row (1.9x slower measured)
     _mm_prefetch((const char *)c + 64, _MM_HINT_T0);
+    // past the task's columns: the bytes that follow (the row's next columns or the next row's
+    // first ones) fill lanes whose sums are never stored, so they are read as they are, but for
+    // the last bytes of the matrix, which are copied (no byte past the matrix is read); the
+    // copy on every row cost an A^T B with one column past the strips (785 = 49 x 16 + 1,
+    // linear hyper-cleaning's X with its column of ones) ~15% more than one without
     uint8_t part[16] = {0};
-    if (!FULL) c = memcpy(part, c, (size_t)(left < 8 * NI ? left : 8 * NI));
+    if (!FULL && at + 8 * NI > (size_t)(t->k - 1) * (size_t)t->lda + (size_t)t->m)
+        c = memcpy(part, c, (size_t)(left < 8 * NI ? left : 8 * NI));
     *a0 = decode8_x512(c, hi, lo);
     if (NI > 1) *a1 = decode8_x512(c + 8, hi, lo);
 }
@@ -398,7 +404,8 @@ X512_INLINE void tn_n_x512(const int N, const int U8, const thin_task *t) {
         int s1 = t->p1 - s > sub ? s + sub : t->p1;
         int i = t->lo;
         for (; i + w <= t->hi; i += w) strip_x512(N, NI, 1, U8, t, i, s, s1, s == t->p0);
-        if (i < t->hi) strip_x512(N, NI, 0, U8, t, i, s, s1, s == t->p0);
+        if (i < t->hi && (NI == 1 || t->hi - i > 8)) strip_x512(N, NI, 0, U8, t, i, s, s1, s == t->p0);
+        else if (i < t->hi) strip_x512(N, 1, 0, U8, t, i, s, s1, s == t->p0); // 8 columns do
         s = s1;
     } while (s < t->p1);
 }
@@ -552,8 +559,16 @@ static void run_task(const thin_task *t) {
 typedef struct {
     thin_task all; // the whole product
     int chunk, n_chunks, by_rows_of_a;
+    bool by_cols; // A^T B's partials are by columns of C ([n, m]), else by rows ([m, np])
     atomic_int next;
 } thin_job;
+
+// Rows [lo, hi) of C from a partial of A^T B (by columns of C or by rows, thin_job).
+static void copy_out(const thin_task *t, bool by_cols, const double *part, int lo, int hi) {
+    for (int i = lo; i < hi; i++)
+        for (int j = 0; j < t->n; j++)
+            t->C[(size_t)i * t->n + j] = part[by_cols ? (size_t)j * t->m + i : (size_t)i * t->np + j];
+}
 
 static void *run_chunks(void *arg) {
     thin_job *j = arg;
@@ -568,21 +583,26 @@ static void *run_chunks(void *arg) {
             t.hi = min_int(t.m, t.lo + j->chunk);
         }
         run_task(&t);
+        // A^T B in one block: its rows of C are final; copied while in cache, on this thread
+        if (t.ta && !j->by_rows_of_a) copy_out(&t, j->by_cols, t.cb, t.lo, t.hi);
     }
     return NULL;
 }
 
 enum { THIN_MAX_THREADS = 64 };
 
+// one_block: with A transposed, sum over all of k in order p (no blocks of rows of A), which
+// gives A^T B the bits of the product without the transpose on A^T's rows.
 static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, int k,
                      const double *A, const uint8_t *au, const double *tab, int lda,
-                     const double *B, int ldb, double *C, double *work) {
+                     const double *B, int ldb, double *C, double *work, bool one_block) {
     if (m <= 0 || n <= 0) return;
     if (isa == AD_THIN_AUTO) isa = ad_thin_best();
     if (!ad_thin_runs(isa)) isa = AD_THIN_PORTABLE;
     double hi = 0, lo = 0;
     bool lin = au && ta && isa == AD_THIN_AVX512 && thin_linear_table(tab, &hi, &lo);
-    int np = packed_width(isa, ta, au != NULL, lin, n), blocks = ta ? tn_blocks(m, n, k) : 1;
+    int np = packed_width(isa, ta, au != NULL, lin, n);
+    int blocks = ta && !one_block ? tn_blocks(m, n, k) : 1;
     // AVX-512's strips broadcast B's entries one by one, so they read B as given: no copy of
     // G [5000, 10] padded to 16 columns per X^T G
     bool as_given = ta && !tb && tn_strips(isa, au != NULL, lin);
@@ -590,15 +610,18 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
     thin_job job = {.all = {.isa = isa, .ta = ta, .m = m, .n = n, .k = k, .np = np, .lda = lda,
                             .lo = 0, .hi = m, .p0 = 0, .p1 = k, .A = A, .au = au, .tab = tab,
                             .bp = as_given ? B : work, .nb = as_given ? ldb : np, .C = C,
-                            .cb = work + (size_t)np * k, .lin = lin, .dhi = hi, .dlo = lo}};
+                            .cb = work + (size_t)np * k, .lin = lin, .dhi = hi, .dlo = lo},
+                   .by_cols = tn_strips(isa, au != NULL, lin)};
     int nt = min_int(threads < 1 ? 1 : min_int(threads, THIN_MAX_THREADS), (m + 7) / 8);
     if (blocks > 1) { // A transposed, k long: blocks of rows of A
         job.by_rows_of_a = 1;
         job.chunk = ((k + blocks - 1) / blocks + 3) & ~3;
         job.n_chunks = (k + job.chunk - 1) / job.chunk;
-    } else { // ranges of rows of C in multiples of 8: a few per thread, one per thread for A^T
-        int want = nt == 1 ? 1 : ta ? nt : THIN_CHUNKS_PER_THREAD * nt;
-        job.chunk = ((m + want - 1) / want + 7) & ~7;
+    } else { // ranges of rows of C in multiples of 8 (16 for A^T: whole strips): a few per
+             // thread, one per thread for A^T but in one run over a long k (one_block)
+        int want = nt == 1 ? 1 : ta && !one_block ? nt : THIN_CHUNKS_PER_THREAD * nt;
+        int align = ta ? 16 : 8;
+        job.chunk = ((m + want - 1) / want + align - 1) / align * align;
         job.n_chunks = (m + job.chunk - 1) / job.chunk;
     }
     nt = min_int(nt, job.n_chunks);
@@ -610,31 +633,32 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
     run_chunks(&job);
     for (int w = 1; w < nt; w++)
         if (started[w]) pthread_join(tid[w], NULL);
-    if (!ta) return;
-    // C = the partials added in block order (one block: copied): each later block added into
-    // the first along memory (a loop the compiler vectorizes; entry by entry the same sums in
-    // the same order as adding each entry's blocks in turn), then copied out; AVX-512's
-    // partials are by columns of C ([n, m]), the others by rows ([m, np])
+    if (!ta || !job.by_rows_of_a) return; // one block: its chunks copied their rows out
+    // C = the partials added in block order: each later block added into the first along
+    // memory (a loop the compiler vectorizes; entry by entry the same sums in the same order as
+    // adding each entry's blocks in turn), then copied out
     double *part = job.all.cb;
-    size_t stride = (size_t)m * np;
-    bool by_cols = tn_strips(isa, au != NULL, lin);
-    size_t used = by_cols ? (size_t)n * m : stride;
-    for (int b = 1; b < job.n_chunks * job.by_rows_of_a; b++) {
+    size_t stride = (size_t)m * np, used = job.by_cols ? (size_t)n * m : stride;
+    for (int b = 1; b < job.n_chunks; b++) {
         const double *pb = part + b * stride;
         for (size_t at = 0; at < used; at++) part[at] += pb[at];
     }
-    for (int i = 0; i < m; i++)
-        for (int j = 0; j < n; j++)
-            C[(size_t)i * n + j] = part[by_cols ? (size_t)j * m + i : (size_t)i * np + j];
+    copy_out(&job.all, job.by_cols, part, 0, m);
 }
 
 void ad_thin_matmul(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, int k,
                     const double *A, int lda, const double *B, int ldb, double *C, double *work) {
-    thin_run(isa, threads, ta, tb, m, n, k, A, NULL, NULL, lda, B, ldb, C, work);
+    thin_run(isa, threads, ta, tb, m, n, k, A, NULL, NULL, lda, B, ldb, C, work, false);
 }
 
 void ad_thin_matmul_coded(ad_thin_isa isa, int threads, int ta, int m, int n, int k,
                           const uint8_t *codes, const double *table, int lda, const double *B,
                           int ldb, double *C, double *work) {
-    thin_run(isa, threads, ta, 0, m, n, k, NULL, codes, table, lda, B, ldb, C, work);
+    thin_run(isa, threads, ta, 0, m, n, k, NULL, codes, table, lda, B, ldb, C, work, false);
+}
+
+void ad_thin_matmul_coded_t(ad_thin_isa isa, int threads, int m, int n, int k,
+                            const uint8_t *codes_t, const double *table, int ldt, const double *B,
+                            int ldb, double *C, double *work) {
+    thin_run(isa, threads, 1, 0, m, n, k, NULL, codes_t, table, ldt, B, ldb, C, work, true);
 }
