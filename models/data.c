@@ -194,7 +194,7 @@ static int convert(const mdl_idx *im, const mdl_idx *lb, const int32_t *idx, int
     uint8_t *codes = malloc((size_t)n * d + 1);
     double *table = malloc(256 * sizeof(double)), *X = malloc((size_t)n * d * sizeof(double) + 1);
     *out = (mdl_dataset){.n = n, .d = d, .classes = 10, .X = X, .y = malloc((size_t)n * sizeof(int32_t)),
-                         .Xc = {n, d, codes, table, X}};
+                         .Xc = {n, d, codes, table, X, NULL}};
     if (!out->X || !out->y || !codes || !table) {
         mdl_dataset_free(out);
         return -1;

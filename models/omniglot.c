@@ -164,7 +164,7 @@ int mdl_omniglot_load(const char *root, int side, mdl_dataset *out, int32_t *n_c
     int n = files.n, d = side * side;
     uint8_t *codes = malloc((size_t)n * d + 1);
     double *table = malloc(256 * sizeof(double)), *X = malloc((size_t)n * d * sizeof(double) + 1);
-    *out = (mdl_dataset){.n = n, .d = d, .classes = classes, .X = X, .y = labels, .Xc = {n, d, codes, table, X}};
+    *out = (mdl_dataset){.n = n, .d = d, .classes = classes, .X = X, .y = labels, .Xc = {n, d, codes, table, X, NULL}};
     int rc = !codes || !table || !X ? mdl_fail(err, errlen, "%s: out of memory for %d images", root, n) : 0;
     for (int p = 0; !rc && p < 256; p++) table[p] = p / 255.0;
     for (int i = 0; !rc && i < n; i++) {
