@@ -214,6 +214,8 @@ typedef struct {
     const double *table;  // [256]
     const double *values; // optional [rows, cols]: the same entries as doubles, if the caller
                           // keeps them (NULL: none); read by products off the thin kernel
+    const uint8_t *codes_t; // optional [cols, rows]: the codes transposed (NULL: none); X B on
+                            // the thin kernel then reads these, faster, with the same bits
 } ad_coded;
 // op(X) B for a coded constant X (X or X^T) and B [k, n]: the same values as ad_matmul with the
 // decoded X. On the thin kernel (at most 16 columns) it reads the codes, 1/8 of the memory, and

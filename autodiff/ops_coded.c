@@ -83,8 +83,12 @@ static ad_status fwd_matmul_coded(ad_tape *t, ad_node *n) {
     double t0 = t->par.time_blas ? ad_now() : 0;
     ad_status st = AD_OK;
     int threads;
-    double *work = ad_thin_plan(t, n->i0, n->rows, n->cols, k, &threads);
-    if (work)
+    bool by_t = !n->i0 && X->codes_t; // X B from X's codes transposed (thin.h)
+    double *work = ad_thin_plan(t, n->i0 || by_t, n->rows, n->cols, k, &threads);
+    if (work && by_t)
+        ad_thin_matmul_coded_t((ad_thin_isa)t->thin_isa, threads, n->rows, n->cols, k,
+                               X->codes_t, X->table, X->rows, B->val, B->cols, n->val, work);
+    else if (work)
         ad_thin_matmul_coded((ad_thin_isa)t->thin_isa, threads, n->i0, n->rows, n->cols, k,
                              X->codes, X->table, X->cols, B->val, B->cols, n->val, work);
     else

@@ -56,7 +56,7 @@ void ad_thin_matmul_naive(int ta, int tb, int m, int n, int k, const double *A, 
 // to 4, zero past n.
 // A is doubles, or (au non-NULL) one-byte codes whose entry x is tab[x]: the same values,
 // read in the same order, so both give the same bits.
-// lin: the table is tab[c] = c / dv, each entry exactly the division (thin_linear_table), so
+// lin: the table is tab[c] = c / d, each entry exactly the division (thin_linear_table), so
 // AVX-512 decodes a vector of codes by arithmetic instead of loading one entry per code.
 typedef struct {
     ad_thin_isa isa;
@@ -67,7 +67,7 @@ typedef struct {
     double *C, *cb;
     int nb; // row stride of bp: np, or ldb where the strips read B as given (thin_run)
     bool lin;
-    double dv, rv; // lin: the divisor and its rounded reciprocal
+    double dhi, dlo; // lin: 1 / d as a rounded part and the rest (decode8_x512)
 } thin_task;
 
 static inline double a_at(const thin_task *t, size_t at) {
@@ -315,23 +315,24 @@ X512_FN void nn_x512(const thin_task *t) {
     }
 #define STRIP_ALL(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
 
-// 8 codes from c decoded to tab[c] = c / dv exactly: q = c rv rounded, then one correction step
-// q + (c - q dv) rv, both fused (Markstein's correction; thin_linear_table checked that it gives
-// every entry of the table bit for bit).
-X512_INLINE __m512d decode8_x512(const uint8_t *c, __m512d dv, __m512d rv) {
+// 8 codes from c decoded to tab[c] = c / d exactly, with 1 / d split into hi (rounded) and lo
+// (the rest, rounded): c hi + (c lo rounded), one fused multiply-add after one product (two
+// operations on the FMA ports where the Newton-style correction q + (c - q d) / d took three:
+// the strips spend ~1/4 of their FMA-port work decoding). thin_linear_table checked that it
+// gives every entry of the table bit for bit (c / 255.0 does, for every c).
+X512_INLINE __m512d decode8_x512(const uint8_t *c, __m512d hi, __m512d lo) {
     __m512d x = _mm512_cvtepi32_pd(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)c)));
-    __m512d q = _mm512_mul_pd(x, rv);
-    return _mm512_fmadd_pd(_mm512_fnmadd_pd(q, dv, x), rv, q);
+    return _mm512_fmadd_pd(x, hi, _mm512_mul_pd(x, lo));
 }
 // Whether decode8_x512 gives every entry of tab from its code, bit for bit.
-static __attribute__((target("avx512f,avx2,fma"))) bool linear_x512(const double *tab, double d,
-                                                                   double r) {
-    const __m512d dv = _mm512_set1_pd(d), rv = _mm512_set1_pd(r);
+static __attribute__((target("avx512f,avx2,fma"))) bool linear_x512(const double *tab, double h,
+                                                                   double l) {
+    const __m512d hv = _mm512_set1_pd(h), lv = _mm512_set1_pd(l);
     uint8_t codes[256];
     for (int c = 0; c < 256; c++) codes[c] = (uint8_t)c;
     __mmask8 same = 0xff;
     for (int c = 0; c < 256; c += 8)
-        same &= _mm512_cmp_pd_mask(decode8_x512(codes + c, dv, rv), _mm512_loadu_pd(tab + c),
+        same &= _mm512_cmp_pd_mask(decode8_x512(codes + c, hv, lv), _mm512_loadu_pd(tab + c),
                                    _CMP_EQ_OQ);
     return same == 0xff;
 }
@@ -339,8 +340,8 @@ static __attribute__((target("avx512f,avx2,fma"))) bool linear_x512(const double
 // 8 NI entries of A's row from at: doubles (masked past the task's columns unless FULL), or
 // codes decoded (the masked-off ones read from a zeroed copy: no byte past the row is read).
 X512_INLINE void load_row_x512(const int NI, const int FULL, const int U8, const thin_task *t,
-                               size_t at, int left, __mmask8 k0, __mmask8 k1, __m512d dv,
-                               __m512d rv, __m512d *a0, __m512d *a1) {
+                               size_t at, int left, __mmask8 k0, __mmask8 k1, __m512d hi,
+                               __m512d lo, __m512d *a0, __m512d *a1) {
     if (!U8) {
         const double *A = t->A;
         *a0 = FULL ? _mm512_loadu_pd(A + at) : _mm512_maskz_loadu_pd(k0, A + at);
@@ -351,10 +352,16 @@ X512_INLINE void load_row_x512(const int NI, const int FULL, const int U8, const
     // the row's next line, which the strip 64 columns on reads: the block's codes come from
     // beyond L2 at this stride, and unfetched they stalled every row (1.9x slower measured)
     _mm_prefetch((const char *)c + 64, _MM_HINT_T0);
+    // past the task's columns: the bytes that follow (the row's next columns or the next row's
+    // first ones) fill lanes whose sums are never stored, so they are read as they are, but for
+    // the last bytes of the matrix, which are copied (no byte past the matrix is read); the
+    // copy on every row cost an A^T B with one column past the strips (785 = 49 x 16 + 1,
+    // linear hyper-cleaning's X with its column of ones) ~15% more than one without
     uint8_t part[16] = {0};
-    if (!FULL) c = memcpy(part, c, (size_t)(left < 8 * NI ? left : 8 * NI));
-    *a0 = decode8_x512(c, dv, rv);
-    if (NI > 1) *a1 = decode8_x512(c + 8, dv, rv);
+    if (!FULL && at + 8 * NI > (size_t)(t->k - 1) * (size_t)t->lda + (size_t)t->m)
+        c = memcpy(part, c, (size_t)(left < 8 * NI ? left : 8 * NI));
+    *a0 = decode8_x512(c, hi, lo);
+    if (NI > 1) *a1 = decode8_x512(c + 8, hi, lo);
 }
 
 // FULL: all 8 NI columns from i are in [lo, hi) (no masks in the loop). U8: A is codes with a
@@ -363,7 +370,7 @@ X512_INLINE void strip_x512(const int N, const int NI, const int FULL, const int
                             const thin_task *t, int i, int p0, int p1, bool first) {
     const int lda = t->lda, nb = t->nb, m = t->m, left = t->hi - i;
     const double *bp = t->bp;
-    const __m512d dv = _mm512_set1_pd(t->dv), rv = _mm512_set1_pd(t->rv);
+    const __m512d hi = _mm512_set1_pd(t->dhi), lo = _mm512_set1_pd(t->dlo);
     double *cb = t->cb;
     __mmask8 k0 = (__mmask8)(left >= 8 ? 0xff : (1u << left) - 1);
     __mmask8 k1 = (__mmask8)(left >= 16 ? 0xff : left > 8 ? (1u << (left - 8)) - 1 : 0);
@@ -372,7 +379,7 @@ X512_INLINE void strip_x512(const int N, const int NI, const int FULL, const int
     STRIP_ALL(STRIP_IN)
     for (int p = p0; p < p1; p++) {
         const double *b = bp + (size_t)p * nb;
-        load_row_x512(NI, FULL, U8, t, (size_t)p * lda + (size_t)i, left, k0, k1, dv, rv, &a0, &a1);
+        load_row_x512(NI, FULL, U8, t, (size_t)p * lda + (size_t)i, left, k0, k1, hi, lo, &a0, &a1);
         STRIP_ALL(STRIP_FMA)
     }
     STRIP_ALL(STRIP_OUT)
@@ -397,7 +404,8 @@ X512_INLINE void tn_n_x512(const int N, const int U8, const thin_task *t) {
         int s1 = t->p1 - s > sub ? s + sub : t->p1;
         int i = t->lo;
         for (; i + w <= t->hi; i += w) strip_x512(N, NI, 1, U8, t, i, s, s1, s == t->p0);
-        if (i < t->hi) strip_x512(N, NI, 0, U8, t, i, s, s1, s == t->p0);
+        if (i < t->hi && (NI == 1 || t->hi - i > 8)) strip_x512(N, NI, 0, U8, t, i, s, s1, s == t->p0);
+        else if (i < t->hi) strip_x512(N, 1, 0, U8, t, i, s, s1, s == t->p0); // 8 columns do
         s = s1;
     } while (s < t->p1);
 }
@@ -482,18 +490,20 @@ static int tn_blocks(int m, int n, int k) {
     return b < 1 ? 1 : b;
 }
 
-// Whether a table of codes is tab[c] = c / dv with dv = 1 / tab[1], each entry what
+// Whether a table of codes is tab[c] = c / d with d = 1 / tab[1], each entry what
 // decode8_x512 computes from c (pixels c / 255.0 are; checked by that very code, 32 vectors):
-// then *dv and *rv = 1 / dv rounded. Only where AVX-512 runs.
-static bool thin_linear_table(const double *tab, double *dv, double *rv) {
+// then 1 / d as *hi (rounded) + *lo (the rounding error of hi, divided by d and rounded). Only
+// where AVX-512 runs.
+static bool thin_linear_table(const double *tab, double *hi, double *lo) {
     if (!(tab[1] > 0) || tab[0] != 0 || signbit(tab[0])) return false;
-    double d = 1.0 / tab[1], r = 1.0 / d;
+    double d = 1.0 / tab[1], h = 1.0 / d, l = fma(-h, d, 1.0) / d;
 #if THIN_X86
-    if (!linear_x512(tab, d, r)) return false;
+    if (!linear_x512(tab, h, l)) return false;
 #else
+    (void)l;
     return false;
 #endif
-    *dv = d, *rv = r;
+    *hi = h, *lo = l;
     return true;
 }
 
@@ -549,8 +559,16 @@ static void run_task(const thin_task *t) {
 typedef struct {
     thin_task all; // the whole product
     int chunk, n_chunks, by_rows_of_a;
+    bool by_cols; // A^T B's partials are by columns of C ([n, m]), else by rows ([m, np])
     atomic_int next;
 } thin_job;
+
+// Rows [lo, hi) of C from a partial of A^T B (by columns of C or by rows, thin_job).
+static void copy_out(const thin_task *t, bool by_cols, const double *part, int lo, int hi) {
+    for (int i = lo; i < hi; i++)
+        for (int j = 0; j < t->n; j++)
+            t->C[(size_t)i * t->n + j] = part[by_cols ? (size_t)j * t->m + i : (size_t)i * t->np + j];
+}
 
 static void *run_chunks(void *arg) {
     thin_job *j = arg;
@@ -565,21 +583,26 @@ static void *run_chunks(void *arg) {
             t.hi = min_int(t.m, t.lo + j->chunk);
         }
         run_task(&t);
+        // A^T B in one block: its rows of C are final; copied while in cache, on this thread
+        if (t.ta && !j->by_rows_of_a) copy_out(&t, j->by_cols, t.cb, t.lo, t.hi);
     }
     return NULL;
 }
 
 enum { THIN_MAX_THREADS = 64 };
 
+// one_block: with A transposed, sum over all of k in order p (no blocks of rows of A), which
+// gives A^T B the bits of the product without the transpose on A^T's rows.
 static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, int k,
                      const double *A, const uint8_t *au, const double *tab, int lda,
-                     const double *B, int ldb, double *C, double *work) {
+                     const double *B, int ldb, double *C, double *work, bool one_block) {
     if (m <= 0 || n <= 0) return;
     if (isa == AD_THIN_AUTO) isa = ad_thin_best();
     if (!ad_thin_runs(isa)) isa = AD_THIN_PORTABLE;
-    double dv = 0, rv = 0;
-    bool lin = au && ta && isa == AD_THIN_AVX512 && thin_linear_table(tab, &dv, &rv);
-    int np = packed_width(isa, ta, au != NULL, lin, n), blocks = ta ? tn_blocks(m, n, k) : 1;
+    double hi = 0, lo = 0;
+    bool lin = au && ta && isa == AD_THIN_AVX512 && thin_linear_table(tab, &hi, &lo);
+    int np = packed_width(isa, ta, au != NULL, lin, n);
+    int blocks = ta && !one_block ? tn_blocks(m, n, k) : 1;
     // AVX-512's strips broadcast B's entries one by one, so they read B as given: no copy of
     // G [5000, 10] padded to 16 columns per X^T G
     bool as_given = ta && !tb && tn_strips(isa, au != NULL, lin);
@@ -587,15 +610,18 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
     thin_job job = {.all = {.isa = isa, .ta = ta, .m = m, .n = n, .k = k, .np = np, .lda = lda,
                             .lo = 0, .hi = m, .p0 = 0, .p1 = k, .A = A, .au = au, .tab = tab,
                             .bp = as_given ? B : work, .nb = as_given ? ldb : np, .C = C,
-                            .cb = work + (size_t)np * k, .lin = lin, .dv = dv, .rv = rv}};
+                            .cb = work + (size_t)np * k, .lin = lin, .dhi = hi, .dlo = lo},
+                   .by_cols = tn_strips(isa, au != NULL, lin)};
     int nt = min_int(threads < 1 ? 1 : min_int(threads, THIN_MAX_THREADS), (m + 7) / 8);
     if (blocks > 1) { // A transposed, k long: blocks of rows of A
         job.by_rows_of_a = 1;
         job.chunk = ((k + blocks - 1) / blocks + 3) & ~3;
         job.n_chunks = (k + job.chunk - 1) / job.chunk;
-    } else { // ranges of rows of C in multiples of 8: a few per thread, one per thread for A^T
-        int want = nt == 1 ? 1 : ta ? nt : THIN_CHUNKS_PER_THREAD * nt;
-        job.chunk = ((m + want - 1) / want + 7) & ~7;
+    } else { // ranges of rows of C in multiples of 8 (16 for A^T: whole strips): a few per
+             // thread, one per thread for A^T but in one run over a long k (one_block)
+        int want = nt == 1 ? 1 : ta && !one_block ? nt : THIN_CHUNKS_PER_THREAD * nt;
+        int align = ta ? 16 : 8;
+        job.chunk = ((m + want - 1) / want + align - 1) / align * align;
         job.n_chunks = (m + job.chunk - 1) / job.chunk;
     }
     nt = min_int(nt, job.n_chunks);
@@ -607,30 +633,32 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
     run_chunks(&job);
     for (int w = 1; w < nt; w++)
         if (started[w]) pthread_join(tid[w], NULL);
-    if (!ta) return;
-    // C = the partials added in block order (one block: copied); AVX-512's by columns of C,
-    // read along them (entry by entry the same sums)
-    const double *part = job.all.cb;
-    size_t stride = (size_t)m * np;
-    bool by_cols = tn_strips(isa, au != NULL, lin);
-    int outer = by_cols ? n : m, inner = by_cols ? m : n;
-    for (int o = 0; o < outer; o++)
-        for (int in = 0; in < inner; in++) {
-            int i = by_cols ? in : o, j = by_cols ? o : in;
-            size_t at = by_cols ? (size_t)j * m + i : (size_t)i * np + j;
-            double s = part[at];
-            for (int b = 1; b < job.n_chunks * job.by_rows_of_a; b++) s += part[b * stride + at];
-            C[(size_t)i * n + j] = s;
-        }
+    if (!ta || !job.by_rows_of_a) return; // one block: its chunks copied their rows out
+    // C = the partials added in block order: each later block added into the first along
+    // memory (a loop the compiler vectorizes; entry by entry the same sums in the same order as
+    // adding each entry's blocks in turn), then copied out
+    double *part = job.all.cb;
+    size_t stride = (size_t)m * np, used = job.by_cols ? (size_t)n * m : stride;
+    for (int b = 1; b < job.n_chunks; b++) {
+        const double *pb = part + b * stride;
+        for (size_t at = 0; at < used; at++) part[at] += pb[at];
+    }
+    copy_out(&job.all, job.by_cols, part, 0, m);
 }
 
 void ad_thin_matmul(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, int k,
                     const double *A, int lda, const double *B, int ldb, double *C, double *work) {
-    thin_run(isa, threads, ta, tb, m, n, k, A, NULL, NULL, lda, B, ldb, C, work);
+    thin_run(isa, threads, ta, tb, m, n, k, A, NULL, NULL, lda, B, ldb, C, work, false);
 }
 
 void ad_thin_matmul_coded(ad_thin_isa isa, int threads, int ta, int m, int n, int k,
                           const uint8_t *codes, const double *table, int lda, const double *B,
                           int ldb, double *C, double *work) {
-    thin_run(isa, threads, ta, 0, m, n, k, NULL, codes, table, lda, B, ldb, C, work);
+    thin_run(isa, threads, ta, 0, m, n, k, NULL, codes, table, lda, B, ldb, C, work, false);
+}
+
+void ad_thin_matmul_coded_t(ad_thin_isa isa, int threads, int m, int n, int k,
+                            const uint8_t *codes_t, const double *table, int ldt, const double *B,
+                            int ldb, double *C, double *work) {
+    thin_run(isa, threads, 1, 0, m, n, k, NULL, codes_t, table, ldt, B, ldb, C, work, true);
 }

@@ -47,6 +47,16 @@ void ad_thin_matmul_coded(ad_thin_isa isa, int threads, int ta, int m, int n, in
                           const uint8_t *codes, const double *table, int lda, const double *B,
                           int ldb, double *C, double *work);
 
+// C [m, n] = X B with X [m, k] given transposed, as codes_t [k, m] (row stride ldt) into the
+// table: the same bits as ad_thin_matmul_coded with ta = 0 on X's codes (each sum in order p,
+// in one run), computed by the kernels of X^T B, whose AVX-512 strips hold 8 rows of C in each
+// register (lanes along X's rows, its codes decoded 8 at a time) and so beat the broadcasts of
+// X's entries against padded rows of B (n = 10 fills 10 of 16 lanes) when the table is linear.
+// work: ad_thin_work_size(1, m, n, k) doubles.
+void ad_thin_matmul_coded_t(ad_thin_isa isa, int threads, int m, int n, int k,
+                            const uint8_t *codes_t, const double *table, int ldt, const double *B,
+                            int ldb, double *C, double *work);
+
 // The reference next to it: the textbook loop, C_ij = sum_p op(A)_ip op(B)_pj in order p.
 void ad_thin_matmul_naive(int ta, int tb, int m, int n, int k, const double *A, int lda,
                           const double *B, int ldb, double *C);

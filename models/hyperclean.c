@@ -49,6 +49,10 @@ typedef struct {
     struct hc_batch *batch; // minibatches (batch > 0; see "minibatches" below), else NULL
     mdl_shards *sh;         // shards > 1: the training set's shards (see "shards" below), else NULL
     mdl_dataset *views;     // their rows [S]
+    // linear model on bytes: the training and validation sets with a column of ones appended
+    // (see "the biases as a column of ones" below), or rows = 0 when not made
+    ad_coded ones[2];
+    uint8_t *ones_codes; // both sets' codes, one allocation
 } hc_model;
 
 static void hc_batch_free(struct hc_batch *b);
@@ -60,7 +64,7 @@ static void hc_free(mdl_model *m) {
         mdl_hc_free(&d->hc);
         hc_batch_free(d->batch);
         mdl_shards_free(d->sh), free(d->views);
-        free(d->mem);
+        free(d->mem), free(d->ones_codes);
         free(d);
     }
     m->data = NULL;
@@ -84,8 +88,55 @@ static ad_var data_times(ad_tape *t, const hc_model *d, const mdl_dataset *set, 
     return ad_matmul(t, ad_const_view(t, ad_mat_shape(set->n, d->d), set->X), W, 0, 0); // never copied
 }
 
+// ---- the biases as a column of ones ------------------------------------------------------------
+//
+// The linear model's logits X W + b are [X, 1] [W; b], and y is W [d, k] then b [k]: y itself,
+// seen as [d + 1, k]. With the pixels as bytes, the training and validation sets get a column of
+// the code whose table entry is 1 (pixel 255), and the logits are one product: no slice of y into
+// W and b, no broadcast add, and in the gradient no sum over rows for b and no pads to put the
+// two parts together (per LL step about 6 passes over [n_tr, k] arrays fewer, forward and in the
+// sweep). The logits have the same bits (the last multiply-add of each sum, 1 * b_j, rounds as
+// the add did); b's gradient sums its rows in the product's blocks (thin.h) instead of one run,
+// which may change its last bits.
+
+// The set's copy with the column of ones, or NULL (not made for it: minibatch draws, shards).
+static const ad_coded *with_ones(const hc_model *d, const mdl_dataset *set) {
+    const ad_coded *c = set == &d->hc.train ? &d->ones[0] : set == &d->hc.val ? &d->ones[1] : NULL;
+    return c && c->rows ? c : NULL;
+}
+
+// The code whose entry in tab [256] is 1, or -1.
+static int code_of_one(const double *tab) {
+    for (int c = 255; c >= 0; c--)
+        if (tab[c] == 1.0) return c;
+    return -1;
+}
+
+// Makes d->ones when the model is linear on bytes and both tables have an entry 1; else leaves
+// them empty (the logits then add b). -1 when out of memory.
+static int make_ones(hc_model *d) {
+    const mdl_dataset *sets[2] = {&d->hc.train, &d->hc.val};
+    int one[2] = {code_of_one(sets[0]->Xc.table), code_of_one(sets[1]->Xc.table)};
+    if (d->mlp || !d->bytes || one[0] < 0 || one[1] < 0) return 0;
+    size_t w = (size_t)d->d + 1, n0 = (size_t)sets[0]->n, all = w * (n0 + (size_t)sets[1]->n);
+    if (!(d->ones_codes = malloc(2 * all))) return -1;
+    for (int s = 0; s < 2; s++) {
+        size_t n = (size_t)sets[s]->n;
+        uint8_t *out = d->ones_codes + (s ? n0 * w : 0), *tr = out + all; // [n, w] and [w, n]
+        for (size_t i = 0; i < n; i++) {
+            memcpy(out + i * w, sets[s]->Xc.codes + i * d->d, (size_t)d->d);
+            out[i * w + d->d] = (uint8_t)one[s];
+            for (size_t j = 0; j < w; j++) tr[j * n + i] = out[i * w + j];
+        }
+        d->ones[s] = (ad_coded){(int)n, (int)w, out, sets[s]->Xc.table, NULL, tr};
+    }
+    return 0;
+}
+
 // logits [n, k] of the model with parameters y [n_y] on X [n, d].
 static ad_var logits(ad_tape *t, const hc_model *d, ad_var y, const mdl_dataset *set) {
+    const ad_coded *X1 = d->mlp ? NULL : with_ones(d, set);
+    if (X1) return ad_matmul_coded(t, X1, ad_reshape(t, y, ad_mat_shape(d->d + 1, d->k)), 0);
     if (!d->mlp) {
         ad_var W = part(t, y, 0, d->d, d->k), b = part(t, y, d->d * d->k, 0, d->k);
         return ad_add(t, data_times(t, d, set, W), b); // [n, k], b added to each row
@@ -214,7 +265,7 @@ static int batch_alloc(mdl_dataset *out, const mdl_dataset *full, int B) {
     *out = (mdl_dataset){.n = B, .d = full->d, .classes = full->classes,
                          .X = malloc(sizeof(double) * (size_t)B * full->d),
                          .y = malloc(sizeof(int32_t) * (size_t)B)};
-    out->Xc = (ad_coded){B, full->d, codes, full->Xc.table, out->X};
+    out->Xc = (ad_coded){B, full->d, codes, full->Xc.table, out->X, NULL};
     return out->X && out->y && codes ? 0 : -1;
 }
 
@@ -418,6 +469,7 @@ static int hc_make(mdl_model *m, const void *params, char *err, size_t errlen) {
         for (int i = 0; i < d->d * d->h; i++) W1[i] = ad_rng_normal(&g) / sqrt((double)d->d);
         for (int i = 0; i < d->h * d->k; i++) W2[i] = ad_rng_normal(&g) / sqrt((double)d->h);
     }
+    if (make_ones(d)) return mdl_fail(err, errlen, "problem hyperclean: out of memory");
     m->prob = (blo_problem){.n_x = nx, .n_y = ny, .F = hc_F, .f = hc_f, .user = d};
     m->n_starts = 1, m->x0[0] = x0, m->y0[0] = y0;
     m->metrics = hc_metrics, m->n_metrics = 2, m->evaluate = hc_evaluate;

@@ -347,8 +347,11 @@ static void coded_products(void) {
                 int m = shapes[sh][0], n = shapes[sh][1], k = shapes[sh][2], lda = ta ? m : k;
                 bool linear = sh != s;
                 coded_mat c = coded_rand_table(&g, (size_t)m * k, linear);
-                double *B = rand_mat(&g, (size_t)k * n), *work = work_for(ta, m, n, k);
+                double *B = rand_mat(&g, (size_t)k * n), *work = work_for(1, m, n, k);
                 double *C = malloc(sizeof(double) * m * n), *R = malloc(sizeof(double) * m * n);
+                uint8_t *ct = malloc((size_t)m * k + 1); // without ta: the codes transposed [k, m]
+                for (int i = 0; i < m; i++)
+                    for (int p = 0; p < k; p++) ct[(size_t)p * m + i] = c.codes[(size_t)i * k + p];
                 for (int v = 0; v < n_isas; v++)
                     for (int th = 1; th <= 3; th += 2) {
                         ad_thin_matmul(isas[v], th, ta, 0, m, n, k, c.A, lda, B, n, R, work);
@@ -356,9 +359,15 @@ static void coded_products(void) {
                         EXPECT(memcmp(C, R, sizeof(double) * m * n) == 0,
                                "%s, %d threads, A%s m %d n %d k %d, %s table", ad_thin_name(isas[v]),
                                th, ta ? "^T" : "", m, n, k, linear ? "linear" : "shifted");
+                        if (ta) continue;
+                        memset(C, 0, sizeof(double) * m * n);
+                        ad_thin_matmul_coded_t(isas[v], th, m, n, k, ct, c.table, m, B, n, C, work);
+                        EXPECT(memcmp(C, R, sizeof(double) * m * n) == 0,
+                               "from the transposed codes: %s, %d threads, m %d n %d k %d, %s table",
+                               ad_thin_name(isas[v]), th, m, n, k, linear ? "linear" : "shifted");
                     }
                 coded_free(&c);
-                free(B), free(work), free(C), free(R);
+                free(B), free(work), free(C), free(R), free(ct);
             }
     }
     TEST_CASE("thin: ad_matmul_coded = ad_matmul on the decoded view: kernel (bits), cblas, wide") {
@@ -373,7 +382,7 @@ static void coded_products(void) {
             for (int n = 10; n <= 20; n += 10)
                 for (int on = 0; on < 2; on++)
                     for (int ta = 0; ta < 2; ta++) {
-                        ad_coded X = {m, k, c.codes, c.table, vals ? c.A : NULL};
+                        ad_coded X = {m, k, c.codes, c.table, vals ? c.A : NULL, NULL};
                         int rows = ta ? k : m, kk = ta ? m : k;
                         double *B = rand_mat(&g, (size_t)kk * n);
                         ad_tape *t = ad_tape_new(NULL);
@@ -394,12 +403,38 @@ static void coded_products(void) {
                     }
         coded_free(&c);
     }
+    TEST_CASE("thin: ad_matmul_coded with the codes transposed given: the same bits") {
+        ad_rng g;
+        ad_rng_seed(&g, 50);
+        int m = 613, k = 785, n = 10; // k: 49 strips of 16 and one column
+        coded_mat c = coded_rand_table(&g, (size_t)m * k, true);
+        uint8_t *ct = malloc((size_t)m * k);
+        for (int i = 0; i < m; i++)
+            for (int p = 0; p < k; p++) ct[(size_t)p * m + i] = c.codes[(size_t)i * k + p];
+        ad_coded X = {m, k, c.codes, c.table, NULL, NULL}, Xt = {m, k, c.codes, c.table, NULL, ct};
+        double *B = rand_mat(&g, (size_t)k * n), *G = rand_mat(&g, (size_t)m * n);
+        for (int on = 0; on < 2; on++) {
+            ad_tape *t = ad_tape_new(NULL);
+            ad_tape_thin_products(t, on);
+            ad_var b = ad_const_view(t, ad_mat_shape(k, n), B), gv = ad_const_view(t, ad_mat_shape(m, n), G);
+            const double *want = ad_value(t, ad_matmul_coded(t, &X, b, 0));
+            const double *got = ad_value(t, ad_matmul_coded(t, &Xt, b, 0));
+            const double *want_t = ad_value(t, ad_matmul_coded(t, &X, gv, 1));
+            const double *got_t = ad_value(t, ad_matmul_coded(t, &Xt, gv, 1));
+            EXPECT(ad_tape_status(t) == AD_OK && !memcmp(got, want, sizeof(double) * m * n) &&
+                       !memcmp(got_t, want_t, sizeof(double) * k * n),
+                   "kernel %s: %s", on ? "on" : "off", ad_tape_error(t));
+            ad_tape_free(t);
+        }
+        coded_free(&c);
+        free(ct), free(B), free(G);
+    }
     TEST_CASE("thin: a linear model on coded data: gradient and HVP as on the decoded view") {
         coded_mat cm;
         ad_rng g;
         ad_rng_seed(&g, 49);
         cm = coded_rand(&g, (size_t)LIN_N * LIN_D);
-        ad_coded X = {LIN_N, LIN_D, cm.codes, cm.table, NULL};
+        ad_coded X = {LIN_N, LIN_D, cm.codes, cm.table, NULL, NULL};
         linear_case lc = linear_make(50, cm.A);
         double out[2][2][LIN_D * LIN_C];
         linear_derivs(&lc, NULL, 1, out[0]);
@@ -416,8 +451,8 @@ static void coded_products(void) {
     TEST_CASE("thin: ad_matmul_coded's errors: no matrix, no table, negative size, shapes") {
         uint8_t codes[6] = {0};
         double table[256] = {0}, B[6] = {0};
-        ad_coded good = {2, 3, codes, table, NULL};
-        ad_coded bad[3] = {{2, 3, codes, NULL, NULL}, {2, -3, codes, table, NULL}, {2, 3, NULL, table, NULL}};
+        ad_coded good = {2, 3, codes, table, NULL, NULL};
+        ad_coded bad[3] = {{2, 3, codes, NULL, NULL, NULL}, {2, -3, codes, table, NULL, NULL}, {2, 3, NULL, table, NULL, NULL}};
         const char *want[3] = {"no codes or no table", "negative size", "no codes or no table"};
         for (int i = 0; i < 4; i++) {
             ad_tape *t = ad_tape_new(NULL);

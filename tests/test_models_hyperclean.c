@@ -378,6 +378,59 @@ static void paper_cases(void) {
     }
 }
 
+// f or F and its gradient in (x, y) at (x, y): value, then gx [n_x], gy [n_y] into out.
+static int value_and_grad(const mdl_model *m, int upper, const double *x, const double *y, double *out) {
+    const blo_problem *p = &m->prob;
+    ad_tape *t = ad_tape_new(NULL);
+    ad_var wrt[2] = {ad_param(t, ad_vec_shape(p->n_x), x), ad_param(t, ad_vec_shape(p->n_y), y)}, g[2];
+    ad_var v = (upper ? p->F : p->f)(t, wrt[0], wrt[1], p->user);
+    ad_grad(t, v, 2, wrt, g, 0);
+    int ok = ad_tape_status(t) == AD_OK;
+    if (ok) {
+        out[0] = ad_item(t, v);
+        memcpy(out + 1, ad_value(t, g[0]), sizeof(double) * p->n_x);
+        memcpy(out + 1 + p->n_x, ad_value(t, g[1]), sizeof(double) * p->n_y);
+    }
+    ad_tape_free(t);
+    return ok ? 0 : -1;
+}
+
+// The linear model on bytes reads its sets with a column of ones and X W from the codes
+// transposed (hyperclean.c); on doubles it adds b: the same logits to the bit, so the same f and
+// F; the gradients differ at most by the order b's sum takes over blocks of rows.
+static void ones_cases(void) {
+    TEST_CASE("hyperclean linear: pixels=bytes (a column of ones) = pixels=doubles: f, F, gradients") {
+        const int sizes[2] = {200, 1500}; // one block of rows in X^T G, and several
+        for (int s = 0; s < 2; s++) {
+            char ntr[32];
+            snprintf(ntr, sizeof ntr, "n_train=%d", sizes[s]);
+            const char *set[2][4] = {{ntr, "n_val=300", "n_test=10", "pixels=bytes"},
+                                     {ntr, "n_val=300", "n_test=10", "pixels=doubles"}};
+            mdl_model m[2];
+            char err[512];
+            int rc0 = make_hc(4, set[0], &m[0], err, sizeof err), rc1 = rc0 ? -1 : make_hc(4, set[1], &m[1], err, sizeof err);
+            EXPECT(!rc0 && !rc1, "%s", err);
+            if (rc0 || rc1) {
+                if (!rc0) mdl_free(&m[0]);
+                continue;
+            }
+            int nx = m[0].prob.n_x, ny = m[0].prob.n_y, n = 1 + nx + ny;
+            double *x = malloc(sizeof(double) * nx), *y = malloc(sizeof(double) * ny);
+            double *a = malloc(sizeof(double) * n), *b = malloc(sizeof(double) * n);
+            random_point(&m[0], 12, x, y);
+            for (int upper = 0; upper < 2; upper++) {
+                bool ok = !value_and_grad(&m[0], upper, x, y, a) && !value_and_grad(&m[1], upper, x, y, b);
+                double worst = 0, big = 0;
+                for (int i = 1; ok && i < n; i++) worst = fmax(worst, fabs(a[i] - b[i])), big = fmax(big, fabs(b[i]));
+                EXPECT(ok && a[0] == b[0] && worst <= 1e-14 * big, "n_train %d, %s: values %.17g and %.17g,"
+                       " gradients differ by %g (largest %g)", sizes[s], upper ? "F" : "f", a[0], b[0], worst, big);
+            }
+            free(x), free(y), free(a), free(b);
+            mdl_free(&m[0]), mdl_free(&m[1]);
+        }
+    }
+}
+
 void test_models_hyperclean(void) {
     snprintf(hc_dir, sizeof hc_dir, "/tmp/hypertape-hc-XXXXXX");
     if (!mkdtemp(hc_dir) || make_synthetic(hc_dir, 4) || snprintf(hc_dir1, sizeof hc_dir1, "%s/one", hc_dir) < 0 ||
@@ -392,6 +445,7 @@ void test_models_hyperclean(void) {
     error_cases();
     sanity_cases();
     paper_cases();
+    ones_cases();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", hc_dir);
     if (system(cmd)) fprintf(stderr, "could not remove %s\n", hc_dir);

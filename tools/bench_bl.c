@@ -555,6 +555,11 @@ static void bench_hyperclean_mlp(const bench_opts *o, const mdl_model *mm, doubl
         printf("    floor: 4 first-layer products per LL step, timed bare by cblas after each round (%.1f"
                " GFLOP/s; dgemm peak %.1f) = %.3f s: %.2fx the floor (target <= 1.3x); %.1f products over"
                " the data per LL step\n", 2 * gflop / pair, peak, floor_s, t[0] / floor_s, n_prod[0] / K);
+        // every product's time counts (the second layer's too: ~1/78 of the FLOPs), so a bound
+        double in_tape = gflop * n_prod[0] / prod[0];
+        printf("    in the tape: %.0f products over the data per UL iteration, %.2f ms each on average, at"
+               " least %.1f GFLOP/s, %.0f%% of the dgemm peak %.1f\n", n_prod[0],
+               1e3 * prod[0] / n_prod[0], in_tape, 100 * in_tape / peak, peak);
         printf("    with the keep budget of before (64 MiB): %.3f s (%.2fx), %.1f products per LL step\n",
                t[1], t[1] / t[0], n_prod[1] / K);
     }
