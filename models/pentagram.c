@@ -278,7 +278,7 @@ static int pg_make(mdl_model *m, const void *params, char *err, size_t errlen) {
 // with D's step 0.1 and warm_steps = 1 (Metz et al.'s one D step per G step: the next start is
 // y_1). Their T from the grid 1000, 2000, 3000, 4000, 6000, 8000, 10000 (one run each, resumed
 // from the last; modes): ait 7, 8, 9, 8, 9, 9, 10, so T = 10000; ugan 9, 8, 7, 8, 10, 10, 9, so T
-// = 8000 (10 at 6000 too, JS 0.279 against 0.273). No setting of the earlier grids (D's step, K,
+// = 8000 (10 at 6000 too, JS 0.279 against 0.272). No setting of the earlier grids (D's step, K,
 // Adam on G, warm_steps = 0) gave either more than 8 at T = 2000. Seeds 1 and 2 are run unchanged
 // (README). IA is off for the GAN: its learned D start z descends G's loss F, i.e. it learns a D
 // that rates the fakes real; measured on seed 0 after 1500 iterations, 0 modes (lr_z = 1e-3: D
