@@ -181,10 +181,10 @@ static void gradient_cases(void) {
         } cases[] = {
             {"alto", "ll_iters", "1"},      {"alto", "s_l", "0.3"},        {"alto", "ul_iters", "2000"},
             {"alto", "lr_x", "0.003"},      {"rhg", "ll_iters", "5"},      {"rhg", "warm_start", "1"},
-            {"rhg", "s_l", "0.1"},          {"rhg", "warm_steps", "1"},    {"ait", "warm_steps", "1"},
+            {"rhg", "s_l", "0.1"},          {"rhg", "warm_steps", "1"},    {"rhg", "ul_iters", "8000"},    {"ait", "warm_steps", "1"},
             {"ait", "ll_iters", "5"},       {"ait", "ptt", "1"},
             {"ait", "ia", "0"},             {"ait", "warm_start", "1"},    {"ait", "s_l", "0.1"},
-            {"ait", "optimizer", "adam"},   {"ait", "lr_x", "0.003"},      {"ait", "ul_iters", "2000"},
+            {"ait", "optimizer", "adam"},   {"ait", "lr_x", "0.003"},      {"ait", "ul_iters", "10000"},
         };
         for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
             char err[300] = "", v[64] = "";

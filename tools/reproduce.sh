@@ -76,8 +76,9 @@ echo "== BDA's x on counterexample as K grows"
 
 # AIT Table 6 / Fig. 10: the GAN on the pentagram; G is the UL, D the LL. vgan = alto, wgan = alto
 # on the clipped critic's loss, ugan = rhg (warm-started, unrolled D), ait = AIT's PTT on the
-# warm-started D (no IA); each method's K and D step are the problem's paper rows (README). The
-# short version runs seed 0 for a few hundred iterations (far from the paper rows' result).
+# warm-started D (no IA); each method's K, D step and T are the problem's paper rows (README:
+# vgan and wgan T = 2000, ugan 8000, ait 10000; about 40 s of CPU per 1000 iterations of ugan or
+# ait). The short version runs seed 0 for 300 iterations (far from the paper rows' result).
 part gan
 GAN_METHODS="vgan:--method alto|wgan:--method alto --set loss=wgan --ll-iters 5|ugan:--method rhg|ait:--method ait"
 SEEDS="0"
