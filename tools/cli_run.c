@@ -316,7 +316,7 @@ static int setup_agreed(run_parts *r, int rc, char *err, size_t n) {
     size_t *counts = calloc((size_t)size, sizeof *counts);
     memset(&mine, 0, sizeof mine);
     mine.rc = rc;
-    if (rc) snprintf(mine.msg, sizeof mine.msg, "%s", err);
+    if (rc) snprintf(mine.msg, sizeof mine.msg, "%.*s", (int)sizeof mine.msg - 1, err);
     blo_error e;
     for (int k = 0; counts && k < size; k++) counts[k] = sizeof mine;
     if (!all || !counts) rc = 2, snprintf(err, n, "out of memory");
