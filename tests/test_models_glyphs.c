@@ -161,7 +161,8 @@ static void bad_fonts(const char *tmp) {
 }
 
 // fewshot with source=glyphs: ways beyond the validation split (14 classes) or FashionMNIST's
-// meta-test split (4) fail; 5-way tasks of the untrained representation score above chance.
+// meta-test split (4) fail; 5-way tasks of the untrained representation score well above chance
+// (20%: 200 queries put 35% five standard errors above it; measured 52.5 and 48.5).
 static void fewshot_glyphs(void) {
     TEST_CASE("glyphs: fewshot's ways must fit the glyph split, FashionMNIST's 4") {
         static const char *const bad[][2] = {{"source=glyphs ways=15", "validation"}, {"source=fashion ways=5", "4 classes"}};
@@ -182,7 +183,7 @@ static void fewshot_glyphs(void) {
         if (rc) continue;
         double out[MDL_METRICS_MAX];
         rc = m.evaluate_z(&m, m.x0[0], NULL, 0, out, err, sizeof err);
-        EXPECT(rc == 0 && out[0] > 20 && out[0] <= 100 && out[2] > 20 && out[2] <= 100,
+        EXPECT(rc == 0 && out[0] > 35 && out[0] <= 100 && out[2] > 35 && out[2] <= 100,
                "rc %d (%s), test %g, val %g", rc, err, out[0], out[2]);
         mdl_free(&m);
     }
