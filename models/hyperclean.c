@@ -10,7 +10,8 @@
 // W2 [h, 10], b2 [10]. Parts of y are sliced out and reshaped (reshape shares storage).
 //
 // Settings: the table below (data: an MNIST-format folder, FashionMNIST by default; model = linear
-// | mlp with hidden 50 as GALET; AIT / BVFIM's "2-layer linear network" is hidden=300 act=none).
+// | mlp with hidden 50 as GALET; AIT / BVFIM's "2-layer linear network" is hidden=300 act=none,
+// whose layers are folded into one map before the data by default: "the two layers folded").
 // Starts: x0 = 0 (sigma = 1/2, as IAPTT-GM's code); y0 = 0 for linear; for mlp W ~ N(0, 1/fan_in)
 // with zero biases, seeded (zero is a saddle point of a two-layer model).
 // Prior (AIT_P, AIT Sec. 6.2.1: "the LL model pretrained on D_tr"): with prior=1, make() runs `pretrain`
@@ -41,6 +42,7 @@ typedef struct {
     mdl_hc_data hc;
     int mlp;          // 0: linear softmax regression, 1: two layers
     int h, act;       // mlp: hidden width and activation
+    int fold;         // act = none: the logits as X (W1 W2) (see "the two layers folded" below)
     int bytes;        // products read the pixels' bytes (1) or their doubles (0)
     int d, k;         // input size (784) and classes (10)
     int n_y;
@@ -112,12 +114,12 @@ static int code_of_one(const double *tab) {
     return -1;
 }
 
-// Makes d->ones when the model is linear on bytes and both tables have an entry 1; else leaves
-// them empty (the logits then add b). -1 when out of memory.
+// Makes d->ones when the model is linear (or folded) on bytes and both tables have an entry 1;
+// else leaves them empty (the logits then add b). -1 when out of memory.
 static int make_ones(hc_model *d) {
     const mdl_dataset *sets[2] = {&d->hc.train, &d->hc.val};
     int one[2] = {code_of_one(sets[0]->Xc.table), code_of_one(sets[1]->Xc.table)};
-    if (d->mlp || !d->bytes || one[0] < 0 || one[1] < 0) return 0;
+    if ((d->mlp && !d->fold) || !d->bytes || one[0] < 0 || one[1] < 0) return 0;
     size_t w = (size_t)d->d + 1, n0 = (size_t)sets[0]->n, all = w * (n0 + (size_t)sets[1]->n);
     if (!(d->ones_codes = malloc(2 * all))) return -1;
     for (int s = 0; s < 2; s++) {
@@ -133,14 +135,36 @@ static int make_ones(hc_model *d) {
     return 0;
 }
 
+// The linear model's logits [n, k] on X [n, d], its parameters W [d, k] then b [k] in the vector
+// wb [(d + 1) k].
+static ad_var linear_logits(ad_tape *t, const hc_model *d, ad_var wb, const mdl_dataset *set) {
+    const ad_coded *X1 = with_ones(d, set);
+    if (X1) return ad_matmul_coded(t, X1, ad_reshape(t, wb, ad_mat_shape(d->d + 1, d->k)), 0);
+    ad_var W = part(t, wb, 0, d->d, d->k), b = part(t, wb, d->d * d->k, 0, d->k);
+    return ad_add(t, data_times(t, d, set, W), b); // [n, k], b added to each row
+}
+
+// ---- the two layers folded ------------------------------------------------------------------------
+//
+// Without an activation (AIT / BVFIM's "2-layer linear network") the logits (X W1 + b1) W2 + b2
+// are X (W1 W2) + (b1 W2 + b2): [W1; b1] W2 [d + 1, k] is a linear model's W and b, and b2 is
+// added after. The same function of y, whose gradient and Hessian the tape takes exactly, but
+// every product over the data has k = 10 columns instead of h = 300 (the thin kernel on the
+// pixels' bytes), and the products of the parameters ([d + 1, h] [h, k], 4.7 MFLOP for the
+// papers' size) are 1/n_tr of a wide product over X. Rounding differs from the order as
+// written (fold = 0 keeps it; tests compare the two). y = W1 [d, h], b1 [h], W2 [h, k], b2 [k]
+// makes [W1; b1] one [d + 1, h] slice.
+static ad_var folded_logits(ad_tape *t, const hc_model *d, ad_var y, const mdl_dataset *set) {
+    int w = d->d + 1, h = d->h, k = d->k;
+    ad_var W1b = part(t, y, 0, w, h), W2 = part(t, y, w * h, h, k), b2 = part(t, y, w * h + h * k, 0, k);
+    ad_var wb = ad_reshape(t, ad_matmul(t, W1b, W2, 0, 0), ad_vec_shape(w * k)); // [W1 W2; b1 W2]
+    return ad_add(t, linear_logits(t, d, wb, set), b2);
+}
+
 // logits [n, k] of the model with parameters y [n_y] on X [n, d].
 static ad_var logits(ad_tape *t, const hc_model *d, ad_var y, const mdl_dataset *set) {
-    const ad_coded *X1 = d->mlp ? NULL : with_ones(d, set);
-    if (X1) return ad_matmul_coded(t, X1, ad_reshape(t, y, ad_mat_shape(d->d + 1, d->k)), 0);
-    if (!d->mlp) {
-        ad_var W = part(t, y, 0, d->d, d->k), b = part(t, y, d->d * d->k, 0, d->k);
-        return ad_add(t, data_times(t, d, set, W), b); // [n, k], b added to each row
-    }
+    if (!d->mlp) return linear_logits(t, d, y, set);
+    if (d->fold) return folded_logits(t, d, y, set);
     int o = 0, h = d->h;
     ad_var W1 = part(t, y, o, d->d, h);
     o += d->d * h;
@@ -178,8 +202,10 @@ static int test_accuracy(const hc_model *d, const double *y, double *acc) {
     const mdl_dataset *te = &d->hc.test;
     int n = te->n, k = d->k, h = d->h;
     double *Z = malloc(sizeof(double) * (size_t)n * k);
-    double *H = d->mlp ? malloc(sizeof(double) * (size_t)n * h) : NULL;
-    if (!Z || (d->mlp && !H)) {
+    // H: the hidden layer [n, h], or with the layers folded P = [W1; b1] W2 [d + 1, k]
+    size_t nh = !d->mlp ? 0 : d->fold ? (size_t)(d->d + 1) * k : (size_t)n * h;
+    double *H = nh ? malloc(sizeof(double) * nh) : NULL;
+    if (!Z || (nh && !H)) {
         free(Z), free(H);
         return -1;
     }
@@ -187,6 +213,13 @@ static int test_accuracy(const hc_model *d, const double *y, double *acc) {
         const double *W = y, *b = y + (size_t)d->d * k;
         for (int i = 0; i < n; i++) memcpy(Z + (size_t)i * k, b, sizeof(double) * k);
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, k, d->d, 1, te->X, d->d, W, k, 1, Z, k);
+    } else if (d->fold) { // Z = X P[:d] + P[d] + b2
+        const double *W2 = y + (size_t)(d->d + 1) * h, *b2 = W2 + (size_t)h * k;
+        double *P = H;
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d->d + 1, k, h, 1, y, h, W2, k, 0, P, k);
+        for (int i = 0; i < n; i++)
+            for (int c = 0; c < k; c++) Z[(size_t)i * k + c] = P[(size_t)d->d * k + c] + b2[c];
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, k, d->d, 1, te->X, d->d, P, k, 1, Z, k);
     } else {
         const double *W1 = y, *b1 = W1 + (size_t)d->d * h, *W2 = b1 + h, *b2 = W2 + (size_t)h * k;
         for (int i = 0; i < n; i++) memcpy(H + (size_t)i * h, b1, sizeof(double) * h);
@@ -406,6 +439,7 @@ typedef struct {
     int prior, pretrain;
     double pretrain_lr;
     int pixels;           // 0: bytes, 1: doubles
+    int fold;             // act = none: logits as X (W1 W2)
     int batch;            // minibatch size for stochastic methods (0: full batch)
     int shards;           // the training set's shards (data-parallel under MPI)
 } hc_params;
@@ -415,7 +449,7 @@ static const char *const act_words[] = {"none", "relu", "tanh", NULL}; // indexe
 static const char *const pixel_words[] = {"bytes", "doubles", NULL};
 static const hc_params hc_defaults = {.data = MDL_FASHION_MNIST_DIR, .n_train = 5000, .n_val = 5000,
                                       .n_test = 10000, .corrupt = 0.5, .hidden = 50, .act = ACT_RELU,
-                                      .pretrain = 100, .pretrain_lr = 0.1, .shards = 1};
+                                      .pretrain = 100, .pretrain_lr = 0.1, .shards = 1, .fold = 1};
 static const blo_setting hc_settings[] = {
     BLO_ROW_STRING(hc_params, data, "data", "DIR", "an MNIST-format folder (train- and t10k- files)"),
     BLO_ROW_INT(hc_params, n_train, "n_train", 1, 1000000000, "n", "training samples (the weighted LL set)"),
@@ -426,6 +460,8 @@ static const blo_setting hc_settings[] = {
     BLO_ROW_CHOICE(hc_params, model, "model", model_words, "m", "the LL classifier: linear or mlp"),
     BLO_ROW_INT(hc_params, hidden, "hidden", 1, 4096, "h", "mlp: hidden width"),
     BLO_ROW_CHOICE(hc_params, act, "act", act_words, "a", "mlp: activation (none, relu, tanh)"),
+    BLO_ROW_BOOL(hc_params, fold, "fold",
+                 "mlp act=none: logits as X (W1 W2), products over the data 10 wide (0: (X W1) W2 as written)"),
     BLO_ROW_DBL(hc_params, l2, "l2", 0, INFINITY, 0, "w", "LL weight decay l2/2 ||y||^2"),
     BLO_ROW_BOOL(hc_params, prior, "prior", "make AIT_P's z_p: the LL model pretrained on the training set"),
     BLO_ROW_INT(hc_params, pretrain, "pretrain", 0, 1000000, "n", "prior: GD steps"),
@@ -456,6 +492,7 @@ static int hc_make(mdl_model *m, const void *params, char *err, size_t errlen) {
     if (mdl_hc_load(dir, &hp, &d->hc, lerr, sizeof lerr))
         return mdl_fail(err, errlen, "problem hyperclean: %s", lerr);
     d->mlp = mlp, d->h = mlp ? hidden : 0, d->act = q->act, d->l2 = l2, d->bytes = q->pixels == 0;
+    d->fold = mlp && q->act == ACT_NONE && q->fold;
     d->d = d->hc.train.d, d->k = d->hc.train.classes;
     d->n_y = mlp ? d->d * d->h + d->h + d->h * d->k + d->k : d->d * d->k + d->k;
     int nx = hp.n_train, ny = d->n_y;

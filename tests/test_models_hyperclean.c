@@ -146,6 +146,11 @@ static void gradient_cases(void) {
         mlp[6] = acts[a];
         check_model(label, 7, mlp, 1);
     }
+    const char *none[] = {hc_data_set, "n_train=20", "n_val=10", "n_test=10", "model=mlp", "hidden=5", "act=none",
+                          "fold=0", "pixels=doubles"};
+    check_model("mlp act=none fold=0, as written (synthetic)", 8, none, 1);
+    none[7] = "fold=1";
+    check_model("mlp act=none folded, pixels=doubles (synthetic)", 9, none, 1);
     // images of one pixel: the weights are [1, k] matrices, not vectors (an error before)
     const char *one[] = {hc_data1_set, "n_train=20", "n_val=10", "n_test=10", "model=linear", "hidden=4"};
     check_model("linear on 1x1 images (synthetic)", 5, one, 1);
@@ -395,6 +400,37 @@ static int value_and_grad(const mdl_model *m, int upper, const double *x, const 
     return ok ? 0 : -1;
 }
 
+// f and F and their gradients of two makings of one model at one random point: values within
+// vtol relative, gradients within gtol of the largest entry; returns the test accuracies in acc.
+static void expect_agree(const char *label, const mdl_model *m, double vtol, double gtol, double acc[2]) {
+    int nx = m[0].prob.n_x, ny = m[0].prob.n_y, n = 1 + nx + ny;
+    double *x = malloc(sizeof(double) * nx), *y = malloc(sizeof(double) * ny);
+    double *a = malloc(sizeof(double) * n), *b = malloc(sizeof(double) * n);
+    random_point(&m[0], 12, x, y);
+    for (int upper = 0; upper < 2; upper++) {
+        bool ok = !value_and_grad(&m[0], upper, x, y, a) && !value_and_grad(&m[1], upper, x, y, b);
+        double worst = 0, big = 0;
+        for (int i = 1; ok && i < n; i++) worst = fmax(worst, fabs(a[i] - b[i])), big = fmax(big, fabs(b[i]));
+        EXPECT(ok && fabs(a[0] - b[0]) <= vtol * fabs(b[0]) && worst <= gtol * big,
+               "%s, %s: values %.17g and %.17g, gradients differ by %g (largest %g)", label, upper ? "F" : "f",
+               a[0], b[0], worst, big);
+    }
+    char err[512];
+    hc_metrics ev[2] = {{-1, -1}, {-1, -1}};
+    for (int i = 0; i < 2; i++) EXPECT(eval_hc(&m[i], x, y, &ev[i], err, sizeof err) == 0, "%s", err);
+    acc[0] = ev[0].test_acc, acc[1] = ev[1].test_acc;
+    free(x), free(y), free(a), free(b);
+}
+
+// Two makings of the model from two settings lists of n entries; 0 when both are made.
+static int make_pair(int n, const char *set[2][8], mdl_model m[2]) {
+    char err[512];
+    int rc0 = make_hc(n, set[0], &m[0], err, sizeof err), rc1 = rc0 ? -1 : make_hc(n, set[1], &m[1], err, sizeof err);
+    EXPECT(!rc0 && !rc1, "%s", err);
+    if (!rc0 && rc1) mdl_free(&m[0]);
+    return rc0 || rc1 ? -1 : 0;
+}
+
 // The linear model on bytes reads its sets with a column of ones and X W from the codes
 // transposed (hyperclean.c); on doubles it adds b: the same logits to the bit, so the same f and
 // F; the gradients differ at most by the order b's sum takes over blocks of rows.
@@ -402,30 +438,38 @@ static void ones_cases(void) {
     TEST_CASE("hyperclean linear: pixels=bytes (a column of ones) = pixels=doubles: f, F, gradients") {
         const int sizes[2] = {200, 1500}; // one block of rows in X^T G, and several
         for (int s = 0; s < 2; s++) {
-            char ntr[32];
+            char ntr[32], label[48];
             snprintf(ntr, sizeof ntr, "n_train=%d", sizes[s]);
-            const char *set[2][4] = {{ntr, "n_val=300", "n_test=10", "pixels=bytes"},
+            snprintf(label, sizeof label, "n_train %d", sizes[s]);
+            const char *set[2][8] = {{ntr, "n_val=300", "n_test=10", "pixels=bytes"},
                                      {ntr, "n_val=300", "n_test=10", "pixels=doubles"}};
             mdl_model m[2];
-            char err[512];
-            int rc0 = make_hc(4, set[0], &m[0], err, sizeof err), rc1 = rc0 ? -1 : make_hc(4, set[1], &m[1], err, sizeof err);
-            EXPECT(!rc0 && !rc1, "%s", err);
-            if (rc0 || rc1) {
-                if (!rc0) mdl_free(&m[0]);
-                continue;
-            }
-            int nx = m[0].prob.n_x, ny = m[0].prob.n_y, n = 1 + nx + ny;
-            double *x = malloc(sizeof(double) * nx), *y = malloc(sizeof(double) * ny);
-            double *a = malloc(sizeof(double) * n), *b = malloc(sizeof(double) * n);
-            random_point(&m[0], 12, x, y);
-            for (int upper = 0; upper < 2; upper++) {
-                bool ok = !value_and_grad(&m[0], upper, x, y, a) && !value_and_grad(&m[1], upper, x, y, b);
-                double worst = 0, big = 0;
-                for (int i = 1; ok && i < n; i++) worst = fmax(worst, fabs(a[i] - b[i])), big = fmax(big, fabs(b[i]));
-                EXPECT(ok && a[0] == b[0] && worst <= 1e-14 * big, "n_train %d, %s: values %.17g and %.17g,"
-                       " gradients differ by %g (largest %g)", sizes[s], upper ? "F" : "f", a[0], b[0], worst, big);
-            }
-            free(x), free(y), free(a), free(b);
+            if (make_pair(4, set, m)) continue;
+            double acc[2];
+            expect_agree(label, m, 0, 1e-14, acc);
+            EXPECT(acc[0] == acc[1], "%s: test accuracy %g and %g", label, acc[0], acc[1]);
+            mdl_free(&m[0]), mdl_free(&m[1]);
+        }
+    }
+}
+
+// The two-layer model without an activation, folded (logits X (W1 W2), fold=1, the default) and
+// as written ((X W1 + b1) W2 + b2, fold=0): one function, rounded in two orders. FashionMNIST
+// at the papers' hidden 300, on the bytes (the folded logits through the column of ones) and on
+// the doubles (W1 W2 then b1 W2 added).
+static void fold_cases(void) {
+    TEST_CASE("hyperclean mlp act=none: fold=1 (X (W1 W2)) = fold=0 ((X W1) W2) to rounding: f, F, gradients, "
+              "accuracy") {
+        const char *pix[2] = {"pixels=bytes", "pixels=doubles"};
+        for (int p = 0; p < 2; p++) {
+            const char *set[2][8] = {
+                {"n_train=1500", "n_val=300", "n_test=500", "model=mlp", "hidden=300", "act=none", pix[p], "fold=1"},
+                {"n_train=1500", "n_val=300", "n_test=500", "model=mlp", "hidden=300", "act=none", pix[p], "fold=0"}};
+            mdl_model m[2];
+            if (make_pair(8, set, m)) continue;
+            double acc[2];
+            expect_agree(pix[p], m, 1e-14, 2e-14, acc);
+            EXPECT(acc[0] == acc[1], "%s: test accuracy %g and %g", pix[p], acc[0], acc[1]);
             mdl_free(&m[0]), mdl_free(&m[1]);
         }
     }
@@ -446,6 +490,7 @@ void test_models_hyperclean(void) {
     sanity_cases();
     paper_cases();
     ones_cases();
+    fold_cases();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", hc_dir);
     if (system(cmd)) fprintf(stderr, "could not remove %s\n", hc_dir);
