@@ -138,17 +138,19 @@ if [ "$FULL" = 1 ]; then
     run hyperclean-mlp-aitp hyperclean --set model=mlp --set pretrain_lr=0.3 --lr-z 0.001 --ll-iters 50 \
         --ul-iters 20 --methods aitp
     # At the papers' size (README "Hyper-cleaning at the papers' size"): the AIT script's 2-layer
-    # LL, Linear(784, 300) -> Linear(300, 10) without activation, K = 10 LL steps a UL iteration
-    # (warm starts where the method has them), T = 1000 UL iterations; one part per method, each
-    # takes hours on a loaded 2-core host
-    # (ait with z's Adam step 0.001: at its default 0.01 z's steps swamp the network's weights)
-    for spec in "rhg --ll-iters 10" "trhg --ll-iters 10 --truncate 5" "cg --ll-iters 10" "neumann --ll-iters 10" \
-        "ait --ll-iters 10 --lr-z 0.001" "bome" "bvfim --Tz 10 --Ty 10" "galet --N 10 --T_w 10"; do
+    # LL, Linear(784, 300) -> Linear(300, 10) without activation (folded: its products over the
+    # data 10 wide), K = 10 LL steps a UL iteration (warm starts where the method has them), the
+    # PyTorch peer's LL weight decay l2 = 1e-3, T = 1000 UL iterations; one part per method,
+    # 4-15 CPU minutes each (ait with z's Adam step 0.001: at its default 0.01 z's steps swamp
+    # the network's weights)
+    for spec in "rhg --ll-iters 10" "trhg --ll-iters 10 --truncate 5" "cg --ll-iters 10 --J 10" \
+        "neumann --ll-iters 10 --J 10 --eta 0.1" "ait --ll-iters 10 --lr-z 0.001" "bome --T 10" \
+        "bvfim --Tz 10 --Ty 10" "galet --N 10 --T-w 10" "bda --ll-iters 10"; do
         m=${spec%% *}
         part "hc-2layer-$m"
         # shellcheck disable=SC2086
-        run "hyperclean-2layer-$m" hyperclean --set model=mlp --set hidden=300 --set act=none --ul-iters 1000 \
-            --methods $spec
+        run "hyperclean-2layer-$m" hyperclean --set model=mlp --set hidden=300 --set act=none --set l2=0.001 \
+            --ul-iters 1000 --methods $spec
     done
 else
     run hyperclean-linear hyperclean --ul-iters 10 --ll-iters 30 --methods rhg,cg,ait,bome,galet
