@@ -76,6 +76,16 @@ bool imk_conv_direct_runs(int c_in, int c_out);
 bool imk_conv_direct(const double *x, const double *other, int n, int c_in, int h, int w, int c_out,
                      bool wgrad, int threads, double *y);
 
+// One image at a time for few input channels, on AVX-512 (ops_image_direct.c; only where
+// imk_conv_small_runs, c_out a multiple of 4): x [c_in, h, w] into xp [c_in, imk_padded_len]
+// (zero-padded, row stride w + 2); y_b [c_out, h*w] = the conv of xp by W [c_out, c_in*9]; and
+// dW [c_out, c_in*9] += the weight gradient of g_b [c_out, h*w] with xp.
+bool imk_conv_small_runs(int c_out);
+size_t imk_padded_len(int h, int w);
+void imk_pad_image(const double *x, int c_in, int h, int w, double *xp);
+void imk_conv_small(const double *xp, const double *W, int c_in, int h, int w, int c_out, double *yb);
+void imk_wgrad_small(const double *gb, const double *xp, int c_in, int h, int w, int c_out, double *dw);
+
 // Checks shared by the image op files (ops_image.c), each failing with a one-line message naming
 // op: X is a batch [n, c*h*w] of images (`what` names it), P a [2c] of scales then shifts.
 bool imk_check_images(ad_tape *t, const char *op, const char *what, ad_var X, int c, int h, int w);

@@ -385,21 +385,36 @@ typedef struct {
     double *buf, *stats, *dw; // buf [chunks, scratch]; stats [n, c, 2]; dw [chunks, c*c_in*9]
 } conv_pass;
 
+// Doubles of scratch per chunk: the columns (or the padded image), the conv output and dY.
+static size_t conv_scratch(int c_in, int h, int w, int c_out) {
+    size_t cols = (size_t)c_in * 9 * h * w, padded = (size_t)c_in * imk_padded_len(h, w);
+    return (cols > padded ? cols : padded) + 2 * (size_t)c_out * h * w;
+}
+
 static void conv_chunks_pass(void *ctx, int lo, int hi) {
     const conv_pass *cp = ctx;
     const blk_job *j = cp->rj.j;
     int c = j->c, h = j->h, w = j->w, hw = h * w;
     size_t kk = (size_t)cp->c_in * 9;
+    bool small = imk_conv_small_runs(c); // AVX-512, straight from the padded image; else im2col + dgemm
     for (int ch = lo; ch < hi; ch++) {
-        double *cols = cp->buf + (size_t)ch * cp->scratch, *yb = cols + kk * hw, *dyb = yb + (size_t)c * hw;
+        double *cols = cp->buf + (size_t)ch * cp->scratch, *dyb = cols + cp->scratch - (size_t)c * hw;
+        double *yb = dyb - (size_t)c * hw, *dw = cp->dw + (size_t)ch * c * kk;
         int b0 = (int)((int64_t)cp->n * ch / cp->chunks), b1 = (int)((int64_t)cp->n * (ch + 1) / cp->chunks);
+        if (small && cp->pass == CB_DW) memset(dw, 0, (size_t)c * kk * sizeof *dw);
         for (int b = b0; b < b1; b++) {
-            imk_conv_image(cp->x + (size_t)b * cp->c_in * hw, cp->wt, cp->c_in, h, w, c, cols, yb);
+            const double *xb = cp->x + (size_t)b * cp->c_in * hw;
+            if (small) {
+                imk_pad_image(xb, cp->c_in, h, w, cols);
+                imk_conv_small(cols, cp->wt, cp->c_in, h, w, c, yb);
+            } else
+                imk_conv_image(xb, cp->wt, cp->c_in, h, w, c, cols, yb);
             if (cp->pass == CB_STATS)
                 for (int o = 0; o < c; o++) imk_plane_stats(yb + (size_t)o * hw, hw, cp->stats + ((size_t)b * c + o) * 2);
             else if (cp->pass == CB_DW) {
                 run_image(&cp->rj, b, yb, dyb);
-                imk_wgrad_image(dyb, cols, cp->c_in, hw, c, b > b0, cp->dw + (size_t)ch * c * kk);
+                if (small) imk_wgrad_small(dyb, cols, cp->c_in, h, w, c, dw);
+                else imk_wgrad_image(dyb, cols, cp->c_in, hw, c, b > b0, dw);
             } else
                 run_image(&cp->rj, b, yb, image_out(&cp->rj, b));
         }
@@ -426,7 +441,7 @@ static ad_status fwd_conv_block(ad_tape *t, ad_node *nd) {
     int c = dwp ? conv_block_c_out(c_in, nd->cols) : conv_block_c_out(c_in, U->cols);
     size_t ng = dwp ? (size_t)n * c * (h / 2) * (w / 2) : 0, nw = (size_t)c * c_in * 9; // W's start in U
     int chunks = n < IMK_CONV_CHUNKS ? n : IMK_CONV_CHUNKS;
-    size_t scratch = ((size_t)c_in * 9 + 2 * (size_t)c) * hw;
+    size_t scratch = conv_scratch(c_in, h, w, c);
     double *buf = malloc(((size_t)chunks * (scratch + nw) + (size_t)n * c * 2 + 4 * (size_t)c) * sizeof *buf);
     if (!buf) {
         ad_fail(t, AD_ENOMEM, "%s: no memory for the conv outputs of %d chunks", ad_ops[nd->op]->name, chunks);

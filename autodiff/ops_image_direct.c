@@ -61,12 +61,21 @@ static geo geo_make(int c_in, int h, int w, int c_out) {
     return g;
 }
 
+// n doubles from src to dst: rows of 3 to 28 pixels, too short for a call to memcpy to pay.
+X512_FN void copy_row(double *dst, const double *src, int n) {
+    int x = 0;
+    for (; x + 8 <= n; x += 8) _mm512_storeu_pd(dst + x, _mm512_loadu_pd(src + x));
+    if (x < n) {
+        __mmask8 m = (__mmask8)((1u << (n - x)) - 1);
+        _mm512_mask_storeu_pd(dst + x, m, _mm512_maskz_loadu_pd(m, src + x));
+    }
+}
+
 // Image x [c_in, h, w] into the interior of xp (its borders zero from the caller's clearing).
 static void pad_image(const geo *g, const double *x, double *xp) {
     for (int i = 0; i < g->c_in; i++)
         for (int y = 0; y < g->h; y++)
-            memcpy(xp + i * g->len + (size_t)(y + 1) * g->w2 + 1, x + ((size_t)i * g->h + y) * g->w,
-                   (size_t)g->w * sizeof *xp);
+            copy_row(xp + i * g->len + (size_t)(y + 1) * g->w2 + 1, x + ((size_t)i * g->h + y) * g->w, g->w);
 }
 
 // out [8, qr] (row stride qr), outputs q0 .. q0 + 23 of channels o0 .. o0 + 7.
@@ -130,8 +139,7 @@ static void fwd_image(const direct_job *j, const double *xp, double *out, double
         for (int q0 = 0; q0 < g->qr; q0 += QT) fwd_tile(g, xp, j->wt, o0, q0, out + (size_t)o0 * g->qr);
     for (int o = 0; o < g->c_out; o++)
         for (int y = 0; y < g->h; y++)
-            memcpy(yb + ((size_t)o * g->h + y) * g->w, out + (size_t)o * g->qr + (size_t)y * g->w2,
-                   (size_t)g->w * sizeof *yb);
+            copy_row(yb + ((size_t)o * g->h + y) * g->w, out + (size_t)o * g->qr + (size_t)y * g->w2, g->w);
 }
 
 // One image's weight gradient into part [c_in*9, c_out]: G_b [c_out, h*w] to gt [q, c_out]
@@ -190,7 +198,101 @@ bool imk_conv_direct(const double *x, const double *other, int n, int c_in, int 
     return true;
 }
 
+// ---- a few input channels, one image at a time (ad_conv_bn_relu_pool's first block) ----
+
+size_t imk_padded_len(int h, int w) { return (size_t)(h + 2) * (w + 2) + 32; }
+
+void imk_pad_image(const double *x, int c_in, int h, int w, double *xp) {
+    size_t len = imk_padded_len(h, w);
+    memset(xp, 0, (size_t)c_in * len * sizeof *xp);
+    for (int i = 0; i < c_in; i++)
+        for (int y = 0; y < h; y++) copy_row(xp + i * len + (size_t)(y + 1) * (w + 2) + 1, x + ((size_t)i * h + y) * w, w);
+}
+
+// Lanes x0 .. x0 + 7 of a row w wide that hold pixels.
+static inline __mmask8 row_mask(int x0, int w) {
+    return w - x0 >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (w - x0)) - 1);
+}
+
+// Row y of channels o0 .. o0 + 3, pixels x0 .. x0 + 31 (those < w), into yb [c_out, h*w].
+X512_FN void small_tile(const double *xp, const double *W, int c_in, int h, int w, int o0, int y, int x0,
+                        double *yb) {
+    size_t len = imk_padded_len(h, w), kk = (size_t)c_in * 9;
+    __m512d a[4][4];
+    for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = a[r][2] = a[r][3] = _mm512_setzero_pd();
+    for (int i = 0; i < c_in; i++)
+        for (int k = 0; k < 9; k++) {
+            const double *s = xp + i * len + (size_t)(y + k / 3) * (w + 2) + x0 + k % 3;
+            __m512d v[4] = {_mm512_loadu_pd(s), _mm512_loadu_pd(s + 8), _mm512_loadu_pd(s + 16), _mm512_loadu_pd(s + 24)};
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                __m512d b = _mm512_set1_pd(W[(size_t)(o0 + r) * kk + (size_t)i * 9 + k]);
+                for (int u = 0; u < 4; u++) a[r][u] = _mm512_fmadd_pd(b, v[u], a[r][u]);
+            }
+        }
+    for (int r = 0; r < 4; r++)
+        for (int u = 0; u < 4 && x0 + 8 * u < w; u++)
+            _mm512_mask_storeu_pd(yb + ((size_t)(o0 + r) * h + y) * w + x0 + 8 * u, row_mask(x0 + 8 * u, w), a[r][u]);
+}
+
+X512_FN void conv_small_x512(const double *xp, const double *W, int c_in, int h, int w, int c_out, double *yb) {
+    for (int o0 = 0; o0 < c_out; o0 += 4)
+        for (int y = 0; y < h; y++)
+            for (int x0 = 0; x0 < w; x0 += 32) small_tile(xp, W, c_in, h, w, o0, y, x0, yb);
+}
+
+// dw [c_out, c_in*9] += for channels o0, o0 + 1 and input channel i: the sums over the image's
+// pixels of g_b times x_b shifted, in lanes, then each lane sum added.
+X512_FN void wgrad_small_pair(const double *gb, const double *xpi, int h, int w, int o0, double *dw, size_t kk,
+                              int i) {
+    __m512d a[2][9];
+    for (int k = 0; k < 9; k++) a[0][k] = a[1][k] = _mm512_setzero_pd();
+    size_t hw = (size_t)h * w;
+    for (int y = 0; y < h; y++)
+        for (int x0 = 0; x0 < w; x0 += 8) {
+            __mmask8 m = row_mask(x0, w);
+            __m512d g0 = _mm512_maskz_loadu_pd(m, gb + (size_t)o0 * hw + (size_t)y * w + x0);
+            __m512d g1 = _mm512_maskz_loadu_pd(m, gb + (size_t)(o0 + 1) * hw + (size_t)y * w + x0);
+            const double *s = xpi + (size_t)y * (w + 2) + x0;
+#pragma GCC unroll 9
+            for (int k = 0; k < 9; k++) {
+                __m512d v = _mm512_loadu_pd(s + (k / 3) * (w + 2) + k % 3);
+                a[0][k] = _mm512_fmadd_pd(g0, v, a[0][k]);
+                a[1][k] = _mm512_fmadd_pd(g1, v, a[1][k]);
+            }
+        }
+    for (int r = 0; r < 2; r++)
+        for (int k = 0; k < 9; k++) dw[(size_t)(o0 + r) * kk + (size_t)i * 9 + k] += _mm512_reduce_add_pd(a[r][k]);
+}
+
+X512_FN void wgrad_small_x512(const double *gb, const double *xp, int c_in, int h, int w, int c_out, double *dw) {
+    size_t len = imk_padded_len(h, w), kk = (size_t)c_in * 9;
+    for (int o0 = 0; o0 < c_out; o0 += 2)
+        for (int i = 0; i < c_in; i++) wgrad_small_pair(gb, xp + i * len, h, w, o0, dw, kk, i);
+}
+
+bool imk_conv_small_runs(int c_out) {
+    __builtin_cpu_init();
+    return c_out > 0 && c_out % 4 == 0 && __builtin_cpu_supports("avx512f");
+}
+void imk_conv_small(const double *xp, const double *W, int c_in, int h, int w, int c_out, double *yb) {
+    conv_small_x512(xp, W, c_in, h, w, c_out, yb);
+}
+void imk_wgrad_small(const double *gb, const double *xp, int c_in, int h, int w, int c_out, double *dw) {
+    wgrad_small_x512(gb, xp, c_in, h, w, c_out, dw);
+}
+
 #else
+
+size_t imk_padded_len(int h, int w) { return (size_t)(h + 2) * (w + 2) + 32; }
+void imk_pad_image(const double *x, int c_in, int h, int w, double *xp) { (void)x, (void)c_in, (void)h, (void)w, (void)xp; }
+bool imk_conv_small_runs(int c_out) { return (void)c_out, false; }
+void imk_conv_small(const double *xp, const double *W, int c_in, int h, int w, int c_out, double *yb) {
+    (void)xp, (void)W, (void)c_in, (void)h, (void)w, (void)c_out, (void)yb;
+}
+void imk_wgrad_small(const double *gb, const double *xp, int c_in, int h, int w, int c_out, double *dw) {
+    (void)gb, (void)xp, (void)c_in, (void)h, (void)w, (void)c_out, (void)dw;
+}
 
 bool imk_conv_direct(const double *x, const double *other, int n, int c_in, int h, int w, int c_out,
                      bool wgrad, int threads, double *y) {

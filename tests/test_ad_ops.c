@@ -139,6 +139,11 @@ static ad_var r_conv_bn_pool(ad_tape *t, const ad_var *x) { return ad_conv_bn_re
 static ad_var r_conv_bn_pool_dwp(ad_tape *t, const ad_var *x) {
     return ad_conv_bn_relu_pool_dwp(t, x[0], x[1], 2, 3, 4, 2, 0.3);
 }
+// one input channel to 4 (the AVX-512 kernel where the CPU has it): WP [44]; the adjoint's GWP [16 + 44]
+static ad_var r_conv_bn_pool4(ad_tape *t, const ad_var *x) { return ad_conv_bn_relu_pool(t, x[0], x[1], 1, 3, 4, 4, 0.3); }
+static ad_var r_conv_bn_pool4_dwp(ad_tape *t, const ad_var *x) {
+    return ad_conv_bn_relu_pool_dwp(t, x[0], x[1], 1, 3, 4, 4, 0.3);
+}
 static ad_var r_bn_pool_dp(ad_tape *t, const ad_var *x) { return ad_bn_relu_pool_dp(t, x[0], x[1], 2, 3, 4, 0.3); }
 static ad_var r_bn_pool_dy(ad_tape *t, const ad_var *x) { return ad_bn_relu_pool_dy(t, x[0], x[1], 2, 3, 4, 0.3); }
 static ad_var r_channel_bias(ad_tape *t, const ad_var *x) { return ad_channel_bias(t, x[0], x[1], 2, 2, 2); }
@@ -255,6 +260,8 @@ static const row rows[] = {
     {"bn_pool_dy", r_bn_pool_dy, 2, {V(20), M(2, 24)}, -2, 2, NK, 0},
     {"conv_bn_pool", r_conv_bn_pool, 2, {M(2, 24), V(40)}, -2, 2, NK, 0},
     {"conv_bn_pool_dwp", r_conv_bn_pool_dwp, 2, {V(48), M(2, 24)}, -2, 2, NK, 0},
+    {"conv_bn_pool", r_conv_bn_pool4, 2, {M(2, 12), V(44)}, -2, 2, NK, 0},
+    {"conv_bn_pool_dwp", r_conv_bn_pool4_dwp, 2, {V(60), M(2, 12)}, -2, 2, NK, 0},
     {"expand", r_channel_bias, 2, {M(3, 8), V(2)}, -2, 2, NK, 0},     // per-channel bias, likewise
     {"linear", r_linear, 1, {V(3)}, -2, 2, NK, 0},                     // a map of the caller's
 };
