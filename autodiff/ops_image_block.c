@@ -117,6 +117,108 @@ static void adjoint_piece(const piece *pc, double *state) {
     }
 }
 
+// ---- the same on AVX-512, eight windows at a time ----
+// Each window's four entries are split into lanes (even and odd columns of the two rows), and
+// the same compares as window_best, in the same order, pick its maximum and where it is: the
+// same values, and the same dY; the sums of bn_pool_dp are made in lanes (to rounding).
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define BLK_X86 1
+#include <immintrin.h>
+#define X512_FN static __attribute__((target("avx512f,avx2,fma")))
+
+// Windows k0 .. k0 + 7 (those < windows: lanes of m) of a piece: the maximum of the scaled
+// values in *v, Y at it in *y, its offset from the row pair's start in *at.
+typedef struct {
+    __m512d v, y;
+    __m512i at;
+} win8;
+
+// Entries 2k0 .. 2k0 + 15 of a row split into even and odd columns (lanes past m zero).
+X512_FN void split_row(const double *row, int k0, __mmask8 m, __m512d *even, __m512d *odd) {
+    __mmask8 lo = (__mmask8)(m & 0x0f ? (m & 0x0f) == 0x0f ? 0xff : (1u << (2 * __builtin_popcount(m & 0x0f))) - 1 : 0);
+    __mmask8 hi = (__mmask8)(m >> 4 ? (1u << (2 * __builtin_popcount(m >> 4))) - 1 : 0);
+    __m512d a = _mm512_maskz_loadu_pd(lo, row + 2 * k0), b = _mm512_maskz_loadu_pd(hi, row + 2 * k0 + 8);
+    *even = _mm512_permutex2var_pd(a, _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0), b);
+    *odd = _mm512_permutex2var_pd(a, _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1), b);
+}
+
+X512_FN win8 windows8(const piece *pc, int k0, __mmask8 m) {
+    int w = pc->j->w;
+    __m512d c[4], y[4];
+    split_row(pc->a[0], k0, m, &c[0], &c[1]);
+    split_row(pc->a[1], k0, m, &c[2], &c[3]);
+    split_row(pc->y + pc->col, k0, m, &y[0], &y[1]);
+    split_row(pc->y + pc->col + w, k0, m, &y[2], &y[3]);
+    __m512i lane = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
+    __m512i base = _mm512_add_epi64(_mm512_set1_epi64(pc->col + 2 * k0), lane);
+    win8 r = {c[0], y[0], base};
+    const int64_t off[4] = {0, 1, w, w + 1};
+    for (int q = 1; q < 4; q++) {
+        __mmask8 take = _mm512_cmp_pd_mask(c[q], r.v, _CMP_GT_OQ);
+        r.at = _mm512_mask_add_epi64(r.at, take, base, _mm512_set1_epi64(off[q]));
+        r.y = _mm512_mask_mov_pd(r.y, take, y[q]);
+        r.v = _mm512_mask_mov_pd(r.v, take, c[q]);
+    }
+    return r;
+}
+
+static inline __mmask8 lanes_of(int windows, int k0) {
+    return windows - k0 >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (windows - k0)) - 1);
+}
+
+X512_FN void pool_piece_x512(const piece *pc, double *state) {
+    (void)state;
+    const blk_job *j = pc->j;
+    int wo = j->w / 2;
+    double *o = pc->ob + (size_t)pc->ch * (size_t)(j->h / 2) * wo + (size_t)pc->i * wo + pc->j0;
+    for (int k0 = 0; k0 < pc->windows; k0 += 8) {
+        __mmask8 m = lanes_of(pc->windows, k0);
+        _mm512_mask_storeu_pd(o + k0, m, _mm512_max_pd(windows8(pc, k0, m).v, _mm512_setzero_pd()));
+    }
+}
+
+X512_FN void sum_piece_x512(const piece *pc, double *state) {
+    const blk_job *j = pc->j;
+    int wo = j->w / 2;
+    const double *g = j->g + ((size_t)pc->b * j->c + pc->ch) * (size_t)(j->h / 2) * wo + (size_t)pc->i * wo + pc->j0;
+    __m512d sdz = _mm512_setzero_pd(), sd = _mm512_setzero_pd(), mv = _mm512_set1_pd(pc->m), rv = _mm512_set1_pd(pc->r);
+    for (int k0 = 0; k0 < pc->windows; k0 += 8) {
+        __mmask8 m = lanes_of(pc->windows, k0);
+        win8 r = windows8(pc, k0, m);
+        __m512d d = _mm512_maskz_loadu_pd(m & _mm512_cmp_pd_mask(r.v, _mm512_setzero_pd(), _CMP_GT_OQ), g + k0);
+        sdz = _mm512_add_pd(sdz, _mm512_mul_pd(d, _mm512_mul_pd(_mm512_sub_pd(r.y, mv), rv)));
+        sd = _mm512_add_pd(sd, d);
+    }
+    state[0] += _mm512_reduce_add_pd(sdz), state[1] += _mm512_reduce_add_pd(sd);
+}
+
+X512_FN void adjoint_piece_x512(const piece *pc, double *state) {
+    (void)state;
+    const blk_job *j = pc->j;
+    int wo = j->w / 2, c = j->c, ch = pc->ch;
+    const double *g = j->g + ((size_t)pc->b * c + ch) * (size_t)(j->h / 2) * wo + (size_t)pc->i * wo + pc->j0;
+    double *o = pc->ob + (size_t)ch * j->h * j->w + (size_t)2 * pc->i * j->w;
+    __m512d rg = _mm512_set1_pd(pc->r * j->p[ch]), sg = _mm512_set1_pd(j->s[ch] * j->inv_n);
+    __m512d sb = _mm512_set1_pd(j->s[c + ch] * j->inv_n), mv = _mm512_set1_pd(pc->m), rv = _mm512_set1_pd(pc->r);
+    for (int k0 = 0; k0 < pc->windows; k0 += 8) {
+        __mmask8 m = lanes_of(pc->windows, k0);
+        win8 r = windows8(pc, k0, m);
+        __mmask8 pos = m & _mm512_cmp_pd_mask(r.v, _mm512_setzero_pd(), _CMP_GT_OQ);
+        __m512d z = _mm512_mul_pd(_mm512_sub_pd(r.y, mv), rv);
+        __m512d d = _mm512_sub_pd(_mm512_sub_pd(_mm512_maskz_loadu_pd(pos, g + k0), sb), _mm512_mul_pd(z, sg));
+        _mm512_mask_i64scatter_pd(o, pos, r.at, _mm512_mul_pd(d, rg), 8);
+    }
+}
+
+static bool pieces_x512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f");
+}
+#else
+#define BLK_X86 0
+#endif
+
 typedef void (*piece_fn)(const piece *pc, double *state);
 typedef struct {
     const blk_job *j;
@@ -131,6 +233,10 @@ static void run_image(const run_job *rj, int b, const double *yb, double *ob) {
     int c = j->c, w = j->w, wo = w / 2;
     size_t hw = (size_t)j->h * w;
     double a[2][PAIR_COLS];
+    piece_fn fn = rj->fn;
+#if BLK_X86
+    if (pieces_x512()) fn = fn == pool_piece ? pool_piece_x512 : fn == sum_piece ? sum_piece_x512 : adjoint_piece_x512;
+#endif
     for (int ch = 0; ch < c; ch++) {
         const double *y = yb + ch * hw;
         double m = j->m[ch], r = j->r[ch], ga = j->p[ch], be = j->p[c + ch], state[2] = {0, 0};
@@ -145,7 +251,7 @@ static void run_image(const run_job *rj, int b, const double *yb, double *ob) {
                 piece pc = {j, b, ch, i, 2 * j0, j0, windows, y + (size_t)2 * i * w, ob, m, r, {a[0], a[1]}};
                 scaled(pc.y + 2 * j0, 2 * windows, m, r, ga, be, a[0]);
                 scaled(pc.y + w + 2 * j0, 2 * windows, m, r, ga, be, a[1]);
-                rj->fn(&pc, state);
+                fn(&pc, state);
             }
         if (j->part) j->part[((size_t)b * c + ch) * 2] = state[0], j->part[((size_t)b * c + ch) * 2 + 1] = state[1];
     }
