@@ -144,12 +144,14 @@ X512_FN void split_row(const double *row, int k0, __mmask8 m, __m512d *even, __m
 }
 
 X512_FN win8 windows8(const piece *pc, int k0, __mmask8 m) {
-    int w = pc->j->w;
+    int w = pc->j->w, ch = pc->ch;
     __m512d c[4], y[4];
-    split_row(pc->a[0], k0, m, &c[0], &c[1]);
-    split_row(pc->a[1], k0, m, &c[2], &c[3]);
     split_row(pc->y + pc->col, k0, m, &y[0], &y[1]);
     split_row(pc->y + pc->col + w, k0, m, &y[2], &y[3]);
+    __m512d mv = _mm512_set1_pd(pc->m), rv = _mm512_set1_pd(pc->r);
+    __m512d ga = _mm512_set1_pd(pc->j->p[ch]), be = _mm512_set1_pd(pc->j->p[pc->j->c + ch]);
+    for (int q = 0; q < 4; q++) // scaled()'s roundings
+        c[q] = _mm512_add_pd(_mm512_mul_pd(_mm512_mul_pd(_mm512_sub_pd(y[q], mv), rv), ga), be);
     __m512i lane = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
     __m512i base = _mm512_add_epi64(_mm512_set1_epi64(pc->col + 2 * k0), lane);
     win8 r = {c[0], y[0], base};
@@ -211,6 +213,18 @@ X512_FN void adjoint_piece_x512(const piece *pc, double *state) {
     }
 }
 
+// bn_pool_dy's whole-plane part, as run_image's loop rounds it.
+X512_FN void adjoint_base_x512(const double *y, size_t hw, double m, double r, double sb, double sg, double rg,
+                               double *o) {
+    __m512d mv = _mm512_set1_pd(m), rv = _mm512_set1_pd(r), sbv = _mm512_set1_pd(0 - sb);
+    __m512d sgv = _mm512_set1_pd(sg), rgv = _mm512_set1_pd(rg);
+    for (size_t p = 0; p < hw; p += 8) {
+        __mmask8 k = hw - p >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (hw - p)) - 1);
+        __m512d z = _mm512_mul_pd(_mm512_sub_pd(_mm512_maskz_loadu_pd(k, y + p), mv), rv);
+        _mm512_mask_storeu_pd(o + p, k, _mm512_mul_pd(_mm512_sub_pd(sbv, _mm512_mul_pd(z, sgv)), rgv));
+    }
+}
+
 static bool pieces_x512(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f");
@@ -234,8 +248,10 @@ static void run_image(const run_job *rj, int b, const double *yb, double *ob) {
     size_t hw = (size_t)j->h * w;
     double a[2][PAIR_COLS];
     piece_fn fn = rj->fn;
+    bool wide = false; // AVX-512: the windows' scaled values made in registers, not in a
 #if BLK_X86
-    if (pieces_x512()) fn = fn == pool_piece ? pool_piece_x512 : fn == sum_piece ? sum_piece_x512 : adjoint_piece_x512;
+    wide = pieces_x512();
+    if (wide) fn = fn == pool_piece ? pool_piece_x512 : fn == sum_piece ? sum_piece_x512 : adjoint_piece_x512;
 #endif
     for (int ch = 0; ch < c; ch++) {
         const double *y = yb + ch * hw;
@@ -243,14 +259,19 @@ static void run_image(const run_job *rj, int b, const double *yb, double *ob) {
         if (rj->fn == adjoint_piece) {
             double *o = ob + ch * hw, rg = r * ga;
             double sg = j->s[ch] * j->inv_n, sb = j->s[c + ch] * j->inv_n;
-            for (size_t p = 0; p < hw; p++) o[p] = (0 - sb - ((y[p] - m) * r) * sg) * rg;
+#if BLK_X86
+            if (wide) adjoint_base_x512(y, hw, m, r, sb, sg, rg, o);
+#endif
+            for (size_t p = 0; !wide && p < hw; p++) o[p] = (0 - sb - ((y[p] - m) * r) * sg) * rg;
         }
         for (int i = 0; i < j->h / 2; i++)
             for (int j0 = 0; j0 < wo; j0 += PAIR_COLS / 2) {
                 int windows = wo - j0 < PAIR_COLS / 2 ? wo - j0 : PAIR_COLS / 2;
                 piece pc = {j, b, ch, i, 2 * j0, j0, windows, y + (size_t)2 * i * w, ob, m, r, {a[0], a[1]}};
-                scaled(pc.y + 2 * j0, 2 * windows, m, r, ga, be, a[0]);
-                scaled(pc.y + w + 2 * j0, 2 * windows, m, r, ga, be, a[1]);
+                if (!wide) {
+                    scaled(pc.y + 2 * j0, 2 * windows, m, r, ga, be, a[0]);
+                    scaled(pc.y + w + 2 * j0, 2 * windows, m, r, ga, be, a[1]);
+                }
                 fn(&pc, state);
             }
         if (j->part) j->part[((size_t)b * c + ch) * 2] = state[0], j->part[((size_t)b * c + ch) * 2 + 1] = state[1];
