@@ -23,6 +23,8 @@ bool imk_channel_stats(const double *x, int n, int c, int k, double eps, int thr
 // The same in parts: one plane's sum and squares about its own mean into out [2], and the
 // statistics from part [n, c, 2] of such pairs (added in image order).
 void imk_plane_stats(const double *x, int k, double out[2]);
+// The same on AVX-512 in 16 lanes (ops_image_direct.c); false (nothing made) without it.
+bool imk_plane_stats_x512(const double *x, int k, double out[2]);
 void imk_stats_combine(const double *part, int n, int c, int k, double eps, double *mean, double *r);
 // y = (x - mean) r per channel (y may be x).
 void imk_channel_normalize(const double *x, int n, int c, int k, const double *mean, const double *r,

@@ -271,6 +271,37 @@ X512_FN void wgrad_small_x512(const double *gb, const double *xp, int c_in, int 
         for (int i = 0; i < c_in; i++) wgrad_small_pair(gb, xp + i * len, h, w, o0, dw, kk, i);
 }
 
+// ---- a plane's statistics: its sum, then its squares about its own mean, on 16 lanes ----
+
+// The sum of x (squares false) or of (x - m)^2 over k entries, lane p % 16 summing entry p.
+X512_FN double lanes_sum(const double *x, int k, double m, bool squares) {
+    __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd(), mv = _mm512_set1_pd(m);
+    int p = 0;
+    for (; p + 16 <= k; p += 16) {
+        __m512d d0 = _mm512_loadu_pd(x + p), d1 = _mm512_loadu_pd(x + p + 8);
+        if (squares) {
+            d0 = _mm512_sub_pd(d0, mv), d1 = _mm512_sub_pd(d1, mv);
+            d0 = _mm512_mul_pd(d0, d0), d1 = _mm512_mul_pd(d1, d1);
+        }
+        a = _mm512_add_pd(a, d0), b = _mm512_add_pd(b, d1);
+    }
+    for (; p < k; p += 8) {
+        __mmask8 q = k - p >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (k - p)) - 1);
+        __m512d d = _mm512_maskz_loadu_pd(q, x + p);
+        if (squares) d = _mm512_maskz_sub_pd(q, d, mv), d = _mm512_mul_pd(d, d);
+        a = _mm512_add_pd(a, d);
+    }
+    return _mm512_reduce_add_pd(_mm512_add_pd(a, b));
+}
+
+bool imk_plane_stats_x512(const double *x, int k, double out[2]) {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f")) return false;
+    out[0] = lanes_sum(x, k, 0, false);
+    out[1] = lanes_sum(x, k, out[0] / k, true);
+    return true;
+}
+
 bool imk_conv_small_runs(int c_out) {
     __builtin_cpu_init();
     return c_out > 0 && c_out % 4 == 0 && __builtin_cpu_supports("avx512f");
@@ -287,6 +318,7 @@ void imk_wgrad_small(const double *gb, const double *xp, int c_in, int h, int w,
 size_t imk_padded_len(int h, int w) { return (size_t)(h + 2) * (w + 2) + 32; }
 void imk_pad_image(const double *x, int c_in, int h, int w, double *xp) { (void)x, (void)c_in, (void)h, (void)w, (void)xp; }
 bool imk_conv_small_runs(int c_out) { return (void)c_out, false; }
+bool imk_plane_stats_x512(const double *x, int k, double out[2]) { return (void)x, (void)k, (void)out, false; }
 void imk_conv_small(const double *xp, const double *W, int c_in, int h, int w, int c_out, double *yb) {
     (void)xp, (void)W, (void)c_in, (void)h, (void)w, (void)c_out, (void)yb;
 }

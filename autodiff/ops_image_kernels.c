@@ -119,6 +119,7 @@ typedef struct {
 } stats_job;
 
 void imk_plane_stats(const double *x, int k, double out[2]) {
+    if (imk_plane_stats_x512(x, k, out)) return;
     double s = sum4(x, k);
     out[0] = s, out[1] = sqdev4(x, k, s / k);
 }
