@@ -40,6 +40,29 @@ typedef struct {
 static const geom geoms[] = {{1, 1, 1, 1, 1}, {2, 1, 5, 3, 4}, {3, 3, 4, 7, 2}, {30, 16, 12, 12, 5},
                              {7, 2, 28, 28, 3}, {6, 8, 14, 14, 16}, {5, 16, 7, 7, 16}};
 
+// A conv's random operands for geometry q: images x [n, c_in*hw], weights wt [c_out, c_in*9]
+// and an output gradient gy [n, c_out*hw].
+typedef struct {
+    size_t hw, nx, ny, nw;
+    double *x, *wt, *gy;
+} operands;
+
+static operands operands_make(geom q, uint64_t seed) {
+    ad_rng g;
+    ad_rng_seed(&g, seed);
+    size_t hw = (size_t)q.h * q.w;
+    operands o = {hw, q.n * q.c_in * hw, q.n * q.c_out * hw, (size_t)q.c_out * q.c_in * 9, NULL, NULL, NULL};
+    o.x = randn(&g, o.nx), o.wt = randn(&g, o.nw), o.gy = randn(&g, o.ny);
+    return o;
+}
+
+static void operands_free(operands *o) { free(o->x), free(o->wt), free(o->gy); }
+
+// A case's name: "image: " what, q's geometry, then tail.
+static void geom_name(char *name, size_t size, const char *what, geom q, const char *tail) {
+    snprintf(name, size, "image: %s %d x %d x %d x %d -> %d%s", what, q.n, q.c_in, q.h, q.w, q.c_out, tail);
+}
+
 static void conv_against_direct(void) {
     for (size_t gi = 0; gi < sizeof geoms / sizeof geoms[0]; gi++) {
         geom q = geoms[gi];
@@ -47,11 +70,9 @@ static void conv_against_direct(void) {
         snprintf(name, sizeof name, "image: conv2d, its weight gradient and transpose against the plain loop, "
                  "%d x %d x %d x %d -> %d", q.n, q.c_in, q.h, q.w, q.c_out);
         TEST_CASE(name) {
-            ad_rng g;
-            ad_rng_seed(&g, 40 + gi);
-            size_t hw = (size_t)q.h * q.w, nx = q.n * q.c_in * hw, ny = q.n * q.c_out * hw,
-                   nw = (size_t)q.c_out * q.c_in * 9;
-            double *x = randn(&g, nx), *wt = randn(&g, nw), *gy = randn(&g, ny), *ref = malloc(ny * sizeof *ref);
+            operands op = operands_make(q, 40 + gi);
+            size_t hw = op.hw, nx = op.nx, ny = op.ny, nw = op.nw;
+            double *x = op.x, *wt = op.wt, *gy = op.gy, *ref = malloc(ny * sizeof *ref);
             ad_conv3x3_direct(x, wt, q.n, q.c_in, q.h, q.w, q.c_out, ref);
             ad_tape *t = ad_tape_new(NULL);
             ad_var X = ad_const(t, ad_mat_shape(q.n, (int)(q.c_in * hw)), x);
@@ -69,7 +90,7 @@ static void conv_against_direct(void) {
             EXPECT(fabs(a - lhs) <= tol && fabs(b - lhs) <= tol, "<Y, G> = %.15g, <W, dW> = %.15g, <X, dX> = %.15g",
                    lhs, a, b);
             ad_tape_free(t);
-            free(x), free(wt), free(gy), free(ref);
+            operands_free(&op), free(ref);
         }
     }
 }
@@ -110,9 +131,8 @@ static void direct_cases(void) {
     for (size_t gi = 0; gi < sizeof direct_geoms / sizeof direct_geoms[0]; gi++) {
         geom q = direct_geoms[gi];
         char name[160];
-        snprintf(name, sizeof name, "image: the AVX-512 conv and weight gradient against the plain loop and "
-                 "im2col + dgemm, %d x %d x %d x %d -> %d, the same bits on 1, 2 and 3 threads",
-                 q.n, q.c_in, q.h, q.w, q.c_out);
+        geom_name(name, sizeof name, "the AVX-512 conv and weight gradient against the plain loop and im2col + dgemm,",
+                  q, ", the same bits on 1, 2 and 3 threads");
         TEST_CASE(name) {
             if (!imk_conv_direct_runs(q.c_in, q.c_out)) {
                 double y;
@@ -120,11 +140,9 @@ static void direct_cases(void) {
                        "the kernel claims to run where the CPU has no AVX-512");
                 continue;
             }
-            ad_rng g;
-            ad_rng_seed(&g, 140 + gi);
-            size_t hw = (size_t)q.h * q.w, nx = q.n * q.c_in * hw, ny = q.n * q.c_out * hw,
-                   nw = (size_t)q.c_out * q.c_in * 9;
-            double *x = randn(&g, nx), *wt = randn(&g, nw), *gy = randn(&g, ny);
+            operands op = operands_make(q, 140 + gi);
+            size_t ny = op.ny, nw = op.nw;
+            double *x = op.x, *wt = op.wt, *gy = op.gy;
             double *ref = malloc(ny * sizeof *ref), *y = malloc(ny * sizeof *y), *blas = malloc(ny * sizeof *y);
             double *dref = malloc(nw * sizeof *dref), *dw = malloc(nw * sizeof *dw), *dblas = malloc(nw * sizeof *dw);
             ad_conv3x3_direct(x, wt, q.n, q.c_in, q.h, q.w, q.c_out, ref);
@@ -142,7 +160,7 @@ static void direct_cases(void) {
                 EXPECT(!memcmp(y, blas, ny * sizeof *y) && !memcmp(dw, dblas, nw * sizeof *dw),
                        "%d threads differ from one", th);
             }
-            free(x), free(wt), free(gy), free(ref), free(y), free(blas), free(dref), free(dw), free(dblas);
+            operands_free(&op), free(ref), free(y), free(blas), free(dref), free(dw), free(dblas);
         }
     }
 }
@@ -460,9 +478,8 @@ static void conv_block_cases(void) {
     for (size_t qi = 0; qi < sizeof qs / sizeof qs[0]; qi++) {
         geom q = qs[qi];
         char name[176];
-        snprintf(name, sizeof name, "image: ad_conv_bn_relu_pool on %d x %d x %d x %d -> %d is ad_bn_relu_pool of "
-                 "conv2d (values to 1e-13, gradients to 1e-12), the same bits on 1, 2 and 3 threads",
-                 q.n, q.c_in, q.h, q.w, q.c_out);
+        geom_name(name, sizeof name, "ad_conv_bn_relu_pool on", q, " is ad_bn_relu_pool of conv2d (values to 1e-13, "
+                  "gradients to 1e-12), the same bits on 1, 2 and 3 threads");
         TEST_CASE(name) {
             ad_rng g;
             ad_rng_seed(&g, 190 + qi);
