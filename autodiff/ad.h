@@ -281,6 +281,11 @@ ad_var ad_relu_maxpool2(ad_tape *t, ad_var X, int c, int h, int w);
 // (two passes over Y forward, four back): Y [n >= 1, c*h*w], P [2c] the scales, then the shifts
 // -> [n, c*(h/2)*(w/2)]. Differentiable to any order.
 ad_var ad_bn_relu_pool(ad_tape *t, ad_var Y, ad_var P, int c, int h, int w, double eps);
+// A first block in one op: ad_bn_relu_pool(ad_conv2d(X, W, c_in, h, w, c_out), P, c_out, h, w,
+// eps) with WP = [W [c_out, c_in*9] flattened, P [2 c_out]], the convolution made again in each
+// pass instead of stored (for a small c_in: with c_in = 1 the conv output is the network's
+// largest array and the cheapest to make) -> [n, c_out*(h/2)*(w/2)]. Differentiable to any order.
+ad_var ad_conv_bn_relu_pool(ad_tape *t, ad_var X, ad_var WP, int c_in, int h, int w, int c_out, double eps);
 // Its parts: A [n, c*h*w] at the argmax positions of X's windows -> [n, c*(h/2)*(w/2)]
 // (ad_maxpool2 is A = X); and the adjoint, G [n, c*(h/2)*(w/2)] put at those positions of a zero
 // [n, c*h*w]. Both are constant in X.

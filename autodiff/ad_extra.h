@@ -63,6 +63,10 @@ ad_var ad_linear(ad_tape *t, const ad_linmap *L, ad_var x);
 // eps) [4c]; with GPS = [GP, those 4c], the adjoint in Y (the formulas are in ops_image_block.c).
 ad_var ad_bn_relu_pool_dp(ad_tape *t, ad_var GP, ad_var Y, int c, int h, int w, double eps);
 ad_var ad_bn_relu_pool_dy(ad_tape *t, ad_var GPS, ad_var Y, int c, int h, int w, double eps);
+// The adjoint of ad_conv_bn_relu_pool (ad.h) in WP, which its reverse rule records: with GWP =
+// [G flattened, WP], [dW [c_out, c_in*9] flattened, dP [2 c_out]].
+ad_var ad_conv_bn_relu_pool_dwp(ad_tape *t, ad_var GWP, ad_var X, int c_in, int h, int w, int c_out,
+                                double eps);
 
 // ---- keeping products across a rewind (keep.c) ---------------------------------------------------
 

@@ -20,6 +20,12 @@ void imk_parallel(int threads, int n, size_t work, imk_fn fn, void *ctx);
 // when NULL). false when the per-image partial sums find no memory.
 bool imk_channel_stats(const double *x, int n, int c, int k, double eps, int threads, double *mean,
                        double *r);
+// The same in parts: one plane's sum and squares about its own mean into out [2], and the
+// statistics from part [n, c, 2] of such pairs (added in image order).
+void imk_plane_stats(const double *x, int k, double out[2]);
+// The same on AVX-512 in 16 lanes (ops_image_direct.c); false (nothing made) without it.
+bool imk_plane_stats_x512(const double *x, int k, double out[2]);
+void imk_stats_combine(const double *part, int n, int c, int k, double eps, double *mean, double *r);
 // y = (x - mean) r per channel (y may be x).
 void imk_channel_normalize(const double *x, int n, int c, int k, const double *mean, const double *r,
                            int threads, double *y);
@@ -48,6 +54,13 @@ void imk_pool_scatter(const double *g, const double *x, int n, int per, int h, i
 // One image x [c, h, w] into columns off .. off + hw - 1 of cols [c*9, ld]: row i*9 + k holds
 // channel i shifted by k's offset (dy, dx), zero outside the image.
 void imk_im2col(const double *x, int c, int h, int w, double *cols, size_t ld, size_t off);
+// One image's products, on the calling thread: y_b [c_out, h*w] = W [c_out, c_in*9] times
+// x_b's columns (made in cols [c_in*9, h*w]); and dW [c_out, c_in*9] (+)= G_b [c_out, h*w]
+// cols^T (added when add, else written).
+void imk_conv_image(const double *xb, const double *W, int c_in, int h, int w, int c_out,
+                    double *cols, double *yb);
+void imk_wgrad_image(const double *gb, const double *cols, int c_in, int hw, int c_out, bool add,
+                     double *dw);
 // conv2d's products one image at a time (im2col + dgemm straight from and into the images'
 // rows), the images in IMK_CONV_CHUNKS fixed chunks over the threads: forward, y [n, c_out*hw]
 // from W = other [c_out, c_in*9]; weight gradient (wgrad), y [c_out, c_in*9] from
@@ -56,6 +69,24 @@ void imk_im2col(const double *x, int c, int h, int w, double *cols, size_t ld, s
 enum { IMK_CONV_CHUNKS = 8 };
 bool imk_conv_images(const double *x, const double *other, int n, int c_in, int h, int w, int c_out,
                      bool wgrad, int threads, double *y);
+
+// The same products without im2col, on AVX-512 (ops_image_direct.c): whether they run here for
+// c_in input and c_out output channels (c_in >= 8, c_out a multiple of 16, and the CPU has
+// AVX-512), and the products, as imk_conv_images's (the same chunks; false when there is no
+// memory, or they do not run).
+bool imk_conv_direct_runs(int c_in, int c_out);
+bool imk_conv_direct(const double *x, const double *other, int n, int c_in, int h, int w, int c_out,
+                     bool wgrad, int threads, double *y);
+
+// One image at a time for few input channels, on AVX-512 (ops_image_direct.c; only where
+// imk_conv_small_runs, c_out a multiple of 4): x [c_in, h, w] into xp [c_in, imk_padded_len]
+// (zero-padded, row stride w + 2); y_b [c_out, h*w] = the conv of xp by W [c_out, c_in*9]; and
+// dW [c_out, c_in*9] += the weight gradient of g_b [c_out, h*w] with xp.
+bool imk_conv_small_runs(int c_out);
+size_t imk_padded_len(int h, int w);
+void imk_pad_image(const double *x, int c_in, int h, int w, double *xp);
+void imk_conv_small(const double *xp, const double *W, int c_in, int h, int w, int c_out, double *yb);
+void imk_wgrad_small(const double *gb, const double *xp, int c_in, int h, int w, int c_out, double *dw);
 
 // Checks shared by the image op files (ops_image.c), each failing with a one-line message naming
 // op: X is a batch [n, c*h*w] of images (`what` names it), P a [2c] of scales then shifts.

@@ -33,6 +33,7 @@
     X(CHAN_NORM, chan_norm) X(CHAN_RSTD, chan_rstd) X(CHAN_PROJ, chan_proj) X(CHAN_AFFINE, chan_affine) X(CHAN_SUMS, chan_sums) X(CHAN_NORM_ADJ, chan_norm_adj) \
     /* a block's batch norm, ReLU and max-pool (ops_image_block.c) */ \
     X(BN_POOL, bn_pool) X(BN_POOL_DP, bn_pool_dp) X(BN_POOL_DY, bn_pool_dy) \
+    X(CONV_BN_POOL, conv_bn_pool) X(CONV_BN_POOL_DWP, conv_bn_pool_dwp) \
     /* linear maps the caller computes (ops_linear.c) */ \
     X(LINEAR, linear) \
 

@@ -16,7 +16,8 @@
 // the X that picks the positions (a piecewise-constant choice), as max is.
 //
 // The products run as im2col + cblas_dgemm, one image per product for images of 64 pixels or
-// more, over blocks of images for smaller ones; ad_conv3x3_direct is the plain loop a test
+// more, over blocks of images for smaller ones, or where the CPU has AVX-512 and the channels
+// suit it, without im2col (ops_image_direct.c); ad_conv3x3_direct is the plain loop a test
 // compares them with. The loops over the activations are in ops_image_kernels.c, split over
 // images on the tape's threads with bits that do not depend on their number.
 #include "image_kernels.h"
@@ -119,8 +120,10 @@ static ad_status conv_blocks(ad_tape *t, const char *op, const ad_node *X, const
     int n = X->rows, hw = h * w, B = block_images(n, c_in, c_out, hw);
     size_t row = (size_t)c_out * hw; // an image's output (or G's) row
     double t0 = t->par.time_blas ? ad_now() : 0;
-    if (B == 1) { // one image per product, on the tape's threads
-        bool ok = imk_conv_images(X->val, other, n, c_in, h, w, c_out, wgrad, t->threads, y);
+    bool direct = imk_conv_direct_runs(c_in, c_out);
+    if (B == 1 || direct) { // one image per product, on the tape's threads
+        bool ok = direct ? imk_conv_direct(X->val, other, n, c_in, h, w, c_out, wgrad, t->threads, y)
+                         : imk_conv_images(X->val, other, n, c_in, h, w, c_out, wgrad, t->threads, y);
         if (!ok) ad_fail(t, AD_ENOMEM, "%s: no memory for the columns of %d x %d images", op, h, w);
         if (t->par.time_blas) t->blas_seconds += ad_now() - t0;
         return ok ? AD_OK : AD_ENOMEM;

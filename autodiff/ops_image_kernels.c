@@ -118,12 +118,16 @@ typedef struct {
     double *part; // [n, c, 2]
 } stats_job;
 
+void imk_plane_stats(const double *x, int k, double out[2]) {
+    if (imk_plane_stats_x512(x, k, out)) return;
+    double s = sum4(x, k);
+    out[0] = s, out[1] = sqdev4(x, k, s / k);
+}
+
 // per image and channel: the segment's sum and its squares about the segment's mean
 static void segment_stats(const void *ctx, size_t off, int b, int ch) {
     const stats_job *j = ctx;
-    const double *x = j->x + off;
-    double s = sum4(x, j->k), *o = j->part + ((size_t)b * j->c + ch) * 2;
-    o[0] = s, o[1] = sqdev4(x, j->k, s / j->k);
+    imk_plane_stats(j->x + off, j->k, j->part + ((size_t)b * j->c + ch) * 2);
 }
 
 bool imk_channel_stats(const double *x, int n, int c, int k, double eps, int threads, double *mean,
@@ -132,6 +136,12 @@ bool imk_channel_stats(const double *x, int n, int c, int k, double eps, int thr
     if (!part) return false;
     stats_job j = {x, NULL, c, k, part};
     for_segments(threads, n, c, k, 1, segment_stats, &j);
+    imk_stats_combine(part, n, c, k, eps, mean, r);
+    free(part);
+    return true;
+}
+
+void imk_stats_combine(const double *part, int n, int c, int k, double eps, double *mean, double *r) {
     double N = (double)n * k;
     for (int ch = 0; ch < c; ch++) {
         double s = 0, q = 0;
@@ -146,8 +156,6 @@ bool imk_channel_stats(const double *x, int n, int c, int k, double eps, int thr
         mean[ch] = m;
         if (r) r[ch] = 1 / sqrt(q / N + eps);
     }
-    free(part);
-    return true;
 }
 
 // ---- per-channel maps: y = x a[ch] + s[ch], over images ----
@@ -404,6 +412,27 @@ static int product_pieces(int m, int n, int k, int64_t most_madds) {
     return (int)((n + most - 1) / most);
 }
 
+void imk_conv_image(const double *xb, const double *W, int c_in, int h, int w, int c_out,
+                    double *cols, double *yb) {
+    int hw = h * w, kk = c_in * 9;
+    imk_im2col(xb, c_in, h, w, cols, (size_t)hw, 0);
+    for (int p0 = 0, pieces = product_pieces(c_out, hw, kk, CONV_MADDS); p0 < pieces; p0++) {
+        int c0 = (int)((int64_t)hw * p0 / pieces), c1 = (int)((int64_t)hw * (p0 + 1) / pieces);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c_out, c1 - c0, kk, 1.0, W, kk,
+                    cols + c0, hw, 0.0, yb + c0, hw);
+    }
+}
+
+void imk_wgrad_image(const double *gb, const double *cols, int c_in, int hw, int c_out, bool add,
+                     double *dw) {
+    int kk = c_in * 9;
+    for (int p0 = 0, pieces = product_pieces(c_out, kk, hw, WGRAD_MADDS); p0 < pieces; p0++) {
+        int c0 = (int)((int64_t)hw * p0 / pieces), c1 = (int)((int64_t)hw * (p0 + 1) / pieces);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c_out, kk, c1 - c0, 1.0, gb + c0, hw,
+                    cols + c0, hw, add || p0 ? 1.0 : 0.0, dw, kk);
+    }
+}
+
 static void conv_chunks(void *ctx, int lo, int hi) {
     const conv_job *j = ctx;
     int hw = j->h * j->w, kk = j->c_in * 9;
@@ -412,20 +441,12 @@ static void conv_chunks(void *ctx, int lo, int hi) {
         double *cols = j->cols + (size_t)ch * kk * hw;
         int b0 = (int)((int64_t)j->n * ch / j->chunks), b1 = (int)((int64_t)j->n * (ch + 1) / j->chunks);
         for (int b = b0; b < b1; b++) {
-            imk_im2col(j->x + b * xrow, j->c_in, j->h, j->w, cols, (size_t)hw, 0);
-            if (j->part) // this chunk's dW [c_out, c_in*9] (+)= G_b [c_out, hw] cols^T, in pieces of pixels
-                for (int p0 = 0, pieces = product_pieces(j->c_out, kk, hw, WGRAD_MADDS); p0 < pieces; p0++) {
-                    int c0 = (int)((int64_t)hw * p0 / pieces), c1 = (int)((int64_t)hw * (p0 + 1) / pieces);
-                    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->c_out, kk, c1 - c0, 1.0,
-                                j->other + b * row + c0, hw, cols + c0, hw, b > b0 || p0 ? 1.0 : 0.0,
-                                j->part + (size_t)ch * j->c_out * kk, kk);
-                }
-            else // y_b [c_out, hw] = W [c_out, c_in*9] cols [c_in*9, hw], in pieces of columns
-                for (int p0 = 0, pieces = product_pieces(j->c_out, hw, kk, CONV_MADDS); p0 < pieces; p0++) {
-                    int c0 = (int)((int64_t)hw * p0 / pieces), c1 = (int)((int64_t)hw * (p0 + 1) / pieces);
-                    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->c_out, c1 - c0, kk, 1.0,
-                                j->other, kk, cols + c0, hw, 0.0, j->y + b * row + c0, hw);
-                }
+            if (j->part) { // this chunk's dW [c_out, c_in*9] (+)= G_b [c_out, hw] cols^T
+                imk_im2col(j->x + b * xrow, j->c_in, j->h, j->w, cols, (size_t)hw, 0);
+                imk_wgrad_image(j->other + b * row, cols, j->c_in, hw, j->c_out, b > b0,
+                                j->part + (size_t)ch * j->c_out * kk);
+            } else // y_b [c_out, hw] = W [c_out, c_in*9] cols [c_in*9, hw]
+                imk_conv_image(j->x + b * xrow, j->other, j->c_in, j->h, j->w, j->c_out, cols, j->y + b * row);
         }
     }
 }

@@ -11,7 +11,8 @@
 
 #include "../autodiff/ad.h"
 #include "../autodiff/ad_extra.h"
-#include "../autodiff/internal.h" // ad_conv3x3_direct
+#include "../autodiff/image_kernels.h" // the kernels beside the plain loop
+#include "../autodiff/internal.h"      // ad_conv3x3_direct
 
 #include <math.h>
 #include <stdlib.h>
@@ -34,8 +35,33 @@ typedef struct {
 } geom;
 
 // n = 30 of 16 x 12 x 12 to 5 makes blocks of 12 images: three, the last one short.
+// The last two take the AVX-512 kernel where the CPU has it (16 output channels, 8 or more input
+// channels), the last one in its transpose too.
 static const geom geoms[] = {{1, 1, 1, 1, 1}, {2, 1, 5, 3, 4}, {3, 3, 4, 7, 2}, {30, 16, 12, 12, 5},
-                             {7, 2, 28, 28, 3}};
+                             {7, 2, 28, 28, 3}, {6, 8, 14, 14, 16}, {5, 16, 7, 7, 16}};
+
+// A conv's random operands for geometry q: images x [n, c_in*hw], weights wt [c_out, c_in*9]
+// and an output gradient gy [n, c_out*hw].
+typedef struct {
+    size_t hw, nx, ny, nw;
+    double *x, *wt, *gy;
+} operands;
+
+static operands operands_make(geom q, uint64_t seed) {
+    ad_rng g;
+    ad_rng_seed(&g, seed);
+    size_t hw = (size_t)q.h * q.w;
+    operands o = {hw, q.n * q.c_in * hw, q.n * q.c_out * hw, (size_t)q.c_out * q.c_in * 9, NULL, NULL, NULL};
+    o.x = randn(&g, o.nx), o.wt = randn(&g, o.nw), o.gy = randn(&g, o.ny);
+    return o;
+}
+
+static void operands_free(operands *o) { free(o->x), free(o->wt), free(o->gy); }
+
+// A case's name: "image: " what, q's geometry, then tail.
+static void geom_name(char *name, size_t size, const char *what, geom q, const char *tail) {
+    snprintf(name, size, "image: %s %d x %d x %d x %d -> %d%s", what, q.n, q.c_in, q.h, q.w, q.c_out, tail);
+}
 
 static void conv_against_direct(void) {
     for (size_t gi = 0; gi < sizeof geoms / sizeof geoms[0]; gi++) {
@@ -44,11 +70,9 @@ static void conv_against_direct(void) {
         snprintf(name, sizeof name, "image: conv2d, its weight gradient and transpose against the plain loop, "
                  "%d x %d x %d x %d -> %d", q.n, q.c_in, q.h, q.w, q.c_out);
         TEST_CASE(name) {
-            ad_rng g;
-            ad_rng_seed(&g, 40 + gi);
-            size_t hw = (size_t)q.h * q.w, nx = q.n * q.c_in * hw, ny = q.n * q.c_out * hw,
-                   nw = (size_t)q.c_out * q.c_in * 9;
-            double *x = randn(&g, nx), *wt = randn(&g, nw), *gy = randn(&g, ny), *ref = malloc(ny * sizeof *ref);
+            operands op = operands_make(q, 40 + gi);
+            size_t hw = op.hw, nx = op.nx, ny = op.ny, nw = op.nw;
+            double *x = op.x, *wt = op.wt, *gy = op.gy, *ref = malloc(ny * sizeof *ref);
             ad_conv3x3_direct(x, wt, q.n, q.c_in, q.h, q.w, q.c_out, ref);
             ad_tape *t = ad_tape_new(NULL);
             ad_var X = ad_const(t, ad_mat_shape(q.n, (int)(q.c_in * hw)), x);
@@ -66,7 +90,77 @@ static void conv_against_direct(void) {
             EXPECT(fabs(a - lhs) <= tol && fabs(b - lhs) <= tol, "<Y, G> = %.15g, <W, dW> = %.15g, <X, dX> = %.15g",
                    lhs, a, b);
             ad_tape_free(t);
-            free(x), free(wt), free(gy), free(ref);
+            operands_free(&op), free(ref);
+        }
+    }
+}
+
+// ---- the AVX-512 kernel against the plain loop and im2col + dgemm ----
+
+// dW [c_out, c_in*9] of x [n, c_in*h*w] and g [n, c_out*h*w] by the definition.
+static void wgrad_loop(const double *x, const double *gy, geom q, double *dw) {
+    size_t hw = (size_t)q.h * q.w;
+    for (int o = 0; o < q.c_out; o++)
+        for (int i = 0; i < q.c_in; i++)
+            for (int k = 0; k < 9; k++) {
+                double s = 0;
+                for (int b = 0; b < q.n; b++)
+                    for (int py = 0; py < q.h; py++)
+                        for (int px = 0; px < q.w; px++) {
+                            int sy = py + k / 3 - 1, sx = px + k % 3 - 1;
+                            if (sy >= 0 && sy < q.h && sx >= 0 && sx < q.w)
+                                s += gy[((size_t)b * q.c_out + o) * hw + (size_t)py * q.w + px] *
+                                     x[((size_t)b * q.c_in + i) * hw + (size_t)sy * q.w + sx];
+                        }
+                dw[((size_t)o * q.c_in + i) * 9 + k] = s;
+            }
+}
+
+static double worst_rel(const double *a, const double *ref, size_t n) {
+    double worst = 0, scale = 0;
+    for (size_t i = 0; i < n; i++) worst = fmax(worst, fabs(a[i] - ref[i])), scale = fmax(scale, fabs(ref[i]));
+    return worst / (1 + scale);
+}
+
+// shapes of ConvNet blocks 2 to 4 (14, 7, 3 pixels), rows that are one pixel or one tile
+// long, and more images than chunks
+static const geom direct_geoms[] = {{11, 32, 14, 14, 32}, {9, 32, 7, 7, 32}, {20, 32, 3, 3, 32},
+                                    {3, 8, 1, 1, 16}, {2, 9, 5, 22, 16}, {4, 8, 2, 13, 48}};
+
+static void direct_cases(void) {
+    for (size_t gi = 0; gi < sizeof direct_geoms / sizeof direct_geoms[0]; gi++) {
+        geom q = direct_geoms[gi];
+        char name[160];
+        geom_name(name, sizeof name, "the AVX-512 conv and weight gradient against the plain loop and im2col + dgemm,",
+                  q, ", the same bits on 1, 2 and 3 threads");
+        TEST_CASE(name) {
+            if (!imk_conv_direct_runs(q.c_in, q.c_out)) {
+                double y;
+                EXPECT(!imk_conv_direct(&y, &y, 1, q.c_in, 1, 1, q.c_out, false, 1, &y),
+                       "the kernel claims to run where the CPU has no AVX-512");
+                continue;
+            }
+            operands op = operands_make(q, 140 + gi);
+            size_t ny = op.ny, nw = op.nw;
+            double *x = op.x, *wt = op.wt, *gy = op.gy;
+            double *ref = malloc(ny * sizeof *ref), *y = malloc(ny * sizeof *y), *blas = malloc(ny * sizeof *y);
+            double *dref = malloc(nw * sizeof *dref), *dw = malloc(nw * sizeof *dw), *dblas = malloc(nw * sizeof *dw);
+            ad_conv3x3_direct(x, wt, q.n, q.c_in, q.h, q.w, q.c_out, ref);
+            wgrad_loop(x, gy, q, dref);
+            EXPECT(imk_conv_direct(x, wt, q.n, q.c_in, q.h, q.w, q.c_out, false, 1, y) &&
+                   imk_conv_direct(x, gy, q.n, q.c_in, q.h, q.w, q.c_out, true, 1, dw) &&
+                   imk_conv_images(x, wt, q.n, q.c_in, q.h, q.w, q.c_out, false, 1, blas) &&
+                   imk_conv_images(x, gy, q.n, q.c_in, q.h, q.w, q.c_out, true, 1, dblas), "no memory");
+            double e[4] = {worst_rel(y, ref, ny), worst_rel(dw, dref, nw), worst_rel(blas, ref, ny), worst_rel(dblas, dref, nw)};
+            EXPECT(e[0] <= 1e-14 && e[1] <= 1e-13 && e[2] <= 1e-14 && e[3] <= 1e-13,
+                   "relative differences from the loop: kernel %g (dW %g), im2col + dgemm %g (dW %g)", e[0], e[1], e[2], e[3]);
+            for (int th = 2; th <= 3; th++) {
+                imk_conv_direct(x, wt, q.n, q.c_in, q.h, q.w, q.c_out, false, th, blas);
+                imk_conv_direct(x, gy, q.n, q.c_in, q.h, q.w, q.c_out, true, th, dblas);
+                EXPECT(!memcmp(y, blas, ny * sizeof *y) && !memcmp(dw, dblas, nw * sizeof *dw),
+                       "%d threads differ from one", th);
+            }
+            operands_free(&op), free(ref), free(y), free(blas), free(dref), free(dw), free(dblas);
         }
     }
 }
@@ -347,6 +441,67 @@ static void fused_block_cases(void) {
     }
 }
 
+// ---- ad_conv_bn_relu_pool against ad_bn_relu_pool of conv2d ----
+
+// Its value and gradients in X and WP of sum(out * mix) into out [no + nx + nwp], fused or as
+// the composition, on a tape of `threads` threads.
+static void conv_block_run(geom q, const double *x, const double *wp, const double *mix, bool fused,
+                           int threads, double *out) {
+    ad_tape_params tp = ad_tape_default_params();
+    tp.threads = threads;
+    ad_tape *t = ad_tape_new(&tp);
+    int hw = q.h * q.w, pooled = q.c_out * (q.h / 2) * (q.w / 2), nw = q.c_out * q.c_in * 9;
+    ad_var in[2] = {ad_param(t, ad_mat_shape(q.n, q.c_in * hw), x), ad_param(t, ad_vec_shape(nw + 2 * q.c_out), wp)}, d[2];
+    ad_var o;
+    if (fused)
+        o = ad_conv_bn_relu_pool(t, in[0], in[1], q.c_in, q.h, q.w, q.c_out, 1e-5);
+    else {
+        ad_var W = ad_reshape(t, ad_slice(t, in[1], 0, nw), ad_mat_shape(q.c_out, q.c_in * 9));
+        ad_var Y = ad_conv2d(t, in[0], W, q.c_in, q.h, q.w, q.c_out);
+        o = ad_bn_relu_pool(t, Y, ad_slice(t, in[1], nw, 2 * q.c_out), q.c_out, q.h, q.w, 1e-5);
+    }
+    ad_grad(t, ad_sum(t, ad_mul(t, o, ad_const(t, ad_mat_shape(q.n, pooled), mix))), 2, in, d, 0);
+    size_t no = (size_t)q.n * pooled, nx = (size_t)q.n * q.c_in * hw;
+    if (ad_tape_status(t) == AD_OK) {
+        memcpy(out, ad_value(t, o), no * sizeof *out);
+        memcpy(out + no, ad_value(t, d[0]), nx * sizeof *out);
+        memcpy(out + no + nx, ad_value(t, d[1]), (size_t)(nw + 2 * q.c_out) * sizeof *out);
+    } else
+        out[0] = NAN;
+    ad_tape_free(t);
+}
+
+static void conv_block_cases(void) {
+    // 23 images of 27 x 29 (odd sides) split over threads, as a first block (one input channel);
+    // 16 output channels from 3
+    static const geom qs[] = {{23, 1, 27, 29, 4}, {6, 3, 6, 5, 16}};
+    for (size_t qi = 0; qi < sizeof qs / sizeof qs[0]; qi++) {
+        geom q = qs[qi];
+        char name[176];
+        geom_name(name, sizeof name, "ad_conv_bn_relu_pool on", q, " is ad_bn_relu_pool of conv2d (values to 1e-13, "
+                  "gradients to 1e-12), the same bits on 1, 2 and 3 threads");
+        TEST_CASE(name) {
+            ad_rng g;
+            ad_rng_seed(&g, 190 + qi);
+            size_t no = (size_t)q.n * q.c_out * (q.h / 2) * (q.w / 2), nx = (size_t)q.n * q.c_in * q.h * q.w;
+            size_t nwp = (size_t)q.c_out * (q.c_in * 9 + 2), m = no + nx + nwp;
+            double *x = randn(&g, nx), *mix = randn(&g, no), *wp = randn(&g, nwp);
+            wp[nwp - 2 * q.c_out] = -1.5; // a negative scale (minima pooled)
+            double *ref = malloc(m * sizeof *ref), *one = malloc(m * sizeof *one), *other = malloc(m * sizeof *other);
+            conv_block_run(q, x, wp, mix, false, 1, ref);
+            conv_block_run(q, x, wp, mix, true, 1, one);
+            EXPECT(isfinite(ref[0]) && isfinite(one[0]), "a run failed");
+            double ev = worst_rel(one, ref, no), eg = worst_rel(one + no, ref + no, m - no);
+            EXPECT(ev <= 1e-13 && eg <= 1e-12, "values differ by %g, gradients by %g (relative)", ev, eg);
+            for (int th = 2; th <= 3; th++) {
+                conv_block_run(q, x, wp, mix, true, th, other);
+                EXPECT(!memcmp(one, other, m * sizeof *one), "%d threads differ from one", th);
+            }
+            free(x), free(mix), free(wp), free(ref), free(one), free(other);
+        }
+    }
+}
+
 void test_ad_image(void) {
     threads_cases();
     conv_against_direct();
@@ -356,4 +511,6 @@ void test_ad_image(void) {
     maml_case(false);
     maml_case(true);
     fused_block_cases();
+    direct_cases();
+    conv_block_cases();
 }

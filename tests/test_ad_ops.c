@@ -133,6 +133,17 @@ static ad_var r_chan_norm_adj(ad_tape *t, const ad_var *x) { return ad_channel_n
 // ConvNet block: 2 images of 2 channels of 3 x 4 (an odd row left out by the pool), P [4]; the
 // adjoints' first inputs: the pooled adjoint [2 * 2 * 1 * 2] then P [4] (then S, m, r [8])
 static ad_var r_bn_pool(ad_tape *t, const ad_var *x) { return ad_bn_relu_pool(t, x[0], x[1], 2, 3, 4, 0.3); }
+// the same block with its conv: 2 images of 2 channels of 3 x 4 to 2 channels, WP = [W [2, 18], P [4]] [40];
+// the adjoint's first input: the pooled adjoint [8] then WP
+static ad_var r_conv_bn_pool(ad_tape *t, const ad_var *x) { return ad_conv_bn_relu_pool(t, x[0], x[1], 2, 3, 4, 2, 0.3); }
+static ad_var r_conv_bn_pool_dwp(ad_tape *t, const ad_var *x) {
+    return ad_conv_bn_relu_pool_dwp(t, x[0], x[1], 2, 3, 4, 2, 0.3);
+}
+// one input channel to 4 (the AVX-512 kernel where the CPU has it): WP [44]; the adjoint's GWP [16 + 44]
+static ad_var r_conv_bn_pool4(ad_tape *t, const ad_var *x) { return ad_conv_bn_relu_pool(t, x[0], x[1], 1, 3, 4, 4, 0.3); }
+static ad_var r_conv_bn_pool4_dwp(ad_tape *t, const ad_var *x) {
+    return ad_conv_bn_relu_pool_dwp(t, x[0], x[1], 1, 3, 4, 4, 0.3);
+}
 static ad_var r_bn_pool_dp(ad_tape *t, const ad_var *x) { return ad_bn_relu_pool_dp(t, x[0], x[1], 2, 3, 4, 0.3); }
 static ad_var r_bn_pool_dy(ad_tape *t, const ad_var *x) { return ad_bn_relu_pool_dy(t, x[0], x[1], 2, 3, 4, 0.3); }
 static ad_var r_channel_bias(ad_tape *t, const ad_var *x) { return ad_channel_bias(t, x[0], x[1], 2, 2, 2); }
@@ -247,6 +258,10 @@ static const row rows[] = {
     {"bn_pool", r_bn_pool, 2, {M(2, 24), V(4)}, -2, 2, NK, 0},
     {"bn_pool_dp", r_bn_pool_dp, 2, {V(12), M(2, 24)}, -2, 2, NK, 0},
     {"bn_pool_dy", r_bn_pool_dy, 2, {V(20), M(2, 24)}, -2, 2, NK, 0},
+    {"conv_bn_pool", r_conv_bn_pool, 2, {M(2, 24), V(40)}, -2, 2, NK, 0},
+    {"conv_bn_pool_dwp", r_conv_bn_pool_dwp, 2, {V(48), M(2, 24)}, -2, 2, NK, 0},
+    {"conv_bn_pool", r_conv_bn_pool4, 2, {M(2, 12), V(44)}, -2, 2, NK, 0},
+    {"conv_bn_pool_dwp", r_conv_bn_pool4_dwp, 2, {V(60), M(2, 12)}, -2, 2, NK, 0},
     {"expand", r_channel_bias, 2, {M(3, 8), V(2)}, -2, 2, NK, 0},     // per-channel bias, likewise
     {"linear", r_linear, 1, {V(3)}, -2, 2, NK, 0},                     // a map of the caller's
 };

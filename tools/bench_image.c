@@ -7,7 +7,9 @@
 // image ops' passes split over images on the tape's threads (2 here, as OpenBLAS's); PyTorch
 // with 1 torch thread (tools/bench_torch.py also prints it on 2). Each block's batch norm, ReLU
 // and pool are one op, ad_bn_relu_pool (the same values as ad_batchnorm, ad_relu and
-// ad_maxpool2, the gradients to rounding: tests/test_ad_image.c).
+// ad_maxpool2, the gradients to rounding: tests/test_ad_image.c); the first block's conv is in
+// that op too (ad_conv_bn_relu_pool: its 64 MB output made again in each pass, never stored),
+// and blocks 2 to 4 take the AVX-512 conv kernel where the CPU has it.
 #include "bench.h"
 
 #include "../autodiff/ad.h"
@@ -68,9 +70,14 @@ static double convnet_grad(ad_tape *t, const convnet *c) {
         p[3 * b] = ad_param(t, ad_mat_shape(CN_FILTERS, c_in * 9), c->w[b]);
         p[3 * b + 1] = ad_param(t, ad_vec_shape(CN_FILTERS), c->gamma);
         p[3 * b + 2] = ad_param(t, ad_vec_shape(CN_FILTERS), c->beta);
-        h = ad_conv2d(t, h, p[3 * b], c_in, side, side, CN_FILTERS);
-        // batch norm, ReLU and max-pool in one op, gamma and beta as one [2C]
-        h = ad_bn_relu_pool(t, h, ad_concat(t, p[3 * b + 1], p[3 * b + 2]), CN_FILTERS, side, side, 1e-5);
+        ad_var gb = ad_concat(t, p[3 * b + 1], p[3 * b + 2]); // gamma and beta as one [2C]
+        if (b == 0) { // the first block's conv output (64 MB) made again in each pass, not stored
+            ad_var WP = ad_concat(t, ad_reshape(t, p[0], ad_vec_shape(CN_FILTERS * 9)), gb);
+            h = ad_conv_bn_relu_pool(t, h, WP, 1, side, side, CN_FILTERS, 1e-5);
+        } else { // batch norm, ReLU and max-pool in one op
+            h = ad_conv2d(t, h, p[3 * b], c_in, side, side, CN_FILTERS);
+            h = ad_bn_relu_pool(t, h, gb, CN_FILTERS, side, side, 1e-5);
+        }
         side /= 2, c_in = CN_FILTERS;
     }
     p[P - 1] = ad_param(t, ad_mat_shape(CN_FILTERS, CN_WAYS), c->head); // h is [320, 32]
