@@ -73,34 +73,37 @@ static ad_status off_kernel(ad_tape *t, const ad_coded *X, int tx, const double 
 }
 
 // out [m, n] = op(X) B (tx: X transposed), m = op(X)'s rows: the thin kernel when it takes the
-// shape, else off_kernel. The products of the three ops below, so the same bits for each.
+// shape, else off_kernel. The products of the three ops below, so the same bits for each. then
+// (or NULL): work on the rows of out once computed (thin.h, ad_thin_rows), on the kernel's
+// threads when it runs X B.
 static ad_status coded_product(ad_tape *t, const ad_coded *X, int tx, const ad_node *B, int m,
-                               double *out) {
+                               double *out, const ad_thin_rows *then) {
     int k = tx ? X->rows : X->cols, n = B->cols;
     if (m == 0 || n == 0) return AD_OK;
-    if (k == 0) {
-        memset(out, 0, (size_t)m * (size_t)n * sizeof(double));
-        return AD_OK;
-    }
     double t0 = t->par.time_blas ? ad_now() : 0;
     ad_status st = AD_OK;
     int threads;
     bool by_t = !tx && X->codes_t; // X B from X's codes transposed (thin.h)
-    double *work = ad_thin_plan(t, tx || by_t, m, n, k, &threads);
-    if (work && by_t)
-        ad_thin_matmul_coded_t((ad_thin_isa)t->thin_isa, threads, m, n, k, X->codes_t, X->table,
-                               X->rows, B->val, B->cols, out, work);
-    else if (work)
+    double *work = k ? ad_thin_plan(t, tx || by_t, m, n, k, &threads) : NULL;
+    if (work && !tx) {
+        ad_thin_coded_rows((ad_thin_isa)t->thin_isa, threads, m, n, k, X->codes, X->codes_t,
+                           X->table, B->val, B->cols, out, work, then);
+        then = NULL; // done
+    } else if (work) {
         ad_thin_matmul_coded((ad_thin_isa)t->thin_isa, threads, tx, m, n, k, X->codes, X->table,
                              X->cols, B->val, B->cols, out, work);
-    else
+    } else if (k) {
         st = off_kernel(t, X, tx, B->val, n, out);
+    } else {
+        memset(out, 0, (size_t)m * (size_t)n * sizeof(double));
+    }
     if (t->par.time_blas) t->blas_seconds += ad_now() - t0;
+    if (st == AD_OK && then) then->fn(then->ctx, out, n, 0, m);
     return st;
 }
 
 static ad_status fwd_matmul_coded(ad_tape *t, ad_node *n) {
-    return coded_product(t, n->ext, n->i0, &t->nodes[n->a], n->rows, n->val);
+    return coded_product(t, n->ext, n->i0, &t->nodes[n->a], n->rows, n->val, NULL);
 }
 // C = op(X) B: dB = op(X)^T G, another product with the same codes. X is constant.
 static void rev_matmul_coded(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
@@ -145,10 +148,15 @@ ad_var ad_softmax_coded(ad_tape *t, const ad_coded *X, ad_var W) {
     p->ext = X; // as matmul_coded's: the memo and ad_keep compare it
     return ad_commit(t, p);
 }
+// rows [lo, hi) of the logits C [., n] replaced by their softmax, row by row (ad_thin_rows)
+static void softmax_in_place(void *ctx, double *C, int n, int lo, int hi) {
+    (void)ctx;
+    double *rows = C + (size_t)lo * (size_t)n;
+    ad_softmax_rows(rows, hi - lo, n, rows);
+}
 static ad_status fwd_softmax_coded(ad_tape *t, ad_node *n) {
-    ad_status st = coded_product(t, n->ext, 0, &t->nodes[n->a], n->rows, n->val);
-    if (st == AD_OK) ad_softmax_rows(n->val, n->rows, n->cols, n->val); // row by row, in place
-    return st;
+    const ad_thin_rows then = {softmax_in_place, NULL};
+    return coded_product(t, n->ext, 0, &t->nodes[n->a], n->rows, n->val, &then);
 }
 // softmax's rule, then matmul_coded's: X^T (P * (G - rowsum(G * P)))
 static void rev_softmax_coded(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
@@ -176,7 +184,7 @@ static ad_status fwd_xent_coded(ad_tape *t, ad_node *n) {
         ad_fail(t, AD_ENOMEM, "xent_coded: no memory for the logits [%d, %d]", X->rows, W->cols);
         return AD_ENOMEM;
     }
-    ad_status st = coded_product(t, X, 0, W, X->rows, z);
+    ad_status st = coded_product(t, X, 0, W, X->rows, z, NULL);
     if (st == AD_OK) ad_xent_rows(z, X->rows, W->cols, t->nodes[n->b].idx, n->val);
     free(z);
     return st;

@@ -560,6 +560,7 @@ typedef struct {
     thin_task all; // the whole product
     int chunk, n_chunks, by_rows_of_a;
     bool by_cols; // A^T B's partials are by columns of C ([n, m]), else by rows ([m, np])
+    const ad_thin_rows *then; // NULL, or what to do with rows of C once final (thin.h)
     atomic_int next;
 } thin_job;
 
@@ -585,6 +586,8 @@ static void *run_chunks(void *arg) {
         run_task(&t);
         // A^T B in one block: its rows of C are final; copied while in cache, on this thread
         if (t.ta && !j->by_rows_of_a) copy_out(&t, j->by_cols, t.cb, t.lo, t.hi);
+        // rows of C final here (not those of A^T B summed over blocks, final after the join)
+        if (j->then && !j->by_rows_of_a && t.lo < t.hi) j->then->fn(j->then->ctx, t.C, t.n, t.lo, t.hi);
     }
     return NULL;
 }
@@ -595,7 +598,8 @@ enum { THIN_MAX_THREADS = 64 };
 // gives A^T B the bits of the product without the transpose on A^T's rows.
 static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, int k,
                      const double *A, const uint8_t *au, const double *tab, int lda,
-                     const double *B, int ldb, double *C, double *work, bool one_block) {
+                     const double *B, int ldb, double *C, double *work, bool one_block,
+                     const ad_thin_rows *then) {
     if (m <= 0 || n <= 0) return;
     if (isa == AD_THIN_AUTO) isa = ad_thin_best();
     if (!ad_thin_runs(isa)) isa = AD_THIN_PORTABLE;
@@ -611,7 +615,7 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
                             .lo = 0, .hi = m, .p0 = 0, .p1 = k, .A = A, .au = au, .tab = tab,
                             .bp = as_given ? B : work, .nb = as_given ? ldb : np, .C = C,
                             .cb = work + (size_t)np * k, .lin = lin, .dhi = hi, .dlo = lo},
-                   .by_cols = tn_strips(isa, au != NULL, lin)};
+                   .by_cols = tn_strips(isa, au != NULL, lin), .then = then};
     int nt = min_int(threads < 1 ? 1 : min_int(threads, THIN_MAX_THREADS), (m + 7) / 8);
     if (blocks > 1) { // A transposed, k long: blocks of rows of A
         job.by_rows_of_a = 1;
@@ -644,21 +648,29 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
         for (size_t at = 0; at < used; at++) part[at] += pb[at];
     }
     copy_out(&job.all, job.by_cols, part, 0, m);
+    if (then) then->fn(then->ctx, C, n, 0, m);
 }
 
 void ad_thin_matmul(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, int k,
                     const double *A, int lda, const double *B, int ldb, double *C, double *work) {
-    thin_run(isa, threads, ta, tb, m, n, k, A, NULL, NULL, lda, B, ldb, C, work, false);
+    thin_run(isa, threads, ta, tb, m, n, k, A, NULL, NULL, lda, B, ldb, C, work, false, NULL);
 }
 
 void ad_thin_matmul_coded(ad_thin_isa isa, int threads, int ta, int m, int n, int k,
                           const uint8_t *codes, const double *table, int lda, const double *B,
                           int ldb, double *C, double *work) {
-    thin_run(isa, threads, ta, 0, m, n, k, NULL, codes, table, lda, B, ldb, C, work, false);
+    thin_run(isa, threads, ta, 0, m, n, k, NULL, codes, table, lda, B, ldb, C, work, false, NULL);
 }
 
 void ad_thin_matmul_coded_t(ad_thin_isa isa, int threads, int m, int n, int k,
                             const uint8_t *codes_t, const double *table, int ldt, const double *B,
                             int ldb, double *C, double *work) {
-    thin_run(isa, threads, 1, 0, m, n, k, NULL, codes_t, table, ldt, B, ldb, C, work, true);
+    thin_run(isa, threads, 1, 0, m, n, k, NULL, codes_t, table, ldt, B, ldb, C, work, true, NULL);
+}
+
+void ad_thin_coded_rows(ad_thin_isa isa, int threads, int m, int n, int k, const uint8_t *codes,
+                        const uint8_t *codes_t, const double *table, const double *B, int ldb,
+                        double *C, double *work, const ad_thin_rows *then) {
+    if (codes_t) thin_run(isa, threads, 1, 0, m, n, k, NULL, codes_t, table, m, B, ldb, C, work, true, then);
+    else thin_run(isa, threads, 0, 0, m, n, k, NULL, codes, table, k, B, ldb, C, work, false, then);
 }
