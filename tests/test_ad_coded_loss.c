@@ -2,12 +2,15 @@
 // one op each): the values, gradients and Hessian-vector products of the composition they
 // replace (softmax or xent of ad_matmul_coded) bit for bit, on 1, 2 and 3 threads; the softmax
 // kept by ad_keep and given back by ad_reuse (so a re-recorded gradient computes neither the
-// logits nor their exps); bad arguments as one-line errors. Finite differences: test_ad_ops.c.
+// logits nor their exps), and so RHG's lean sweep (blo_hypergrad) on such a loss: the same
+// hypergradient, one softmax per LL step instead of two; bad arguments as one-line errors.
+// Finite differences: test_ad_ops.c.
 #include "harness.h"
 #include "tests.h"
 
 #include "../autodiff/ad.h"
 #include "../autodiff/ad_extra.h"
+#include "../bilevel/blo_extra.h" // blo_hypergrad: the lean sweep these ops are for
 
 #include <math.h>
 #include <stdint.h>
@@ -163,6 +166,61 @@ static void kept_softmax(void) {
     }
 }
 
+// f = 1/n sum_i sigmoid(x_i) xent_i(X W), F = 1/2 ||y - 0.1||^2, y = W [CD, CK] flattened: as
+// the composition or with xent_coded (fused).
+typedef struct {
+    const ad_coded *X;
+    const int32_t *labels;
+    int fused;
+} lin_loss;
+static ad_var lin_f(ad_tape *t, ad_var x, ad_var y, void *u) {
+    const lin_loss *L = u;
+    ad_var W = ad_reshape(t, y, ad_mat_shape(CD, CK));
+    ad_var ce = xent_of(t, L->X, W, L->labels, L->fused); // [CN]
+    return ad_scale(t, ad_dot(t, ad_sigmoid(t, x), ce), 1.0 / CN);
+}
+static ad_var lin_F(ad_tape *t, ad_var x, ad_var y, void *u) {
+    (void)x, (void)u;
+    return ad_scale(t, ad_sqnorm(t, ad_shift(t, y, -0.1)), 0.5);
+}
+
+static void lean_sweep(void) {
+    TEST_CASE("coded loss ops: RHG's lean sweep on xent_coded = on the composition, bit for bit, "
+              "with one softmax per LL step instead of two") {
+        enum { K = 5 };
+        coded_data *c = malloc(sizeof *c);
+        coded_make(c, 1, 63);
+        ad_coded X = {CN, CD, c->codes, c->table, NULL, c->codes_t};
+        double *x = malloc(sizeof(double) * CN), *grad[2] = {malloc(sizeof(double) * CN), malloc(sizeof(double) * CN)};
+        for (int i = 0; i < CN; i++) x[i] = 2 * c->w[i] - 1;
+        blo_dynamics d = blo_dynamics_gd(CD * CK, (blo_gd_params){.s_l = 0.5});
+        int64_t softmaxes[2] = {0, 0};
+        for (int fused = 0; fused < 2; fused++) {
+            lin_loss L = {&X, c->labels, fused};
+            blo_problem p = {.n_x = CN, .n_y = CD * CK, .F = lin_F, .f = lin_f, .user = &L};
+            ad_tape *t = ad_tape_new(NULL);
+            blo_hypergrad_params hp = blo_hypergrad_default_params();
+            hp.K = K, hp.tape = t, hp.graph_budget = (size_t)4 << 20; // the products kept, not the graph
+            blo_hypergrad_info info = {0};
+            blo_error e;
+            const int op = ad_op_find(fused ? "softmax_coded" : "softmax");
+            int64_t e0 = ad_tape_op_evals(t, op);
+            EXPECT(blo_hypergrad(&p, &d, &hp, x, NULL, grad[fused], NULL, NULL, &info, &e) == BLO_OK,
+                   "fused %d: %s", fused, e.msg);
+            EXPECT(info.graph == 0, "fused %d: graph mode %d", fused, info.graph);
+            softmaxes[fused] = ad_tape_op_evals(t, op) - e0;
+            ad_tape_free(t);
+        }
+        EXPECT(!memcmp(grad[0], grad[1], sizeof(double) * CN), "xent_coded changed the hypergradient");
+        // K forward steps, K re-recorded in the sweep, one more outside them (the same in both)
+        EXPECT(softmaxes[0] == 2 * K + 1 && softmaxes[1] == K + 1, "softmaxes computed: %lld composed, "
+               "%lld fused (%d and %d expected)", (long long)softmaxes[0], (long long)softmaxes[1], 2 * K + 1, K + 1);
+        free(x), free(grad[0]), free(grad[1]);
+        coded_free(c);
+        free(c);
+    }
+}
+
 static void bad_args(void) {
     TEST_CASE("coded loss ops: bad arguments are one-line errors naming the op") {
         static const uint8_t codes[6] = {0, 1, 2, 3, 4, 5};
@@ -201,5 +259,6 @@ static void bad_args(void) {
 void test_ad_coded_loss(void) {
     same_bits();
     kept_softmax();
+    lean_sweep();
     bad_args();
 }
