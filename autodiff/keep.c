@@ -7,10 +7,11 @@
 // entry, which makes it the same value (the products are deterministic). Nothing is guessed:
 // an operand that differs in one bit, or a product kept nowhere, is computed as usual.
 //
-// Kept: matmul_coded (and softmax_coded, the softmax of its rows), and matmul with one operand a constant view (the caller's unchanging
-// memory), whose other operand is a leaf seen through reshapes and slices (the recorded state
-// itself, as W_k is a slice of y_k): products of intermediate values, like X^T G, are needed
-// forward and rarely again, so keeping them would spend memory for nothing.
+// Kept: matmul_coded (and softmax_coded, the softmax of its rows), and matmul with one operand
+// a constant view (the caller's unchanging memory), whose other operand is a leaf seen through
+// reshapes and slices (the recorded state itself, as W_k is a slice of y_k): products of
+// intermediate values, like X^T G, are needed forward and rarely again, so keeping them would
+// spend memory for nothing.
 #include "internal.h"
 
 #include <stdlib.h>

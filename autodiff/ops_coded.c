@@ -143,7 +143,8 @@ static bool coded_rows_args(ad_tape *t, const char *op, const ad_coded *X, ad_va
 
 ad_var ad_softmax_coded(ad_tape *t, const ad_coded *X, ad_var W) {
     if (!coded_rows_args(t, "softmax_coded", X, W)) return AD_NONE;
-    ad_node *p = ad_push(t, OP_SOFTMAX_CODED, ad_mat_shape(X->rows, ad_shape_fast(t, W).cols), W, 0);
+    ad_shape s = ad_mat_shape(X->rows, ad_shape_fast(t, W).cols);
+    ad_node *p = ad_push(t, OP_SOFTMAX_CODED, s, W, 0);
     if (!p) return AD_NONE;
     p->ext = X; // as matmul_coded's: the memo and ad_keep compare it
     return ad_commit(t, p);

@@ -612,7 +612,8 @@ static void *run_chunks(void *arg) {
         // A^T B in one block: its rows of C are final; copied while in cache, on this thread
         if (t.ta && !j->by_rows_of_a) copy_out(&t, j->by_cols, t.cb, t.lo, t.hi);
         // rows of C final here (not those of A^T B summed over blocks, final after the join)
-        if (j->then && !j->by_rows_of_a && t.lo < t.hi) j->then->fn(j->then->ctx, t.C, t.n, t.lo, t.hi);
+        if (j->then && !j->by_rows_of_a && t.lo < t.hi)
+            j->then->fn(j->then->ctx, t.C, t.n, t.lo, t.hi);
     }
     return NULL;
 }
@@ -690,6 +691,8 @@ void ad_thin_matmul_coded_t(ad_thin_isa isa, int threads, int m, int n, int k,
 void ad_thin_coded_rows(ad_thin_isa isa, int threads, int m, int n, int k, const uint8_t *codes,
                         const uint8_t *codes_t, const double *table, const double *B, int ldb,
                         double *C, double *work, const ad_thin_rows *then) {
-    if (codes_t) thin_run(isa, threads, 1, 0, m, n, k, NULL, codes_t, table, m, B, ldb, C, work, true, then);
-    else thin_run(isa, threads, 0, 0, m, n, k, NULL, codes, table, k, B, ldb, C, work, false, then);
+    if (codes_t)
+        thin_run(isa, threads, 1, 0, m, n, k, NULL, codes_t, table, m, B, ldb, C, work, true, then);
+    else
+        thin_run(isa, threads, 0, 0, m, n, k, NULL, codes, table, k, B, ldb, C, work, false, then);
 }

@@ -429,9 +429,10 @@ enum { HC_MAX_VARIANTS = 3 };
 
 // One UL iteration's work (the solver's direction at the start point) for each of V variants:
 // median seconds over reps and median time inside products; and the products over the data per
-// iteration (products_over_data below; the linear model has no other products). The variants' iterations alternate (which goes first rotates) so all see the same
-// machine load; between(ctx, r), if given, runs after each round of them (a bare timing that
-// should see that load too).
+// iteration (products_over_data below; the linear model has no other products). The variants'
+// iterations alternate (which goes first rotates) so all see the same machine load;
+// between(ctx, r), if given, runs after each round of them (a bare timing that should see that
+// load too).
 typedef void (*hc_between)(void *ctx, int r);
 // Products over the data computed so far: matmul's on the doubles, or on the bytes matmul_coded's
 // and the coded loss ops' (each one product, X W, then its rows' softmax or cross-entropy).
