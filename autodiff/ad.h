@@ -222,6 +222,13 @@ typedef struct {
 // gives the same bits; off it, cblas on X->values (the same call as ad_matmul's), or on blocks
 // of decoded rows without them. No gradient flows into X.
 ad_var ad_matmul_coded(ad_tape *t, const ad_coded *X, ad_var B, int transX);
+// A linear classifier on coded data, as one op each: softmax of each row of X W, [n, k]; and
+// the cross-entropy of each row of X W against labels [n] (each in [0, k)), [n]. X [n, d], W
+// [d, k]. The values and derivatives of ad_softmax(ad_matmul_coded(X, W)) and
+// ad_xent(ad_matmul_coded(X, W), labels), bit for bit; as one op the softmax is what ad_keep
+// keeps, so a re-recorded gradient of the loss computes neither X W nor its exps again.
+ad_var ad_softmax_coded(ad_tape *t, const ad_coded *X, ad_var W);
+ad_var ad_xent_coded(ad_tape *t, const ad_coded *X, ad_var W, const int32_t *labels);
 // A symmetric matrix S given by the upper triangle of A [n, n] (the lower one is never read, as
 // in cblas_dsymv): S x, x [n] -> [n]; and the quadratic form 1/2 y^T S y -> scalar, whose
 // gradient costs one product (S y). A's gradient is on its upper triangle.

@@ -23,7 +23,7 @@
     X(SUM_TO, sum_to) X(EXPAND, expand) X(MAX_ALL, max_all) \
     /* linear algebra */ \
     X(DOT, dot) X(MATVEC, matvec) X(MATMUL, matmul) X(OUTER, outer) X(SYMV, symv) X(QUADFORM, quadform) \
-    X(MATMUL_CODED, matmul_coded) \
+    X(MATMUL_CODED, matmul_coded) X(SOFTMAX_CODED, softmax_coded) X(XENT_CODED, xent_coded) \
     /* shape */ \
     X(RESHAPE, reshape) X(SLICE, slice) X(PAD, pad) X(CONCAT, concat) X(TAKE_ROWS, take_rows) X(PUT_ROWS, put_rows) \
     /* losses and norms */ \
@@ -314,6 +314,17 @@ double ad_now(void); // monotonic seconds
 // (kernel off, more than AD_THIN_MAX_N columns, few rows, or no room under the memory cap: no
 // error recorded), and the caller uses cblas.
 double *ad_thin_plan(ad_tape *t, int ta, int m, int n, int k, int *threads);
+// Row-wise softmax and cross-entropy (ops_loss.c), shared with the coded ops (ops_coded.c) so a
+// fused op computes the bits of the composition: y [m, k] = softmax of each row of z [m, k];
+// ce [m] = logsumexp(z_i) - z_i[labels[i]].
+void ad_softmax_rows(const double *z, int m, int k, double *y);
+void ad_xent_rows(const double *z, int m, int k, const int32_t *labels, double *ce);
+// The reverse rules' bodies in tape ops, likewise shared: the adjoint of the logits of softmax
+// given its value P and adjoint g (P * (g - rowsum(g * P))), and of xent's given softmax P of
+// its logits, the labels' one-hot rows (of P's shape) and its adjoint g [m] ((P - onehot) * g
+// per row).
+ad_var ad_softmax_adjoint(ad_tape *t, ad_var P, ad_var g);
+ad_var ad_xent_adjoint(ad_tape *t, ad_var P, ad_var onehot, ad_var g);
 // The plain loop beside conv2d's im2col + dgemm (ops_image.c), which a test compares them with:
 // y [n, c_out*h*w] = the 3x3 convolution (stride 1, padding 1) of x [n, c_in*h*w] by
 // wt [c_out, c_in*9].

@@ -7,10 +7,11 @@
 // entry, which makes it the same value (the products are deterministic). Nothing is guessed:
 // an operand that differs in one bit, or a product kept nowhere, is computed as usual.
 //
-// Kept: matmul_coded, and matmul with one operand a constant view (the caller's unchanging
-// memory), whose other operand is a leaf seen through reshapes and slices (the recorded state
-// itself, as W_k is a slice of y_k): products of intermediate values, like X^T G, are needed
-// forward and rarely again, so keeping them would spend memory for nothing.
+// Kept: matmul_coded (and softmax_coded, the softmax of its rows), and matmul with one operand
+// a constant view (the caller's unchanging memory), whose other operand is a leaf seen through
+// reshapes and slices (the recorded state itself, as W_k is a slice of y_k): products of
+// intermediate values, like X^T G, are needed forward and rarely again, so keeping them would
+// spend memory for nothing.
 #include "internal.h"
 
 #include <stdlib.h>
@@ -51,9 +52,10 @@ static bool from_leaf(const ad_tape *t, int32_t v) {
 // operand is the constant view. Nodes by index.
 static bool keepable(const ad_tape *t, int32_t v, int32_t *operand, int *cside) {
     const ad_node *n = &t->nodes[v];
-    if (n->op != OP_MATMUL_CODED && n->op != OP_MATMUL) return false;
+    bool coded = n->op == OP_MATMUL_CODED || n->op == OP_SOFTMAX_CODED; // X's codes in ext
+    if (!coded && n->op != OP_MATMUL) return false;
     int k;
-    if (n->op == OP_MATMUL_CODED) {
+    if (coded) {
         const ad_coded *X = n->ext;
         k = n->i0 ? X->rows : X->cols;
         *operand = n->a, *cside = -1;

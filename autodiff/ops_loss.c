@@ -75,21 +75,25 @@ ad_var ad_softmax(ad_tape *t, ad_var Z) {
     }
     return ad_commit(t, ad_push(t, OP_SOFTMAX, s, Z, 0));
 }
-static ad_status fwd_softmax(ad_tape *t, ad_node *n) {
-    const double *z = t->nodes[n->a].val;
-    int k = n->cols;
-    for (int i = 0; i < n->rows; i++) {
+void ad_softmax_rows(const double *z, int m, int k, double *y) {
+    for (int i = 0; i < m; i++) {
         const double *zi = z + (size_t)i * k;
-        double *yi = n->val + (size_t)i * k, m = zi[0], s = 0;
-        for (int j = 1; j < k; j++) m = zi[j] > m ? zi[j] : m;
-        for (int j = 0; j < k; j++) s += yi[j] = exp(zi[j] - m);
+        double *yi = y + (size_t)i * k, mx = zi[0], s = 0;
+        for (int j = 1; j < k; j++) mx = zi[j] > mx ? zi[j] : mx;
+        for (int j = 0; j < k; j++) s += yi[j] = exp(zi[j] - mx);
         for (int j = 0; j < k; j++) yi[j] /= s;
     }
+}
+static ad_status fwd_softmax(ad_tape *t, ad_node *n) {
+    ad_softmax_rows(t->nodes[n->a].val, n->rows, n->cols, n->val);
     return AD_OK;
+}
+ad_var ad_softmax_adjoint(ad_tape *t, ad_var P, ad_var g) {
+    return ad_mul(t, P, ad_sub(t, g, row_sums(t, ad_mul(t, g, P))));
 }
 static void rev_softmax(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need; // y * (g - rowsum(g * y))
-    gin[0] = ad_mul(t, y, ad_sub(t, g, row_sums(t, ad_mul(t, g, y))));
+    gin[0] = ad_softmax_adjoint(t, y, g);
 }
 AD_DEF(softmax, 1, fwd_softmax, rev_softmax);
 
@@ -123,24 +127,29 @@ ad_var ad_xent(ad_tape *t, ad_var Z, const int32_t *labels) {
     p->idx = ad_copy_idx(t, s.rows, labels);
     return ad_commit(t, p); // drops the node if the copy failed
 }
+void ad_xent_rows(const double *z, int m, int k, const int32_t *labels, double *ce) {
+    for (int i = 0; i < m; i++) {
+        const double *zi = z + (size_t)i * k;
+        ce[i] = lse(zi, k) - zi[labels[i]];
+    }
+}
 static ad_status fwd_xent(ad_tape *t, ad_node *n) {
     const ad_node *Z = &t->nodes[n->a];
-    int k = Z->cols;
-    for (int i = 0; i < Z->rows; i++) {
-        const double *z = Z->val + (size_t)i * k;
-        n->val[i] = lse(z, k) - z[n->idx[i]];
-    }
+    ad_xent_rows(Z->val, Z->rows, Z->cols, n->idx, n->val);
     return AD_OK;
+}
+ad_var ad_xent_adjoint(ad_tape *t, ad_var P, ad_var onehot, ad_var g) {
+    ad_shape s = ad_shape_fast(t, P);
+    ad_var gcol = s.rank == 2 ? ad_reshape(t, g, ad_mat_shape(s.rows, 1)) : g;
+    return ad_mul(t, ad_sub(t, P, onehot), gcol);
 }
 static void rev_xent(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need; // (softmax(Z) - onehot(labels)) scaled per row by g
     ad_var Z = ad_input(t, y, 0);
-    const int32_t *labels = ad_node_at(t, y)->idx;
     ad_shape s = ad_shape_fast(t, Z);
     ad_var p = ad_softmax(t, Z);
-    ad_var oh = ad_reshape(t, ad_onehot(t, s.rows, s.cols, labels), s);
-    ad_var gcol = s.rank == 2 ? ad_reshape(t, g, ad_mat_shape(s.rows, 1)) : g;
-    gin[0] = ad_mul(t, ad_sub(t, p, oh), gcol);
+    ad_var oh = ad_reshape(t, ad_onehot(t, s.rows, s.cols, ad_node_at(t, y)->idx), s);
+    gin[0] = ad_xent_adjoint(t, p, oh, g);
 }
 AD_DEF(xent, 1, fwd_xent, rev_xent);
 

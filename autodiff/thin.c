@@ -560,8 +560,33 @@ typedef struct {
     thin_task all; // the whole product
     int chunk, n_chunks, by_rows_of_a;
     bool by_cols; // A^T B's partials are by columns of C ([n, m]), else by rows ([m, np])
+    const ad_thin_rows *then; // NULL, or what to do with rows of C once final (thin.h)
     atomic_int next;
+    // blocks of rows of A: the partials are added into the first in block order as they are
+    // done (add_done), under mu: done[b] block b's partial is computed, merged the blocks
+    // added so far
+    pthread_mutex_t mu;
+    bool done[TN_MAX_BLOCKS];
+    int merged;
+    size_t used; // doubles of a partial that hold sums
 } thin_job;
+
+// Block c's partial is done: adds every partial now due into the first, in block order (the
+// same sums in the same order as adding them all after the join), on the thread that finishes
+// the block that is due, while the other threads compute later blocks. No thread waits for
+// another: a block done early is added by whoever completes the ones before it.
+static void add_done(thin_job *j, int c) {
+    pthread_mutex_lock(&j->mu);
+    j->done[c] = true;
+    size_t stride = (size_t)j->all.m * j->all.np;
+    double *part = j->all.cb;
+    for (; j->merged < j->n_chunks && j->done[j->merged]; j->merged++) {
+        const double *pb = part + (size_t)j->merged * stride;
+        if (j->merged > 0) // a loop the compiler vectorizes
+            for (size_t at = 0; at < j->used; at++) part[at] += pb[at];
+    }
+    pthread_mutex_unlock(&j->mu);
+}
 
 // Rows [lo, hi) of C from a partial of A^T B (by columns of C or by rows, thin_job).
 static void copy_out(const thin_task *t, bool by_cols, const double *part, int lo, int hi) {
@@ -583,8 +608,12 @@ static void *run_chunks(void *arg) {
             t.hi = min_int(t.m, t.lo + j->chunk);
         }
         run_task(&t);
+        if (j->by_rows_of_a) add_done(j, c);
         // A^T B in one block: its rows of C are final; copied while in cache, on this thread
         if (t.ta && !j->by_rows_of_a) copy_out(&t, j->by_cols, t.cb, t.lo, t.hi);
+        // rows of C final here (not those of A^T B summed over blocks, final after the join)
+        if (j->then && !j->by_rows_of_a && t.lo < t.hi)
+            j->then->fn(j->then->ctx, t.C, t.n, t.lo, t.hi);
     }
     return NULL;
 }
@@ -595,7 +624,8 @@ enum { THIN_MAX_THREADS = 64 };
 // gives A^T B the bits of the product without the transpose on A^T's rows.
 static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, int k,
                      const double *A, const uint8_t *au, const double *tab, int lda,
-                     const double *B, int ldb, double *C, double *work, bool one_block) {
+                     const double *B, int ldb, double *C, double *work, bool one_block,
+                     const ad_thin_rows *then) {
     if (m <= 0 || n <= 0) return;
     if (isa == AD_THIN_AUTO) isa = ad_thin_best();
     if (!ad_thin_runs(isa)) isa = AD_THIN_PORTABLE;
@@ -611,7 +641,8 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
                             .lo = 0, .hi = m, .p0 = 0, .p1 = k, .A = A, .au = au, .tab = tab,
                             .bp = as_given ? B : work, .nb = as_given ? ldb : np, .C = C,
                             .cb = work + (size_t)np * k, .lin = lin, .dhi = hi, .dlo = lo},
-                   .by_cols = tn_strips(isa, au != NULL, lin)};
+                   .by_cols = tn_strips(isa, au != NULL, lin), .then = then,
+                   .mu = PTHREAD_MUTEX_INITIALIZER};
     int nt = min_int(threads < 1 ? 1 : min_int(threads, THIN_MAX_THREADS), (m + 7) / 8);
     if (blocks > 1) { // A transposed, k long: blocks of rows of A
         job.by_rows_of_a = 1;
@@ -626,6 +657,7 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
     }
     nt = min_int(nt, job.n_chunks);
     atomic_init(&job.next, 0);
+    job.used = job.by_cols ? (size_t)n * m : (size_t)m * np;
     pthread_t tid[THIN_MAX_THREADS];
     bool started[THIN_MAX_THREADS] = {false};
     // a thread that cannot be started leaves its pieces to the others
@@ -634,31 +666,33 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
     for (int w = 1; w < nt; w++)
         if (started[w]) pthread_join(tid[w], NULL);
     if (!ta || !job.by_rows_of_a) return; // one block: its chunks copied their rows out
-    // C = the partials added in block order: each later block added into the first along
-    // memory (a loop the compiler vectorizes; entry by entry the same sums in the same order as
-    // adding each entry's blocks in turn), then copied out
-    double *part = job.all.cb;
-    size_t stride = (size_t)m * np, used = job.by_cols ? (size_t)n * m : stride;
-    for (int b = 1; b < job.n_chunks; b++) {
-        const double *pb = part + b * stride;
-        for (size_t at = 0; at < used; at++) part[at] += pb[at];
-    }
-    copy_out(&job.all, job.by_cols, part, 0, m);
+    // C = the partials added in block order (add_done: all of them by now), copied out
+    copy_out(&job.all, job.by_cols, job.all.cb, 0, m);
+    if (then) then->fn(then->ctx, C, n, 0, m);
 }
 
 void ad_thin_matmul(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, int k,
                     const double *A, int lda, const double *B, int ldb, double *C, double *work) {
-    thin_run(isa, threads, ta, tb, m, n, k, A, NULL, NULL, lda, B, ldb, C, work, false);
+    thin_run(isa, threads, ta, tb, m, n, k, A, NULL, NULL, lda, B, ldb, C, work, false, NULL);
 }
 
 void ad_thin_matmul_coded(ad_thin_isa isa, int threads, int ta, int m, int n, int k,
                           const uint8_t *codes, const double *table, int lda, const double *B,
                           int ldb, double *C, double *work) {
-    thin_run(isa, threads, ta, 0, m, n, k, NULL, codes, table, lda, B, ldb, C, work, false);
+    thin_run(isa, threads, ta, 0, m, n, k, NULL, codes, table, lda, B, ldb, C, work, false, NULL);
 }
 
 void ad_thin_matmul_coded_t(ad_thin_isa isa, int threads, int m, int n, int k,
                             const uint8_t *codes_t, const double *table, int ldt, const double *B,
                             int ldb, double *C, double *work) {
-    thin_run(isa, threads, 1, 0, m, n, k, NULL, codes_t, table, ldt, B, ldb, C, work, true);
+    thin_run(isa, threads, 1, 0, m, n, k, NULL, codes_t, table, ldt, B, ldb, C, work, true, NULL);
+}
+
+void ad_thin_coded_rows(ad_thin_isa isa, int threads, int m, int n, int k, const uint8_t *codes,
+                        const uint8_t *codes_t, const double *table, const double *B, int ldb,
+                        double *C, double *work, const ad_thin_rows *then) {
+    if (codes_t)
+        thin_run(isa, threads, 1, 0, m, n, k, NULL, codes_t, table, m, B, ldb, C, work, true, then);
+    else
+        thin_run(isa, threads, 0, 0, m, n, k, NULL, codes, table, k, B, ldb, C, work, false, then);
 }

@@ -57,6 +57,21 @@ void ad_thin_matmul_coded_t(ad_thin_isa isa, int threads, int m, int n, int k,
                             const uint8_t *codes_t, const double *table, int ldt, const double *B,
                             int ldb, double *C, double *work);
 
+// C [m, n] = X B for X [m, k] given as codes [m, k] (row stride k) or, when codes_t is not NULL,
+// as its transpose codes_t [k, m] (row stride m): ad_thin_matmul_coded (ta = 0) or
+// ad_thin_matmul_coded_t, the same bits, and then then->fn(then->ctx, C, n, lo, hi) on rows
+// [lo, hi) of C as they become final, each row once, by the thread that computed them while
+// they are in its cache (the coded loss ops' softmax of each row of X W: its exps on all the
+// threads). fn must give a row what it would give it alone, so that the bits do not depend on
+// how the rows are split among threads. work: ad_thin_work_size(codes_t != NULL, m, n, k).
+typedef struct {
+    void (*fn)(void *ctx, double *C, int n, int lo, int hi);
+    void *ctx;
+} ad_thin_rows;
+void ad_thin_coded_rows(ad_thin_isa isa, int threads, int m, int n, int k, const uint8_t *codes,
+                        const uint8_t *codes_t, const double *table, const double *B, int ldb,
+                        double *C, double *work, const ad_thin_rows *then);
+
 // The reference next to it: the textbook loop, C_ij = sum_p op(A)_ip op(B)_pj in order p.
 void ad_thin_matmul_naive(int ta, int tb, int m, int n, int k, const double *A, int lda,
                           const double *B, int ldb, double *C);

@@ -179,10 +179,19 @@ static ad_var logits(ad_tape *t, const hc_model *d, ad_var y, const mdl_dataset 
     return ad_add(t, ad_matmul(t, H, W2, 0, 0), b2); // [n, k]
 }
 
+// The cross-entropy of each row [n] of the set. The linear model with its column of ones as one
+// op, ad_xent_coded: the same bits as xent of the logits, and its gradient's softmax is what the
+// lean sweep keeps and finds again (the logits and their exps are not computed again there).
+static ad_var row_xent(ad_tape *t, const hc_model *d, ad_var y, const mdl_dataset *set) {
+    const ad_coded *X1 = d->mlp ? NULL : with_ones(d, set);
+    if (X1) return ad_xent_coded(t, X1, ad_reshape(t, y, ad_mat_shape(d->d + 1, d->k)), set->y);
+    return ad_xent(t, logits(t, d, y, set), set->y);
+}
+
 static ad_var hc_f(ad_tape *t, ad_var x, ad_var y, void *u) {
     const hc_model *d = u;
     const mdl_dataset *tr = &d->hc.train;
-    ad_var ce = ad_xent(t, logits(t, d, y, tr), tr->y); // [n_tr]
+    ad_var ce = row_xent(t, d, y, tr); // [n_tr]
     ad_var f = ad_scale(t, ad_dot(t, ad_sigmoid(t, x), ce), 1.0 / tr->n);
     if (d->l2 > 0) f = ad_add(t, f, ad_scale(t, ad_sqnorm(t, y), 0.5 * d->l2));
     return f;

@@ -10,6 +10,7 @@ int main(int argc, char **argv) {
     test_ad_errors();
     test_ad_handles();
     test_ad_products();
+    test_ad_coded_loss();
     test_ad_thin();
     test_ad_image();
     test_bilevel();

@@ -90,6 +90,9 @@ static const ad_coded *coded_x(void) {
 }
 static ad_var r_matmul_coded(ad_tape *t, const ad_var *x) { return ad_matmul_coded(t, coded_x(), x[0], 0); }
 static ad_var r_matmul_coded_t(ad_tape *t, const ad_var *x) { return ad_matmul_coded(t, coded_x(), x[0], 1); }
+static const int32_t labels5[] = {2, 0, 1, 2, 1}; // for X [5, 4] W [4, 3]
+static ad_var r_softmax_coded(ad_tape *t, const ad_var *x) { return ad_softmax_coded(t, coded_x(), x[0]); }
+static ad_var r_xent_coded(ad_tape *t, const ad_var *x) { return ad_xent_coded(t, coded_x(), x[0], labels5); }
 static ad_var r_symv(ad_tape *t, const ad_var *x) { return ad_symv(t, x[0], x[1]); }
 static ad_var r_quadform(ad_tape *t, const ad_var *x) { return ad_quadform(t, x[0], x[1]); }
 static ad_var r_reshape(ad_tape *t, const ad_var *x) { return ad_sin(t, ad_reshape(t, x[0], (ad_shape)M(2, 6))); }
@@ -220,6 +223,8 @@ static const row rows[] = {
     {"outer", r_outer, 2, {V(3), V(4)}, -2, 2, NK, 0},
     {"matmul_coded", r_matmul_coded, 1, {M(4, 3)}, -2, 2, NK, 0},
     {"matmul_coded", r_matmul_coded_t, 1, {M(5, 2)}, -2, 2, NK, 0},
+    {"softmax_coded", r_softmax_coded, 1, {M(4, 3)}, -1, 1, NK, 0},
+    {"xent_coded", r_xent_coded, 1, {M(4, 3)}, -1, 1, NK, 0},
     {"symv", r_symv, 2, {M(4, 4), V(4)}, -2, 2, NK, 0},        // A's lower triangle: zero gradient
     {"quadform", r_quadform, 2, {M(4, 4), V(4)}, -2, 2, NK, 0},
     {"reshape", r_reshape, 1, {M(3, 4)}, -2, 2, NK, 0},

@@ -6,6 +6,7 @@ void test_ad_engine(void);
 void test_ad_errors(void);
 void test_ad_handles(void);
 void test_ad_products(void);
+void test_ad_coded_loss(void);
 void test_ad_thin(void);
 void test_ad_image(void);
 void test_ad_jvp(void);

@@ -429,11 +429,18 @@ enum { HC_MAX_VARIANTS = 3 };
 
 // One UL iteration's work (the solver's direction at the start point) for each of V variants:
 // median seconds over reps and median time inside products; and the products over the data per
-// iteration (matmul_coded values, or with the pixels as doubles matmul's: the linear model has
-// no other). The variants' iterations alternate (which goes first rotates) so all see the same
-// machine load; between(ctx, r), if given, runs after each round of them (a bare timing that
-// should see that load too).
+// iteration (products_over_data below; the linear model has no other products). The variants'
+// iterations alternate (which goes first rotates) so all see the same machine load;
+// between(ctx, r), if given, runs after each round of them (a bare timing that should see that
+// load too).
 typedef void (*hc_between)(void *ctx, int r);
+// Products over the data computed so far: matmul's on the doubles, or on the bytes matmul_coded's
+// and the coded loss ops' (each one product, X W, then its rows' softmax or cross-entropy).
+static int64_t products_over_data(const ad_tape *t, int coded) {
+    if (!coded) return ad_tape_op_evals(t, ad_op_find("matmul"));
+    return ad_tape_op_evals(t, ad_op_find("matmul_coded")) + ad_tape_op_evals(t, ad_op_find("softmax_coded")) +
+           ad_tape_op_evals(t, ad_op_find("xent_coded"));
+}
 static void hc_iteration(const hc_variant *var, int V, const char *method, int reps, double *sec,
                          double *prod, double *n_products, char kernel[64], hc_between between,
                          void *ctx) {
@@ -454,20 +461,17 @@ static void hc_iteration(const hc_variant *var, int V, const char *method, int r
     if (s) {
         for (int k = 0; k < V; k++) ad_tape_thin_products(blo_solver_tape(v[k]), var[k].thin);
         ad_tape_product_kernel(blo_solver_tape(v[0]), kernel);
-        const int ops[2] = {ad_op_find("matmul"), ad_op_find("matmul_coded")};
-        int over_data[HC_MAX_VARIANTS];
-        for (int k = 0; k < V; k++) over_data[k] = ops[var[k].coded];
         for (int r = 0; r < reps; r++)
             for (int k0 = 0; k0 < V; k0++) {
                 int k = (k0 + r) % V; // rotate which goes first
                 blo_record rec;
                 ad_tape *t = blo_solver_tape(v[k]);
-                int64_t u0 = ad_tape_op_evals(t, over_data[k]);
+                int64_t u0 = products_over_data(t, var[k].coded);
                 double b0 = ad_tape_blas_seconds(t), start = bench_now();
                 blo_solver_direction(v[k], &rec, &e);
                 s[(3 * k) * reps + r] = bench_now() - start;
                 s[(3 * k + 1) * reps + r] = ad_tape_blas_seconds(t) - b0;
-                s[(3 * k + 2) * reps + r] = (double)(ad_tape_op_evals(t, over_data[k]) - u0);
+                s[(3 * k + 2) * reps + r] = (double)(products_over_data(t, var[k].coded) - u0);
                 if (k0 == V - 1 && between) between(ctx, r);
             }
         for (int k = 0; k < V; k++) {
