@@ -14,6 +14,7 @@
     X(ERROR, error) X(LEAF, leaf) \
     /* elementwise binary (broadcasting) */ \
     X(ADD, add) X(SUB, sub) X(AXPY, axpy) X(MUL, mul) X(DIV, div) X(MIN, min) X(MAX, max) \
+    X(RELU_MASK, relu_mask) /* relu's reverse rule: g where x > 0 */ \
     /* elementwise unary */ \
     X(NEG, neg) X(SCALE, scale) X(SHIFT, shift) X(POW, pow) X(ABS, abs) X(SQRT, sqrt) X(SQUARE, square) X(EXP, exp) X(LOG, log) X(SIN, sin) \
     X(COS, cos) X(TANH, tanh) X(SIGMOID, sigmoid) X(SOFTPLUS, softplus) X(RELU, relu) X(CLAMP, clamp) \

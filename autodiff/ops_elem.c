@@ -354,9 +354,19 @@ static void rev_softplus(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_
 
 ad_var ad_relu(ad_tape *t, ad_var x) { return unary(t, OP_RELU, x, 0, 0); }
 UNARY_FWD(relu, u > 0 ? u : 0)
+// g relu'(x) as one node (one pass over [n, h] where step and mul made two, and no mask kept)
 static void rev_relu(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_mul(t, g, ad_step(t, ad_input(t, y, 0)));
+    gin[0] = ad_relu_mask(t, g, ad_input(t, y, 0));
+}
+
+// g where x > 0, else g 0: the numbers of ad_mul(g, ad_step(x)) (g 1 is g; g 0 keeps g's sign
+// of zero and makes NaN of an infinite or NaN g, as the product does). Linear in g, so its
+// reverse rule is itself with the same mask; x only selects (zero derivative).
+ad_var ad_relu_mask(ad_tape *t, ad_var g, ad_var x) { return binary(t, OP_RELU_MASK, g, x, 0); }
+BINARY_FWD(relu_mask, v > 0 ? u : u * 0.0)
+static void rev_relu_mask(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    if (need[0]) gin[0] = unbroadcast(t, ad_relu_mask(t, g, ad_input(t, y, 1)), ad_input(t, y, 0));
 }
 
 ad_var ad_clamp(ad_tape *t, ad_var x, double lo, double hi) {
@@ -422,6 +432,7 @@ AD_DEF(tanh, 1, fwd_tanh, rev_tanh);
 AD_DEF(sigmoid, 1, fwd_sigmoid, rev_sigmoid);
 AD_DEF(softplus, 1, fwd_softplus, rev_softplus);
 AD_DEF(relu, 1, fwd_relu, rev_relu);
+AD_DEF(relu_mask, 2, fwd_relu_mask, rev_relu_mask);
 AD_DEF(clamp, 1, fwd_clamp, rev_clamp);
 AD_DEF(sign, 1, fwd_sign, NULL);
 AD_DEF(step, 1, fwd_step, NULL);
