@@ -73,7 +73,8 @@ ad_var ad_bn_relu_pool_dy(ad_tape *t, ad_var GPS, ad_var Y, int c, int h, int w,
 // state y_k), of at least 2^20 multiply-adds, each with that operand's value. NULL when there is
 // none, or they would take more than max_bytes (then nothing is kept). ad_reuse, on the
 // recording made again since m, gives each uncomputed such product whose constant is the same
-// and whose operand equals a kept one entry by entry the kept value; it returns how many. The
+// and whose operand equals a kept one entry by entry the kept value (the node reads it in place:
+// k must outlive that recording); it returns how many. The
 // constants are known by their address: their contents must not change between the two. A mark
 // ad_tape_rewind would refuse is an AD_EARG on the tape for both (NULL, 0).
 typedef struct ad_kept ad_kept;

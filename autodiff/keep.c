@@ -145,9 +145,15 @@ int ad_reuse(ad_tape *t, ad_mark m, const ad_kept *k) {
         if ((t->nodes[v].flags & NF_VALUE) || !keepable(t, v, &operand, &cside)) continue;
         const kept_entry *e = find(t, k, v, operand, cside);
         if (!e) continue;
+        // the node reads the kept value where it is (a view: never written, never summed into),
+        // not a copy of it: a pass over [n, h] less per step. Reshapes recorded since alias its
+        // old memory (and nothing else can point there): they follow.
         ad_node *n = &t->nodes[v];
-        memcpy(n->val, e->val, (size_t)ad_size(n) * sizeof(double));
-        n->flags |= NF_VALUE;
+        double *old = n->val;
+        n->val = e->val;
+        n->flags |= NF_VALUE | NF_VIEW;
+        for (int32_t w = v + 1; w < t->n_nodes; w++)
+            if (t->nodes[w].val == old) t->nodes[w].val = e->val;
         reused++;
     }
     return reused;

@@ -399,11 +399,36 @@ static void rev_relu(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var 
     gin[0] = ad_relu_mask(t, g, ad_input(t, y, 0));
 }
 
-// g where x > 0, else g 0: the numbers of ad_mul(g, ad_step(x)) (g 1 is g; g 0 keeps g's sign
-// of zero and makes NaN of an infinite or NaN g, as the product does). Linear in g, so its
+// g step(x): the numbers of ad_mul(g, ad_step(x)), computed in one pass. Linear in g, so its
 // reverse rule is itself with the same mask; x only selects (zero derivative).
 ad_var ad_relu_mask(ad_tape *t, ad_var g, ad_var x) { return binary(t, OP_RELU_MASK, g, x, 0); }
-BINARY_FWD(relu_mask, v > 0 ? u : u * 0.0)
+BINARY_FWD(relu_mask_any, u * (v > 0 ? 1.0 : 0.0)) // broadcasting shapes
+// Equal shapes, entries [i0, i1): step(x) into a block on the stack, then the products, two loops
+// the compiler vectorizes (written as one, its select and product become a branch on each sign).
+static void relu_mask_run(const double *g, const double *x, double *y, int i0, int i1) {
+    double s[256];
+    for (int b = i0; b < i1; b += 256) {
+        int m = i1 - b < 256 ? i1 - b : 256;
+        for (int i = 0; i < m; i++) s[i] = x[b + i] > 0 ? 1.0 : 0.0;
+        for (int i = 0; i < m; i++) y[b + i] = g[b + i] * s[i];
+    }
+}
+static void par_relu_mask(void *c, int lo, int hi) {
+    PAR_RANGE(j, lo, hi, i0, i1);
+    relu_mask_run(j->a, j->b, j->y, i0, i1);
+}
+static ad_status fwd_relu_mask(ad_tape *t, ad_node *n) {
+    const ad_node *G = &t->nodes[n->a], *X = &t->nodes[n->b];
+    int size = ad_size(n);
+    if (ad_size(G) != size || ad_size(X) != size) return fwd_relu_mask_any(t, n);
+    if (par_pass(t, size)) {
+        elem_job j = {G->val, X->val, n->val, 0, 0, size};
+        imk_parallel(t->threads, par_blocks(size), (size_t)size * 3, par_relu_mask, &j);
+    } else {
+        relu_mask_run(G->val, X->val, n->val, 0, size);
+    }
+    return AD_OK;
+}
 static void rev_relu_mask(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     if (need[0]) gin[0] = unbroadcast(t, ad_relu_mask(t, g, ad_input(t, y, 1)), ad_input(t, y, 0));
 }
