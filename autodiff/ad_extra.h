@@ -81,7 +81,9 @@ typedef struct ad_kept ad_kept;
 ad_kept *ad_keep(ad_tape *t, ad_mark m, size_t max_bytes);
 int ad_reuse(ad_tape *t, ad_mark m, const ad_kept *k);
 size_t ad_kept_bytes(const ad_kept *k);
-void ad_kept_free(ad_kept *k); // NULL is fine
+// NULL is fine. Before freeing k's tape: the arrays go back to the tape, whose next ad_keep
+// takes them again (a sweep per UL iteration keeps the same sizes; fresh memory faults per page).
+void ad_kept_free(ad_kept *k);
 
 #ifdef __cplusplus
 }
