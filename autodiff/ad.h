@@ -173,6 +173,8 @@ ad_var ad_tanh(ad_tape *t, ad_var x);
 ad_var ad_sigmoid(ad_tape *t, ad_var x);
 ad_var ad_softplus(ad_tape *t, ad_var x);          // log(1 + e^x), computed without overflow
 ad_var ad_relu(ad_tape *t, ad_var x);              // relu'(0) = 0
+// g relu'(x) (g broadcast with x): relu's reverse rule in one pass, as ad_mul(g, ad_step(x)).
+ad_var ad_relu_mask(ad_tape *t, ad_var g, ad_var x);
 // Clamp to the box [lo, hi] (scalars, lo <= hi). Derivative 1 strictly inside, 0 on and outside
 // the boundary. For per-entry bounds use ad_min / ad_max with constant tensors.
 ad_var ad_clamp(ad_tape *t, ad_var x, double lo, double hi);

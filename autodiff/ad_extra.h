@@ -77,14 +77,17 @@ ad_var ad_conv_bn_relu_pool_dwp(ad_tape *t, ad_var GWP, ad_var X, int c_in, int 
 // state y_k), of at least 2^20 multiply-adds, each with that operand's value. NULL when there is
 // none, or they would take more than max_bytes (then nothing is kept). ad_reuse, on the
 // recording made again since m, gives each uncomputed such product whose constant is the same
-// and whose operand equals a kept one entry by entry the kept value; it returns how many. The
+// and whose operand equals a kept one entry by entry the kept value (the node reads it in place:
+// k must outlive that recording); it returns how many. The
 // constants are known by their address: their contents must not change between the two. A mark
 // ad_tape_rewind would refuse is an AD_EARG on the tape for both (NULL, 0).
 typedef struct ad_kept ad_kept;
 ad_kept *ad_keep(ad_tape *t, ad_mark m, size_t max_bytes);
 int ad_reuse(ad_tape *t, ad_mark m, const ad_kept *k);
 size_t ad_kept_bytes(const ad_kept *k);
-void ad_kept_free(ad_kept *k); // NULL is fine
+// NULL is fine. Before freeing k's tape: the arrays go back to the tape, whose next ad_keep
+// takes them again (a sweep per UL iteration keeps the same sizes; fresh memory faults per page).
+void ad_kept_free(ad_kept *k);
 
 #ifdef __cplusplus
 }

@@ -14,6 +14,7 @@
     X(ERROR, error) X(LEAF, leaf) \
     /* elementwise binary (broadcasting) */ \
     X(ADD, add) X(SUB, sub) X(AXPY, axpy) X(MUL, mul) X(DIV, div) X(MIN, min) X(MAX, max) \
+    X(RELU_MASK, relu_mask) /* relu's reverse rule: g where x > 0 */ \
     /* elementwise unary */ \
     X(NEG, neg) X(SCALE, scale) X(SHIFT, shift) X(POW, pow) X(ABS, abs) X(SQRT, sqrt) X(SQUARE, square) X(EXP, exp) X(LOG, log) X(SIN, sin) \
     X(COS, cos) X(TANH, tanh) X(SIGMOID, sigmoid) X(SOFTPLUS, softplus) X(RELU, relu) X(CLAMP, clamp) \
@@ -144,6 +145,9 @@ struct ad_tape {
     int threads, thin_isa; // thin_isa: an ad_thin_isa, 0 when products go to cblas
     double *thin_work;
     size_t thin_work_cap; // doubles
+    // arrays of kept products given back by ad_kept_free, for the next ad_keep (keep.c): a sweep
+    // per UL iteration keeps the same sizes again, and fresh memory costs a page fault per 4 KiB
+    struct ad_kept_pool *kept_pool;
 };
 
 // ---- helpers for op definitions (tape.c) ----
@@ -309,6 +313,8 @@ static inline bool ad_shape_eq(ad_shape a, ad_shape b) {
     return a.rank == b.rank && a.rows == b.rows && a.cols == b.cols;
 }
 double ad_now(void); // monotonic seconds
+// Frees the arrays ad_kept_free gave back to t (ad_tape_free; keep.c).
+void ad_kept_pool_free(ad_tape *t);
 // Whether C [m, n] = op(A) [m, k] op(B) goes to the thin-product kernel: its workspace (kept by
 // the tape, 64-byte aligned) and in *threads how many threads pay for it; NULL when it does not
 // (kernel off, more than AD_THIN_MAX_N columns, few rows, or no room under the memory cap: no

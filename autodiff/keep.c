@@ -29,10 +29,58 @@ typedef struct {
 } kept_entry;
 
 struct ad_kept {
+    ad_tape *t; // whose pool the arrays go back to
     int n;
     size_t bytes;
     kept_entry e[];
 };
+
+// The arrays given back, by size: a sweep keeps one X W_k [n, h] and one W_k per step, the same
+// sizes at every UL iteration, so an exact size is asked for. Kept until the tape is freed; at
+// most what one sweep kept (each is taken again before a new one is made).
+typedef struct {
+    double *p;
+    size_t n;
+} pooled;
+struct ad_kept_pool {
+    int n, cap;
+    pooled a[];
+};
+
+static double *pool_take(ad_tape *t, size_t n) {
+    struct ad_kept_pool *q = t->kept_pool;
+    for (int i = 0; q && i < q->n; i++)
+        if (q->a[i].n == n) {
+            double *p = q->a[i].p;
+            q->a[i] = q->a[--q->n];
+            return p;
+        }
+    return malloc(n * sizeof(double));
+}
+
+static void pool_give(ad_tape *t, double *p, size_t n) {
+    struct ad_kept_pool *q = t->kept_pool;
+    if (!p) return;
+    if (!q || q->n == q->cap) {
+        int cap = q ? 2 * q->cap : 64;
+        struct ad_kept_pool *r = realloc(q, sizeof *q + (size_t)cap * sizeof(pooled));
+        if (!r) {
+            free(p);
+            return;
+        }
+        if (!q) r->n = 0;
+        r->cap = cap;
+        t->kept_pool = q = r;
+    }
+    q->a[q->n++] = (pooled){p, n};
+}
+
+void ad_kept_pool_free(ad_tape *t) {
+    struct ad_kept_pool *q = t->kept_pool;
+    for (int i = 0; q && i < q->n; i++) free(q->a[i].p);
+    free(q);
+    t->kept_pool = NULL;
+}
 
 static bool is_view_leaf(const ad_node *n) {
     return n->op == OP_LEAF && (n->flags & NF_VIEW) && (n->flags & NF_NOGRAD);
@@ -69,11 +117,14 @@ static bool keepable(const ad_tape *t, int32_t v, int32_t *operand, int *cside) 
     return (size_t)n->rows * (size_t)n->cols * (size_t)k >= KEEP_MIN_WORK && from_leaf(t, *operand);
 }
 
-static void entry_free(kept_entry *e) { free(e->b), free(e->val); }
+static void entry_free(ad_tape *t, kept_entry *e) {
+    pool_give(t, e->val, (size_t)e->node.rows * (size_t)e->node.cols);
+    pool_give(t, e->b, (size_t)ad_shape_size(e->bs) ? (size_t)ad_shape_size(e->bs) : 1);
+}
 
 void ad_kept_free(ad_kept *k) {
     if (!k) return;
-    for (int i = 0; i < k->n; i++) entry_free(&k->e[i]);
+    for (int i = 0; i < k->n; i++) entry_free(k->t, &k->e[i]);
     free(k);
 }
 
@@ -89,6 +140,7 @@ ad_kept *ad_keep(ad_tape *t, ad_mark m, size_t max_bytes) {
     if (!count) return NULL;
     ad_kept *k = calloc(1, sizeof *k + (size_t)count * sizeof(kept_entry));
     if (!k) return NULL;
+    k->t = t;
     for (int32_t v = m.nodes; v < t->n_nodes && k->n < count; v++) {
         const ad_node *n = &t->nodes[v];
         if (!(n->flags & NF_VALUE) || !keepable(t, v, &operand, &cside)) continue;
@@ -102,10 +154,10 @@ ad_kept *ad_keep(ad_tape *t, ad_mark m, size_t max_bytes) {
             const ad_node *c = &t->nodes[cside == 0 ? n->a : n->b];
             e->cval = c->val, e->crows = c->rows, e->ccols = c->cols;
         }
-        e->val = malloc(nv * sizeof(double));
-        e->b = malloc((nb ? nb : 1) * sizeof(double));
+        e->val = pool_take(t, nv);
+        e->b = pool_take(t, nb ? nb : 1);
         if (k->bytes > max_bytes || !e->val || !e->b) { // over the budget: keep nothing
-            entry_free(e);
+            entry_free(t, e);
             ad_kept_free(k);
             return NULL;
         }
@@ -147,9 +199,15 @@ int ad_reuse(ad_tape *t, ad_mark m, const ad_kept *k) {
         if ((t->nodes[v].flags & NF_VALUE) || !keepable(t, v, &operand, &cside)) continue;
         const kept_entry *e = find(t, k, v, operand, cside);
         if (!e) continue;
+        // the node reads the kept value where it is (a view: never written, never summed into),
+        // not a copy of it: a pass over [n, h] less per step. Reshapes recorded since alias its
+        // old memory (and nothing else can point there): they follow.
         ad_node *n = &t->nodes[v];
-        memcpy(n->val, e->val, (size_t)ad_size(n) * sizeof(double));
-        n->flags |= NF_VALUE;
+        double *old = n->val;
+        n->val = e->val;
+        n->flags |= NF_VALUE | NF_VIEW;
+        for (int32_t w = v + 1; w < t->n_nodes; w++)
+            if (t->nodes[w].val == old) t->nodes[w].val = e->val;
         reused++;
     }
     return reused;

@@ -1,5 +1,6 @@
 // Elementwise ops: binary ones with broadcasting, unary ones, and the piecewise-constant masks
 // reverse rules use. Each op: constructor (shape and domain check), forward, reverse rule.
+#include "image_kernels.h" // imk_parallel
 #include "internal.h"
 
 #include <math.h>
@@ -90,9 +91,32 @@ static inline ad_var unbroadcast(ad_tape *t, ad_var g, ad_var x) {
     return ad_sum_to(t, g, ad_node_shape(X));
 }
 
+// Passes over equal shapes of at least PAR_MIN doubles (an MLP's [5000, 300] activations and
+// their adjoints: 12 MB each, a few per LL step) are split over the tape's threads in blocks of
+// PAR_BLOCK entries. Each entry is computed alone, so the bits do not depend on the threads.
+enum { PAR_MIN = 1 << 18, PAR_BLOCK = 1 << 14 };
+typedef struct {
+    const double *a, *b; // b: NULL for unary ops
+    double *y;
+    double p0, p1;
+    int size;
+} elem_job;
+static inline bool par_pass(const ad_tape *t, int size) { return size >= PAR_MIN && t->threads > 1; }
+static inline int par_blocks(int size) { return (size + PAR_BLOCK - 1) / PAR_BLOCK; }
+// Entries [lo, hi) of job c's blocks, as indices into its arrays.
+#define PAR_RANGE(j, lo, hi, i0, i1)                                                            \
+    const elem_job *j = c;                                                                     \
+    int i0 = lo * PAR_BLOCK, i1 = hi * PAR_BLOCK < j->size ? hi * PAR_BLOCK : j->size
+
 // y = EXPR(u, v) over the broadcast of a and b (p0: the node's parameter): fast paths for equal
 // shapes and a scalar operand.
 #define BINARY_FWD(name, EXPR)                                                                  \
+    static void par_##name(void *c, int lo, int hi) {                                          \
+        PAR_RANGE(j, lo, hi, i0, i1);                                                          \
+        const double p0 = j->p0, *a = j->a, *b = j->b;                                         \
+        (void)p0;                                                                              \
+        for (int i = i0; i < i1; i++) { double u = a[i], v = b[i]; j->y[i] = (EXPR); }         \
+    }                                                                                          \
     static ad_status fwd_##name(ad_tape *t, ad_node *n) {                                      \
         const ad_node *A = &t->nodes[n->a], *B = &t->nodes[n->b];                              \
         const double p0 = n->p0;                                                               \
@@ -103,6 +127,9 @@ static inline ad_var unbroadcast(ad_tape *t, ad_var g, ad_var x) {
         if (size == 1) { /* scalars: the common case of long chains */                         \
             double u = a[0], v = b[0];                                                         \
             y[0] = (EXPR);                                                                     \
+        } else if (na == size && nb == size && par_pass(t, size)) {                            \
+            elem_job j = {a, b, y, p0, 0, size};                                               \
+            imk_parallel(t->threads, par_blocks(size), (size_t)size * 3, par_##name, &j);      \
         } else if (na == size && nb == size) {                                                 \
             for (int i = 0; i < size; i++) { double u = a[i], v = b[i]; y[i] = (EXPR); }      \
         } else if (na == 1) {                                                                  \
@@ -124,12 +151,24 @@ static inline ad_var unbroadcast(ad_tape *t, ad_var g, ad_var x) {
     }
 
 #define UNARY_FWD(name, EXPR)                                                                   \
+    static void par_##name(void *c, int lo, int hi) {                                          \
+        PAR_RANGE(j, lo, hi, i0, i1);                                                          \
+        const double p0 = j->p0, p1 = j->p1, *x = j->a;                                        \
+        (void)p0, (void)p1;                                                                    \
+        for (int i = i0; i < i1; i++) { double u = x[i]; j->y[i] = (EXPR); }                   \
+    }                                                                                          \
     static ad_status fwd_##name(ad_tape *t, ad_node *n) {                                      \
         const double *x = t->nodes[n->a].val;                                                  \
         double *y = n->val;                                                                    \
         const double p0 = n->p0, p1 = n->p1;                                                   \
         (void)p0, (void)p1;                                                                    \
-        for (int i = 0, size = ad_size(n); i < size; i++) { double u = x[i]; y[i] = (EXPR); } \
+        int size = ad_size(n);                                                                 \
+        if (par_pass(t, size)) {                                                               \
+            elem_job j = {x, NULL, y, p0, p1, size};                                           \
+            imk_parallel(t->threads, par_blocks(size), (size_t)size * 2, par_##name, &j);      \
+            return AD_OK;                                                                      \
+        }                                                                                      \
+        for (int i = 0; i < size; i++) { double u = x[i]; y[i] = (EXPR); }                     \
         return AD_OK;                                                                          \
     }
 
@@ -354,9 +393,44 @@ static void rev_softplus(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_
 
 ad_var ad_relu(ad_tape *t, ad_var x) { return unary(t, OP_RELU, x, 0, 0); }
 UNARY_FWD(relu, u > 0 ? u : 0)
+// g relu'(x) as one node (one pass over [n, h] where step and mul made two, and no mask kept)
 static void rev_relu(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
-    gin[0] = ad_mul(t, g, ad_step(t, ad_input(t, y, 0)));
+    gin[0] = ad_relu_mask(t, g, ad_input(t, y, 0));
+}
+
+// g step(x): the numbers of ad_mul(g, ad_step(x)), computed in one pass. Linear in g, so its
+// reverse rule is itself with the same mask; x only selects (zero derivative).
+ad_var ad_relu_mask(ad_tape *t, ad_var g, ad_var x) { return binary(t, OP_RELU_MASK, g, x, 0); }
+BINARY_FWD(relu_mask_any, u * (v > 0 ? 1.0 : 0.0)) // broadcasting shapes
+// Equal shapes, entries [i0, i1): step(x) into a block on the stack, then the products, two loops
+// the compiler vectorizes (written as one, its select and product become a branch on each sign).
+static void relu_mask_run(const double *g, const double *x, double *y, int i0, int i1) {
+    double s[256];
+    for (int b = i0; b < i1; b += 256) {
+        int m = i1 - b < 256 ? i1 - b : 256;
+        for (int i = 0; i < m; i++) s[i] = x[b + i] > 0 ? 1.0 : 0.0;
+        for (int i = 0; i < m; i++) y[b + i] = g[b + i] * s[i];
+    }
+}
+static void par_relu_mask(void *c, int lo, int hi) {
+    PAR_RANGE(j, lo, hi, i0, i1);
+    relu_mask_run(j->a, j->b, j->y, i0, i1);
+}
+static ad_status fwd_relu_mask(ad_tape *t, ad_node *n) {
+    const ad_node *G = &t->nodes[n->a], *X = &t->nodes[n->b];
+    int size = ad_size(n);
+    if (ad_size(G) != size || ad_size(X) != size) return fwd_relu_mask_any(t, n);
+    if (par_pass(t, size)) {
+        elem_job j = {G->val, X->val, n->val, 0, 0, size};
+        imk_parallel(t->threads, par_blocks(size), (size_t)size * 3, par_relu_mask, &j);
+    } else {
+        relu_mask_run(G->val, X->val, n->val, 0, size);
+    }
+    return AD_OK;
+}
+static void rev_relu_mask(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
+    if (need[0]) gin[0] = unbroadcast(t, ad_relu_mask(t, g, ad_input(t, y, 1)), ad_input(t, y, 0));
 }
 
 ad_var ad_clamp(ad_tape *t, ad_var x, double lo, double hi) {
@@ -422,6 +496,7 @@ AD_DEF(tanh, 1, fwd_tanh, rev_tanh);
 AD_DEF(sigmoid, 1, fwd_sigmoid, rev_sigmoid);
 AD_DEF(softplus, 1, fwd_softplus, rev_softplus);
 AD_DEF(relu, 1, fwd_relu, rev_relu);
+AD_DEF(relu_mask, 2, fwd_relu_mask, rev_relu_mask);
 AD_DEF(clamp, 1, fwd_clamp, rev_clamp);
 AD_DEF(sign, 1, fwd_sign, NULL);
 AD_DEF(step, 1, fwd_step, NULL);

@@ -250,6 +250,7 @@ void ad_tape_free(ad_tape *t) {
     free(t->nodes);
     free(t->scratch);
     free(t->thin_work);
+    ad_kept_pool_free(t);
     free(t);
 }
 

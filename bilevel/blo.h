@@ -146,8 +146,8 @@ typedef enum { BLO_SAMPLE_FULL, BLO_SAMPLE_LL, BLO_SAMPLE_UL } blo_sample_which;
 // Calls p->sample (nothing when it is NULL); a failure is BLO_ECALLBACK naming which draw.
 blo_status blo_sample(const blo_problem *p, blo_sample_which which, ad_rng *rng, blo_error *err);
 
-// Checks sizes, callbacks and boxes, and records F and f once at (x, y) (NULL = zeros) to check
-// that both return scalars. t may be NULL (a private tape is used).
+// Checks sizes, callbacks and boxes, and records F and f once at (x, y) (NULL = zeros), deferred
+// (nothing computed), to check that both return scalars. t may be NULL (a private tape is used).
 blo_status blo_problem_check(const blo_problem *p, const double *x, const double *y, ad_tape *t,
                              blo_error *err);
 

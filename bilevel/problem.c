@@ -193,12 +193,16 @@ blo_status blo_problem_check(const blo_problem *p, const double *x, const double
     if ((s = blo_tape_acquire(&u, t, err))) return s;
     ad_var xv = x ? ad_param(u.t, ad_vec_shape(p->n_x), x) : ad_fill(u.t, ad_vec_shape(p->n_x), 0);
     ad_var yv = y ? ad_param(u.t, ad_vec_shape(p->n_y), y) : ad_fill(u.t, ad_vec_shape(p->n_y), 0);
+    // recorded deferred: what is checked is what recording finds (shapes, callbacks), and the
+    // values, which the caller computes next anyway, cost up to two passes over a model's data
+    int was = ad_tape_defer(u.t, 1);
     blo_call_F(u.t, p, xv, yv);
     s = blo_tape_check(u.t, err, "F(x, y)");
     if (!s) {
         blo_call_f(u.t, p, xv, yv);
         s = blo_tape_check(u.t, err, "f(x, y)");
     }
+    ad_tape_defer(u.t, was);
     blo_tape_release(&u);
     return s ? s : blo_ok(err);
 }

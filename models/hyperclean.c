@@ -55,6 +55,7 @@ typedef struct {
     // (see "the biases as a column of ones" below), or rows = 0 when not made
     ad_coded ones[2];
     uint8_t *ones_codes; // both sets' codes, one allocation
+    double *ones_values; // mlp with ReLU: both sets' doubles with the column of ones (NULL: none)
 } hc_model;
 
 static void hc_batch_free(struct hc_batch *b);
@@ -66,7 +67,7 @@ static void hc_free(mdl_model *m) {
         mdl_hc_free(&d->hc);
         hc_batch_free(d->batch);
         mdl_shards_free(d->sh), free(d->views);
-        free(d->mem), free(d->ones_codes);
+        free(d->mem), free(d->ones_codes), free(d->ones_values);
         free(d);
     }
     m->data = NULL;
@@ -101,6 +102,14 @@ static ad_var data_times(ad_tape *t, const hc_model *d, const mdl_dataset *set, 
 // the add did); b's gradient sums its rows in the product's blocks (thin.h) instead of one run,
 // which may change its last bits.
 
+// The ReLU MLP's first layer likewise: X W1 + b1 is [X, 1] [W1; b1], and y begins with W1 [d, h]
+// then b1 [h], so [W1; b1] is y's first (d + 1) h entries seen as [d + 1, h]. Its 300 columns go to
+// cblas on the doubles (ad_coded.values), so these copies carry them too (31 MB per 5000 images).
+// Per LL step that removes, over [n, h] arrays, the bias add and the row sum of b1's gradient
+// forward, and in the sweep the broadcast of b1's adjoint and its add and the second row sum: b1
+// rides in the products (k = 785 instead of 784). Values and gradients agree with X W1 + b1 to
+// rounding (b1 enters each dot product inside dgemm's sums; tests/test_models_hyperclean.c).
+
 // The set's copy with the column of ones, or NULL (not made for it: minibatch draws, shards).
 static const ad_coded *with_ones(const hc_model *d, const mdl_dataset *set) {
     const ad_coded *c = set == &d->hc.train ? &d->ones[0] : set == &d->hc.val ? &d->ones[1] : NULL;
@@ -114,14 +123,17 @@ static int code_of_one(const double *tab) {
     return -1;
 }
 
-// Makes d->ones when the model is linear (or folded) on bytes and both tables have an entry 1;
-// else leaves them empty (the logits then add b). -1 when out of memory.
+// Makes d->ones when the model is linear or folded on bytes, or the MLP with ReLU (either
+// pixels: its wide products read doubles), and both tables have an entry 1; else leaves them
+// empty (the logits then add the bias). -1 when out of memory.
 static int make_ones(hc_model *d) {
     const mdl_dataset *sets[2] = {&d->hc.train, &d->hc.val};
     int one[2] = {code_of_one(sets[0]->Xc.table), code_of_one(sets[1]->Xc.table)};
-    if ((d->mlp && !d->fold) || !d->bytes || one[0] < 0 || one[1] < 0) return 0;
+    int relu = d->mlp && d->act == ACT_RELU, thin = (!d->mlp || d->fold) && d->bytes;
+    if (!(relu || thin) || one[0] < 0 || one[1] < 0) return 0;
     size_t w = (size_t)d->d + 1, n0 = (size_t)sets[0]->n, all = w * (n0 + (size_t)sets[1]->n);
     if (!(d->ones_codes = malloc(2 * all))) return -1;
+    if (relu && !(d->ones_values = malloc(sizeof(double) * all))) return -1;
     for (int s = 0; s < 2; s++) {
         size_t n = (size_t)sets[s]->n;
         uint8_t *out = d->ones_codes + (s ? n0 * w : 0), *tr = out + all; // [n, w] and [w, n]
@@ -130,7 +142,9 @@ static int make_ones(hc_model *d) {
             out[i * w + d->d] = (uint8_t)one[s];
             for (size_t j = 0; j < w; j++) tr[j * n + i] = out[i * w + j];
         }
-        d->ones[s] = (ad_coded){(int)n, (int)w, out, sets[s]->Xc.table, NULL, tr};
+        double *v = relu ? d->ones_values + (s ? n0 * w : 0) : NULL;
+        for (size_t i = 0; v && i < n * w; i++) v[i] = sets[s]->Xc.table[out[i]];
+        d->ones[s] = (ad_coded){(int)n, (int)w, out, sets[s]->Xc.table, v, relu ? NULL : tr};
     }
     return 0;
 }
@@ -161,10 +175,20 @@ static ad_var folded_logits(ad_tape *t, const hc_model *d, ad_var y, const mdl_d
     return ad_add(t, linear_logits(t, d, wb, set), b2);
 }
 
+// The ReLU MLP's logits [n, k] on X1 = [X, 1] [n, d + 1]: relu(X1 [W1; b1]) W2 + b2.
+static ad_var relu_mlp_logits(ad_tape *t, const hc_model *d, ad_var y, const ad_coded *X1) {
+    int h = d->h, o = (d->d + 1) * h;
+    ad_var W1b = part(t, y, 0, d->d + 1, h), W2 = part(t, y, o, h, d->k), b2 = part(t, y, o + h * d->k, 0, d->k);
+    ad_var H = ad_relu(t, ad_matmul_coded(t, X1, W1b, 0)); // [n, h]
+    return ad_add(t, ad_matmul(t, H, W2, 0, 0), b2);     // [n, k]
+}
+
 // logits [n, k] of the model with parameters y [n_y] on X [n, d].
 static ad_var logits(ad_tape *t, const hc_model *d, ad_var y, const mdl_dataset *set) {
     if (!d->mlp) return linear_logits(t, d, y, set);
     if (d->fold) return folded_logits(t, d, y, set);
+    const ad_coded *X1 = d->act == ACT_RELU ? with_ones(d, set) : NULL;
+    if (X1) return relu_mlp_logits(t, d, y, X1);
     int o = 0, h = d->h;
     ad_var W1 = part(t, y, o, d->d, h);
     o += d->d * h;

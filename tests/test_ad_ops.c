@@ -58,6 +58,7 @@ static ad_var r_tanh(ad_tape *t, const ad_var *x) { return ad_tanh(t, x[0]); }
 static ad_var r_sigmoid(ad_tape *t, const ad_var *x) { return ad_sigmoid(t, x[0]); }
 static ad_var r_softplus(ad_tape *t, const ad_var *x) { return ad_softplus(t, x[0]); }
 static ad_var r_relu(ad_tape *t, const ad_var *x) { return ad_relu(t, x[0]); }
+static ad_var r_relu_mask(ad_tape *t, const ad_var *x) { return ad_relu_mask(t, x[0], x[1]); }
 static ad_var r_clamp(ad_tape *t, const ad_var *x) { return ad_clamp(t, x[0], -0.5, 0.7); }
 // the masks are multiplied by the input so the row has a non-zero derivative to check
 static ad_var r_sign(ad_tape *t, const ad_var *x) { return ad_mul(t, x[0], ad_sign(t, x[0])); }
@@ -199,6 +200,8 @@ static const row rows[] = {
     {"sigmoid", r_sigmoid, 1, {V(5)}, -4, 4, NK, 0},
     {"softplus", r_softplus, 1, {V(5)}, -4, 4, NK, 0},
     {"relu", r_relu, 1, {V(6)}, -2, 2, {0, NAN}, 0},
+    {"relu_mask", r_relu_mask, 2, {M(3, 4), M(3, 4)}, -2, 2, {0, NAN}, 0},
+    {"relu_mask", r_relu_mask, 2, {V(4), M(3, 4)}, -2, 2, {0, NAN}, 0}, // g broadcast to x's rows
     {"clamp", r_clamp, 1, {V(8)}, -2, 2, {-0.5, 0.7}, 0},
     {"sign", r_sign, 1, {V(6)}, -2, 2, {0, NAN}, 0},
     {"step", r_step, 1, {V(6)}, -2, 2, {0, NAN}, 0},
@@ -434,7 +437,28 @@ static void check_third_order(void) {
     }
 }
 
+// relu_mask(g, x) against the composition it replaced in relu's reverse rule, mul(g, step(x)):
+// the same bits on every kind of entry (signed zeros, infinities, NaN in either operand).
+static void check_relu_mask_bits(void) {
+    TEST_CASE("relu_mask(g, x) has the bits of mul(g, step(x))") {
+        const double inf = INFINITY, nan = NAN;
+        const double g[] = {1.5, -2, 0.0, -0.0, inf, -inf, nan, 3, -0.0, 7, inf, nan, 1e-300, -4};
+        const double x[] = {2, 3, -1, -1, -2, 5, 1, nan, 0.0, -0.0, 0.0, -1, 1e-310, -inf};
+        enum { N = sizeof g / sizeof g[0] };
+        ad_tape *t = ad_tape_new(NULL);
+        ad_var gv = ad_const(t, ad_vec_shape(N), g), xv = ad_const(t, ad_vec_shape(N), x);
+        const double *a = ad_value(t, ad_relu_mask(t, gv, xv));
+        const double *b = ad_value(t, ad_mul(t, gv, ad_step(t, xv)));
+        EXPECT(a && b, "not evaluated: %s", ad_tape_error(t));
+        for (int i = 0; a && b && i < N; i++)
+            EXPECT(!memcmp(&a[i], &b[i], sizeof(double)), "entry %d (g %g, x %g): %g against %g", i,
+                   g[i], x[i], a[i], b[i]);
+        ad_tape_free(t);
+    }
+}
+
 void test_ad_ops(void) {
     check_rows();
+    check_relu_mask_bits();
     check_third_order();
 }
