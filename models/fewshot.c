@@ -170,16 +170,22 @@ static int convnet_size(int C) { return C * 9 + 2 * C + (CONV_BLOCKS - 1) * (C *
 // the normalization removes it), each channel normalized over the n images' pixels (batch norm's
 // training mode, eps 1e-5: the statistics of the images of the call, i.e. the support images in
 // f, the query images in F, as MAML's batch norm) then scaled and shifted, ReLU, 2x2 max-pooling
-// (an odd last row and column left out: 28 -> 14 -> 7 -> 3 -> 1).
+// (an odd last row and column left out: 28 -> 14 -> 7 -> 3 -> 1). The first block is one op,
+// ad_conv_bn_relu_pool: its convolution's output [n, C*side*side], the network's largest array,
+// is made again in each pass instead of stored, as in the benchmark.
 static ad_var convnet_features(ad_tape *t, ad_var x, ad_var U, int side, int C) {
     ad_var h = U;
     for (int b = 0, at = 0, c_in = 1; b < CONV_BLOCKS; b++, c_in = C, side /= 2) {
         int nw = C * c_in * 9;
-        ad_var W = ad_reshape(t, ad_slice(t, x, at, nw), ad_mat_shape(C, c_in * 9));
-        ad_var P = ad_slice(t, x, at + nw, 2 * C); // scales [C], shifts [C]
+        if (b == 0) { // x holds W then P: the first block's [W, P] is one slice
+            h = ad_conv_bn_relu_pool(t, h, ad_slice(t, x, at, nw + 2 * C), c_in, side, side, C, 1e-5);
+        } else {
+            ad_var W = ad_reshape(t, ad_slice(t, x, at, nw), ad_mat_shape(C, c_in * 9));
+            ad_var P = ad_slice(t, x, at + nw, 2 * C); // scales [C], shifts [C]
+            h = ad_conv2d(t, h, W, c_in, side, side, C);
+            h = ad_bn_relu_pool(t, h, P, C, side, side, 1e-5); // normalize, scale and shift, ReLU, pool
+        }
         at += nw + 2 * C;
-        h = ad_conv2d(t, h, W, c_in, side, side, C);
-        h = ad_bn_relu_pool(t, h, P, C, side, side, 1e-5); // normalize, scale and shift, ReLU, pool
     }
     return h; // [n, C (side 1)]
 }
