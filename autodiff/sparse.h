@@ -18,6 +18,15 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+// Rows of op(X) two by two, 2g and 2g + 1, with the union of their nonzeros: pair g's entries at
+// [ptr[g], ptr[g + 1]), index ascending, the two rows' codes at code[2 e] and code[2 e + 1] (one
+// may be a zero's). For kernels that load B's row once for both.
+typedef struct {
+    int64_t *ptr; // [rows / 2 + 1]
+    int32_t *idx;
+    uint8_t *code;
+} ad_coded_pairs;
+
 // X's nonzeros by rows (row r's at [row_ptr[r], row_ptr[r + 1]), column ascending) and by
 // columns (column c's at [col_ptr[c], col_ptr[c + 1]), row ascending): an index and the code.
 // An entry is zero when its table value is +0.0 or -0.0.
@@ -32,6 +41,7 @@ struct ad_coded_nz {
     int64_t *col_ptr; // [cols + 1]
     int32_t *col_idx; // [nnz] row indices
     uint8_t *col_code;
+    ad_coded_pairs pair[2]; // X's rows two by two, X^T's (its columns)
 };
 
 // Whether X->nz describes X (made from its codes and table, the same size).
