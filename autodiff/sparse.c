@@ -387,7 +387,7 @@ static void run_threads(sp_job *job, int nt) {
 
 // Whether op(X)'s rows are better taken in pairs: when the unions add few entries (1.1 x for the
 // columns of FashionMNIST's images, neighbouring pixels; 1.33 x for pairs of images, a loss).
-static bool pairs_pay(const ad_coded_nz *nz, int tx) {
+bool ad_sparse_pairs(const ad_coded_nz *nz, int tx) {
     int m = tx ? nz->cols : nz->rows;
     return 2 * nz->pair[tx].ptr[m / 2] * 100 <= PAIRS_PAY_PERCENT * nz->nnz;
 }
@@ -421,7 +421,7 @@ void ad_sparse_matmul(ad_thin_isa isa, int threads, const ad_coded *X, int tx, i
     sp_job job = {.isa = isa,
                   .s = {.ptr = tx ? nz->col_ptr : nz->row_ptr, .idx = tx ? nz->col_idx : nz->row_idx,
                         .code = tx ? nz->col_code : nz->row_code,
-                        .pair = pairs_pay(nz, tx) ? &nz->pair[tx] : NULL,
+                        .pair = ad_sparse_pairs(nz, tx) ? &nz->pair[tx] : NULL,
                         .tab = X->table, .B = B,
                         .m = m, .n = n, .k = k, .ldb = ldb, .C = C}};
     int nt = min_int(threads < 1 ? 1 : min_int(threads, MAX_THREADS), m);

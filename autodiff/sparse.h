@@ -44,6 +44,9 @@ struct ad_coded_nz {
     ad_coded_pairs pair[2]; // X's rows two by two, X^T's (its columns)
 };
 
+// Whether AVX-512 takes op(X)'s rows (tx: X^T's) in pairs: their unions add at most 20% entries.
+bool ad_sparse_pairs(const ad_coded_nz *nz, int tx);
+
 // Whether X->nz describes X (made from its codes and table, the same size).
 bool ad_sparse_matches(const ad_coded *X);
 
