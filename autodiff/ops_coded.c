@@ -49,9 +49,9 @@ ad_var ad_matmul_coded(ad_tape *t, const ad_coded *X, ad_var B, int transX) {
 
 // Off the thin kernel (more than AD_THIN_MAX_N columns, few rows, or products sent to cblas):
 // with X's nonzeros listed (X->nz), the kernel that skips the zeros (sparse.c), on the tape's
-// threads when the work pays for them; else one cblas call on X's doubles when the caller has them (X->values), which decoding could only
-// match; otherwise blocks of rows of X decoded into doubles and multiplied by cblas, with X
-// transposed the blocks' products summed in block order.
+// threads when the work pays for them; else one cblas call on X's doubles when the caller has
+// them (X->values), which decoding could only match; otherwise blocks of rows of X decoded into
+// doubles and multiplied by cblas, with X transposed the blocks' products summed in block order.
 enum { DECODE_ROWS = 256 };
 // multiply-adds that pay for a thread of the sparse kernel (~0.1 ms of work; one costs ~30 us)
 #define SPARSE_WORK_PER_THREAD ((int64_t)2000000)

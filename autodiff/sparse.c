@@ -42,7 +42,8 @@ void ad_coded_nz_free(ad_coded_nz *nz) {
     if (!nz) return;
     free(nz->row_ptr), free(nz->row_idx), free(nz->row_code);
     free(nz->col_ptr), free(nz->col_idx), free(nz->col_code);
-    for (int t = 0; t < 2; t++) free(nz->pair[t].ptr), free(nz->pair[t].idx), free(nz->pair[t].code);
+    for (int t = 0; t < 2; t++)
+        free(nz->pair[t].ptr), free(nz->pair[t].idx), free(nz->pair[t].code);
     free(nz);
 }
 
@@ -118,7 +119,8 @@ static bool make_pairs(ad_coded_nz *nz, int tx) {
                     P->idx[out] = q;
                     for (int h = 0; h < 2; h++) {
                         int r = 2 * g + h;
-                        P->code[2 * out + h] = nz->codes[tx ? (size_t)q * cols + r : (size_t)r * cols + q];
+                        size_t at = tx ? (size_t)q * cols + r : (size_t)r * cols + q;
+                        P->code[2 * out + h] = nz->codes[at];
                     }
                 }
                 out++;
@@ -367,7 +369,8 @@ static void *run_pieces(void *arg) {
     sp_job *j = arg;
     for (int c; (c = atomic_fetch_add(&j->next, 1)) < j->pieces;) {
         const sp_rows *s = &j->s;
-        int q0 = (int)((int64_t)c * s->k / j->pieces), q1 = (int)((int64_t)(c + 1) * s->k / j->pieces);
+        int q0 = (int)((int64_t)c * s->k / j->pieces);
+        int q1 = (int)((int64_t)(c + 1) * s->k / j->pieces);
         j->bad[c] = !all_finite(s->B, s->ldb, s->n, q0, q1);
         rows_run(j->isa, s, j->start[c], j->start[c + 1]);
     }
@@ -419,7 +422,8 @@ void ad_sparse_matmul(ad_thin_isa isa, int threads, const ad_coded *X, int tx, i
     if (isa == AD_THIN_AUTO) isa = ad_thin_best();
     if (isa != AD_THIN_AVX512 || !ad_thin_runs(isa)) isa = AD_THIN_PORTABLE;
     sp_job job = {.isa = isa,
-                  .s = {.ptr = tx ? nz->col_ptr : nz->row_ptr, .idx = tx ? nz->col_idx : nz->row_idx,
+                  .s = {.ptr = tx ? nz->col_ptr : nz->row_ptr,
+                        .idx = tx ? nz->col_idx : nz->row_idx,
                         .code = tx ? nz->col_code : nz->row_code,
                         .pair = ad_sparse_pairs(nz, tx) ? &nz->pair[tx] : NULL,
                         .tab = X->table, .B = B,
