@@ -133,6 +133,10 @@ static bool make_pairs(ad_coded_nz *nz, int tx) {
             if (!P->idx || !P->code) return false;
         }
     }
+    if (!ad_sparse_pairs(nz, tx)) { // not used: not kept
+        free(P->ptr), free(P->idx), free(P->code);
+        *P = (ad_coded_pairs){NULL, NULL, NULL};
+    }
     return true;
 }
 
@@ -392,7 +396,7 @@ static void run_threads(sp_job *job, int nt) {
 // columns of FashionMNIST's images, neighbouring pixels; 1.33 x for pairs of images, a loss).
 bool ad_sparse_pairs(const ad_coded_nz *nz, int tx) {
     int m = tx ? nz->cols : nz->rows;
-    return 2 * nz->pair[tx].ptr[m / 2] * 100 <= PAIRS_PAY_PERCENT * nz->nnz;
+    return nz->pair[tx].ptr && 2 * nz->pair[tx].ptr[m / 2] * 100 <= PAIRS_PAY_PERCENT * nz->nnz;
 }
 
 // start [pieces + 1]: rows [0, m) cut where the running work passes c / pieces of the whole.

@@ -20,7 +20,8 @@
 
 // Rows of op(X) two by two, 2g and 2g + 1, with the union of their nonzeros: pair g's entries at
 // [ptr[g], ptr[g + 1]), index ascending, the two rows' codes at code[2 e] and code[2 e + 1] (one
-// may be a zero's). For kernels that load B's row once for both.
+// may be a zero's). For kernels that load B's row once for both; kept only where they pay
+// (ad_sparse_pairs), else ptr is NULL.
 typedef struct {
     int64_t *ptr; // [rows / 2 + 1]
     int32_t *idx;
