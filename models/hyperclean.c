@@ -112,10 +112,11 @@ static ad_var data_times(ad_tape *t, const hc_model *d, const mdl_dataset *set, 
 // half of FashionMNIST's pixels are 0, and the ones column is not), and the products X1 W1 and
 // X1^T G skip the zeros, half the multiply-adds, each sum with the bits of the ordered fma loop
 // (autodiff/sparse.h); with sparse=0 they carry the doubles (ad_coded.values, 31 MB per 5000
-// images) and the products are cblas's. Per LL step that removes, over [n, h] arrays, the bias add and the row sum of b1's gradient
-// forward, and in the sweep the broadcast of b1's adjoint and its add and the second row sum: b1
-// rides in the products (k = 785 instead of 784). Values and gradients agree with X W1 + b1 to
-// rounding (b1 enters each dot product inside dgemm's sums; tests/test_models_hyperclean.c).
+// images) and the products are cblas's. Per LL step that removes, over [n, h] arrays, the bias
+// add and the row sum of b1's gradient forward, and in the sweep the broadcast of b1's adjoint
+// and its add and the second row sum: b1 rides in the products (k = 785 instead of 784). Values
+// and gradients agree with X W1 + b1 to rounding (b1 enters each dot product inside the
+// products' sums; tests/test_models_hyperclean.c, for sparse=1 and 0).
 
 // The set's copy with the column of ones, or NULL (not made for it: minibatch draws, shards).
 static const ad_coded *with_ones(const hc_model *d, const mdl_dataset *set) {
