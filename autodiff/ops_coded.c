@@ -6,6 +6,7 @@
 // doubles exactly, so nothing about the numbers changes: on the thin kernel the result has the
 // same bits as the product with the decoded matrix.
 #include "internal.h"
+#include "sparse.h"
 #include "thin.h"
 
 #include <cblas.h>
@@ -15,12 +16,20 @@
 
 // ---- matmul_coded: op(X) [m, k] B [k, n] -> [m, n] ----
 
+// What is wrong with X as an operand, or NULL.
+static const char *coded_bad(const ad_coded *X) {
+    if (!X) return "no matrix";
+    if (X->rows < 0 || X->cols < 0) return "negative size";
+    if (!X->codes || !X->table) return "no codes or no table";
+    if (X->nz && !ad_sparse_matches(X)) return "its nonzeros (nz) were made for another matrix";
+    return NULL;
+}
+
 ad_var ad_matmul_coded(ad_tape *t, const ad_coded *X, ad_var B, int transX) {
     if (!ad_check_args(t, "matmul_coded", 1, &B)) return AD_NONE;
-    if (!X || !X->codes || !X->table || X->rows < 0 || X->cols < 0) {
-        ad_fail(t, AD_EARG, "matmul_coded: %s", !X ? "no matrix" : X->rows < 0 || X->cols < 0
-                                                                    ? "negative size"
-                                                                    : "no codes or no table");
+    const char *bad = coded_bad(X);
+    if (bad) {
+        ad_fail(t, AD_EARG, "matmul_coded: %s", bad);
         return AD_NONE;
     }
     ad_shape sb = ad_shape_fast(t, B);
@@ -39,13 +48,24 @@ ad_var ad_matmul_coded(ad_tape *t, const ad_coded *X, ad_var B, int transX) {
 }
 
 // Off the thin kernel (more than AD_THIN_MAX_N columns, few rows, or products sent to cblas):
-// one cblas call on X's doubles when the caller has them (X->values), which decoding could only
-// match; otherwise blocks of rows of X decoded into doubles and multiplied by cblas, with X
-// transposed the blocks' products summed in block order.
+// with X's nonzeros listed (X->nz), the kernel that skips the zeros (sparse.c), on the tape's
+// threads when the work pays for them; else one cblas call on X's doubles when the caller has
+// them (X->values), which decoding could only match; otherwise blocks of rows of X decoded into
+// doubles and multiplied by cblas, with X transposed the blocks' products summed in block order.
 enum { DECODE_ROWS = 256 };
+// multiply-adds that pay for a thread of the sparse kernel (~0.1 ms of work; one costs ~30 us)
+#define SPARSE_WORK_PER_THREAD ((int64_t)2000000)
 static ad_status off_kernel(ad_tape *t, const ad_coded *X, int tx, const double *B, int n,
                             double *C) {
     int rows = X->rows, cols = X->cols;
+    if (X->nz) {
+        int64_t work = ad_coded_nz_count(X->nz) * n; // multiply-adds
+        int threads = work / SPARSE_WORK_PER_THREAD + 1 < t->threads
+                          ? (int)(work / SPARSE_WORK_PER_THREAD) + 1 : t->threads;
+        ad_thin_isa isa = t->thin_isa ? (ad_thin_isa)t->thin_isa : AD_THIN_AUTO;
+        ad_sparse_matmul(isa, threads, X, tx, n, B, n, C);
+        return AD_OK;
+    }
     if (X->values) {
         cblas_dgemm(CblasRowMajor, tx ? CblasTrans : CblasNoTrans, CblasNoTrans, tx ? cols : rows,
                     n, tx ? rows : cols, 1.0, X->values, cols, B, n, 0.0, C, n);
@@ -125,10 +145,9 @@ AD_DEF(matmul_coded, 1, fwd_matmul_coded, rev_matmul_coded);
 // X [n, d] (not transposed) and W [d, k] with k > 0, or an error recorded.
 static bool coded_rows_args(ad_tape *t, const char *op, const ad_coded *X, ad_var W) {
     if (!ad_check_args(t, op, 1, &W)) return false;
-    if (!X || !X->codes || !X->table || X->rows < 0 || X->cols < 0) {
-        ad_fail(t, AD_EARG, "%s: %s", op, !X ? "no matrix" : X->rows < 0 || X->cols < 0
-                                                                ? "negative size"
-                                                                : "no codes or no table");
+    const char *bad = coded_bad(X);
+    if (bad) {
+        ad_fail(t, AD_EARG, "%s: %s", op, bad);
         return false;
     }
     ad_shape sw = ad_shape_fast(t, W);

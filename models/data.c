@@ -192,7 +192,7 @@ int mdl_dataset_alloc(mdl_dataset *out, int n, int d, int classes) {
     uint8_t *codes = malloc((size_t)n * d + 1);
     double *table = malloc(256 * sizeof(double)), *X = malloc((size_t)n * d * sizeof(double) + 1);
     *out = (mdl_dataset){.n = n, .d = d, .classes = classes, .X = X, .y = calloc((size_t)n + 1, sizeof(int32_t)),
-                         .Xc = {n, d, codes, table, X, NULL}};
+                         .Xc = {n, d, codes, table, X, NULL, NULL}};
     if (!out->X || !out->y || !codes || !table) {
         mdl_dataset_free(out);
         return -1;

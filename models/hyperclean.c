@@ -44,6 +44,7 @@ typedef struct {
     int h, act;       // mlp: hidden width and activation
     int fold;         // act = none: the logits as X (W1 W2) (see "the two layers folded" below)
     int bytes;        // products read the pixels' bytes (1) or their doubles (0)
+    int sparse;       // mlp act=relu: the first layer's products skip the zero pixels
     int d, k;         // input size (784) and classes (10)
     int n_y;
     double l2;        // LL weight decay
@@ -55,7 +56,8 @@ typedef struct {
     // (see "the biases as a column of ones" below), or rows = 0 when not made
     ad_coded ones[2];
     uint8_t *ones_codes; // both sets' codes, one allocation
-    double *ones_values; // mlp with ReLU: both sets' doubles with the column of ones (NULL: none)
+    double *ones_values; // mlp with ReLU, sparse = 0: both sets' doubles with the column of ones
+    ad_coded_nz *ones_nz[2]; // mlp with ReLU, sparse = 1: their nonzeros
 } hc_model;
 
 static void hc_batch_free(struct hc_batch *b);
@@ -68,6 +70,7 @@ static void hc_free(mdl_model *m) {
         hc_batch_free(d->batch);
         mdl_shards_free(d->sh), free(d->views);
         free(d->mem), free(d->ones_codes), free(d->ones_values);
+        ad_coded_nz_free(d->ones_nz[0]), ad_coded_nz_free(d->ones_nz[1]);
         free(d);
     }
     m->data = NULL;
@@ -104,12 +107,16 @@ static ad_var data_times(ad_tape *t, const hc_model *d, const mdl_dataset *set, 
 // which may change its last bits.
 
 // The ReLU MLP's first layer likewise: X W1 + b1 is [X, 1] [W1; b1], and y begins with W1 [d, h]
-// then b1 [h], so [W1; b1] is y's first (d + 1) h entries seen as [d + 1, h]. Its 300 columns go to
-// cblas on the doubles (ad_coded.values), so these copies carry them too (31 MB per 5000 images).
-// Per LL step that removes, over [n, h] arrays, the bias add and the row sum of b1's gradient
-// forward, and in the sweep the broadcast of b1's adjoint and its add and the second row sum: b1
-// rides in the products (k = 785 instead of 784). Values and gradients agree with X W1 + b1 to
-// rounding (b1 enters each dot product inside dgemm's sums; tests/test_models_hyperclean.c).
+// then b1 [h], so [W1; b1] is y's first (d + 1) h entries seen as [d + 1, h]. Its 300 columns are
+// off the thin kernel: by default (sparse=1) these copies carry their nonzeros (ad_coded.nz; about
+// half of FashionMNIST's pixels are 0, and the ones column is not), and the products X1 W1 and
+// X1^T G skip the zeros, half the multiply-adds, each sum with the bits of the ordered fma loop
+// (autodiff/sparse.h); with sparse=0 they carry the doubles (ad_coded.values, 31 MB per 5000
+// images) and the products are cblas's. Per LL step that removes, over [n, h] arrays, the bias
+// add and the row sum of b1's gradient forward, and in the sweep the broadcast of b1's adjoint
+// and its add and the second row sum: b1 rides in the products (k = 785 instead of 784). Values
+// and gradients agree with X W1 + b1 to rounding (b1 enters each dot product inside the
+// products' sums; tests/test_models_hyperclean.c, for sparse=1 and 0).
 
 // The set's copy with the column of ones, or NULL (not made for it: minibatch draws, shards).
 static const ad_coded *with_ones(const hc_model *d, const mdl_dataset *set) {
@@ -125,8 +132,8 @@ static int code_of_one(const double *tab) {
 }
 
 // Makes d->ones when the model is linear or folded on bytes, or the MLP with ReLU (either
-// pixels: its wide products read doubles), and both tables have an entry 1; else leaves them
-// empty (the logits then add the bias). -1 when out of memory.
+// pixels: its wide products read the nonzeros or the doubles), and both tables have an entry 1;
+// else leaves them empty (the logits then add the bias). -1 when out of memory.
 static int make_ones(hc_model *d) {
     const mdl_dataset *sets[2] = {&d->hc.train, &d->hc.val};
     int one[2] = {code_of_one(sets[0]->Xc.table), code_of_one(sets[1]->Xc.table)};
@@ -134,7 +141,8 @@ static int make_ones(hc_model *d) {
     if (!(relu || thin) || one[0] < 0 || one[1] < 0) return 0;
     size_t w = (size_t)d->d + 1, n0 = (size_t)sets[0]->n, all = w * (n0 + (size_t)sets[1]->n);
     if (!(d->ones_codes = malloc(2 * all))) return -1;
-    if (relu && !(d->ones_values = malloc(sizeof(double) * all))) return -1;
+    int values = relu && !d->sparse;
+    if (values && !(d->ones_values = malloc(sizeof(double) * all))) return -1;
     for (int s = 0; s < 2; s++) {
         size_t n = (size_t)sets[s]->n;
         uint8_t *out = d->ones_codes + (s ? n0 * w : 0), *tr = out + all; // [n, w] and [w, n]
@@ -143,9 +151,11 @@ static int make_ones(hc_model *d) {
             out[i * w + d->d] = (uint8_t)one[s];
             for (size_t j = 0; j < w; j++) tr[j * n + i] = out[i * w + j];
         }
-        double *v = relu ? d->ones_values + (s ? n0 * w : 0) : NULL;
+        double *v = values ? d->ones_values + (s ? n0 * w : 0) : NULL;
         for (size_t i = 0; v && i < n * w; i++) v[i] = sets[s]->Xc.table[out[i]];
-        d->ones[s] = (ad_coded){(int)n, (int)w, out, sets[s]->Xc.table, v, relu ? NULL : tr};
+        d->ones[s] = (ad_coded){(int)n, (int)w, out, sets[s]->Xc.table, v, relu ? NULL : tr, NULL};
+        if (relu && d->sparse && !(d->ones_nz[s] = ad_coded_nz_make(&d->ones[s], NULL, 0))) return -1;
+        d->ones[s].nz = d->ones_nz[s];
     }
     return 0;
 }
@@ -332,7 +342,7 @@ static int batch_alloc(mdl_dataset *out, const mdl_dataset *full, int B) {
     *out = (mdl_dataset){.n = B, .d = full->d, .classes = full->classes,
                          .X = malloc(sizeof(double) * (size_t)B * full->d),
                          .y = malloc(sizeof(int32_t) * (size_t)B)};
-    out->Xc = (ad_coded){B, full->d, codes, full->Xc.table, out->X, NULL};
+    out->Xc = (ad_coded){B, full->d, codes, full->Xc.table, out->X, NULL, NULL};
     return out->X && out->y && codes ? 0 : -1;
 }
 
@@ -474,6 +484,7 @@ typedef struct {
     double pretrain_lr;
     int pixels;           // 0: bytes, 1: doubles
     int fold;             // act = none: logits as X (W1 W2)
+    int sparse;           // act = relu: the first layer's products skip zero pixels
     int batch;            // minibatch size for stochastic methods (0: full batch)
     int shards;           // the training set's shards (data-parallel under MPI)
 } hc_params;
@@ -483,7 +494,8 @@ static const char *const act_words[] = {"none", "relu", "tanh", NULL}; // indexe
 static const char *const pixel_words[] = {"bytes", "doubles", NULL};
 static const hc_params hc_defaults = {.data = MDL_FASHION_MNIST_DIR, .n_train = 5000, .n_val = 5000,
                                       .n_test = 10000, .corrupt = 0.5, .hidden = 50, .act = ACT_RELU,
-                                      .pretrain = 100, .pretrain_lr = 0.1, .shards = 1, .fold = 1};
+                                      .pretrain = 100, .pretrain_lr = 0.1, .shards = 1, .fold = 1,
+                                      .sparse = 1};
 static const blo_setting hc_settings[] = {
     BLO_ROW_STRING(hc_params, data, "data", "DIR", "an MNIST-format folder (train- and t10k- files)"),
     BLO_ROW_INT(hc_params, n_train, "n_train", 1, 1000000000, "n", "training samples (the weighted LL set)"),
@@ -496,6 +508,8 @@ static const blo_setting hc_settings[] = {
     BLO_ROW_CHOICE(hc_params, act, "act", act_words, "a", "mlp: activation (none, relu, tanh)"),
     BLO_ROW_BOOL(hc_params, fold, "fold",
                  "mlp act=none: logits as X (W1 W2), products over the data 10 wide (0: (X W1) W2 as written)"),
+    BLO_ROW_BOOL(hc_params, sparse, "sparse",
+                 "mlp act=relu: first-layer products skip zero pixels, ordered-loop bits (0: cblas on doubles)"),
     BLO_ROW_DBL(hc_params, l2, "l2", 0, INFINITY, 0, "w", "LL weight decay l2/2 ||y||^2"),
     BLO_ROW_BOOL(hc_params, prior, "prior", "make AIT_P's z_p: the LL model pretrained on the training set"),
     BLO_ROW_INT(hc_params, pretrain, "pretrain", 0, 1000000, "n", "prior: GD steps"),
@@ -527,6 +541,7 @@ static int hc_make(mdl_model *m, const void *params, char *err, size_t errlen) {
         return mdl_fail(err, errlen, "problem hyperclean: %s", lerr);
     d->mlp = mlp, d->h = mlp ? hidden : 0, d->act = q->act, d->l2 = l2, d->bytes = q->pixels == 0;
     d->fold = mlp && q->act == ACT_NONE && q->fold;
+    d->sparse = q->sparse;
     d->d = d->hc.train.d, d->k = d->hc.train.classes;
     d->n_y = mlp ? d->d * d->h + d->h + d->h * d->k + d->k : d->d * d->k + d->k;
     int nx = hp.n_train, ny = d->n_y;

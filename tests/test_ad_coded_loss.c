@@ -95,7 +95,7 @@ static void same_bits(void) {
         for (int pixels = 0; pixels < 2; pixels++) {
             coded_data *c = malloc(sizeof *c);
             coded_make(c, pixels, 40 + (uint64_t)pixels);
-            ad_coded X = {CN, CD, c->codes, c->table, NULL, c->codes_t};
+            ad_coded X = {CN, CD, c->codes, c->table, NULL, c->codes_t, NULL};
             int ok = coded_outputs(c, &X, 1, 0, want);
             double scale = 0;
             for (int i = 0; ok && i < OUT_N; i++) scale = fmax(scale, fabs(want[i]));
@@ -123,7 +123,7 @@ static void kept_softmax(void) {
     TEST_CASE("coded loss ops: ad_keep keeps softmax_coded; a re-recorded gradient reuses it, not the logits") {
         coded_data *c = malloc(sizeof *c);
         coded_make(c, 1, 52);
-        ad_coded X = {CN, CD, c->codes, c->table, NULL, c->codes_t};
+        ad_coded X = {CN, CD, c->codes, c->table, NULL, c->codes_t, NULL};
         const int sm = ad_op_find("softmax_coded"), mm = ad_op_find("matmul_coded");
         double *want = malloc(sizeof(double) * CD * CK), *W2 = malloc(sizeof(double) * CD * CK);
         memcpy(W2, c->W, sizeof(double) * CD * CK);
@@ -190,7 +190,7 @@ static void lean_sweep(void) {
         enum { K = 5 };
         coded_data *c = malloc(sizeof *c);
         coded_make(c, 1, 63);
-        ad_coded X = {CN, CD, c->codes, c->table, NULL, c->codes_t};
+        ad_coded X = {CN, CD, c->codes, c->table, NULL, c->codes_t, NULL};
         double *x = malloc(sizeof(double) * CN), *grad[2] = {malloc(sizeof(double) * CN), malloc(sizeof(double) * CN)};
         for (int i = 0; i < CN; i++) x[i] = 2 * c->w[i] - 1;
         blo_dynamics d = blo_dynamics_gd(CD * CK, (blo_gd_params){.s_l = 0.5});
@@ -227,7 +227,7 @@ static void bad_args(void) {
         static const uint8_t codes[6] = {0, 1, 2, 3, 4, 5};
         static double table[256];
         const int32_t good[3] = {0, 1, 1}, bad[3] = {0, 2, 1};
-        ad_coded X = {3, 2, codes, table, NULL, NULL}, none = {3, 2, NULL, table, NULL, NULL};
+        ad_coded X = {3, 2, codes, table, NULL, NULL, NULL}, none = {3, 2, NULL, table, NULL, NULL, NULL};
         struct {
             int which; // 0: softmax_coded, 1: xent_coded
             const ad_coded *X;

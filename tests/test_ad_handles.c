@@ -21,7 +21,7 @@ enum { S, V, M, I, K, NONE };
 static const int32_t rows2[2] = {3, 1}, labels4[4] = {0, 3, 1, 2};
 static const uint8_t codes16[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
 static double table256[256];
-static const ad_coded coded = {4, 4, codes16, table256, NULL, NULL};
+static const ad_coded coded = {4, 4, codes16, table256, NULL, NULL, NULL};
 
 typedef ad_var (*entry_fn)(ad_tape *t, ad_var a, ad_var b);
 typedef ad_var (*unary_fn)(ad_tape *t, ad_var a);

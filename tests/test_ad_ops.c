@@ -85,7 +85,7 @@ static ad_var r_outer(ad_tape *t, const ad_var *x) { return ad_outer(t, x[0], x[
 static const uint8_t coded_bytes[20] = {0, 255, 3, 7, 128, 9, 200, 1, 42, 42, 17, 250, 64, 5, 99, 31, 0, 180, 77, 2};
 static double coded_table[256];
 static const ad_coded *coded_x(void) {
-    static ad_coded X = {5, 4, coded_bytes, coded_table, NULL, NULL};
+    static ad_coded X = {5, 4, coded_bytes, coded_table, NULL, NULL, NULL};
     for (int c = 0; c < 256; c++) coded_table[c] = (c - 100) / 61.0;
     return &X;
 }

@@ -243,7 +243,7 @@ static void kept(void) {
         fill_normal(&g, KD * KC, y);
         memcpy(y2, y, sizeof y);
         y2[17] = nextafter(y2[17], 1e300); // one bit off
-        ad_coded X = {KN, KD, codes, table, NULL, NULL};
+        ad_coded X = {KN, KD, codes, table, NULL, NULL, NULL};
         for (int view = 0; view < 2; view++) {
             const double *xd = view ? Xd : NULL;
             const int op = ad_op_find(view ? "matmul" : "matmul_coded");

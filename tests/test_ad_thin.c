@@ -382,7 +382,7 @@ static void coded_products(void) {
             for (int n = 10; n <= 20; n += 10)
                 for (int on = 0; on < 2; on++)
                     for (int ta = 0; ta < 2; ta++) {
-                        ad_coded X = {m, k, c.codes, c.table, vals ? c.A : NULL, NULL};
+                        ad_coded X = {m, k, c.codes, c.table, vals ? c.A : NULL, NULL, NULL};
                         int rows = ta ? k : m, kk = ta ? m : k;
                         double *B = rand_mat(&g, (size_t)kk * n);
                         ad_tape *t = ad_tape_new(NULL);
@@ -411,7 +411,7 @@ static void coded_products(void) {
         uint8_t *ct = malloc((size_t)m * k);
         for (int i = 0; i < m; i++)
             for (int p = 0; p < k; p++) ct[(size_t)p * m + i] = c.codes[(size_t)i * k + p];
-        ad_coded X = {m, k, c.codes, c.table, NULL, NULL}, Xt = {m, k, c.codes, c.table, NULL, ct};
+        ad_coded X = {m, k, c.codes, c.table, NULL, NULL, NULL}, Xt = {m, k, c.codes, c.table, NULL, ct, NULL};
         double *B = rand_mat(&g, (size_t)k * n), *G = rand_mat(&g, (size_t)m * n);
         for (int on = 0; on < 2; on++) {
             ad_tape *t = ad_tape_new(NULL);
@@ -434,7 +434,7 @@ static void coded_products(void) {
         ad_rng g;
         ad_rng_seed(&g, 49);
         cm = coded_rand(&g, (size_t)LIN_N * LIN_D);
-        ad_coded X = {LIN_N, LIN_D, cm.codes, cm.table, NULL, NULL};
+        ad_coded X = {LIN_N, LIN_D, cm.codes, cm.table, NULL, NULL, NULL};
         linear_case lc = linear_make(50, cm.A);
         double out[2][2][LIN_D * LIN_C];
         linear_derivs(&lc, NULL, 1, out[0]);
@@ -451,8 +451,8 @@ static void coded_products(void) {
     TEST_CASE("thin: ad_matmul_coded's errors: no matrix, no table, negative size, shapes") {
         uint8_t codes[6] = {0};
         double table[256] = {0}, B[6] = {0};
-        ad_coded good = {2, 3, codes, table, NULL, NULL};
-        ad_coded bad[3] = {{2, 3, codes, NULL, NULL, NULL}, {2, -3, codes, table, NULL, NULL}, {2, 3, NULL, table, NULL, NULL}};
+        ad_coded good = {2, 3, codes, table, NULL, NULL, NULL};
+        ad_coded bad[3] = {{2, 3, codes, NULL, NULL, NULL, NULL}, {2, -3, codes, table, NULL, NULL, NULL}, {2, 3, NULL, table, NULL, NULL, NULL}};
         const char *want[3] = {"no codes or no table", "negative size", "no codes or no table"};
         for (int i = 0; i < 4; i++) {
             ad_tape *t = ad_tape_new(NULL);

@@ -349,7 +349,7 @@ static void kept_products(void) {
         for (int i = 0; i < 256; i++) table[i] = i / 255.0;
         for (int i = 0; i < N * D; i++) codes[i] = (uint8_t)(ad_rng_next(&g) >> 56);
         for (int i = 0; i < N; i++) labels[i] = (int32_t)(ad_rng_next(&g) % C), x[i] = ad_rng_normal(&g);
-        lin_model L = {{N, D, codes, table, NULL, NULL}, labels, D, C};
+        lin_model L = {{N, D, codes, table, NULL, NULL, NULL}, labels, D, C};
         blo_problem p = {.n_x = N, .n_y = D * C, .F = lin_F, .f = lin_f, .user = &L};
         blo_dynamics d = blo_dynamics_gd(D * C, (blo_gd_params){.s_l = 0.5});
         // budgets: nothing kept (lean), the products kept but not the graph, the graph; and one

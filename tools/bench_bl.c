@@ -12,9 +12,11 @@
 
 #include "../autodiff/ad.h"
 #include "../autodiff/ad_extra.h"
+#include "../autodiff/sparse.h"
 #include "../autodiff/thin.h"
 #include "../bilevel/blo.h"
 #include "../bilevel/blo_extra.h"
+#include "../models/data.h"
 #include "../models/models.h"
 
 #include <cblas.h>
@@ -515,9 +517,16 @@ static void bench_hyperclean_linear(const bench_opts *o, const mdl_model *mb, co
 }
 
 // The first layer's two products over the data, X W_1 [5000, 784] x [784, 300] and X^T G
-// [784, 5000] x [5000, 300], by cblas_dgemm on doubles: seconds of the pair at each repeat.
+// [784, 5000] x [5000, 300], by cblas_dgemm on doubles: seconds of the pair at each repeat. And
+// the pair as the model computes it (sparse=1), X1 W_1 and X1^T G with X1 = [X, 1] the training
+// set's pixels and a column of ones, by the kernel that skips X1's zeros (autodiff/sparse.c):
+// seconds at each repeat in spair (X1.rows = 0: not timed).
 typedef struct {
     double *X, *W, *H, *G, *pair; // pair [reps]
+    ad_coded X1;
+    uint8_t *codes1;
+    double *W1, *spair; // W1 [785, 300], spair [reps]
+    double tab[256];
 } bare_layer;
 static void bare_layer_time(void *ctx, int r) {
     bare_layer *b = ctx;
@@ -527,25 +536,61 @@ static void bare_layer_time(void *ctx, int r) {
     cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, 784, 300, 5000, 1.0, b->X, 784, b->H, 300,
                 0.0, b->G, 300);
     b->pair[r] = bench_now() - t0;
+    if (!b->X1.rows) return;
+    t0 = bench_now();
+    int th = ad_thin_default_threads();
+    ad_sparse_matmul(AD_THIN_AUTO, th, &b->X1, 0, 300, b->W1, 300, b->H);
+    ad_sparse_matmul(AD_THIN_AUTO, th, &b->X1, 1, 300, b->H, 300, b->G);
+    b->spair[r] = bench_now() - t0;
 }
 
-// The 2-layer model (hidden 300, ReLU), RHG with K = 20: its first layer's products go to cblas.
-// The floor is 4 of them per LL step (X W_1 and X^T G forward, X V and X^T G' in the sweep),
-// timed bare by cblas after each round (the same load); with the keep budget of before (64 MiB,
-// here graph_mb=4) the sweep computes X W_1 again, a 5th.
-static void bench_hyperclean_mlp(const bench_opts *o, const mdl_model *mm, double peak) {
+// b->X1: the default training set (5000 images) with a column of ones, and its nonzeros; its
+// rows left 0 when the data or memory are missing.
+static void bare_sparse_setup(bare_layer *b, int reps) {
+    mdl_hc_params p = mdl_hc_default_params();
+    mdl_hc_data hc;
+    char err[300];
+    if (mdl_hc_load(MDL_FASHION_MNIST_DIR, &p, &hc, err, sizeof err)) return;
+    int n = hc.train.n, d = hc.train.d, w = d + 1, one = 255;
+    b->codes1 = malloc((size_t)n * w);
+    b->W1 = malloc(sizeof(double) * (size_t)w * 300);
+    b->spair = calloc((size_t)reps, sizeof(double));
+    if (b->codes1 && b->W1 && b->spair && hc.train.Xc.table[one] == 1.0) {
+        for (int i = 0; i < n; i++) {
+            memcpy(b->codes1 + (size_t)i * w, hc.train.Xc.codes + (size_t)i * d, (size_t)d);
+            b->codes1[(size_t)i * w + d] = (uint8_t)one;
+        }
+        for (int i = 0; i < w * 300; i++) b->W1[i] = 0.01 * (i % 7 - 3);
+        memcpy(b->tab, hc.train.Xc.table, sizeof b->tab);
+        b->X1 = (ad_coded){n, w, b->codes1, b->tab, NULL, NULL, NULL};
+        b->X1.nz = ad_coded_nz_make(&b->X1, NULL, 0);
+        if (!b->X1.nz) b->X1.rows = 0;
+    }
+    mdl_hc_free(&hc);
+}
+
+// The 2-layer model (hidden 300, ReLU), RHG with K = 20. Its first layer's products skip the
+// pixels' zeros (sparse=1, the default; autodiff/sparse.c); the floor is the dense one all the
+// same: 4 products per LL step (X W_1 and X^T G forward, X V and X^T G' in the sweep) timed bare
+// by cblas after each round (the same load). Alternated with it: the model with those products
+// on cblas (sparse=0), and with the keep budget of before (64 MiB, here graph_mb=4), where the
+// sweep computes X W_1 again, a 5th.
+static void bench_hyperclean_mlp(const bench_opts *o, const mdl_model *mm, const mdl_model *md,
+                                 double peak) {
     const int K = 20;
-    const hc_variant var[2] = {{mm, 1, 1, "ll_iters=20"}, {mm, 1, 1, "ll_iters=20 graph_mb=4"}};
+    const hc_variant var[3] = {{mm, 1, 1, "ll_iters=20"}, {mm, 1, 1, "ll_iters=20 graph_mb=4"},
+                               {md, 1, 1, "ll_iters=20"}};
     int reps = o->quick ? 1 : 3;
-    double t[2] = {NAN, NAN}, prod[2], n_prod[2];
+    double t[3] = {NAN, NAN, NAN}, prod[3], n_prod[3];
     char kernel[64] = "?";
-    bare_layer b = {calloc(5000 * 784, sizeof(double)), calloc(784 * 300, sizeof(double)),
-                    calloc(5000 * 300, sizeof(double)), calloc(784 * 300, sizeof(double)),
-                    calloc((size_t)reps, sizeof(double))};
+    bare_layer b = {.X = calloc(5000 * 784, sizeof(double)), .W = calloc(784 * 300, sizeof(double)),
+                    .H = calloc(5000 * 300, sizeof(double)), .G = calloc(785 * 300, sizeof(double)),
+                    .pair = calloc((size_t)reps, sizeof(double))};
     if (b.X && b.W && b.H && b.G && b.pair) {
         for (int i = 0; i < 5000 * 784; i++) b.X[i] = (i % 256) / 255.0;
         for (int i = 0; i < 784 * 300; i++) b.W[i] = 0.01 * (i % 7 - 3);
-        hc_iteration(var, 2, "rhg", reps, t, prod, n_prod, kernel, bare_layer_time, &b);
+        bare_sparse_setup(&b, reps);
+        hc_iteration(var, 3, "rhg", reps, t, prod, n_prod, kernel, bare_layer_time, &b);
     } else {
         printf("(d) hyper-cleaning, 2 layers: out of memory\n");
     }
@@ -559,15 +604,28 @@ static void bench_hyperclean_mlp(const bench_opts *o, const mdl_model *mm, doubl
         printf("    floor: 4 first-layer products per LL step, timed bare by cblas after each round (%.1f"
                " GFLOP/s; dgemm peak %.1f) = %.3f s: %.2fx the floor (target <= 1.3x); %.1f products over"
                " the data per LL step\n", 2 * gflop / pair, peak, floor_s, t[0] / floor_s, n_prod[0] / K);
-        // every product's time counts (the second layer's too: ~1/78 of the FLOPs), so a bound
+        // every product's time counts (the second layer's too: ~1/78 of the FLOPs), so a bound;
+        // dense-equivalent: the FLOPs of the product with every entry, as the floor counts them
         double in_tape = gflop * n_prod[0] / prod[0];
         printf("    in the tape: %.0f products over the data per UL iteration, %.2f ms each on average, at"
-               " least %.1f GFLOP/s, %.0f%% of the dgemm peak %.1f\n", n_prod[0],
+               " least %.1f GFLOP/s dense-equivalent, %.0f%% of the dgemm peak %.1f\n", n_prod[0],
                1e3 * prod[0] / n_prod[0], in_tape, 100 * in_tape / peak, peak);
+        if (b.X1.rows) {
+            double nzf = (double)ad_coded_nz_count(b.X1.nz) / ((double)b.X1.rows * b.X1.cols);
+            double sp = bench_median(b.spair, reps);
+            printf("    the first layer's products skip X1 = [X, 1]'s zeros (%.1f%% of its entries): the pair"
+                   " X1 W_1, X1^T G timed bare %.2f ms (%.1f GFLOP/s dense-equivalent, %.1f on the"
+                   " nonzeros; cblas's pair %.2f ms, %.2fx); its bits are the ordered fma loop's\n",
+                   100 * (1 - nzf), 1e3 * sp, 2 * gflop * 785 / 784 / sp, 2 * gflop * 785 / 784 * nzf / sp,
+                   1e3 * pair, pair / sp);
+        }
+        printf("    with those products on cblas (sparse=0): %.3f s (%.2fx), %.2f ms a product over the data\n",
+               t[2], t[2] / t[0], 1e3 * prod[2] / n_prod[2]);
         printf("    with the keep budget of before (64 MiB): %.3f s (%.2fx), %.1f products per LL step\n",
                t[1], t[1] / t[0], n_prod[1] / K);
     }
     free(b.X), free(b.W), free(b.H), free(b.G), free(b.pair);
+    ad_coded_nz_free((ad_coded_nz *)b.X1.nz), free(b.codes1), free(b.W1), free(b.spair);
 }
 
 static void bench_hyperclean(const bench_opts *o, double peak) {
@@ -589,7 +647,13 @@ static void bench_hyperclean(const bench_opts *o, double peak) {
         printf("(d) hyper-cleaning, 2 layers: skipped: %s\n", err);
         return;
     }
-    bench_hyperclean_mlp(o, &mm, peak);
+    if (mdl_make_named("hyperclean", "model=mlp hidden=300 sparse=0", &md, err, sizeof err)) {
+        printf("(d) hyper-cleaning, 2 layers: skipped: %s\n", err);
+        mdl_free(&mm);
+        return;
+    }
+    bench_hyperclean_mlp(o, &mm, &md, peak);
+    mdl_free(&md);
     mdl_free(&mm);
 }
 

@@ -1,0 +1,64 @@
+// Products with a coded constant that skip its zero entries (sparse.c): C = X B and C = X^T B
+// for X given as codes into a table (ad_coded) with its nonzeros listed (ad_coded_nz), as the
+// 8-bit images of hyper-cleaning, half of whose pixels are 0, times a wide B (the first layer of
+// an MLP, [785, 300]). Internal to the library; the tests and the benchmark call it directly.
+//
+// Exactness. Each entry is the ordered loop s = 0; for q ascending: s = fma(x_rq, b_qj, s) with
+// every entry of op(X), zeros included (ad_sparse_matmul_naive), bit for bit: an accumulator that
+// starts at +0.0 is never -0.0 under round to nearest (a sum is -0.0 only from two -0.0's, and
+// an exact cancellation gives +0.0), and fma(+-0, b, s) == s for such s and a finite b, so the
+// terms skipped change nothing. With an Inf or NaN in B the skipped 0 * b is NaN: such entries
+// of C are set to NaN after the product (the dense loop's NaN, its payload aside).
+#ifndef HYPERTAPE_AD_SPARSE_H
+#define HYPERTAPE_AD_SPARSE_H
+
+#include "ad.h"
+#include "thin.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+// Rows of op(X) two by two, 2g and 2g + 1, with the union of their nonzeros: pair g's entries at
+// [ptr[g], ptr[g + 1]), index ascending, the two rows' codes at code[2 e] and code[2 e + 1] (one
+// may be a zero's). For kernels that load B's row once for both; kept only where they pay
+// (ad_sparse_pairs), else ptr is NULL.
+typedef struct {
+    int64_t *ptr; // [rows / 2 + 1]
+    int32_t *idx;
+    uint8_t *code;
+} ad_coded_pairs;
+
+// X's nonzeros by rows (row r's at [row_ptr[r], row_ptr[r + 1]), column ascending) and by
+// columns (column c's at [col_ptr[c], col_ptr[c + 1]), row ascending): an index and the code.
+// An entry is zero when its table value is +0.0 or -0.0.
+struct ad_coded_nz {
+    int rows, cols;
+    const uint8_t *codes; // the matrix it was made for (its codes and table)
+    const double *table;
+    int64_t nnz;
+    int64_t *row_ptr; // [rows + 1]
+    int32_t *row_idx; // [nnz] column indices
+    uint8_t *row_code;
+    int64_t *col_ptr; // [cols + 1]
+    int32_t *col_idx; // [nnz] row indices
+    uint8_t *col_code;
+    ad_coded_pairs pair[2]; // X's rows two by two, X^T's (its columns)
+};
+
+// Whether AVX-512 takes op(X)'s rows (tx: X^T's) in pairs: their unions add at most 20% entries.
+bool ad_sparse_pairs(const ad_coded_nz *nz, int tx);
+
+// Whether X->nz describes X (made from its codes and table, the same size).
+bool ad_sparse_matches(const ad_coded *X);
+
+// C [m, n] (row stride n) = op(X) B, op(X) = X [rows, cols] or (tx) X^T, B [k, n] (row stride
+// ldb), for X with X->nz describing it (ad_sparse_matches) and n >= 1. The ordered loop's bits
+// for any isa (AVX-512, or the portable code with fma(); AD_THIN_AVX2 runs the portable code)
+// and any number of threads (each row of C is computed whole by one thread).
+void ad_sparse_matmul(ad_thin_isa isa, int threads, const ad_coded *X, int tx, int n,
+                      const double *B, int ldb, double *C);
+
+// The reference: the ordered fma loop over every entry of op(X), no entry skipped.
+void ad_sparse_matmul_naive(const ad_coded *X, int tx, int n, const double *B, int ldb, double *C);
+
+#endif

@@ -1,0 +1,245 @@
+// The products that skip a coded constant's zeros (autodiff/sparse.c) against the ordered fma
+// loop over every entry (ad_sparse_matmul_naive): bitwise, for X B and X^T B, every variant this
+// CPU runs (portable, AVX-512), 1, 2 and 3 threads, over a table of shapes (n = 1, 7, 8, 300, 301
+// columns; k across several blocks of B's rows and not a multiple of one; more rows than a
+// chunk; empty rows and columns; all zeros; no zeros; zeros coded as +0.0 and as -0.0); with an
+// Inf or a NaN in B, NaN exactly where the dense loop has it and the other entries bitwise.
+// Through the tape: ad_matmul_coded with X->nz against the same X without it (cblas on decoded
+// rows) to rounding, its finite-difference gradient check, and the errors.
+//
+// Tolerance (with against without nz): both sum the same k products, one in order with fused
+// multiply-adds, the other as cblas does, so |a - b| <= 2 k eps sum_q |x_iq b_qj|; k <= 130
+// here, so entries must agree to 1e-13 relative to that sum.
+#include "harness.h"
+#include "tests.h"
+
+#include "../autodiff/ad.h"
+#include "../autodiff/sparse.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int rows, cols, n; // X [rows, cols], B [k, n] with k = rows (X^T B) or cols (X B)
+    double zeros;      // fraction of X's entries that are 0 (by chance)
+    int empty;         // 1: rows r % 5 == 3 and columns c % 7 == 2 all zero; 2: zeros drawn for
+                       // 2 x 2 blocks, then 3% of entries flipped (rows and columns alike in
+                       // pairs, as neighbouring pixels: the AVX-512 kernel takes them in pairs)
+} sp_case;
+
+static const sp_case cases[] = {
+    {40, 50, 1, 0.5, 0},    {40, 50, 7, 0.5, 1},    {33, 97, 8, 0.5, 0},    {60, 130, 300, 0.5, 1},
+    {70, 49, 301, 0.6, 0},  {600, 20, 9, 0.5, 1},   {25, 30, 64, 1.0, 0},   {25, 30, 65, 0.0, 0},
+    {1, 1, 1, 0.5, 0},      {3, 200, 17, 0.9, 1},   {130, 3, 130, 0.3, 0},  {0, 5, 4, 0.5, 0},
+    {61, 97, 300, 0.5, 2},  {600, 21, 9, 0.5, 2},   {7, 130, 70, 0.4, 2},
+};
+
+// X's codes: 0 is +0.0, 1 is -0.0, the others signed values of several scales.
+static void make_table(double tab[256]) {
+    tab[0] = 0.0, tab[1] = -0.0;
+    for (int c = 2; c < 256; c++) tab[c] = (c % 2 ? -1 : 1) * (c / 255.0) * pow(2.0, c % 5 - 2);
+}
+
+static uint8_t *make_codes(ad_rng *g, const sp_case *c) {
+    uint8_t *codes = malloc((size_t)c->rows * c->cols + 1);
+    int bc = c->cols / 2 + 1;
+    bool *blk = malloc(sizeof(bool) * (size_t)(c->rows / 2 + 1) * bc);
+    for (int i = 0; i < (c->rows / 2 + 1) * bc; i++) blk[i] = ad_rng_uniform(g) < c->zeros;
+    for (int r = 0; r < c->rows; r++)
+        for (int q = 0; q < c->cols; q++) {
+            bool zero = c->empty == 2 ? blk[(r / 2) * bc + q / 2] != (ad_rng_uniform(g) < 0.03)
+                                      : ad_rng_uniform(g) < c->zeros ||
+                                            (c->empty && (r % 5 == 3 || q % 7 == 2));
+            uint8_t code = (uint8_t)(2 + ad_rng_next(g) % 254);
+            codes[(size_t)r * c->cols + q] = zero ? (uint8_t)(ad_rng_next(g) & 1) : code;
+        }
+    free(blk);
+    return codes;
+}
+
+static double *rand_b(ad_rng *g, size_t n) {
+    double *b = malloc((n ? n : 1) * sizeof *b);
+    for (size_t i = 0; i < n; i++) b[i] = ad_rng_normal(g);
+    return b;
+}
+
+// Whether C [m, n] is R's: bitwise, or (nan_ok) NaN at the same entries and bitwise elsewhere.
+static bool same(const double *C, const double *R, size_t size, bool nan_ok) {
+    for (size_t i = 0; i < size; i++) {
+        if (nan_ok && (isnan(C[i]) || isnan(R[i]))) {
+            if (isnan(C[i]) != isnan(R[i])) return false;
+        } else if (memcmp(C + i, R + i, sizeof(double))) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// Every variant and 1, 2, 3 threads against the reference, for X B and X^T B; B with a pad in
+// its row stride. nonfinite: an Inf, a -Inf and a NaN put in B.
+static void check_case(ad_rng *g, const sp_case *c, const double tab[256], bool nonfinite) {
+    uint8_t *codes = make_codes(g, c);
+    ad_coded X = {c->rows, c->cols, codes, tab, NULL, NULL, NULL};
+    char err[128] = "";
+    ad_coded_nz *nz = ad_coded_nz_make(&X, err, sizeof err);
+    EXPECT(nz, "nz_make: %s", err);
+    X.nz = nz;
+    int64_t want = 0;
+    for (size_t i = 0; i < (size_t)c->rows * c->cols; i++) want += codes[i] > 1;
+    EXPECT(ad_coded_nz_count(nz) == want, "%lld nonzeros counted, %lld made",
+           (long long)want, (long long)ad_coded_nz_count(nz));
+    // the paired rows are what the blocky cases are for
+    EXPECT(!nz || c->empty != 2 || (ad_sparse_pairs(nz, 0) && ad_sparse_pairs(nz, 1)),
+           "[%d, %d]: rows in pairs %d, columns %d", c->rows, c->cols, nz && ad_sparse_pairs(nz, 0),
+           nz && ad_sparse_pairs(nz, 1));
+    const ad_thin_isa isas[2] = {AD_THIN_PORTABLE, AD_THIN_AVX512};
+    for (int tx = 0; tx < 2 && nz; tx++) {
+        int m = tx ? c->cols : c->rows, k = tx ? c->rows : c->cols, ldb = c->n + 3;
+        double *B = rand_b(g, (size_t)k * ldb);
+        if (nonfinite && k > 2) {
+            B[(size_t)(k / 2) * ldb + c->n / 2] = INFINITY, B[1] = -INFINITY;
+            B[(size_t)(k - 1) * ldb + c->n - 1] = NAN;
+        }
+        size_t size = (size_t)m * c->n;
+        double *R = malloc((size + 1) * sizeof *R), *C = malloc((size + 1) * sizeof *C);
+        ad_sparse_matmul_naive(&X, tx, c->n, B, ldb, R);
+        for (int v = 0; v < 2; v++) {
+            if (!ad_thin_runs(isas[v])) continue;
+            for (int th = 1; th <= 3; th++) {
+                for (size_t i = 0; i <= size; i++) C[i] = 12345;
+                ad_sparse_matmul(isas[v], th, &X, tx, c->n, B, ldb, C);
+                EXPECT(same(C, R, size, nonfinite) && C[size] == 12345,
+                       "[%d, %d]%s x [%d, %d]%s, %s, %d threads: not the ordered loop's bits", c->rows,
+                       c->cols, tx ? "^T" : "", k, c->n, nonfinite ? " with Inf and NaN" : "",
+                       ad_thin_name(isas[v]), th);
+            }
+        }
+        free(B), free(R), free(C);
+    }
+    ad_coded_nz_free(nz);
+    free(codes);
+}
+
+static void kernel_cases(void) {
+    TEST_CASE("sparse products: X B and X^T B = the ordered fma loop bitwise, any variant and thread count") {
+        ad_rng g;
+        ad_rng_seed(&g, 501);
+        double tab[256];
+        make_table(tab);
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) check_case(&g, &cases[i], tab, false);
+    }
+    TEST_CASE("sparse products: an Inf or NaN in B gives NaN where the dense loop does, the rest bitwise") {
+        ad_rng g;
+        ad_rng_seed(&g, 502);
+        double tab[256];
+        make_table(tab);
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) check_case(&g, &cases[i], tab, true);
+    }
+}
+
+// ---- through the tape ----
+
+typedef struct {
+    const ad_coded *X;
+    int tx;
+} tape_ctx;
+
+// sum(tanh(op(X) B)): its gradient op(X)^T (1 - tanh^2) is the transposed product, also wide;
+// the terms are bounded by 1, so that f's rounding (~1e-16 |f|) stays small against h (a sum of
+// squares, |f| ~ 1e5, gives central differences ~1e-6 off)
+static ad_var tanh_sum(ad_tape *t, const ad_var *in, void *u) {
+    const tape_ctx *c = u;
+    return ad_sum(t, ad_tanh(t, ad_matmul_coded(t, c->X, in[0], c->tx)));
+}
+
+static void tape_cases(void) {
+    TEST_CASE("sparse products: ad_matmul_coded with nz = without to rounding, FD gradient, wide and thin") {
+        ad_rng g;
+        ad_rng_seed(&g, 503);
+        double tab[256];
+        make_table(tab);
+        const sp_case tc[3] = {{70, 45, 40, 0.5, 1}, {50, 30, 5, 0.5, 0}, {120, 130, 17, 0.6, 0}};
+        for (int i = 0; i < 3; i++) {
+            uint8_t *codes = make_codes(&g, &tc[i]);
+            ad_coded X = {tc[i].rows, tc[i].cols, codes, tab, NULL, NULL, NULL}, Xn = X;
+            ad_coded_nz *nz = ad_coded_nz_make(&X, NULL, 0);
+            Xn.nz = nz;
+            for (int tx = 0; tx < 2 && nz; tx++) {
+                int m = tx ? X.cols : X.rows, k = tx ? X.rows : X.cols, n = tc[i].n;
+                double *B = rand_b(&g, (size_t)k * n);
+                ad_tape *t = ad_tape_new(NULL);
+                ad_var b = ad_const(t, ad_mat_shape(k, n), B);
+                const double *with = ad_value(t, ad_matmul_coded(t, &Xn, b, tx));
+                const double *without = ad_value(t, ad_matmul_coded(t, &X, b, tx));
+                double worst = 0;
+                for (int r = 0; r < m; r++)
+                    for (int j = 0; j < n; j++) {
+                        double s = 0;
+                        for (int q = 0; q < k; q++)
+                            s += fabs(tab[codes[tx ? (size_t)q * X.cols + r : (size_t)r * X.cols + q]] *
+                                      B[(size_t)q * n + j]);
+                        worst = fmax(worst, fabs(with[r * n + j] - without[r * n + j]) / (s + 1e-300));
+                    }
+                EXPECT(ad_tape_status(t) == AD_OK && worst <= 1e-13, "[%d, %d]%s x [%d, %d]: %s, worst %g",
+                       X.rows, X.cols, tx ? "^T" : "", k, n, ad_tape_error(t), worst);
+                ad_tape_free(t);
+                tape_ctx ctx = {&Xn, tx};
+                ad_shape sh = ad_mat_shape(k, n);
+                const double *pt[1] = {B};
+                ad_check_params cp = ad_check_default_params();
+                // central differences round f (|f| <= m n ~ 2000 here) to ~eps |f| / h ~ 5e-8
+                // absolute on every entry: the small entries need that much atol
+                cp.atol = 1e-7;
+                ad_check_report rep = ad_check_grad(tanh_sum, &ctx, 1, &sh, pt, &cp);
+                EXPECT(rep.status == AD_OK && rep.pass, "[%d, %d]%s: FD gradient: %s", X.rows, X.cols,
+                       tx ? "^T" : "", rep.msg);
+                free(B);
+            }
+            ad_coded_nz_free(nz);
+            free(codes);
+        }
+    }
+}
+
+static void error_cases(void) {
+    TEST_CASE("sparse products: bad arguments are one-line errors, nothing aborts") {
+        static const uint8_t codes[6] = {0, 3, 0, 9, 0, 2}, other[6] = {0};
+        double tab[256];
+        make_table(tab);
+        char err[128] = "";
+        ad_coded X = {2, 3, codes, tab, NULL, NULL, NULL}, bad[3] = {X, X, X};
+        bad[0].codes = NULL, bad[1].rows = -2, bad[2].table = NULL;
+        const char *want[3] = {"no codes or no table", "negative size", "no codes or no table"};
+        for (int i = 0; i < 3; i++) {
+            err[0] = 0;
+            EXPECT(!ad_coded_nz_make(&bad[i], err, sizeof err) && strstr(err, want[i]) && !strchr(err, '\n'),
+                   "nz_make on a bad matrix %d: '%s'", i, err);
+        }
+        EXPECT(!ad_coded_nz_make(NULL, err, sizeof err) && strstr(err, "no matrix"), "nz_make(NULL): '%s'", err);
+        ad_coded_nz_free(NULL);
+        ad_coded_nz *nz = ad_coded_nz_make(&X, err, sizeof err);
+        EXPECT(nz && ad_coded_nz_count(nz) == 3 && ad_coded_nz_count(NULL) == 0, "nz_make: %s", err);
+        // an nz made for another matrix: other codes, another size, another table
+        ad_coded wrong[3] = {{2, 3, other, tab, NULL, NULL, nz}, {3, 2, codes, tab, NULL, NULL, nz},
+                             {2, 3, codes, tab + 1, NULL, NULL, nz}};
+        double b[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+        for (int i = 0; i < 3 && nz; i++) {
+            ad_tape *t = ad_tape_new(NULL);
+            ad_var B = ad_const(t, ad_mat_shape(3, 3), b);
+            ad_var r = i < 2 ? ad_matmul_coded(t, &wrong[i], i == 1 ? ad_const(t, ad_mat_shape(2, 3), b) : B, 0)
+                             : ad_softmax_coded(t, &wrong[i], B);
+            const char *e = ad_tape_error(t);
+            EXPECT(!r && ad_tape_status(t) == AD_EARG && strstr(e, "made for another matrix") && !strchr(e, '\n'),
+                   "wrong nz %d: '%s'", i, e);
+            ad_tape_free(t);
+        }
+        ad_coded_nz_free(nz);
+    }
+}
+
+void test_ad_sparse(void) {
+    kernel_cases();
+    tape_cases();
+    error_cases();
+}
