@@ -86,12 +86,12 @@ static ad_status coded_product(ad_tape *t, const ad_coded *X, int tx, const ad_n
     bool by_t = !tx && X->codes_t; // X B from X's codes transposed (thin.h)
     double *work = k ? ad_thin_plan(t, tx || by_t, m, n, k, &threads) : NULL;
     if (work && !tx) {
-        ad_thin_coded_rows((ad_thin_isa)t->thin_isa, threads, m, n, k, X->codes, X->codes_t,
-                           X->table, B->val, B->cols, out, work, then);
+        ad_thin_coded_rows((ad_thin_isa)t->thin_isa, threads, ad_tape_pool(t), m, n, k, X->codes,
+                           X->codes_t, X->table, B->val, B->cols, out, work, then);
         then = NULL; // done
     } else if (work) {
-        ad_thin_matmul_coded((ad_thin_isa)t->thin_isa, threads, tx, m, n, k, X->codes, X->table,
-                             X->cols, B->val, B->cols, out, work);
+        ad_thin_matmul_coded((ad_thin_isa)t->thin_isa, threads, ad_tape_pool(t), tx, m, n, k,
+                             X->codes, X->table, X->cols, B->val, B->cols, out, work);
     } else if (k) {
         st = off_kernel(t, X, tx, B->val, n, out);
     } else {

@@ -250,6 +250,7 @@ void ad_tape_free(ad_tape *t) {
     free(t->nodes);
     free(t->scratch);
     free(t->thin_work);
+    ad_pool_free(t->pool);
     ad_kept_pool_free(t);
     free(t);
 }
@@ -371,6 +372,14 @@ double *ad_thin_plan(ad_tape *t, int ta, int m, int n, int k, int *threads) {
     *threads = work_per + 1 < (size_t)t->threads ? (int)work_per + 1 : t->threads;
     return thin_workspace(t, ad_thin_work_size(ta, m, n, k));
 }
+ad_pool *ad_tape_pool(ad_tape *t) {
+    if (!t->pool && !t->pool_failed && t->threads > 1) {
+        t->pool = ad_pool_new(t->threads - 1);
+        t->pool_failed = !t->pool;
+    }
+    return t->pool;
+}
+
 int ad_op_count(void) { return OP_COUNT; }
 const char *ad_op_name(int op) { return op >= 0 && op < OP_COUNT ? ad_ops[op]->name : "?"; }
 int ad_op_find(const char *name) {
