@@ -363,8 +363,9 @@ static double *thin_workspace(ad_tape *t, size_t n) {
 // measured, [64, 64] x [64, 10] (5 vs 8 us) to [5000, 784] x [784, 10] (`hypertape bench
 // autodiff`); m >= 32 keeps packing op(B) [k, n] cheap next to the product. Below
 // THIN_WORK_PER_THREAD multiply-adds per thread an extra thread costs more than it saves:
-// creating and joining one takes 25-35 us here (more on a loaded host), 4 M multiply-adds
-// ~150 us.
+// creating and joining one took 25-35 us here (more on a loaded host), 4 M multiply-adds
+// ~150 us. (The threads are now the tape's pool's, ad_tape_pool: a wake-up, not a creation;
+// the threshold was not measured again.)
 enum { THIN_WORK_PER_THREAD = 1 << 22 };
 double *ad_thin_plan(ad_tape *t, int ta, int m, int n, int k, int *threads) {
     if (!t->thin_isa || n > AD_THIN_MAX_N || m < 32) return NULL;
