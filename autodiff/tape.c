@@ -369,14 +369,17 @@ static double *thin_workspace(ad_tape *t, size_t n) {
 enum { THIN_WORK_PER_THREAD = 1 << 22 };
 double *ad_thin_plan(ad_tape *t, int ta, int m, int n, int k, int *threads) {
     if (!t->thin_isa || n > AD_THIN_MAX_N || m < 32) return NULL;
+    ad_tape_pool(t); // first: threads is 1 if the pool cannot be made
     size_t work_per = (size_t)m * (size_t)n * (size_t)k / THIN_WORK_PER_THREAD;
     *threads = work_per + 1 < (size_t)t->threads ? (int)work_per + 1 : t->threads;
     return thin_workspace(t, ad_thin_work_size(ta, m, n, k));
 }
 ad_pool *ad_tape_pool(ad_tape *t) {
-    if (!t->pool && !t->pool_failed && t->threads > 1) {
+    if (!t->pool && t->threads > 1) {
         t->pool = ad_pool_new(t->threads - 1);
-        t->pool_failed = !t->pool;
+        // no memory or no thread for it: the calling thread alone from now on, which is what
+        // threads made per call would come to
+        if (!t->pool) t->threads = 1;
     }
     return t->pool;
 }
