@@ -7,14 +7,16 @@
 #define HYPERTAPE_IMAGE_KERNELS_H
 
 #include "ad.h"
+#include "pool.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 
 // fn(ctx, lo, hi) on ranges of [0, n) that cover it once, on up to `threads` threads when work
-// (doubles touched) pays for them; a thread that cannot be started has its range run here.
+// (doubles touched) pays for them: the workers of pool (a tape's, ad_tape_pool), or with pool
+// NULL threads created for the call; a thread that cannot be started has its range run here.
 typedef void (*imk_fn)(void *ctx, int lo, int hi);
-void imk_parallel(int threads, int n, size_t work, imk_fn fn, void *ctx);
+void imk_parallel(ad_pool *pool, int threads, int n, size_t work, imk_fn fn, void *ctx);
 
 // x [n, c*k]: each channel's mean and r = 1/sqrt(biased variance + eps) (eps >= 0; r unused
 // when NULL). false when the per-image partial sums find no memory.

@@ -145,6 +145,9 @@ struct ad_tape {
     int threads, thin_isa; // thin_isa: an ad_thin_isa, 0 when products go to cblas
     double *thin_work;
     size_t thin_work_cap; // doubles
+    // the workers of the thin kernel and of imk_parallel (pool.h), made on first use with threads
+    // - 1 of them (ad_tape_pool)
+    struct ad_pool *pool;
     // arrays of kept products given back by ad_kept_free, for the next ad_keep (keep.c): a sweep
     // per UL iteration keeps the same sizes again, and fresh memory costs a page fault per 4 KiB
     struct ad_kept_pool *kept_pool;
@@ -320,6 +323,9 @@ void ad_kept_pool_free(ad_tape *t);
 // (kernel off, more than AD_THIN_MAX_N columns, few rows, or no room under the memory cap: no
 // error recorded), and the caller uses cblas.
 double *ad_thin_plan(ad_tape *t, int ta, int m, int n, int k, int *threads);
+// The tape's worker pool (pool.h): made on first use, joined in ad_tape_free; NULL with one
+// thread, or when it cannot be made (then threads becomes 1: the calling thread does the work).
+struct ad_pool *ad_tape_pool(ad_tape *t);
 // Row-wise softmax and cross-entropy (ops_loss.c), shared with the coded ops (ops_coded.c) so a
 // fused op computes the bits of the composition: y [m, k] = softmax of each row of z [m, k];
 // ce [m] = logsumexp(z_i) - z_i[labels[i]].

@@ -63,7 +63,7 @@ static ad_status off_kernel(ad_tape *t, const ad_coded *X, int tx, const double 
         int threads = work / SPARSE_WORK_PER_THREAD + 1 < t->threads
                           ? (int)(work / SPARSE_WORK_PER_THREAD) + 1 : t->threads;
         ad_thin_isa isa = t->thin_isa ? (ad_thin_isa)t->thin_isa : AD_THIN_AUTO;
-        ad_sparse_matmul(isa, threads, X, tx, n, B, n, C);
+        ad_sparse_matmul(isa, threads, ad_tape_pool(t), X, tx, n, B, n, C);
         return AD_OK;
     }
     if (X->values) {
@@ -106,12 +106,12 @@ static ad_status coded_product(ad_tape *t, const ad_coded *X, int tx, const ad_n
     bool by_t = !tx && X->codes_t; // X B from X's codes transposed (thin.h)
     double *work = k ? ad_thin_plan(t, tx || by_t, m, n, k, &threads) : NULL;
     if (work && !tx) {
-        ad_thin_coded_rows((ad_thin_isa)t->thin_isa, threads, m, n, k, X->codes, X->codes_t,
-                           X->table, B->val, B->cols, out, work, then);
+        ad_thin_coded_rows((ad_thin_isa)t->thin_isa, threads, ad_tape_pool(t), m, n, k, X->codes,
+                           X->codes_t, X->table, B->val, B->cols, out, work, then);
         then = NULL; // done
     } else if (work) {
-        ad_thin_matmul_coded((ad_thin_isa)t->thin_isa, threads, tx, m, n, k, X->codes, X->table,
-                             X->cols, B->val, B->cols, out, work);
+        ad_thin_matmul_coded((ad_thin_isa)t->thin_isa, threads, ad_tape_pool(t), tx, m, n, k,
+                             X->codes, X->table, X->cols, B->val, B->cols, out, work);
     } else if (k) {
         st = off_kernel(t, X, tx, B->val, n, out);
     } else {

@@ -129,7 +129,8 @@ static inline int par_blocks(int size) { return (size + PAR_BLOCK - 1) / PAR_BLO
             y[0] = (EXPR);                                                                     \
         } else if (na == size && nb == size && par_pass(t, size)) {                            \
             elem_job j = {a, b, y, p0, 0, size};                                               \
-            imk_parallel(t->threads, par_blocks(size), (size_t)size * 3, par_##name, &j);      \
+            ad_pool *pool = ad_tape_pool(t); /* first: it may set threads to 1 */               \
+            imk_parallel(pool, t->threads, par_blocks(size), (size_t)size * 3, par_##name, &j); \
         } else if (na == size && nb == size) {                                                 \
             for (int i = 0; i < size; i++) { double u = a[i], v = b[i]; y[i] = (EXPR); }      \
         } else if (na == 1) {                                                                  \
@@ -165,7 +166,8 @@ static inline int par_blocks(int size) { return (size + PAR_BLOCK - 1) / PAR_BLO
         int size = ad_size(n);                                                                 \
         if (par_pass(t, size)) {                                                               \
             elem_job j = {x, NULL, y, p0, p1, size};                                           \
-            imk_parallel(t->threads, par_blocks(size), (size_t)size * 2, par_##name, &j);      \
+            ad_pool *pool = ad_tape_pool(t); /* first: it may set threads to 1 */               \
+            imk_parallel(pool, t->threads, par_blocks(size), (size_t)size * 2, par_##name, &j); \
             return AD_OK;                                                                      \
         }                                                                                      \
         for (int i = 0; i < size; i++) { double u = x[i]; y[i] = (EXPR); }                     \
@@ -423,7 +425,8 @@ static ad_status fwd_relu_mask(ad_tape *t, ad_node *n) {
     if (ad_size(G) != size || ad_size(X) != size) return fwd_relu_mask_any(t, n);
     if (par_pass(t, size)) {
         elem_job j = {G->val, X->val, n->val, 0, 0, size};
-        imk_parallel(t->threads, par_blocks(size), (size_t)size * 3, par_relu_mask, &j);
+        ad_pool *pool = ad_tape_pool(t); // first: it may set threads to 1
+        imk_parallel(pool, t->threads, par_blocks(size), (size_t)size * 3, par_relu_mask, &j);
     } else {
         relu_mask_run(G->val, X->val, n->val, 0, size);
     }

@@ -367,7 +367,8 @@ static ad_status fwd_block(ad_tape *t, ad_node *nd) {
     size_t work = (size_t)n * c * hw * (nd->op == OP_BN_POOL_DY ? 2 : 1);
     if (nd->op != OP_BN_POOL_DP) j.part = NULL;
     run_job rj = {&j, nd->op == OP_BN_POOL ? pool_piece : nd->op == OP_BN_POOL_DP ? sum_piece : adjoint_piece};
-    imk_parallel(t->threads, n, work, run_images, &rj);
+    ad_pool *pool = ad_tape_pool(t); // first: it may set threads to 1
+    imk_parallel(pool, t->threads, n, work, run_images, &rj);
     for (int ch = 0; ch < c && nd->op == OP_BN_POOL_DP; ch++) { // the images' sums in order
         double sdz = 0, sd = 0;
         for (int b = 0; b < n; b++) sdz += j.part[((size_t)b * c + ch) * 2], sd += j.part[((size_t)b * c + ch) * 2 + 1];
@@ -553,7 +554,9 @@ static void conv_pass_run(ad_tape *t, conv_pass *cp, int pass) {
     const blk_job *j = cp->rj.j;
     cp->pass = pass;
     cp->rj.fn = pass == CB_POOL ? pool_piece : pass == CB_SUMS ? sum_piece : adjoint_piece;
-    imk_parallel(t->threads, cp->chunks, (size_t)cp->n * j->c * j->h * j->w * (cp->c_in * 9 + 2), conv_chunks_pass, cp);
+    ad_pool *pool = ad_tape_pool(t); // first: it may set threads to 1
+    imk_parallel(pool, t->threads, cp->chunks,
+                 (size_t)cp->n * j->c * j->h * j->w * (cp->c_in * 9 + 2), conv_chunks_pass, cp);
 }
 
 // The sizes of a conv_bn_pool node from its images X [n, c_in*h*w] and the length of WP

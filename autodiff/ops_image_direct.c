@@ -186,7 +186,8 @@ bool imk_conv_direct(const double *x, const double *other, int n, int c_in, int 
     if (!wgrad)
         for (int o = 0; o < c_out; o++)
             for (int r = 0; r < c_in * 9; r++) extra[(size_t)r * c_out + o] = other[(size_t)o * c_in * 9 + r];
-    imk_parallel(threads, chunks, (size_t)n * (size_t)(c_in + c_out) * h * w * 9, direct_chunks, &j);
+    imk_parallel(NULL, threads, chunks, (size_t)n * (size_t)(c_in + c_out) * h * w * 9, direct_chunks,
+                 &j);
     if (wgrad) // the chunks' sums added in chunk order, transposed to [c_out, c_in*9]
         for (int o = 0; o < c_out; o++)
             for (size_t r = 0; r < (size_t)c_in * 9; r++) {

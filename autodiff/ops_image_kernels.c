@@ -8,7 +8,6 @@
 
 #include <cblas.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,16 +27,15 @@ typedef struct {
     atomic_int next;
 } imk_job;
 
-static void *imk_run(void *a) {
+static void imk_run(void *a) {
     imk_job *j = a;
     for (int p; (p = atomic_fetch_add(&j->next, 1)) * j->piece < j->n;) {
         int lo = p * j->piece, hi = lo + j->piece < j->n ? lo + j->piece : j->n;
         j->fn(j->ctx, lo, hi);
     }
-    return NULL;
 }
 
-void imk_parallel(int threads, int n, size_t work, imk_fn fn, void *ctx) {
+void imk_parallel(ad_pool *pool, int threads, int n, size_t work, imk_fn fn, void *ctx) {
     int nt = work < IMK_MIN_WORK ? 1 : threads < 1 ? 1 : threads > IMK_MAX_THREADS ? IMK_MAX_THREADS : threads;
     if (nt > n) nt = n;
     if (n <= 0) return;
@@ -48,13 +46,8 @@ void imk_parallel(int threads, int n, size_t work, imk_fn fn, void *ctx) {
     int pieces = 4 * nt < n ? 4 * nt : n;
     imk_job j = {fn, ctx, n, (n + pieces - 1) / pieces, 0};
     atomic_init(&j.next, 0);
-    pthread_t tid[IMK_MAX_THREADS];
-    bool started[IMK_MAX_THREADS] = {false};
     // a thread that cannot be started leaves its pieces to the others
-    for (int w = 1; w < nt; w++) started[w] = pthread_create(&tid[w], NULL, imk_run, &j) == 0;
-    imk_run(&j);
-    for (int w = 1; w < nt; w++)
-        if (started[w]) pthread_join(tid[w], NULL);
+    ad_pool_run(pool, nt, imk_run, &j);
 }
 
 // ---- passes over the segments: channel ch of image b, k entries from b*c*k + ch*k ----
@@ -76,7 +69,7 @@ static void run_segments(void *job, int lo, int hi) {
 // fn on every segment of an [n, c*k] batch, split over images; passes: the arrays it touches.
 static void for_segments(int threads, int n, int c, int k, int passes, seg_fn fn, const void *ctx) {
     seg_job j = {fn, ctx, c, k};
-    imk_parallel(threads, n, (size_t)n * c * k * passes, run_segments, &j);
+    imk_parallel(NULL, threads, n, (size_t)n * c * k * passes, run_segments, &j);
 }
 
 // ---- sums on four accumulators ----
@@ -358,13 +351,13 @@ static void scatter_images(void *ctx, int lo, int hi) {
 void imk_pool_gather(const double *a, const double *x, int n, int per, int h, int w, int threads,
                      double *y) {
     pool_job j = {a, x, per, h, w, y};
-    imk_parallel(threads, n, (size_t)n * per * h * w * 2, gather_images, &j);
+    imk_parallel(NULL, threads, n, (size_t)n * per * h * w * 2, gather_images, &j);
 }
 
 void imk_pool_scatter(const double *g, const double *x, int n, int per, int h, int w, int threads,
                       double *y) {
     pool_job j = {g, x, per, h, w, y};
-    imk_parallel(threads, n, (size_t)n * per * h * w * 2, scatter_images, &j);
+    imk_parallel(NULL, threads, n, (size_t)n * per * h * w * 2, scatter_images, &j);
 }
 
 // ---- im2col, and convolutions one image per product ----
@@ -459,7 +452,7 @@ bool imk_conv_images(const double *x, const double *other, int n, int c_in, int 
     if (!cols) return false;
     conv_job j = {x, other, n, c_in, h, w, c_out, chunks, cols,
                   wgrad ? cols + (size_t)chunks * kk * hw : NULL, y};
-    imk_parallel(threads, chunks, (size_t)n * hw * (kk + c_out), conv_chunks, &j);
+    imk_parallel(NULL, threads, chunks, (size_t)n * hw * (kk + c_out), conv_chunks, &j);
     if (wgrad) { // the chunks' sums added in chunk order
         memcpy(y, j.part, nw * sizeof *y);
         for (int ch = 1; ch < chunks; ch++)

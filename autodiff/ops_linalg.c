@@ -185,8 +185,8 @@ static ad_status fwd_matmul(ad_tape *t, ad_node *n) {
     int threads;
     double *work = ad_thin_plan(t, n->i0, n->rows, n->cols, k, &threads);
     if (work)
-        ad_thin_matmul((ad_thin_isa)t->thin_isa, threads, n->i0, n->i1, n->rows, n->cols, k,
-                       A->val, A->cols, B->val, B->cols, n->val, work);
+        ad_thin_matmul((ad_thin_isa)t->thin_isa, threads, ad_tape_pool(t), n->i0, n->i1, n->rows,
+                       n->cols, k, A->val, A->cols, B->val, B->cols, n->val, work);
     else
         cblas_dgemm(CblasRowMajor, n->i0 ? CblasTrans : CblasNoTrans,
                     n->i1 ? CblasTrans : CblasNoTrans, n->rows, n->cols, k, 1.0, A->val, A->cols,

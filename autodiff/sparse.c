@@ -16,8 +16,9 @@
 // target as in thin.c, chosen at run time), the Inf/NaN fix-up and the driver with its threads.
 #include "sparse.h"
 
+#include "pool.h"
+
 #include <math.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -369,7 +370,7 @@ typedef struct {
     atomic_int next;
 } sp_job;
 
-static void *run_pieces(void *arg) {
+static void run_pieces(void *arg) {
     sp_job *j = arg;
     for (int c; (c = atomic_fetch_add(&j->next, 1)) < j->pieces;) {
         const sp_rows *s = &j->s;
@@ -378,20 +379,10 @@ static void *run_pieces(void *arg) {
         j->bad[c] = !all_finite(s->B, s->ldb, s->n, q0, q1);
         rows_run(j->isa, s, j->start[c], j->start[c + 1]);
     }
-    return NULL;
 }
 
 // Runs job's pieces on up to nt threads (the caller's one of them); a thread that cannot be
 // started leaves its pieces to the others. One function, so that a pool can take its place.
-static void run_threads(sp_job *job, int nt) {
-    pthread_t tid[MAX_THREADS];
-    bool started[MAX_THREADS] = {false};
-    for (int w = 1; w < nt; w++) started[w] = pthread_create(&tid[w], NULL, run_pieces, job) == 0;
-    run_pieces(job);
-    for (int w = 1; w < nt; w++)
-        if (started[w]) pthread_join(tid[w], NULL);
-}
-
 // Whether op(X)'s rows are better taken in pairs: when the unions add few entries (1.1 x for the
 // columns of FashionMNIST's images, neighbouring pixels; 1.33 x for pairs of images, a loss).
 bool ad_sparse_pairs(const ad_coded_nz *nz, int tx) {
@@ -414,8 +405,8 @@ static void split_rows(const int64_t *ptr, int m, int pieces, int *start) {
     start[pieces] = m;
 }
 
-void ad_sparse_matmul(ad_thin_isa isa, int threads, const ad_coded *X, int tx, int n,
-                      const double *B, int ldb, double *C) {
+void ad_sparse_matmul(ad_thin_isa isa, int threads, ad_pool *pool, const ad_coded *X, int tx,
+                      int n, const double *B, int ldb, double *C) {
     const ad_coded_nz *nz = X->nz;
     int m = tx ? X->cols : X->rows, k = tx ? X->rows : X->cols;
     if (m <= 0 || n <= 0) return;
@@ -447,7 +438,7 @@ void ad_sparse_matmul(ad_thin_isa isa, int threads, const ad_coded *X, int tx, i
     split_rows(job.s.ptr, m, pieces, start);
     job.pieces = pieces, job.start = start, job.bad = bad;
     atomic_init(&job.next, 0);
-    run_threads(&job, nt);
+    ad_pool_run(pool, nt, run_pieces, &job);
     bool any_bad = false;
     for (int c = 0; c < pieces; c++) any_bad |= bad[c];
     if (any_bad) nonfinite_fixup(X, tx, n, B, ldb, C);

@@ -54,9 +54,10 @@ bool ad_sparse_matches(const ad_coded *X);
 // C [m, n] (row stride n) = op(X) B, op(X) = X [rows, cols] or (tx) X^T, B [k, n] (row stride
 // ldb), for X with X->nz describing it (ad_sparse_matches) and n >= 1. The ordered loop's bits
 // for any isa (AVX-512, or the portable code with fma(); AD_THIN_AVX2 runs the portable code)
-// and any number of threads (each row of C is computed whole by one thread).
-void ad_sparse_matmul(ad_thin_isa isa, int threads, const ad_coded *X, int tx, int n,
-                      const double *B, int ldb, double *C);
+// and any number of threads (each row of C is computed whole by one thread), run on pool's
+// workers (pool.h; NULL: threads made for the call).
+void ad_sparse_matmul(ad_thin_isa isa, int threads, ad_pool *pool, const ad_coded *X, int tx,
+                      int n, const double *B, int ldb, double *C);
 
 // The reference: the ordered fma loop over every entry of op(X), no entry skipped.
 void ad_sparse_matmul_naive(const ad_coded *X, int tx, int n, const double *B, int ldb, double *C);

@@ -250,6 +250,7 @@ void ad_tape_free(ad_tape *t) {
     free(t->nodes);
     free(t->scratch);
     free(t->thin_work);
+    ad_pool_free(t->pool);
     ad_kept_pool_free(t);
     free(t);
 }
@@ -362,15 +363,27 @@ static double *thin_workspace(ad_tape *t, size_t n) {
 // measured, [64, 64] x [64, 10] (5 vs 8 us) to [5000, 784] x [784, 10] (`hypertape bench
 // autodiff`); m >= 32 keeps packing op(B) [k, n] cheap next to the product. Below
 // THIN_WORK_PER_THREAD multiply-adds per thread an extra thread costs more than it saves:
-// creating and joining one takes 25-35 us here (more on a loaded host), 4 M multiply-adds
-// ~150 us.
+// creating and joining one took 25-35 us here (more on a loaded host), 4 M multiply-adds
+// ~150 us. (The threads are now the tape's pool's, ad_tape_pool: a wake-up, not a creation;
+// the threshold was not measured again.)
 enum { THIN_WORK_PER_THREAD = 1 << 22 };
 double *ad_thin_plan(ad_tape *t, int ta, int m, int n, int k, int *threads) {
     if (!t->thin_isa || n > AD_THIN_MAX_N || m < 32) return NULL;
+    ad_tape_pool(t); // first: threads is 1 if the pool cannot be made
     size_t work_per = (size_t)m * (size_t)n * (size_t)k / THIN_WORK_PER_THREAD;
     *threads = work_per + 1 < (size_t)t->threads ? (int)work_per + 1 : t->threads;
     return thin_workspace(t, ad_thin_work_size(ta, m, n, k));
 }
+ad_pool *ad_tape_pool(ad_tape *t) {
+    if (!t->pool && t->threads > 1) {
+        t->pool = ad_pool_new(t->threads - 1);
+        // no memory or no thread for it: the calling thread alone from now on, which is what
+        // threads made per call would come to
+        if (!t->pool) t->threads = 1;
+    }
+    return t->pool;
+}
+
 int ad_op_count(void) { return OP_COUNT; }
 const char *ad_op_name(int op) { return op >= 0 && op < OP_COUNT ? ad_ops[op]->name : "?"; }
 int ad_op_find(const char *name) {

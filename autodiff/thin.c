@@ -595,7 +595,7 @@ static void copy_out(const thin_task *t, bool by_cols, const double *part, int l
             t->C[(size_t)i * t->n + j] = part[by_cols ? (size_t)j * t->m + i : (size_t)i * t->np + j];
 }
 
-static void *run_chunks(void *arg) {
+static void run_chunks(void *arg) {
     thin_job *j = arg;
     for (int c; (c = atomic_fetch_add(&j->next, 1)) < j->n_chunks;) {
         thin_task t = j->all;
@@ -615,15 +615,14 @@ static void *run_chunks(void *arg) {
         if (j->then && !j->by_rows_of_a && t.lo < t.hi)
             j->then->fn(j->then->ctx, t.C, t.n, t.lo, t.hi);
     }
-    return NULL;
 }
 
 enum { THIN_MAX_THREADS = 64 };
 
 // one_block: with A transposed, sum over all of k in order p (no blocks of rows of A), which
 // gives A^T B the bits of the product without the transpose on A^T's rows.
-static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, int k,
-                     const double *A, const uint8_t *au, const double *tab, int lda,
+static void thin_run(ad_thin_isa isa, int threads, ad_pool *pool, int ta, int tb, int m, int n,
+                     int k, const double *A, const uint8_t *au, const double *tab, int lda,
                      const double *B, int ldb, double *C, double *work, bool one_block,
                      const ad_thin_rows *then) {
     if (m <= 0 || n <= 0) return;
@@ -658,41 +657,43 @@ static void thin_run(ad_thin_isa isa, int threads, int ta, int tb, int m, int n,
     nt = min_int(nt, job.n_chunks);
     atomic_init(&job.next, 0);
     job.used = job.by_cols ? (size_t)n * m : (size_t)m * np;
-    pthread_t tid[THIN_MAX_THREADS];
-    bool started[THIN_MAX_THREADS] = {false};
     // a thread that cannot be started leaves its pieces to the others
-    for (int w = 1; w < nt; w++) started[w] = pthread_create(&tid[w], NULL, run_chunks, &job) == 0;
-    run_chunks(&job);
-    for (int w = 1; w < nt; w++)
-        if (started[w]) pthread_join(tid[w], NULL);
+    ad_pool_run(pool, nt, run_chunks, &job);
+    pthread_mutex_destroy(&job.mu);
     if (!ta || !job.by_rows_of_a) return; // one block: its chunks copied their rows out
     // C = the partials added in block order (add_done: all of them by now), copied out
     copy_out(&job.all, job.by_cols, job.all.cb, 0, m);
     if (then) then->fn(then->ctx, C, n, 0, m);
 }
 
-void ad_thin_matmul(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, int k,
-                    const double *A, int lda, const double *B, int ldb, double *C, double *work) {
-    thin_run(isa, threads, ta, tb, m, n, k, A, NULL, NULL, lda, B, ldb, C, work, false, NULL);
+void ad_thin_matmul(ad_thin_isa isa, int threads, ad_pool *pool, int ta, int tb, int m, int n,
+                    int k, const double *A, int lda, const double *B, int ldb, double *C,
+                    double *work) {
+    thin_run(isa, threads, pool, ta, tb, m, n, k, A, NULL, NULL, lda, B, ldb, C, work, false, NULL);
 }
 
-void ad_thin_matmul_coded(ad_thin_isa isa, int threads, int ta, int m, int n, int k,
+void ad_thin_matmul_coded(ad_thin_isa isa, int threads, ad_pool *pool, int ta, int m, int n, int k,
                           const uint8_t *codes, const double *table, int lda, const double *B,
                           int ldb, double *C, double *work) {
-    thin_run(isa, threads, ta, 0, m, n, k, NULL, codes, table, lda, B, ldb, C, work, false, NULL);
+    thin_run(isa, threads, pool, ta, 0, m, n, k, NULL, codes, table, lda, B, ldb, C, work, false,
+             NULL);
 }
 
-void ad_thin_matmul_coded_t(ad_thin_isa isa, int threads, int m, int n, int k,
+void ad_thin_matmul_coded_t(ad_thin_isa isa, int threads, ad_pool *pool, int m, int n, int k,
                             const uint8_t *codes_t, const double *table, int ldt, const double *B,
                             int ldb, double *C, double *work) {
-    thin_run(isa, threads, 1, 0, m, n, k, NULL, codes_t, table, ldt, B, ldb, C, work, true, NULL);
+    thin_run(isa, threads, pool, 1, 0, m, n, k, NULL, codes_t, table, ldt, B, ldb, C, work, true,
+             NULL);
 }
 
-void ad_thin_coded_rows(ad_thin_isa isa, int threads, int m, int n, int k, const uint8_t *codes,
-                        const uint8_t *codes_t, const double *table, const double *B, int ldb,
-                        double *C, double *work, const ad_thin_rows *then) {
+void ad_thin_coded_rows(ad_thin_isa isa, int threads, ad_pool *pool, int m, int n, int k,
+                        const uint8_t *codes, const uint8_t *codes_t, const double *table,
+                        const double *B, int ldb, double *C, double *work,
+                        const ad_thin_rows *then) {
     if (codes_t)
-        thin_run(isa, threads, 1, 0, m, n, k, NULL, codes_t, table, m, B, ldb, C, work, true, then);
+        thin_run(isa, threads, pool, 1, 0, m, n, k, NULL, codes_t, table, m, B, ldb, C, work, true,
+                 then);
     else
-        thin_run(isa, threads, 0, 0, m, n, k, NULL, codes, table, k, B, ldb, C, work, false, then);
+        thin_run(isa, threads, pool, 0, 0, m, n, k, NULL, codes, table, k, B, ldb, C, work, false,
+                 then);
 }

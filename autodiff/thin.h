@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "pool.h"
+
 enum { AD_THIN_MAX_N = 16 }; // most columns of C the kernel takes
 
 typedef enum {
@@ -30,20 +32,22 @@ size_t ad_thin_work_size(int ta, int m, int n, int k);
 
 // C [m, n] (row stride n) = op(A) op(B), row-major A and B with row strides lda and ldb, op(X)
 // = X^T when tX. Needs 1 <= n <= AD_THIN_MAX_N, m, k >= 0, and work: ad_thin_work_size doubles,
-// 32-byte aligned. Runs on up to `threads` threads (the caller judges whether the work pays
-// for them: creating and joining one costs ~30 us). Each sum is fixed by the shape alone: in
-// order p, or with A transposed and k >= 512, in order p within fixed blocks of rows of A whose
-// sums are added in block order; so the result is bitwise the same for any `threads`, and the
-// same for AVX2 and AVX-512 (both fuse each multiply-add; the portable code rounds the product
-// first). An isa this CPU does not run runs the portable code.
-void ad_thin_matmul(ad_thin_isa isa, int threads, int ta, int tb, int m, int n, int k,
-                    const double *A, int lda, const double *B, int ldb, double *C, double *work);
+// 32-byte aligned. Runs on up to `threads` threads: the caller's and the workers of pool
+// (pool.h), or with pool NULL threads created for the call (the caller judges whether the work
+// pays for them: creating and joining a thread costs ~30 us, waking a worker less). Each sum
+// is fixed by the shape alone: in order p, or with A transposed and k >= 512, in order p within
+// fixed blocks of rows of A whose sums are added in block order; so the result is bitwise the
+// same for any `threads`, and the same for AVX2 and AVX-512 (both fuse each multiply-add; the
+// portable code rounds the product first). An isa this CPU does not run runs the portable code.
+void ad_thin_matmul(ad_thin_isa isa, int threads, ad_pool *pool, int ta, int tb, int m, int n,
+                    int k, const double *A, int lda, const double *B, int ldb, double *C,
+                    double *work);
 
 // The same with A given as one-byte codes into a table of 256 doubles (entry (i, j) of A is
 // table[codes[i * lda + j]]) and B not transposed: A's values are read in the same order, so
 // the result has the same bits as ad_thin_matmul on the decoded A, with 1/8 of the bytes to
 // stream.
-void ad_thin_matmul_coded(ad_thin_isa isa, int threads, int ta, int m, int n, int k,
+void ad_thin_matmul_coded(ad_thin_isa isa, int threads, ad_pool *pool, int ta, int m, int n, int k,
                           const uint8_t *codes, const double *table, int lda, const double *B,
                           int ldb, double *C, double *work);
 
@@ -53,7 +57,7 @@ void ad_thin_matmul_coded(ad_thin_isa isa, int threads, int ta, int m, int n, in
 // register (lanes along X's rows, its codes decoded 8 at a time) and so beat the broadcasts of
 // X's entries against padded rows of B (n = 10 fills 10 of 16 lanes) when the table is linear.
 // work: ad_thin_work_size(1, m, n, k) doubles.
-void ad_thin_matmul_coded_t(ad_thin_isa isa, int threads, int m, int n, int k,
+void ad_thin_matmul_coded_t(ad_thin_isa isa, int threads, ad_pool *pool, int m, int n, int k,
                             const uint8_t *codes_t, const double *table, int ldt, const double *B,
                             int ldb, double *C, double *work);
 
@@ -68,9 +72,10 @@ typedef struct {
     void (*fn)(void *ctx, double *C, int n, int lo, int hi);
     void *ctx;
 } ad_thin_rows;
-void ad_thin_coded_rows(ad_thin_isa isa, int threads, int m, int n, int k, const uint8_t *codes,
-                        const uint8_t *codes_t, const double *table, const double *B, int ldb,
-                        double *C, double *work, const ad_thin_rows *then);
+void ad_thin_coded_rows(ad_thin_isa isa, int threads, ad_pool *pool, int m, int n, int k,
+                        const uint8_t *codes, const uint8_t *codes_t, const double *table,
+                        const double *B, int ldb, double *C, double *work,
+                        const ad_thin_rows *then);
 
 // The reference next to it: the textbook loop, C_ij = sum_p op(A)_ip op(B)_pj in order p.
 void ad_thin_matmul_naive(int ta, int tb, int m, int n, int k, const double *A, int lda,

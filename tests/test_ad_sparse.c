@@ -108,7 +108,7 @@ static void check_case(ad_rng *g, const sp_case *c, const double tab[256], bool 
             if (!ad_thin_runs(isas[v])) continue;
             for (int th = 1; th <= 3; th++) {
                 for (size_t i = 0; i <= size; i++) C[i] = 12345;
-                ad_sparse_matmul(isas[v], th, &X, tx, c->n, B, ldb, C);
+                ad_sparse_matmul(isas[v], th, NULL, &X, tx, c->n, B, ldb, C);
                 EXPECT(same(C, R, size, nonfinite) && C[size] == 12345,
                        "[%d, %d]%s x [%d, %d]%s, %s, %d threads: not the ordered loop's bits", c->rows,
                        c->cols, tx ? "^T" : "", k, c->n, nonfinite ? " with Inf and NaN" : "",

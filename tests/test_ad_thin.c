@@ -58,10 +58,12 @@ static int running_isas(ad_thin_isa isas[3]) {
     return n;
 }
 
-// One product with every variant and 1, 3 (all: 1, 2, 3, 7) threads against the reference; the
-// thread counts must agree bitwise, and AVX-512 with AVX2 (both fuse every multiply-add in the
-// same order). Returns false (after reporting) on the first mismatch.
-static bool check_shape(ad_rng *g, int ta, int tb, int m, int n, int k, int pad, bool all) {
+// One product with every variant and 1, 3 (all: 1, 3, 2, 7) threads against the reference, 3
+// and 7 from pool (2 workers: 7 asks for more than it has), 2 made for the call; the thread
+// counts must agree bitwise, and AVX-512 with AVX2 (both fuse every multiply-add in the same
+// order). Returns false (after reporting) on the first mismatch.
+static bool check_shape(ad_rng *g, ad_pool *pool, int ta, int tb, int m, int n, int k, int pad,
+                        bool all) {
     int lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad;
     size_t sa = (size_t)(ta ? k : m) * lda, sb = (size_t)(tb ? n : k) * ldb;
     double *A = rand_mat(g, sa), *B = rand_mat(g, sb), *work = work_for(ta, m, n, k);
@@ -78,7 +80,8 @@ static bool check_shape(ad_rng *g, int ta, int tb, int m, int n, int k, int pad,
         for (int h = 0; h < (all ? 4 : 2) && ok; h++) {
             for (size_t i = 0; i < sc; i++) C[i] = NAN;
             C[sc - 1] = 12345;
-            ad_thin_matmul(isas[v], threads[h], ta, tb, m, n, k, A, lda, B, ldb, C, work);
+            ad_thin_matmul(isas[v], threads[h], h % 2 ? pool : NULL, ta, tb, m, n, k, A, lda, B,
+                           ldb, C, work);
             double e = rel_err(ta, tb, m, n, k, A, lda, B, ldb, C, R);
             if (!(e <= 1e-13) || C[sc - 1] != 12345) {
                 EXPECT(false, "%s, %d threads, A%s B%s m %d n %d k %d pad %d: error %g%s",
@@ -107,6 +110,7 @@ static bool check_shape(ad_rng *g, int ta, int tb, int m, int n, int k, int pad,
 
 static void kernel_vs_reference(void) {
     TEST_CASE("thin: kernel = reference loop, all transposes, n = 1..16, odd and zero sizes") {
+        ad_pool *pool = ad_pool_new(2);
         ad_rng g;
         ad_rng_seed(&g, 41);
         const int ms[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 17, 31, 64, 67};
@@ -118,30 +122,33 @@ static void kernel_vs_reference(void) {
                 for (int n = 1; n <= MAXN && ok; n++)
                     for (size_t mi = 0; mi < sizeof ms / sizeof *ms && ok; mi++)
                         for (size_t ki = 0; ki < sizeof ks / sizeof *ks && ok; ki++, cases++)
-                            ok = check_shape(&g, ta, tb, ms[mi], n, ks[ki], 0, false);
+                            ok = check_shape(&g, pool, ta, tb, ms[mi], n, ks[ki], 0, false);
         EXPECT(cases == 4 * MAXN * 14 * 11 || !ok, "%d shapes", cases);
+        ad_pool_free(pool);
     }
     TEST_CASE("thin: row strides larger than the rows, and larger shapes") {
+        ad_pool *pool = ad_pool_new(2);
         ad_rng g;
         ad_rng_seed(&g, 42);
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++) {
-                check_shape(&g, ta, tb, 37, 10, 29, 3, true);
-                check_shape(&g, ta, tb, 301, 10, 517, 0, true);
-                check_shape(&g, ta, tb, 263, 16, 401, 1, true);
-                check_shape(&g, ta, tb, 1000, 3, 211, 0, true);
-                check_shape(&g, ta, tb, 40, 7, 4999, 2, true); // A^T: 16 blocks of rows of A
+                check_shape(&g, pool, ta, tb, 37, 10, 29, 3, true);
+                check_shape(&g, pool, ta, tb, 301, 10, 517, 0, true);
+                check_shape(&g, pool, ta, tb, 263, 16, 401, 1, true);
+                check_shape(&g, pool, ta, tb, 1000, 3, 211, 0, true);
+                check_shape(&g, pool, ta, tb, 40, 7, 4999, 2, true); // A^T: 16 blocks of rows of A
             }
+        ad_pool_free(pool);
     }
     TEST_CASE("thin: k = 0 gives zeros; m = 0 writes nothing") {
         double A[4] = {1, 2, 3, 4}, B[4] = {1, 2, 3, 4}, C[6] = {7, 7, 7, 7, 7, 7};
         double *work = work_for(1, 3, 2, 0);
         for (int ta = 0; ta < 2; ta++) {
-            ad_thin_matmul(AD_THIN_AUTO, 2, ta, 0, 3, 2, 0, A, 1, B, 2, C, work);
+            ad_thin_matmul(AD_THIN_AUTO, 2, NULL, ta, 0, 3, 2, 0, A, 1, B, 2, C, work);
             for (int i = 0; i < 6; i++) EXPECT(C[i] == 0, "A%s: C[%d] = %g", ta ? "^T" : "", i, C[i]);
         }
         C[0] = 7;
-        ad_thin_matmul(AD_THIN_AUTO, 2, 0, 0, 0, 2, 2, A, 2, B, 2, C, work);
+        ad_thin_matmul(AD_THIN_AUTO, 2, NULL, 0, 0, 0, 2, 2, A, 2, B, 2, C, work);
         EXPECT(C[0] == 7, "m = 0 wrote C");
         free(work);
     }
@@ -166,8 +173,8 @@ static void kernel_vs_blas(void) {
                     double *C = malloc(sizeof(double) * m * n), *R = malloc(sizeof(double) * m * n);
                     double *work = work_for(ta, m, n, k);
                     blas_product(ta, tb, m, n, k, A, B, R);
-                    ad_thin_matmul(AD_THIN_AUTO, 2, ta, tb, m, n, k, A, ta ? m : k, B, tb ? k : n, C,
-                                   work);
+                    ad_thin_matmul(AD_THIN_AUTO, 2, NULL, ta, tb, m, n, k, A, ta ? m : k, B,
+                                   tb ? k : n, C, work);
                     double e = rel_err(ta, tb, m, n, k, A, ta ? m : k, B, tb ? k : n, C, R);
                     EXPECT(e <= 1e-13, "A%s B%s n %d: error %g", ta ? "^T" : "", tb ? "^T" : "", n, e);
                     free(A), free(B), free(C), free(R), free(work);
@@ -335,6 +342,7 @@ static void coded_free(coded_mat *c) { free(c->codes), free(c->A); }
 
 static void coded_products(void) {
     TEST_CASE("thin: codes give the same bits as the decoded doubles, every variant and thread count") {
+        ad_pool *pool = ad_pool_new(2);
         ad_rng g;
         ad_rng_seed(&g, 47);
         const int shapes[][3] = {{1, 1, 1}, {5, 3, 7}, {37, 10, 29}, {301, 10, 517}, {263, 16, 401},
@@ -354,14 +362,16 @@ static void coded_products(void) {
                     for (int p = 0; p < k; p++) ct[(size_t)p * m + i] = c.codes[(size_t)i * k + p];
                 for (int v = 0; v < n_isas; v++)
                     for (int th = 1; th <= 3; th += 2) {
-                        ad_thin_matmul(isas[v], th, ta, 0, m, n, k, c.A, lda, B, n, R, work);
-                        ad_thin_matmul_coded(isas[v], th, ta, m, n, k, c.codes, c.table, lda, B, n, C, work);
+                        ad_thin_matmul(isas[v], th, NULL, ta, 0, m, n, k, c.A, lda, B, n, R, work);
+                        ad_thin_matmul_coded(isas[v], th, pool, ta, m, n, k, c.codes, c.table, lda, B,
+                                             n, C, work);
                         EXPECT(memcmp(C, R, sizeof(double) * m * n) == 0,
                                "%s, %d threads, A%s m %d n %d k %d, %s table", ad_thin_name(isas[v]),
                                th, ta ? "^T" : "", m, n, k, linear ? "linear" : "shifted");
                         if (ta) continue;
                         memset(C, 0, sizeof(double) * m * n);
-                        ad_thin_matmul_coded_t(isas[v], th, m, n, k, ct, c.table, m, B, n, C, work);
+                        ad_thin_matmul_coded_t(isas[v], th, pool, m, n, k, ct, c.table, m, B, n, C,
+                                               work);
                         EXPECT(memcmp(C, R, sizeof(double) * m * n) == 0,
                                "from the transposed codes: %s, %d threads, m %d n %d k %d, %s table",
                                ad_thin_name(isas[v]), th, m, n, k, linear ? "linear" : "shifted");
@@ -369,6 +379,7 @@ static void coded_products(void) {
                 coded_free(&c);
                 free(B), free(work), free(C), free(R), free(ct);
             }
+        ad_pool_free(pool);
     }
     TEST_CASE("thin: ad_matmul_coded = ad_matmul on the decoded view: kernel (bits), cblas, wide") {
         // n = 10 on the kernel: the same bits. Off it (kernel off, or n = 20): with the doubles

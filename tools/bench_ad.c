@@ -223,12 +223,12 @@ static void bench_second_order(const bench_opts *o) {
 // ---- (e) the thin-product kernel against cblas_dgemm on hyper-cleaning's two shapes ----
 
 // X W (X [5000, 784], W [784, 10]) and X^T G (G [5000, 10]), each as GFLOP/s and as a share of
-// the machine's dgemm peak: the kernel in every variant this CPU runs on the default threads,
-// the best one on one thread and on the pixels' codes (X as bytes), and cblas_dgemm. All
-// interleaved so they see the same machine load.
+// the machine's dgemm peak: the kernel in every variant this CPU runs on the default threads (a
+// pool's, as on a tape), the best one on one thread and on the pixels' codes (X as bytes), and
+// cblas_dgemm. All interleaved so they see the same machine load.
 enum { THIN_KINDS = 6 }; // AVX-512, AVX2, best 1 thread, best on codes, cblas, portable
-static void thin_call(int kind, int ta, int threads, const softmax_problem *p, const uint8_t *codes,
-                      const double *table, double *Z, double *G, double *work) {
+static void thin_call(int kind, int ta, int threads, ad_pool *pool, const softmax_problem *p,
+                      const uint8_t *codes, const double *table, double *Z, double *G, double *work) {
     int n = p->n, d = p->d, k = p->k;
     const ad_thin_isa isa[THIN_KINDS] = {AD_THIN_AVX512, AD_THIN_AVX2, AD_THIN_AUTO, AD_THIN_AUTO, 0,
                                          AD_THIN_PORTABLE};
@@ -236,17 +236,22 @@ static void thin_call(int kind, int ta, int threads, const softmax_problem *p, c
         if (!ta) cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, k, d, 1.0, p->X, d, p->W, k, 0.0, Z, k);
         else cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, k, n, 1.0, p->X, d, Z, k, 0.0, G, k);
     } else if (kind == 3) {
-        if (!ta) ad_thin_matmul_coded(AD_THIN_AUTO, threads, 0, n, k, d, codes, table, d, p->W, k, Z, work);
-        else ad_thin_matmul_coded(AD_THIN_AUTO, threads, 1, d, k, n, codes, table, d, Z, k, G, work);
+        if (!ta)
+            ad_thin_matmul_coded(AD_THIN_AUTO, threads, pool, 0, n, k, d, codes, table, d, p->W, k, Z,
+                                 work);
+        else
+            ad_thin_matmul_coded(AD_THIN_AUTO, threads, pool, 1, d, k, n, codes, table, d, Z, k, G,
+                                 work);
     } else {
         int th = kind == 2 ? 1 : threads;
-        if (!ta) ad_thin_matmul(isa[kind], th, 0, 0, n, k, d, p->X, d, p->W, k, Z, work);
-        else ad_thin_matmul(isa[kind], th, 1, 0, d, k, n, p->X, d, Z, k, G, work);
+        if (!ta) ad_thin_matmul(isa[kind], th, pool, 0, 0, n, k, d, p->X, d, p->W, k, Z, work);
+        else ad_thin_matmul(isa[kind], th, pool, 1, 0, d, k, n, p->X, d, Z, k, G, work);
     }
 }
 
 static void bench_thin(const bench_opts *o, double peak) {
     int n = 5000, d = 784, k = 10, reps = o->quick ? 5 : 31, threads = ad_thin_default_threads();
+    ad_pool *pool = ad_pool_new(threads - 1); // as a tape's (NULL: threads made per call)
     softmax_problem p = softmax_make(n, d, k, 9);
     uint8_t *codes = malloc((size_t)n * d);
     double table[256];
@@ -265,7 +270,7 @@ static void bench_thin(const bench_opts *o, double peak) {
             int ta = v >= THIN_KINDS, kind = v % THIN_KINDS;
             if (!runs[kind]) continue;
             double t0 = bench_now();
-            thin_call(kind, ta, threads, &p, codes, table, Z, G, work);
+            thin_call(kind, ta, threads, pool, &p, codes, table, Z, G, work);
             s[v * reps + r] = bench_now() - t0;
         }
     double gf = 2e-9 * n * d * k;
@@ -286,6 +291,7 @@ static void bench_thin(const bench_opts *o, double peak) {
         printf("; kernel / cblas %.2fx\n", ms[4] / best);
     }
     free(Z), free(G), free(work), free(s), free(codes);
+    ad_pool_free(pool);
     softmax_free(&p);
 }
 

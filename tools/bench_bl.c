@@ -539,8 +539,8 @@ static void bare_layer_time(void *ctx, int r) {
     if (!b->X1.rows) return;
     t0 = bench_now();
     int th = ad_thin_default_threads();
-    ad_sparse_matmul(AD_THIN_AUTO, th, &b->X1, 0, 300, b->W1, 300, b->H);
-    ad_sparse_matmul(AD_THIN_AUTO, th, &b->X1, 1, 300, b->H, 300, b->G);
+    ad_sparse_matmul(AD_THIN_AUTO, th, NULL, &b->X1, 0, 300, b->W1, 300, b->H);
+    ad_sparse_matmul(AD_THIN_AUTO, th, NULL, &b->X1, 1, 300, b->H, 300, b->G);
     b->spair[r] = bench_now() - t0;
 }
 
