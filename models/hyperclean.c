@@ -140,20 +140,22 @@ static int make_ones(hc_model *d) {
     int relu = d->mlp && d->act == ACT_RELU, thin = (!d->mlp || d->fold) && d->bytes;
     if (!(relu || thin) || one[0] < 0 || one[1] < 0) return 0;
     size_t w = (size_t)d->d + 1, n0 = (size_t)sets[0]->n, all = w * (n0 + (size_t)sets[1]->n);
-    if (!(d->ones_codes = malloc(2 * all))) return -1;
+    // the transposed codes feed the thin kernel's X B (linear, folded); the ReLU MLP's 300-column
+    // products never read them
+    if (!(d->ones_codes = malloc((relu ? 1 : 2) * all))) return -1;
     int values = relu && !d->sparse;
     if (values && !(d->ones_values = malloc(sizeof(double) * all))) return -1;
     for (int s = 0; s < 2; s++) {
         size_t n = (size_t)sets[s]->n;
-        uint8_t *out = d->ones_codes + (s ? n0 * w : 0), *tr = out + all; // [n, w] and [w, n]
+        uint8_t *out = d->ones_codes + (s ? n0 * w : 0), *tr = relu ? NULL : out + all; // [n, w], [w, n]
         for (size_t i = 0; i < n; i++) {
             memcpy(out + i * w, sets[s]->Xc.codes + i * d->d, (size_t)d->d);
             out[i * w + d->d] = (uint8_t)one[s];
-            for (size_t j = 0; j < w; j++) tr[j * n + i] = out[i * w + j];
+            for (size_t j = 0; tr && j < w; j++) tr[j * n + i] = out[i * w + j];
         }
         double *v = values ? d->ones_values + (s ? n0 * w : 0) : NULL;
         for (size_t i = 0; v && i < n * w; i++) v[i] = sets[s]->Xc.table[out[i]];
-        d->ones[s] = (ad_coded){(int)n, (int)w, out, sets[s]->Xc.table, v, relu ? NULL : tr, NULL};
+        d->ones[s] = (ad_coded){(int)n, (int)w, out, sets[s]->Xc.table, v, tr, NULL};
         if (relu && d->sparse && !(d->ones_nz[s] = ad_coded_nz_make(&d->ones[s], NULL, 0))) return -1;
         d->ones[s].nz = d->ones_nz[s];
     }
