@@ -103,8 +103,8 @@ static void settings_cases(void) {
         remove(path);
     }
     TEST_CASE("cli: a malformed settings file is one line, exit 2 (groups not objects, a cut \\u escape)") {
-        const char *bodies[] = {"{\"settings\": {\"problem\": {\"name\": \"sin\"}, \"method\": {\"name\": \"rhg\"}, "
-                                "\"solver\": [1]}}",
+        const char *bodies[] = {("{\"settings\": {\"problem\": {\"name\": \"sin\"}, \"method\": {\"name\": \"rhg\"}, "
+                                 "\"solver\": [1]}}"), // one string, cut in two (clang: -Wstring-concatenation)
                                 "{\"settings\": {\"problem\": [1, 2], \"method\": {\"name\": \"rhg\"}, \"solver\": {}}}",
                                 "{\"settings\": \"\\u", "{\"settings\": \"\\u12", "[[[[[[[["};
         for (int k = 0; k < 5; k++) {
