@@ -53,17 +53,19 @@ ad_var ad_matmul_coded(ad_tape *t, const ad_coded *X, ad_var B, int transX) {
 // them (X->values), which decoding could only match; otherwise blocks of rows of X decoded into
 // doubles and multiplied by cblas, with X transposed the blocks' products summed in block order.
 enum { DECODE_ROWS = 256 };
-// multiply-adds that pay for a thread of the sparse kernel (~0.1 ms of work; one costs ~30 us)
+// multiply-adds that pay for a thread of the sparse kernel (~0.1 ms of work; a thread made per call
+// cost ~30 us, a wake-up of the tape's pool less; the threshold was not measured again)
 #define SPARSE_WORK_PER_THREAD ((int64_t)2000000)
 static ad_status off_kernel(ad_tape *t, const ad_coded *X, int tx, const double *B, int n,
                             double *C) {
     int rows = X->rows, cols = X->cols;
     if (X->nz) {
+        ad_pool *pool = ad_tape_pool(t); // first: it may set threads to 1
         int64_t work = ad_coded_nz_count(X->nz) * n; // multiply-adds
         int threads = work / SPARSE_WORK_PER_THREAD + 1 < t->threads
                           ? (int)(work / SPARSE_WORK_PER_THREAD) + 1 : t->threads;
         ad_thin_isa isa = t->thin_isa ? (ad_thin_isa)t->thin_isa : AD_THIN_AUTO;
-        ad_sparse_matmul(isa, threads, ad_tape_pool(t), X, tx, n, B, n, C);
+        ad_sparse_matmul(isa, threads, pool, X, tx, n, B, n, C);
         return AD_OK;
     }
     if (X->values) {
