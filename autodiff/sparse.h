@@ -18,15 +18,20 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-// Rows of op(X) two by two, 2g and 2g + 1, with the union of their nonzeros: pair g's entries at
-// [ptr[g], ptr[g + 1]), index ascending, the two rows' codes at code[2 e] and code[2 e + 1] (one
-// may be a zero's). For kernels that load B's row once for both; kept only where they pay
-// (ad_sparse_pairs), else ptr is NULL.
+// op(X)'s rows four by four with the union of their nonzeros, for kernels that load a row of B
+// once for four rows of C. The four are any rows, chosen so that their nonzeros overlap
+// (sparse.c, make_groups): group g's rows are row[4 g .. 4 g + 3], its entries at
+// [ptr[g], ptr[g + 1]), index ascending, the four rows' codes at code[4 e .. 4 e + 3] (a zero's
+// code for a row without a nonzero there); the m % 4 rows left over are rest[0 .. n_rest).
+// Kept only where they pay (ad_sparse_groups), else ptr is NULL.
 typedef struct {
-    int64_t *ptr; // [rows / 2 + 1]
-    int32_t *idx;
-    uint8_t *code;
-} ad_coded_pairs;
+    int n, n_rest;
+    int32_t *row;  // [4 n]
+    int64_t *ptr;  // [n + 1]
+    int32_t *idx;  // [ptr[n]]
+    uint8_t *code; // [4 ptr[n]]
+    int32_t rest[3];
+} ad_coded_groups;
 
 // X's nonzeros by rows (row r's at [row_ptr[r], row_ptr[r + 1]), column ascending) and by
 // columns (column c's at [col_ptr[c], col_ptr[c + 1]), row ascending): an index and the code.
@@ -42,11 +47,12 @@ struct ad_coded_nz {
     int64_t *col_ptr; // [cols + 1]
     int32_t *col_idx; // [nnz] row indices
     uint8_t *col_code;
-    ad_coded_pairs pair[2]; // X's rows two by two, X^T's (its columns)
+    ad_coded_groups grp[2]; // X's rows four by four, X^T's (its columns)
 };
 
-// Whether AVX-512 takes op(X)'s rows (tx: X^T's) in pairs: their unions add at most 20% entries.
-bool ad_sparse_pairs(const ad_coded_nz *nz, int tx);
+// Whether AVX-512 takes op(X)'s rows (tx: X^T's) in groups of four: their unions hold at most
+// 1.5 times the nonzeros (GROUPS_PAY_PERCENT in sparse.c).
+bool ad_sparse_groups(const ad_coded_nz *nz, int tx);
 
 // Whether X->nz describes X (made from its codes and table, the same size).
 bool ad_sparse_matches(const ad_coded *X);

@@ -2,7 +2,8 @@
 // loop over every entry (ad_sparse_matmul_naive): bitwise, for X B and X^T B, every variant this
 // CPU runs (portable, AVX-512), 1, 2 and 3 threads, over a table of shapes (n = 1, 7, 8, 300, 301
 // columns; k across several blocks of B's rows and not a multiple of one; more rows than a
-// chunk; empty rows and columns; all zeros; no zeros; zeros coded as +0.0 and as -0.0); with an
+// chunk, for rows alone and in groups; the threads on pieces of rows and of columns; empty rows
+// and columns; all zeros; no zeros; zeros coded as +0.0 and as -0.0); with an
 // Inf or a NaN in B, NaN exactly where the dense loop has it and the other entries bitwise.
 // Through the tape: ad_matmul_coded with X->nz against the same X without it (cblas on decoded
 // rows) to rounding, its finite-difference gradient check, and the errors.
@@ -24,15 +25,18 @@ typedef struct {
     int rows, cols, n; // X [rows, cols], B [k, n] with k = rows (X^T B) or cols (X B)
     double zeros;      // fraction of X's entries that are 0 (by chance)
     int empty;         // 1: rows r % 5 == 3 and columns c % 7 == 2 all zero; 2: zeros drawn for
-                       // 2 x 2 blocks, then 3% of entries flipped (rows and columns alike in
-                       // pairs, as neighbouring pixels: the AVX-512 kernel takes them in pairs)
+                       // 4 x 4 blocks, then 3% of entries flipped (rows and columns alike four
+                       // by four, as neighbouring pixels: the AVX-512 kernel takes them in
+                       // groups); 3: as 2, but rows alike when equal modulo 8 (groups of rows
+                       // that are not neighbours)
 } sp_case;
 
 static const sp_case cases[] = {
     {40, 50, 1, 0.5, 0},    {40, 50, 7, 0.5, 1},    {33, 97, 8, 0.5, 0},    {60, 130, 300, 0.5, 1},
     {70, 49, 301, 0.6, 0},  {600, 20, 9, 0.5, 1},   {25, 30, 64, 1.0, 0},   {25, 30, 65, 0.0, 0},
     {1, 1, 1, 0.5, 0},      {3, 200, 17, 0.9, 1},   {130, 3, 130, 0.3, 0},  {0, 5, 4, 0.5, 0},
-    {61, 97, 300, 0.5, 2},  {600, 21, 9, 0.5, 2},   {7, 130, 70, 0.4, 2},
+    {61, 97, 300, 0.5, 2},  {600, 21, 9, 0.5, 2},   {7, 130, 70, 0.4, 2},   {61, 97, 300, 0.5, 3},
+    {600, 21, 9, 0.5, 3},   {45, 301, 49, 0.5, 3},   {1100, 30, 20, 0.5, 2},
 };
 
 // X's codes: 0 is +0.0, 1 is -0.0, the others signed values of several scales.
@@ -43,12 +47,13 @@ static void make_table(double tab[256]) {
 
 static uint8_t *make_codes(ad_rng *g, const sp_case *c) {
     uint8_t *codes = malloc((size_t)c->rows * c->cols + 1);
-    int bc = c->cols / 2 + 1;
-    bool *blk = malloc(sizeof(bool) * (size_t)(c->rows / 2 + 1) * bc);
-    for (int i = 0; i < (c->rows / 2 + 1) * bc; i++) blk[i] = ad_rng_uniform(g) < c->zeros;
+    int bc = c->cols / 4 + 1;
+    bool *blk = malloc(sizeof(bool) * (size_t)(c->rows / 4 + 1) * bc);
+    for (int i = 0; i < (c->rows / 4 + 1) * bc; i++) blk[i] = ad_rng_uniform(g) < c->zeros;
     for (int r = 0; r < c->rows; r++)
         for (int q = 0; q < c->cols; q++) {
-            bool zero = c->empty == 2 ? blk[(r / 2) * bc + q / 2] != (ad_rng_uniform(g) < 0.03)
+            int br = c->empty == 3 ? (r % 8) % (c->rows / 4 + 1) : r / 4;
+            bool zero = c->empty >= 2 ? blk[br * bc + q / 4] != (ad_rng_uniform(g) < 0.03)
                                       : ad_rng_uniform(g) < c->zeros ||
                                             (c->empty && (r % 5 == 3 || q % 7 == 2));
             uint8_t code = (uint8_t)(2 + ad_rng_next(g) % 254);
@@ -90,10 +95,10 @@ static void check_case(ad_rng *g, const sp_case *c, const double tab[256], int n
     for (size_t i = 0; i < (size_t)c->rows * c->cols; i++) want += codes[i] > 1;
     EXPECT(ad_coded_nz_count(nz) == want, "%lld nonzeros counted, %lld made",
            (long long)want, (long long)ad_coded_nz_count(nz));
-    // the paired rows are what the blocky cases are for
-    EXPECT(!nz || c->empty != 2 || (ad_sparse_pairs(nz, 0) && ad_sparse_pairs(nz, 1)),
-           "[%d, %d]: rows in pairs %d, columns %d", c->rows, c->cols, nz && ad_sparse_pairs(nz, 0),
-           nz && ad_sparse_pairs(nz, 1));
+    // the grouped rows are what the blocky cases are for
+    EXPECT(!nz || c->empty < 2 || (ad_sparse_groups(nz, 0) && ad_sparse_groups(nz, 1)),
+           "[%d, %d]: rows in groups %d, columns %d", c->rows, c->cols, nz && ad_sparse_groups(nz, 0),
+           nz && ad_sparse_groups(nz, 1));
     const ad_thin_isa isas[2] = {AD_THIN_PORTABLE, AD_THIN_AVX512};
     for (int tx = 0; tx < 2 && nz; tx++) {
         int m = tx ? c->cols : c->rows, k = tx ? c->rows : c->cols, ldb = c->n + 3;
