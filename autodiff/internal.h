@@ -323,6 +323,8 @@ void ad_kept_pool_free(ad_tape *t);
 // (kernel off, more than AD_THIN_MAX_N columns, few rows, or no room under the memory cap: no
 // error recorded), and the caller uses cblas.
 double *ad_thin_plan(ad_tape *t, int ta, int m, int n, int k, int *threads);
+// The same for the small-k kernel (smallk.h): C wide, k <= AD_SMALLK_MAX_K, large work.
+double *ad_smallk_plan(ad_tape *t, int m, int n, int k, int *threads);
 // The tape's worker pool (pool.h): made on first use, joined in ad_tape_free; NULL with one
 // thread, or when it cannot be made (then threads becomes 1: the calling thread does the work).
 struct ad_pool *ad_tape_pool(ad_tape *t);

@@ -3,6 +3,7 @@
 // through the thin kernel (thin.c); the reverse rules are products again, so they differentiate
 // to any order.
 #include "internal.h"
+#include "smallk.h"
 #include "thin.h"
 
 #include <cblas.h>
@@ -183,10 +184,13 @@ static ad_status fwd_matmul(ad_tape *t, ad_node *n) {
     }
     double t0 = t->par.time_blas ? ad_now() : 0;
     int threads;
-    double *work = ad_thin_plan(t, n->i0, n->rows, n->cols, k, &threads);
+    double *work = ad_thin_plan(t, n->i0, n->rows, n->cols, k, &threads), *swork;
     if (work)
         ad_thin_matmul((ad_thin_isa)t->thin_isa, threads, ad_tape_pool(t), n->i0, n->i1, n->rows,
                        n->cols, k, A->val, A->cols, B->val, B->cols, n->val, work);
+    else if ((swork = ad_smallk_plan(t, n->rows, n->cols, k, &threads)))
+        ad_smallk_matmul((ad_thin_isa)t->thin_isa, threads, ad_tape_pool(t), n->i0, n->i1, n->rows,
+                         n->cols, k, A->val, A->cols, B->val, B->cols, n->val, swork);
     else
         cblas_dgemm(CblasRowMajor, n->i0 ? CblasTrans : CblasNoTrans,
                     n->i1 ? CblasTrans : CblasNoTrans, n->rows, n->cols, k, 1.0, A->val, A->cols,

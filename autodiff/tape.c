@@ -1,6 +1,7 @@
 // The tape: node storage, the value arena with mark / rewind, the first-error record, leaves,
 // and lazy values (forced on first use).
 #include "internal.h"
+#include "smallk.h"
 #include "thin.h"
 
 #include <math.h>
@@ -373,6 +374,20 @@ double *ad_thin_plan(ad_tape *t, int ta, int m, int n, int k, int *threads) {
     size_t work_per = (size_t)m * (size_t)n * (size_t)k / THIN_WORK_PER_THREAD;
     *threads = work_per + 1 < (size_t)t->threads ? (int)work_per + 1 : t->threads;
     return thin_workspace(t, ad_thin_work_size(ta, m, n, k));
+}
+// The small-k kernel (smallk.h) takes C [m, n] = op(A) [m, k] op(B) when C is wide and k <= 16,
+// from SMALLK_MIN_WORK multiply-adds on (C of 5000 x 300 at k = 10 is 15 M): there cblas's
+// zeroing pass over C and its threads' wake-ups cost more than the arithmetic; below it they do
+// not matter. Threads as for the thin kernel.
+enum { SMALLK_MIN_WORK = 1 << 22 };
+double *ad_smallk_plan(ad_tape *t, int m, int n, int k, int *threads) {
+    size_t work = (size_t)m * (size_t)n * (size_t)k;
+    if (!t->thin_isa || n <= AD_THIN_MAX_N || k < 1 || k > AD_SMALLK_MAX_K || work < SMALLK_MIN_WORK)
+        return NULL;
+    ad_tape_pool(t); // first: threads is 1 if the pool cannot be made
+    size_t work_per = work / THIN_WORK_PER_THREAD;
+    *threads = work_per + 1 < (size_t)t->threads ? (int)work_per + 1 : t->threads;
+    return thin_workspace(t, ad_smallk_work_size(n, k));
 }
 ad_pool *ad_tape_pool(ad_tape *t) {
     if (!t->pool && t->threads > 1) {

@@ -13,6 +13,7 @@ int main(int argc, char **argv) {
     test_ad_coded_loss();
     test_ad_thin();
     test_ad_sparse();
+    test_ad_smallk();
     test_ad_pool();
     test_ad_image();
     test_bilevel();

@@ -9,6 +9,7 @@ void test_ad_products(void);
 void test_ad_coded_loss(void);
 void test_ad_thin(void);
 void test_ad_sparse(void);
+void test_ad_smallk(void);
 void test_ad_pool(void);
 void test_ad_image(void);
 void test_ad_jvp(void);
