@@ -54,8 +54,10 @@ void ad_coded_nz_free(ad_coded_nz *nz) {
     if (!nz) return;
     free(nz->row_ptr), free(nz->row_idx), free(nz->row_code);
     free(nz->col_ptr), free(nz->col_idx), free(nz->col_code);
-    for (int t = 0; t < 2; t++)
+    for (int t = 0; t < 2; t++) {
         free(nz->grp[t].row), free(nz->grp[t].ptr), free(nz->grp[t].idx), free(nz->grp[t].code);
+        free(nz->strip[t].row), free(nz->strip[t].ptr), free(nz->strip[t].idx), free(nz->strip[t].code);
+    }
     free(nz);
 }
 
@@ -147,55 +149,82 @@ static void fill_group(ad_coded_nz *nz, int tx, const uint64_t *bits, int words,
         }
 }
 
-// Groups of four rows of op(X) (tx: of X^T) with their union lists (ad_coded_groups), greedy: the
-// first row not yet taken starts a group, and three times the row s among the next GROUP_WINDOW
-// not taken that costs least joins union U, its cost 2 |U + s| - |s| (a row that fills U's zeros
-// is preferred; on the images |U + s| alone gives 1.28 times the nonzeros, this 1.17). Rows as
-// bit sets of their nonzeros [m, words]. Not kept when they do not pay (ad_sparse_groups).
-static bool make_groups(ad_coded_nz *nz, int tx) {
+uint64_t *ad_sparse_bits(const ad_coded_nz *nz, int tx, int *words) {
     const int64_t *ptr = tx ? nz->col_ptr : nz->row_ptr;
     const int32_t *idx = tx ? nz->col_idx : nz->row_idx;
-    int m = tx ? nz->cols : nz->rows, k = tx ? nz->rows : nz->cols;
-    int words = (k + 63) / 64, n = m / 4;
-    ad_coded_groups *G = &nz->grp[tx];
-    *G = (ad_coded_groups){.n = n, .n_rest = m - 4 * n};
-    uint64_t *bits = calloc((size_t)m * words + (size_t)words + 1, sizeof(uint64_t));
-    int *next = malloc(((size_t)m + 1) * sizeof(int)), *prev = malloc(((size_t)m + 1) * sizeof(int));
-    G->row = malloc(((size_t)4 * n + 1) * sizeof(int32_t));
-    G->ptr = calloc((size_t)n + 1, sizeof(int64_t));
-    bool ok = bits && next && prev && G->row && G->ptr;
-    uint64_t *U = bits + (size_t)m * words;
-    for (int r = 0; ok && r < m; r++)
+    int m = tx ? nz->cols : nz->rows, k = tx ? nz->rows : nz->cols, w = (k + 63) / 64;
+    uint64_t *bits = calloc((size_t)m * w + (size_t)w + 1, sizeof(uint64_t));
+    for (int r = 0; bits && r < m; r++)
         for (int64_t e = ptr[r]; e < ptr[r + 1]; e++)
-            bits[(size_t)r * words + idx[e] / 64] |= 1ull << (idx[e] % 64);
-    for (int i = 0; ok && i <= m; i++) next[i] = (i + 1) % (m + 1), prev[i] = (i + m) % (m + 1);
-    for (int g = 0; ok && g < n; g++) {
+            bits[(size_t)r * w + idx[e] / 64] |= 1ull << (idx[e] % 64);
+    *words = w;
+    return bits;
+}
+
+// Greedy (sparse.h): the first row not yet taken starts a group, and G - 1 times the row s among
+// the next window not taken that costs least joins union U, its cost 2 |U + s| - |s| (a row that
+// fills U's zeros is preferred; on the images |U + s| alone gives 1.28 times the nonzeros in
+// groups of 4, this 1.17 with no window). U: bits' row past the last.
+bool ad_sparse_greedy(const ad_coded_nz *nz, int tx, uint64_t *bits, int words, int G, int window,
+                      int32_t *row) {
+    const int64_t *ptr = tx ? nz->col_ptr : nz->row_ptr;
+    int m = tx ? nz->cols : nz->rows;
+    int *next = malloc(((size_t)m + 1) * sizeof(int)), *prev = malloc(((size_t)m + 1) * sizeof(int));
+    if (!next || !prev) {
+        free(next), free(prev);
+        return false;
+    }
+    uint64_t *U = bits + (size_t)m * words;
+    for (int i = 0; i <= m; i++) next[i] = (i + 1) % (m + 1), prev[i] = (i + m) % (m + 1);
+    for (int at = 0; at < m; at++) {
         int r = next[m];
-        list_take(next, prev, r);
-        G->row[4 * g] = r;
-        memcpy(U, bits + (size_t)r * words, (size_t)words * sizeof(uint64_t));
-        for (int h = 1; h < 4; h++) {
-            int best = -1, seen = 0;
+        if (at % G) { // the best of the next window rows joins the group
+            int seen = 0;
             int64_t best_cost = INT64_MAX;
-            for (int s = next[m]; s != m && seen < GROUP_WINDOW; s = next[s], seen++) {
+            for (int s = next[m]; s != m && seen < window; s = next[s], seen++) {
                 int64_t cost = 2 * (int64_t)popcount_or(U, bits + (size_t)s * words, words) -
                                (ptr[s + 1] - ptr[s]);
-                if (cost < best_cost) best_cost = cost, best = s;
+                if (cost < best_cost) best_cost = cost, r = s;
             }
-            list_take(next, prev, best);
-            G->row[4 * g + h] = best;
-            for (int i = 0; i < words; i++) U[i] |= bits[(size_t)best * words + i];
+        } else {
+            memset(U, 0, (size_t)words * sizeof(uint64_t));
+        }
+        list_take(next, prev, r);
+        row[at] = r;
+        for (int i = 0; i < words; i++) U[i] |= bits[(size_t)r * words + i];
+    }
+    free(next), free(prev);
+    return true;
+}
+
+// Groups of four rows of op(X) (tx: of X^T) with their union lists (ad_coded_groups), in the
+// greedy order (GROUP_WINDOW rows ahead); the m % 4 rows of the last, short, group are the rest.
+// Not kept when they do not pay (ad_sparse_groups).
+static bool make_groups(ad_coded_nz *nz, int tx) {
+    int m = tx ? nz->cols : nz->rows, words, n = m / 4;
+    ad_coded_groups *G = &nz->grp[tx];
+    *G = (ad_coded_groups){.n = n, .n_rest = m - 4 * n};
+    uint64_t *bits = ad_sparse_bits(nz, tx, &words);
+    int32_t *order = malloc(((size_t)m + 1) * sizeof(int32_t));
+    G->row = order;
+    G->ptr = calloc((size_t)n + 1, sizeof(int64_t));
+    bool ok = bits && order && G->ptr && ad_sparse_greedy(nz, tx, bits, words, 4, GROUP_WINDOW, order);
+    uint64_t *U = ok ? bits + (size_t)m * words : NULL;
+    for (int g = 0; ok && g < n; g++) {
+        for (int i = 0; i < words; i++) {
+            U[i] = 0;
+            for (int h = 0; h < 4; h++) U[i] |= bits[(size_t)order[4 * g + h] * words + i];
         }
         G->ptr[g + 1] = G->ptr[g] + popcount_or(U, NULL, words);
     }
-    for (int s = ok ? next[m] : m, i = 0; s != m; s = next[s]) G->rest[i++] = s;
+    for (int i = 0; ok && i < G->n_rest; i++) G->rest[i] = order[4 * n + i];
     size_t entries = ok ? (size_t)G->ptr[n] : 0;
     if (ok) {
         G->idx = malloc((entries + 1) * sizeof(int32_t)), G->code = malloc(4 * entries + 4);
         ok = G->idx && G->code;
     }
     for (int g = 0; ok && g < n; g++) fill_group(nz, tx, bits, words, g, U);
-    free(bits), free(next), free(prev);
+    free(bits);
     if (!ok || !ad_sparse_groups(nz, tx)) { // out of memory, or not used: not kept
         free(G->row), free(G->ptr), free(G->idx), free(G->code);
         *G = (ad_coded_groups){0};

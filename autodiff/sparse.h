@@ -33,6 +33,20 @@ typedef struct {
     int32_t rest[3];
 } ad_coded_groups;
 
+// op(X)'s rows eight by eight, for products with at most 16 columns (strips.c): each strip's rows
+// chosen to overlap (ad_sparse_greedy), the last short (-1 past the rows); strip s's rows are
+// row[8 s .. 8 s + 7], its entries at [ptr[s], ptr[s + 1]): the union of their nonzeros, index
+// idx[e] ascending, and the eight rows' codes in code[e] (byte h for row[8 s + h]; a zero's code
+// for a row without a nonzero there, and for -1). Made only on request (ad_coded_nz_add_strips);
+// ptr NULL until then.
+typedef struct {
+    int n;
+    int32_t *row;   // [8 n]
+    int64_t *ptr;   // [n + 1]
+    int32_t *idx;   // [ptr[n]]
+    uint64_t *code; // [ptr[n]]
+} ad_coded_strips;
+
 // X's nonzeros by rows (row r's at [row_ptr[r], row_ptr[r + 1]), column ascending) and by
 // columns (column c's at [col_ptr[c], col_ptr[c + 1]), row ascending): an index and the code.
 // An entry is zero when its table value is +0.0 or -0.0.
@@ -48,11 +62,21 @@ struct ad_coded_nz {
     int32_t *col_idx; // [nnz] row indices
     uint8_t *col_code;
     ad_coded_groups grp[2]; // X's rows four by four, X^T's (its columns)
+    ad_coded_strips strip[2]; // X's rows eight by eight, X^T's
 };
 
 // Whether AVX-512 takes op(X)'s rows (tx: X^T's) in groups of four: their unions hold at most
 // 1.5 times the nonzeros (GROUPS_PAY_PERCENT in sparse.c).
 bool ad_sparse_groups(const ad_coded_nz *nz, int tx);
+
+// op(X)'s rows (tx: X^T's) as bit sets of their nonzeros [m, words], words = (k + 63) / 64, with one
+// row more past the last for ad_sparse_greedy's use; *words set. NULL when out of memory.
+uint64_t *ad_sparse_bits(const ad_coded_nz *nz, int tx, int *words);
+// row [m]: op(X)'s rows in groups of G whose nonzeros overlap (sparse.c says how), the last group
+// short when G does not divide m; window: how many rows not yet taken each choice looks at. false
+// when out of memory.
+bool ad_sparse_greedy(const ad_coded_nz *nz, int tx, uint64_t *bits, int words, int G, int window,
+                      int32_t *row);
 
 // Whether X->nz describes X (made from its codes and table, the same size).
 bool ad_sparse_matches(const ad_coded *X);
@@ -64,6 +88,16 @@ bool ad_sparse_matches(const ad_coded *X);
 // workers (pool.h; NULL: threads made for the call).
 void ad_sparse_matmul(ad_thin_isa isa, int threads, ad_pool *pool, const ad_coded *X, int tx,
                       int n, const double *B, int ldb, double *C);
+
+// C [m, n] = op(X) B for 1 <= n <= 16 through X->nz's strips (ad_coded_nz_add_strips): lanes
+// along a strip's 8 rows, each entry a decoded vector of 8 codes times a broadcast of B's row
+// idx. The ordered loop's bits (as ad_sparse_matmul's), for any number of threads, run on pool's
+// workers (NULL: threads made for the call); then (or NULL) on each row of C once it is final, by
+// the thread that computed it (thin.h, ad_thin_rows). false, with nothing written, when it does
+// not take the product (no strips, or this CPU does not run AVX-512): the caller then uses
+// another kernel.
+bool ad_strips_matmul(int threads, ad_pool *pool, const ad_coded *X, int tx, int n,
+                      const double *B, int ldb, double *C, const ad_thin_rows *then);
 
 // The reference: the ordered fma loop over every entry of op(X), no entry skipped.
 void ad_sparse_matmul_naive(const ad_coded *X, int tx, int n, const double *B, int ldb, double *C);

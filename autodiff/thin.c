@@ -56,7 +56,7 @@ void ad_thin_matmul_naive(int ta, int tb, int m, int n, int k, const double *A, 
 // to 4, zero past n.
 // A is doubles, or (au non-NULL) one-byte codes whose entry x is tab[x]: the same values,
 // read in the same order, so both give the same bits.
-// lin: the table is tab[c] = c / d, each entry exactly the division (thin_linear_table), so
+// lin: the table is tab[c] = c / d, each entry exactly the division (ad_thin_linear_table), so
 // AVX-512 decodes a vector of codes by arithmetic instead of loading one entry per code.
 typedef struct {
     ad_thin_isa isa;
@@ -318,7 +318,7 @@ X512_FN void nn_x512(const thin_task *t) {
 // 8 codes from c decoded to tab[c] = c / d exactly, with 1 / d split into hi (rounded) and lo
 // (the rest, rounded): c hi + (c lo rounded), one fused multiply-add after one product (two
 // operations on the FMA ports where the Newton-style correction q + (c - q d) / d took three:
-// the strips spend ~1/4 of their FMA-port work decoding). thin_linear_table checked that it
+// the strips spend ~1/4 of their FMA-port work decoding). ad_thin_linear_table checked that it
 // gives every entry of the table bit for bit (c / 255.0 does, for every c).
 X512_INLINE __m512d decode8_x512(const uint8_t *c, __m512d hi, __m512d lo) {
     __m512d x = _mm512_cvtepi32_pd(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)c)));
@@ -494,7 +494,7 @@ static int tn_blocks(int m, int n, int k) {
 // decode8_x512 computes from c (pixels c / 255.0 are; checked by that very code, 32 vectors):
 // then 1 / d as *hi (rounded) + *lo (the rounding error of hi, divided by d and rounded). Only
 // where AVX-512 runs.
-static bool thin_linear_table(const double *tab, double *hi, double *lo) {
+bool ad_thin_linear_table(const double *tab, double *hi, double *lo) {
     if (!(tab[1] > 0) || tab[0] != 0 || signbit(tab[0])) return false;
     double d = 1.0 / tab[1], h = 1.0 / d, l = fma(-h, d, 1.0) / d;
 #if THIN_X86
@@ -629,7 +629,7 @@ static void thin_run(ad_thin_isa isa, int threads, ad_pool *pool, int ta, int tb
     if (isa == AD_THIN_AUTO) isa = ad_thin_best();
     if (!ad_thin_runs(isa)) isa = AD_THIN_PORTABLE;
     double hi = 0, lo = 0;
-    bool lin = au && ta && isa == AD_THIN_AVX512 && thin_linear_table(tab, &hi, &lo);
+    bool lin = au && ta && isa == AD_THIN_AVX512 && ad_thin_linear_table(tab, &hi, &lo);
     int np = packed_width(isa, ta, au != NULL, lin, n);
     int blocks = ta && !one_block ? tn_blocks(m, n, k) : 1;
     // AVX-512's strips broadcast B's entries one by one, so they read B as given: no copy of

@@ -77,6 +77,11 @@ void ad_thin_coded_rows(ad_thin_isa isa, int threads, ad_pool *pool, int m, int 
                         const double *B, int ldb, double *C, double *work,
                         const ad_thin_rows *then);
 
+// Whether tab [256] is c / d for each code c, each entry exactly that division (8-bit pixels
+// scaled to [0, 1]), so that AVX-512 decodes 8 codes by arithmetic: x = float(c), entry =
+// fma(x, hi, x lo), bit for bit; *hi and *lo set then. Checked on every entry (AVX-512 only).
+bool ad_thin_linear_table(const double *tab, double *hi, double *lo);
+
 // The reference next to it: the textbook loop, C_ij = sum_p op(A)_ip op(B)_pj in order p.
 void ad_thin_matmul_naive(int ta, int tb, int m, int n, int k, const double *A, int lda,
                           const double *B, int ldb, double *C);

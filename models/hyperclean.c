@@ -45,6 +45,7 @@ typedef struct {
     int fold;         // act = none: the logits as X (W1 W2) (see "the two layers folded" below)
     int bytes;        // products read the pixels' bytes (1) or their doubles (0)
     int sparse;       // mlp act=relu: the first layer's products skip the zero pixels
+    int strips;       // linear or folded on bytes: products skip the zero pixels (strips)
     int d, k;         // input size (784) and classes (10)
     int n_y;
     double l2;        // LL weight decay
@@ -57,7 +58,7 @@ typedef struct {
     ad_coded ones[2];
     uint8_t *ones_codes; // both sets' codes, one allocation
     double *ones_values; // mlp with ReLU, sparse = 0: both sets' doubles with the column of ones
-    ad_coded_nz *ones_nz[2]; // mlp with ReLU, sparse = 1: their nonzeros
+    ad_coded_nz *ones_nz[2]; // mlp with ReLU, sparse = 1, or strips = 1: their nonzeros
 } hc_model;
 
 static void hc_batch_free(struct hc_batch *b);
@@ -104,7 +105,9 @@ static ad_var data_times(ad_tape *t, const hc_model *d, const mdl_dataset *set, 
 // two parts together (per LL step about 6 passes over [n_tr, k] arrays fewer, forward and in the
 // sweep). The logits have the same bits (the last multiply-add of each sum, 1 * b_j, rounds as
 // the add did); b's gradient sums its rows in the product's blocks (thin.h) instead of one run,
-// which may change its last bits.
+// which may change its last bits. With strips=1 (AVX-512) these copies carry their nonzeros and
+// strips (ad_coded_nz_add_strips): the 10-wide products, of the linear and the folded model, skip
+// the zero pixels, 8 rows of X or of X^T at a time, each sum the ordered fma loop's (one run).
 
 // The ReLU MLP's first layer likewise: X W1 + b1 is [X, 1] [W1; b1], and y begins with W1 [d, h]
 // then b1 [h], so [W1; b1] is y's first (d + 1) h entries seen as [d + 1, h]. Its 300 columns are
@@ -156,7 +159,10 @@ static int make_ones(hc_model *d) {
         double *v = values ? d->ones_values + (s ? n0 * w : 0) : NULL;
         for (size_t i = 0; v && i < n * w; i++) v[i] = sets[s]->Xc.table[out[i]];
         d->ones[s] = (ad_coded){(int)n, (int)w, out, sets[s]->Xc.table, v, tr, NULL};
-        if (relu && d->sparse && !(d->ones_nz[s] = ad_coded_nz_make(&d->ones[s], NULL, 0))) return -1;
+        if (((relu && d->sparse) || (thin && d->strips)) &&
+            !(d->ones_nz[s] = ad_coded_nz_make(&d->ones[s], NULL, 0)))
+            return -1;
+        if (thin && d->strips && ad_coded_nz_add_strips(d->ones_nz[s], NULL, 0)) return -1;
         d->ones[s].nz = d->ones_nz[s];
     }
     return 0;
@@ -487,6 +493,7 @@ typedef struct {
     int pixels;           // 0: bytes, 1: doubles
     int fold;             // act = none: logits as X (W1 W2)
     int sparse;           // act = relu: the first layer's products skip zero pixels
+    int strips;           // linear or folded, bytes: the products skip zero pixels (AVX-512)
     int batch;            // minibatch size for stochastic methods (0: full batch)
     int shards;           // the training set's shards (data-parallel under MPI)
 } hc_params;
@@ -512,6 +519,8 @@ static const blo_setting hc_settings[] = {
                  "mlp act=none: logits as X (W1 W2), products over the data 10 wide (0: (X W1) W2 as written)"),
     BLO_ROW_BOOL(hc_params, sparse, "sparse",
                  "mlp act=relu: first-layer products skip zero pixels, ordered-loop bits (0: cblas on doubles)"),
+    BLO_ROW_BOOL(hc_params, strips, "strips",
+                 "linear or folded, pixels=bytes: products skip zero pixels on AVX-512, ordered-loop bits (0: thin kernel)"),
     BLO_ROW_DBL(hc_params, l2, "l2", 0, INFINITY, 0, "w", "LL weight decay l2/2 ||y||^2"),
     BLO_ROW_BOOL(hc_params, prior, "prior", "make AIT_P's z_p: the LL model pretrained on the training set"),
     BLO_ROW_INT(hc_params, pretrain, "pretrain", 0, 1000000, "n", "prior: GD steps"),
@@ -544,6 +553,7 @@ static int hc_make(mdl_model *m, const void *params, char *err, size_t errlen) {
     d->mlp = mlp, d->h = mlp ? hidden : 0, d->act = q->act, d->l2 = l2, d->bytes = q->pixels == 0;
     d->fold = mlp && q->act == ACT_NONE && q->fold;
     d->sparse = q->sparse;
+    d->strips = q->strips;
     d->d = d->hc.train.d, d->k = d->hc.train.classes;
     d->n_y = mlp ? d->d * d->h + d->h + d->h * d->k + d->k : d->d * d->k + d->k;
     int nx = hp.n_train, ny = d->n_y;

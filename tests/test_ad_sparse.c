@@ -92,13 +92,14 @@ static void check_case(ad_rng *g, const sp_case *c, const double tab[256], int n
     EXPECT(nz, "nz_make: %s", err);
     X.nz = nz;
     int64_t want = 0;
-    for (size_t i = 0; i < (size_t)c->rows * c->cols; i++) want += codes[i] > 1;
+    for (size_t i = 0; i < (size_t)c->rows * c->cols; i++) want += tab[codes[i]] != 0;
     EXPECT(ad_coded_nz_count(nz) == want, "%lld nonzeros counted, %lld made",
            (long long)want, (long long)ad_coded_nz_count(nz));
     // the grouped rows are what the blocky cases are for
     EXPECT(!nz || c->empty < 2 || (ad_sparse_groups(nz, 0) && ad_sparse_groups(nz, 1)),
            "[%d, %d]: rows in groups %d, columns %d", c->rows, c->cols, nz && ad_sparse_groups(nz, 0),
            nz && ad_sparse_groups(nz, 1));
+    EXPECT(!nz || !ad_coded_nz_add_strips(nz, err, sizeof err), "add_strips: %s", err);
     const ad_thin_isa isas[2] = {AD_THIN_PORTABLE, AD_THIN_AVX512};
     for (int tx = 0; tx < 2 && nz; tx++) {
         int m = tx ? c->cols : c->rows, k = tx ? c->rows : c->cols, ldb = c->n + 3;
@@ -122,6 +123,20 @@ static void check_case(ad_rng *g, const sp_case *c, const double tab[256], int n
                        ad_thin_name(isas[v]), th);
             }
         }
+        // the strips (at most 16 columns, AVX-512): the same bits; with an Inf or NaN in B they
+        // leave the product to the thin kernel, writing nothing
+        for (int th = 1; th <= 3 && c->n <= 16; th++) {
+            for (size_t i = 0; i <= size; i++) C[i] = 12345;
+            bool took = ad_strips_matmul(th, NULL, &X, tx, c->n, B, ldb, C, NULL);
+            bool finite = true; // B as filled: small k gets fewer Infs and NaNs, or none
+            for (int q = 0; q < k; q++)
+                for (int j = 0; j < c->n; j++) finite &= isfinite(B[(size_t)q * ldb + j]) != 0;
+            bool want_took = ad_thin_runs(AD_THIN_AVX512) && finite;
+            EXPECT(took == want_took && (took ? same(C, R, size, false) && C[size] == 12345 : C[0] == 12345),
+                   "[%d, %d]%s x [%d, %d]%s, strips, %d threads: %s", c->rows, c->cols, tx ? "^T" : "", k,
+                   c->n, nonfinite ? " with Inf and NaN" : "", th,
+                   took != want_took ? "taken or not as it should not" : "not the ordered loop's bits");
+        }
         free(B), free(R), free(C);
     }
     ad_coded_nz_free(nz);
@@ -135,6 +150,14 @@ static void kernel_cases(void) {
         double tab[256];
         make_table(tab);
         for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) check_case(&g, &cases[i], tab, 0);
+    }
+    TEST_CASE("sparse products: strips on a linear table (c / 255, decoded by arithmetic) = the ordered loop") {
+        ad_rng g;
+        ad_rng_seed(&g, 504);
+        double tab[256];
+        for (int c = 0; c < 256; c++) tab[c] = c / 255.0;
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+            if (cases[i].n <= 16) check_case(&g, &cases[i], tab, 0);
     }
     TEST_CASE("sparse products: an Inf or NaN in B gives NaN where the dense loop does, the rest bitwise") {
         ad_rng g;
@@ -210,6 +233,41 @@ static void tape_cases(void) {
     }
 }
 
+// Through the tape on the strips: ad_matmul_coded is the ordered loop's bits, and ad_softmax_coded
+// (whose softmax runs on each row as the kernel finishes it) is ad_softmax of that product, bit for
+// bit; both with a thread count of 1 and 3.
+static void strips_tape_cases(void) {
+    TEST_CASE("sparse products: strips through the tape, the product's bits and softmax_coded's") {
+        ad_rng g;
+        ad_rng_seed(&g, 505);
+        double tab[256];
+        for (int c = 0; c < 256; c++) tab[c] = c / 255.0;
+        const sp_case c = {300, 45, 10, 0.5, 2};
+        uint8_t *codes = make_codes(&g, &c);
+        ad_coded X = {c.rows, c.cols, codes, tab, NULL, NULL, NULL};
+        ad_coded_nz *nz = ad_coded_nz_make(&X, NULL, 0);
+        EXPECT(nz && !ad_coded_nz_add_strips(nz, NULL, 0), "nz and strips made");
+        X.nz = nz;
+        double *W = rand_b(&g, (size_t)c.cols * c.n), *R = malloc(sizeof(double) * c.rows * c.n);
+        ad_sparse_matmul_naive(&X, 0, c.n, W, c.n, R);
+        for (int th = 1; th <= 3 && nz; th += 2) {
+            ad_tape_params tp = ad_tape_default_params();
+            tp.threads = th;
+            ad_tape *t = ad_tape_new(&tp);
+            ad_var w = ad_const(t, ad_mat_shape(c.cols, c.n), W);
+            ad_var prod = ad_matmul_coded(t, &X, w, 0);
+            const double *p = ad_value(t, prod), *sm = ad_value(t, ad_softmax_coded(t, &X, w));
+            const double *ref = ad_value(t, ad_softmax(t, prod));
+            EXPECT(p && sm && ref && same(p, R, (size_t)c.rows * c.n, false) &&
+                       same(sm, ref, (size_t)c.rows * c.n, false),
+                   "%d threads: %s", th, p && sm && ref ? "not the same bits" : ad_tape_error(t));
+            ad_tape_free(t);
+        }
+        free(W), free(R), free(codes);
+        ad_coded_nz_free(nz);
+    }
+}
+
 static void error_cases(void) {
     TEST_CASE("sparse products: bad arguments are one-line errors, nothing aborts") {
         static const uint8_t codes[6] = {0, 3, 0, 9, 0, 2}, other[6] = {0};
@@ -225,6 +283,9 @@ static void error_cases(void) {
                    "nz_make on a bad matrix %d: '%s'", i, err);
         }
         EXPECT(!ad_coded_nz_make(NULL, err, sizeof err) && strstr(err, "no matrix"), "nz_make(NULL): '%s'", err);
+        err[0] = 0;
+        EXPECT(ad_coded_nz_add_strips(NULL, err, sizeof err) == -1 && strstr(err, "no nonzeros") && !strchr(err, '\n'),
+               "add_strips(NULL): '%s'", err);
         ad_coded_nz_free(NULL);
         ad_coded_nz *nz = ad_coded_nz_make(&X, err, sizeof err);
         EXPECT(nz && ad_coded_nz_count(nz) == 3 && ad_coded_nz_count(NULL) == 0, "nz_make: %s", err);
@@ -249,5 +310,6 @@ static void error_cases(void) {
 void test_ad_sparse(void) {
     kernel_cases();
     tape_cases();
+    strips_tape_cases();
     error_cases();
 }

@@ -574,14 +574,26 @@ static void relu_ones_cases(void) {
 // The first layer's products skipping the pixels' zeros (sparse=1, the default: the ordered fma
 // loop's bits) against cblas on the doubles (sparse=0): the same f, F, gradients and H v to
 // rounding (each sum of 785 products in another order: measured within 1e-15 of the largest).
+// Pairs of models that must agree to rounding: the products that skip zero pixels (sparse=1 for
+// the ReLU MLP's wide ones, strips=1 for the 10-wide ones of the linear and folded models; the
+// ordered loop's bits) against the same model on cblas or the thin kernel.
+static const struct {
+    const char *name, *on, *off, *model;
+} zero_skip[] = {
+    {"mlp act=relu, sparse", "sparse=1", "sparse=0", "model=mlp"},
+    {"linear, strips", "strips=1", "strips=0", "model=linear"},
+    {"mlp act=none (folded), strips", "strips=1", "strips=0", "act=none"},
+};
+
 static void sparse_cases(void) {
-    TEST_CASE("hyperclean mlp act=relu: sparse=1 (zeros skipped) = sparse=0 (cblas) to rounding: f, F, gradients, H v") {
-        const char *set[2][6] = {{"n_train=300", "n_val=200", "n_test=10", "model=mlp", "hidden=40", "sparse=1"},
-                                 {"n_train=300", "n_val=200", "n_test=10", "model=mlp", "hidden=40", "sparse=0"}};
+    TEST_CASE("hyperclean: zeros skipped (sparse=1, strips=1) = not skipped to rounding: f, F, gradients, H v") {
+      for (size_t z = 0; z < sizeof zero_skip / sizeof *zero_skip; z++) {
+        const char *set[2][7] = {{"n_train=300", "n_val=200", "n_test=10", "model=mlp", "hidden=40", zero_skip[z].model, zero_skip[z].on},
+                                 {"n_train=300", "n_val=200", "n_test=10", "model=mlp", "hidden=40", zero_skip[z].model, zero_skip[z].off}};
         char err[512];
         mdl_model m[2];
-        int rc0 = make_hc(6, set[0], &m[0], err, sizeof err), rc1 = rc0 ? -1 : make_hc(6, set[1], &m[1], err, sizeof err);
-        EXPECT(!rc0 && !rc1, "%s", err);
+        int rc0 = make_hc(7, set[0], &m[0], err, sizeof err), rc1 = rc0 ? -1 : make_hc(7, set[1], &m[1], err, sizeof err);
+        EXPECT(!rc0 && !rc1, "%s: %s", zero_skip[z].name, err);
         if (rc0 || rc1) {
             if (!rc0) mdl_free(&m[0]);
             continue;
@@ -600,6 +612,7 @@ static void sparse_cases(void) {
         }
         free(xy), free(v), free(a), free(b);
         mdl_free(&m[0]), mdl_free(&m[1]);
+      }
     }
 }
 
