@@ -27,7 +27,7 @@
 #define STRIPS_X86 0
 #endif
 
-enum { STRIP_WINDOW = 256, STRIPS_PER_PIECE = 2 };
+enum { STRIP_WINDOW = 256, STRIPS_PER_PIECE = 2, THEN_ROWS = 256 };
 
 // ---- making them ----
 
@@ -108,7 +108,7 @@ typedef struct {
     double hi, lo;   // lin: its constants
     double *C;
     const ad_thin_rows *then;
-    int pieces;
+    int pieces, m;   // m: C's rows, for then
     atomic_int next;
 } st_job;
 
@@ -148,7 +148,6 @@ X512_INLINE void strips_nv(const int NV, const st_job *j, int s0, int s1) {
             if (r < 0) continue;
             double *out = j->C + (size_t)r * NV;
             for (int c = 0; c < NV; c++) out[c] = lanes[c][h];
-            if (j->then) j->then->fn(j->then->ctx, j->C, NV, r, r + 1);
         }
     }
 }
@@ -163,6 +162,17 @@ X512_FN void strips_x512(const st_job *j, int s0, int s1) {
 }
 #undef X512_FN
 #undef X512_INLINE
+
+// then on C's rows, THEN_ROWS at a time, once the strips are done: a strip's rows are anywhere in
+// C, and a call for each row (in the kernel, as the thin kernel does for its ranges) cost twice
+// the softmax's time here.
+static void run_then(void *arg) {
+    st_job *j = arg;
+    for (int c; (c = atomic_fetch_add(&j->next, 1)) * THEN_ROWS < j->m;) {
+        int lo = c * THEN_ROWS, hi = lo + THEN_ROWS < j->m ? lo + THEN_ROWS : j->m;
+        j->then->fn(j->then->ctx, j->C, j->n, lo, hi);
+    }
+}
 
 static void run_pieces(void *arg) {
     st_job *j = arg;
@@ -190,9 +200,14 @@ bool ad_strips_matmul(int threads, ad_pool *pool, const ad_coded *X, int tx, int
                   .C = C, .then = then};
     job.lin = ad_thin_linear_table(X->table, &job.hi, &job.lo);
     job.pieces = (job.S->n + STRIPS_PER_PIECE - 1) / STRIPS_PER_PIECE;
+    job.m = tx ? X->cols : X->rows;
     atomic_init(&job.next, 0);
     int nt = threads < 1 ? 1 : threads > job.pieces ? job.pieces : threads;
     ad_pool_run(pool, nt > 0 ? nt : 1, run_pieces, &job);
+    if (then && job.m > 0) {
+        atomic_store(&job.next, 0);
+        ad_pool_run(pool, threads < 1 ? 1 : threads, run_then, &job);
+    }
     return true;
 #else
     (void)threads, (void)pool, (void)X, (void)tx, (void)n, (void)B, (void)ldb, (void)C, (void)then;
