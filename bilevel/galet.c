@@ -1,10 +1,13 @@
 // galet: "GALET: Generalized Alternating Method for Bilevel Optimization under the PL condition"
 // (Xiao et al., NeurIPS 2023), Alg. 1: N LL GD steps on y (Eq. 10), T shadow-implicit steps on
 // w (Eq. 12) with Hessian-vector products from the tape, and the x direction of Eq. 13. w is
-// warm-started from the previous iteration by default (the README's reading).
+// warm-started from the previous iteration by default (the README's reading). The record's extra
+// is the shadow level's relative residual ||grad_y F + H w|| / ||grad_y F|| at the w used, the
+// quantity CG and MINRES report for their q (one more product).
 #include "curvature.h"
 #include "family.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,8 +60,9 @@ static blo_status ll_steps(galet *s, const double *x, blo_error *err) {
 }
 
 // Eq. 12, T times: w <- w - rho H (grad_y F + H w), grad_y F in s->g; then dx += (d²f/dx dy) w
-// (Eq. 13). false if the tape failed.
-static bool shadow_steps(galet *s, blo_curv *c, double *dx) {
+// (Eq. 13). *residual = ||grad_y F + H w|| / ||grad_y F|| at the final w (0 when grad_y F = 0).
+// false if the tape failed.
+static bool shadow_steps(galet *s, blo_curv *c, double *dx, double *residual) {
     int ny = s->fo.p->n_y;
     double *Hw = s->g + ny, *HHw = Hw + ny;
     bool ok = true;
@@ -69,6 +73,10 @@ static bool shadow_steps(galet *s, blo_curv *c, double *dx) {
         ok = ok && blo_curv_hvp(c, Hw, HHw);
         for (int i = 0; ok && i < ny; i++) s->w[i] -= s->par.rho * HHw[i];
     }
+    ok = ok && blo_curv_hvp(c, s->w, Hw);
+    for (int i = 0; ok && i < ny; i++) Hw[i] += s->g[i];
+    double gn = sqrt(blo_dot(s->g, s->g, ny));
+    if (ok) *residual = gn > 0 ? sqrt(blo_dot(Hw, Hw, ny)) / gn : 0;
     ok = ok && blo_curv_mixed(c, s->w, s->mixed);
     for (int i = 0; ok && i < s->fo.p->n_x; i++) dx[i] += s->mixed[i];
     return ok;
@@ -77,7 +85,7 @@ static bool shadow_steps(galet *s, blo_curv *c, double *dx) {
 static blo_status galet_direction(void *state, int t, const double *x, const double *z, double *dx,
                                   double *dz, double *y_out, blo_record *rec, blo_error *err) {
     galet *s = state;
-    (void)t, (void)z, (void)dz, (void)rec;
+    (void)t, (void)z, (void)dz;
     blo_status st = ll_steps(s, x, err);
     // grad F at (x, y^{k+1}): d_x starts as grad_x F, g = grad_y F
     if (st == BLO_OK) st = blo_eval(s->fo.p, 1, x, s->y, NULL, dx, s->g, s->fo.tape, err);
@@ -85,7 +93,7 @@ static blo_status galet_direction(void *state, int t, const double *x, const dou
     if (st == BLO_OK) st = blo_tape_acquire(&u, s->fo.tape, err);
     if (st != BLO_OK) return st;
     blo_curv c;
-    if (blo_curv_record(&c, u.t, s->fo.p, x, s->y)) shadow_steps(s, &c, dx);
+    if (blo_curv_record(&c, u.t, s->fo.p, x, s->y)) shadow_steps(s, &c, dx, &rec->extra);
     st = blo_tape_check(u.t, err, "galet");
     blo_tape_release(&u);
     if (st == BLO_OK) memcpy(y_out, s->y, sizeof(double) * (size_t)s->fo.p->n_y);

@@ -136,7 +136,7 @@ typedef struct {
     double grad_norm;     // ||(g_x, g_z)|| of the direction at x_t (NaN in the final record)
     int kbar;             // truncation point under PTT (or K; 0 when not applicable)
     double seconds;       // wall time of this iteration
-    double extra;         // method-specific (BOME lambda, BVFIM barrier gap, CG residual)
+    double extra;         // method-specific (BOME lambda, BVFIM barrier gap, CG residual, GALET shadow residual)
     int final;            // 1: the record of the iterate a run ends at (no step taken from it)
 } blo_record;
 

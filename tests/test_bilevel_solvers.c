@@ -3,7 +3,8 @@
 // and says so; GMRES at the fixed point of a dynamics' step map (gd, heavy ball, Nesterov, the
 // accelerated scheme, a user's map that converges to a saddle) against the closed form; all of
 // them equal to CG where CG applies; singular systems, restarts and bad arguments; and the minres
-// and gmres methods through the solver (gmres also with an active Y box, which CG's H ignores).
+// and gmres methods through the solver (gmres also with an active Y box, which CG's H ignores);
+// GALET's direction (its Eq. 12-13) with y and w converged against the closed form and MINRES.
 #include "harness.h"
 #include "tests.h"
 
@@ -408,6 +409,10 @@ static void method_cases(void) {
         {"minres", "ll_iters=400 J=30", lam_indefinite, 1, 0},
         {"gmres", "ll_iters=400 J=30", lam_indefinite, 1, 0},
         {"cg", "ll_iters=400 J=30", lam_indefinite, 1, 1},
+        // GALET Eq. 12 from w = 0: GD on 1/2 ||grad_y F + H w||^2 contracts by 1 - rho lam^2,
+        // at most 0.94 here (rho lam_max^2 = 1.5 < 2), so 600 steps leave ~1e-16; y: 300 GD steps
+        // of 0.3 contract by 0.7 each. Its record's residual is the shadow level's.
+        {"galet", "N=300 beta=0.3 T_w=600 rho=0.06 w_warm=0", lam_definite, 0, 0},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         char name[200];
@@ -446,6 +451,27 @@ static void method_cases(void) {
             EXPECT(r.status == BLO_OK && r.pass && r.checked == M, "%s: %s", methods[i], r.msg);
             blo_config_free(c);
         }
+    }
+    TEST_CASE("methods: galet's direction is minres's where y and w have converged (f with the lse term)") {
+        // galet has no value to differentiate (check_hypergrad refuses it), so it is compared with
+        // minres's implicit gradient at the same y: H = A + lse's Hessian, eigenvalues in [1, ~5.5],
+        // rho lam_max^2 < 2; 300 GD steps of 0.3 from y0 = 0 in both
+        sq q;
+        sq_init(&q, lam_definite, 1, 54);
+        double ref[M], g[M];
+        blo_record rec;
+        blo_error e;
+        EXPECT(direction(&q, "minres", NULL, "ll_iters=300 J=60", ref, &rec, &e) == BLO_OK && rec.extra < 1e-10,
+               "minres: residual %.3g %s", rec.extra, e.msg);
+        EXPECT(direction(&q, "galet", NULL, "N=300 beta=0.3 T_w=600 rho=0.06 w_warm=0", g, &rec, &e) == BLO_OK,
+               "%s", e.msg);
+        double err = rel_diff(g, ref, M);
+        EXPECT(err < 1e-9 && rec.extra < 1e-10, "galet vs minres %.3g, shadow residual %.3g", err, rec.extra);
+        EXPECT(direction(&q, "galet", NULL, "N=300 beta=0.3 T_w=10 rho=0.06 w_warm=0", g, &rec, &e) == BLO_OK,
+               "%s", e.msg);
+        err = rel_diff(g, ref, M);
+        EXPECT(rec.extra > 0.01 && err > 1e-4, "T_w = 10: galet vs minres %.3g, shadow residual %.3g (not converged)",
+               err, rec.extra);
     }
     TEST_CASE("methods: with an active Y box gmres differentiates the projected fixed point; cg ignores the box") {
         sq q;
