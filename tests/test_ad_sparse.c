@@ -4,9 +4,12 @@
 // columns; k across several blocks of B's rows and not a multiple of one; more rows than a
 // chunk, for rows alone and in groups; the threads on pieces of rows and of columns; empty rows
 // and columns; all zeros; no zeros; zeros coded as +0.0 and as -0.0); with an
-// Inf or a NaN in B, NaN exactly where the dense loop has it and the other entries bitwise.
-// Through the tape: ad_matmul_coded with X->nz against the same X without it (cblas on decoded
-// rows) to rounding, its finite-difference gradient check, and the errors.
+// Inf or a NaN in B, NaN exactly where the dense loop has it and the other entries bitwise. The
+// strips (autodiff/strips.c, at most 16 columns) on the same table of shapes, bitwise, with the
+// table gathered and with a linear one decoded by arithmetic; with an Inf or NaN in B they leave
+// the product to the thin kernel. Through the tape: ad_matmul_coded with X->nz against the same X
+// without it (cblas on decoded rows) to rounding, its finite-difference gradient check; on the
+// strips, the product's bits and softmax_coded's (ad_softmax of that product); and the errors.
 //
 // Tolerance (with against without nz): both sum the same k products, one in order with fused
 // multiply-adds, the other as cblas does, so |a - b| <= 2 k eps sum_q |x_iq b_qj|; k <= 130
