@@ -404,7 +404,9 @@ X512_INLINE void units_nv(const int NV, const sp_rows *s, const double *pk, int 
             if (u + PREFETCH < min_int(hi, ng))
                 prefetch_entries(s->grp->idx, s->grp->code, 4, cur[u - lo + PREFETCH]);
             if (u + 2 < min_int(hi, ng)) prefetch_rows(s, u + 2, j0, NV);
-            if (NV <= GROUP_NV) group_nv(NV <= GROUP_NV ? NV : 1, s, pk, u, j0, ml, q0, q1, cur + (u - lo));
+            // panels are at most GROUP_NV vectors wide with groups; the clamp only keeps the
+            // compiler from building group_nv for the rows' widths 7 and 8, which never run
+            group_nv(NV <= GROUP_NV ? NV : 1, s, pk, u, j0, ml, q0, q1, cur + (u - lo));
             continue;
         }
         if (!s->grp && u + PREFETCH < hi) prefetch_entries(s->idx, s->code, 1, cur[u - lo + PREFETCH]);
@@ -455,9 +457,9 @@ X512_FN bool pack_block_x512(const double *B, int ldb, int q0, int q1, int j0, i
 #undef X512_INLINE
 #endif
 
-// Whether rows [q0, q1) of B [., n] (row stride ldb) hold an Inf or a NaN: its exponent bits all
-// set, tested on the bits (pack_block_x512 on AVX-512).
-static bool all_finite(const double *B, int ldb, int n, int q0, int q1) {
+// Whether rows [q0, q1) of B [., n] (row stride ldb) hold no Inf and no NaN, whose exponent bits
+// are all set, tested on the bits (pack_block_x512 does it vectorized on AVX-512).
+bool ad_sparse_all_finite(const double *B, int ldb, int n, int q0, int q1) {
     uint64_t bad = 0;
     for (int q = q0; q < q1; q++) {
         const double *row = B + (size_t)q * ldb;
@@ -480,7 +482,7 @@ static bool pack_block(const sp_rows *s, int q0, int q1, int j0, int w, double *
         memcpy(row, s->B + (size_t)q * s->ldb + j0, (size_t)w * sizeof(double));
         for (int j = w; j < s->pw; j++) row[j] = 0;
     }
-    return all_finite(s->B + j0, s->ldb, w, q0, q1);
+    return ad_sparse_all_finite(s->B + j0, s->ldb, w, q0, q1);
 }
 
 // The cursors at units [c0, c1)'s first entries: a group's or a row's.

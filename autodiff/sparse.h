@@ -78,6 +78,10 @@ uint64_t *ad_sparse_bits(const ad_coded_nz *nz, int tx, int *words);
 bool ad_sparse_greedy(const ad_coded_nz *nz, int tx, uint64_t *bits, int words, int G, int window,
                       int32_t *row);
 
+// Whether rows [q0, q1) of B [., n] (row stride ldb) hold no Inf and no NaN (their exponent bits
+// tested; the portable loop of sparse.c).
+bool ad_sparse_all_finite(const double *B, int ldb, int n, int q0, int q1);
+
 // Whether X->nz describes X (made from its codes and table, the same size).
 bool ad_sparse_matches(const ad_coded *X);
 

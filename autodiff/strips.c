@@ -14,7 +14,6 @@
 
 #include "pool.h"
 
-#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -193,9 +192,7 @@ bool ad_strips_matmul(int threads, ad_pool *pool, const ad_coded *X, int tx, int
         return false;
     // An Inf or NaN in B: the dense loop's 0 * Inf = NaN would be skipped with the zeros; left to
     // the thin kernel, which adds every entry.
-    for (int q = 0, k = tx ? X->rows : X->cols; q < k; q++)
-        for (int c = 0; c < n; c++)
-            if (!isfinite(B[(size_t)q * ldb + c])) return false;
+    if (!ad_sparse_all_finite(B, ldb, n, 0, tx ? X->rows : X->cols)) return false;
     st_job job = {.S = &nz->strip[tx ? 1 : 0], .tab = X->table, .B = B, .n = n, .ldb = ldb,
                   .C = C, .then = then};
     job.lin = ad_thin_linear_table(X->table, &job.hi, &job.lo);
