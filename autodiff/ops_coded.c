@@ -107,7 +107,8 @@ static ad_status coded_product(ad_tape *t, const ad_coded *X, int tx, const ad_n
     int threads;
     bool by_t = !tx && X->codes_t; // X B from X's codes transposed (thin.h)
     double *work = k ? ad_thin_plan(t, tx || by_t, m, n, k, &threads) : NULL;
-    if (work && X->nz && ad_strips_matmul(threads, ad_tape_pool(t), X, tx, n, B->val, B->cols, out, then)) {
+    if (work && X->nz &&
+        ad_strips_matmul((ad_thin_isa)t->thin_isa, threads, ad_tape_pool(t), X, tx, n, B->val, B->cols, out, then)) {
         then = NULL; // done, on the strips (sparse.h)
     } else if (work && !tx) {
         ad_thin_coded_rows((ad_thin_isa)t->thin_isa, threads, ad_tape_pool(t), m, n, k, X->codes,

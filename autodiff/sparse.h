@@ -94,13 +94,13 @@ void ad_sparse_matmul(ad_thin_isa isa, int threads, ad_pool *pool, const ad_code
                       int n, const double *B, int ldb, double *C);
 
 // C [m, n] = op(X) B for 1 <= n <= 16 through X->nz's strips (ad_coded_nz_add_strips): lanes
-// along a strip's 8 rows, each entry a decoded vector of 8 codes times a broadcast of B's row
-// idx. The ordered loop's bits (as ad_sparse_matmul's), for any number of threads, run on pool's
-// workers (NULL: threads made for the call); then (or NULL) on each row of C once it is final, by
-// the thread that computed it (thin.h, ad_thin_rows). false, with nothing written, when it does
-// not take the product (no strips, or this CPU does not run AVX-512): the caller then uses
-// another kernel.
-bool ad_strips_matmul(int threads, ad_pool *pool, const ad_coded *X, int tx, int n,
+// along a strip's rows, each entry a decoded vector of codes times a broadcast of B's row idx.
+// The ordered loop's bits (as ad_sparse_matmul's) for any isa (AVX-512, AVX2, or portable code
+// with fma(); AD_THIN_AUTO: the best this CPU runs) and any number of threads, run on pool's
+// workers (NULL: threads made for the call); then (or NULL) on each row of C once C is final.
+// false, with nothing written, when it does not take the product (no strips, more than 16
+// columns, or an Inf or NaN in B): the caller then uses another kernel.
+bool ad_strips_matmul(ad_thin_isa isa, int threads, ad_pool *pool, const ad_coded *X, int tx, int n,
                       const double *B, int ldb, double *C, const ad_thin_rows *then);
 
 // The reference: the ordered fma loop over every entry of op(X), no entry skipped.

@@ -8,12 +8,15 @@
 // B's row: n fused multiply-adds, in q ascending from +0.0, so each entry of C has the ordered
 // loop's bits (sparse.h says why the zeros of the union change nothing).
 //
-// Layout: making the strips; the AVX-512 kernel (a function-level target, chosen at run time as
-// in thin.c; without AVX-512 the caller keeps the thin kernel); the driver with its threads.
+// Layout: making the strips; the kernels: AVX-512 (8 rows in a register), AVX2 (4 rows, each strip
+// in two halves) and portable C with fma(), all running the same fused multiply-adds in the same
+// order, so the same bits (function-level targets chosen at run time, as in thin.c); the driver
+// with its threads.
 #include "sparse.h"
 
 #include "pool.h"
 
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,6 +103,7 @@ int ad_coded_nz_add_strips(ad_coded_nz *nz, char *err, size_t errlen) {
 // ---- the kernel ----
 
 typedef struct {
+    ad_thin_isa isa; // AD_THIN_AVX512, AD_THIN_AVX2 or AD_THIN_PORTABLE
     const ad_coded_strips *S;
     const double *tab, *B;
     int n, ldb;
@@ -110,6 +114,24 @@ typedef struct {
     int pieces, m;   // m: C's rows, for then
     atomic_int next;
 } st_job;
+
+// Strips [s0, s1) in plain C: each row's n sums over the strip's entries, one at a time.
+static void strips_portable(const st_job *j, int s0, int s1) {
+    const ad_coded_strips *S = j->S;
+    for (int s = s0; s < s1; s++)
+        for (int h = 0; h < 8; h++) {
+            int r = S->row[8 * s + h];
+            if (r < 0) continue;
+            for (int c = 0; c < j->n; c++) {
+                double acc = 0.0;
+                for (int64_t e = S->ptr[s]; e < S->ptr[s + 1]; e++) {
+                    double x = j->tab[(S->code[e] >> (8 * h)) & 0xff];
+                    acc = fma(x, j->B[(size_t)S->idx[e] * j->ldb + c], acc);
+                }
+                j->C[(size_t)r * j->n + c] = acc;
+            }
+        }
+}
 
 #if STRIPS_X86
 #define X512_FN static __attribute__((target("avx512f,avx2,fma")))
@@ -162,6 +184,69 @@ X512_FN void strips_x512(const st_job *j, int s0, int s1) {
 #undef X512_FN
 #undef X512_INLINE
 
+#define X256_FN static __attribute__((target("avx2,fma")))
+#define X256_INLINE static inline __attribute__((always_inline, target("avx2,fma")))
+
+// 4 codes (the bytes of c4) into 4 doubles, as decode8.
+X256_INLINE __m256d decode4(const st_job *j, uint32_t c4, __m256d hi, __m256d lo) {
+    __m128i c = _mm_cvtepu8_epi32(_mm_cvtsi32_si128((int)c4));
+    if (j->lin) {
+        __m256d x = _mm256_cvtepi32_pd(c);
+        return _mm256_fmadd_pd(x, hi, _mm256_mul_pd(x, lo));
+    }
+    return _mm256_i32gather_pd(j->tab, c, 8);
+}
+
+// Rows [4 half, 4 half + 4) of strip s, columns [c0, c0 + NV) of C: 16 registers hold at most
+// 12 columns of 4 rows with x, the broadcast and the decoding constants.
+X256_INLINE void half_nv(const int NV, const st_job *j, int s, int half, int c0) {
+    const ad_coded_strips *S = j->S;
+    const __m256d hi = _mm256_set1_pd(j->hi), lo = _mm256_set1_pd(j->lo);
+    __m256d acc[12];
+#pragma GCC unroll 12
+    for (int c = 0; c < NV; c++) acc[c] = _mm256_setzero_pd();
+    for (int64_t e = S->ptr[s]; e < S->ptr[s + 1]; e++) {
+        const double *b = j->B + (size_t)S->idx[e] * j->ldb + c0;
+        __m256d x = decode4(j, (uint32_t)(S->code[e] >> (32 * half)), hi, lo);
+#pragma GCC unroll 12
+        for (int c = 0; c < NV; c++) acc[c] = _mm256_fmadd_pd(x, _mm256_set1_pd(b[c]), acc[c]);
+    }
+    double lanes[12][4];
+#pragma GCC unroll 12
+    for (int c = 0; c < NV; c++) _mm256_storeu_pd(lanes[c], acc[c]);
+    for (int h = 0; h < 4; h++) {
+        int r = S->row[8 * s + 4 * half + h];
+        if (r < 0) continue;
+        double *out = j->C + (size_t)r * j->n + c0;
+        for (int c = 0; c < NV; c++) out[c] = lanes[c][h];
+    }
+}
+
+X256_FN void half_cols(const st_job *j, int s, int half, int c0, int nv) {
+    switch (nv) {
+#define CASE(N) case N: half_nv(N, j, s, half, c0); break;
+        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12)
+#undef CASE
+    }
+}
+
+// Strips [s0, s1): each in halves of 4 rows; n > 12 columns as 8 and the rest.
+X256_FN void strips_avx2(const st_job *j, int s0, int s1) {
+    for (int s = s0; s < s1; s++)
+        for (int half = 0; half < 2; half++) {
+            if (j->S->row[8 * s + 4 * half] < 0) continue; // the last strip's rows past m
+            if (j->n <= 12) {
+                half_cols(j, s, half, 0, j->n);
+            } else {
+                half_cols(j, s, half, 0, 8);
+                half_cols(j, s, half, 8, j->n - 8);
+            }
+        }
+}
+#undef X256_FN
+#undef X256_INLINE
+#endif
+
 // then on C's rows, THEN_ROWS at a time, once the strips are done: a strip's rows are anywhere in
 // C, and a call for each row (in the kernel, as the thin kernel does for its ranges) cost twice
 // the softmax's time here.
@@ -177,25 +262,34 @@ static void run_pieces(void *arg) {
     st_job *j = arg;
     for (int c; (c = atomic_fetch_add(&j->next, 1)) < j->pieces;) {
         int s0 = c * STRIPS_PER_PIECE, s1 = s0 + STRIPS_PER_PIECE < j->S->n ? s0 + STRIPS_PER_PIECE : j->S->n;
-        strips_x512(j, s0, s1);
+#if STRIPS_X86
+        if (j->isa == AD_THIN_AVX512) {
+            strips_x512(j, s0, s1);
+            continue;
+        }
+        if (j->isa == AD_THIN_AVX2) {
+            strips_avx2(j, s0, s1);
+            continue;
+        }
+#endif
+        strips_portable(j, s0, s1);
     }
 }
-#endif
 
 // ---- the driver ----
 
-bool ad_strips_matmul(int threads, ad_pool *pool, const ad_coded *X, int tx, int n,
+bool ad_strips_matmul(ad_thin_isa isa, int threads, ad_pool *pool, const ad_coded *X, int tx, int n,
                       const double *B, int ldb, double *C, const ad_thin_rows *then) {
-#if STRIPS_X86
     const ad_coded_nz *nz = X->nz;
-    if (!nz || !nz->strip[tx ? 1 : 0].ptr || n < 1 || n > 16 || !ad_thin_runs(AD_THIN_AVX512))
-        return false;
+    if (!nz || !nz->strip[tx ? 1 : 0].ptr || n < 1 || n > 16) return false;
     // An Inf or NaN in B: the dense loop's 0 * Inf = NaN would be skipped with the zeros; left to
     // the thin kernel, which adds every entry.
     if (!ad_sparse_all_finite(B, ldb, n, 0, tx ? X->rows : X->cols)) return false;
-    st_job job = {.S = &nz->strip[tx ? 1 : 0], .tab = X->table, .B = B, .n = n, .ldb = ldb,
-                  .C = C, .then = then};
-    job.lin = ad_thin_linear_table(X->table, &job.hi, &job.lo);
+    if (isa == AD_THIN_AUTO) isa = ad_thin_best();
+    if (!ad_thin_runs(isa)) isa = AD_THIN_PORTABLE;
+    st_job job = {.isa = isa, .S = &nz->strip[tx ? 1 : 0], .tab = X->table, .B = B, .n = n,
+                  .ldb = ldb, .C = C, .then = then};
+    job.lin = isa != AD_THIN_PORTABLE && ad_thin_linear_table(X->table, &job.hi, &job.lo);
     job.pieces = (job.S->n + STRIPS_PER_PIECE - 1) / STRIPS_PER_PIECE;
     job.m = tx ? X->cols : X->rows;
     atomic_init(&job.next, 0);
@@ -206,8 +300,4 @@ bool ad_strips_matmul(int threads, ad_pool *pool, const ad_coded *X, int tx, int
         ad_pool_run(pool, threads < 1 ? 1 : threads, run_then, &job);
     }
     return true;
-#else
-    (void)threads, (void)pool, (void)X, (void)tx, (void)n, (void)B, (void)ldb, (void)C, (void)then;
-    return false;
-#endif
 }

@@ -324,19 +324,6 @@ X512_INLINE __m512d decode8_x512(const uint8_t *c, __m512d hi, __m512d lo) {
     __m512d x = _mm512_cvtepi32_pd(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)c)));
     return _mm512_fmadd_pd(x, hi, _mm512_mul_pd(x, lo));
 }
-// Whether decode8_x512 gives every entry of tab from its code, bit for bit.
-static __attribute__((target("avx512f,avx2,fma"))) bool linear_x512(const double *tab, double h,
-                                                                   double l) {
-    const __m512d hv = _mm512_set1_pd(h), lv = _mm512_set1_pd(l);
-    uint8_t codes[256];
-    for (int c = 0; c < 256; c++) codes[c] = (uint8_t)c;
-    __mmask8 same = 0xff;
-    for (int c = 0; c < 256; c += 8)
-        same &= _mm512_cmp_pd_mask(decode8_x512(codes + c, hv, lv), _mm512_loadu_pd(tab + c),
-                                   _CMP_EQ_OQ);
-    return same == 0xff;
-}
-
 // 8 NI entries of A's row from at: doubles (masked past the task's columns unless FULL), or
 // codes decoded (the masked-off ones read from a zeroed copy: no byte past the row is read).
 X512_INLINE void load_row_x512(const int NI, const int FULL, const int U8, const thin_task *t,
@@ -490,19 +477,17 @@ static int tn_blocks(int m, int n, int k) {
     return b < 1 ? 1 : b;
 }
 
-// Whether a table of codes is tab[c] = c / d with d = 1 / tab[1], each entry what
-// decode8_x512 computes from c (pixels c / 255.0 are; checked by that very code, 32 vectors):
-// then 1 / d as *hi (rounded) + *lo (the rounding error of hi, divided by d and rounded). Only
-// where AVX-512 runs.
+// Whether a table of codes is tab[c] = c / d with d = 1 / tab[1], each entry what the kernels'
+// decoding computes from c, c hi + (c lo rounded) in one fused multiply-add (decode8_x512, and
+// strips.c's on AVX-512 and AVX2; fma() gives those bits on any machine), pixels c / 255.0 among
+// them: then 1 / d as *hi (rounded) + *lo (the rounding error of hi, divided by d and rounded).
 bool ad_thin_linear_table(const double *tab, double *hi, double *lo) {
     if (!(tab[1] > 0) || tab[0] != 0 || signbit(tab[0])) return false;
     double d = 1.0 / tab[1], h = 1.0 / d, l = fma(-h, d, 1.0) / d;
-#if THIN_X86
-    if (!linear_x512(tab, h, l)) return false;
-#else
-    (void)l;
-    return false;
-#endif
+    for (int c = 0; c < 256; c++) {
+        double x = (double)c, v = fma(x, h, x * l);
+        if (v != tab[c] || signbit(v) != signbit(tab[c])) return false;
+    }
     *hi = h, *lo = l;
     return true;
 }

@@ -78,8 +78,8 @@ void ad_thin_coded_rows(ad_thin_isa isa, int threads, ad_pool *pool, int m, int 
                         const ad_thin_rows *then);
 
 // Whether tab [256] is c / d for each code c, each entry exactly that division (8-bit pixels
-// scaled to [0, 1]), so that AVX-512 decodes 8 codes by arithmetic: x = float(c), entry =
-// fma(x, hi, x lo), bit for bit; *hi and *lo set then. Checked on every entry (AVX-512 only).
+// scaled to [0, 1]), so that the vector kernels decode codes by arithmetic: x = float(c), entry =
+// fma(x, hi, x lo), bit for bit; *hi and *lo set then. Checked on every entry, with fma().
 bool ad_thin_linear_table(const double *tab, double *hi, double *lo);
 
 // The reference next to it: the textbook loop, C_ij = sum_p op(A)_ip op(B)_pj in order p.

@@ -105,9 +105,10 @@ static ad_var data_times(ad_tape *t, const hc_model *d, const mdl_dataset *set, 
 // two parts together (per LL step about 6 passes over [n_tr, k] arrays fewer, forward and in the
 // sweep). The logits have the same bits (the last multiply-add of each sum, 1 * b_j, rounds as
 // the add did); b's gradient sums its rows in the product's blocks (thin.h) instead of one run,
-// which may change its last bits. With strips=1 (AVX-512) these copies carry their nonzeros and
-// strips (ad_coded_nz_add_strips): the 10-wide products, of the linear and the folded model, skip
-// the zero pixels, 8 rows of X or of X^T at a time, each sum the ordered fma loop's (one run).
+// which may change its last bits. With strips=1 (the default) these copies carry their nonzeros
+// and strips (ad_coded_nz_add_strips): the 10-wide products, of the linear and the folded model,
+// skip the zero pixels, 8 rows of X or of X^T at a time, each sum the ordered fma loop's (one
+// run, the same bits on AVX-512, AVX2 and portable code); strips=0 leaves them to the thin kernel.
 
 // The ReLU MLP's first layer likewise: X W1 + b1 is [X, 1] [W1; b1], and y begins with W1 [d, h]
 // then b1 [h], so [W1; b1] is y's first (d + 1) h entries seen as [d + 1, h]. Its 300 columns are
@@ -493,7 +494,7 @@ typedef struct {
     int pixels;           // 0: bytes, 1: doubles
     int fold;             // act = none: logits as X (W1 W2)
     int sparse;           // act = relu: the first layer's products skip zero pixels
-    int strips;           // linear or folded, bytes: the products skip zero pixels (AVX-512)
+    int strips;           // linear or folded, bytes: the products skip zero pixels
     int batch;            // minibatch size for stochastic methods (0: full batch)
     int shards;           // the training set's shards (data-parallel under MPI)
 } hc_params;
@@ -504,7 +505,7 @@ static const char *const pixel_words[] = {"bytes", "doubles", NULL};
 static const hc_params hc_defaults = {.data = MDL_FASHION_MNIST_DIR, .n_train = 5000, .n_val = 5000,
                                       .n_test = 10000, .corrupt = 0.5, .hidden = 50, .act = ACT_RELU,
                                       .pretrain = 100, .pretrain_lr = 0.1, .shards = 1, .fold = 1,
-                                      .sparse = 1};
+                                      .sparse = 1, .strips = 1};
 static const blo_setting hc_settings[] = {
     BLO_ROW_STRING(hc_params, data, "data", "DIR", "an MNIST-format folder (train- and t10k- files)"),
     BLO_ROW_INT(hc_params, n_train, "n_train", 1, 1000000000, "n", "training samples (the weighted LL set)"),
@@ -520,7 +521,7 @@ static const blo_setting hc_settings[] = {
     BLO_ROW_BOOL(hc_params, sparse, "sparse",
                  "mlp act=relu: first-layer products skip zero pixels, ordered-loop bits (0: cblas on doubles)"),
     BLO_ROW_BOOL(hc_params, strips, "strips",
-                 "linear or folded, pixels=bytes: products skip zero pixels on AVX-512, ordered-loop bits (0: thin kernel)"),
+                 "linear or folded, pixels=bytes: 10-wide products skip zero pixels, ordered-loop bits (0: thin kernel)"),
     BLO_ROW_DBL(hc_params, l2, "l2", 0, INFINITY, 0, "w", "LL weight decay l2/2 ||y||^2"),
     BLO_ROW_BOOL(hc_params, prior, "prior", "make AIT_P's z_p: the LL model pretrained on the training set"),
     BLO_ROW_INT(hc_params, pretrain, "pretrain", 0, 1000000, "n", "prior: GD steps"),

@@ -381,6 +381,20 @@ static void coded_products(void) {
             }
         ad_pool_free(pool);
     }
+    TEST_CASE("thin: a linear table is found where fma(c, hi, c lo) gives every entry, else refused") {
+        double tab[256], hi = 0, lo = 0;
+        for (int c = 0; c < 256; c++) tab[c] = c / 255.0;
+        bool lin = ad_thin_linear_table(tab, &hi, &lo);
+        bool each = lin;
+        for (int c = 0; c < 256 && lin; c++) each &= fma((double)c, hi, (double)c * lo) == tab[c];
+        EXPECT(lin && each, "c / 255: %s", lin ? "an entry not decoded exactly" : "refused");
+        tab[77] = nextafter(tab[77], 1.0); // one entry one ulp off
+        EXPECT(!ad_thin_linear_table(tab, &hi, &lo), "c / 255 with entry 77 one ulp up: taken");
+        tab[77] = 77 / 255.0, tab[0] = -0.0;
+        EXPECT(!ad_thin_linear_table(tab, &hi, &lo), "c / 255 with entry 0 = -0: taken");
+        for (int c = 0; c < 256; c++) tab[c] = c / 255.0 + 0.5;
+        EXPECT(!ad_thin_linear_table(tab, &hi, &lo), "c / 255 + 1/2: taken");
+    }
     TEST_CASE("thin: ad_matmul_coded = ad_matmul on the decoded view: kernel (bits), cblas, wide") {
         // n = 10 on the kernel: the same bits. Off it (kernel off, or n = 20): with the doubles
         // given (X.values), the very cblas call ad_matmul makes, so the same bits too; without,
