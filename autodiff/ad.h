@@ -242,9 +242,9 @@ ad_var ad_matmul_coded(ad_tape *t, const ad_coded *X, ad_var B, int transX);
 // ad_coded_nz_free (NULL: nothing); ad_coded_nz_count gives how many nonzeros X has.
 ad_coded_nz *ad_coded_nz_make(const ad_coded *X, char *err, size_t errlen);
 // Adds to nz the strips that products with at most 16 columns (a linear model's X W and X^T G)
-// run on, with AVX-512, instead of the thin kernel: X's rows and X^T's eight by eight with the
-// union of their nonzeros, 12 bytes per entry of a union (about 0.66 of X's entries for
-// FashionMNIST's images, 3.9 MB per 5000 each way). Those products then skip the zeros and give
+// run on (AVX-512, AVX2 or portable code, the same bits) instead of the thin kernel: X's rows
+// and X^T's eight by eight with the union of their nonzeros, 12 bytes per entry of a union
+// (about 0.66 of X's entries for FashionMNIST's images, 3.9 MB per 5000 each way). Those products then skip the zeros and give
 // the ordered loop's bits, as the wide ones do (not the thin kernel's: its X^T G sums in blocks).
 // 0, or -1 with a message in err [errlen] when out of memory (nz is then as it was).
 int ad_coded_nz_add_strips(ad_coded_nz *nz, char *err, size_t errlen);

@@ -74,7 +74,8 @@ ad_var ad_conv_bn_relu_pool_dwp(ad_tape *t, ad_var GWP, ad_var X, int c_in, int 
 // computes its products over large constants twice. ad_keep copies the computed products
 // recorded since m whose one operand is a constant (ad_matmul_coded, or ad_matmul with an
 // ad_const_view) and the other a leaf seen through reshapes and slices (W_k, a slice of the
-// state y_k), of at least 2^20 multiply-adds, each with that operand's value. NULL when there is
+// state y_k) or any value at most a quarter of the product's size (W1 W2 of a folded 2-layer
+// model), of at least 2^20 multiply-adds, each with that operand's value. NULL when there is
 // none, or they would take more than max_bytes (then nothing is kept). ad_reuse, on the
 // recording made again since m, gives each uncomputed such product whose constant is the same
 // and whose operand equals a kept one entry by entry the kept value (the node reads it in place:

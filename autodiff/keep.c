@@ -9,9 +9,10 @@
 //
 // Kept: matmul_coded (and softmax_coded, the softmax of its rows), and matmul with one operand
 // a constant view (the caller's unchanging memory), whose other operand is a leaf seen through
-// reshapes and slices (the recorded state itself, as W_k is a slice of y_k): products of
-// intermediate values, like X^T G, are needed forward and rarely again, so keeping them would
-// spend memory for nothing.
+// reshapes and slices (the recorded state itself, as W_k is a slice of y_k), or an intermediate
+// at most a quarter of the product's size (a folded 2-layer model's W1 W2 [785, 10] under its
+// logits [5000, 10]). Products of data-sized intermediates, like X^T G, are needed forward and
+// rarely again, so keeping them would spend memory for nothing.
 #include "internal.h"
 
 #include <stdlib.h>
@@ -19,6 +20,10 @@
 
 // Below this many multiply-adds a product is cheaper to compute than to keep and compare.
 enum { KEEP_MIN_WORK = 1 << 20 };
+// An operand made from the state (not a leaf itself) is kept with its product when it is this many
+// times smaller: the folded model's X1 [W1 W2; b1 W2] [5000, 785] x [785, 10], 0.16 of the product.
+// The operands of X^T G, [5000, 10] for a [785, 10] product, are not.
+enum { KEEP_OPERAND_RATIO = 4 };
 
 typedef struct {
     ad_node node;   // the product as recorded (op, shape, transposes, ext); a and b are stale
@@ -114,7 +119,9 @@ static bool keepable(const ad_tape *t, int32_t v, int32_t *operand, int *cside) 
         k = n->i0 ? A->rows : A->cols;
         *operand = ca ? n->b : n->a, *cside = ca ? 0 : 1;
     }
-    return (size_t)n->rows * (size_t)n->cols * (size_t)k >= KEEP_MIN_WORK && from_leaf(t, *operand);
+    size_t size = (size_t)n->rows * (size_t)n->cols;
+    return size * (size_t)k >= KEEP_MIN_WORK &&
+           (from_leaf(t, *operand) || (size_t)ad_size(&t->nodes[*operand]) * KEEP_OPERAND_RATIO <= size);
 }
 
 static void entry_free(ad_tape *t, kept_entry *e) {

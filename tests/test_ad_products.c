@@ -221,9 +221,14 @@ static void memo(void) {
 // ---- kept products (ad_keep / ad_reuse) ----
 
 // One "step" as a sweep re-records it: logits of a linear model over X (coded, or a view of the
-// same doubles), from W sliced out of the state y, then a product of an intermediate (X^T G).
-static ad_var keep_step(ad_tape *t, const ad_coded *X, const double *Xd, ad_var y, int d, int c) {
-    ad_var W = ad_reshape(t, ad_slice(t, y, 0, d * c), ad_mat_shape(d, c));
+// same doubles), from W sliced out of the state y (fold > 0: W = W1 W2 with W1 [d, fold] and W2
+// [fold, c] sliced out of y, a small intermediate, as the folded 2-layer model's), then a product
+// of a data-sized intermediate (X^T G).
+static ad_var keep_step(ad_tape *t, const ad_coded *X, const double *Xd, ad_var y, int d, int c,
+                        int fold) {
+    ad_var W = fold ? ad_matmul(t, ad_reshape(t, ad_slice(t, y, 0, d * fold), ad_mat_shape(d, fold)),
+                                ad_reshape(t, ad_slice(t, y, d * fold, fold * c), ad_mat_shape(fold, c)), 0, 0)
+                    : ad_reshape(t, ad_slice(t, y, 0, d * c), ad_mat_shape(d, c));
     ad_var Z = Xd ? ad_matmul(t, ad_const_view(t, ad_mat_shape(X->rows, d), Xd), W, 0, 0)
                   : ad_matmul_coded(t, X, W, 0);
     ad_var G = ad_tanh(t, Z); // [n, c]
@@ -244,7 +249,8 @@ static void kept(void) {
         memcpy(y2, y, sizeof y);
         y2[17] = nextafter(y2[17], 1e300); // one bit off
         ad_coded X = {KN, KD, codes, table, NULL, NULL, NULL};
-        for (int view = 0; view < 2; view++) {
+        for (int v = 0; v < 4; v++) {
+            int view = v % 2, fold = v < 2 ? 0 : 4;
             const double *xd = view ? Xd : NULL;
             const int op = ad_op_find(view ? "matmul" : "matmul_coded");
             ad_tape *t = ad_tape_new(NULL);
@@ -252,27 +258,31 @@ static void kept(void) {
             ad_var yv = ad_param(t, ad_vec_shape(KD * KC), y);
             ad_mark ms = ad_tape_mark(t);
             double want[KD * KC];
-            memcpy(want, ad_value(t, keep_step(t, &X, xd, yv, KD, KC)), sizeof want);
+            memcpy(want, ad_value(t, keep_step(t, &X, xd, yv, KD, KC, fold)), sizeof want);
             ad_kept *k = ad_keep(t, ms, SIZE_MAX), *none = ad_keep(t, ms, 1000);
-            // the logits [KN, KC] and W [KD, KC]; X^T G's operand is an intermediate: not kept
+            // the logits [KN, KC] and W [KD, KC] (a slice of the state, or W1 W2, 1/11 of the
+            // logits' size); X^T G's operand is an intermediate as large as the logits: not kept
             EXPECT(k && ad_kept_bytes(k) == sizeof(double) * (KN * KC + KD * KC) && !none,
-                   "%s: kept %zu bytes; a 1000-byte budget kept %p", view ? "view" : "coded",
-                   ad_kept_bytes(k), (void *)none);
+                   "%s%s: kept %zu bytes; a 1000-byte budget kept %p", view ? "view" : "coded",
+                   fold ? ", folded" : "", ad_kept_bytes(k), (void *)none);
             ad_tape_rewind(t, m);
             for (int again = 0; again < 2; again++) { // the same state, then one bit off
                 yv = ad_param(t, ad_vec_shape(KD * KC), again ? y2 : y);
                 ms = ad_tape_mark(t);
                 int was = ad_tape_defer(t, 1);
-                ad_var r = keep_step(t, &X, xd, yv, KD, KC);
+                ad_var r = keep_step(t, &X, xd, yv, KD, KC, fold);
                 ad_tape_defer(t, was);
                 int64_t e0 = ad_tape_op_evals(t, op);
                 int reused = ad_reuse(t, ms, k);
                 const double *got = ad_value(t, r);
                 int64_t evals = ad_tape_op_evals(t, op) - e0;
-                EXPECT(reused == !again && evals == 1 + again, "%s, %s: reused %d, %lld products computed",
-                       view ? "view" : "coded", again ? "one bit off" : "same state", reused, (long long)evals);
-                EXPECT(again || !memcmp(got, want, sizeof want), "%s: the reused product changed the result",
-                       view ? "view" : "coded");
+                // the folded step's W1 W2 is one more matmul, computed either way
+                int64_t want_evals = 1 + again + (fold && view);
+                EXPECT(reused == !again && evals == want_evals, "%s%s, %s: reused %d, %lld products computed",
+                       view ? "view" : "coded", fold ? ", folded" : "", again ? "one bit off" : "same state",
+                       reused, (long long)evals);
+                EXPECT(again || !memcmp(got, want, sizeof want), "%s%s: the reused product changed the result",
+                       view ? "view" : "coded", fold ? ", folded" : "");
                 ad_tape_rewind(t, m);
             }
             EXPECT(ad_tape_status(t) == AD_OK, "%s", ad_tape_error(t));
