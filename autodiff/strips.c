@@ -100,7 +100,7 @@ int ad_coded_nz_add_strips(ad_coded_nz *nz, char *err, size_t errlen) {
     return 0;
 }
 
-// ---- the kernel ----
+// ---- the kernels ----
 
 typedef struct {
     ad_thin_isa isa; // AD_THIN_AVX512, AD_THIN_AVX2 or AD_THIN_PORTABLE
