@@ -133,6 +133,17 @@ static void strips_portable(const st_job *j, int s0, int s1) {
         }
 }
 
+// A vector kernel's sums into C: lanes [nv, H] holds columns [c0, c0 + nv) of the H rows rows[]
+// (-1: past C's rows, not written).
+static inline void write_lanes(const st_job *j, const int32_t *rows, int H, int c0, int nv,
+                               const double *lanes) {
+    for (int h = 0; h < H; h++) {
+        if (rows[h] < 0) continue;
+        double *out = j->C + (size_t)rows[h] * j->n + c0;
+        for (int c = 0; c < nv; c++) out[c] = lanes[c * H + h];
+    }
+}
+
 #if STRIPS_X86
 #define X512_FN static __attribute__((target("avx512f,avx2,fma")))
 #define X512_INLINE static inline __attribute__((always_inline, target("avx512f,avx2,fma")))
@@ -164,12 +175,7 @@ X512_INLINE void strips_nv(const int NV, const st_job *j, int s0, int s1) {
         double lanes[16][8];
 #pragma GCC unroll 16
         for (int c = 0; c < NV; c++) _mm512_storeu_pd(lanes[c], acc[c]);
-        for (int h = 0; h < 8; h++) {
-            int r = S->row[8 * s + h];
-            if (r < 0) continue;
-            double *out = j->C + (size_t)r * NV;
-            for (int c = 0; c < NV; c++) out[c] = lanes[c][h];
-        }
+        write_lanes(j, S->row + 8 * s, 8, 0, NV, lanes[0]);
     }
 }
 
@@ -214,12 +220,7 @@ X256_INLINE void half_nv(const int NV, const st_job *j, int s, int half, int c0)
     double lanes[12][4];
 #pragma GCC unroll 12
     for (int c = 0; c < NV; c++) _mm256_storeu_pd(lanes[c], acc[c]);
-    for (int h = 0; h < 4; h++) {
-        int r = S->row[8 * s + 4 * half + h];
-        if (r < 0) continue;
-        double *out = j->C + (size_t)r * j->n + c0;
-        for (int c = 0; c < NV; c++) out[c] = lanes[c][h];
-    }
+    write_lanes(j, S->row + 8 * s + 4 * half, 4, c0, NV, lanes[0]);
 }
 
 X256_FN void half_cols(const st_job *j, int s, int half, int c0, int nv) {
