@@ -139,14 +139,22 @@ static inline int par_blocks(int size) { return (size + PAR_BLOCK - 1) / PAR_BLO
         } else if (nb == 1) {                                                                  \
             double v = b[0];                                                                   \
             for (int i = 0; i < size; i++) { double u = a[i]; y[i] = (EXPR); }                \
-        } else {                                                                               \
+        } else { /* a row or a column broadcast: each row's loop contiguous, same values */    \
             int ar = A->rows == 1 ? 0 : A->cols, ac = A->cols == 1 ? 0 : 1;                    \
-            int br = B->rows == 1 ? 0 : B->cols, bc = B->cols == 1 ? 0 : 1;                    \
-            for (int r = 0; r < n->rows; r++)                                                  \
-                for (int c = 0; c < n->cols; c++) {                                            \
-                    double u = a[r * ar + c * ac], v = b[r * br + c * bc];                     \
-                    y[r * n->cols + c] = (EXPR);                                               \
+            int br = B->rows == 1 ? 0 : B->cols, bc = B->cols == 1 ? 0 : 1, nc = n->cols;      \
+            for (int r = 0; r < n->rows; r++) {                                                \
+                const double *ra = a + (size_t)r * ar, *rb = b + (size_t)r * br;               \
+                double *ry = y + (size_t)r * nc;                                               \
+                if (ac && bc) {                                                                \
+                    for (int c = 0; c < nc; c++) { double u = ra[c], v = rb[c]; ry[c] = (EXPR); }\
+                } else if (ac) {                                                               \
+                    double v = rb[0];                                                          \
+                    for (int c = 0; c < nc; c++) { double u = ra[c]; ry[c] = (EXPR); }         \
+                } else {                                                                       \
+                    double u = ra[0];                                                          \
+                    for (int c = 0; c < nc; c++) { double v = rb[c * bc]; ry[c] = (EXPR); }   \
                 }                                                                              \
+            }                                                                                  \
         }                                                                                      \
         return AD_OK;                                                                          \
     }

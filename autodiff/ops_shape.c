@@ -46,8 +46,19 @@ static ad_status fwd_sum_to(ad_tape *t, ad_node *n) {
         return AD_OK;
     }
     memset(y, 0, (size_t)ad_size(n) * sizeof *y);
-    for (int r = 0; r < X->rows; r++)
-        for (int c = 0; c < X->cols; c++) y[r * yr + c * yc] += x[r * X->cols + c];
+    for (int r = 0; r < X->rows; r++) { // each entry of y summed in the same order in all three
+        const double *xr = x + (size_t)r * X->cols;
+        double *yr_ = y + (size_t)r * yr;
+        if (yc == 0) { // row sums: a register, not a store, per term
+            double s = yr_[0];
+            for (int c = 0; c < X->cols; c++) s += xr[c];
+            yr_[0] = s;
+        } else if (yr == 0) { // column sums: a contiguous loop
+            for (int c = 0; c < X->cols; c++) yr_[c] += xr[c];
+        } else {
+            for (int c = 0; c < X->cols; c++) yr_[c * yc] += xr[c];
+        }
+    }
     return AD_OK;
 }
 static void rev_sum_to(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {

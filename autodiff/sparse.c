@@ -480,19 +480,33 @@ X512_FN bool pack_block_x512(const double *B, int ldb, int q0, int q1, int j0, i
 #undef X512_INLINE
 #endif
 
-// Whether rows [q0, q1) of B [., n] (row stride ldb) hold no Inf and no NaN, whose exponent bits
-// are all set, tested on the bits (pack_block_x512 does it vectorized on AVX-512).
-bool ad_sparse_all_finite(const double *B, int ldb, int n, int q0, int q1) {
-    uint64_t bad = 0;
-    for (int q = q0; q < q1; q++) {
-        const double *row = B + (size_t)q * ldb;
-        for (int j = 0; j < n; j++) {
-            uint64_t u;
-            memcpy(&u, row + j, sizeof u);
-            bad |= (u & 0x7FF0000000000000ull) == 0x7FF0000000000000ull;
-        }
+// Whether x [len] holds no Inf and no NaN: x - x is +0 for every finite x and NaN for the others,
+// and a sum of such terms is 0 or NaN. Eight at a time in the compiler's vectors (SSE2 on any
+// x86-64): as a scalar loop of exponent tests this was 1.3% of a linear hyper-cleaning run, on
+// the tape's thread before each of the strips' X^T G, with the other thread waiting.
+typedef double fin_v2d __attribute__((vector_size(16)));
+static bool finite_run(const double *x, size_t len) {
+    fin_v2d acc[4] = {{0, 0}, {0, 0}, {0, 0}, {0, 0}};
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        fin_v2d v[4];
+        memcpy(v, x + i, sizeof v);
+        for (int k = 0; k < 4; k++) acc[k] += v[k] - v[k];
     }
-    return !bad;
+    fin_v2d s = acc[0] + acc[1] + acc[2] + acc[3];
+    double rest = s[0] + s[1];
+    for (; i < len; i++) rest += x[i] - x[i];
+    return rest == 0.0;
+}
+
+// Whether rows [q0, q1) of B [., n] (row stride ldb) hold no Inf and no NaN (pack_block_x512 does
+// it on AVX-512 while it packs).
+bool ad_sparse_all_finite(const double *B, int ldb, int n, int q0, int q1) {
+    if (q1 <= q0 || n <= 0) return true;
+    if (ldb == n) return finite_run(B + (size_t)q0 * ldb, (size_t)(q1 - q0) * (size_t)n);
+    bool ok = true;
+    for (int q = q0; q < q1 && ok; q++) ok = finite_run(B + (size_t)q * ldb, (size_t)n);
+    return ok;
 }
 
 // pk [qb, pw] = rows [q0, q1) of B, columns [j0, j0 + w), zero past w: aligned rows, so that no

@@ -25,6 +25,46 @@ static void broadcasting(void) {
         EXPECT(ad_tape_status(t) == AD_OK, "%s", ad_tape_error(t));
         ad_tape_free(t);
     }
+    TEST_CASE("broadcast: each pattern of operands (matrix, row, column, vector, scalar, on either "
+              "side) and each sum_to, bit for bit against the indexed loop") {
+        enum { M = 5, N = 7, P = 5 };
+        const ad_shape full = ad_mat_shape(M, N);
+        const ad_shape parts[P] = {full, ad_mat_shape(1, N), ad_mat_shape(M, 1), ad_vec_shape(N),
+                                   ad_scalar_shape()};
+        double a[M * N], b[M * N];
+        for (int i = 0; i < M * N; i++) a[i] = sin(1.0 + i) * 3.7, b[i] = cos(0.3 * i) + 0.01 * i;
+        for (int pa = 0; pa < P; pa++)
+            for (int pb = 0; pb < P; pb++) {
+                ad_tape *t = ad_tape_new(NULL);
+                ad_shape sa = parts[pa], sb = parts[pb];
+                ad_var d = ad_sub(t, ad_const(t, sa, a), ad_const(t, sb, b));
+                ad_var q = ad_div(t, ad_const(t, sa, a), ad_const(t, sb, b));
+                const double *dv = ad_value(t, d), *qv = ad_value(t, q);
+                EXPECT(dv && qv, "[%d] with [%d]: %s", pa, pb, ad_tape_error(t));
+                ad_shape s = dv ? ad_shape_of(t, d) : ad_scalar_shape();
+                for (int r = 0; dv && qv && r < s.rows; r++)
+                    for (int c = 0; c < s.cols; c++) { // each operand's entry at (r, c)
+                        double x = a[(sa.rows == 1 ? 0 : r) * sa.cols + (sa.cols == 1 ? 0 : c)];
+                        double y = b[(sb.rows == 1 ? 0 : r) * sb.cols + (sb.cols == 1 ? 0 : c)];
+                        EXPECT(dv[r * s.cols + c] == x - y && qv[r * s.cols + c] == x / y,
+                               "[%d] with [%d], (%d, %d)", pa, pb, r, c);
+                    }
+                ad_tape_free(t);
+            }
+        for (int ps = 1; ps < P; ps++) { // [M, N] summed down to a row, a column, a vector, a scalar
+            ad_tape *t = ad_tape_new(NULL);
+            ad_shape s = parts[ps];
+            const double *y = ad_value(t, ad_sum_to(t, ad_const(t, full, a), s));
+            double want[M * N] = {0};
+            for (int r = 0; r < M; r++)
+                for (int c = 0; c < N; c++)
+                    want[(s.rows == 1 ? 0 : r) * s.cols + (s.cols == 1 ? 0 : c)] += a[r * N + c];
+            EXPECT(y, "%s", ad_tape_error(t));
+            for (int i = 0; y && i < s.rows * s.cols; i++)
+                EXPECT(y[i] == want[i], "to [%d]: entry %d: %.17g, want %.17g", ps, i, y[i], want[i]);
+            ad_tape_free(t);
+        }
+    }
     TEST_CASE("broadcast: a vector of the wrong length is a shape error naming both shapes") {
         ad_tape *t = ad_tape_new(NULL);
         double A[6] = {0}, b[2] = {0};

@@ -275,6 +275,30 @@ static void strips_tape_cases(void) {
     }
 }
 
+// ad_sparse_all_finite, which decides whether a product may skip the zeros: an Inf or a NaN at
+// any place (in the vectors of eight and in the tail, in any row of a strided B) is found; the
+// largest finite values, -0 and the subnormals are finite.
+static void finite_cases(void) {
+    TEST_CASE("sparse products: the Inf/NaN check finds one at every place, contiguous and strided") {
+        const double bad[3] = {INFINITY, -INFINITY, NAN}, good[4] = {-0.0, 1.7976931348623157e308, 4.9e-324, -2.5};
+        double B[3 * 21];
+        for (int len = 1; len <= 21; len++)
+            for (int ld = len; ld <= len + 2; ld += 2) { // contiguous, and rows ld apart
+                for (int i = 0; i < 3 * 21; i++) B[i] = good[i % 4];
+                EXPECT(ad_sparse_all_finite(B, ld, len, 0, 3) && ad_sparse_all_finite(B, ld, len, 2, 2),
+                       "finite: %d wide, stride %d", len, ld);
+                for (int at = 0; at < 3 * len; at++)
+                    for (int k = 0; k < 3; k++) {
+                        double *p = B + (at / len) * ld + at % len, keep = *p;
+                        *p = bad[k];
+                        EXPECT(!ad_sparse_all_finite(B, ld, len, 0, 3),
+                               "%g not found at %d (%d wide, stride %d)", bad[k], at, len, ld);
+                        *p = keep;
+                    }
+            }
+    }
+}
+
 static void error_cases(void) {
     TEST_CASE("sparse products: bad arguments are one-line errors, nothing aborts") {
         static const uint8_t codes[6] = {0, 3, 0, 9, 0, 2}, other[6] = {0};
@@ -318,5 +342,6 @@ void test_ad_sparse(void) {
     kernel_cases();
     tape_cases();
     strips_tape_cases();
+    finite_cases();
     error_cases();
 }
