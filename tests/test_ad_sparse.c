@@ -281,10 +281,10 @@ static void strips_tape_cases(void) {
 static void finite_cases(void) {
     TEST_CASE("sparse products: the Inf/NaN check finds one at every place, contiguous and strided") {
         const double bad[3] = {INFINITY, -INFINITY, NAN}, good[4] = {-0.0, 1.7976931348623157e308, 4.9e-324, -2.5};
-        double B[3 * 21];
+        double B[3 * (21 + 2)]; // 3 rows of at most 21, at most 2 apart
         for (int len = 1; len <= 21; len++)
             for (int ld = len; ld <= len + 2; ld += 2) { // contiguous, and rows ld apart
-                for (int i = 0; i < 3 * 21; i++) B[i] = good[i % 4];
+                for (int i = 0; i < 3 * (21 + 2); i++) B[i] = good[i % 4];
                 EXPECT(ad_sparse_all_finite(B, ld, len, 0, 3) && ad_sparse_all_finite(B, ld, len, 2, 2),
                        "finite: %d wide, stride %d", len, ld);
                 for (int at = 0; at < 3 * len; at++)
