@@ -48,15 +48,15 @@ static ad_status fwd_sum_to(ad_tape *t, ad_node *n) {
     memset(y, 0, (size_t)ad_size(n) * sizeof *y);
     for (int r = 0; r < X->rows; r++) { // each entry of y summed in the same order in all three
         const double *xr = x + (size_t)r * X->cols;
-        double *yr_ = y + (size_t)r * yr;
+        double *yrow = y + (size_t)r * yr;
         if (yc == 0) { // row sums: a register, not a store, per term
-            double s = yr_[0];
+            double s = yrow[0];
             for (int c = 0; c < X->cols; c++) s += xr[c];
-            yr_[0] = s;
+            yrow[0] = s;
         } else if (yr == 0) { // column sums: a contiguous loop
-            for (int c = 0; c < X->cols; c++) yr_[c] += xr[c];
+            for (int c = 0; c < X->cols; c++) yrow[c] += xr[c];
         } else {
-            for (int c = 0; c < X->cols; c++) yr_[c * yc] += xr[c];
+            for (int c = 0; c < X->cols; c++) yrow[c * yc] += xr[c];
         }
     }
     return AD_OK;

@@ -280,7 +280,8 @@ static void strips_tape_cases(void) {
 // largest finite values, -0 and the subnormals are finite.
 static void finite_cases(void) {
     TEST_CASE("sparse products: the Inf/NaN check finds one at every place, contiguous and strided") {
-        const double bad[3] = {INFINITY, -INFINITY, NAN}, good[4] = {-0.0, 1.7976931348623157e308, 4.9e-324, -2.5};
+        const double bad[3] = {INFINITY, -INFINITY, NAN};
+        const double good[4] = {-0.0, 1.7976931348623157e308, 4.9e-324, -2.5}; // largest, subnormal
         double B[3 * (21 + 2)]; // 3 rows of at most 21, at most 2 apart
         for (int len = 1; len <= 21; len++)
             for (int ld = len; ld <= len + 2; ld += 2) { // contiguous, and rows ld apart
