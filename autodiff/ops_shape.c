@@ -38,27 +38,26 @@ static ad_status fwd_sum_to(ad_tape *t, ad_node *n) {
     const ad_node *X = &t->nodes[n->a];
     const double *x = X->val;
     double *y = n->val;
-    int yr = n->rows == 1 ? 0 : n->cols, yc = n->cols == 1 ? 0 : 1;
     if (ad_size(n) == 1) { // full sum, kept in one accumulator
         double s = 0;
         for (int i = 0, sz = ad_size(X); i < sz; i++) s += x[i];
         y[0] = s;
         return AD_OK;
     }
-    memset(y, 0, (size_t)ad_size(n) * sizeof *y);
-    for (int r = 0; r < X->rows; r++) { // each entry of y summed in the same order in all three
-        const double *xr = x + (size_t)r * X->cols;
-        double *yrow = y + (size_t)r * yr;
-        if (yc == 0) { // row sums: a register, not a store, per term
-            double s = yrow[0];
+    // ad_sum_to makes a node only for these two (and the full sum above): y [m, 1], each row's
+    // sum, or y [1, n] or [n], the column sums; each entry summed from +0 in the index order
+    if (n->cols == 1) {
+        for (int r = 0; r < X->rows; r++) {
+            const double *xr = x + (size_t)r * X->cols;
+            double s = 0;
             for (int c = 0; c < X->cols; c++) s += xr[c];
-            yrow[0] = s;
-        } else if (yr == 0) { // column sums: a contiguous loop
-            for (int c = 0; c < X->cols; c++) yrow[c] += xr[c];
-        } else {
-            for (int c = 0; c < X->cols; c++) yrow[c * yc] += xr[c];
+            y[r] = s;
         }
+        return AD_OK;
     }
+    memset(y, 0, (size_t)ad_size(n) * sizeof *y);
+    for (int r = 0; r < X->rows; r++)
+        for (int c = 0; c < X->cols; c++) y[c] += x[(size_t)r * X->cols + c];
     return AD_OK;
 }
 static void rev_sum_to(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
