@@ -34,6 +34,10 @@ double ad_tape_blas_seconds(const ad_tape *t);
 // tape's own streaming kernel where the CPU has one (AVX2 + FMA); off sends them to cblas, for
 // comparisons. Returns the previous setting.
 int ad_tape_thin_products(ad_tape *t, int on);
+// How long the tape's worker threads spin between jobs before they sleep, in microseconds
+// (autodiff/pool.c; 100 unless set, 0: sleep at once), for comparisons. Returns the previous
+// setting.
+int ad_tape_pool_spin(ad_tape *t, int spin_us);
 // What those products run on: "AVX2+FMA kernel, 2 threads", or "cblas" when off or unavailable.
 const char *ad_tape_product_kernel(const ad_tape *t, char buf[64]);
 

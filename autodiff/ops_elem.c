@@ -91,10 +91,12 @@ static inline ad_var unbroadcast(ad_tape *t, ad_var g, ad_var x) {
     return ad_sum_to(t, g, ad_node_shape(X));
 }
 
-// Passes over equal shapes of at least PAR_MIN doubles (an MLP's [5000, 300] activations and
-// their adjoints: 12 MB each, a few per LL step) are split over the tape's threads in blocks of
-// PAR_BLOCK entries. Each entry is computed alone, so the bits do not depend on the threads.
-enum { PAR_MIN = 1 << 18, PAR_BLOCK = 1 << 14 };
+// Passes over equal shapes of at least PAR_MIN doubles are split over the tape's threads in
+// blocks of PAR_BLOCK entries: an MLP's [5000, 300] activations and their adjoints (12 MB each, a
+// few per LL step), and the linear model's [5000, 10] ones, about 15 per LL step, 25-50 us each
+// on one thread, where a pool's waiting worker (pool.c) joins in about a microsecond. Each entry
+// is computed alone, so the bits do not depend on the threads.
+enum { PAR_MIN = 1 << 14, PAR_BLOCK = 1 << 12 };
 typedef struct {
     const double *a, *b; // b: NULL for unary ops
     double *y;

@@ -9,6 +9,9 @@
 // untaken. So a worker the host is slow to wake is not waited for: once the caller's call
 // returns, the job is closed to workers that have not joined it, and only those that have are
 // waited for.
+//
+// Between jobs the threads spin for a while before they sleep (pool.c says why): a sweep's jobs
+// come tens of microseconds apart, and waking a sleeping thread took 8-30 us on a shared VM.
 #ifndef HYPERTAPE_AD_POOL_H
 #define HYPERTAPE_AD_POOL_H
 
@@ -19,6 +22,11 @@ typedef void (*ad_pool_fn)(void *arg);
 // are left out), or NULL when there is no memory for it or no thread can be started.
 enum { AD_POOL_MAX_WORKERS = 63 };
 ad_pool *ad_pool_new(int workers);
+// How long a worker watches for the next job, and the caller for its workers to finish, before
+// sleeping: AD_POOL_SPIN_US unless set (0: sleep at once; negative counts as 0). Any time
+// between jobs.
+enum { AD_POOL_SPIN_US = 100 };
+void ad_pool_set_spin(ad_pool *p, int spin_us);
 // Stops and joins the workers (they are idle: ad_pool_run returns only when its job is done).
 void ad_pool_free(ad_pool *p);
 // fn(arg) on the calling thread and up to threads - 1 workers, returning once every call that

@@ -226,6 +226,7 @@ ad_tape *ad_tape_new(const ad_tape_params *p) {
     t->nan_ = NAN;
     t->bytes = sizeof *t;
     t->threads = t->par.threads > 0 ? t->par.threads : ad_thin_default_threads();
+    t->pool_spin_us = -1;
     // without AVX2 + FMA, cblas: the portable kernel measured 14 ms on [5000, 784] x [784, 10]
     // against OpenBLAS's 5-10 ms
     t->thin_isa = ad_thin_best() != AD_THIN_PORTABLE ? ad_thin_best() : 0;
@@ -338,6 +339,13 @@ int ad_tape_thin_products(ad_tape *t, int on) {
     return was;
 }
 
+int ad_tape_pool_spin(ad_tape *t, int spin_us) {
+    int was = t->pool_spin_us < 0 ? AD_POOL_SPIN_US : t->pool_spin_us;
+    t->pool_spin_us = spin_us < 0 ? 0 : spin_us;
+    ad_pool_set_spin(t->pool, t->pool_spin_us);
+    return was;
+}
+
 const char *ad_tape_product_kernel(const ad_tape *t, char buf[64]) {
     if (!t->thin_isa) snprintf(buf, 64, "cblas");
     else snprintf(buf, 64, "%s kernel, %d thread%s", ad_thin_name((ad_thin_isa)t->thin_isa),
@@ -392,6 +400,7 @@ double *ad_smallk_plan(ad_tape *t, int m, int n, int k, int *threads) {
 ad_pool *ad_tape_pool(ad_tape *t) {
     if (!t->pool && t->threads > 1) {
         t->pool = ad_pool_new(t->threads - 1);
+        if (t->pool && t->pool_spin_us >= 0) ad_pool_set_spin(t->pool, t->pool_spin_us);
         // no memory or no thread for it: the calling thread alone from now on, which is what
         // threads made per call would come to
         if (!t->pool) t->threads = 1;

@@ -1,7 +1,8 @@
 // The worker pool (autodiff/pool.h): every piece of a job run exactly once, for every thread
 // count on pools of 1 and 3 workers and on none (threads made per call), a job run from inside a
-// job (on the calling thread alone), many jobs in a row (what a sweep does); and through the
-// tape: the thin kernel's and the elementwise ops' results the same bits on 1 and 3 threads.
+// job (on the calling thread alone), many jobs in a row (what a sweep does, its workers
+// spinning between them), jobs after pauses long enough for the workers to sleep, and a pool
+// freed while its workers spin; and through the tape: the thin kernel's and the elementwise ops' results the same bits on 1 and 3 threads.
 #include "harness.h"
 #include "tests.h"
 
@@ -12,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 // Pieces [0, n) taken from a shared counter, as the library's jobs take theirs; each piece
 // counts its runs. nest: each piece also runs a job of 3 pieces on the same pool (on its thread
@@ -82,6 +84,23 @@ static void pool_jobs(void) {
         }
         EXPECT(ad_pool_new(0) == NULL, "a pool of no workers");
         ad_pool_free(NULL); // nothing to do
+    }
+    TEST_CASE("pool: jobs after pauses that put the workers to sleep; freed while they spin") {
+        ad_pool *pool = ad_pool_new(3);
+        EXPECT(pool, "no pool of 3 workers");
+        // 2 ms: 20 times the workers' spin (pool.c), so each job finds them asleep
+        const struct timespec pause = {0, 2000000};
+        bool ok = true;
+        for (int r = 0; r < 10 && ok; r++) {
+            nanosleep(&pause, NULL);
+            ok = check_runs(pool, 3, 4, r % 2 ? 2 : 0, 1);
+        }
+        ad_pool_free(pool); // at once after a job: the workers are spinning
+        for (int r = 0; r < 20 && ok; r++) { // and fresh pools, each freed right after its one job
+            pool = ad_pool_new(2);
+            ok = check_runs(pool, 2, 3, 0, 1);
+            ad_pool_free(pool);
+        }
     }
 }
 

@@ -426,8 +426,9 @@ typedef struct {
     const mdl_model *m;
     int coded, thin; // coded: the model reads its pixels as bytes (pixels=bytes)
     const char *set; // NULL: none
+    int sleep;       // 1: the tape's pool threads sleep at once between jobs (ad_tape_pool_spin 0)
 } hc_variant;
-enum { HC_MAX_VARIANTS = 4 };
+enum { HC_MAX_VARIANTS = 5 };
 
 // One UL iteration's work (the solver's direction at the start point) for each of V variants:
 // median seconds over reps and median time inside products; and the products over the data per
@@ -461,7 +462,10 @@ static void hc_iteration(const hc_variant *var, int V, const char *method, int r
     if (!ok) printf("    %s: %s\n", method, *err ? err : e.msg);
     double *s = ok ? malloc(sizeof(double) * (size_t)reps * 3 * V) : NULL;
     if (s) {
-        for (int k = 0; k < V; k++) ad_tape_thin_products(blo_solver_tape(v[k]), var[k].thin);
+        for (int k = 0; k < V; k++) {
+            ad_tape_thin_products(blo_solver_tape(v[k]), var[k].thin);
+            if (var[k].sleep) ad_tape_pool_spin(blo_solver_tape(v[k]), 0);
+        }
         ad_tape_product_kernel(blo_solver_tape(v[0]), kernel);
         for (int r = 0; r < reps; r++)
             for (int k0 = 0; k0 < V; k0++) {
@@ -490,15 +494,17 @@ static void bench_hyperclean_linear(const bench_opts *o, const mdl_model *mb, co
                                     const mdl_model *mt, double peak) {
     // the model as shipped (pixels read as bytes, the products on the strips that skip the zero
     // pixels); its doubles on the thin kernel; its doubles on cblas (what a framework's matmul
-    // does); the bytes on the thin kernel, every entry (strips=0)
-    const hc_variant var[4] = {{mb, 1, 1, NULL}, {md, 0, 1, NULL}, {md, 0, 0, NULL}, {mt, 1, 1, NULL}};
+    // does); as shipped with the pool's threads sleeping at once between jobs; the bytes on the
+    // thin kernel, every entry (strips=0)
+    const hc_variant var[5] = {{mb, 1, 1, NULL, 0}, {md, 0, 1, NULL, 0}, {md, 0, 0, NULL, 0}, {mb, 1, 1, NULL, 1},
+                               {mt, 1, 1, NULL, 0}};
     int reps = o->quick ? 1 : 3;
     const char *methods[2] = {"rhg", "cg"};
     const double torch[2] = {o->torch[TORCH_HC_RHG], o->torch[TORCH_HC_CG]};
     for (int k = 0; k < 2; k++) {
-        double t[4], prod[4], n_prod[4];
+        double t[5], prod[5], n_prod[5];
         char kernel[64] = "?";
-        hc_iteration(var, mt ? 4 : 3, methods[k], reps, t, prod, n_prod, kernel, NULL, NULL);
+        hc_iteration(var, mt ? 5 : 4, methods[k], reps, t, prod, n_prod, kernel, NULL, NULL);
         if (isnan(t[0])) continue; // said why
         printf("(d) hyper-cleaning 5000 x 784 x 10, linear, %s (%s): %.3f s per UL iteration (median of %d), "
                "%.0f%% in products; PyTorch 1.13 %s %.2f s: %.2fx faster (target >= %.0fx%s)\n",
@@ -516,10 +522,12 @@ static void bench_hyperclean_linear(const bench_opts *o, const mdl_model *mb, co
                " each on average, %.1f GFLOP/s dense-equivalent, %.0f%% of the dgemm peak %.1f"
                " (doubles on the thin kernel: %.2f ms)\n", n_prod[0], n_prod[0] / 100,
                1e3 * prod[0] / n_prod[0], gfs, 100 * gfs / peak, peak, 1e3 * prod[1] / n_prod[1]);
-        if (!mt || isnan(t[3])) continue;
+        printf("    with the pool's threads sleeping at once between jobs (spin 0): %.3f s (%.2fx)\n", t[3],
+               t[3] / t[0]);
+        if (!mt || isnan(t[4])) continue;
         printf("    with strips=0 (the bytes on the thin kernel, every entry): %.3f s (%.2fx the strips), "
-               "%.2fx PyTorch, %.2f ms a product over the data\n", t[3], t[3] / t[0], torch[k] / t[3],
-               1e3 * prod[3] / n_prod[3]);
+               "%.2fx PyTorch, %.2f ms a product over the data\n", t[4], t[4] / t[0], torch[k] / t[4],
+               1e3 * prod[4] / n_prod[4]);
     }
 }
 
@@ -580,15 +588,15 @@ static void bare_sparse_setup(bare_layer *b, int reps) {
 // pixels' zeros (sparse=1, the default; autodiff/sparse.c); the floor is the dense one all the
 // same: 4 products per LL step (X W_1 and X^T G forward, X V and X^T G' in the sweep) timed bare
 // by cblas after each round (the same load). Alternated with it: the model with those products
-// on cblas (sparse=0), and with the keep budget of before (64 MiB, here graph_mb=4), where the
-// sweep computes X W_1 again, a 5th.
+// on cblas (sparse=0), with the keep budget of before (64 MiB, here graph_mb=4), where the
+// sweep computes X W_1 again, a 5th, and with the pool's threads sleeping at once between jobs.
 static void bench_hyperclean_mlp(const bench_opts *o, const mdl_model *mm, const mdl_model *md,
                                  double peak) {
     const int K = 20;
-    const hc_variant var[3] = {{mm, 1, 1, "ll_iters=20"}, {mm, 1, 1, "ll_iters=20 graph_mb=4"},
-                               {md, 1, 1, "ll_iters=20"}};
+    const hc_variant var[4] = {{mm, 1, 1, "ll_iters=20", 0}, {mm, 1, 1, "ll_iters=20 graph_mb=4", 0},
+                               {md, 1, 1, "ll_iters=20", 0}, {mm, 1, 1, "ll_iters=20", 1}};
     int reps = o->quick ? 1 : 3;
-    double t[3] = {NAN, NAN, NAN}, prod[3], n_prod[3];
+    double t[4] = {NAN, NAN, NAN, NAN}, prod[4], n_prod[4];
     char kernel[64] = "?";
     bare_layer b = {.X = calloc(5000 * 784, sizeof(double)), .W = calloc(784 * 300, sizeof(double)),
                     .H = calloc(5000 * 300, sizeof(double)), .G = calloc(785 * 300, sizeof(double)),
@@ -597,7 +605,7 @@ static void bench_hyperclean_mlp(const bench_opts *o, const mdl_model *mm, const
         for (int i = 0; i < 5000 * 784; i++) b.X[i] = (i % 256) / 255.0;
         for (int i = 0; i < 784 * 300; i++) b.W[i] = 0.01 * (i % 7 - 3);
         bare_sparse_setup(&b, reps);
-        hc_iteration(var, 3, "rhg", reps, t, prod, n_prod, kernel, bare_layer_time, &b);
+        hc_iteration(var, 4, "rhg", reps, t, prod, n_prod, kernel, bare_layer_time, &b);
     } else {
         printf("(d) hyper-cleaning, 2 layers: out of memory\n");
     }
@@ -630,6 +638,8 @@ static void bench_hyperclean_mlp(const bench_opts *o, const mdl_model *mm, const
                t[2], t[2] / t[0], 1e3 * prod[2] / n_prod[2]);
         printf("    with the keep budget of before (64 MiB): %.3f s (%.2fx), %.1f products per LL step\n",
                t[1], t[1] / t[0], n_prod[1] / K);
+        printf("    with the pool's threads sleeping at once between jobs (spin 0): %.3f s (%.2fx)\n", t[3],
+               t[3] / t[0]);
     }
     free(b.X), free(b.W), free(b.H), free(b.G), free(b.pair);
     ad_coded_nz_free((ad_coded_nz *)b.X1.nz), free(b.codes1), free(b.W1), free(b.spair);

@@ -24,6 +24,6 @@ while [ "$r" -le "$rounds" ]; do
     echo "== round $r of $rounds"
     /usr/bin/python3 tools/bench_torch.py $quick --out "$times"
     build/tools/hypertape bench reference $quick --torch "$times" |
-        grep -E '^\((a|d|f)\)|general products|all on cblas|floor|budget of before|dgemm peak|CPU seconds|skip X1|sparse=0|strips=0'
+        grep -E '^\((a|d|f)\)|general products|all on cblas|floor|budget of before|dgemm peak|CPU seconds|skip X1|sparse=0|strips=0|spin 0'
     r=$((r + 1))
 done
