@@ -94,21 +94,23 @@ static inline ad_var unbroadcast(ad_tape *t, ad_var g, ad_var x) {
 // Passes over equal shapes of at least PAR_MIN doubles are split over the tape's threads in
 // blocks of PAR_BLOCK entries: an MLP's [5000, 300] activations and their adjoints (12 MB each, a
 // few per LL step), and the linear model's [5000, 10] ones, about 15 per LL step, 25-50 us each
-// on one thread, where a pool's waiting worker (pool.c) joins in about a microsecond. Each entry
-// is computed alone, so the bits do not depend on the threads.
-enum { PAR_MIN = 1 << 14, PAR_BLOCK = 1 << 12 };
+// on one thread, where a pool's waiting worker (pool.c) joins in about a microsecond. The unary
+// ops that call libm (exp, sigmoid, tanh, ...) cost 10-20 ns an entry, so they split from
+// LIBM_MIN entries in blocks of LIBM_BLOCK: hyper-cleaning's sigmoid(x) [5000], twice per LL
+// step. Each entry is computed alone, so the bits do not depend on the threads.
+enum { PAR_MIN = 1 << 14, PAR_BLOCK = 1 << 12, LIBM_MIN = 1 << 11, LIBM_BLOCK = 1 << 9 };
 typedef struct {
     const double *a, *b; // b: NULL for unary ops
     double *y;
     double p0, p1;
-    int size;
+    int size, block;
 } elem_job;
-static inline bool par_pass(const ad_tape *t, int size) { return size >= PAR_MIN && t->threads > 1; }
-static inline int par_blocks(int size) { return (size + PAR_BLOCK - 1) / PAR_BLOCK; }
+static inline bool par_pass(const ad_tape *t, int size, int min) { return size >= min && t->threads > 1; }
+static inline int par_blocks(int size, int block) { return (size + block - 1) / block; }
 // Entries [lo, hi) of job c's blocks, as indices into its arrays.
 #define PAR_RANGE(j, lo, hi, i0, i1)                                                            \
     const elem_job *j = c;                                                                     \
-    int i0 = lo * PAR_BLOCK, i1 = hi * PAR_BLOCK < j->size ? hi * PAR_BLOCK : j->size
+    int i0 = lo * j->block, i1 = hi * j->block < j->size ? hi * j->block : j->size
 
 // y = EXPR(u, v) over the broadcast of a and b (p0: the node's parameter): fast paths for equal
 // shapes and a scalar operand.
@@ -129,10 +131,11 @@ static inline int par_blocks(int size) { return (size + PAR_BLOCK - 1) / PAR_BLO
         if (size == 1) { /* scalars: the common case of long chains */                         \
             double u = a[0], v = b[0];                                                         \
             y[0] = (EXPR);                                                                     \
-        } else if (na == size && nb == size && par_pass(t, size)) {                            \
-            elem_job j = {a, b, y, p0, 0, size};                                               \
+        } else if (na == size && nb == size && par_pass(t, size, PAR_MIN)) {                   \
+            elem_job j = {a, b, y, p0, 0, size, PAR_BLOCK};                                    \
             ad_pool *pool = ad_tape_pool(t); /* first: it may set threads to 1 */               \
-            imk_parallel(pool, t->threads, par_blocks(size), (size_t)size * 3, par_##name, &j); \
+            imk_parallel(pool, t->threads, par_blocks(size, PAR_BLOCK), (size_t)size * 3,       \
+                         par_##name, &j);                                                      \
         } else if (na == size && nb == size) {                                                 \
             for (int i = 0; i < size; i++) { double u = a[i], v = b[i]; y[i] = (EXPR); }      \
         } else if (na == 1) {                                                                  \
@@ -161,7 +164,8 @@ static inline int par_blocks(int size) { return (size + PAR_BLOCK - 1) / PAR_BLO
         return AD_OK;                                                                          \
     }
 
-#define UNARY_FWD(name, EXPR)                                                                   \
+// MIN, BLOCK: when it splits and in what blocks; COST: its work per entry, for imk_parallel.
+#define UNARY_FWD_AT(name, EXPR, MIN, BLOCK, COST)                                              \
     static void par_##name(void *c, int lo, int hi) {                                          \
         PAR_RANGE(j, lo, hi, i0, i1);                                                          \
         const double p0 = j->p0, p1 = j->p1, *x = j->a;                                        \
@@ -174,15 +178,18 @@ static inline int par_blocks(int size) { return (size + PAR_BLOCK - 1) / PAR_BLO
         const double p0 = n->p0, p1 = n->p1;                                                   \
         (void)p0, (void)p1;                                                                    \
         int size = ad_size(n);                                                                 \
-        if (par_pass(t, size)) {                                                               \
-            elem_job j = {x, NULL, y, p0, p1, size};                                           \
+        if (par_pass(t, size, MIN)) {                                                          \
+            elem_job j = {x, NULL, y, p0, p1, size, BLOCK};                                    \
             ad_pool *pool = ad_tape_pool(t); /* first: it may set threads to 1 */               \
-            imk_parallel(pool, t->threads, par_blocks(size), (size_t)size * 2, par_##name, &j); \
+            imk_parallel(pool, t->threads, par_blocks(size, BLOCK), (size_t)size * (COST),      \
+                         par_##name, &j);                                                      \
             return AD_OK;                                                                      \
         }                                                                                      \
         for (int i = 0; i < size; i++) { double u = x[i]; y[i] = (EXPR); }                     \
         return AD_OK;                                                                          \
     }
+#define UNARY_FWD(name, EXPR) UNARY_FWD_AT(name, EXPR, PAR_MIN, PAR_BLOCK, 2)
+#define UNARY_FWD_LIBM(name, EXPR) UNARY_FWD_AT(name, EXPR, LIBM_MIN, LIBM_BLOCK, 32)
 
 // Fails with a message naming the first entry of x outside the domain (BAD true).
 #define DOMAIN_CHECK(t, n, src, BAD, what)                                                      \
@@ -309,7 +316,7 @@ ad_var ad_pow(ad_tape *t, ad_var x, double e) {
     }
     return unary(t, OP_POW, x, e, 0);
 }
-UNARY_FWD(pow_, pow(u, p0))
+UNARY_FWD_LIBM(pow_, pow(u, p0))
 static ad_status fwd_pow(ad_tape *t, ad_node *n) {
     double e = n->p0;
     if (e == nearbyint(e)) DOMAIN_CHECK(t, n, n->a, u == 0 && e < 0, "zero to a negative power");
@@ -351,14 +358,14 @@ static void rev_square(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_va
 }
 
 ad_var ad_exp(ad_tape *t, ad_var x) { return unary(t, OP_EXP, x, 0, 0); }
-UNARY_FWD(exp, exp(u))
+UNARY_FWD_LIBM(exp, exp(u))
 static void rev_exp(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
     gin[0] = ad_mul(t, g, y);
 }
 
 ad_var ad_log(ad_tape *t, ad_var x) { return unary(t, OP_LOG, x, 0, 0); }
-UNARY_FWD(log_, log(u))
+UNARY_FWD_LIBM(log_, log(u))
 static ad_status fwd_log(ad_tape *t, ad_node *n) {
     DOMAIN_CHECK(t, n, n->a, !(u > 0), "log of a non-positive number");
     return fwd_log_(t, n);
@@ -369,35 +376,35 @@ static void rev_log(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var g
 }
 
 ad_var ad_sin(ad_tape *t, ad_var x) { return unary(t, OP_SIN, x, 0, 0); }
-UNARY_FWD(sin, sin(u))
+UNARY_FWD_LIBM(sin, sin(u))
 static void rev_sin(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
     gin[0] = ad_mul(t, g, ad_cos(t, ad_input(t, y, 0)));
 }
 
 ad_var ad_cos(ad_tape *t, ad_var x) { return unary(t, OP_COS, x, 0, 0); }
-UNARY_FWD(cos, cos(u))
+UNARY_FWD_LIBM(cos, cos(u))
 static void rev_cos(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
     gin[0] = ad_negated(ad_mul(t, g, ad_sin(t, ad_input(t, y, 0))));
 }
 
 ad_var ad_tanh(ad_tape *t, ad_var x) { return unary(t, OP_TANH, x, 0, 0); }
-UNARY_FWD(tanh, tanh(u))
+UNARY_FWD_LIBM(tanh, tanh(u))
 static void rev_tanh(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need; // g (1 - y^2)
     gin[0] = ad_sub(t, g, ad_mul(t, g, ad_square(t, y)));
 }
 
 ad_var ad_sigmoid(ad_tape *t, ad_var x) { return unary(t, OP_SIGMOID, x, 0, 0); }
-UNARY_FWD(sigmoid, u >= 0 ? 1 / (1 + exp(-u)) : exp(u) / (1 + exp(u)))
+UNARY_FWD_LIBM(sigmoid, u >= 0 ? 1 / (1 + exp(-u)) : exp(u) / (1 + exp(u)))
 static void rev_sigmoid(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need; // g y (1 - y)
     gin[0] = ad_mul(t, g, ad_sub(t, y, ad_square(t, y)));
 }
 
 ad_var ad_softplus(ad_tape *t, ad_var x) { return unary(t, OP_SOFTPLUS, x, 0, 0); }
-UNARY_FWD(softplus, (u > 0 ? u : 0) + log1p(exp(-fabs(u))))
+UNARY_FWD_LIBM(softplus, (u > 0 ? u : 0) + log1p(exp(-fabs(u))))
 static void rev_softplus(ad_tape *t, ad_var y, ad_var g, const bool need[2], ad_var gin[2]) {
     (void)need;
     gin[0] = ad_mul(t, g, ad_sigmoid(t, ad_input(t, y, 0)));
@@ -433,10 +440,10 @@ static ad_status fwd_relu_mask(ad_tape *t, ad_node *n) {
     const ad_node *G = &t->nodes[n->a], *X = &t->nodes[n->b];
     int size = ad_size(n);
     if (ad_size(G) != size || ad_size(X) != size) return fwd_relu_mask_any(t, n);
-    if (par_pass(t, size)) {
-        elem_job j = {G->val, X->val, n->val, 0, 0, size};
+    if (par_pass(t, size, PAR_MIN)) {
+        elem_job j = {G->val, X->val, n->val, 0, 0, size, PAR_BLOCK};
         ad_pool *pool = ad_tape_pool(t); // first: it may set threads to 1
-        imk_parallel(pool, t->threads, par_blocks(size), (size_t)size * 3, par_relu_mask, &j);
+        imk_parallel(pool, t->threads, par_blocks(size, PAR_BLOCK), (size_t)size * 3, par_relu_mask, &j);
     } else {
         relu_mask_run(G->val, X->val, n->val, 0, size);
     }

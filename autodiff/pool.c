@@ -4,11 +4,11 @@
 //
 // Waiting spins first, then sleeps. A worker done with a job watches for the next one for
 // spin_us (AD_POOL_SPIN_US unless set) before it sleeps on the condition variable, and the
-// caller watches for its workers to finish as long before it sleeps on its own. A sweep posts a job every few tens of
-// microseconds (a linear model's products and its [5000, 10] elementwise passes), and a
-// sleeping thread took 8-30 us to wake on a shared VM, against about 1 us for a spinning one.
-// Spinning a bounded time after each job is what OpenMP runtimes do by default; a pool that
-// sees no job for spin_us costs no CPU. The generation, the count of running workers, quit and
+// caller watches for its workers to finish as long before it sleeps on its own. A sweep posts
+// a job every few tens of microseconds (a linear model's products and its [5000, 10]
+// elementwise passes), and a sleeping thread took 8-30 us to wake on a shared VM, against about
+// 1 us for a spinning one. Spinning a bounded time after each job is what OpenMP runtimes do
+// by default; a pool that sees no job for spin_us costs no CPU. The generation, the count of running workers, quit and
 // spin_us are atomics, read without the mutex while spinning; everything else is read and
 // written under the mutex.
 #include "pool.h"
@@ -58,8 +58,9 @@ static void spin_while(ad_pool *p, bool want_change, uint64_t seen) {
     if (spin <= 0) return;
     double t0 = now_us();
     for (int k = 1;; k++) {
-        if (want_change ? atomic_load(&p->gen) != seen || atomic_load(&p->quit) : atomic_load(&p->running) == 0)
-            return;
+        bool done = want_change ? atomic_load(&p->gen) != seen || atomic_load(&p->quit)
+                                : atomic_load(&p->running) == 0;
+        if (done) return;
         cpu_relax();
         if (k % 64 == 0 && now_us() - t0 >= spin) return;
     }

@@ -2,7 +2,8 @@
 // count on pools of 1 and 3 workers and on none (threads made per call), a job run from inside a
 // job (on the calling thread alone), many jobs in a row (what a sweep does, its workers
 // spinning between them), jobs after pauses long enough for the workers to sleep, and a pool
-// freed while its workers spin; and through the tape: the thin kernel's and the elementwise ops' results the same bits on 1 and 3 threads.
+// freed while its workers spin; and through the tape: the thin kernel's and the elementwise
+// ops' results the same bits on 1, 2 and 3 threads.
 #include "harness.h"
 #include "tests.h"
 
@@ -104,9 +105,10 @@ static void pool_jobs(void) {
     }
 }
 
-// y = sum of (X W) * (X W) + exp of it, through ad_matmul (the thin kernel) and elementwise ops
-// large enough to run in parallel ([3000, 10]), on a tape with `threads`: the value and the
-// gradient in W into out [1 + 300 * 10].
+// y = sum of (X W) * (X W) + exp of it + sigmoid of X W's first 4000 entries, through ad_matmul
+// (the thin kernel) and elementwise ops large enough to run in parallel ([3000, 10]: they split
+// from 2^14 entries; the sigmoid's [4000], as libm's ops split from 2^11), on a tape with
+// `threads`: the value and the gradient in W into out [1 + 300 * 10].
 enum { PT_M = 3000, PT_K = 300, PT_N = 10 }; // 9 M multiply-adds: 3 threads (ad_thin_plan)
 static void tape_run(int threads, const double *X, const double *W, double *out) {
     ad_tape_params p = ad_tape_default_params();
@@ -115,6 +117,8 @@ static void tape_run(int threads, const double *X, const double *W, double *out)
     ad_var w = ad_param(t, ad_mat_shape(PT_K, PT_N), W);
     ad_var z = ad_matmul(t, ad_const_view(t, ad_mat_shape(PT_M, PT_K), X), w, 0, 0);
     ad_var y = ad_sum(t, ad_add(t, ad_mul(t, z, z), ad_exp(t, ad_mul(t, z, z))));
+    ad_var head = ad_slice(t, ad_reshape(t, z, ad_vec_shape(PT_M * PT_N)), 0, 4000);
+    y = ad_add(t, y, ad_sum(t, ad_sigmoid(t, head)));
     ad_var g;
     ad_grad(t, y, 1, &w, &g, 0);
     out[0] = ad_value(t, y)[0];
