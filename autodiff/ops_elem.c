@@ -97,8 +97,10 @@ static inline ad_var unbroadcast(ad_tape *t, ad_var g, ad_var x) {
 // on one thread, where a pool's waiting worker (pool.c) joins in about a microsecond. The unary
 // ops that call libm (exp, sigmoid, tanh, ...) cost 10-20 ns an entry, so they split from
 // LIBM_MIN entries in blocks of LIBM_BLOCK: hyper-cleaning's sigmoid(x) [5000], twice per LL
-// step. Each entry is computed alone, so the bits do not depend on the threads.
-enum { PAR_MIN = 1 << 14, PAR_BLOCK = 1 << 12, LIBM_MIN = 1 << 11, LIBM_BLOCK = 1 << 9 };
+// step. (The work each passes to imk_parallel, 2-3 doubles an entry and 32 for libm's, meets its
+// minimum of 2^16 at these sizes.) Each entry is computed alone, so the bits do not depend on
+// the threads.
+enum { PAR_MIN = 1 << 15, PAR_BLOCK = 1 << 12, LIBM_MIN = 1 << 11, LIBM_BLOCK = 1 << 9 };
 typedef struct {
     const double *a, *b; // b: NULL for unary ops
     double *y;

@@ -106,10 +106,10 @@ static void pool_jobs(void) {
 }
 
 // y = sum of (X W) * (X W) + exp of it + sigmoid of X W's first 4000 entries, through ad_matmul
-// (the thin kernel) and elementwise ops large enough to run in parallel ([3000, 10]: they split
-// from 2^14 entries; the sigmoid's [4000], as libm's ops split from 2^11), on a tape with
+// (the thin kernel) and elementwise ops large enough to run in parallel ([4000, 10]: they split
+// from 2^15 entries; the sigmoid's [4000], as libm's ops split from 2^11), on a tape with
 // `threads`: the value and the gradient in W into out [1 + 300 * 10].
-enum { PT_M = 3000, PT_K = 300, PT_N = 10 }; // 9 M multiply-adds: 3 threads (ad_thin_plan)
+enum { PT_M = 4000, PT_K = 300, PT_N = 10 }; // 12 M multiply-adds: 3 threads (ad_thin_plan)
 static void tape_run(int threads, const double *X, const double *W, double *out) {
     ad_tape_params p = ad_tape_default_params();
     p.threads = threads;
