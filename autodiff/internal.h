@@ -148,7 +148,7 @@ struct ad_tape {
     // the workers of the thin kernel and of imk_parallel (pool.h), made on first use with threads
     // - 1 of them (ad_tape_pool)
     struct ad_pool *pool;
-    int pool_spin_us; // for the pool (ad_pool_set_spin); -1: its default
+    int pool_spin_us; // its threads' spin (ad_pool_set_spin), kept for a pool made later
     // arrays of kept products given back by ad_kept_free, for the next ad_keep (keep.c): a sweep
     // per UL iteration keeps the same sizes again, and fresh memory costs a page fault per 4 KiB
     struct ad_kept_pool *kept_pool;

@@ -445,7 +445,8 @@ static ad_status fwd_relu_mask(ad_tape *t, ad_node *n) {
     if (par_pass(t, size, PAR_MIN)) {
         elem_job j = {G->val, X->val, n->val, 0, 0, size, PAR_BLOCK};
         ad_pool *pool = ad_tape_pool(t); // first: it may set threads to 1
-        imk_parallel(pool, t->threads, par_blocks(size, PAR_BLOCK), (size_t)size * 3, par_relu_mask, &j);
+        imk_parallel(pool, t->threads, par_blocks(size, PAR_BLOCK), (size_t)size * 3, par_relu_mask,
+                     &j);
     } else {
         relu_mask_run(G->val, X->val, n->val, 0, size);
     }

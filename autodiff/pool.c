@@ -8,9 +8,9 @@
 // a job every few tens of microseconds (a linear model's products and its [5000, 10]
 // elementwise passes), and a sleeping thread took 8-30 us to wake on a shared VM, against about
 // 1 us for a spinning one. Spinning a bounded time after each job is what OpenMP runtimes do
-// by default; a pool that sees no job for spin_us costs no CPU. The generation, the count of running workers, quit and
-// spin_us are atomics, read without the mutex while spinning; everything else is read and
-// written under the mutex.
+// by default; a pool that sees no job for spin_us costs no CPU. The generation, the count of
+// running workers, quit and spin_us are atomics, read without the mutex while spinning;
+// everything else is read and written under the mutex.
 #include "pool.h"
 
 #include <pthread.h>

@@ -226,7 +226,7 @@ ad_tape *ad_tape_new(const ad_tape_params *p) {
     t->nan_ = NAN;
     t->bytes = sizeof *t;
     t->threads = t->par.threads > 0 ? t->par.threads : ad_thin_default_threads();
-    t->pool_spin_us = -1;
+    t->pool_spin_us = AD_POOL_SPIN_US;
     // without AVX2 + FMA, cblas: the portable kernel measured 14 ms on [5000, 784] x [784, 10]
     // against OpenBLAS's 5-10 ms
     t->thin_isa = ad_thin_best() != AD_THIN_PORTABLE ? ad_thin_best() : 0;
@@ -340,7 +340,7 @@ int ad_tape_thin_products(ad_tape *t, int on) {
 }
 
 int ad_tape_pool_spin(ad_tape *t, int spin_us) {
-    int was = t->pool_spin_us < 0 ? AD_POOL_SPIN_US : t->pool_spin_us;
+    int was = t->pool_spin_us;
     t->pool_spin_us = spin_us < 0 ? 0 : spin_us;
     ad_pool_set_spin(t->pool, t->pool_spin_us);
     return was;
@@ -400,7 +400,7 @@ double *ad_smallk_plan(ad_tape *t, int m, int n, int k, int *threads) {
 ad_pool *ad_tape_pool(ad_tape *t) {
     if (!t->pool && t->threads > 1) {
         t->pool = ad_pool_new(t->threads - 1);
-        if (t->pool && t->pool_spin_us >= 0) ad_pool_set_spin(t->pool, t->pool_spin_us);
+        ad_pool_set_spin(t->pool, t->pool_spin_us); // (no pool: nothing to do)
         // no memory or no thread for it: the calling thread alone from now on, which is what
         // threads made per call would come to
         if (!t->pool) t->threads = 1;

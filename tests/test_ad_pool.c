@@ -108,12 +108,14 @@ static void pool_jobs(void) {
 // y = sum of (X W) * (X W) + exp of it + sigmoid of X W's first 4000 entries, through ad_matmul
 // (the thin kernel) and elementwise ops large enough to run in parallel ([4000, 10]: they split
 // from 2^15 entries; the sigmoid's [4000], as libm's ops split from 2^11), on a tape with
-// `threads`: the value and the gradient in W into out [1 + 300 * 10].
+// `threads` whose pool spins `spin` us between jobs (ad_tape_pool_spin; 0: sleeps at once): the
+// value and the gradient in W into out [1 + 300 * 10].
 enum { PT_M = 4000, PT_K = 300, PT_N = 10 }; // 12 M multiply-adds: 3 threads (ad_thin_plan)
-static void tape_run(int threads, const double *X, const double *W, double *out) {
+static void tape_run(int threads, int spin, const double *X, const double *W, double *out) {
     ad_tape_params p = ad_tape_default_params();
     p.threads = threads;
     ad_tape *t = ad_tape_new(&p);
+    EXPECT(ad_tape_pool_spin(t, spin) == AD_POOL_SPIN_US, "a new tape's spin is not the default");
     ad_var w = ad_param(t, ad_mat_shape(PT_K, PT_N), W);
     ad_var z = ad_matmul(t, ad_const_view(t, ad_mat_shape(PT_M, PT_K), X), w, 0, 0);
     ad_var y = ad_sum(t, ad_add(t, ad_mul(t, z, z), ad_exp(t, ad_mul(t, z, z))));
@@ -128,16 +130,19 @@ static void tape_run(int threads, const double *X, const double *W, double *out)
 }
 
 static void pool_tape(void) {
-    TEST_CASE("pool: a tape's products and elementwise ops give the same bits on 1, 2, 3 threads") {
+    TEST_CASE("pool: a tape's products and elementwise ops give the same bits on 1, 2, 3 threads, "
+              "spinning or not") {
         ad_rng g;
         ad_rng_seed(&g, 71);
         double *X = malloc(sizeof(double) * PT_M * PT_K), W[PT_K * PT_N];
         for (int i = 0; i < PT_M * PT_K; i++) X[i] = (ad_rng_uniform(&g) - 0.5) * 0.1;
         for (int i = 0; i < PT_K * PT_N; i++) W[i] = ad_rng_uniform(&g) - 0.5;
-        static double out[3][1 + PT_K * PT_N];
-        for (int th = 1; th <= 3; th++) tape_run(th, X, W, out[th - 1]);
-        for (int th = 2; th <= 3; th++)
-            EXPECT(!memcmp(out[0], out[th - 1], sizeof out[0]), "%d threads differ from 1", th);
+        static double out[5][1 + PT_K * PT_N];
+        for (int th = 1; th <= 3; th++) tape_run(th, AD_POOL_SPIN_US, X, W, out[th - 1]);
+        for (int th = 2; th <= 3; th++) tape_run(th, 0, X, W, out[th + 1]); // workers that sleep
+        for (int k = 1; k < 5; k++)
+            EXPECT(!memcmp(out[0], out[k], sizeof out[0]), "%d threads%s differ from 1", k < 3 ? k + 1 : k - 1,
+                   k < 3 ? "" : " sleeping between jobs");
         free(X);
     }
 }
