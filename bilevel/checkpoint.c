@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 enum { VERSION = 1, BYTE_ORDER_MARK = 0x01020304 };
@@ -110,12 +111,18 @@ static blo_status body(const blo_solver *s, blo_writer *w) {
     return st;
 }
 
-static blo_status write_file(const char *path, const blo_writer *w, blo_error *err) {
+// path.tmp (malloc'd; NULL when out of memory): the file a save writes before it renames it
+// over path.
+static char *tmp_path(const char *path) {
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 5);
+    if (tmp) memcpy(tmp, path, plen), memcpy(tmp + plen, ".tmp", 5);
+    return tmp;
+}
+
+static blo_status write_file(const char *path, const blo_writer *w, blo_error *err) {
+    char *tmp = tmp_path(path);
     if (!tmp) return blo_fail(err, BLO_ENOMEM, "save: out of memory");
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
     FILE *f = fopen(tmp, "wb");
     blo_status st = BLO_OK;
     if (!f) st = blo_fail(err, BLO_EIO, "%s: cannot write: %s", tmp, strerror(errno));
@@ -127,6 +134,19 @@ static blo_status write_file(const char *path, const blo_writer *w, blo_error *e
         else if (rename(tmp, path)) st = blo_fail(err, BLO_EIO, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
         if (st) remove(tmp);
     }
+    free(tmp);
+    return st;
+}
+
+blo_status blo_solver_save_check(const char *path, blo_error *err) {
+    if (!path || !*path) return blo_fail(err, BLO_EARG, "save: no path");
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) return blo_fail(err, BLO_EARG, "%s is a directory", path);
+    char *tmp = tmp_path(path);
+    if (!tmp) return blo_fail(err, BLO_ENOMEM, "save: out of memory");
+    FILE *f = fopen(tmp, "wb");
+    blo_status st = f ? BLO_OK : blo_fail(err, BLO_EIO, "cannot write %s: %s", tmp, strerror(errno));
+    if (f) fclose(f), remove(tmp);
     free(tmp);
     return st;
 }

@@ -276,6 +276,10 @@ double blo_solver_kbar_mean(const blo_solver *s);
 // guard it.
 blo_status blo_solver_save(const blo_solver *s, const char *path, const char *meta,
                            blo_error *err);
+// Whether blo_solver_save can write path, asked before a long run rather than after it: path
+// is not a directory, and path.tmp can be created in its directory (it is, and removed).
+// BLO_EARG or BLO_EIO naming what is wrong.
+blo_status blo_solver_save_check(const char *path, blo_error *err);
 // Loads a state saved by a solver of the same configuration (the run's length may differ) on
 // the same problem sizes into s; a mismatch is BLO_EARG naming what differs.
 blo_status blo_solver_load(blo_solver *s, const char *path, blo_error *err);

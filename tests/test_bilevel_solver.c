@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -354,6 +355,17 @@ static void resume_cases(void) {
         EXPECT(truncate(path, 30) == 0 && blo_solver_load(t, path, &e) == BLO_EIO, "%s", e.msg);
         EXPECT(blo_solver_load(t, "/nonexistent/state", &e) == BLO_EIO && strstr(e.msg, "/nonexistent/state"), "%s", e.msg);
         EXPECT(blo_solver_save(t, "/nonexistent/state", NULL, &e) == BLO_EIO && strstr(e.msg, "/nonexistent"), "%s", e.msg);
+        // the check before a run: path (30 bytes now) left as it is and no path.tmp left behind;
+        // a missing directory, a directory and no path refused
+        char tmp[sizeof path + 4];
+        snprintf(tmp, sizeof tmp, "%s.tmp", path);
+        struct stat sb;
+        EXPECT(blo_solver_save_check(path, &e) == BLO_OK && stat(path, &sb) == 0 && sb.st_size == 30 &&
+                   access(tmp, F_OK) != 0, "%s", e.msg);
+        EXPECT(blo_solver_save_check("/nonexistent/state", &e) == BLO_EIO &&
+                   strstr(e.msg, "cannot write /nonexistent/state.tmp"), "%s", e.msg);
+        EXPECT(blo_solver_save_check("/tmp", &e) == BLO_EARG && strstr(e.msg, "/tmp is a directory"), "%s", e.msg);
+        EXPECT(blo_solver_save_check("", &e) == BLO_EARG && blo_solver_save_check(NULL, &e) == BLO_EARG, "%s", e.msg);
         blo_solver_free(t), blo_solver_free(s);
         blo_config_free(c);
     }

@@ -45,6 +45,8 @@ void test_cli(void) {
         {"compare nonconvex --methods rhg --plot ''", "--plot needs a non-empty value"},
         {"run nonconvex --method rhg --trace ''", "--trace needs a non-empty value"},
         {"run nonconvex --method rhg --checkpoint-every 5", "--checkpoint-every needs --checkpoint"},
+        {"run nonconvex --method rhg --checkpoint /nonexistent/state", "--checkpoint: cannot write /nonexistent/state.tmp"},
+        {"run nonconvex --method rhg --checkpoint .", "--checkpoint: . is a directory"},
         {"run --resume /nonexistent/state", "/nonexistent/state: cannot open"},
         {"run nonconvex --resume /nonexistent/state", "holds the problem and the method; give neither"},
         {"run --settings /nonexistent/s.json", "/nonexistent/s.json: cannot open"},

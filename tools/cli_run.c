@@ -264,6 +264,11 @@ static int run_setup(const cli_args *a, run_parts *r, char *err, size_t n) {
         snprintf(err, n, "--resume %s", be.msg);
         return 2;
     }
+    // rank 0 alone saves; a path it cannot write stops the run now, not at its first save
+    if (a->checkpoint && r->rank == 0 && blo_solver_save_check(a->checkpoint, &be)) {
+        snprintf(err, n, "--checkpoint: %s", be.msg);
+        return 2;
+    }
     if (a->checkpoint && !(r->meta = settings_text(&r->plan))) {
         snprintf(err, n, "out of memory");
         return 2;
