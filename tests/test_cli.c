@@ -47,6 +47,7 @@ void test_cli(void) {
         {"run nonconvex --method rhg --checkpoint-every 5", "--checkpoint-every needs --checkpoint"},
         {"run nonconvex --method rhg --checkpoint /nonexistent/state", "--checkpoint: cannot write /nonexistent/state.tmp"},
         {"run nonconvex --method rhg --checkpoint .", "--checkpoint: . is a directory"},
+        {"compare nonconvex --methods rhg,cg --plot .", "--plot: . is a directory"},
         {"run --resume /nonexistent/state", "/nonexistent/state: cannot open"},
         {"run nonconvex --resume /nonexistent/state", "holds the problem and the method; give neither"},
         {"run --settings /nonexistent/s.json", "/nonexistent/s.json: cannot open"},
@@ -93,6 +94,22 @@ void test_cli(void) {
                 else EXPECT(!r.err[0], "rank 1 printed: %s", r.err);
             }
         }
+    TEST_CASE("cli: compare --plot without gnuplot on the PATH exits 2 with one line, before any method runs") {
+        char dir[] = "/tmp/hypertape-plot-XXXXXX", args[160], dat[64];
+        EXPECT(mkdtemp(dir) != NULL, "cannot make a temporary folder");
+        snprintf(args, sizeof args, "compare nonconvex --methods rhg,cg --plot %s/f.png", dir);
+        snprintf(dat, sizeof dat, "%s/f.png.dat", dir);
+        const char *path = getenv("PATH");
+        char *keep = path ? strdup(path) : NULL;
+        setenv("PATH", "/nonexistent", 1);
+        cli_result r = cli_exec(args);
+        if (keep) setenv("PATH", keep, 1);
+        free(keep);
+        EXPECT(r.status == 2 && strstr(r.err, "gnuplot is not installed") && cli_lines(r.err) == 1 && !r.out[0],
+               "status %d: %s", r.status, r.err);
+        EXPECT(access(dat, F_OK) != 0, "the figure's data was written before the check");
+        remove(dat), rmdir(dir);
+    }
     TEST_CASE("cli: bench --torch refuses a times file with a bad line or a missing case") {
         // what tools/bench_torch.py --out writes: one "case value" line per reference case
         const char *bodies[3] = {"quad10_ms 18\nquad1000_ms 60\nhc_rhg_s 3\n",

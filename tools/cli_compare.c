@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 typedef struct {
@@ -169,12 +170,27 @@ static int draw(const cli_args *a, const method_set *ms, const char *dat, const 
     return rc;
 }
 
+// Whether the figure can be drawn, asked before the methods run rather than after: 0, or 2 with
+// a message (--plot a directory, or no gnuplot on the PATH).
+static int plot_checked(const char *plot, char *err, size_t n) {
+    struct stat sb;
+    if (stat(plot, &sb) == 0 && S_ISDIR(sb.st_mode)) return snprintf(err, n, "--plot: %s is a directory", plot), 2;
+    if (system("command -v gnuplot >/dev/null 2>&1"))
+        return snprintf(err, n, "--plot: gnuplot is not installed (apt-get install gnuplot-nox)"), 2;
+    return 0;
+}
+
 int cli_compare(const cli_args *a) {
     char err[600], dat_path[4200] = "";
     method_set ms;
     if (cli_refuse_ranks("compare", "it runs in one process (each rank would run every method and write the same files)"))
         return 2;
     if (plan_all(a, &ms, err, sizeof err)) {
+        fprintf(stderr, "hypertape compare: %s\n", err);
+        set_free(&ms);
+        return 2;
+    }
+    if (a->plot && plot_checked(a->plot, err, sizeof err)) {
         fprintf(stderr, "hypertape compare: %s\n", err);
         set_free(&ms);
         return 2;
