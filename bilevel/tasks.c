@@ -265,13 +265,16 @@ static blo_status tasks_init(void **state, const blo_method_env *env, int *n_z, 
     if ((st = w->base->init(&w->ref, &e, &w->nz, z0, err))) return st;
     *n_z = w->nz;
     size_t B = (size_t)w->B, per = (size_t)w->nx + (size_t)w->nz + 2 * (size_t)w->ny;
-    if ((st = blo_check_memory((double)B, (double)(ts->task_size + 8 * per), "tasks of a batch", err))) return st;
+    ad_tape_params tp = ad_tape_default_params();
+    tp.threads = 1; // the batch's threads are the parallelism; a task's products stay on its own
+    // a task's own tape takes a chunk of values at its first evaluation: on Linux an allocation
+    // past the machine's memory succeeds and the process is killed later, so count it now
+    double each = (double)ts->task_size + 8.0 * (double)per + (double)tp.chunk_bytes;
+    if ((st = blo_check_memory((double)B, each, "tasks of a batch", err))) return st;
     w->slots = calloc(B, sizeof *w->slots);
     w->tasks = calloc(B, ts->task_size);
     w->mem = calloc(B * per + 1, sizeof(double));
     if (!w->slots || !w->tasks || !w->mem) return blo_fail(err, BLO_ENOMEM, "tasks: out of memory");
-    ad_tape_params tp = ad_tape_default_params();
-    tp.threads = 1; // the batch's threads are the parallelism; a task's products stay on its own
     for (size_t j = 0; j < B; j++) {
         task_slot *s = &w->slots[j];
         double *v = w->mem + j * per;

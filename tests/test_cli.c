@@ -36,6 +36,7 @@ void test_cli(void) {
         {"run nonconvex --method rhg --ul-iters 2000000000000", "--ul-iters: bad value '2000000000000'"},
         {"run nonconvex --method rhg --ll-iters 2000000000", "--ll-iters: bad value '2000000000'"},
         {"run quadratic --set n=1000 --method rhg --ll-iters 100000000", "this machine has"},
+        {"run sinusoid --method maml --set batch=100000", "tasks of a batch need"},
         {"run nonconvex --method rhg --ia=2", "--ia: bad value '2'"},
         {"run nonconvex --method rhg --no-ia=1", "--no-ia takes no value"},
         {"run nonconvex --method bome --dynamics gd", "unrolls no LL dynamics"},
