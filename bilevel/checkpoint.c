@@ -185,6 +185,9 @@ static blo_status read_file(const char *path, state_file *sf, blo_error *err) {
     memset(sf, 0, sizeof *sf);
     FILE *f = fopen(path, "rb");
     if (!f) return blo_fail(err, BLO_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb; // a directory opens, and its "size" is LONG_MAX
+    if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode))
+        return fclose(f), blo_fail(err, BLO_EIO, "%s is a directory", path);
     long size = fseek(f, 0, SEEK_END) ? -1 : ftell(f);
     blo_status st = BLO_OK;
     if (size < 0 || fseek(f, 0, SEEK_SET)) st = blo_fail(err, BLO_EIO, "%s: cannot read its size", path);

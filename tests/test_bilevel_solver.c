@@ -354,6 +354,7 @@ static void resume_cases(void) {
         EXPECT(blo_solver_load(t, path, &e) == BLO_EIO && strstr(e.msg, "damaged"), "%s", e.msg);
         EXPECT(truncate(path, 30) == 0 && blo_solver_load(t, path, &e) == BLO_EIO, "%s", e.msg);
         EXPECT(blo_solver_load(t, "/nonexistent/state", &e) == BLO_EIO && strstr(e.msg, "/nonexistent/state"), "%s", e.msg);
+        EXPECT(blo_solver_load(t, "/tmp", &e) == BLO_EIO && strstr(e.msg, "/tmp is a directory"), "%s", e.msg);
         EXPECT(blo_solver_save(t, "/nonexistent/state", NULL, &e) == BLO_EIO && strstr(e.msg, "/nonexistent"), "%s", e.msg);
         // the check before a run: path (30 bytes now) left as it is and no path.tmp left behind;
         // a missing directory, a directory and no path refused

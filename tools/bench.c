@@ -59,6 +59,7 @@ int bench_torch_read(const char *path, bench_opts *o, char *err, size_t errlen) 
         if (k < TORCH_CASES) v[k] = x, seen[k] = 1;
         else rc = -1, snprintf(err, errlen, "%s:%d: unknown case '%s'", path, line, key);
     }
+    if (!rc && ferror(f)) rc = -1, snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno ? errno : EIO));
     fclose(f);
     for (int k = 0; !rc && k < TORCH_CASES; k++)
         if (!seen[k]) {

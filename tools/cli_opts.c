@@ -570,6 +570,7 @@ static char *read_text(const char *path, char *err, size_t n) {
     }
     size_t cap = 4096, len = 0;
     char *s = malloc(cap);
+    errno = 0;
     for (size_t got = 1; s && got;) {
         if (len + 1 >= cap) {
             char *m = realloc(s, cap *= 2);
@@ -578,11 +579,15 @@ static char *read_text(const char *path, char *err, size_t n) {
         }
         if (s) len += got = fread(s + len, 1, cap - len - 1, f);
     }
-    int bad = ferror(f);
+    int bad = ferror(f), why = errno ? errno : EIO;
     fclose(f);
-    if (!s || bad) {
+    if (!s) {
+        snprintf(err, n, "%s: out of memory", path);
+        return NULL;
+    }
+    if (bad) {
         free(s);
-        snprintf(err, n, "%s: %s", path, s ? "read failed" : "out of memory");
+        snprintf(err, n, "%s: cannot read: %s", path, strerror(why)); // a directory: EISDIR
         return NULL;
     }
     s[len] = 0;
